@@ -1,0 +1,9 @@
+//! `cdev`: the cache device manager and the `cvad` server: sessions, the client
+//! operations (OPEN, READ, WRITE, FLUSH, DISCARD, CLOSE, STAT), cache modes, destage.
+//!
+//! Renders the seed's cdev.c, the only module that creates tasks of its own. It must
+//! never lose an acknowledged write.
+//!
+//! Not built yet: this crate is an empty place in the workspace until its issue; the
+//! `cvad` binary joins with it.
+#![deny(unsafe_op_in_unsafe_fn)]

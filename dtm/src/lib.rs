@@ -1,0 +1,8 @@
+//! `dtm`: transactions that land one client write atomically on every replica vSSD of
+//! a cache device (writep1 on all, then commit; abort on failure).
+//!
+//! Renders the seed's dtm.c. It must never acknowledge a write before every replica
+//! of the device's epoch holds it durably.
+//!
+//! Not built yet: this crate is an empty place in the workspace until its issue.
+#![deny(unsafe_op_in_unsafe_fn)]
