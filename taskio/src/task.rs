@@ -1,0 +1,562 @@
+//! Tasks: creation, identity, waiting and waking, and the calls a task makes on
+//! itself (`yield_now`, `sleep`, task-local storage).
+//!
+//! A task is a stack (pooled, guard-paged) and a saved context. It runs until it
+//! yields, blocks or ends, and then switches straight to the next ready task
+//! (libtask's taskswitch), or to the scheduler when none is ready. Waiting is generation-based: a task that blocks hands out
+//! [`TaskRef`]s stamped with its current wait generation; the first one to wake it
+//! advances the generation, so every other copy (a timer, a second channel in a
+//! `select`) becomes stale and waking it does nothing. That is what makes timeouts
+//! and `select` free of lost or double wakeups without cancelling anything.
+
+use std::any::{Any, TypeId};
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::context;
+use crate::error::{JoinError, SpawnError};
+use crate::sched::{Core, core};
+use crate::stack::Stack;
+use crate::timer::Instant;
+
+/// The panic payload the runtime unwinds a task with when it tears it down.
+pub(crate) struct Cancelled;
+
+/// A task's number, unique within its runtime for the runtime's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(pub u64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// What a blocked task waits on; named in deadlock reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    None,
+    Sleep,
+    Rendez,
+    QLock,
+    RwLockRead,
+    RwLockWrite,
+    ChannelSend,
+    ChannelRecv,
+    Select,
+    Barrier,
+    Pool,
+    Join(TaskId),
+    /// I/O of a driver; the string names the operation ("accept", "aio read", ...).
+    Io(&'static str),
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::None => write!(f, "nothing"),
+            WaitReason::Sleep => write!(f, "sleep"),
+            WaitReason::Rendez => write!(f, "Rendez::sleep"),
+            WaitReason::QLock => write!(f, "QLock::lock"),
+            WaitReason::RwLockRead => write!(f, "RwLock::read"),
+            WaitReason::RwLockWrite => write!(f, "RwLock::write"),
+            WaitReason::ChannelSend => write!(f, "Channel::send"),
+            WaitReason::ChannelRecv => write!(f, "Channel::recv"),
+            WaitReason::Select => write!(f, "select"),
+            WaitReason::Barrier => write!(f, "Barrier::wait"),
+            WaitReason::Pool => write!(f, "Pool::get"),
+            WaitReason::Join(id) => write!(f, "join of task {id}"),
+            WaitReason::Io(op) => write!(f, "I/O {op}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// In the ready queue (or just yielded and about to be put back there).
+    Ready,
+    Running,
+    /// Parked until a `TaskRef` of the current generation wakes it.
+    Blocked,
+    Done,
+}
+
+/// A task's control block. Blocks of ended tasks are recycled with their stack (see
+/// `Core::recycle`), so the identity fields are cells, set anew at each spawn.
+pub(crate) struct Task {
+    id: Cell<TaskId>,
+    /// Written only by `spawn_on` while the block is not in use by any task.
+    name: UnsafeCell<Option<Box<str>>>,
+    system: Cell<bool>,
+    pub(crate) state: Cell<State>,
+    wait_gen: Cell<u64>,
+    pub(crate) waiting_on: Cell<WaitReason>,
+    timed_out: Cell<bool>,
+    /// Saved stack pointer while the task is not running (see `context`).
+    pub(crate) ctx: Cell<usize>,
+    pub(crate) stack: Cell<Option<Stack>>,
+    /// The closure and its result slot, until the task first runs.
+    pub(crate) body: Cell<Option<Rc<dyn Run>>>,
+    locals: RefCell<Vec<(TypeId, Box<dyn Any>)>>,
+    /// Lowest address of the stack mapping: the guard page starts here.
+    pub(crate) guard_addr: usize,
+    /// Index in the runtime's task table.
+    pub(crate) slot: Cell<usize>,
+}
+
+impl Task {
+    pub(crate) fn id(&self) -> TaskId {
+        self.id.get()
+    }
+
+    pub(crate) fn system(&self) -> bool {
+        self.system.get()
+    }
+
+    fn name_ref(&self) -> Option<&str> {
+        // SAFETY: `name` is written only by `spawn_on` before the block is admitted
+        // (no reference to it exists then); afterwards it is only read.
+        unsafe { (*self.name.get()).as_deref() }
+    }
+
+    pub(crate) fn name(&self) -> String {
+        match self.name_ref() {
+            Some(n) => n.to_string(),
+            None => format!("task-{}", self.id().0),
+        }
+    }
+
+    pub(crate) fn name_bytes(&self) -> Option<&[u8]> {
+        self.name_ref().map(str::as_bytes)
+    }
+
+    /// Whether the block can be reused by another spawn: it owns a stack of the
+    /// pooled size and nothing but the task table refers to it.
+    pub(crate) fn reusable(self: &Rc<Self>, pooled_size: usize) -> bool {
+        Rc::strong_count(self) == 1 && self.stack_size() == Some(pooled_size)
+    }
+
+    fn stack_size(&self) -> Option<usize> {
+        let stack = self.stack.take();
+        let size = stack.as_ref().map(Stack::size);
+        self.stack.set(stack);
+        size
+    }
+
+    pub(crate) fn drop_locals(&self) {
+        drop(std::mem::take(&mut *self.locals.borrow_mut()));
+    }
+}
+
+/// A handle that can wake one task out of one particular wait.
+///
+/// Obtained with [`TaskRef::current`] just before [`park`]; stale once the task has
+/// been woken by any handle of the same wait (waking it is then a no-op).
+#[derive(Clone)]
+pub struct TaskRef {
+    task: Rc<Task>,
+    wait: u64,
+}
+
+impl TaskRef {
+    /// A handle on the running task's next wait.
+    #[inline(always)]
+    pub fn current() -> TaskRef {
+        let task = core().current_rc();
+        let wait = task.wait_gen.get();
+        TaskRef { task, wait }
+    }
+
+    pub fn id(&self) -> TaskId {
+        self.task.id()
+    }
+
+    /// True while the task is parked in the wait this handle belongs to.
+    pub fn is_current_wait(&self) -> bool {
+        self.task.state.get() == State::Blocked && self.task.wait_gen.get() == self.wait
+    }
+
+    /// Makes the task ready if it still waits in this handle's wait. Returns whether
+    /// it did. Must be called on the task's own runtime thread.
+    #[inline]
+    pub fn wake(self) -> bool {
+        if !self.is_current_wait() {
+            return false;
+        }
+        self.task.wait_gen.set(self.wait + 1);
+        self.task.state.set(State::Ready);
+        self.task.timed_out.set(false);
+        core().ready.push_back(NonNull::from(&*self.task));
+        true
+    }
+
+    pub(crate) fn wake_by_timer(&self) -> bool {
+        if !self.is_current_wait() {
+            return false;
+        }
+        self.task.wait_gen.set(self.wait + 1);
+        self.task.state.set(State::Ready);
+        self.task.timed_out.set(true);
+        core().ready.push_back(NonNull::from(&*self.task));
+        true
+    }
+}
+
+impl fmt::Debug for TaskRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TaskRef({}, wait {})", self.task.id(), self.wait)
+    }
+}
+
+/// Parks the running task until a [`TaskRef`] taken for this wait wakes it.
+///
+/// The caller must have stored a `TaskRef::current()` where a waker will find it,
+/// or the task sleeps until the runtime reports a deadlock. Spurious returns do not
+/// happen, but callers of the sync primitives re-check their condition anyway.
+#[inline(always)]
+pub fn park(reason: WaitReason) {
+    let core = core();
+    let task = core.current_task();
+    task.waiting_on.set(reason);
+    task.state.set(State::Blocked);
+    core.parks.set(core.parks.get() + 1);
+    core.switch_from(task);
+    task.waiting_on.set(WaitReason::None);
+}
+
+/// Parks like [`park`], but also wakes at `deadline`. Returns `true` when woken by a
+/// `TaskRef`, `false` when the deadline passed first.
+pub fn park_until(reason: WaitReason, deadline: Instant) -> bool {
+    let core = core();
+    let me = TaskRef::current();
+    core.timers.borrow_mut().arm(deadline, me);
+    park(reason);
+    !core.current_task().timed_out.get()
+}
+
+/// Lets every other ready task run once, then returns how many ran (libtask's
+/// taskyield). Returns 0 when no other task was ready.
+#[inline(always)]
+pub fn yield_now() -> usize {
+    let core = core();
+    let before = core.switches.get();
+    let task = core.current_task();
+    task.state.set(State::Ready);
+    core.ready.push_back(NonNull::from(task));
+    core.switch_from(task);
+    (core.switches.get() - before - 1) as usize
+}
+
+/// Suspends the running task for at least `d` on the runtime's clock (libtask's
+/// taskdelay). `sleep(Duration::ZERO)` yields.
+pub fn sleep(d: Duration) {
+    if d.is_zero() {
+        yield_now();
+        return;
+    }
+    let deadline = core().now() + d;
+    sleep_until(deadline);
+}
+
+/// Suspends the running task until `deadline` on the runtime's clock.
+pub fn sleep_until(deadline: Instant) {
+    let core = core();
+    if deadline <= core.now() {
+        yield_now();
+        return;
+    }
+    let woken = park_until(WaitReason::Sleep, deadline);
+    // Only the timer holds a TaskRef of this wait, so only the timer can end it.
+    assert!(
+        !woken,
+        "sleeping task woken by something other than its timer"
+    );
+}
+
+/// The running task's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    pub id: TaskId,
+    pub name: String,
+    pub system: bool,
+}
+
+/// Identity of the running task. Panics outside a task.
+pub fn current() -> Current {
+    let task = core().current_task();
+    Current {
+        id: task.id(),
+        name: task.name(),
+        system: task.system(),
+    }
+}
+
+/// Sets the running task's local value of type `T`; returns the previous one.
+pub fn local_set<T: 'static>(value: T) -> Option<T> {
+    let old = local_take::<T>();
+    core()
+        .current_task()
+        .locals
+        .borrow_mut()
+        .push((TypeId::of::<T>(), Box::new(value)));
+    old
+}
+
+/// Removes and returns the running task's local value of type `T`.
+pub fn local_take<T: 'static>() -> Option<T> {
+    let task = core().current_task();
+    let mut locals = task.locals.borrow_mut();
+    let i = locals.iter().position(|(t, _)| *t == TypeId::of::<T>())?;
+    let (_, boxed) = locals.swap_remove(i);
+    boxed.downcast::<T>().ok().map(|b| *b)
+}
+
+/// Calls `f` with the running task's local value of type `T`, if set. `f` may itself
+/// use task-local storage: the value is taken out for the call and put back after.
+pub fn local_with<T: 'static, R>(f: impl FnOnce(Option<&mut T>) -> R) -> R {
+    let mut value = local_take::<T>();
+    let r = f(value.as_mut());
+    if let Some(v) = value {
+        local_set(v);
+    }
+    r
+}
+
+/// Creates tasks with a name, a stack size or as system tasks.
+#[derive(Debug, Default, Clone)]
+pub struct Builder {
+    name: Option<String>,
+    stack_size: Option<usize>,
+    system: bool,
+}
+
+impl Builder {
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// The task's name, in logs, panics and deadlock reports.
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Stack size in bytes (rounded up to pages, plus a guard page). Stacks of the
+    /// runtime's default size are pooled; others are mapped and unmapped per task.
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// A system task (libtask's tasksystem) does not keep [`Runtime::run`] alive: when
+    /// every other task has ended, system tasks are unwound and `run` returns.
+    ///
+    /// [`Runtime::run`]: crate::Runtime::run
+    pub fn system(mut self, system: bool) -> Builder {
+        self.system = system;
+        self
+    }
+
+    /// Starts the task on the current runtime. It runs when the caller next suspends.
+    pub fn spawn<F, T>(self, f: F) -> Result<JoinHandle<T>, SpawnError>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        spawn_on(core(), self, f)
+    }
+}
+
+/// Starts a task running `f` on the current runtime. Panics outside a runtime.
+pub fn spawn<F, T>(f: F) -> Result<JoinHandle<T>, SpawnError>
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+{
+    spawn_on(core(), Builder::default(), f)
+}
+
+/// What a task runs, type-erased for its control block.
+pub(crate) trait Run {
+    /// Runs the closure (once) and stores its result or its panic.
+    fn run(&self);
+}
+
+/// What a `JoinHandle` reads, type-erased over the closure type.
+trait Slot<T> {
+    fn take_result(&self) -> Option<Result<T, JoinError>>;
+    fn has_result(&self) -> bool;
+    fn set_waiter(&self, waiter: TaskRef);
+}
+
+/// A task's closure and its result slot, in one allocation shared by the task (as
+/// `dyn Run`) and its `JoinHandle` (as `dyn Slot<T>`).
+struct Job<F, T> {
+    f: Cell<Option<F>>,
+    result: RefCell<Option<Result<T, JoinError>>>,
+    waiter: RefCell<Option<TaskRef>>,
+}
+
+impl<F: FnOnce() -> T, T> Run for Job<F, T> {
+    fn run(&self) {
+        let Some(f) = self.f.take() else {
+            unreachable!("task body run twice")
+        };
+        let result = catch_unwind(AssertUnwindSafe(f));
+        let task = core().current_task();
+        // Locals may hold task-aware objects whose drop wakes others: drop them here,
+        // on the task's stack, while it is still the running task.
+        task.drop_locals();
+        let result = match result {
+            Ok(v) => Ok(v),
+            // The runtime is tearing this task down: nobody will join it.
+            Err(payload) if payload.is::<Cancelled>() => return,
+            Err(payload) => Err(JoinError::new(task.id(), task.name(), payload)),
+        };
+        *self.result.borrow_mut() = Some(result);
+        let waiter = self.waiter.borrow_mut().take();
+        if let Some(w) = waiter {
+            w.wake();
+        }
+    }
+}
+
+impl<F, T> Slot<T> for Job<F, T> {
+    fn take_result(&self) -> Option<Result<T, JoinError>> {
+        self.result.borrow_mut().take()
+    }
+    fn has_result(&self) -> bool {
+        self.result.borrow().is_some()
+    }
+    fn set_waiter(&self, waiter: TaskRef) {
+        *self.waiter.borrow_mut() = Some(waiter);
+    }
+}
+
+/// Owns the right to a task's result. Dropping it detaches the task.
+pub struct JoinHandle<T> {
+    id: TaskId,
+    slot: Rc<dyn Slot<T>>,
+}
+
+impl<T> JoinHandle<T> {
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.slot.has_result()
+    }
+
+    /// Waits for the task to end; returns its value, or its panic as an error.
+    #[inline]
+    pub fn join(self) -> Result<T, JoinError> {
+        loop {
+            if let Some(r) = self.slot.take_result() {
+                return r;
+            }
+            self.slot.set_waiter(TaskRef::current());
+            park(WaitReason::Join(self.id));
+        }
+    }
+
+    /// The result if the task has ended, without waiting.
+    pub(crate) fn try_take(&self) -> Option<Result<T, JoinError>> {
+        self.slot.take_result()
+    }
+}
+
+pub(crate) fn spawn_on<F, T>(core: &Core, b: Builder, f: F) -> Result<JoinHandle<T>, SpawnError>
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+{
+    let limit = core.config.max_tasks;
+    if core.tasks.borrow().live() >= limit {
+        return Err(SpawnError::TooManyTasks {
+            name: b.name.unwrap_or_default(),
+            limit,
+        });
+    }
+    let stack_size = b.stack_size.unwrap_or(core.config.stack_size);
+    let task = match core.reuse_task(stack_size) {
+        Some(t) => t,
+        None => {
+            let stack = match core.stacks.borrow_mut().take(stack_size) {
+                Ok(s) => s,
+                Err(source) => {
+                    return Err(SpawnError::Stack {
+                        name: b.name.unwrap_or_default(),
+                        size: stack_size,
+                        source,
+                    });
+                }
+            };
+            Rc::new(Task {
+                id: Cell::new(TaskId(0)),
+                name: UnsafeCell::new(None),
+                system: Cell::new(false),
+                state: Cell::new(State::Done),
+                wait_gen: Cell::new(0),
+                waiting_on: Cell::new(WaitReason::None),
+                timed_out: Cell::new(false),
+                ctx: Cell::new(0),
+                guard_addr: stack.guard(),
+                stack: Cell::new(Some(stack)),
+                body: Cell::new(None),
+                locals: RefCell::new(Vec::new()),
+                slot: Cell::new(usize::MAX),
+            })
+        }
+    };
+    debug_assert_eq!(Rc::strong_count(&task), 1);
+    let id = TaskId(core.next_id.get());
+    core.next_id.set(id.0 + 1);
+    let job = Rc::new(Job {
+        f: Cell::new(Some(f)),
+        result: RefCell::new(None),
+        waiter: RefCell::new(None),
+    });
+    task.id.set(id);
+    // SAFETY: the block is not admitted yet and nothing else refers to it (its only
+    // `Rc` is ours), so no reference to `name` exists.
+    unsafe { *task.name.get() = b.name.map(String::into_boxed_str) };
+    task.system.set(b.system);
+    task.state.set(State::Ready);
+    task.waiting_on.set(WaitReason::None);
+    task.body.set(Some(job.clone()));
+    let top = {
+        let stack = task.stack.take();
+        let top = stack.as_ref().map(Stack::top);
+        task.stack.set(stack);
+        top.expect("task block without a stack")
+    };
+    // SAFETY: `top` is the aligned end of the stack this block owns, which no task
+    // runs on (the block is fresh or its previous task has ended and left it); the
+    // task pointer stays valid while the task lives, because the runtime's table
+    // holds an `Rc` until the task has ended and left its stack.
+    let ctx = unsafe { context::init_stack(top, task_entry, Rc::as_ptr(&task) as usize) };
+    task.ctx.set(ctx);
+    core.admit(task);
+    Ok(JoinHandle { id, slot: job })
+}
+
+/// Where every task starts, on its own stack (called by the trampoline).
+unsafe extern "C" fn task_entry(task: usize) -> ! {
+    let core = core();
+    core.after_switch();
+    // SAFETY: `task` is the pointer `spawn_on` passed to `init_stack`; the table's
+    // `Rc` keeps the task alive until `exit_current` has switched away for good.
+    let task = unsafe { &*(task as *const Task) };
+    let body = task.body.take();
+    let Some(body) = body else {
+        unreachable!("task {} started twice", task.id())
+    };
+    body.run();
+    drop(body);
+    core.exit_current(task)
+}
