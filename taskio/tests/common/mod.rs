@@ -1,0 +1,40 @@
+//! Helpers shared by the integration tests (each test file compiles this module on its
+//! own, so not every file uses every helper).
+#![allow(dead_code)]
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use taskio::Runtime;
+
+/// Sets its flag when dropped: proves a destructor ran (at task end or teardown).
+pub struct DropFlag(pub Rc<Cell<bool>>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        assert!(!self.0.get(), "DropFlag dropped twice");
+        self.0.set(true);
+    }
+}
+
+/// A flag and the guard that sets it.
+pub fn drop_flag() -> (Rc<Cell<bool>>, DropFlag) {
+    let flag = Rc::new(Cell::new(false));
+    (flag.clone(), DropFlag(flag))
+}
+
+/// An event log tasks append to; the test compares it with the expected order.
+pub type Log<T> = Rc<RefCell<Vec<T>>>;
+
+pub fn log<T>() -> Log<T> {
+    Rc::new(RefCell::new(Vec::new()))
+}
+
+/// Runs `main` on a fresh default runtime and returns its value; any `RunError` fails
+/// the test.
+pub fn run<T: 'static>(main: impl FnOnce() -> T + 'static) -> T {
+    match Runtime::new().run(main) {
+        Ok(v) => v,
+        Err(e) => panic!("Runtime::run failed: {e}"),
+    }
+}
