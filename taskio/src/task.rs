@@ -148,7 +148,9 @@ impl Task {
     }
 
     pub(crate) fn drop_locals(&self) {
-        drop(std::mem::take(&mut *self.locals.borrow_mut()));
+        if !self.locals.borrow().is_empty() {
+            drop(std::mem::take(&mut *self.locals.borrow_mut()));
+        }
     }
 }
 
@@ -388,7 +390,7 @@ pub(crate) trait Run {
 
 /// What a `JoinHandle` reads, type-erased over the closure type.
 trait Slot<T> {
-    fn take_result(&self) -> Option<Result<T, JoinError>>;
+    fn take_result(&self) -> Option<Result<T, Box<JoinError>>>;
     fn has_result(&self) -> bool;
     fn set_waiter(&self, waiter: TaskRef);
 }
@@ -397,7 +399,8 @@ trait Slot<T> {
 /// `dyn Run`) and its `JoinHandle` (as `dyn Slot<T>`).
 struct Job<F, T> {
     f: Cell<Option<F>>,
-    result: RefCell<Option<Result<T, JoinError>>>,
+    /// The error is boxed: a panic is rare, and a small slot keeps moves cheap.
+    result: RefCell<Option<Result<T, Box<JoinError>>>>,
     waiter: RefCell<Option<TaskRef>>,
 }
 
@@ -415,7 +418,7 @@ impl<F: FnOnce() -> T, T> Run for Job<F, T> {
             Ok(v) => Ok(v),
             // The runtime is tearing this task down: nobody will join it.
             Err(payload) if payload.is::<Cancelled>() => return,
-            Err(payload) => Err(JoinError::new(task.id(), task.name(), payload)),
+            Err(payload) => Err(Box::new(JoinError::new(task.id(), task.name(), payload))),
         };
         *self.result.borrow_mut() = Some(result);
         let waiter = self.waiter.borrow_mut().take();
@@ -426,7 +429,7 @@ impl<F: FnOnce() -> T, T> Run for Job<F, T> {
 }
 
 impl<F, T> Slot<T> for Job<F, T> {
-    fn take_result(&self) -> Option<Result<T, JoinError>> {
+    fn take_result(&self) -> Option<Result<T, Box<JoinError>>> {
         self.result.borrow_mut().take()
     }
     fn has_result(&self) -> bool {
@@ -457,7 +460,7 @@ impl<T> JoinHandle<T> {
     pub fn join(self) -> Result<T, JoinError> {
         loop {
             if let Some(r) = self.slot.take_result() {
-                return r;
+                return r.map_err(|e| *e);
             }
             self.slot.set_waiter(TaskRef::current());
             park(WaitReason::Join(self.id));
@@ -466,7 +469,7 @@ impl<T> JoinHandle<T> {
 
     /// The result if the task has ended, without waiting.
     pub(crate) fn try_take(&self) -> Option<Result<T, JoinError>> {
-        self.slot.take_result()
+        self.slot.take_result().map(|r| r.map_err(|e| *e))
     }
 }
 
