@@ -113,3 +113,127 @@ impl fmt::Debug for JoinError {
             .finish()
     }
 }
+
+/// An I/O call of `net`, `file` or `remote` failed. Each variant names the operation
+/// and the object (fd, address, path, offset) so that the message alone says what
+/// happened.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// The runtime was built without an I/O driver.
+    #[error("{op}: this runtime has no I/O driver (build it with Runtime::with_io)")]
+    NoDriver { op: &'static str },
+    /// The I/O driver could not be set up.
+    #[error("I/O driver setup: {op}: {source}")]
+    Setup {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} {addr}: {source}")]
+    Addr {
+        op: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} fd {fd}: {source}")]
+    Fd {
+        op: &'static str,
+        fd: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer closed the connection before the transfer was complete.
+    #[error("{op} fd {fd}: connection closed by the peer after {done} of {want} bytes")]
+    Eof {
+        op: &'static str,
+        fd: i32,
+        done: usize,
+        want: usize,
+    },
+    #[error("{op} fd {fd}: timed out after {timeout:?}")]
+    TimedOut {
+        op: &'static str,
+        fd: i32,
+        timeout: std::time::Duration,
+    },
+    #[error("connect {addr}: timed out after {timeout:?}")]
+    ConnectTimedOut {
+        addr: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    },
+    /// A second task tried to read (or write) a stream another task is reading (or
+    /// writing): one reader and one writer at a time.
+    #[error("{op} fd {fd}: another task is already {busy} this stream")]
+    Busy {
+        op: &'static str,
+        fd: i32,
+        busy: &'static str,
+    },
+    #[error("{op} {path}: {source}")]
+    Path {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// open with O_DIRECT was refused by the file system (tmpfs, for one).
+    #[error(
+        "open {path}: the file system refuses O_DIRECT ({source}); open it without direct I/O or put it on another file system"
+    )]
+    DirectUnsupported {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} {path} (fd {fd}) at offset {offset}, {len} bytes: {source}")]
+    At {
+        op: &'static str,
+        path: std::path::PathBuf,
+        fd: i32,
+        offset: u64,
+        len: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An O_DIRECT transfer whose offset or length is not a multiple of 4096.
+    #[error(
+        "{op} {path} at offset {offset}, {len} bytes: O_DIRECT needs offset and length in multiples of {align}"
+    )]
+    Unaligned {
+        op: &'static str,
+        path: std::path::PathBuf,
+        offset: u64,
+        len: usize,
+        align: usize,
+    },
+    #[error("{op} {path} at offset {offset}: moved {done} of {want} bytes")]
+    Short {
+        op: &'static str,
+        path: std::path::PathBuf,
+        offset: u64,
+        done: usize,
+        want: usize,
+    },
+}
+
+impl IoError {
+    /// The closest `std::io::ErrorKind`, for callers that branch on it.
+    pub fn kind(&self) -> std::io::ErrorKind {
+        use std::io::ErrorKind as K;
+        match self {
+            IoError::NoDriver { .. } => K::Unsupported,
+            IoError::Setup { source, .. }
+            | IoError::Addr { source, .. }
+            | IoError::Fd { source, .. }
+            | IoError::Path { source, .. }
+            | IoError::At { source, .. } => source.kind(),
+            IoError::Eof { .. } => K::UnexpectedEof,
+            IoError::TimedOut { .. } | IoError::ConnectTimedOut { .. } => K::TimedOut,
+            IoError::Busy { .. } => K::ResourceBusy,
+            IoError::DirectUnsupported { .. } => K::Unsupported,
+            IoError::Unaligned { .. } => K::InvalidInput,
+            IoError::Short { .. } => K::WriteZero,
+        }
+    }
+}

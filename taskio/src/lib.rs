@@ -20,20 +20,28 @@
 //! is ready to run.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod buf;
 mod context;
 mod driver;
 mod error;
+pub mod file;
+pub mod net;
 mod overflow;
+pub mod remote;
 mod runq;
 mod sched;
 mod stack;
+mod stall;
 mod sync;
 mod task;
 mod timer;
 
-pub use driver::{Driver, SleepDriver};
-pub use error::{DeadlockTask, JoinError, RunError, SpawnError};
+pub use buf::{ALIGN, AlignedBuf};
+pub use driver::aio::{FileOp, FileOpKind};
+pub use driver::{Driver, Interest, Io, IoConfig, IoStats, Reactor, SleepDriver};
+pub use error::{DeadlockTask, IoError, JoinError, RunError, SpawnError};
 pub use sched::{Config, Runtime, RuntimeStats};
+pub use stall::{DEFAULT_STALL_THRESHOLD, StallReport, StallSink};
 pub use sync::barrier::Barrier;
 pub use sync::channel::{Channel, RecvError, SendError, TryRecvError, TrySendError};
 pub use sync::pool::{Pool, PoolItem, PoolStats};

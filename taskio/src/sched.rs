@@ -20,13 +20,16 @@ use std::cell::{Cell, RefCell};
 use std::panic::resume_unwind;
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::context;
-use crate::driver::{Driver, SleepDriver};
-use crate::error::{DeadlockTask, RunError};
+use crate::driver::{Driver, Io, IoConfig, IoStats, Reactor, SleepDriver};
+use crate::error::{DeadlockTask, IoError, RunError};
 use crate::overflow;
 use crate::runq::RunQueue;
 use crate::stack::StackPool;
+use crate::stall::{DEFAULT_STALL_THRESHOLD, StallSink, StallState, Watchdog};
 use crate::task::{Builder, Cancelled, State, Task, spawn_on};
 use crate::timer::{Instant, TimerHeap};
 
@@ -55,6 +58,11 @@ pub(crate) fn core<'a>() -> &'a Core {
     unsafe { &*p }
 }
 
+/// Whether a runtime is running on this thread (inside `Runtime::run`).
+pub(crate) fn is_running() -> bool {
+    !CORE.with(Cell::get).is_null()
+}
+
 /// The running task's stack guard address and name, for the SIGSEGV handler.
 /// Reads only plain cells; no allocation, no locks.
 pub(crate) fn current_guard() -> Option<(usize, Option<&'static [u8]>, u64)> {
@@ -76,7 +84,7 @@ pub(crate) fn current_guard() -> Option<(usize, Option<&'static [u8]>, u64)> {
 }
 
 /// Settings of a runtime.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Stack size of tasks spawned without one ([`crate::DEFAULT_STACK_SIZE`]).
     pub stack_size: usize,
@@ -84,6 +92,22 @@ pub struct Config {
     pub max_tasks: usize,
     /// Stacks of finished tasks kept for reuse.
     pub stack_pool_max: usize,
+    /// Report a task that runs this long without yielding; None: no detector.
+    pub stall_threshold: Option<Duration>,
+    /// Where stall reports go (default: stderr).
+    pub stall_sink: Option<StallSink>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("stack_size", &self.stack_size)
+            .field("max_tasks", &self.max_tasks)
+            .field("stack_pool_max", &self.stack_pool_max)
+            .field("stall_threshold", &self.stall_threshold)
+            .field("stall_sink", &self.stall_sink.is_some())
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -92,6 +116,8 @@ impl Default for Config {
             stack_size: crate::DEFAULT_STACK_SIZE,
             max_tasks: crate::DEFAULT_MAX_TASKS,
             stack_pool_max: crate::DEFAULT_STACK_POOL_MAX,
+            stall_threshold: Some(DEFAULT_STALL_THRESHOLD),
+            stall_sink: None,
         }
     }
 }
@@ -105,6 +131,8 @@ pub struct RuntimeStats {
     pub parks: u64,
     pub stacks_pooled: usize,
     pub timers_armed: usize,
+    /// The I/O driver's counters (zero without one).
+    pub io: IoStats,
 }
 
 /// Live tasks by slot; a free list reuses slots.
@@ -175,6 +203,7 @@ pub(crate) struct Core {
     pub(crate) next_id: Cell<u64>,
     live_user: Cell<usize>,
     pub(crate) tearing_down: Cell<bool>,
+    pub(crate) stall: Arc<StallState>,
 }
 
 impl Core {
@@ -209,6 +238,19 @@ impl Core {
         self.driver.borrow().now()
     }
 
+    /// Runs `f` on the driver's I/O primitives. `f` must not block or switch.
+    pub(crate) fn with_io<R>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut dyn Io) -> R,
+    ) -> Result<R, IoError> {
+        let mut driver = self.driver.borrow_mut();
+        match driver.io() {
+            Some(io) => Ok(f(io)),
+            None => Err(IoError::NoDriver { op }),
+        }
+    }
+
     pub(crate) fn admit(&self, task: Rc<Task>) {
         if !task.system() {
             self.live_user.set(self.live_user.get() + 1);
@@ -238,7 +280,9 @@ impl Core {
         debug_assert_eq!(t.state.get(), State::Ready);
         t.state.set(State::Running);
         self.current.set(t);
-        self.switches.set(self.switches.get() + 1);
+        let switches = self.switches.get() + 1;
+        self.switches.set(switches);
+        self.stall.switched_to(switches, t.id().0);
         Some(next)
     }
 
@@ -262,6 +306,7 @@ impl Core {
             Some(next) => unsafe { next.as_ref() }.ctx.get(),
             None => {
                 self.current.set(ptr::null());
+                self.stall.switched_to(self.switches.get(), 0);
                 self.sched_ctx.get()
             }
         };
@@ -298,6 +343,9 @@ impl Core {
     /// Ends the running task: it leaves itself in `dead` for the next context.
     pub(crate) fn exit_current(&self, me: &Task) -> ! {
         me.state.set(State::Done);
+        if me.is_named() {
+            self.stall.forget_task(me.id().0);
+        }
         assert!(self.dead.get().is_null(), "two dead tasks at once");
         self.dead.set(me);
         // Counted here, not when reaped, so that `pick_next` below sees it.
@@ -309,6 +357,7 @@ impl Core {
             Some(next) => unsafe { next.as_ref() }.ctx.get(),
             None => {
                 self.current.set(ptr::null());
+                self.stall.switched_to(self.switches.get(), 0);
                 self.sched_ctx.get()
             }
         };
@@ -481,6 +530,7 @@ impl Core {
             self.ready.clear();
         }
         self.timers.borrow_mut().clear();
+        self.stall.forget_all();
         self.live_user.set(0);
         self.round_left.set(0);
         self.tearing_down.set(false);
@@ -521,6 +571,16 @@ impl Runtime {
         Runtime::with_driver(Config::default(), Box::new(SleepDriver))
     }
 
+    /// A runtime with the real I/O driver ([`Reactor`]: epoll, eventfd, kernel AIO),
+    /// for `net`, `file` and `remote`.
+    pub fn with_io(config: Config, io: IoConfig) -> Result<Runtime, IoError> {
+        let reactor = Reactor::new(&io).map_err(|source| IoError::Setup {
+            op: "epoll_create1/eventfd/io_setup",
+            source,
+        })?;
+        Ok(Runtime::with_driver(config, Box::new(reactor)))
+    }
+
     pub fn with_config(config: Config) -> Runtime {
         Runtime::with_driver(config, Box::new(SleepDriver))
     }
@@ -545,6 +605,7 @@ impl Runtime {
             next_id: Cell::new(1),
             live_user: Cell::new(0),
             tearing_down: Cell::new(false),
+            stall: Arc::new(StallState::default()),
         });
         Runtime {
             core,
@@ -563,6 +624,13 @@ impl Runtime {
     {
         let core: &Core = &self.core;
         let _enter = Enter::new(core);
+        let _watchdog = core.config.stall_threshold.and_then(|threshold| {
+            Watchdog::start(
+                core.stall.clone(),
+                threshold,
+                core.config.stall_sink.clone(),
+            )
+        });
         let handle = spawn_on(core, Builder::new().name("main"), main)?;
         let outcome = core.schedule();
         core.teardown();
@@ -582,6 +650,13 @@ impl Runtime {
             parks: self.core.parks.get(),
             stacks_pooled: self.core.stacks.borrow().pooled() + self.core.free_tasks.borrow().len(),
             timers_armed: self.core.timers.borrow().len(),
+            io: self
+                .core
+                .driver
+                .borrow_mut()
+                .io()
+                .map(|io| io.stats())
+                .unwrap_or_default(),
         }
     }
 }

@@ -123,6 +123,10 @@ impl Task {
         unsafe { (*self.name.get()).as_deref() }
     }
 
+    pub(crate) fn is_named(&self) -> bool {
+        self.name_ref().is_some()
+    }
+
     pub(crate) fn name(&self) -> String {
         match self.name_ref() {
             Some(n) => n.to_string(),
@@ -529,6 +533,9 @@ where
     // `Rc` is ours), so no reference to `name` exists.
     unsafe { *task.name.get() = b.name.map(String::into_boxed_str) };
     task.system.set(b.system);
+    if let Some(name) = task.name_ref() {
+        core.stall.name_task(id.0, name);
+    }
     task.state.set(State::Ready);
     task.waiting_on.set(WaitReason::None);
     task.body.set(Some(job.clone()));

@@ -796,6 +796,7 @@ fn stats_count_switches_parks_and_tasks_exactly() {
             parks: 1,
             stacks_pooled: 2,
             timers_armed: 0,
+            io: Default::default(),
         }
     );
 }

@@ -3,13 +3,99 @@
 //! The scheduler calls a [`Driver`] only when it needs time or events: to read the
 //! clock, and to park when no task is ready. The driver wakes the tasks whose events
 //! arrived by calling [`TaskRef::wake`](crate::TaskRef::wake). Timers are the
-//! scheduler's; the driver only sleeps until the next deadline. Real I/O (epoll and
-//! kernel AIO) and the deterministic simulation are further drivers behind this seam.
+//! scheduler's; the driver only sleeps until the next deadline.
+//!
+//! A driver that does I/O also implements [`Io`]: the non-blocking primitives (a
+//! socket call that may say `WouldBlock`, interest in readiness, submission of a file
+//! operation) on which `net` and `file` build their pseudo-blocking calls. The real
+//! driver ([`Reactor`]: epoll + eventfd + kernel AIO) passes them to the kernel; the
+//! simulation answers them from memory.
+
+pub(crate) mod aio;
+mod reactor;
 
 use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::time::Duration;
 
+pub use reactor::{IoConfig, Reactor};
+
+use crate::task::TaskRef;
 use crate::timer::Instant;
+
+pub(crate) use aio::FileOp;
+
+/// Which readiness a task waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    Read,
+    Write,
+}
+
+/// Counters of a driver's I/O.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Calls that waited for or polled events (epoll_wait and friends).
+    pub polls: u64,
+    /// Polls that found nothing.
+    pub polls_empty: u64,
+    pub aio_submitted: u64,
+    pub aio_completed: u64,
+    /// AIO operations in flight now.
+    pub aio_in_flight: usize,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Tasks parked waiting for socket or eventfd readiness now.
+    pub fd_waiters: usize,
+}
+
+/// Non-blocking I/O primitives of a driver. Every call returns at once; a call that
+/// cannot proceed returns `ErrorKind::WouldBlock` and the caller registers interest
+/// with [`Io::wait`] and parks.
+pub trait Io {
+    /// A TCP listening socket bound to `addr`.
+    fn listen(&mut self, addr: SocketAddr, backlog: u32) -> io::Result<RawFd>;
+    /// An accepted connection (non-blocking, TCP_NODELAY) and its peer.
+    fn accept(&mut self, fd: RawFd) -> io::Result<(RawFd, SocketAddr)>;
+    /// Starts a non-blocking connect; the socket is writable when it has finished.
+    fn connect(&mut self, addr: SocketAddr) -> io::Result<RawFd>;
+    /// The outcome of a finished connect (SO_ERROR).
+    fn connect_result(&mut self, fd: RawFd) -> io::Result<()>;
+    fn local_addr(&mut self, fd: RawFd) -> io::Result<SocketAddr>;
+    fn peer_addr(&mut self, fd: RawFd) -> io::Result<SocketAddr>;
+    fn recv(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize>;
+    fn send(&mut self, fd: RawFd, buf: &[u8]) -> io::Result<usize>;
+    fn shutdown(&mut self, fd: RawFd, how: Shutdown) -> io::Result<()>;
+    /// Wakes `task` when `fd` may have become ready for `interest` (or has an error
+    /// or hang-up). One waiter per fd and interest; a second replaces the first.
+    fn wait(&mut self, fd: RawFd, interest: Interest, task: TaskRef) -> io::Result<()>;
+    /// Forgets the waiter of `fd` for `interest` (after a timeout).
+    fn cancel_wait(&mut self, fd: RawFd, interest: Interest);
+    /// Closes `fd` and forgets everything about it.
+    fn close(&mut self, fd: RawFd);
+    /// Forgets `fd` (removes it from the readiness set) without closing it, for an fd
+    /// whose owner closes it elsewhere later.
+    fn forget(&mut self, fd: RawFd);
+    /// Opens a file; `flags` are open(2) flags (O_DIRECT, O_DSYNC, O_CREAT, ...).
+    fn open(&mut self, path: &std::path::Path, flags: i32, mode: u32) -> io::Result<RawFd>;
+    /// Size of the file behind `fd`.
+    fn file_len(&mut self, fd: RawFd) -> io::Result<u64>;
+    /// Sets the size of the file behind `fd`.
+    fn set_file_len(&mut self, fd: RawFd, len: u64) -> io::Result<()>;
+    /// Starts a file operation. On completion the driver stores the result in `op`
+    /// and wakes its waiter; until then it keeps `op` (and so the buffers in it)
+    /// alive, even if the submitting task is gone.
+    fn submit(&mut self, op: Rc<FileOp>) -> io::Result<()>;
+    /// Room for more file operations in flight; when none, wait with `wait_slot`.
+    fn submit_slots(&self) -> usize;
+    /// Wakes `task` when a file operation completes (a slot frees up).
+    fn wait_slot(&mut self, task: TaskRef);
+    /// Counts bytes moved by `net`/`file` calls built on this driver.
+    fn count_bytes(&mut self, read: u64, written: u64);
+    fn stats(&self) -> IoStats;
+}
 
 pub trait Driver {
     /// The current time on this driver's clock.
@@ -23,6 +109,11 @@ pub trait Driver {
     /// How many operations are in flight that may still wake a task. With none, no
     /// ready task and no timer, the runtime is deadlocked.
     fn in_flight(&self) -> usize;
+
+    /// The driver's I/O primitives; `None` for a driver without I/O.
+    fn io(&mut self) -> Option<&mut dyn Io> {
+        None
+    }
 }
 
 /// The timer-only driver: the monotonic clock, and `nanosleep` until the next timer.

@@ -1,0 +1,360 @@
+//! Pseudo-blocking TCP (libtask's netannounce / netaccept / netdial and the seed's
+//! task_netread / task_netwrite), on the driver's non-blocking primitives.
+//!
+//! Every call tries the system call first and parks only on EAGAIN, until the driver
+//! reports readiness (edge-triggered, registered once per socket). A stream has one
+//! reader and one writer at a time, as the seed says; a second concurrent reader (or
+//! writer) gets [`IoError::Busy`] at once, never a hang. End of stream in the middle of
+//! a transfer and connection resets are errors that name the fd.
+
+use std::cell::Cell;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use crate::driver::Interest;
+use crate::error::IoError;
+use crate::sched::core;
+use crate::task::{TaskRef, WaitReason, park, park_until};
+use crate::timer::Instant;
+
+/// Default backlog of a listening socket.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Parks the running task until `fd` may be ready for `interest`, or `deadline`.
+/// Returns false on timeout (the wait is then withdrawn).
+fn wait_ready(
+    fd: RawFd,
+    interest: Interest,
+    op: &'static str,
+    deadline: Option<Instant>,
+) -> Result<bool, IoError> {
+    let core = core();
+    let me = TaskRef::current();
+    core.with_io(op, |io| io.wait(fd, interest, me))?
+        .map_err(|source| IoError::Fd { op, fd, source })?;
+    let woken = match deadline {
+        None => {
+            park(WaitReason::Io(op));
+            true
+        }
+        Some(d) => park_until(WaitReason::Io(op), d),
+    };
+    if !woken {
+        core.with_io(op, |io| io.cancel_wait(fd, interest))?;
+    }
+    Ok(woken)
+}
+
+fn close(fd: RawFd) {
+    if core_is_running() {
+        let _ = core().with_io("close", |io| io.close(fd));
+    } else {
+        // Dropped outside its runtime (after `run` returned): nothing waits on it.
+        // SAFETY: the owner gives up `fd` here.
+        unsafe { libc::close(fd) };
+    }
+}
+
+fn core_is_running() -> bool {
+    crate::sched::is_running()
+}
+
+/// Listens on `addr` (netannounce). Port 0 picks an ephemeral port; see
+/// [`TcpListener::local_addr`]. Addresses are numeric: name resolution would block
+/// the thread, so it is the caller's business, outside the runtime.
+pub fn listen(addr: SocketAddr) -> Result<TcpListener, IoError> {
+    let fd = core()
+        .with_io("listen", |io| io.listen(addr, LISTEN_BACKLOG))?
+        .map_err(|source| IoError::Addr {
+            op: "listen",
+            addr,
+            source,
+        })?;
+    let local = core().with_io("listen", |io| io.local_addr(fd))?;
+    match local {
+        Ok(local) => Ok(TcpListener { fd, local }),
+        Err(source) => {
+            close(fd);
+            Err(IoError::Addr {
+                op: "listen",
+                addr,
+                source,
+            })
+        }
+    }
+}
+
+/// A listening socket.
+pub struct TcpListener {
+    fd: RawFd,
+    local: SocketAddr,
+}
+
+impl TcpListener {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Waits for a connection (netaccept): a stream with TCP_NODELAY set.
+    pub fn accept(&self) -> Result<(TcpStream, SocketAddr), IoError> {
+        loop {
+            let r = core().with_io("accept", |io| io.accept(self.fd))?;
+            match r {
+                Ok((fd, peer)) => return Ok((TcpStream::from_fd(fd, peer), peer)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_ready(self.fd, Interest::Read, "accept", None)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The peer gave up before we accepted: not the listener's failure.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
+                Err(source) => {
+                    return Err(IoError::Fd {
+                        op: "accept",
+                        fd: self.fd,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        close(self.fd);
+    }
+}
+
+/// Connects to `addr` (netdial) without blocking the thread; `timeout` bounds the
+/// whole connect.
+pub fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, IoError> {
+    let core = core();
+    let deadline = timeout.map(|t| core.now() + t);
+    let fd = core
+        .with_io("connect", |io| io.connect(addr))?
+        .map_err(|source| IoError::Addr {
+            op: "connect",
+            addr,
+            source,
+        })?;
+    // From here the stream owns the fd and closes it on every error path.
+    let stream = TcpStream::from_fd(fd, addr);
+    loop {
+        let r = core.with_io("connect", |io| io.connect_result(fd))?;
+        match r {
+            Ok(()) => return Ok(stream),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOTCONN)
+                    || e.kind() == io::ErrorKind::WouldBlock =>
+            {
+                if !wait_ready(fd, Interest::Write, "connect", deadline)? {
+                    return Err(IoError::ConnectTimedOut {
+                        addr,
+                        timeout: timeout.unwrap_or_default(),
+                    });
+                }
+            }
+            Err(source) => {
+                return Err(IoError::Addr {
+                    op: "connect",
+                    addr,
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// A connected TCP stream. Methods take `&self` so that one reader task and one
+/// writer task can share it (in an `Rc`).
+pub struct TcpStream {
+    fd: RawFd,
+    peer: SocketAddr,
+    reading: Cell<bool>,
+    writing: Cell<bool>,
+    read_timeout: Cell<Option<Duration>>,
+    write_timeout: Cell<Option<Duration>>,
+}
+
+/// Clears a stream's reading/writing flag when the call ends, however it ends.
+struct Busy<'a>(&'a Cell<bool>);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+impl TcpStream {
+    fn from_fd(fd: RawFd, peer: SocketAddr) -> TcpStream {
+        TcpStream {
+            fd,
+            peer,
+            reading: Cell::new(false),
+            writing: Cell::new(false),
+            read_timeout: Cell::new(None),
+            write_timeout: Cell::new(None),
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, IoError> {
+        core()
+            .with_io("local_addr", |io| io.local_addr(self.fd))?
+            .map_err(|source| IoError::Fd {
+                op: "local_addr",
+                fd: self.fd,
+                source,
+            })
+    }
+
+    /// Bounds each read call (`read`, `read_exact`) as a whole; None: no bound.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) {
+        self.read_timeout.set(timeout);
+    }
+
+    /// Bounds each `write_all` call as a whole; None: no bound.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) {
+        self.write_timeout.set(timeout);
+    }
+
+    fn begin(&self, flag: &'static str, op: &'static str) -> Result<Busy<'_>, IoError> {
+        let cell = if flag == "reading" {
+            &self.reading
+        } else {
+            &self.writing
+        };
+        if cell.replace(true) {
+            return Err(IoError::Busy {
+                op,
+                fd: self.fd,
+                busy: flag,
+            });
+        }
+        Ok(Busy(cell))
+    }
+
+    /// Reads at least one byte (up to `buf.len()`); end of stream is
+    /// [`IoError::Eof`]. An empty `buf` returns 0 at once.
+    pub fn read(&self, buf: &mut [u8]) -> Result<usize, IoError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let _busy = self.begin("reading", "read")?;
+        let deadline = self.read_timeout.get().map(|t| core().now() + t);
+        self.read_some(buf, "read", deadline, 0, buf.len())
+    }
+
+    fn read_some(
+        &self,
+        buf: &mut [u8],
+        op: &'static str,
+        deadline: Option<Instant>,
+        done: usize,
+        want: usize,
+    ) -> Result<usize, IoError> {
+        loop {
+            let r = core().with_io(op, |io| io.recv(self.fd, buf))?;
+            match r {
+                Ok(0) => {
+                    return Err(IoError::Eof {
+                        op,
+                        fd: self.fd,
+                        done,
+                        want,
+                    });
+                }
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait_ready(self.fd, Interest::Read, op, deadline)? {
+                        return Err(IoError::TimedOut {
+                            op,
+                            fd: self.fd,
+                            timeout: self.read_timeout.get().unwrap_or_default(),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(IoError::Fd {
+                        op,
+                        fd: self.fd,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes (task_netread).
+    pub fn read_exact(&self, buf: &mut [u8]) -> Result<(), IoError> {
+        let _busy = self.begin("reading", "read_exact")?;
+        let deadline = self.read_timeout.get().map(|t| core().now() + t);
+        let want = buf.len();
+        let mut done = 0;
+        while done < want {
+            done += self.read_some(&mut buf[done..], "read_exact", deadline, done, want)?;
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` (task_netwrite).
+    pub fn write_all(&self, buf: &[u8]) -> Result<(), IoError> {
+        let _busy = self.begin("writing", "write_all")?;
+        let deadline = self.write_timeout.get().map(|t| core().now() + t);
+        let mut done = 0;
+        while done < buf.len() {
+            let r = core().with_io("write_all", |io| io.send(self.fd, &buf[done..]))?;
+            match r {
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait_ready(self.fd, Interest::Write, "write_all", deadline)? {
+                        return Err(IoError::TimedOut {
+                            op: "write_all",
+                            fd: self.fd,
+                            timeout: self.write_timeout.get().unwrap_or_default(),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(IoError::Fd {
+                        op: "write_all",
+                        fd: self.fd,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn shutdown(&self, how: Shutdown) -> Result<(), IoError> {
+        core()
+            .with_io("shutdown", |io| io.shutdown(self.fd, how))?
+            .map_err(|source| IoError::Fd {
+                op: "shutdown",
+                fd: self.fd,
+                source,
+            })
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        close(self.fd);
+    }
+}

@@ -1,0 +1,185 @@
+//! Cross-thread hand-off: a [`Remote`] lets another OS thread give values to a
+//! runtime and wake it; the runtime's tasks take them from the matching [`Inbox`]
+//! (pseudo-blocking). A bounded queue behind a mutex plus an eventfd that the
+//! runtime's reactor watches. The sender learns at once when the queue is full or
+//! the inbox is gone; nothing waits across threads.
+//!
+//! This is how the server's acceptor thread gives a new connection to a session
+//! thread. It is the only place in taskio where threads share state, and the state is
+//! the queue of this one channel (no global).
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::driver::Interest;
+use crate::error::IoError;
+use crate::sched::core;
+use crate::task::{TaskRef, WaitReason, park};
+
+struct Shared<T> {
+    queue: Mutex<VecDeque<T>>,
+    capacity: usize,
+    eventfd: OwnedFd,
+    inbox_gone: AtomicBool,
+    senders_gone: AtomicBool,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<T>> {
+        // A sender that panicked while holding the lock left a consistent queue
+        // (push/pop are not interrupted halfway), so poisoning is ignored.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to our eventfd. It can fail only if
+        // the counter would overflow (then a wakeup is pending anyway).
+        unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Why a [`Remote::send`] did not deliver; the value comes back.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteSendError<T> {
+    #[error("remote inbox full ({capacity} queued)")]
+    Full { value: T, capacity: usize },
+    #[error("remote inbox closed (its runtime is gone)")]
+    Closed(T),
+}
+
+/// The sending side: `Send + Clone`, usable from any thread.
+pub struct Remote<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Remote<T> {
+    fn clone(&self) -> Self {
+        Remote {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The receiving side, used by the tasks of one runtime.
+pub struct Inbox<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// A channel from other threads into a runtime, holding at most `capacity` values.
+pub fn remote<T: Send>(capacity: usize) -> Result<(Remote<T>, Inbox<T>), IoError> {
+    assert!(capacity > 0, "remote capacity must be at least 1");
+    // SAFETY: eventfd has no memory preconditions; the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(IoError::Setup {
+            op: "eventfd",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is a fresh fd nothing else owns.
+    let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+        capacity,
+        eventfd,
+        inbox_gone: AtomicBool::new(false),
+        senders_gone: AtomicBool::new(false),
+    });
+    Ok((
+        Remote {
+            shared: shared.clone(),
+        },
+        Inbox { shared },
+    ))
+}
+
+impl<T> Remote<T> {
+    /// Queues `value` for the runtime and wakes it; fails at once when full.
+    pub fn send(&self, value: T) -> Result<(), RemoteSendError<T>> {
+        if self.shared.inbox_gone.load(Ordering::Acquire) {
+            return Err(RemoteSendError::Closed(value));
+        }
+        {
+            let mut q = self.shared.lock();
+            if q.len() >= self.shared.capacity {
+                return Err(RemoteSendError::Full {
+                    value,
+                    capacity: self.shared.capacity,
+                });
+            }
+            q.push_back(value);
+        }
+        self.shared.signal();
+        Ok(())
+    }
+
+    /// Tells the inbox no more values will come (after those queued).
+    pub fn close(&self) {
+        self.shared.senders_gone.store(true, Ordering::Release);
+        self.shared.signal();
+    }
+
+    pub fn len(&self) -> usize {
+        self.shared.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Inbox<T> {
+    pub fn try_recv(&self) -> Option<T> {
+        self.shared.lock().pop_front()
+    }
+
+    /// Takes the next value, parking until one arrives; None once a sender has
+    /// called `close` and the queue is empty.
+    pub fn recv(&self) -> Result<Option<T>, IoError> {
+        let fd = self.shared.eventfd.as_raw_fd();
+        loop {
+            if let Some(v) = self.try_recv() {
+                return Ok(Some(v));
+            }
+            if self.shared.senders_gone.load(Ordering::Acquire) {
+                return Ok(self.try_recv());
+            }
+            // Reset the counter, then look again: a value queued between the first
+            // look and the reset has had its signal consumed here.
+            let mut count: u64 = 0;
+            // SAFETY: reading 8 bytes into a live u64 from our non-blocking eventfd.
+            unsafe { libc::read(fd, (&mut count as *mut u64).cast(), 8) };
+            if let Some(v) = self.try_recv() {
+                return Ok(Some(v));
+            }
+            if self.shared.senders_gone.load(Ordering::Acquire) {
+                continue;
+            }
+            let me = TaskRef::current();
+            core()
+                .with_io("remote recv", |io| io.wait(fd, Interest::Read, me))?
+                .map_err(|source| IoError::Fd {
+                    op: "remote recv",
+                    fd,
+                    source,
+                })?;
+            park(WaitReason::Io("remote recv"));
+        }
+    }
+}
+
+impl<T> Drop for Inbox<T> {
+    fn drop(&mut self) {
+        self.shared.inbox_gone.store(true, Ordering::Release);
+        if crate::sched::is_running() {
+            // Forget the fd in the reactor before the eventfd closes with the last Arc.
+            let fd = self.shared.eventfd.as_raw_fd();
+            let _ = core().with_io("remote drop", |io| io.forget(fd));
+        }
+        // Values still queued are dropped with the last reference.
+    }
+}

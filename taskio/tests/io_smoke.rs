@@ -1,0 +1,45 @@
+use std::rc::Rc;
+use taskio::file::OpenOptions;
+use taskio::*;
+
+#[test]
+fn echo_and_file_roundtrip() {
+    let mut rt = Runtime::with_io(Config::default(), IoConfig::default()).unwrap();
+    rt.run(|| {
+        let l = net::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr();
+        let srv = spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 64];
+            for _ in 0..100 {
+                s.read_exact(&mut buf).unwrap();
+                s.write_all(&buf).unwrap();
+            }
+        })
+        .unwrap();
+        let c = Rc::new(net::connect(addr, None).unwrap());
+        let mut buf = [7u8; 64];
+        for i in 0..100u8 {
+            buf[0] = i;
+            c.write_all(&buf).unwrap();
+            let mut back = [0u8; 64];
+            c.read_exact(&mut back).unwrap();
+            assert_eq!(back, buf);
+        }
+        srv.join().unwrap();
+        let dir = std::env::temp_dir().join(format!("taskio-smoke-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = OpenOptions::new().create(true).direct(true).size(1 << 20).open(dir.join("f")).unwrap();
+        let mut b = AlignedBuf::new(4096);
+        b.fill(0xab);
+        f.pwrite(&b, 8192).unwrap();
+        f.fdatasync().unwrap();
+        let mut r = AlignedBuf::new(4096);
+        assert_eq!(f.pread(&mut r, 8192).unwrap(), 4096);
+        assert!(r.iter().all(|&x| x == 0xab));
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .unwrap();
+    let st = rt.stats();
+    assert!(st.io.aio_completed >= 3, "{st:?}");
+}
