@@ -29,7 +29,12 @@ fn echo_and_file_roundtrip() {
         srv.join().unwrap();
         let dir = std::env::temp_dir().join(format!("taskio-smoke-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let f = OpenOptions::new().create(true).direct(true).size(1 << 20).open(dir.join("f")).unwrap();
+        let f = OpenOptions::new()
+            .create(true)
+            .direct(true)
+            .size(1 << 20)
+            .open(dir.join("f"))
+            .unwrap();
         let mut b = AlignedBuf::new(4096);
         b.fill(0xab);
         f.pwrite(&b, 8192).unwrap();
