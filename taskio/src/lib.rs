@@ -30,6 +30,7 @@ mod overflow;
 pub mod remote;
 mod runq;
 mod sched;
+pub mod sim;
 mod stack;
 mod stall;
 mod sync;
@@ -51,7 +52,7 @@ pub use sync::rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use sync::select::{Selectable, select};
 pub use task::{
     Builder, Current, JoinHandle, TaskId, TaskRef, WaitReason, current, local_set, local_take,
-    local_with, park, park_until, sleep, sleep_until, spawn, yield_now,
+    local_with, now, park, park_until, sleep, sleep_until, spawn, yield_now,
 };
 pub use timer::Instant;
 

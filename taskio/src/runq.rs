@@ -66,6 +66,34 @@ impl RunQueue {
         t
     }
 
+    /// Swaps the `i`-th queued task with the head.
+    pub(crate) fn swap_front(&self, i: usize) {
+        assert!(
+            i < self.len.get(),
+            "swap_front({i}) of a queue of {}",
+            self.len.get()
+        );
+        // SAFETY: as in `push_back`.
+        let buf = unsafe { &mut *self.buf.get() };
+        let mask = buf.len() - 1;
+        let head = self.head.get();
+        buf.swap(head, (head + i) & mask);
+    }
+
+    /// Keeps only the tasks for which `keep` is true, in order.
+    pub(crate) fn retain(&self, mut keep: impl FnMut(NonNull<Task>) -> bool) {
+        let mut kept = Vec::with_capacity(self.len.get());
+        while let Some(t) = self.pop_front() {
+            if keep(t) {
+                kept.push(t);
+            }
+        }
+        self.clear();
+        for t in kept {
+            self.push_back(t);
+        }
+    }
+
     pub(crate) fn clear(&self) {
         // SAFETY: as in `push_back`.
         let buf = unsafe { &mut *self.buf.get() };

@@ -203,7 +203,13 @@ pub(crate) struct Core {
     pub(crate) next_id: Cell<u64>,
     live_user: Cell<usize>,
     pub(crate) tearing_down: Cell<bool>,
+    /// Tasks marked `cancelled` that have not unwound yet.
+    cancelling: Cell<usize>,
     pub(crate) stall: Arc<StallState>,
+    /// Under simulation: the seeded generator that picks which ready task runs
+    /// next (None: FIFO), and a hash of the picks for determinism checks.
+    sched_rng: Cell<Option<u64>>,
+    sched_trace: Cell<u64>,
 }
 
 impl Core {
@@ -274,7 +280,10 @@ impl Core {
         } else {
             self.round_left.set(left - 1);
         }
-        let next = self.ready.pop_front()?;
+        let next = match self.sched_rng.get() {
+            None => self.ready.pop_front()?,
+            Some(_) => self.pop_random()?,
+        };
         // SAFETY: tasks in the ready queue are alive (held by the task table).
         let t = unsafe { next.as_ref() };
         debug_assert_eq!(t.state.get(), State::Ready);
@@ -284,6 +293,98 @@ impl Core {
         self.switches.set(switches);
         self.stall.switched_to(switches, t.id().0);
         Some(next)
+    }
+
+    /// Pops a ready task chosen by the seeded generator (simulation only).
+    #[cold]
+    #[inline(never)]
+    fn pop_random(&self) -> Option<NonNull<Task>> {
+        let len = self.ready.len();
+        if len == 0 {
+            return None;
+        }
+        let mut x = self.sched_rng.get().unwrap_or(1);
+        // xorshift64*: deterministic, fast, good enough to shuffle a run queue.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.sched_rng.set(Some(x));
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let i = (r % len as u64) as usize;
+        self.ready.swap_front(i);
+        let next = self.ready.pop_front()?;
+        // SAFETY: alive while in the ready queue.
+        let id = unsafe { next.as_ref() }.id().0;
+        let h = self.sched_trace.get();
+        self.sched_trace
+            .set((h ^ id).wrapping_mul(0x0000_0100_0000_01b3));
+        Some(next)
+    }
+
+    /// Seeds the scheduler's choice of the next ready task (simulation).
+    pub(crate) fn set_sched_seed(&self, seed: u64) {
+        self.sched_rng.set(Some(seed | 1));
+        self.sched_trace.set(0xcbf2_9ce4_8422_2325);
+    }
+
+    pub(crate) fn sched_trace(&self) -> u64 {
+        self.sched_trace.get()
+    }
+
+    /// The simulated node of the running task (0 in the scheduler context).
+    pub(crate) fn current_node(&self) -> u32 {
+        let t = self.current.get();
+        if t.is_null() {
+            0
+        } else {
+            // SAFETY: as in `current_task`.
+            unsafe { &*t }.node.get()
+        }
+    }
+
+    /// Ends every task of `node` (a simulated crash): a task that never ran is
+    /// dropped; one that is suspended is made ready with `cancelled` set and unwinds
+    /// when it next runs. The running task must not belong to `node`.
+    pub(crate) fn cancel_node(&self, node: u32) {
+        assert_ne!(
+            self.current_node(),
+            node,
+            "a task cannot crash its own node"
+        );
+        let victims: Vec<Rc<Task>> = self
+            .tasks
+            .borrow()
+            .iter()
+            .filter(|t| t.node.get() == node && t.state.get() != State::Done)
+            .cloned()
+            .collect();
+        for t in victims {
+            if let Some(body) = t.body.take() {
+                // Never ran: forget it entirely.
+                let p = Rc::as_ptr(&t);
+                self.ready.retain(|q| !ptr::eq(q.as_ptr(), p));
+                t.state.set(State::Done);
+                if !t.system() {
+                    self.live_user.set(self.live_user.get() - 1);
+                }
+                if let Some(rc) = self.tasks.borrow_mut().remove(&t) {
+                    drop(rc);
+                }
+                drop(body);
+                if let Some(stack) = t.stack.take() {
+                    let kept = self.free_tasks.borrow().len();
+                    self.stacks.borrow_mut().give(stack, kept);
+                }
+                continue;
+            }
+            if t.cancelled.replace(true) {
+                continue;
+            }
+            self.cancelling.set(self.cancelling.get() + 1);
+            if t.force_ready() {
+                self.ready.push_back(NonNull::from(&*t));
+            }
+        }
     }
 
     #[cold]
@@ -322,7 +423,7 @@ impl Core {
     #[inline(always)]
     pub(crate) fn after_switch(&self) {
         self.reap_dead();
-        if self.tearing_down.get() {
+        if self.tearing_down.get() || self.cancelling.get() > 0 {
             self.cancel_current();
         }
     }
@@ -330,19 +431,30 @@ impl Core {
     #[cold]
     #[inline(never)]
     fn cancel_current(&self) {
-        if !self.current.get().is_null() {
-            if std::thread::panicking() {
-                // A destructor blocked while the task was being unwound: give up on
-                // this task; teardown unmaps its stack (what it owned leaks).
-                self.abandon_current();
-            }
-            resume_unwind(Box::new(Cancelled));
+        let t = self.current.get();
+        if t.is_null() {
+            return;
         }
+        // SAFETY: as in `current_task`.
+        let task = unsafe { &*t };
+        if !(self.tearing_down.get() || task.cancelled.get()) {
+            return;
+        }
+        if std::thread::panicking() {
+            // A destructor blocked while the task was being unwound: give up on it;
+            // its stack is recycled without the rest of the unwind (what the
+            // remaining frames owned leaks).
+            self.exit_current(task);
+        }
+        resume_unwind(Box::new(Cancelled));
     }
 
     /// Ends the running task: it leaves itself in `dead` for the next context.
     pub(crate) fn exit_current(&self, me: &Task) -> ! {
         me.state.set(State::Done);
+        if me.cancelled.get() {
+            self.cancelling.set(self.cancelling.get() - 1);
+        }
         if me.is_named() {
             self.stall.forget_task(me.id().0);
         }
@@ -366,16 +478,6 @@ impl Core {
         // saved stack pointer goes to a local that dies with the stack.
         unsafe { context::switch(&mut discard, resume) };
         unreachable!("a dead task was resumed");
-    }
-
-    /// Switches to the scheduler for good from a task being torn down.
-    fn abandon_current(&self) -> ! {
-        self.current.set(ptr::null());
-        let mut discard = 0usize;
-        // SAFETY: the scheduler context is suspended (it is tearing down and switched
-        // to this task); this context is never resumed.
-        unsafe { context::switch(&mut discard, self.sched_ctx.get()) };
-        unreachable!("an abandoned task was resumed");
     }
 
     /// Recycles the stack of the task that ended just before this context resumed.
@@ -605,7 +707,10 @@ impl Runtime {
             next_id: Cell::new(1),
             live_user: Cell::new(0),
             tearing_down: Cell::new(false),
+            cancelling: Cell::new(0),
             stall: Arc::new(StallState::default()),
+            sched_rng: Cell::new(None),
+            sched_trace: Cell::new(0),
         });
         Runtime {
             core,
@@ -640,6 +745,14 @@ impl Runtime {
             Some(Err(e)) => Err(RunError::MainPanicked(e)),
             None => unreachable!("run ended with the main task alive"),
         }
+    }
+
+    pub(crate) fn set_sched_seed(&self, seed: u64) {
+        self.core.set_sched_seed(seed);
+    }
+
+    pub(crate) fn sched_trace(&self) -> u64 {
+        self.core.sched_trace()
     }
 
     pub fn stats(&self) -> RuntimeStats {

@@ -106,6 +106,10 @@ pub(crate) struct Task {
     pub(crate) guard_addr: usize,
     /// Index in the runtime's task table.
     pub(crate) slot: Cell<usize>,
+    /// The simulated node the task belongs to (0 outside a simulation).
+    pub(crate) node: Cell<u32>,
+    /// Set when the task must unwind the next time it runs (its node crashed).
+    pub(crate) cancelled: Cell<bool>,
 }
 
 impl Task {
@@ -149,6 +153,19 @@ impl Task {
         let size = stack.as_ref().map(Stack::size);
         self.stack.set(stack);
         size
+    }
+
+    /// Makes a task that is not running ready to run now, whatever it waits on: its
+    /// wait generation advances, so every `TaskRef` of the wait goes stale.
+    pub(crate) fn force_ready(&self) -> bool {
+        match self.state.get() {
+            State::Blocked => {
+                self.wait_gen.set(self.wait_gen.get() + 1);
+                self.state.set(State::Ready);
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn drop_locals(&self) {
@@ -268,6 +285,12 @@ pub fn sleep(d: Duration) {
     sleep_until(deadline);
 }
 
+/// The runtime's clock: CLOCK_MONOTONIC, or virtual time under simulation. Programs
+/// that must run unchanged in the simulator take deadlines from here.
+pub fn now() -> Instant {
+    core().now()
+}
+
 /// Suspends the running task until `deadline` on the runtime's clock.
 pub fn sleep_until(deadline: Instant) {
     let core = core();
@@ -289,6 +312,8 @@ pub struct Current {
     pub id: TaskId,
     pub name: String,
     pub system: bool,
+    /// The simulated node the task belongs to (0 outside a simulation).
+    pub node: u32,
 }
 
 /// Identity of the running task. Panics outside a task.
@@ -298,6 +323,7 @@ pub fn current() -> Current {
         id: task.id(),
         name: task.name(),
         system: task.system(),
+        node: task.node.get(),
     }
 }
 
@@ -338,6 +364,7 @@ pub struct Builder {
     name: Option<String>,
     stack_size: Option<usize>,
     system: bool,
+    node: Option<u32>,
 }
 
 impl Builder {
@@ -364,6 +391,12 @@ impl Builder {
     /// [`Runtime::run`]: crate::Runtime::run
     pub fn system(mut self, system: bool) -> Builder {
         self.system = system;
+        self
+    }
+
+    /// The simulated node the task belongs to (default: the spawner's).
+    pub(crate) fn node(mut self, node: u32) -> Builder {
+        self.node = Some(node);
         self
     }
 
@@ -517,6 +550,8 @@ where
                 body: Cell::new(None),
                 locals: RefCell::new(Vec::new()),
                 slot: Cell::new(usize::MAX),
+                node: Cell::new(0),
+                cancelled: Cell::new(false),
             })
         }
     };
@@ -533,6 +568,8 @@ where
     // `Rc` is ours), so no reference to `name` exists.
     unsafe { *task.name.get() = b.name.map(String::into_boxed_str) };
     task.system.set(b.system);
+    task.cancelled.set(false);
+    task.node.set(b.node.unwrap_or_else(|| core.current_node()));
     if let Some(name) = task.name_ref() {
         core.stall.name_task(id.0, name);
     }

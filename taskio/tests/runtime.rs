@@ -241,7 +241,8 @@ fn builder_sets_name_and_system_flag_and_current_reports_them() {
             Current {
                 id: named_id,
                 name: "worker".into(),
-                system: false
+                system: false,
+                node: 0,
             }
         );
 

@@ -13,6 +13,7 @@
 
 pub(crate) mod aio;
 mod reactor;
+pub(crate) mod sim;
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};

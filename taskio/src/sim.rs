@@ -1,0 +1,229 @@
+//! Deterministic simulation of a cluster in one thread: the public face of the
+//! simulated driver (see `driver::sim` for the model of disks and network).
+//!
+//! ```ignore
+//! let mut sim = Sim::new(SimConfig::new(seed));
+//! let out = sim.run(|h| {
+//!     let a = h.add_node("a", "10.0.0.1".parse().unwrap(), server_program);
+//!     let b = h.add_node("b", "10.0.0.2".parse().unwrap(), client_program);
+//!     taskio::sleep(Duration::from_secs(5));   // virtual time
+//!     h.crash(a);
+//!     h.restart(a);
+//!     h.run_until(Duration::from_secs(60), || done.get())
+//! });
+//! println!("trace {:016x}", sim.trace_hash());
+//! ```
+//!
+//! The closure given to [`Sim::run`] is the controller: it runs as the main task, on
+//! node 0, outside the simulated nodes. When it returns, every node is stopped (its
+//! tasks unwound, its disks kept as they are) and `run` returns its value. Node
+//! programs are `Fn()` so that a restart can run them again on what their disks kept.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+pub use crate::driver::sim::{DiskFault, Faults, SimConfig};
+use crate::driver::sim::{Node, SimDriver, SimState};
+use crate::error::RunError;
+use crate::sched::{Config, Runtime, core};
+use crate::task::{Builder, sleep};
+use crate::timer::Instant;
+
+/// A simulated node's number (the controller is node 0).
+pub type NodeId = u32;
+
+/// A simulation: a runtime on the simulated driver, seeded.
+pub struct Sim {
+    rt: Runtime,
+    state: Rc<RefCell<SimState>>,
+}
+
+impl Sim {
+    pub fn new(config: SimConfig) -> Sim {
+        let seed = config.seed;
+        let state = Rc::new(RefCell::new(SimState::new(config)));
+        let driver = SimDriver {
+            state: state.clone(),
+        };
+        let rt = Runtime::with_driver(
+            Config {
+                // Wall-clock stalls mean nothing in virtual time.
+                stall_threshold: None,
+                ..Config::default()
+            },
+            Box::new(driver),
+        );
+        rt.set_sched_seed(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x0123_4567);
+        Sim { rt, state }
+    }
+
+    /// Runs `controller` as the main task; then stops every node and returns.
+    pub fn run<T: 'static>(
+        &mut self,
+        controller: impl FnOnce(&SimHandle) -> T + 'static,
+    ) -> Result<T, RunError> {
+        let handle = self.handle();
+        self.rt.run(move || {
+            let v = controller(&handle);
+            let nodes = handle.state.borrow().nodes.len() as u32;
+            for n in 1..nodes {
+                handle.stop(n);
+            }
+            v
+        })
+    }
+
+    pub fn handle(&self) -> SimHandle {
+        SimHandle {
+            state: self.state.clone(),
+        }
+    }
+
+    /// A hash of everything that happened (events, choices, faults and the
+    /// scheduler's picks): equal for two runs of the same seed and program.
+    pub fn trace_hash(&self) -> u64 {
+        self.state.borrow().trace ^ self.rt.sched_trace().rotate_left(17)
+    }
+
+    /// The durable contents of a node's file (what any crash keeps).
+    pub fn disk_durable(&self, node: NodeId, path: impl AsRef<Path>) -> Option<Vec<u8>> {
+        self.handle().disk_durable(node, path)
+    }
+}
+
+/// What the controller (and the test after the run) uses to drive the cluster.
+#[derive(Clone)]
+pub struct SimHandle {
+    state: Rc<RefCell<SimState>>,
+}
+
+impl SimHandle {
+    /// Adds a node with address `ip` and starts `program` on it.
+    pub fn add_node(&self, name: &str, ip: IpAddr, program: impl Fn() + 'static) -> NodeId {
+        let program: Rc<dyn Fn()> = Rc::new(program);
+        let id = {
+            let mut s = self.state.borrow_mut();
+            assert!(
+                s.nodes.iter().all(|n| n.ip != ip && n.name != name),
+                "node {name} / {ip} added twice"
+            );
+            s.nodes.push(Node {
+                name: name.to_string(),
+                ip,
+                alive: true,
+                epoch: 0,
+                program: Some(program),
+            });
+            (s.nodes.len() - 1) as NodeId
+        };
+        self.start(id);
+        id
+    }
+
+    fn start(&self, node: NodeId) {
+        let (name, program) = {
+            let s = self.state.borrow();
+            let n = &s.nodes[node as usize];
+            (n.name.clone(), n.program.clone())
+        };
+        let Some(program) = program else {
+            return;
+        };
+        let spawned = Builder::new()
+            .name(name)
+            .node(node)
+            .spawn(move || program());
+        if let Err(e) = spawned {
+            panic!("simulation could not start node {node}: {e}");
+        }
+    }
+
+    /// Crashes `node`: its tasks end at once, its connections reset, its disks keep,
+    /// drop or tear each write that was not flushed.
+    pub fn crash(&self, node: NodeId) {
+        assert!(node != 0, "the controller cannot crash");
+        self.state.borrow_mut().crash_node(node, true);
+        core().cancel_node(node);
+    }
+
+    /// Stops `node` like a crash, but its disks keep everything written.
+    pub fn stop(&self, node: NodeId) {
+        assert!(node != 0, "the controller cannot stop");
+        self.state.borrow_mut().crash_node(node, false);
+        core().cancel_node(node);
+    }
+
+    /// Starts `node`'s program again, on what its disks kept.
+    pub fn restart(&self, node: NodeId) {
+        {
+            let mut s = self.state.borrow_mut();
+            let n = &mut s.nodes[node as usize];
+            assert!(!n.alive, "restart of node {node}, which is running");
+            n.alive = true;
+        }
+        self.start(node);
+    }
+
+    pub fn is_alive(&self, node: NodeId) -> bool {
+        self.state.borrow().nodes[node as usize].alive
+    }
+
+    /// Cuts the network between `a` and `b`: their connections reset, new ones are
+    /// refused, until `heal`.
+    pub fn partition(&self, a: NodeId, b: NodeId) {
+        self.state.borrow_mut().partition(a, b);
+    }
+
+    pub fn heal(&self, a: NodeId, b: NodeId) {
+        self.state.borrow_mut().heal(a, b);
+    }
+
+    /// Makes the next matching operation on `node`'s file `path` fail as `fault`.
+    pub fn inject(&self, node: NodeId, path: impl AsRef<Path>, fault: DiskFault) {
+        self.state
+            .borrow_mut()
+            .inject(node, path.as_ref().to_path_buf(), fault);
+    }
+
+    /// The durable contents of a node's file (what any crash keeps).
+    pub fn disk_durable(&self, node: NodeId, path: impl AsRef<Path>) -> Option<Vec<u8>> {
+        let s = self.state.borrow();
+        let d = s.disks.get(&(node, PathBuf::from(path.as_ref())))?;
+        Some(d.read_durable())
+    }
+
+    /// What a read of a node's file would return now (cache over durable).
+    pub fn disk_view(&self, node: NodeId, path: impl AsRef<Path>) -> Option<Vec<u8>> {
+        let s = self.state.borrow();
+        let d = s.disks.get(&(node, PathBuf::from(path.as_ref())))?;
+        Some(d.read(0, d.len() as usize))
+    }
+
+    pub fn now(&self) -> Instant {
+        self.state.borrow().now()
+    }
+
+    /// A seeded random number for the controller's own choices (part of the trace).
+    pub fn random(&self, below: u64) -> u64 {
+        self.state.borrow_mut().rng.below(below)
+    }
+
+    /// Sleeps in virtual time until `pred` holds or `limit` has passed; returns
+    /// whether `pred` held. Checks every 100 ms of virtual time (each check costs a
+    /// wake-up of the controller; use `sleep` for finer steps).
+    pub fn run_until(&self, limit: Duration, mut pred: impl FnMut() -> bool) -> bool {
+        let deadline = self.now() + limit;
+        loop {
+            if pred() {
+                return true;
+            }
+            if self.now() >= deadline {
+                return false;
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+}
