@@ -7,6 +7,7 @@
 //! Mutable access requires that no operation holds the storage (checked).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc, handle_alloc_error};
+use std::cell::Cell;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::rc::Rc;
@@ -19,11 +20,42 @@ pub const ALIGN: usize = 4096;
 pub(crate) struct Storage {
     ptr: NonNull<u8>,
     cap: usize,
+    /// Operations in flight that write into this memory (reads from a file).
+    kernel_writes: Cell<u32>,
 }
 
 impl Storage {
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
+    }
+}
+
+/// A file operation's hold on a buffer: keeps the memory alive until the operation
+/// is reaped and, for a read, marks it as being written by the kernel meanwhile.
+pub(crate) struct Hold {
+    storage: Rc<Storage>,
+    kernel_writes: bool,
+}
+
+impl Hold {
+    pub(crate) fn new(buf: &AlignedBuf, kernel_writes: bool) -> Hold {
+        if kernel_writes {
+            let n = &buf.storage.kernel_writes;
+            n.set(n.get() + 1);
+        }
+        Hold {
+            storage: buf.storage.clone(),
+            kernel_writes,
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.kernel_writes {
+            let n = &self.storage.kernel_writes;
+            n.set(n.get() - 1);
+        }
     }
 }
 
@@ -47,7 +79,9 @@ impl AlignedBuf {
     /// A buffer of `capacity` bytes rounded up to 4 KiB (at least 4 KiB), with its
     /// length set to the capacity.
     pub fn new(capacity: usize) -> AlignedBuf {
-        let cap = capacity.max(1).next_multiple_of(ALIGN);
+        let Some(cap) = capacity.max(1).checked_next_multiple_of(ALIGN) else {
+            panic!("AlignedBuf of {capacity} bytes: size overflow")
+        };
         let layout = match Layout::from_size_align(cap, ALIGN) {
             Ok(l) => l,
             Err(_) => panic!("AlignedBuf of {capacity} bytes: size overflow"),
@@ -58,7 +92,11 @@ impl AlignedBuf {
             handle_alloc_error(layout)
         };
         AlignedBuf {
-            storage: Rc::new(Storage { ptr, cap }),
+            storage: Rc::new(Storage {
+                ptr,
+                cap,
+                kernel_writes: Cell::new(0),
+            }),
             len: cap,
         }
     }
@@ -90,11 +128,6 @@ impl AlignedBuf {
         self.len = len;
     }
 
-    /// The storage, for a file operation to keep while the kernel uses it.
-    pub(crate) fn storage(&self) -> Rc<Storage> {
-        self.storage.clone()
-    }
-
     pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
         self.storage.as_ptr()
     }
@@ -107,10 +140,16 @@ impl AlignedBuf {
 impl Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: the storage holds `cap >= len` initialised (zeroed) bytes; shared
-        // access while an operation holds the storage is only possible for a write
-        // operation (the kernel reads), because a read operation borrows the buffer
-        // mutably for its whole duration.
+        // A read whose task was torn down may still be filling this buffer: the
+        // storage outlives the task, but nobody may look at it until it is reaped.
+        assert_eq!(
+            self.storage.kernel_writes.get(),
+            0,
+            "AlignedBuf read while a file read still fills it"
+        );
+        // SAFETY: the storage holds `cap >= len` initialised (zeroed) bytes, and no
+        // operation writes into it (checked above); the kernel may read it (a write
+        // operation), which is compatible with shared access.
         unsafe { std::slice::from_raw_parts(self.storage.as_ptr(), self.len) }
     }
 }

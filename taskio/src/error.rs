@@ -151,11 +151,15 @@ pub enum IoError {
         done: usize,
         want: usize,
     },
-    #[error("{op} fd {fd}: timed out after {timeout:?}")]
+    /// A read or write did not finish in time; `done` of `want` bytes had moved, so
+    /// a framed stream is out of step and should be closed.
+    #[error("{op} fd {fd}: timed out after {timeout:?} ({done} of {want} bytes moved)")]
     TimedOut {
         op: &'static str,
         fd: i32,
         timeout: std::time::Duration,
+        done: usize,
+        want: usize,
     },
     #[error("connect {addr}: timed out after {timeout:?}")]
     ConnectTimedOut {

@@ -209,6 +209,30 @@ impl File {
         Ok(())
     }
 
+    /// O_DIRECT needs every segment of a vectored transfer aligned, not just the sum.
+    fn check_segments(
+        &self,
+        op: &'static str,
+        offset: u64,
+        lens: impl Iterator<Item = usize>,
+    ) -> Result<(), IoError> {
+        if !self.direct {
+            return Ok(());
+        }
+        for len in lens {
+            if !len.is_multiple_of(ALIGN) {
+                return Err(IoError::Unaligned {
+                    op,
+                    path: self.path.clone(),
+                    offset,
+                    len,
+                    align: ALIGN,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Submits `op` and parks until it completes; returns bytes moved.
     fn run(
         &self,
@@ -321,6 +345,7 @@ impl File {
     pub fn preadv(&self, bufs: &mut [&mut AlignedBuf], offset: u64) -> Result<usize, IoError> {
         let len: usize = bufs.iter().map(|b| b.len()).sum();
         self.check("preadv", offset, len)?;
+        self.check_segments("preadv", offset, bufs.iter().map(|b| b.len()))?;
         if bufs.len() > libc::UIO_MAXIOV as usize {
             return Err(self.at(
                 "preadv",
@@ -339,6 +364,7 @@ impl File {
     pub fn pwritev(&self, bufs: &[&AlignedBuf], offset: u64, durable: bool) -> Result<(), IoError> {
         let len: usize = bufs.iter().map(|b| b.len()).sum();
         self.check("pwritev", offset, len)?;
+        self.check_segments("pwritev", offset, bufs.iter().map(|b| b.len()))?;
         if bufs.len() > libc::UIO_MAXIOV as usize {
             return Err(self.at(
                 "pwritev",

@@ -22,9 +22,39 @@ use crate::timer::Instant;
 /// Default backlog of a listening socket.
 pub const LISTEN_BACKLOG: u32 = 1024;
 
-/// Parks the running task until `fd` may be ready for `interest`, or `deadline`.
-/// Returns false on timeout (the wait is then withdrawn).
-fn wait_ready(
+/// Registers `fd` with the driver the first time its owner waits on it.
+pub(crate) fn ensure_registered(
+    fd: RawFd,
+    registered: &Cell<bool>,
+    op: &'static str,
+) -> Result<(), IoError> {
+    if !registered.get() {
+        core()
+            .with_io(op, |io| io.register(fd))?
+            .map_err(|source| IoError::Fd { op, fd, source })?;
+        registered.set(true);
+    }
+    Ok(())
+}
+
+/// Withdraws a wait if the task leaves it other than by being woken (a timeout, or
+/// an unwind when its runtime tears it down), so no stale wait is left counted.
+struct WaitGuard {
+    fd: RawFd,
+    interest: Interest,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        if crate::sched::is_running() {
+            let _ = core().with_io("cancel wait", |io| io.cancel_wait(self.fd, self.interest));
+        }
+    }
+}
+
+/// Parks the running task until `fd` (registered) may be ready for `interest`, or
+/// `deadline`. Returns false on timeout (the wait is then withdrawn).
+pub(crate) fn wait_ready(
     fd: RawFd,
     interest: Interest,
     op: &'static str,
@@ -34,6 +64,7 @@ fn wait_ready(
     let me = TaskRef::current();
     core.with_io(op, |io| io.wait(fd, interest, me))?
         .map_err(|source| IoError::Fd { op, fd, source })?;
+    let guard = WaitGuard { fd, interest };
     let woken = match deadline {
         None => {
             park(WaitReason::Io(op));
@@ -41,8 +72,9 @@ fn wait_ready(
         }
         Some(d) => park_until(WaitReason::Io(op), d),
     };
-    if !woken {
-        core.with_io(op, |io| io.cancel_wait(fd, interest))?;
+    if woken {
+        // The driver removed the wait when it woke us.
+        std::mem::forget(guard);
     }
     Ok(woken)
 }
@@ -74,7 +106,11 @@ pub fn listen(addr: SocketAddr) -> Result<TcpListener, IoError> {
         })?;
     let local = core().with_io("listen", |io| io.local_addr(fd))?;
     match local {
-        Ok(local) => Ok(TcpListener { fd, local }),
+        Ok(local) => Ok(TcpListener {
+            fd,
+            local,
+            registered: Cell::new(false),
+        }),
         Err(source) => {
             close(fd);
             Err(IoError::Addr {
@@ -90,6 +126,16 @@ pub fn listen(addr: SocketAddr) -> Result<TcpListener, IoError> {
 pub struct TcpListener {
     fd: RawFd,
     local: SocketAddr,
+    registered: Cell<bool>,
+}
+
+impl std::fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("fd", &self.fd)
+            .field("local", &self.local)
+            .finish()
+    }
 }
 
 impl TcpListener {
@@ -108,6 +154,7 @@ impl TcpListener {
             match r {
                 Ok((fd, peer)) => return Ok((TcpStream::from_fd(fd, peer), peer)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ensure_registered(self.fd, &self.registered, "accept")?;
                     wait_ready(self.fd, Interest::Read, "accept", None)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -153,6 +200,7 @@ pub fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream,
                 if e.raw_os_error() == Some(libc::ENOTCONN)
                     || e.kind() == io::ErrorKind::WouldBlock =>
             {
+                ensure_registered(fd, &stream.registered, "connect")?;
                 if !wait_ready(fd, Interest::Write, "connect", deadline)? {
                     return Err(IoError::ConnectTimedOut {
                         addr,
@@ -176,6 +224,7 @@ pub fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream,
 pub struct TcpStream {
     fd: RawFd,
     peer: SocketAddr,
+    registered: Cell<bool>,
     reading: Cell<bool>,
     writing: Cell<bool>,
     read_timeout: Cell<Option<Duration>>,
@@ -191,11 +240,21 @@ impl Drop for Busy<'_> {
     }
 }
 
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("fd", &self.fd)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
 impl TcpStream {
     fn from_fd(fd: RawFd, peer: SocketAddr) -> TcpStream {
         TcpStream {
             fd,
             peer,
+            registered: Cell::new(false),
             reading: Cell::new(false),
             writing: Cell::new(false),
             read_timeout: Cell::new(None),
@@ -279,11 +338,14 @@ impl TcpStream {
                 }
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ensure_registered(self.fd, &self.registered, op)?;
                     if !wait_ready(self.fd, Interest::Read, op, deadline)? {
                         return Err(IoError::TimedOut {
                             op,
                             fd: self.fd,
                             timeout: self.read_timeout.get().unwrap_or_default(),
+                            done,
+                            want,
                         });
                     }
                 }
@@ -321,11 +383,14 @@ impl TcpStream {
             match r {
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ensure_registered(self.fd, &self.registered, "write_all")?;
                     if !wait_ready(self.fd, Interest::Write, "write_all", deadline)? {
                         return Err(IoError::TimedOut {
                             op: "write_all",
                             fd: self.fd,
                             timeout: self.write_timeout.get().unwrap_or_default(),
+                            done,
+                            want: buf.len(),
                         });
                     }
                 }

@@ -8,23 +8,25 @@
 //! thread. It is the only place in taskio where threads share state, and the state is
 //! the queue of this one channel (no global).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::driver::Interest;
 use crate::error::IoError;
 use crate::sched::core;
-use crate::task::{TaskRef, WaitReason, park};
 
 struct Shared<T> {
     queue: Mutex<VecDeque<T>>,
     capacity: usize,
     eventfd: OwnedFd,
     inbox_gone: AtomicBool,
+    /// Set by `close`, or when the last `Remote` is dropped.
     senders_gone: AtomicBool,
+    senders: AtomicUsize,
 }
 
 impl<T> Shared<T> {
@@ -58,15 +60,27 @@ pub struct Remote<T> {
 
 impl<T> Clone for Remote<T> {
     fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
         Remote {
             shared: self.shared.clone(),
         }
     }
 }
 
-/// The receiving side, used by the tasks of one runtime.
+impl<T> Drop for Remote<T> {
+    /// The last sender gone closes the inbox, so a receiver is not left waiting for
+    /// values that cannot come.
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.close();
+        }
+    }
+}
+
+/// The receiving side, used by the tasks of one runtime (several may receive).
 pub struct Inbox<T> {
     shared: Arc<Shared<T>>,
+    registered: Cell<bool>,
 }
 
 /// A channel from other threads into a runtime, holding at most `capacity` values.
@@ -88,19 +102,27 @@ pub fn remote<T: Send>(capacity: usize) -> Result<(Remote<T>, Inbox<T>), IoError
         eventfd,
         inbox_gone: AtomicBool::new(false),
         senders_gone: AtomicBool::new(false),
+        senders: AtomicUsize::new(1),
     });
     Ok((
         Remote {
             shared: shared.clone(),
         },
-        Inbox { shared },
+        Inbox {
+            shared,
+            registered: Cell::new(false),
+        },
     ))
 }
 
 impl<T> Remote<T> {
-    /// Queues `value` for the runtime and wakes it; fails at once when full.
+    /// Queues `value` for the runtime and wakes it; fails at once when full, after
+    /// `close`, or when the inbox is gone. (An inbox dropped while this call runs
+    /// may still drop the value unreceived: that is the receiver's choice.)
     pub fn send(&self, value: T) -> Result<(), RemoteSendError<T>> {
-        if self.shared.inbox_gone.load(Ordering::Acquire) {
+        if self.shared.inbox_gone.load(Ordering::Acquire)
+            || self.shared.senders_gone.load(Ordering::Acquire)
+        {
             return Err(RemoteSendError::Closed(value));
         }
         {
@@ -117,7 +139,8 @@ impl<T> Remote<T> {
         Ok(())
     }
 
-    /// Tells the inbox no more values will come (after those queued).
+    /// Tells the inbox no more values will come (after those queued); later sends
+    /// from any handle fail with `Closed`.
     pub fn close(&self) {
         self.shared.senders_gone.store(true, Ordering::Release);
         self.shared.signal();
@@ -159,15 +182,8 @@ impl<T> Inbox<T> {
             if self.shared.senders_gone.load(Ordering::Acquire) {
                 continue;
             }
-            let me = TaskRef::current();
-            core()
-                .with_io("remote recv", |io| io.wait(fd, Interest::Read, me))?
-                .map_err(|source| IoError::Fd {
-                    op: "remote recv",
-                    fd,
-                    source,
-                })?;
-            park(WaitReason::Io("remote recv"));
+            crate::net::ensure_registered(fd, &self.registered, "remote recv")?;
+            crate::net::wait_ready(fd, Interest::Read, "remote recv", None)?;
         }
     }
 }

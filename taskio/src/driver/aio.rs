@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use libaio_sys as sys;
 
-use crate::buf::{AlignedBuf, Storage};
+use crate::buf::{AlignedBuf, Hold};
 use crate::task::TaskRef;
 
 /// Offsets are u64 in the API and i64 in the ABI; `file` checks the range first.
@@ -45,7 +45,7 @@ pub struct FileOp {
     /// For vectored operations; its heap buffer does not move while the op lives.
     iov: Vec<libc::iovec>,
     /// The buffers the kernel uses, kept until completion.
-    keep: RefCell<Vec<Rc<Storage>>>,
+    keep: RefCell<Vec<Hold>>,
     result: Cell<Option<i64>>,
     waiter: RefCell<Option<TaskRef>>,
 }
@@ -55,7 +55,7 @@ impl FileOp {
         kind: FileOpKind,
         iocb: sys::iocb,
         iov: Vec<libc::iovec>,
-        keep: Vec<Rc<Storage>>,
+        keep: Vec<Hold>,
     ) -> Rc<FileOp> {
         Rc::new(FileOp {
             kind,
@@ -75,7 +75,12 @@ impl FileOp {
             buf.capacity()
         );
         let iocb = sys::iocb::io_prep_pread(fd, buf.as_mut_ptr(), len, offset_i64(offset));
-        FileOp::new(FileOpKind::Read, iocb, Vec::new(), vec![buf.storage()])
+        FileOp::new(
+            FileOpKind::Read,
+            iocb,
+            Vec::new(),
+            vec![Hold::new(buf, true)],
+        )
     }
 
     /// pwrite of the first `len` bytes of `buf` at `offset`; `durable` sets RWF_DSYNC.
@@ -95,7 +100,12 @@ impl FileOp {
         if durable {
             iocb.set_rw_flags(sys::RWF_DSYNC);
         }
-        FileOp::new(FileOpKind::Write, iocb, Vec::new(), vec![buf.storage()])
+        FileOp::new(
+            FileOpKind::Write,
+            iocb,
+            Vec::new(),
+            vec![Hold::new(buf, false)],
+        )
     }
 
     /// preadv into each buffer's full length, in order, starting at `offset`.
@@ -107,7 +117,7 @@ impl FileOp {
                 iov_len: b.len(),
             })
             .collect();
-        let keep = bufs.iter().map(|b| b.storage()).collect();
+        let keep = bufs.iter().map(|b| Hold::new(b, true)).collect();
         let iocb = sys::iocb::io_prep_preadv(fd, iov.as_ptr(), iov.len(), offset_i64(offset));
         FileOp::new(FileOpKind::ReadV, iocb, iov, keep)
     }
@@ -126,7 +136,7 @@ impl FileOp {
                 iov_len: b.len(),
             })
             .collect();
-        let keep = bufs.iter().map(|b| b.storage()).collect();
+        let keep = bufs.iter().map(|b| Hold::new(b, false)).collect();
         let mut iocb = sys::iocb::io_prep_pwritev(fd, iov.as_ptr(), iov.len(), offset_i64(offset));
         if durable {
             iocb.set_rw_flags(sys::RWF_DSYNC);

@@ -69,10 +69,15 @@ pub trait Io {
     fn recv(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize>;
     fn send(&mut self, fd: RawFd, buf: &[u8]) -> io::Result<usize>;
     fn shutdown(&mut self, fd: RawFd, how: Shutdown) -> io::Result<()>;
+    /// Adds `fd` to the readiness set; its owner calls this once, before its first
+    /// wait. Anything the driver remembered of an earlier fd with the same number is
+    /// forgotten.
+    fn register(&mut self, fd: RawFd) -> io::Result<()>;
     /// Wakes `task` when `fd` may have become ready for `interest` (or has an error
-    /// or hang-up). One waiter per fd and interest; a second replaces the first.
+    /// or hang-up). Several tasks may wait; an event wakes them all.
     fn wait(&mut self, fd: RawFd, interest: Interest, task: TaskRef) -> io::Result<()>;
-    /// Forgets the waiter of `fd` for `interest` (after a timeout).
+    /// Withdraws the waits on `fd` for `interest` whose tasks no longer wait there
+    /// (timed out, or unwinding).
     fn cancel_wait(&mut self, fd: RawFd, interest: Interest);
     /// Closes `fd` and forgets everything about it.
     fn close(&mut self, fd: RawFd);

@@ -2,9 +2,13 @@
 //! runtime (the seed's taskio_init and aiotask, with fixes #2 and #4).
 //!
 //! - Sockets (and other pollable fds, such as a `Remote`'s eventfd) are registered
-//!   once, edge-triggered, for both directions, the first time a task waits on them,
-//!   and stay registered until closed: a wait costs no epoll_ctl (libtask's fdwait did
-//!   an ADD and a DEL per wait). Callers try the I/O first and wait only on EAGAIN.
+//!   once by their owner, edge-triggered, for both directions, and stay registered
+//!   until closed: a wait costs no epoll_ctl (libtask's fdwait did an ADD and a DEL
+//!   per wait). Callers try the I/O first and wait only on EAGAIN. Registration is
+//!   the owner's act (not the table's memory), so an fd number reused after a close
+//!   the table never saw is registered afresh.
+//! - Several tasks may wait on one fd in one direction (two acceptors on a listener);
+//!   an event wakes them all and each retries its call.
 //! - File I/O goes through kernel AIO ([`super::aio`]); completions are signalled on an
 //!   eventfd registered in the same epoll set, so one epoll_wait sleeps for everything.
 //! - Timers are the scheduler's: `park` sleeps until the next deadline with
@@ -63,8 +67,14 @@ pub const DEFAULT_POLL_BEFORE_PARK: Duration = Duration::from_micros(50);
 #[derive(Default)]
 struct FdSlot {
     registered: bool,
-    reader: Option<TaskRef>,
-    writer: Option<TaskRef>,
+    readers: Vec<TaskRef>,
+    writers: Vec<TaskRef>,
+}
+
+impl FdSlot {
+    fn waiters(&self) -> usize {
+        self.readers.len() + self.writers.len()
+    }
 }
 
 pub struct Reactor {
@@ -153,7 +163,7 @@ impl Reactor {
         let Ok(slot) = self.slot(fd) else {
             return false;
         };
-        let waiters = usize::from(slot.reader.is_some()) + usize::from(slot.writer.is_some());
+        let waiters = slot.waiters();
         let registered = slot.registered;
         *slot = FdSlot::default();
         self.fd_waiters -= waiters;
@@ -200,17 +210,17 @@ impl Reactor {
                 continue;
             };
             let err = bits & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
-            if (err || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0)
-                && let Some(t) = slot.reader.take()
-            {
-                self.fd_waiters -= 1;
-                t.wake();
+            if err || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0 {
+                self.fd_waiters -= slot.readers.len();
+                for t in slot.readers.drain(..) {
+                    t.wake();
+                }
             }
-            if (err || bits & libc::EPOLLOUT != 0)
-                && let Some(t) = slot.writer.take()
-            {
-                self.fd_waiters -= 1;
-                t.wake();
+            if err || bits & libc::EPOLLOUT != 0 {
+                self.fd_waiters -= slot.writers.len();
+                for t in slot.writers.drain(..) {
+                    t.wake();
+                }
             }
         }
         handled += self.aio.reap()?;
@@ -495,25 +505,39 @@ impl Io for Reactor {
         Ok(())
     }
 
+    fn register(&mut self, fd: RawFd) -> io::Result<()> {
+        // Whatever the table remembers of this fd number belongs to a closed fd.
+        self.reset_slot(fd);
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: `fd` is open (its owner registers it) and `ev` is valid.
+        let rc =
+            unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        match cvt(rc) {
+            Ok(_) => {}
+            // Registered already (a dup of the same file): the events still come.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        self.slot(fd)?.registered = true;
+        Ok(())
+    }
+
     fn wait(&mut self, fd: RawFd, interest: Interest, task: TaskRef) -> io::Result<()> {
-        let epfd = self.epfd.as_raw_fd();
         let slot = self.slot(fd)?;
         if !slot.registered {
-            let mut ev = libc::epoll_event {
-                events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-                u64: fd as u64,
-            };
-            // SAFETY: `fd` is open (the caller owns it) and `ev` is valid.
-            cvt(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
-            slot.registered = true;
+            return Err(io::Error::other(format!(
+                "wait on fd {fd}, which is not registered"
+            )));
         }
-        let old = match interest {
-            Interest::Read => slot.reader.replace(task),
-            Interest::Write => slot.writer.replace(task),
+        let list = match interest {
+            Interest::Read => &mut slot.readers,
+            Interest::Write => &mut slot.writers,
         };
-        if old.is_none() {
-            self.fd_waiters += 1;
-        }
+        list.push(task);
+        self.fd_waiters += 1;
         Ok(())
     }
 
@@ -521,13 +545,15 @@ impl Io for Reactor {
         let Ok(slot) = self.slot(fd) else {
             return;
         };
-        let old = match interest {
-            Interest::Read => slot.reader.take(),
-            Interest::Write => slot.writer.take(),
+        let list = match interest {
+            Interest::Read => &mut slot.readers,
+            Interest::Write => &mut slot.writers,
         };
-        if old.is_some() {
-            self.fd_waiters -= 1;
-        }
+        // The withdrawn wait is the one that is no longer current (its task timed
+        // out or is unwinding); live waits of other tasks stay.
+        let before = list.len();
+        list.retain(TaskRef::is_current_wait);
+        self.fd_waiters -= before - list.len();
     }
 
     fn close(&mut self, fd: RawFd) {

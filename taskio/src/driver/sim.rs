@@ -386,7 +386,7 @@ pub(crate) struct SimState {
     fds: BTreeMap<RawFd, SimFd>,
     listeners: BTreeMap<SocketAddr, RawFd>,
     conns: BTreeMap<u64, Conn>,
-    waiters: BTreeMap<(RawFd, u8), TaskRef>,
+    waiters: BTreeMap<(RawFd, u8), Vec<TaskRef>>,
     pub(crate) nodes: Vec<Node>,
     pub(crate) disks: BTreeMap<(u32, PathBuf), Disk>,
     partitions: BTreeSet<(u32, u32)>,
@@ -487,10 +487,11 @@ impl SimState {
     }
 
     fn wake(&mut self, fd: RawFd, interest: Interest) -> bool {
-        match self.waiters.remove(&(fd, interest_key(interest))) {
-            Some(t) => t.wake(),
-            None => false,
-        }
+        let list = self
+            .waiters
+            .remove(&(fd, interest_key(interest)))
+            .unwrap_or_default();
+        list.into_iter().filter(|t| t.clone().wake()).count() > 0
     }
 
     fn stream(&self, fd: RawFd) -> io::Result<(u64, Side)> {
@@ -1101,13 +1102,24 @@ impl Io for SimDriver {
         Ok(())
     }
 
+    fn register(&mut self, fd: RawFd) -> io::Result<()> {
+        if self.state.borrow().fds.contains_key(&fd) {
+            Ok(())
+        } else {
+            Err(err(libc::EBADF))
+        }
+    }
+
     fn wait(&mut self, fd: RawFd, interest: Interest, task: TaskRef) -> io::Result<()> {
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
         if !s.fds.contains_key(&fd) {
             return Err(err(libc::EBADF));
         }
-        s.waiters.insert((fd, interest_key(interest)), task);
+        s.waiters
+            .entry((fd, interest_key(interest)))
+            .or_default()
+            .push(task);
         // Readiness that is already there (data delivered, a reset) wakes at once.
         let ready_now = match s.fds.get(&fd) {
             Some(SimFd::Stream { conn, side, .. }) => match s.conns.get(conn) {
@@ -1260,7 +1272,7 @@ impl Io for SimDriver {
         let s = self.state.borrow();
         IoStats {
             aio_in_flight: s.file_ops,
-            fd_waiters: s.waiters.len(),
+            fd_waiters: s.waiters.values().map(Vec::len).sum(),
             ..s.stats
         }
     }

@@ -2,6 +2,8 @@
 //! own, so not every file uses every helper).
 #![allow(dead_code)]
 
+pub mod io_rt;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
