@@ -5,7 +5,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod bench;
+mod sim;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -24,7 +26,7 @@ struct Cli {
 enum Cmd {
     /// Run the benchmarks of one area; prints a table, then one JSON line per figure.
     Bench {
-        /// Area: taskio.
+        /// Area: taskio, io.
         area: String,
         /// Fewer, shorter samples: checks the benchmarks run, figures are rough.
         #[arg(long)]
@@ -32,18 +34,65 @@ enum Cmd {
         /// Run only the figures whose name contains this.
         #[arg(long)]
         only: Option<String>,
+        /// `bench io`: the file (or block device) for the file I/O figures; created
+        /// and filled if missing. Its contents are overwritten by the write figures.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+    /// Run an area's deterministic simulation across seeds, or replay one seed.
+    Sim {
+        /// Area: taskio.
+        area: String,
+        /// How many seeds to run (from --first).
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// First seed of the sweep.
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        /// Replay this one seed and print its trace hash on the last line.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run the scenario's deliberately broken variant (shows what the simulator finds).
+        #[arg(long)]
+        buggy: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Bench { area, quick, only } => match bench::run(&area, quick, only.as_deref()) {
+        Cmd::Bench {
+            area,
+            quick,
+            only,
+            file,
+        } => match bench::run(&area, quick, only.as_deref(), file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(msg) => {
                 eprintln!("tdrv bench: {msg}");
                 ExitCode::from(2)
             }
         },
+        Cmd::Sim {
+            area,
+            seeds,
+            first,
+            seed,
+            buggy,
+        } => {
+            let opts = sim::Options { buggy };
+            let outcome = match seed {
+                Some(s) => sim::replay(&area, s, opts),
+                None => sim::sweep(&area, first, seeds, opts),
+            };
+            match outcome {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(msg) => {
+                    eprintln!("tdrv sim: {msg}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }

@@ -6,20 +6,22 @@ use std::process::Command;
 
 const KEYS: [&str; 6] = ["bench", "unit", "median", "min", "max", "n"];
 
-#[test]
-fn taskio_quick_bench_prints_table_then_json_lines() {
+/// Runs `tdrv ARGS`, checks it succeeds, that the table comes before the JSON lines,
+/// and that each JSON line has the documented keys in order; returns the figures'
+/// names and units, and stdout.
+fn run_bench(args: &[&str]) -> (Vec<(String, String)>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tdrv"))
-        .args(["bench", "taskio", "--quick"])
+        .args(args)
         .output()
         .expect("run tdrv");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "tdrv failed: {stdout}\n{}",
+        "tdrv {args:?} failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let json: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
-    let names: Vec<String> = json
+    let figures = json
         .iter()
         .map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).expect("valid JSON line");
@@ -45,9 +47,21 @@ fn taskio_quick_bench_prints_table_then_json_lines() {
                 "min <= median <= max in {line}"
             );
             assert!(obj["n"].as_u64().expect("n") > 0);
-            obj["bench"].as_str().expect("bench").to_string()
+            (
+                obj["bench"].as_str().expect("bench").to_string(),
+                obj["unit"].as_str().expect("unit").to_string(),
+            )
         })
         .collect();
+    // The table comes first.
+    let first_json = stdout.find('{').expect("JSON present");
+    assert!(stdout[..first_json].contains("bench"), "table before JSON");
+    (figures, stdout)
+}
+
+#[test]
+fn taskio_quick_bench_prints_table_then_json_lines() {
+    let (figures, _) = run_bench(&["bench", "taskio", "--quick"]);
     for want in [
         "yield",
         "spawn_join",
@@ -58,13 +72,55 @@ fn taskio_quick_bench_prints_table_then_json_lines() {
         "idle_task_rss",
     ] {
         assert!(
-            names.iter().any(|n| n == want),
-            "figure {want} missing from {names:?}"
+            figures.iter().any(|(n, _)| n == want),
+            "figure {want} missing from {figures:?}"
         );
     }
-    // The table comes first.
-    let first_json = stdout.find('{').expect("JSON present");
-    assert!(stdout[..first_json].contains("bench"), "table before JSON");
+}
+
+/// `bench io --quick` on a small file of the test's own: every taskio figure (and the
+/// syscall floor) is printed in ops/s; fio's figures come only when fio is installed,
+/// so they are not required.
+#[test]
+fn io_quick_bench_prints_table_then_json_lines() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-io-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let file = dir.join("io.dat");
+    // 4 MiB of non-zero data (holes would not reach the device).
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8 + 1).collect();
+    std::fs::write(&file, &data).expect("write the test file");
+    let path = file.to_str().expect("UTF-8 temp path");
+    let (figures, stdout) = run_bench(&["bench", "io", "--quick", "--file", path]);
+    std::fs::remove_dir_all(&dir).expect("remove temp dir");
+    for want in [
+        "aio_randread_4k_qd1",
+        "aio_randread_4k_qd1_nopoll",
+        "aio_randread_4k_qd32",
+        "aio_randwrite_4k_qd32",
+        "tcp_echo_64b_1conn",
+        "tcp_echo_64b_1conn_nopoll",
+        "tcp_echo_64b_16conn",
+        "peer_tcp_floor_64b",
+    ] {
+        let unit = figures
+            .iter()
+            .find(|(n, _)| n == want)
+            .map(|(_, u)| u.as_str());
+        assert_eq!(unit, Some("ops/s"), "figure {want} in {figures:?}");
+    }
+    // The file given is the one used, at its own size.
+    assert!(
+        stdout.contains(&format!("file: {path} (4 MiB)")),
+        "file line in {stdout}"
+    );
+}
+
+#[test]
+fn io_bench_only_selects_figures() {
+    let (figures, _) = run_bench(&["bench", "io", "--quick", "--only", "peer_tcp_floor"]);
+    let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["peer_tcp_floor_64b"]);
 }
 
 #[test]

@@ -3,7 +3,10 @@
 //! figure for machines (the format of DEVELOPERS.md):
 //! `{"bench":"NAME","unit":"ns/op","median":F,"min":F,"max":F,"n":N}`.
 
+mod io;
 mod taskio;
+
+use std::path::PathBuf;
 
 /// One figure: its samples and what it is compared against.
 pub struct Figure {
@@ -12,8 +15,8 @@ pub struct Figure {
     pub samples: Vec<f64>,
     /// The figure to reach, for the table ("<= 12").
     pub target: Option<&'static str>,
-    /// Reference figures measured elsewhere, for the table.
-    pub reference: Option<&'static str>,
+    /// Reference figures measured elsewhere, or details of this one, for the table.
+    pub reference: Option<String>,
 }
 
 impl Figure {
@@ -61,8 +64,12 @@ fn round3(x: f64) -> f64 {
 /// How much to measure.
 #[derive(Clone)]
 pub struct Plan {
+    /// `--quick`: few, short samples.
+    pub quick: bool,
     /// Only figures whose name contains this.
     pub only: Option<String>,
+    /// `--file`: the file (or block device) the file I/O benchmarks use.
+    pub file: Option<PathBuf>,
     pub samples: usize,
     /// Operations per sample for cheap operations (scaled down for costly ones).
     pub ops: u64,
@@ -72,13 +79,17 @@ impl Plan {
     pub fn new(quick: bool) -> Plan {
         if quick {
             Plan {
+                quick,
                 only: None,
+                file: None,
                 samples: 3,
                 ops: 10_000,
             }
         } else {
             Plan {
+                quick,
                 only: None,
+                file: None,
                 samples: 21,
                 ops: 1_000_000,
             }
@@ -86,12 +97,30 @@ impl Plan {
     }
 }
 
-pub fn run(area: &str, quick: bool, only: Option<&str>) -> Result<(), String> {
+/// The bench areas `run` knows.
+pub const AREAS: &[&str] = &["taskio", "io"];
+
+pub fn run(
+    area: &str,
+    quick: bool,
+    only: Option<&str>,
+    file: Option<PathBuf>,
+) -> Result<(), String> {
     let mut plan = Plan::new(quick);
     plan.only = only.map(str::to_string);
+    if file.is_some() && area != "io" {
+        return Err(format!("--file applies to `bench io`, not to {area:?}"));
+    }
+    plan.file = file;
     let figures = match area {
         "taskio" => taskio::run(&plan)?,
-        other => return Err(format!("unknown bench area {other:?} (known: taskio)")),
+        "io" => io::run(&plan)?,
+        other => {
+            return Err(format!(
+                "unknown bench area {other:?} (known: {})",
+                AREAS.join(", ")
+            ));
+        }
     };
     print_table(area, &figures);
     for f in &figures {
@@ -101,15 +130,21 @@ pub fn run(area: &str, quick: bool, only: Option<&str>) -> Result<(), String> {
 }
 
 fn print_table(area: &str, figures: &[Figure]) {
+    let w = figures
+        .iter()
+        .map(|f| f.name.len())
+        .chain([22])
+        .max()
+        .unwrap_or(22);
     println!("tdrv bench {area} (median of n samples, release build)");
     println!(
-        "{:<22} {:>12} {:>12} {:>12} {:>6} {:>8}  {:<10} reference",
+        "{:<w$} {:>12} {:>12} {:>12} {:>6} {:>8}  {:<10} reference",
         "bench", "median", "min", "max", "n", "unit", "target"
     );
     for f in figures {
         let s = f.sorted();
         println!(
-            "{:<22} {:>12.1} {:>12.1} {:>12.1} {:>6} {:>8}  {:<10} {}",
+            "{:<w$} {:>12.1} {:>12.1} {:>12.1} {:>6} {:>8}  {:<10} {}",
             f.name,
             f.median(),
             s[0],
@@ -117,7 +152,7 @@ fn print_table(area: &str, figures: &[Figure]) {
             s.len(),
             f.unit,
             f.target.unwrap_or("-"),
-            f.reference.unwrap_or("")
+            f.reference.as_deref().unwrap_or("")
         );
     }
     println!();

@@ -89,7 +89,7 @@ fn figure(
         unit: "ns/op",
         samples,
         target,
-        reference,
+        reference: reference.map(str::to_string),
     })
 }
 
@@ -257,11 +257,14 @@ fn idle_task_rss(plan: &Plan) -> Result<Figure, String> {
         unit: "bytes",
         samples: out,
         target: Some("<= 8192"),
-        reference: Some(if tasks == 10_000 {
-            "10,000 tasks"
-        } else {
-            "1,000 tasks (quick)"
-        }),
+        reference: Some(
+            if tasks == 10_000 {
+                "10,000 tasks"
+            } else {
+                "1,000 tasks (quick)"
+            }
+            .to_string(),
+        ),
     })
 }
 

@@ -1,0 +1,345 @@
+//! The simulation driver itself: determinism, virtual time, flush semantics, torn
+//! writes, partitions, crash and restart, injected and seeded faults.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use taskio::file::OpenOptions;
+use taskio::sim::{DiskFault, Faults, Sim, SimConfig};
+use taskio::{AlignedBuf, IoError, net, now, sleep, spawn, yield_now};
+
+const SRV: ([u8; 4], u16) = ([10, 0, 0, 1], 7000);
+
+fn srv() -> SocketAddr {
+    SocketAddr::from(SRV)
+}
+
+/// A busy program: several tasks, sleeps, a file and a socket per node.
+fn busy(seed: u64) -> (u64, Vec<u8>) {
+    let mut sim = Sim::new(SimConfig::new(seed));
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l2 = log.clone();
+    sim.run(move |h| {
+        let l3 = l2.clone();
+        let a = h.add_node("a", srv().ip(), move || {
+            let f = OpenOptions::new().create(true).open("/f").unwrap();
+            let l = net::listen(srv()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            let mut b = [0u8; 4];
+            let mut off = 0;
+            while s.read_exact(&mut b).is_ok() {
+                f.write_at(&b, off).unwrap();
+                off += 4;
+                l3.borrow_mut().push(b[0]);
+            }
+        });
+        h.add_node("b", "10.0.0.2".parse().unwrap(), move || {
+            let c = Rc::new(net::connect(srv(), Some(Duration::from_secs(1))).unwrap());
+            let mut hs = Vec::new();
+            for t in 0..4u8 {
+                let c = c.clone();
+                hs.push(spawn(move || {
+                    for i in 0..10u8 {
+                        sleep(Duration::from_micros(100 * (i as u64 + t as u64)));
+                        while c.write_all(&[t * 16 + i; 4]).is_err() {
+                            yield_now();
+                        }
+                    }
+                }));
+            }
+            for h in hs {
+                h.unwrap().join().unwrap();
+            }
+        });
+        h.run_until(Duration::from_secs(10), || l2.borrow().len() == 40);
+        let _ = a;
+    })
+    .unwrap();
+    let out = log.borrow().clone();
+    (sim.trace_hash(), out)
+}
+
+#[test]
+fn same_seed_same_schedule_and_result_other_seed_differs() {
+    let (h1, o1) = busy(42);
+    let (h2, o2) = busy(42);
+    assert_eq!(o1.len(), 40);
+    assert_eq!(h1, h2);
+    assert_eq!(o1, o2, "same seed, same order of arrival");
+    let others: Vec<(u64, Vec<u8>)> = (43..48).map(busy).collect();
+    assert!(
+        others.iter().any(|(h, _)| *h != h1),
+        "seeds change the trace"
+    );
+    assert!(
+        others.iter().any(|(_, o)| *o != o1),
+        "seeds change the interleaving"
+    );
+}
+
+#[test]
+fn virtual_time_jumps_an_hour_in_no_time() {
+    let wall = std::time::Instant::now();
+    let mut sim = Sim::new(SimConfig::new(1));
+    let slept = sim
+        .run(|_| {
+            let t0 = now();
+            sleep(Duration::from_secs(3600));
+            now() - t0
+        })
+        .unwrap();
+    assert!(slept >= Duration::from_secs(3600) && slept < Duration::from_secs(3601));
+    assert!(wall.elapsed() < Duration::from_secs(2));
+}
+
+/// Writes one block, flushes or not, crashes; returns the durable image.
+fn crash_after_write(seed: u64, flush: bool, dsync_write: bool) -> Vec<u8> {
+    let mut sim = Sim::new(SimConfig::new(seed));
+    let node = sim
+        .run(move |h| {
+            let ready = Rc::new(Cell::new(false));
+            let r = ready.clone();
+            let n = h.add_node("d", srv().ip(), move || {
+                let f = OpenOptions::new().create(true).open("/d").unwrap();
+                let mut b = AlignedBuf::new(8 * 512);
+                b.fill(7);
+                if dsync_write {
+                    f.pwrite_durable(&b, 0).unwrap();
+                } else {
+                    f.pwrite(&b, 0).unwrap();
+                }
+                if flush {
+                    f.fsync().unwrap();
+                }
+                r.set(true);
+                sleep(Duration::from_secs(60));
+            });
+            assert!(h.run_until(Duration::from_secs(5), || ready.get()));
+            h.crash(n);
+            n
+        })
+        .unwrap();
+    sim.disk_durable(node, "/d").unwrap_or_default()
+}
+
+#[test]
+fn flushed_and_durable_writes_survive_every_crash() {
+    for seed in 0..30 {
+        for (flush, dsync) in [(true, false), (false, true)] {
+            let d = crash_after_write(seed, flush, dsync);
+            assert_eq!(d.len(), 4096, "seed {seed}");
+            assert!(
+                d.iter().all(|&b| b == 7),
+                "seed {seed}: durable data changed"
+            );
+        }
+    }
+}
+
+#[test]
+fn unflushed_writes_are_kept_dropped_or_torn_at_sector_boundaries() {
+    let (mut kept, mut dropped, mut torn) = (0, 0, 0);
+    for seed in 0..200 {
+        let d = crash_after_write(seed, false, false);
+        let sevens = d.iter().take_while(|&&b| b == 7).count();
+        assert_eq!(
+            sevens % 512,
+            0,
+            "seed {seed}: tear inside a sector ({sevens} bytes)"
+        );
+        assert!(
+            d[sevens..].iter().all(|&b| b == 0),
+            "seed {seed}: bytes never written"
+        );
+        match sevens {
+            4096 => kept += 1,
+            0 => dropped += 1,
+            _ => torn += 1,
+        }
+    }
+    assert!(
+        kept > 0 && dropped > 0 && torn > 0,
+        "kept {kept} dropped {dropped} torn {torn}"
+    );
+}
+
+#[test]
+fn partition_resets_connections_and_refuses_new_ones_until_healed() {
+    let mut sim = Sim::new(SimConfig::new(3));
+    let outcome = Rc::new(RefCell::new(Vec::<String>::new()));
+    let o = outcome.clone();
+    sim.run(move |h| {
+        let a = h.add_node("a", srv().ip(), || {
+            let l = net::listen(srv()).unwrap();
+            loop {
+                let (s, _) = l.accept().unwrap();
+                spawn(move || {
+                    let mut b = [0u8; 1];
+                    while s.read_exact(&mut b).is_ok() {
+                        let _ = s.write_all(&b);
+                    }
+                })
+                .unwrap();
+            }
+        });
+        let o2 = o.clone();
+        let b = h.add_node("b", "10.0.0.2".parse().unwrap(), move || {
+            let c = net::connect(srv(), Some(Duration::from_secs(1))).unwrap();
+            c.write_all(&[1]).unwrap();
+            let mut r = [0u8; 1];
+            c.read_exact(&mut r).unwrap();
+            o2.borrow_mut().push("echoed".into());
+            // Now wait for the partition to cut us off.
+            let e = c.read_exact(&mut r).unwrap_err();
+            o2.borrow_mut().push(format!("cut: {:?}", e.kind()));
+            let e = net::connect(srv(), Some(Duration::from_millis(100))).unwrap_err();
+            o2.borrow_mut().push(format!("refused: {:?}", e.kind()));
+            sleep(Duration::from_secs(2));
+            let c = net::connect(srv(), Some(Duration::from_secs(1))).unwrap();
+            c.write_all(&[2]).unwrap();
+            c.read_exact(&mut r).unwrap();
+            o2.borrow_mut().push("healed".into());
+        });
+        assert!(h.run_until(Duration::from_secs(1), || o.borrow().len() == 1));
+        h.partition(a, b);
+        sleep(Duration::from_secs(1));
+        h.heal(a, b);
+        assert!(h.run_until(Duration::from_secs(10), || o.borrow().len() == 4));
+    })
+    .unwrap();
+    let out = outcome.borrow();
+    assert_eq!(out[0], "echoed");
+    assert_eq!(out[1], "cut: ConnectionReset");
+    assert_eq!(out[2], "refused: ConnectionRefused");
+    assert_eq!(out[3], "healed");
+}
+
+#[test]
+fn crash_ends_the_nodes_tasks_and_restart_runs_its_program_on_what_the_disk_kept() {
+    let mut sim = Sim::new(SimConfig::new(9));
+    let boots = Rc::new(RefCell::new(Vec::<usize>::new()));
+    let b2 = boots.clone();
+    let dropped = Rc::new(Cell::new(0));
+    let d2 = dropped.clone();
+    sim.run(move |h| {
+        let b3 = b2.clone();
+        let d3 = d2.clone();
+        let n = h.add_node("n", srv().ip(), move || {
+            struct OnDrop(Rc<Cell<u32>>);
+            impl Drop for OnDrop {
+                fn drop(&mut self) {
+                    self.0.set(self.0.get() + 1);
+                }
+            }
+            let _guard = OnDrop(d3.clone());
+            let f = OpenOptions::new().create(true).open("/boot").unwrap();
+            let len = f.len().unwrap() as usize;
+            b3.borrow_mut().push(len);
+            f.write_at(&[1u8; 512], len as u64).unwrap();
+            f.fdatasync().unwrap();
+            sleep(Duration::from_secs(3600));
+        });
+        assert!(h.run_until(Duration::from_secs(1), || b2.borrow().len() == 1));
+        h.crash(n);
+        assert!(!h.is_alive(n));
+        sleep(Duration::from_millis(10));
+        assert_eq!(d2.get(), 1, "the crashed node's task was unwound");
+        h.restart(n);
+        assert!(h.run_until(Duration::from_secs(1), || b2.borrow().len() == 2));
+    })
+    .unwrap();
+    assert_eq!(
+        *boots.borrow(),
+        vec![0, 512],
+        "second boot sees the first boot's durable block"
+    );
+    assert_eq!(
+        dropped.get(),
+        2,
+        "both boots' tasks unwound (crash, then end of run)"
+    );
+}
+
+#[test]
+fn injected_disk_faults_hit_the_next_matching_operation() {
+    let mut sim = Sim::new(SimConfig::new(5));
+    let results = Rc::new(RefCell::new(Vec::<String>::new()));
+    let r2 = results.clone();
+    sim.run(move |h| {
+        let r3 = r2.clone();
+        let n = h.add_node("n", srv().ip(), move || {
+            let f = OpenOptions::new().create(true).open("/x").unwrap();
+            f.write_at(&[9u8; 512], 0).unwrap();
+            sleep(Duration::from_millis(10)); // the controller injects now
+            let w = f.write_at(&[8u8; 512], 0);
+            let mut b = [0u8; 512];
+            let r = f.read_at(&mut b, 0);
+            let r_ok = f.read_at(&mut b, 0).map(|_| b[0]);
+            let mut c = [0u8; 512];
+            f.read_at(&mut c, 0).unwrap();
+            let errno = |e: IoError| match e {
+                IoError::At { source, .. } => source.raw_os_error(),
+                _ => None,
+            };
+            r3.borrow_mut().push(format!("{:?}", w.map_err(errno)));
+            r3.borrow_mut().push(format!("{:?}", r.map_err(errno)));
+            r3.borrow_mut().push(format!("{r_ok:?}"));
+            r3.borrow_mut()
+                .push(format!("{}", c.iter().filter(|&&x| x != 9).count()));
+        });
+        sleep(Duration::from_millis(5));
+        h.inject(n, "/x", DiskFault::WriteError);
+        h.inject(n, "/x", DiskFault::ReadError);
+        h.inject(n, "/x", DiskFault::CorruptRead);
+        assert!(h.run_until(Duration::from_secs(1), || r2.borrow().len() == 4));
+    })
+    .unwrap();
+    let r = results.borrow();
+    assert_eq!(r[0], "Err(Some(5))", "injected write error (EIO)");
+    assert_eq!(r[1], "Err(Some(5))", "injected read error (EIO)");
+    assert_eq!(
+        r[2], "Ok(9)",
+        "the failed write changed nothing; a corrupt read is next"
+    );
+    assert_eq!(r[3], "0", "the read after the corrupt one is clean");
+}
+
+#[test]
+fn seeded_fault_rates_produce_errors_deterministically() {
+    let run = |seed| {
+        let mut config = SimConfig::new(seed);
+        config.faults = Faults {
+            disk_write_error: 0.2,
+            ..Faults::default()
+        };
+        let mut sim = Sim::new(config);
+        let errors = Rc::new(Cell::new(0));
+        let e2 = errors.clone();
+        sim.run(move |h| {
+            let e3 = e2.clone();
+            let done = Rc::new(Cell::new(false));
+            let d2 = done.clone();
+            h.add_node("n", srv().ip(), move || {
+                let f = OpenOptions::new().create(true).open("/y").unwrap();
+                for i in 0..100u64 {
+                    if f.write_at(&[1u8; 512], i * 512).is_err() {
+                        e3.set(e3.get() + 1);
+                    }
+                }
+                d2.set(true);
+            });
+            assert!(h.run_until(Duration::from_secs(10), || done.get()));
+        })
+        .unwrap();
+        (errors.get(), sim.trace_hash())
+    };
+    let (e1, h1) = run(11);
+    let (e2, h2) = run(11);
+    assert_eq!((e1, h1), (e2, h2));
+    assert!(
+        (5..=40).contains(&e1),
+        "about 20% of 100 writes failed: {e1}"
+    );
+}

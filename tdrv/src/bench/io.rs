@@ -1,0 +1,835 @@
+//! `tdrv bench io`: taskio's file and socket I/O on one runtime thread, each beside a
+//! peer measured in the same run, sample by sample (interleaved, so that drift of the
+//! machine hits both alike):
+//!
+//! - kernel AIO, O_DIRECT 4 KiB random reads and writes at queue depth 1 and 32 (qd
+//!   tasks each doing I/O in a loop), beside fio with libaio and the same parameters;
+//! - TCP echo of 64-byte messages over loopback, client and server tasks on the same
+//!   runtime, beside the floor of a reactor-less non-blocking ping-pong in one thread;
+//! - the parking choice: the qd1 AIO and 1-connection TCP figures again with
+//!   `IoConfig::poll_before_park` zero (block in epoll at once) instead of the default.
+//!
+//! Each sample runs for a fixed time; figures are operations per second, with the
+//! latency percentiles and the CPU time per operation in the table.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use taskio::file::OpenOptions;
+use taskio::{AlignedBuf, Config, IoConfig, IoError, Runtime, net, spawn};
+
+use super::{Figure, Plan};
+
+/// Block size of the file figures.
+const BLOCK: u64 = 4096;
+/// TCP message size.
+const MSG: usize = 64;
+/// The default file sizes: full and quick runs.
+const FILE_FULL: u64 = 1 << 30;
+const FILE_QUICK: u64 = 64 << 20;
+/// Seed of the offsets' xorshift (each task adds its index).
+const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// What one sample of one variant measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// taskio AIO: O_DIRECT 4 KiB at random offsets, `qd` tasks.
+    Aio { write: bool, qd: usize },
+    /// fio, libaio, same parameters.
+    Fio { write: bool, qd: usize },
+    /// taskio TCP echo over `conns` loopback connections.
+    Tcp { conns: usize },
+    /// taskio TCP client, echoed by a blocking thread outside the runtime.
+    TcpXThread,
+    /// Reactor-less non-blocking ping-pong in one thread.
+    Floor,
+}
+
+/// Which runtime a taskio variant runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parking {
+    /// `IoConfig::default()` (poll before park, 50 us).
+    Default,
+    /// `poll_before_park: Duration::ZERO`.
+    NoPoll,
+}
+
+struct Variant {
+    name: &'static str,
+    work: Work,
+    parking: Parking,
+}
+
+/// Variants measured interleaved, sample by sample.
+struct Group {
+    variants: Vec<Variant>,
+}
+
+fn groups() -> Vec<Group> {
+    use Parking::{Default as Dflt, NoPoll};
+    let v = |name, work, parking| Variant {
+        name,
+        work,
+        parking,
+    };
+    vec![
+        Group {
+            variants: vec![
+                v(
+                    "aio_randread_4k_qd1",
+                    Work::Aio {
+                        write: false,
+                        qd: 1,
+                    },
+                    Dflt,
+                ),
+                v(
+                    "aio_randread_4k_qd1_nopoll",
+                    Work::Aio {
+                        write: false,
+                        qd: 1,
+                    },
+                    NoPoll,
+                ),
+                v(
+                    "peer_aio_randread_4k_qd1",
+                    Work::Fio {
+                        write: false,
+                        qd: 1,
+                    },
+                    Dflt,
+                ),
+            ],
+        },
+        Group {
+            variants: vec![
+                v(
+                    "aio_randread_4k_qd32",
+                    Work::Aio {
+                        write: false,
+                        qd: 32,
+                    },
+                    Dflt,
+                ),
+                v(
+                    "peer_aio_randread_4k_qd32",
+                    Work::Fio {
+                        write: false,
+                        qd: 32,
+                    },
+                    Dflt,
+                ),
+            ],
+        },
+        Group {
+            variants: vec![
+                v(
+                    "aio_randwrite_4k_qd32",
+                    Work::Aio {
+                        write: true,
+                        qd: 32,
+                    },
+                    Dflt,
+                ),
+                v(
+                    "peer_aio_randwrite_4k_qd32",
+                    Work::Fio {
+                        write: true,
+                        qd: 32,
+                    },
+                    Dflt,
+                ),
+            ],
+        },
+        Group {
+            variants: vec![
+                v("tcp_echo_64b_1conn", Work::Tcp { conns: 1 }, Dflt),
+                v("tcp_echo_64b_1conn_nopoll", Work::Tcp { conns: 1 }, NoPoll),
+                v("peer_tcp_floor_64b", Work::Floor, Dflt),
+            ],
+        },
+        Group {
+            variants: vec![v("tcp_echo_64b_16conn", Work::Tcp { conns: 16 }, Dflt)],
+        },
+        Group {
+            variants: vec![
+                v("tcp_echo_64b_1conn_xthread", Work::TcpXThread, Dflt),
+                v(
+                    "tcp_echo_64b_1conn_xthread_nopoll",
+                    Work::TcpXThread,
+                    NoPoll,
+                ),
+            ],
+        },
+    ]
+}
+
+/// One sample: throughput, and what the table shows beside it.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    ops_per_s: f64,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    cpu_us_per_op: Option<f64>,
+}
+
+/// The samples of one variant.
+struct Measured {
+    name: &'static str,
+    samples: Vec<Sample>,
+}
+
+impl Measured {
+    fn median_of(&self, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+        let mut v: Vec<f64> = self.samples.iter().filter_map(f).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        Some(if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        })
+    }
+
+    fn ops(&self) -> f64 {
+        self.median_of(|s| Some(s.ops_per_s)).unwrap_or(0.0)
+    }
+}
+
+/// What the run needs besides the plan.
+struct Setup {
+    /// Time per sample.
+    dur: Duration,
+    samples: usize,
+    file: PathBuf,
+    /// Usable size of the file, a multiple of BLOCK.
+    file_bytes: u64,
+    fio: bool,
+    default_rt: Runtime,
+    nopoll_rt: Runtime,
+}
+
+pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
+    let groups: Vec<Group> = groups()
+        .into_iter()
+        .map(|g| Group {
+            variants: g
+                .variants
+                .into_iter()
+                .filter(|v| Figure::wanted(plan, v.name))
+                .collect(),
+        })
+        .filter(|g| !g.variants.is_empty())
+        .collect();
+    let all = || groups.iter().flat_map(|g| &g.variants);
+    let wants_file = all().any(|v| matches!(v.work, Work::Aio { .. } | Work::Fio { .. }));
+    let wants_fio = all().any(|v| matches!(v.work, Work::Fio { .. }));
+
+    let (file, file_bytes) = if wants_file {
+        prepare_file(plan)?
+    } else {
+        (PathBuf::new(), 0)
+    };
+    let fio = wants_fio && fio_available();
+    let runtime = |poll_before_park: Option<Duration>| {
+        let mut io = IoConfig::default();
+        if let Some(p) = poll_before_park {
+            io.poll_before_park = p;
+        }
+        Runtime::with_io(Config::default(), io).map_err(|e| format!("runtime: {e}"))
+    };
+    let mut setup = Setup {
+        dur: if plan.quick {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(1)
+        },
+        samples: if plan.quick { 3 } else { 7 },
+        file,
+        file_bytes,
+        fio,
+        default_rt: runtime(None)?,
+        nopoll_rt: runtime(Some(Duration::ZERO))?,
+    };
+
+    let mut measured: Vec<Measured> = Vec::new();
+    for g in &groups {
+        let variants: Vec<&Variant> = g
+            .variants
+            .iter()
+            .filter(|v| setup.fio || !matches!(v.work, Work::Fio { .. }))
+            .collect();
+        if variants.is_empty() {
+            continue;
+        }
+        let names: Vec<&str> = variants.iter().map(|v| v.name).collect();
+        eprintln!("tdrv bench io: {}", names.join(", "));
+        // A short warm-up of each taskio variant: the runtimes' stacks, the file's
+        // metadata, the loopback path.
+        let warm = setup.dur / 5;
+        for v in &variants {
+            if !matches!(v.work, Work::Fio { .. }) {
+                sample(&mut setup, v, warm).map_err(|e| format!("{}: {e}", v.name))?;
+            }
+        }
+        let mut ms: Vec<Measured> = variants
+            .iter()
+            .map(|v| Measured {
+                name: v.name,
+                samples: Vec::new(),
+            })
+            .collect();
+        for _ in 0..setup.samples {
+            for (v, m) in variants.iter().zip(&mut ms) {
+                let dur = setup.dur;
+                let s = sample(&mut setup, v, dur).map_err(|e| format!("{}: {e}", v.name))?;
+                m.samples.push(s);
+            }
+        }
+        measured.extend(ms);
+    }
+    if wants_fio && !setup.fio {
+        println!(
+            "fio not found: install it with apt-get install -y fio (peer_aio_* figures skipped)"
+        );
+    }
+    if wants_file {
+        println!(
+            "file: {} ({} MiB), {:?} per sample",
+            setup.file.display(),
+            setup.file_bytes >> 20,
+            setup.dur
+        );
+    }
+    Ok(figures(&measured))
+}
+
+/// Turns the measurements into figures, with the details and ratios for the table.
+fn figures(measured: &[Measured]) -> Vec<Figure> {
+    let find = |name: &str| measured.iter().find(|m| m.name == name);
+    let ratio = |of: &Measured, to: &str, what: &str| {
+        find(to)
+            .filter(|t| t.ops() > 0.0)
+            .map(|t| format!("; {:.2}x {what}", of.ops() / t.ops()))
+            .unwrap_or_default()
+    };
+    measured
+        .iter()
+        .map(|m| {
+            let mut detail = String::new();
+            if let (Some(p50), Some(p99)) = (m.median_of(|s| s.p50_us), m.median_of(|s| s.p99_us)) {
+                let lat = if m.name.starts_with("peer_aio") {
+                    "clat"
+                } else {
+                    "lat"
+                };
+                detail += &format!("{lat} p50 {p50:.1} us p99 {p99:.1} us");
+            }
+            if let Some(cpu) = m.median_of(|s| s.cpu_us_per_op) {
+                if !detail.is_empty() {
+                    detail += ", ";
+                }
+                detail += &format!("cpu {cpu:.2} us/op");
+            }
+            match m.name {
+                "aio_randread_4k_qd1" | "aio_randread_4k_qd32" | "aio_randwrite_4k_qd32" => {
+                    detail += &ratio(m, &format!("peer_{}", m.name), "fio");
+                }
+                "aio_randread_4k_qd1_nopoll" => {
+                    detail += &ratio(m, "aio_randread_4k_qd1", "poll 50us");
+                }
+                "tcp_echo_64b_1conn" | "tcp_echo_64b_16conn" => {
+                    detail += &ratio(m, "peer_tcp_floor_64b", "floor");
+                }
+                "tcp_echo_64b_1conn_nopoll" => {
+                    detail += &ratio(m, "tcp_echo_64b_1conn", "poll 50us");
+                    detail += &ratio(m, "peer_tcp_floor_64b", "floor");
+                }
+                "tcp_echo_64b_1conn_xthread" => {
+                    detail += "; echo by a blocking thread";
+                }
+                "tcp_echo_64b_1conn_xthread_nopoll" => {
+                    detail += &ratio(m, "tcp_echo_64b_1conn_xthread", "poll 50us");
+                }
+                "peer_tcp_floor_64b" => {
+                    detail += "; one thread, non-blocking write/read spin, no reactor";
+                }
+                _ => {}
+            }
+            Figure {
+                name: m.name,
+                unit: "ops/s",
+                samples: m.samples.iter().map(|s| s.ops_per_s).collect(),
+                target: None,
+                reference: Some(detail),
+            }
+        })
+        .collect()
+}
+
+/// Runs one sample of `v` for `dur`.
+fn sample(setup: &mut Setup, v: &Variant, dur: Duration) -> Result<Sample, String> {
+    let blocks = setup.file_bytes / BLOCK;
+    let rt = match v.parking {
+        Parking::Default => &mut setup.default_rt,
+        Parking::NoPoll => &mut setup.nopoll_rt,
+    };
+    match v.work {
+        Work::Aio { write, qd } => {
+            let path = setup.file.clone();
+            rt.run(move || aio_sample(&path, blocks, write, qd, dur))
+                .map_err(|e| e.to_string())?
+        }
+        Work::Tcp { conns } => rt
+            .run(move || tcp_sample(conns, dur))
+            .map_err(|e| e.to_string())?,
+        Work::TcpXThread => tcp_xthread_sample(rt, dur),
+        Work::Fio { write, qd } => fio_sample(&setup.file, setup.file_bytes, write, qd, dur),
+        Work::Floor => floor_sample(dur),
+    }
+}
+
+/// A simple seeded xorshift64 for the offsets.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> XorShift {
+        XorShift(seed.max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// User plus system CPU time of the whole process (every thread) so far.
+fn cpu_time() -> Duration {
+    // SAFETY: all-zero is a valid rusage, and getrusage writes into the one passed.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live rusage for the kernel to fill.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    assert_eq!(rc, 0, "getrusage(RUSAGE_SELF) failed");
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// p50 and p99 of latencies in ns, in us.
+fn percentiles(lat: &mut [u32]) -> (Option<f64>, Option<f64>) {
+    if lat.is_empty() {
+        return (None, None);
+    }
+    lat.sort_unstable();
+    let at = |q: f64| {
+        let i = ((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1;
+        f64::from(lat[i]) / 1000.0
+    };
+    (Some(at(0.50)), Some(at(0.99)))
+}
+
+/// Builds a sample from what the tasks did.
+fn finish(ops: u64, elapsed: Duration, cpu: Duration, lat: &mut [u32]) -> Sample {
+    let (p50_us, p99_us) = percentiles(lat);
+    Sample {
+        ops_per_s: ops as f64 / elapsed.as_secs_f64(),
+        p50_us,
+        p99_us,
+        cpu_us_per_op: (ops > 0).then(|| cpu.as_secs_f64() * 1e6 / ops as f64),
+    }
+}
+
+fn lat_ns(d: Duration) -> u32 {
+    u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
+}
+
+/// `qd` tasks each reading (or writing) 4 KiB blocks at random offsets of the file
+/// until `dur` has passed.
+fn aio_sample(
+    path: &Path,
+    blocks: u64,
+    write: bool,
+    qd: usize,
+    dur: Duration,
+) -> Result<Sample, String> {
+    let file = OpenOptions::new()
+        .write(write)
+        .direct(true)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let file = Rc::new(file);
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + dur;
+    let mut handles = Vec::with_capacity(qd);
+    for i in 0..qd {
+        let file = file.clone();
+        let h = spawn(move || -> Result<Vec<u32>, IoError> {
+            let mut buf = AlignedBuf::new(BLOCK as usize);
+            if write {
+                buf.fill(0x5a ^ i as u8);
+            }
+            let mut rng = XorShift::new(SEED.wrapping_add(i as u64));
+            let mut lat = Vec::with_capacity(64 * 1024);
+            let mut start = Instant::now();
+            while start < deadline {
+                let offset = (rng.next() % blocks) * BLOCK;
+                if write {
+                    file.pwrite(&buf, offset)?;
+                } else {
+                    file.pread_exact(&mut buf, offset)?;
+                }
+                let end = Instant::now();
+                lat.push(lat_ns(end - start));
+                start = end;
+            }
+            Ok(lat)
+        })
+        .map_err(|e| e.to_string())?;
+        handles.push(h);
+    }
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(
+            h.join()
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+}
+
+/// `conns` client tasks each doing write_all + read_exact of 64 bytes in a loop
+/// against echo tasks on the same runtime, until `dur` has passed.
+fn tcp_sample(conns: usize, dur: Duration) -> Result<Sample, String> {
+    let listener =
+        net::listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr();
+    let server = spawn(move || -> Result<(), String> {
+        let mut echoes = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            let (s, _) = listener.accept().map_err(|e| e.to_string())?;
+            let h = spawn(move || -> Result<(), IoError> {
+                let mut buf = [0u8; MSG];
+                loop {
+                    match s.read_exact(&mut buf) {
+                        Ok(()) => s.write_all(&buf)?,
+                        // The client is done.
+                        Err(IoError::Eof { done: 0, .. }) => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            echoes.push(h);
+        }
+        for h in echoes {
+            h.join()
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    let mut streams = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        streams.push(net::connect(addr, Some(Duration::from_secs(5))).map_err(|e| e.to_string())?);
+    }
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + dur;
+    let mut clients = Vec::with_capacity(conns);
+    for (i, s) in streams.into_iter().enumerate() {
+        let h = spawn(move || -> Result<Vec<u32>, IoError> {
+            let msg = [i as u8; MSG];
+            let mut back = [0u8; MSG];
+            let mut lat = Vec::with_capacity(64 * 1024);
+            let mut start = Instant::now();
+            while start < deadline {
+                s.write_all(&msg)?;
+                s.read_exact(&mut back)?;
+                let end = Instant::now();
+                lat.push(lat_ns(end - start));
+                start = end;
+            }
+            assert_eq!(back[0], i as u8, "echo crossed connections");
+            Ok(lat)
+        })
+        .map_err(|e| e.to_string())?;
+        clients.push(h);
+    }
+    let mut lat = Vec::new();
+    for h in clients {
+        lat.extend(
+            h.join()
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    server.join().map_err(|e| e.to_string())??;
+    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+}
+
+/// One client task doing write_all + read_exact of 64 bytes in a loop against an
+/// echo thread outside the runtime (blocking std I/O), until `dur` has passed: here
+/// the runtime really waits for its peer, so parking matters.
+fn tcp_xthread_sample(rt: &mut Runtime, dur: Duration) -> Result<Sample, String> {
+    let err = |what: &str, e: std::io::Error| format!("echo thread {what}: {e}");
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| err("bind", e))?;
+    let addr = l.local_addr().map_err(|e| err("local_addr", e))?;
+    let echo = std::thread::Builder::new()
+        .name("tdrv-echo".into())
+        .spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = l.accept()?;
+            s.set_nodelay(true)?;
+            let mut buf = [0u8; MSG];
+            loop {
+                match s.read_exact(&mut buf) {
+                    Ok(()) => s.write_all(&buf)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .map_err(|e| err("spawn", e))?;
+    let sample = rt
+        .run(move || -> Result<Sample, String> {
+            let s = net::connect(addr, Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+            let msg = [3u8; MSG];
+            let mut back = [0u8; MSG];
+            let mut lat = Vec::with_capacity(64 * 1024);
+            let cpu0 = cpu_time();
+            let t0 = Instant::now();
+            let deadline = t0 + dur;
+            let mut start = t0;
+            while start < deadline {
+                s.write_all(&msg).map_err(|e| e.to_string())?;
+                s.read_exact(&mut back).map_err(|e| e.to_string())?;
+                let end = Instant::now();
+                lat.push(lat_ns(end - start));
+                start = end;
+            }
+            let elapsed = t0.elapsed();
+            let cpu = cpu_time().saturating_sub(cpu0);
+            Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+        })
+        .map_err(|e| e.to_string());
+    // The client's stream is closed when `run` returns: the echo thread sees EOF. If
+    // the run failed before it connected, the thread still waits in accept: leave it.
+    let sample = sample??;
+    echo.join()
+        .map_err(|_| "echo thread panicked".to_string())?
+        .map_err(|e| err("echo", e))?;
+    Ok(sample)
+}
+
+/// The floor under any reactor: one loopback connection, both ends non-blocking in
+/// this thread; write 64 B on A, read them on B, write them back on B, read on A,
+/// spinning on WouldBlock.
+fn floor_sample(dur: Duration) -> Result<Sample, String> {
+    let err = |what: &str, e: std::io::Error| format!("floor {what}: {e}");
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| err("bind", e))?;
+    let addr = l.local_addr().map_err(|e| err("local_addr", e))?;
+    let mut a = std::net::TcpStream::connect(addr).map_err(|e| err("connect", e))?;
+    let (mut b, _) = l.accept().map_err(|e| err("accept", e))?;
+    for s in [&a, &b] {
+        s.set_nonblocking(true).map_err(|e| err("nonblocking", e))?;
+        s.set_nodelay(true).map_err(|e| err("nodelay", e))?;
+    }
+    let msg = [7u8; MSG];
+    let mut buf = [0u8; MSG];
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + dur;
+    let mut lat = Vec::with_capacity(256 * 1024);
+    let mut start = t0;
+    while start < deadline {
+        spin_write(&mut a, &msg).map_err(|e| err("write A", e))?;
+        spin_read(&mut b, &mut buf).map_err(|e| err("read B", e))?;
+        spin_write(&mut b, &buf).map_err(|e| err("write B", e))?;
+        spin_read(&mut a, &mut buf).map_err(|e| err("read A", e))?;
+        let end = Instant::now();
+        lat.push(lat_ns(end - start));
+        start = end;
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+}
+
+fn spin_write(s: &mut std::net::TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match s.write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                std::hint::spin_loop()
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn spin_read(s: &mut std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match s.read(&mut buf[done..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                std::hint::spin_loop()
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn fio_available() -> bool {
+    Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// One fio run with the parameters of the taskio figure.
+fn fio_sample(
+    path: &Path,
+    bytes: u64,
+    write: bool,
+    qd: usize,
+    dur: Duration,
+) -> Result<Sample, String> {
+    let rw = if write { "randwrite" } else { "randread" };
+    let mut cmd = Command::new("fio");
+    cmd.arg("--name=x")
+        .arg(format!("--filename={}", path.display()))
+        .args(["--ioengine=libaio", "--direct=1"])
+        .arg(format!("--rw={rw}"))
+        .arg("--bs=4k")
+        .arg(format!("--iodepth={qd}"))
+        .arg("--numjobs=1")
+        .arg(format!("--runtime={}ms", dur.as_millis()))
+        .arg("--time_based")
+        .arg(format!("--size={bytes}"))
+        .arg("--output-format=json");
+    let out = cmd.output().map_err(|e| format!("run fio: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "fio failed ({}): {}{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    // fio may print notes before its JSON.
+    let json = stdout.find('{').map_or("", |i| &stdout[i..]);
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| format!("fio output is not JSON ({e}): {stdout}"))?;
+    let job = &v["jobs"][0];
+    let dir = &job[if write { "write" } else { "read" }];
+    let num = |x: &serde_json::Value, what: &str| {
+        x.as_f64()
+            .ok_or_else(|| format!("fio JSON: no {what} in {stdout}"))
+    };
+    let iops = num(&dir["iops"], "iops")?;
+    let ios = num(&dir["total_ios"], "total_ios")?;
+    let runtime_ms = num(&job["job_runtime"], "job_runtime")?;
+    let cpu_pct = num(&job["usr_cpu"], "usr_cpu")? + num(&job["sys_cpu"], "sys_cpu")?;
+    let pct = |p: &str| {
+        dir["clat_ns"]["percentile"][p]
+            .as_f64()
+            .map(|ns| ns / 1000.0)
+    };
+    Ok(Sample {
+        ops_per_s: iops,
+        p50_us: pct("50.000000"),
+        p99_us: pct("99.000000"),
+        cpu_us_per_op: (ios > 0.0).then(|| cpu_pct / 100.0 * runtime_ms * 1000.0 / ios),
+    })
+}
+
+/// The file of the AIO figures: `--file`, or ./target/tdrv-bench/io-<size>.dat.
+/// A missing file is created and filled (written through, not sparse: reading holes
+/// would not reach the device). Returns the path and its usable size.
+fn prepare_file(plan: &Plan) -> Result<(PathBuf, u64), String> {
+    let want = if plan.quick { FILE_QUICK } else { FILE_FULL };
+    let path = match &plan.file {
+        Some(p) => p.clone(),
+        None => PathBuf::from("target/tdrv-bench").join(format!("io-{}m.dat", want >> 20)),
+    };
+    if !path.exists() {
+        fill_file(&path, want)?;
+    }
+    // Seeking to the end measures block devices too.
+    let len = fs::File::open(&path)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .map_err(|e| format!("size of {}: {e}", path.display()))?;
+    let usable = len / BLOCK * BLOCK;
+    if usable == 0 {
+        return Err(format!(
+            "{}: {len} bytes, the file figures need at least {BLOCK}",
+            path.display()
+        ));
+    }
+    Ok((path, usable))
+}
+
+/// Writes `bytes` of pseudo-random data to `path` (through a temporary name, so that
+/// an interrupted fill leaves no short file behind).
+fn fill_file(path: &Path, bytes: u64) -> Result<(), String> {
+    eprintln!(
+        "tdrv bench io: creating {} ({} MiB)",
+        path.display(),
+        bytes >> 20
+    );
+    let err = |e: std::io::Error| format!("create {}: {e}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(err)?;
+    let mut rng = XorShift::new(SEED);
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        for w in chunk.chunks_exact_mut(8) {
+            w.copy_from_slice(&rng.next().to_le_bytes());
+        }
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).map_err(err)?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(err)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(err)
+}
