@@ -22,6 +22,19 @@ use crate::timer::Instant;
 /// Default backlog of a listening socket.
 pub const LISTEN_BACKLOG: u32 = 1024;
 
+/// Bytes a stream reads ahead of its reader (allocated at the first small read).
+/// A recv that returns less than it asked for has emptied the socket, so the next
+/// read waits for readiness at once instead of paying a recv that says EAGAIN.
+pub const READ_AHEAD_BYTES: usize = 16 * 1024;
+
+/// Read-ahead of a stream: bytes received but not yet read, `data[start..end]`.
+#[derive(Default)]
+struct ReadAhead {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
 /// Registers `fd` with the driver the first time its owner waits on it.
 pub(crate) fn ensure_registered(
     fd: RawFd,
@@ -227,6 +240,10 @@ pub struct TcpStream {
     registered: Cell<bool>,
     reading: Cell<bool>,
     writing: Cell<bool>,
+    /// Touched only by the one reader (see `reading`).
+    ahead: std::cell::RefCell<ReadAhead>,
+    /// The last recv emptied the socket: wait for readiness before the next one.
+    drained: Cell<bool>,
     read_timeout: Cell<Option<Duration>>,
     write_timeout: Cell<Option<Duration>>,
 }
@@ -257,6 +274,8 @@ impl TcpStream {
             registered: Cell::new(false),
             reading: Cell::new(false),
             writing: Cell::new(false),
+            ahead: std::cell::RefCell::new(ReadAhead::default()),
+            drained: Cell::new(false),
             read_timeout: Cell::new(None),
             write_timeout: Cell::new(None),
         }
@@ -326,38 +345,78 @@ impl TcpStream {
         want: usize,
     ) -> Result<usize, IoError> {
         loop {
-            let r = core().with_io(op, |io| io.recv(self.fd, buf))?;
-            match r {
-                Ok(0) => {
-                    return Err(IoError::Eof {
-                        op,
-                        fd: self.fd,
-                        done,
-                        want,
-                    });
+            {
+                let mut ahead = self.ahead.borrow_mut();
+                if ahead.end > ahead.start {
+                    let n = (ahead.end - ahead.start).min(buf.len());
+                    let start = ahead.start;
+                    buf[..n].copy_from_slice(&ahead.data[start..start + n]);
+                    ahead.start += n;
+                    return Ok(n);
                 }
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ensure_registered(self.fd, &self.registered, op)?;
-                    if !wait_ready(self.fd, Interest::Read, op, deadline)? {
-                        return Err(IoError::TimedOut {
+            }
+            if self.drained.get() && core().with_io(op, |io| io.peer_closed(self.fd))? {
+                // The end of stream (or a reset) arrived with data we already took:
+                // no new event will announce it, only a recv will.
+                self.drained.set(false);
+            }
+            if !self.drained.get() {
+                // Large reads go straight to the caller; small ones fill the
+                // read-ahead, so that several small frames cost one recv.
+                let direct = buf.len() >= READ_AHEAD_BYTES;
+                let r = if direct {
+                    core().with_io(op, |io| io.recv(self.fd, buf))?
+                } else {
+                    let mut ahead = self.ahead.borrow_mut();
+                    if ahead.data.is_empty() {
+                        ahead.data = vec![0u8; READ_AHEAD_BYTES];
+                    }
+                    let r = core().with_io(op, |io| io.recv(self.fd, &mut ahead.data))?;
+                    if let Ok(n) = r {
+                        ahead.start = 0;
+                        ahead.end = n;
+                    }
+                    r
+                };
+                let asked = if direct { buf.len() } else { READ_AHEAD_BYTES };
+                match r {
+                    Ok(0) => {
+                        return Err(IoError::Eof {
                             op,
                             fd: self.fd,
-                            timeout: self.read_timeout.get().unwrap_or_default(),
                             done,
                             want,
                         });
                     }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(IoError::Fd {
-                        op,
-                        fd: self.fd,
-                        source,
-                    });
+                    Ok(n) => {
+                        self.drained.set(n < asked);
+                        if direct {
+                            return Ok(n);
+                        }
+                        continue; // serve from the read-ahead
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained.set(true),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(source) => {
+                        return Err(IoError::Fd {
+                            op,
+                            fd: self.fd,
+                            source,
+                        });
+                    }
                 }
             }
+            ensure_registered(self.fd, &self.registered, op)?;
+            if !wait_ready(self.fd, Interest::Read, op, deadline)? {
+                return Err(IoError::TimedOut {
+                    op,
+                    fd: self.fd,
+                    timeout: self.read_timeout.get().unwrap_or_default(),
+                    done,
+                    want,
+                });
+            }
+            self.drained.set(false);
         }
     }
 

@@ -76,6 +76,11 @@ pub trait Io {
     /// Wakes `task` when `fd` may have become ready for `interest` (or has an error
     /// or hang-up). Several tasks may wait; an event wakes them all.
     fn wait(&mut self, fd: RawFd, interest: Interest, task: TaskRef) -> io::Result<()>;
+    /// Whether the driver has seen the peer of `fd` close or reset (an end of stream
+    /// a recv would report without a new readiness event).
+    fn peer_closed(&self, _fd: RawFd) -> bool {
+        false
+    }
     /// Withdraws the waits on `fd` for `interest` whose tasks no longer wait there
     /// (timed out, or unwinding).
     fn cancel_wait(&mut self, fd: RawFd, interest: Interest);

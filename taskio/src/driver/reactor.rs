@@ -13,9 +13,10 @@
 //!   eventfd registered in the same epoll set, so one epoll_wait sleeps for everything.
 //! - Timers are the scheduler's: `park` sleeps until the next deadline with
 //!   epoll_pwait2 (nanosecond timeout).
-//! - Parking: on this VM a halted vCPU takes ~30 us to wake, so at queue depth 1 that,
-//!   not the device, dominates latency. `IoConfig::poll_before_park` spins on the
-//!   AIO completion ring and epoll for a bounded time before blocking.
+//! - Parking: waking a halted vCPU costs latency at queue depth 1 (the issue quotes
+//!   ~30 us for this VM; `tdrv bench io` measured ~3 us of p50 here).
+//!   `IoConfig::poll_before_park` spins on the AIO completion ring (and epoll) for a
+//!   bounded time before blocking, when file I/O is in flight.
 //!
 //! The fd table (the seed's ContextContainer) is a vector indexed by fd, bounded by
 //! `IoConfig::max_fds`.
@@ -60,13 +61,15 @@ impl Default for IoConfig {
     }
 }
 
-/// Default bounded poll before blocking (see `tdrv bench io`: at qd1 it saves the
-/// vCPU wake-up, ~30 us here, per I/O; it costs up to this much CPU per idle park).
+/// Default bounded poll before blocking while file I/O is in flight (see `tdrv bench
+/// io`: at qd1 it gave 1.03-1.19x the reads per second, at twice the CPU per read).
 pub const DEFAULT_POLL_BEFORE_PARK: Duration = Duration::from_micros(50);
 
 #[derive(Default)]
 struct FdSlot {
     registered: bool,
+    /// An RDHUP, HUP or ERR event was seen: the peer closed or the socket failed.
+    closed: bool,
     readers: Vec<TaskRef>,
     writers: Vec<TaskRef>,
 }
@@ -210,6 +213,9 @@ impl Reactor {
                 continue;
             };
             let err = bits & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
+            if err || bits & libc::EPOLLRDHUP != 0 {
+                slot.closed = true;
+            }
             if err || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0 {
                 self.fd_waiters -= slot.readers.len();
                 for t in slot.readers.drain(..) {
@@ -264,7 +270,11 @@ impl Driver for Reactor {
             }
             return Ok(());
         }
-        if !self.poll_before_park.is_zero() && self.in_flight() > 0 {
+        // Spin only for file I/O: an AIO completion lands within microseconds, while
+        // a socket peer may take any time (and on a 2-vCPU machine a spinning
+        // thread delays a peer thread that the kernel woke on the same CPU; see
+        // `tdrv bench io`, the *_xthread figures).
+        if !self.poll_before_park.is_zero() && self.aio.in_flight() > 0 {
             let mut until = now + self.poll_before_park;
             if let Some(d) = deadline {
                 until = until.min(d);
@@ -539,6 +549,13 @@ impl Io for Reactor {
         list.push(task);
         self.fd_waiters += 1;
         Ok(())
+    }
+
+    fn peer_closed(&self, fd: RawFd) -> bool {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.fds.get(i))
+            .is_some_and(|s| s.closed)
     }
 
     fn cancel_wait(&mut self, fd: RawFd, interest: Interest) {
