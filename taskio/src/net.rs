@@ -267,6 +267,28 @@ impl std::fmt::Debug for TcpStream {
 }
 
 impl TcpStream {
+    /// Adopts a connected std stream, e.g. one accepted by another thread and handed
+    /// over through a `Remote`: makes it non-blocking, sets TCP_NODELAY.
+    pub fn from_std(stream: std::net::TcpStream) -> Result<TcpStream, IoError> {
+        use std::os::fd::IntoRawFd;
+        let peer = stream.peer_addr().map_err(|source| IoError::Fd {
+            op: "adopt stream",
+            fd: -1,
+            source,
+        })?;
+        let setup = stream
+            .set_nonblocking(true)
+            .and_then(|()| stream.set_nodelay(true));
+        if let Err(source) = setup {
+            return Err(IoError::Addr {
+                op: "adopt stream",
+                addr: peer,
+                source,
+            });
+        }
+        Ok(TcpStream::from_fd(stream.into_raw_fd(), peer))
+    }
+
     fn from_fd(fd: RawFd, peer: SocketAddr) -> TcpStream {
         TcpStream {
             fd,
