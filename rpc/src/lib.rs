@@ -2,7 +2,49 @@
 //!
 //! Renders the seed's "CVA OVERALL ARCHITECTURE USING LIBTASK" (rpc.c, server and
 //! client sides). It sits on `taskio` and must never know what a cache, a vSSD or a
-//! transaction is: it moves framed, checksummed messages and nothing else.
+//! transaction is: it moves framed, checksummed messages and nothing else. The
+//! replica messages name their fields (tran, line, version) only to lay them out;
+//! what they mean is `dtm`'s and `vssd`'s business.
 //!
-//! Not built yet: the protocol, codec, server and client arrive with the `[rpc]` issue.
+//! `PROTOCOL.md` beside this crate is the single source of truth for the wire; this
+//! code follows it. What is here so far is the codec:
+//! - [`limits`]: every number of the wire, with their relations asserted;
+//! - [`Header`] / [`RawHeader`]: the fixed 56-byte header and its checks;
+//! - [`MsgType`], [`Status`]: the type and status codes;
+//! - [`Message`], [`Request`], [`Response`]: typed bodies of every message,
+//!   decoded without copying their data;
+//! - [`encode_frame`], [`decode_header`], [`decode_payload`], [`decode_frame`]:
+//!   framing with both CRC32Cs;
+//! - [`auth`]: the HELLO challenge-response (HMAC-SHA256);
+//! - [`RpcError`]: what went wrong, the status to answer with, and whether the
+//!   connection must close.
+//!
+//! Not built yet: the session server and the pipelined client of the `[rpc]` issue.
 #![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod auth;
+mod codec;
+mod cursor;
+mod error;
+#[doc(hidden)]
+pub mod fuzzing;
+mod header;
+pub mod limits;
+mod msg;
+mod msg_type;
+mod status;
+
+pub use codec::{
+    decode_frame, decode_header, decode_payload, encode_frame, header_bytes, truncate_reason,
+};
+pub use error::{Part, RpcError};
+#[doc(hidden)]
+pub use header::forge;
+pub use header::{FLAG_RESPONSE, FLAGS_KNOWN, Header, RawHeader, payload_crc};
+pub use limits::HEADER_LEN;
+pub use msg::{
+    Body, Counter, DEVICE_FLAG_READ_ONLY, DeviceInfo, Hello, HelloReply, InDoubt, Message,
+    RECOVER_FLAG_MORE, Request, Response, VssdInfo,
+};
+pub use msg_type::MsgType;
+pub use status::Status;

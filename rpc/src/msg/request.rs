@@ -1,0 +1,338 @@
+//! Requests: encoding and decoding of each request layout (PROTOCOL.md,
+//! "Messages").
+
+use super::rules::{
+    data_len, data_rest, invalid, length_in, name_len, open_handle, proof_field, put_proof, range,
+    unused,
+};
+use super::{DEVICE_FLAG_READ_ONLY, Fields, Hello, Request};
+use crate::cursor::{Put, Reader};
+use crate::error::RpcError;
+use crate::header::Header;
+use crate::limits::{DATA_LEN_MAX, PING_LEN_MAX, VERSION_MIN};
+use crate::msg_type::MsgType;
+
+impl<'a> Request<'a> {
+    /// The message type of this request.
+    pub fn msg_type(&self) -> MsgType {
+        match self {
+            Request::Hello(_) => MsgType::Hello,
+            Request::Ping { .. } => MsgType::Ping,
+            Request::DeviceOpen { .. } => MsgType::DeviceOpen,
+            Request::DeviceClose { .. } => MsgType::DeviceClose,
+            Request::Read { .. } => MsgType::Read,
+            Request::Write { .. } => MsgType::Write,
+            Request::Flush { .. } => MsgType::Flush,
+            Request::Discard { .. } => MsgType::Discard,
+            Request::Stat { .. } => MsgType::Stat,
+            Request::VssdOpen { .. } => MsgType::VssdOpen,
+            Request::VssdClose { .. } => MsgType::VssdClose,
+            Request::VssdWritep1 { .. } => MsgType::VssdWritep1,
+            Request::VssdCommit { .. } => MsgType::VssdCommit,
+            Request::VssdAbort { .. } => MsgType::VssdAbort,
+            Request::VssdRead { .. } => MsgType::VssdRead,
+            Request::VssdClean { .. } => MsgType::VssdClean,
+            Request::VssdRecover { .. } => MsgType::VssdRecover,
+        }
+    }
+
+    pub(super) fn encode_payload(&self, out: &mut Vec<u8>) -> Result<Fields, RpcError> {
+        let t = self.msg_type();
+        let f = Fields::new(t, false);
+        Ok(match self {
+            Request::Hello(h) => {
+                let n = name_len(t, "client_name", h.client_name)?;
+                out.put_u16(h.version_min);
+                out.put_u16(h.version_max);
+                out.put_u8(u8::from(h.proof.is_some()));
+                out.put_u8(n);
+                out.put_zeros(2);
+                out.extend_from_slice(&h.client_nonce);
+                put_proof(out, &h.proof);
+                out.extend_from_slice(h.client_name.as_bytes());
+                f
+            }
+            Request::Ping { data } => {
+                data_len(t, "data", data.len(), PING_LEN_MAX)?;
+                out.extend_from_slice(data);
+                f
+            }
+            Request::DeviceOpen { name, read_only } => {
+                let n = name_len(t, "name", name)?;
+                out.put_u32(if *read_only { DEVICE_FLAG_READ_ONLY } else { 0 });
+                out.put_u8(n);
+                out.put_zeros(3);
+                out.extend_from_slice(name.as_bytes());
+                f
+            }
+            Request::DeviceClose { handle }
+            | Request::Flush { handle }
+            | Request::Stat { handle }
+            | Request::VssdClose { handle } => f.handle(*handle),
+            Request::Read {
+                handle,
+                offset,
+                length,
+            }
+            | Request::Discard {
+                handle,
+                offset,
+                length,
+            } => f.handle(*handle).offset(*offset).length(*length),
+            Request::Write {
+                handle,
+                offset,
+                data,
+            } => {
+                let n = data_len(t, "data", data.len(), DATA_LEN_MAX as usize)?;
+                out.extend_from_slice(data);
+                f.handle(*handle).offset(*offset).length(n)
+            }
+            Request::VssdOpen { name, epoch } => {
+                let n = name_len(t, "name", name)?;
+                out.put_u64(*epoch);
+                out.put_u8(n);
+                out.put_zeros(7);
+                out.extend_from_slice(name.as_bytes());
+                f
+            }
+            Request::VssdWritep1 {
+                handle,
+                tran,
+                line,
+                data,
+            } => {
+                let n = data_len(t, "data", data.len(), DATA_LEN_MAX as usize)?;
+                out.put_u64(*tran);
+                out.put_u64(*line);
+                out.extend_from_slice(data);
+                f.handle(*handle).length(n)
+            }
+            Request::VssdCommit { handle, tran } | Request::VssdAbort { handle, tran } => {
+                out.put_u64(*tran);
+                f.handle(*handle)
+            }
+            Request::VssdRead {
+                handle,
+                line,
+                length,
+            } => {
+                out.put_u64(*line);
+                f.handle(*handle).length(*length)
+            }
+            Request::VssdClean {
+                handle,
+                line,
+                version,
+            } => {
+                out.put_u64(*line);
+                out.put_u64(*version);
+                f.handle(*handle)
+            }
+            Request::VssdRecover { handle, after_tran } => {
+                out.put_u64(*after_tran);
+                f.handle(*handle)
+            }
+        })
+    }
+
+    pub(super) fn decode(h: &Header, payload: &'a [u8]) -> Result<Request<'a>, RpcError> {
+        let t = h.msg_type;
+        let mut r = Reader::new(t, payload);
+        let req = match t {
+            MsgType::Hello => {
+                unused(h, false, false, false)?;
+                let version_min = r.u16("version_min")?;
+                let version_max = r.u16("version_max")?;
+                let has_proof = r.bool("proof_present")?;
+                let n = r.u8("client_name length")?;
+                r.reserved(2)?;
+                let client_nonce = r.bytes32("client_nonce")?;
+                let proof = r.bytes32("proof")?;
+                let proof = proof_field(&mut r, has_proof, proof)?;
+                let client_name = r.name(n, "client_name")?;
+                if version_min < VERSION_MIN {
+                    return Err(invalid(
+                        t,
+                        "version_min",
+                        u64::from(version_min),
+                        "versions start at 1",
+                    ));
+                }
+                if version_min > version_max {
+                    return Err(invalid(
+                        t,
+                        "version_max",
+                        u64::from(version_max),
+                        "below version_min",
+                    ));
+                }
+                Request::Hello(Hello {
+                    version_min,
+                    version_max,
+                    client_nonce,
+                    proof,
+                    client_name,
+                })
+            }
+            MsgType::Ping => {
+                unused(h, false, false, false)?;
+                let data = r.rest();
+                if data.len() > PING_LEN_MAX {
+                    // Header validation already bounds this; a hand-made Header
+                    // passed to decode_payload does not.
+                    return Err(RpcError::TooLarge {
+                        msg_type: t.code(),
+                        field: "data",
+                        len: data.len() as u64,
+                        max: PING_LEN_MAX as u64,
+                    });
+                }
+                Request::Ping { data }
+            }
+            MsgType::Error => {
+                return Err(RpcError::BadType {
+                    got: t.code(),
+                    why: "response-only type sent as a request",
+                });
+            }
+            MsgType::DeviceOpen => {
+                unused(h, false, false, false)?;
+                let flags = r.u32("flags")?;
+                let n = r.u8("name length")?;
+                r.reserved(3)?;
+                let name = r.name(n, "name")?;
+                if flags & !DEVICE_FLAG_READ_ONLY != 0 {
+                    return Err(invalid(t, "flags", u64::from(flags), "reserved bits set"));
+                }
+                Request::DeviceOpen {
+                    name,
+                    read_only: flags & DEVICE_FLAG_READ_ONLY != 0,
+                }
+            }
+            MsgType::DeviceClose => {
+                unused(h, true, false, false)?;
+                Request::DeviceClose {
+                    handle: open_handle(h)?,
+                }
+            }
+            MsgType::Read => {
+                unused(h, true, true, true)?;
+                let handle = open_handle(h)?;
+                let length = length_in(h, 1, DATA_LEN_MAX)?;
+                let (offset, _) = range(h)?;
+                Request::Read {
+                    handle,
+                    offset,
+                    length,
+                }
+            }
+            MsgType::Write => {
+                unused(h, true, true, true)?;
+                let handle = open_handle(h)?;
+                let data = data_rest(h, &mut r)?;
+                let (offset, _) = range(h)?;
+                Request::Write {
+                    handle,
+                    offset,
+                    data,
+                }
+            }
+            MsgType::Flush => {
+                unused(h, true, false, false)?;
+                Request::Flush {
+                    handle: open_handle(h)?,
+                }
+            }
+            MsgType::Discard => {
+                unused(h, true, true, true)?;
+                let handle = open_handle(h)?;
+                let length = length_in(h, 1, u32::MAX)?;
+                let (offset, _) = range(h)?;
+                Request::Discard {
+                    handle,
+                    offset,
+                    length,
+                }
+            }
+            MsgType::Stat => {
+                unused(h, true, false, false)?;
+                Request::Stat { handle: h.handle }
+            }
+            MsgType::VssdOpen => {
+                unused(h, false, false, false)?;
+                let epoch = r.u64("epoch")?;
+                let n = r.u8("name length")?;
+                r.reserved(7)?;
+                let name = r.name(n, "name")?;
+                Request::VssdOpen { name, epoch }
+            }
+            MsgType::VssdClose => {
+                unused(h, true, false, false)?;
+                Request::VssdClose {
+                    handle: open_handle(h)?,
+                }
+            }
+            MsgType::VssdWritep1 => {
+                unused(h, true, false, true)?;
+                let handle = open_handle(h)?;
+                let tran = r.u64("tran")?;
+                let line = r.u64("line")?;
+                let data = data_rest(h, &mut r)?;
+                Request::VssdWritep1 {
+                    handle,
+                    tran,
+                    line,
+                    data,
+                }
+            }
+            MsgType::VssdCommit => {
+                unused(h, true, false, false)?;
+                let handle = open_handle(h)?;
+                Request::VssdCommit {
+                    handle,
+                    tran: r.u64("tran")?,
+                }
+            }
+            MsgType::VssdAbort => {
+                unused(h, true, false, false)?;
+                let handle = open_handle(h)?;
+                Request::VssdAbort {
+                    handle,
+                    tran: r.u64("tran")?,
+                }
+            }
+            MsgType::VssdRead => {
+                unused(h, true, false, true)?;
+                let handle = open_handle(h)?;
+                let length = length_in(h, 1, DATA_LEN_MAX)?;
+                Request::VssdRead {
+                    handle,
+                    line: r.u64("line")?,
+                    length,
+                }
+            }
+            MsgType::VssdClean => {
+                unused(h, true, false, false)?;
+                let handle = open_handle(h)?;
+                let line = r.u64("line")?;
+                let version = r.u64("version")?;
+                Request::VssdClean {
+                    handle,
+                    line,
+                    version,
+                }
+            }
+            MsgType::VssdRecover => {
+                unused(h, true, false, false)?;
+                let handle = open_handle(h)?;
+                Request::VssdRecover {
+                    handle,
+                    after_tran: r.u64("after_tran")?,
+                }
+            }
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}

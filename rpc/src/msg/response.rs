@@ -1,0 +1,447 @@
+//! Responses: encoding and decoding of each reply layout, and of error responses
+//! (PROTOCOL.md, "Messages").
+
+use super::rules::{
+    data_len, data_rest, invalid, name_len, open_handle, power_of_two, proof_field, put_proof,
+    unused,
+};
+use super::{
+    Counter, DEVICE_FLAG_READ_ONLY, DeviceInfo, Fields, HelloReply, InDoubt, RECOVER_FLAG_MORE,
+    Response, VssdInfo,
+};
+use crate::cursor::{Put, Reader};
+use crate::error::RpcError;
+use crate::header::Header;
+use crate::limits::{
+    DATA_LEN_MAX, DATA_LEN_MAX_ADVERTISED_MIN, IN_DOUBT_LEN, IN_DOUBT_PER_REPLY_MAX,
+    PAYLOAD_LEN_MAX, PING_LEN_MAX, QUEUE_DEPTH_MAX, REASON_LEN_MAX, STAT_COUNTERS_MAX,
+    STAT_ENTRY_LEN_MIN, VERSION_MIN,
+};
+use crate::msg_type::MsgType;
+use crate::status::Status;
+
+impl<'a> Response<'a> {
+    /// The message type of this response.
+    pub fn msg_type(&self) -> MsgType {
+        match self {
+            Response::Hello(_) | Response::HelloAuthRequired(_) => MsgType::Hello,
+            Response::Ping { .. } => MsgType::Ping,
+            Response::DeviceOpen { .. } => MsgType::DeviceOpen,
+            Response::DeviceClose => MsgType::DeviceClose,
+            Response::Read { .. } => MsgType::Read,
+            Response::Write => MsgType::Write,
+            Response::Flush => MsgType::Flush,
+            Response::Discard => MsgType::Discard,
+            Response::Stat { .. } => MsgType::Stat,
+            Response::VssdOpen { .. } => MsgType::VssdOpen,
+            Response::VssdClose => MsgType::VssdClose,
+            Response::VssdWritep1 => MsgType::VssdWritep1,
+            Response::VssdCommit => MsgType::VssdCommit,
+            Response::VssdAbort => MsgType::VssdAbort,
+            Response::VssdRead { .. } => MsgType::VssdRead,
+            Response::VssdClean => MsgType::VssdClean,
+            Response::VssdRecover { .. } => MsgType::VssdRecover,
+            Response::Error { msg_type, .. } => *msg_type,
+        }
+    }
+
+    /// The status this response carries.
+    pub fn status(&self) -> Status {
+        match self {
+            Response::HelloAuthRequired(_) => Status::AuthRequired,
+            Response::Error { status, .. } => *status,
+            _ => Status::Ok,
+        }
+    }
+
+    /// True when a response of this type and status has the type's own layout
+    /// rather than an error reason.
+    fn has_own_layout(t: MsgType, status: Status) -> bool {
+        status.is_ok() || (t == MsgType::Hello && status == Status::AuthRequired)
+    }
+
+    pub(super) fn encode_payload(&self, out: &mut Vec<u8>) -> Result<Fields, RpcError> {
+        let t = self.msg_type();
+        let f = Fields::new(t, true).status(self.status());
+        Ok(match self {
+            Response::Hello(h) | Response::HelloAuthRequired(h) => {
+                let n = name_len(t, "server_name", h.server_name)?;
+                out.put_u16(h.version);
+                out.put_u8(u8::from(h.proof.is_some()));
+                out.put_u8(n);
+                out.put_u32(h.queue_depth);
+                out.put_u32(h.data_len_max);
+                out.put_zeros(4);
+                out.extend_from_slice(&h.server_nonce);
+                put_proof(out, &h.proof);
+                out.extend_from_slice(h.server_name.as_bytes());
+                f
+            }
+            Response::Ping { data } => {
+                data_len(t, "data", data.len(), PING_LEN_MAX)?;
+                out.extend_from_slice(data);
+                f
+            }
+            Response::DeviceOpen { handle, info } => {
+                out.put_u64(info.size_bytes);
+                out.put_u32(info.block_size);
+                out.put_u32(info.io_len_max);
+                out.put_u32(if info.read_only {
+                    DEVICE_FLAG_READ_ONLY
+                } else {
+                    0
+                });
+                out.put_zeros(4);
+                f.handle(*handle)
+            }
+            Response::Read { data } | Response::VssdRead { data } => {
+                let n = data_len(t, "data", data.len(), DATA_LEN_MAX as usize)?;
+                out.extend_from_slice(data);
+                f.length(n)
+            }
+            Response::DeviceClose
+            | Response::Write
+            | Response::Flush
+            | Response::Discard
+            | Response::VssdClose
+            | Response::VssdWritep1
+            | Response::VssdCommit
+            | Response::VssdAbort
+            | Response::VssdClean => f,
+            Response::Stat { counters } => {
+                if counters.len() > STAT_COUNTERS_MAX {
+                    return Err(RpcError::TooMany {
+                        msg_type: t,
+                        field: "counters",
+                        count: counters.len() as u64,
+                        max: STAT_COUNTERS_MAX as u64,
+                    });
+                }
+                out.put_u32(counters.len() as u32);
+                out.put_zeros(4);
+                for c in counters {
+                    let n = name_len(t, "counter name", c.name)?;
+                    out.put_u8(n);
+                    out.extend_from_slice(c.name.as_bytes());
+                    out.put_u64(c.value);
+                }
+                f
+            }
+            Response::VssdOpen { handle, info } => {
+                out.put_u64(info.line_count);
+                out.put_u64(info.epoch);
+                out.put_u32(info.line_size);
+                out.put_zeros(4);
+                f.handle(*handle)
+            }
+            Response::VssdRecover { in_doubt, more } => {
+                if in_doubt.len() > IN_DOUBT_PER_REPLY_MAX {
+                    return Err(RpcError::TooMany {
+                        msg_type: t,
+                        field: "in_doubt",
+                        count: in_doubt.len() as u64,
+                        max: IN_DOUBT_PER_REPLY_MAX as u64,
+                    });
+                }
+                out.put_u32(in_doubt.len() as u32);
+                out.put_u32(if *more { RECOVER_FLAG_MORE } else { 0 });
+                for d in in_doubt {
+                    out.put_u64(d.tran);
+                    out.put_u64(d.line);
+                    out.put_u32(d.line_count);
+                    out.put_u32(d.data_crc);
+                }
+                f
+            }
+            Response::Error {
+                msg_type,
+                status,
+                reason,
+            } => {
+                if Response::has_own_layout(*msg_type, *status) {
+                    return Err(RpcError::BadStatus {
+                        msg_type: msg_type.code(),
+                        got: status.code(),
+                        why: "an error response needs a failure status (HELLO's \
+                              AUTH_REQUIRED is Response::HelloAuthRequired)",
+                    });
+                }
+                data_len(t, "reason", reason.len(), REASON_LEN_MAX)?;
+                out.extend_from_slice(reason.as_bytes());
+                f
+            }
+        })
+    }
+
+    pub(super) fn decode(h: &Header, payload: &'a [u8]) -> Result<Response<'a>, RpcError> {
+        let t = h.msg_type;
+        let mut r = Reader::new(t, payload);
+        if !Response::has_own_layout(t, h.status) {
+            unused(h, false, false, false)?;
+            let bytes = r.rest();
+            if bytes.len() > REASON_LEN_MAX {
+                return Err(RpcError::TooLarge {
+                    msg_type: t.code(),
+                    field: "reason",
+                    len: bytes.len() as u64,
+                    max: REASON_LEN_MAX as u64,
+                });
+            }
+            let reason = std::str::from_utf8(bytes).map_err(|e| {
+                invalid(
+                    t,
+                    "reason",
+                    e.valid_up_to() as u64,
+                    "not UTF-8 from this byte",
+                )
+            })?;
+            return Ok(Response::Error {
+                msg_type: t,
+                status: h.status,
+                reason,
+            });
+        }
+        let resp = match t {
+            MsgType::Hello => {
+                unused(h, false, false, false)?;
+                let version = r.u16("version")?;
+                let has_proof = r.bool("proof_present")?;
+                let n = r.u8("server_name length")?;
+                let queue_depth = r.u32("queue_depth")?;
+                let data_len_max = r.u32("data_len_max")?;
+                r.reserved(4)?;
+                let server_nonce = r.bytes32("server_nonce")?;
+                let proof = r.bytes32("proof")?;
+                let proof = proof_field(&mut r, has_proof, proof)?;
+                let server_name = r.name(n, "server_name")?;
+                if version < VERSION_MIN {
+                    return Err(invalid(
+                        t,
+                        "version",
+                        u64::from(version),
+                        "versions start at 1",
+                    ));
+                }
+                if queue_depth == 0 || queue_depth > QUEUE_DEPTH_MAX {
+                    return Err(invalid(
+                        t,
+                        "queue_depth",
+                        u64::from(queue_depth),
+                        "must be 1..=QUEUE_DEPTH_MAX",
+                    ));
+                }
+                if !(DATA_LEN_MAX_ADVERTISED_MIN..=DATA_LEN_MAX).contains(&data_len_max) {
+                    return Err(invalid(
+                        t,
+                        "data_len_max",
+                        u64::from(data_len_max),
+                        "must be DATA_LEN_MAX_ADVERTISED_MIN..=DATA_LEN_MAX",
+                    ));
+                }
+                let reply = HelloReply {
+                    version,
+                    queue_depth,
+                    data_len_max,
+                    server_nonce,
+                    proof,
+                    server_name,
+                };
+                if h.status == Status::AuthRequired {
+                    Response::HelloAuthRequired(reply)
+                } else {
+                    Response::Hello(reply)
+                }
+            }
+            MsgType::Ping => {
+                unused(h, false, false, false)?;
+                let data = r.rest();
+                if data.len() > PING_LEN_MAX {
+                    return Err(RpcError::TooLarge {
+                        msg_type: t.code(),
+                        field: "data",
+                        len: data.len() as u64,
+                        max: PING_LEN_MAX as u64,
+                    });
+                }
+                Response::Ping { data }
+            }
+            MsgType::Error => {
+                // Header validation refuses ERROR with status OK.
+                return Err(RpcError::BadStatus {
+                    msg_type: t.code(),
+                    got: h.status.code(),
+                    why: "ERROR must carry a failure status",
+                });
+            }
+            MsgType::DeviceOpen => {
+                unused(h, true, false, false)?;
+                let handle = open_handle(h)?;
+                let size_bytes = r.u64("size_bytes")?;
+                let block_size = r.u32("block_size")?;
+                let block_size = power_of_two(&r, "block_size", block_size)?;
+                let io_len_max = r.u32("io_len_max")?;
+                let flags = r.u32("flags")?;
+                r.reserved(4)?;
+                if io_len_max == 0 || io_len_max > DATA_LEN_MAX {
+                    return Err(invalid(
+                        t,
+                        "io_len_max",
+                        u64::from(io_len_max),
+                        "must be 1..=DATA_LEN_MAX",
+                    ));
+                }
+                if flags & !DEVICE_FLAG_READ_ONLY != 0 {
+                    return Err(invalid(t, "flags", u64::from(flags), "reserved bits set"));
+                }
+                Response::DeviceOpen {
+                    handle,
+                    info: DeviceInfo {
+                        size_bytes,
+                        block_size,
+                        io_len_max,
+                        read_only: flags & DEVICE_FLAG_READ_ONLY != 0,
+                    },
+                }
+            }
+            MsgType::Read | MsgType::VssdRead => {
+                unused(h, false, false, true)?;
+                let data = data_rest(h, &mut r)?;
+                if t == MsgType::Read {
+                    Response::Read { data }
+                } else {
+                    Response::VssdRead { data }
+                }
+            }
+            MsgType::DeviceClose
+            | MsgType::Write
+            | MsgType::Flush
+            | MsgType::Discard
+            | MsgType::VssdClose
+            | MsgType::VssdWritep1
+            | MsgType::VssdCommit
+            | MsgType::VssdAbort
+            | MsgType::VssdClean => {
+                unused(h, false, false, false)?;
+                match t {
+                    MsgType::DeviceClose => Response::DeviceClose,
+                    MsgType::Write => Response::Write,
+                    MsgType::Flush => Response::Flush,
+                    MsgType::Discard => Response::Discard,
+                    MsgType::VssdClose => Response::VssdClose,
+                    MsgType::VssdWritep1 => Response::VssdWritep1,
+                    MsgType::VssdCommit => Response::VssdCommit,
+                    MsgType::VssdAbort => Response::VssdAbort,
+                    _ => Response::VssdClean,
+                }
+            }
+            MsgType::Stat => {
+                unused(h, false, false, false)?;
+                let count = r.u32("counter count")?;
+                r.reserved(4)?;
+                let count =
+                    list_count(&r, "counters", count, STAT_COUNTERS_MAX, STAT_ENTRY_LEN_MIN)?;
+                let mut counters = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let n = r.u8("counter name length")?;
+                    let name = r.name(n, "counter name")?;
+                    let value = r.u64("counter value")?;
+                    counters.push(Counter { name, value });
+                }
+                Response::Stat { counters }
+            }
+            MsgType::VssdOpen => {
+                unused(h, true, false, false)?;
+                let handle = open_handle(h)?;
+                let line_count = r.u64("line_count")?;
+                let epoch = r.u64("epoch")?;
+                let line_size = r.u32("line_size")?;
+                let line_size = power_of_two(&r, "line_size", line_size)?;
+                r.reserved(4)?;
+                Response::VssdOpen {
+                    handle,
+                    info: VssdInfo {
+                        line_count,
+                        epoch,
+                        line_size,
+                    },
+                }
+            }
+            MsgType::VssdRecover => {
+                unused(h, false, false, false)?;
+                let count = r.u32("in_doubt count")?;
+                let flags = r.u32("flags")?;
+                if flags & !RECOVER_FLAG_MORE != 0 {
+                    return Err(invalid(t, "flags", u64::from(flags), "reserved bits set"));
+                }
+                let count =
+                    list_count(&r, "in_doubt", count, IN_DOUBT_PER_REPLY_MAX, IN_DOUBT_LEN)?;
+                let mut in_doubt: Vec<InDoubt> = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let tran = r.u64("tran")?;
+                    // Increasing order makes `after_tran` paging exact.
+                    if in_doubt.last().is_some_and(|prev| prev.tran >= tran) {
+                        return Err(r.invalid(
+                            "tran",
+                            tran,
+                            "in_doubt not in increasing tran order",
+                        ));
+                    }
+                    let line = r.u64("line")?;
+                    let line_count = r.u32("line_count")?;
+                    let data_crc = r.u32("data_crc")?;
+                    if line_count == 0 {
+                        return Err(r.invalid(
+                            "line_count",
+                            0,
+                            "a transaction covers a line or more",
+                        ));
+                    }
+                    in_doubt.push(InDoubt {
+                        tran,
+                        line,
+                        line_count,
+                        data_crc,
+                    });
+                }
+                Response::VssdRecover {
+                    in_doubt,
+                    more: flags & RECOVER_FLAG_MORE != 0,
+                }
+            }
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}
+
+/// A list count, bounded by its limit and by the entries the remaining bytes can
+/// hold, before anything is reserved for it.
+fn list_count(
+    r: &Reader<'_>,
+    field: &'static str,
+    count: u32,
+    max: usize,
+    entry_len_min: usize,
+) -> Result<usize, RpcError> {
+    assert!(entry_len_min > 0, "a list entry has a size");
+    let count = count as usize;
+    if count > max {
+        return Err(RpcError::TooMany {
+            msg_type: r.msg_type(),
+            field,
+            count: count as u64,
+            max: max as u64,
+        });
+    }
+    let fits = r.remaining() / entry_len_min;
+    if count > fits {
+        return Err(RpcError::BadLength {
+            msg_type: r.msg_type(),
+            field,
+            got: r.remaining() as u64,
+            min: (count * entry_len_min) as u64,
+            max: u64::from(PAYLOAD_LEN_MAX),
+        });
+    }
+    Ok(count)
+}

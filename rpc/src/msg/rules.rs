@@ -1,0 +1,152 @@
+//! Field rules every message layout shares: unused header fields, handles,
+//! ranges, lengths, names, proofs.
+
+use crate::cursor::{Put, Reader};
+use crate::error::RpcError;
+use crate::header::Header;
+use crate::limits::{DATA_LEN_MAX, NAME_LEN_MAX, PROOF_LEN};
+use crate::msg_type::MsgType;
+
+pub(super) fn invalid(t: MsgType, field: &'static str, got: u64, why: &'static str) -> RpcError {
+    RpcError::InvalidArgument {
+        msg_type: t,
+        field,
+        got,
+        why,
+    }
+}
+
+/// The header fields a message does not use must be zero.
+pub(super) fn unused(h: &Header, handle: bool, offset: bool, length: bool) -> Result<(), RpcError> {
+    let why = "not used by this message, must be 0";
+    if !handle && h.handle != 0 {
+        return Err(invalid(h.msg_type, "handle", h.handle, why));
+    }
+    if !offset && h.offset != 0 {
+        return Err(invalid(h.msg_type, "offset", h.offset, why));
+    }
+    if !length && h.length != 0 {
+        return Err(invalid(h.msg_type, "length", u64::from(h.length), why));
+    }
+    Ok(())
+}
+
+pub(super) fn open_handle(h: &Header) -> Result<u64, RpcError> {
+    if h.handle == 0 {
+        return Err(invalid(h.msg_type, "handle", 0, "handle 0 is never open"));
+    }
+    Ok(h.handle)
+}
+
+/// `offset + length` must not overflow.
+pub(super) fn range(h: &Header) -> Result<(u64, u32), RpcError> {
+    if h.offset.checked_add(u64::from(h.length)).is_none() {
+        return Err(invalid(
+            h.msg_type,
+            "offset",
+            h.offset,
+            "offset + length overflows u64",
+        ));
+    }
+    Ok((h.offset, h.length))
+}
+
+pub(super) fn length_in(h: &Header, min: u32, max: u32) -> Result<u32, RpcError> {
+    if h.length < min || h.length > max {
+        return Err(RpcError::BadLength {
+            msg_type: h.msg_type,
+            field: "length",
+            got: u64::from(h.length),
+            min: u64::from(min),
+            max: u64::from(max),
+        });
+    }
+    Ok(h.length)
+}
+
+/// Data that is the rest of the payload: 1..=DATA_LEN_MAX bytes, and the header's
+/// `length` says how many.
+pub(super) fn data_rest<'a>(h: &Header, r: &mut Reader<'a>) -> Result<&'a [u8], RpcError> {
+    let data = r.rest();
+    if data.is_empty() || data.len() > DATA_LEN_MAX as usize {
+        return Err(RpcError::BadLength {
+            msg_type: h.msg_type,
+            field: "data",
+            got: data.len() as u64,
+            min: 1,
+            max: u64::from(DATA_LEN_MAX),
+        });
+    }
+    if data.len() as u64 != u64::from(h.length) {
+        return Err(RpcError::BadLength {
+            msg_type: h.msg_type,
+            field: "data (header length disagrees)",
+            got: data.len() as u64,
+            min: u64::from(h.length),
+            max: u64::from(h.length),
+        });
+    }
+    Ok(data)
+}
+
+pub(super) fn proof_field(
+    r: &mut Reader<'_>,
+    present: bool,
+    bytes: [u8; PROOF_LEN],
+) -> Result<Option<[u8; PROOF_LEN]>, RpcError> {
+    if present {
+        Ok(Some(bytes))
+    } else if bytes != [0u8; PROOF_LEN] {
+        Err(r.invalid("proof", 0, "proof bytes must be 0 when absent"))
+    } else {
+        Ok(None)
+    }
+}
+
+pub(super) fn power_of_two(r: &Reader<'_>, field: &'static str, v: u32) -> Result<u32, RpcError> {
+    if v.is_power_of_two() {
+        Ok(v)
+    } else {
+        Err(r.invalid(field, u64::from(v), "must be a power of two"))
+    }
+}
+
+/// The one-byte length of a name about to be written (the decoder checks the
+/// characters).
+pub(super) fn name_len(t: MsgType, field: &'static str, name: &str) -> Result<u8, RpcError> {
+    match u8::try_from(name.len()) {
+        Ok(n) if (1..=NAME_LEN_MAX).contains(&name.len()) => Ok(n),
+        _ => Err(RpcError::BadLength {
+            msg_type: t,
+            field,
+            got: name.len() as u64,
+            min: 1,
+            max: NAME_LEN_MAX as u64,
+        }),
+    }
+}
+
+/// The u32 length of data about to be written.
+pub(super) fn data_len(
+    t: MsgType,
+    field: &'static str,
+    len: usize,
+    max: usize,
+) -> Result<u32, RpcError> {
+    match u32::try_from(len) {
+        Ok(n) if len <= max => Ok(n),
+        _ => Err(RpcError::TooLarge {
+            msg_type: t.code(),
+            field,
+            len: len as u64,
+            max: max as u64,
+        }),
+    }
+}
+
+pub(super) fn put_proof(out: &mut Vec<u8>, proof: &Option<[u8; PROOF_LEN]>) {
+    match proof {
+        Some(p) => out.extend_from_slice(p),
+        None => out.put_zeros(PROOF_LEN),
+    }
+}

@@ -1,0 +1,190 @@
+//! Message types: the `type` field of a header, and each type's payload limit.
+
+use std::fmt;
+
+use crate::limits::{
+    DATA_LEN_MAX, DEVICE_INFO_LEN, DEVICE_OPEN_REQ_FIXED_LEN, HELLO_REPLY_LEN_MAX,
+    HELLO_REQ_LEN_MAX, NAME_LEN_MAX, PAYLOAD_LEN_MAX, PING_LEN_MAX, REASON_LEN_MAX,
+    RECOVER_REPLY_LEN_MAX, STAT_REPLY_LEN_MAX, VSSD_INFO_LEN, VSSD_OPEN_REQ_FIXED_LEN,
+    WRITEP1_PREFIX_LEN,
+};
+
+macro_rules! msg_types {
+    ($($(#[$doc:meta])* $name:ident = $code:literal, $wire:literal;)*) => {
+        /// The `type` field of a header (u16). PROTOCOL.md, "Messages".
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum MsgType {
+            $($(#[$doc])* $name = $code,)*
+        }
+
+        impl MsgType {
+            /// Every type, in code order.
+            pub const ALL: &[MsgType] = &[$(MsgType::$name,)*];
+
+            /// The type with this wire code, if there is one.
+            pub const fn from_u16(code: u16) -> Option<MsgType> {
+                match code {
+                    $($code => Some(MsgType::$name),)*
+                    _ => None,
+                }
+            }
+
+            /// The name PROTOCOL.md gives this type.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(MsgType::$name => $wire,)*
+                }
+            }
+        }
+    };
+}
+
+msg_types! {
+    /// Version negotiation and authentication; the first request of a session.
+    Hello = 0x0001, "HELLO";
+    /// Liveness and round-trip probe; echoes its payload.
+    Ping = 0x0002, "PING";
+    /// Response-only: a failure not tied to a known request type (an unknown type,
+    /// or, with tag TAG_NONE, the reason the server closes the connection).
+    Error = 0x0003, "ERROR";
+    /// Open a cache device by name; the reply carries its handle and geometry.
+    DeviceOpen = 0x0010, "DEVICE_OPEN";
+    /// Close a device handle (drain, checkpoint).
+    DeviceClose = 0x0011, "DEVICE_CLOSE";
+    /// Read `length` bytes at `offset`.
+    Read = 0x0012, "READ";
+    /// Write the payload at `offset`.
+    Write = 0x0013, "WRITE";
+    /// Make every acknowledged write durable, down to the backing store where
+    /// the mode wrote to it.
+    Flush = 0x0014, "FLUSH";
+    /// Discard (TRIM) `length` bytes at `offset`.
+    Discard = 0x0015, "DISCARD";
+    /// Counters of a device (or of the server, handle 0).
+    Stat = 0x0016, "STAT";
+    /// Open a vSSD on a replica CVA, for a device's DTM.
+    VssdOpen = 0x0020, "VSSD_OPEN";
+    /// Close a vSSD handle.
+    VssdClose = 0x0021, "VSSD_CLOSE";
+    /// Phase 1 of a transaction: data to a free slot, PREPARE record durable.
+    VssdWritep1 = 0x0022, "VSSD_WRITEP1";
+    /// Commit a prepared transaction.
+    VssdCommit = 0x0023, "VSSD_COMMIT";
+    /// Abort a prepared transaction.
+    VssdAbort = 0x0024, "VSSD_ABORT";
+    /// Read cached lines from a vSSD (resync, degraded reads).
+    VssdRead = 0x0025, "VSSD_READ";
+    /// Mark a destaged line version clean.
+    VssdClean = 0x0026, "VSSD_CLEAN";
+    /// List the vSSD's in-doubt transactions (PREPARE without COMMIT or ABORT).
+    VssdRecover = 0x0027, "VSSD_RECOVER";
+}
+
+impl MsgType {
+    /// The wire code.
+    pub const fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// True for the types a client may send as requests (all but ERROR).
+    pub const fn is_request_type(self) -> bool {
+        !matches!(self, MsgType::Error)
+    }
+
+    /// Largest payload of this type in the given direction, in bytes. A response's
+    /// limit includes room for an error reason.
+    pub const fn payload_len_max(self, response: bool) -> u32 {
+        let len = if response {
+            let ok = match self {
+                MsgType::Hello => HELLO_REPLY_LEN_MAX,
+                MsgType::Ping => PING_LEN_MAX,
+                MsgType::Error => 0,
+                MsgType::DeviceOpen => DEVICE_INFO_LEN,
+                MsgType::Read | MsgType::VssdRead => DATA_LEN_MAX as usize,
+                MsgType::Stat => STAT_REPLY_LEN_MAX,
+                MsgType::VssdOpen => VSSD_INFO_LEN,
+                MsgType::VssdRecover => RECOVER_REPLY_LEN_MAX,
+                MsgType::DeviceClose
+                | MsgType::Write
+                | MsgType::Flush
+                | MsgType::Discard
+                | MsgType::VssdClose
+                | MsgType::VssdWritep1
+                | MsgType::VssdCommit
+                | MsgType::VssdAbort
+                | MsgType::VssdClean => 0,
+            };
+            if ok > REASON_LEN_MAX {
+                ok
+            } else {
+                REASON_LEN_MAX
+            }
+        } else {
+            match self {
+                MsgType::Hello => HELLO_REQ_LEN_MAX,
+                MsgType::Ping => PING_LEN_MAX,
+                MsgType::Error => 0,
+                MsgType::DeviceOpen => DEVICE_OPEN_REQ_FIXED_LEN + NAME_LEN_MAX,
+                MsgType::Write => DATA_LEN_MAX as usize,
+                MsgType::VssdOpen => VSSD_OPEN_REQ_FIXED_LEN + NAME_LEN_MAX,
+                MsgType::VssdWritep1 => WRITEP1_PREFIX_LEN + DATA_LEN_MAX as usize,
+                MsgType::VssdCommit
+                | MsgType::VssdAbort
+                | MsgType::VssdRead
+                | MsgType::VssdRecover => 8,
+                MsgType::VssdClean => 16,
+                MsgType::DeviceClose
+                | MsgType::Read
+                | MsgType::Flush
+                | MsgType::Discard
+                | MsgType::Stat
+                | MsgType::VssdClose => 0,
+            }
+        };
+        assert!(len <= PAYLOAD_LEN_MAX as usize);
+        len as u32
+    }
+}
+
+// Every type's limit is within the global one (evaluated at compile time).
+const _: () = {
+    let mut i = 0;
+    while i < MsgType::ALL.len() {
+        assert!(MsgType::ALL[i].payload_len_max(false) <= PAYLOAD_LEN_MAX);
+        assert!(MsgType::ALL[i].payload_len_max(true) <= PAYLOAD_LEN_MAX);
+        i += 1;
+    }
+};
+
+impl fmt::Display for MsgType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for t in MsgType::ALL {
+            assert_eq!(MsgType::from_u16(t.code()), Some(*t));
+        }
+        assert_eq!(MsgType::from_u16(0), None);
+        assert_eq!(MsgType::from_u16(0x0004), None);
+        assert_eq!(MsgType::from_u16(u16::MAX), None);
+    }
+
+    #[test]
+    fn data_types_fit_a_full_data_length() {
+        assert_eq!(MsgType::Write.payload_len_max(false), DATA_LEN_MAX);
+        assert_eq!(MsgType::Read.payload_len_max(true), DATA_LEN_MAX);
+        assert_eq!(
+            MsgType::VssdWritep1.payload_len_max(false),
+            DATA_LEN_MAX + 16
+        );
+        assert_eq!(MsgType::Read.payload_len_max(false), 0);
+    }
+}

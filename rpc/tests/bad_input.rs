@@ -1,0 +1,561 @@
+//! Every kind of bad input, one test each: the error it gets, the status a server
+//! answers with, and whether the connection must close (PROTOCOL.md, "Bad input").
+
+mod common;
+
+use common::{forge, request_header, response_header};
+use rpc::limits::{DATA_LEN_MAX, HEADER_LEN, MAGIC, PAYLOAD_LEN_MAX, STAT_COUNTERS_MAX, TAG_NONE};
+use rpc::{
+    Body, Header, Message, MsgType, Part, RawHeader, Request, RpcError, Status, decode_frame,
+    decode_header, decode_payload, encode_frame, forge as f, header_bytes,
+};
+
+fn flush_frame() -> Vec<u8> {
+    let mut v = Vec::new();
+    let m = Message {
+        tag: 42,
+        body: Body::Request(Request::Flush { handle: 3 }),
+    };
+    encode_frame(1, &m, &mut v).unwrap();
+    v
+}
+
+fn write_frame() -> Vec<u8> {
+    let mut v = Vec::new();
+    let m = Message {
+        tag: 43,
+        body: Body::Request(Request::Write {
+            handle: 3,
+            offset: 4096,
+            data: &[1, 2, 3, 4, 5, 6, 7, 8],
+        }),
+    };
+    encode_frame(1, &m, &mut v).unwrap();
+    v
+}
+
+fn head(v: &mut [u8]) -> &mut [u8; HEADER_LEN] {
+    v.first_chunk_mut::<HEADER_LEN>().unwrap()
+}
+
+/// The frame's error, checked for its status and disposition.
+fn expect(frame: &[u8], status: Status, closes: bool) -> RpcError {
+    let err = decode_frame(frame).unwrap_err();
+    assert_eq!(err.status(), status, "{err}");
+    assert_eq!(err.closes_connection(), closes, "{err}");
+    err
+}
+
+/// For an error a server answers: it can, under the request's tag.
+fn answerable(frame: &[u8], err: &RpcError) {
+    let raw = RawHeader::decode(header_bytes(frame).unwrap()).unwrap();
+    let reason = err.to_string();
+    let reply = Message::error_reply(&raw, err.status(), &reason);
+    let mut out = Vec::new();
+    let h = encode_frame(1, &reply, &mut out).unwrap();
+    assert_eq!(h.tag, raw.tag);
+    assert_eq!(h.status, err.status());
+}
+
+#[test]
+fn bad_magic_closes() {
+    let mut v = flush_frame();
+    v[0..4].copy_from_slice(b"HTTP");
+    let err = expect(&v, Status::BadMagic, true);
+    assert!(matches!(err, RpcError::BadMagic { got } if got == u32::from_le_bytes(*b"HTTP")));
+    assert!(err.to_string().contains(&format!("{MAGIC:#010x}")));
+}
+
+#[test]
+fn unknown_version_closes() {
+    for version in [0u16, 2, u16::MAX] {
+        let mut v = flush_frame();
+        f::set(head(&mut v), f::VERSION_AT, &version.to_le_bytes());
+        let err = expect(&v, Status::BadVersion, true);
+        assert!(matches!(err, RpcError::BadVersion { got, .. } if got == version));
+    }
+}
+
+#[test]
+fn unknown_type_is_answered_as_error() {
+    for code in [0u16, 0x0004, 0x00FF, 0x0028, u16::MAX] {
+        let mut v = flush_frame();
+        f::set(head(&mut v), f::TYPE_AT, &code.to_le_bytes());
+        let err = expect(&v, Status::BadType, false);
+        assert!(matches!(err, RpcError::BadType { got, .. } if got == code));
+        answerable(&v, &err);
+        let raw = RawHeader::decode(header_bytes(&v).unwrap()).unwrap();
+        let reply = Message::error_reply(&raw, err.status(), "");
+        assert_eq!(reply.msg_type(), MsgType::Error);
+    }
+}
+
+#[test]
+fn error_type_as_a_request_is_refused() {
+    let v = forge(request_header(MsgType::Error), b"");
+    let err = expect(&v, Status::BadType, false);
+    assert!(matches!(err, RpcError::BadType { got: 0x0003, .. }));
+}
+
+#[test]
+fn reserved_flags_are_refused() {
+    for flags in [0x0002u16, 0x8000, 0xFFFF] {
+        let mut v = flush_frame();
+        f::set(head(&mut v), f::FLAGS_AT, &flags.to_le_bytes());
+        let err = expect(&v, Status::BadFlags, false);
+        assert!(matches!(err, RpcError::BadFlags { got, .. } if got == flags));
+        answerable(&v, &err);
+    }
+}
+
+#[test]
+fn reserved_header_field_must_be_zero() {
+    let mut v = flush_frame();
+    f::set(head(&mut v), f::RESERVED_AT, &1u32.to_le_bytes());
+    let err = expect(&v, Status::InvalidArgument, false);
+    assert!(matches!(
+        err,
+        RpcError::InvalidArgument {
+            field: "header reserved",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_request_carries_status_zero() {
+    let mut v = flush_frame();
+    f::set(head(&mut v), f::STATUS_AT, &12u16.to_le_bytes());
+    let err = expect(&v, Status::InvalidArgument, false);
+    assert!(matches!(err, RpcError::BadStatus { got: 12, .. }));
+}
+
+#[test]
+fn a_response_carries_a_known_status() {
+    let v = forge(response_header(MsgType::Flush, Status::Ok), b"");
+    let mut v2 = v.clone();
+    f::set(head(&mut v2), f::STATUS_AT, &999u16.to_le_bytes());
+    decode_frame(&v).unwrap();
+    let err = expect(&v2, Status::InvalidArgument, false);
+    assert!(matches!(err, RpcError::BadStatus { got: 999, .. }));
+    // ERROR with OK is a contradiction.
+    let v3 = forge(response_header(MsgType::Error, Status::Ok), b"");
+    assert!(matches!(
+        decode_frame(&v3).unwrap_err(),
+        RpcError::BadStatus { .. }
+    ));
+}
+
+#[test]
+fn the_connection_tag_is_not_a_request_tag() {
+    let mut v = flush_frame();
+    f::set(head(&mut v), f::TAG_AT, &TAG_NONE.to_le_bytes());
+    let err = expect(&v, Status::InvalidArgument, true);
+    assert!(matches!(err, RpcError::BadTag { .. }));
+}
+
+#[test]
+fn payload_over_the_types_limit_is_answered() {
+    // FLUSH carries no payload; 8 bytes are over its limit of 0 but within the
+    // global limit, so a server reads and drops them and answers.
+    let v = forge(
+        Header {
+            handle: 3,
+            ..request_header(MsgType::Flush)
+        },
+        &[0; 8],
+    );
+    let err = expect(&v, Status::TooLarge, false);
+    assert!(matches!(err, RpcError::TooLarge { len: 8, max: 0, .. }));
+    answerable(&v, &err);
+}
+
+#[test]
+fn a_4_gib_payload_claim_is_refused_before_reading_it() {
+    let mut v = write_frame();
+    v.truncate(HEADER_LEN); // only the header arrived
+    f::set(head(&mut v), f::PAYLOAD_LEN_AT, &u32::MAX.to_le_bytes());
+    // The header alone decides: not "truncated", but too large, and close.
+    let err = decode_header(&v).unwrap_err();
+    assert!(matches!(
+        err,
+        RpcError::TooLarge { len, max, .. } if len == u64::from(u32::MAX) && max == u64::from(PAYLOAD_LEN_MAX)
+    ));
+    assert!(err.closes_connection());
+    assert_eq!(err.status(), Status::TooLarge);
+    let err = expect(&v, Status::TooLarge, true);
+    assert!(matches!(err, RpcError::TooLarge { .. }));
+    // Just over the global limit: the same.
+    f::set(
+        head(&mut v),
+        f::PAYLOAD_LEN_AT,
+        &(PAYLOAD_LEN_MAX + 1).to_le_bytes(),
+    );
+    assert!(decode_header(&v).unwrap_err().closes_connection());
+    // A WRITE claiming one byte over DATA_LEN_MAX is over WRITE's limit but not
+    // the global one: answered.
+    f::set(
+        head(&mut v),
+        f::PAYLOAD_LEN_AT,
+        &(DATA_LEN_MAX + 1).to_le_bytes(),
+    );
+    let err = decode_header(&v).unwrap_err();
+    assert!(matches!(err, RpcError::TooLarge { .. }));
+    assert!(!err.closes_connection());
+}
+
+#[test]
+fn header_crc_mismatch_closes() {
+    let mut v = flush_frame();
+    v[30] ^= 0x01; // in the handle
+    let err = expect(&v, Status::BadHeaderCrc, true);
+    assert!(matches!(err, RpcError::HeaderCrc { got, want } if got != want));
+    let mut v = flush_frame();
+    v[HEADER_LEN - 1] ^= 0x80; // in the CRC itself
+    expect(&v, Status::BadHeaderCrc, true);
+}
+
+#[test]
+fn payload_crc_mismatch_is_answered() {
+    let mut v = write_frame();
+    let last = v.len() - 1;
+    v[last] ^= 0x01;
+    let err = expect(&v, Status::BadPayloadCrc, false);
+    assert!(
+        matches!(err, RpcError::PayloadCrc { msg_type: MsgType::Write, got, want } if got != want)
+    );
+    answerable(&v, &err);
+    // A header with payload_len 0 but a non-zero payload CRC.
+    let mut v = flush_frame();
+    f::set(head(&mut v), f::PAYLOAD_CRC_AT, &1u32.to_le_bytes());
+    expect(&v, Status::BadPayloadCrc, false);
+}
+
+#[test]
+fn truncated_header() {
+    let v = flush_frame();
+    for len in 0..HEADER_LEN {
+        let err = decode_frame(&v[..len]).unwrap_err();
+        assert!(
+            matches!(err, RpcError::Truncated { part: Part::Header, got, want: HEADER_LEN } if got == len),
+            "{len}: {err}"
+        );
+        assert!(err.closes_connection());
+        assert!(decode_header(&v[..len]).is_err());
+    }
+}
+
+#[test]
+fn truncated_payload() {
+    let v = write_frame();
+    for len in HEADER_LEN..v.len() {
+        let err = decode_frame(&v[..len]).unwrap_err();
+        assert!(
+            matches!(err, RpcError::Truncated { part: Part::Payload, got, want: 8 } if got == len - HEADER_LEN),
+            "{len}: {err}"
+        );
+        assert!(err.closes_connection());
+    }
+    let h = decode_header(&v).unwrap();
+    assert!(matches!(
+        decode_payload(&h, &v[HEADER_LEN..v.len() - 1]),
+        Err(RpcError::Truncated { .. })
+    ));
+    let mut longer = v[HEADER_LEN..].to_vec();
+    longer.push(0);
+    assert!(matches!(
+        decode_payload(&h, &longer),
+        Err(RpcError::BadLength { .. })
+    ));
+}
+
+// ---- body-level bad input: answered, the connection goes on -----------------
+
+fn body_err(header: Header, payload: &[u8]) -> RpcError {
+    let v = forge(header, payload);
+    let err = decode_frame(&v).unwrap_err();
+    assert!(!err.closes_connection(), "{err}");
+    assert!(!err.status().is_ok());
+    err
+}
+
+#[test]
+fn write_length_must_match_its_data() {
+    let h = Header {
+        handle: 1,
+        length: 9,
+        ..request_header(MsgType::Write)
+    };
+    assert!(matches!(
+        body_err(h, &[0; 8]),
+        RpcError::BadLength {
+            msg_type: MsgType::Write,
+            ..
+        }
+    ));
+    let h = Header { length: 0, ..h };
+    assert!(matches!(body_err(h, &[]), RpcError::BadLength { .. }));
+}
+
+#[test]
+fn read_length_and_range_are_checked() {
+    let read = Header {
+        handle: 1,
+        length: 0,
+        ..request_header(MsgType::Read)
+    };
+    assert!(matches!(
+        body_err(read, b""),
+        RpcError::BadLength {
+            field: "length",
+            ..
+        }
+    ));
+    let read = Header {
+        length: DATA_LEN_MAX + 1,
+        ..read
+    };
+    assert!(matches!(body_err(read, b""), RpcError::BadLength { .. }));
+    let read = Header {
+        length: 2,
+        offset: u64::MAX - 1,
+        ..read
+    };
+    assert!(matches!(
+        body_err(read, b""),
+        RpcError::InvalidArgument {
+            field: "offset",
+            ..
+        }
+    ));
+    let read = Header {
+        handle: 0,
+        offset: 0,
+        ..read
+    };
+    assert!(matches!(
+        body_err(read, b""),
+        RpcError::InvalidArgument {
+            field: "handle",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn unused_header_fields_must_be_zero() {
+    let ping = Header {
+        offset: 5,
+        ..request_header(MsgType::Ping)
+    };
+    assert!(matches!(
+        body_err(ping, b""),
+        RpcError::InvalidArgument {
+            field: "offset",
+            ..
+        }
+    ));
+    let flush = Header {
+        handle: 1,
+        length: 4096,
+        ..request_header(MsgType::Flush)
+    };
+    assert!(matches!(
+        body_err(flush, b""),
+        RpcError::InvalidArgument {
+            field: "length",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn names_are_checked() {
+    let open = request_header(MsgType::DeviceOpen);
+    let mut p = vec![0, 0, 0, 0, 3, 0, 0, 0];
+    p.extend_from_slice(b"a\0b");
+    assert!(matches!(
+        body_err(open, &p),
+        RpcError::InvalidArgument {
+            field: "name",
+            got: 0,
+            ..
+        }
+    ));
+    // Length byte says more than is there.
+    let mut p = vec![0, 0, 0, 0, 10, 0, 0, 0];
+    p.extend_from_slice(b"abc");
+    assert!(matches!(body_err(open, &p), RpcError::BadLength { .. }));
+    // Empty name.
+    let p = vec![0, 0, 0, 0, 0, 0, 0, 0];
+    assert!(matches!(body_err(open, &p), RpcError::BadLength { .. }));
+    // Reserved flag bit.
+    let mut p = vec![2, 0, 0, 0, 1, 0, 0, 0];
+    p.push(b'a');
+    assert!(matches!(
+        body_err(open, &p),
+        RpcError::InvalidArgument { field: "flags", .. }
+    ));
+    // Reserved padding.
+    let mut p = vec![0, 0, 0, 0, 1, 0, 9, 0];
+    p.push(b'a');
+    assert!(matches!(
+        body_err(open, &p),
+        RpcError::InvalidArgument {
+            field: "reserved",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn trailing_bytes_are_refused() {
+    let commit = Header {
+        handle: 1,
+        ..request_header(MsgType::VssdCommit)
+    };
+    // VSSD_COMMIT is exactly 8 bytes; 7 is short.
+    assert!(matches!(
+        body_err(commit, &[0; 7]),
+        RpcError::BadLength { .. }
+    ));
+    let mut open = vec![0, 0, 0, 0, 1, 0, 0, 0, b'a', b'b'];
+    open[4] = 1;
+    assert!(matches!(
+        body_err(request_header(MsgType::DeviceOpen), &open),
+        RpcError::BadLength { .. }
+    ));
+}
+
+#[test]
+fn hello_fields_are_checked() {
+    let mut p = vec![0u8; 72];
+    p[0] = 2; // version_min 2
+    p[2] = 1; // version_max 1
+    p[5] = 1; // name length 1
+    p.push(b'c');
+    assert!(matches!(
+        body_err(request_header(MsgType::Hello), &p),
+        RpcError::InvalidArgument {
+            field: "version_max",
+            ..
+        }
+    ));
+    p[0] = 1;
+    p[4] = 2; // proof_present must be 0 or 1
+    assert!(matches!(
+        body_err(request_header(MsgType::Hello), &p),
+        RpcError::InvalidArgument {
+            field: "proof_present",
+            ..
+        }
+    ));
+    p[4] = 0;
+    p[40] = 1; // proof bytes while absent
+    assert!(matches!(
+        body_err(request_header(MsgType::Hello), &p),
+        RpcError::InvalidArgument { field: "proof", .. }
+    ));
+    p[40] = 0;
+    decode_frame(&forge(request_header(MsgType::Hello), &p)).unwrap();
+}
+
+#[test]
+fn list_counts_are_bounded_by_limit_and_bytes() {
+    let stat = response_header(MsgType::Stat, Status::Ok);
+    let mut p = ((STAT_COUNTERS_MAX + 1) as u32).to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 4]);
+    assert!(matches!(
+        body_err(stat, &p),
+        RpcError::TooMany { count: 257, .. }
+    ));
+    // 200 counters claimed, bytes for none.
+    let mut p = 200u32.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 4]);
+    assert!(matches!(
+        body_err(stat, &p),
+        RpcError::BadLength {
+            field: "counters",
+            ..
+        }
+    ));
+    let recover = response_header(MsgType::VssdRecover, Status::Ok);
+    let mut p = u32::MAX.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 4]);
+    assert!(matches!(body_err(recover, &p), RpcError::TooMany { .. }));
+    // One entry with line_count 0.
+    let mut p = 1u32.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 4 + 24]);
+    assert!(matches!(
+        body_err(recover, &p),
+        RpcError::InvalidArgument {
+            field: "line_count",
+            ..
+        }
+    ));
+    // Two entries out of tran order (paging by after_tran needs the order).
+    let mut p = 2u32.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 4]);
+    for tran in [5u64, 4] {
+        p.extend_from_slice(&tran.to_le_bytes());
+        p.extend_from_slice(&[0; 8]);
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&[0; 4]);
+    }
+    assert!(matches!(
+        body_err(recover, &p),
+        RpcError::InvalidArgument {
+            field: "tran",
+            got: 4,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn reply_fields_are_checked() {
+    let open = Header {
+        handle: 1,
+        ..response_header(MsgType::DeviceOpen, Status::Ok)
+    };
+    let mut p = vec![0u8; 24];
+    p[8..12].copy_from_slice(&3000u32.to_le_bytes()); // block size not a power of two
+    p[12..16].copy_from_slice(&4096u32.to_le_bytes());
+    assert!(matches!(
+        body_err(open, &p),
+        RpcError::InvalidArgument {
+            field: "block_size",
+            ..
+        }
+    ));
+    let hello = response_header(MsgType::Hello, Status::Ok);
+    let mut p = vec![0u8; 80];
+    p[0] = 1; // version
+    p[3] = 1; // name length
+    p[4..8].copy_from_slice(&0u32.to_le_bytes()); // queue depth 0
+    p[8..12].copy_from_slice(&65536u32.to_le_bytes());
+    p.push(b's');
+    assert!(matches!(
+        body_err(hello, &p),
+        RpcError::InvalidArgument {
+            field: "queue_depth",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn error_reason_must_be_utf8() {
+    let h = response_header(MsgType::Read, Status::IoError);
+    assert!(matches!(
+        body_err(h, &[b'o', b'k', 0xFF]),
+        RpcError::InvalidArgument {
+            field: "reason",
+            got: 2,
+            ..
+        }
+    ));
+    let v = forge(h, "disk on fire".as_bytes());
+    let (_, m, _) = decode_frame(&v).unwrap();
+    assert_eq!(m.status(), Status::IoError);
+}
