@@ -111,6 +111,41 @@ pub enum RpcError {
     /// A HELLO proof that does not match.
     #[error("HELLO proof of the {who} does not match")]
     AuthFailed { who: &'static str },
+    /// The connection failed under an I/O call.
+    #[error("rpc {op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: taskio::IoError,
+    },
+    /// The connection is gone (closed by the peer, broken, or by us); every call
+    /// waiting on it fails with this.
+    #[error("rpc connection to {peer} lost: {why}")]
+    ConnectionLost { peer: String, why: String },
+    /// The peer refused (an error status for the session, e.g. at HELLO).
+    #[error("rpc peer refused {what}: {status} ({reason})")]
+    Refused {
+        what: &'static str,
+        status: Status,
+        reason: String,
+    },
+    /// A call got no response in time.
+    #[error("rpc call {msg_type} (tag {tag}) timed out after {after:?}")]
+    TimedOut {
+        msg_type: MsgType,
+        tag: u64,
+        after: std::time::Duration,
+    },
+    /// The peer broke the protocol in a way a decode error does not name.
+    #[error("rpc protocol: {what}")]
+    Protocol { what: String },
+    /// The server could not start (bind, threads, runtimes).
+    #[error("rpc server setup: {what}: {source}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl RpcError {
@@ -131,6 +166,12 @@ impl RpcError {
                 Status::InvalidArgument
             }
             RpcError::AuthFailed { .. } => Status::AuthFailed,
+            RpcError::Refused { status, .. } => *status,
+            RpcError::TimedOut { .. } => Status::Timeout,
+            RpcError::Io { .. }
+            | RpcError::ConnectionLost { .. }
+            | RpcError::Protocol { .. }
+            | RpcError::Setup { .. } => Status::IoError,
         }
     }
 
@@ -148,7 +189,13 @@ impl RpcError {
             | RpcError::BadVersion { .. }
             | RpcError::BadTag { .. }
             | RpcError::AuthFailed { .. }
-            | RpcError::SecretTooShort { .. } => true,
+            | RpcError::SecretTooShort { .. }
+            | RpcError::Io { .. }
+            | RpcError::ConnectionLost { .. }
+            | RpcError::Refused { .. }
+            | RpcError::Protocol { .. }
+            | RpcError::Setup { .. } => true,
+            RpcError::TimedOut { .. } => false,
             RpcError::TooLarge { field, .. } => *field == FIELD_FRAME_PAYLOAD,
             RpcError::TooMany { .. }
             | RpcError::BadType { .. }

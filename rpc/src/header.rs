@@ -243,6 +243,23 @@ pub struct Header {
 }
 
 impl Header {
+    /// The same fields as a [`RawHeader`] (to answer with `Message::error_reply`).
+    pub fn raw(&self) -> RawHeader {
+        RawHeader {
+            version: self.version,
+            msg_type: self.msg_type.code(),
+            flags: if self.response { FLAG_RESPONSE } else { 0 },
+            status: self.status.code(),
+            length: self.length,
+            tag: self.tag,
+            handle: self.handle,
+            offset: self.offset,
+            payload_len: self.payload_len,
+            payload_crc: self.payload_crc,
+            reserved: 0,
+        }
+    }
+
     /// Both decode steps: framing, then the fields.
     pub fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Header, RpcError> {
         RawHeader::decode(bytes)?.validate()

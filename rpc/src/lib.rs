@@ -23,21 +23,26 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
+pub mod client;
 mod codec;
 mod cursor;
 mod error;
+mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod header;
 pub mod limits;
 mod msg;
 mod msg_type;
+pub mod server;
 mod status;
 
+pub use client::{Client, ClientConfig, Reply};
 pub use codec::{
     decode_frame, decode_header, decode_payload, encode_frame, header_bytes, truncate_reason,
 };
 pub use error::{Part, RpcError};
+pub use frame::{FrameReader, send_message};
 #[doc(hidden)]
 pub use header::forge;
 pub use header::{FLAG_RESPONSE, FLAGS_KNOWN, Header, RawHeader, payload_crc};
@@ -47,4 +52,5 @@ pub use msg::{
     RECOVER_FLAG_MORE, Request, Response, VssdInfo,
 };
 pub use msg_type::MsgType;
+pub use server::{Server, ServerConfig, Service, SessionInfo};
 pub use status::Status;
