@@ -192,3 +192,12 @@ mod tests {
         assert!(check_secret(&[1; 16]).is_ok());
     }
 }
+
+/// A fresh random nonce from the kernel (getrandom).
+pub fn nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    // SAFETY: getrandom writes at most `n.len()` bytes into the live buffer.
+    let got = unsafe { libc::getrandom(n.as_mut_ptr().cast(), n.len(), 0) };
+    assert_eq!(got, NONCE_LEN as isize, "getrandom failed");
+    n
+}

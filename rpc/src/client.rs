@@ -16,7 +16,7 @@ use taskio::{Builder, QLock, Rendez, TaskRef, WaitReason, park, park_until};
 use crate::error::RpcError;
 use crate::frame::{FrameReader, send_message};
 use crate::header::Header;
-use crate::limits::{HEADER_LEN, NONCE_LEN, TAG_NONE, VERSION_MAX, VERSION_MIN};
+use crate::limits::{HEADER_LEN, TAG_NONE, VERSION_MAX, VERSION_MIN};
 use crate::msg::{Body, Hello, Message, Request, Response};
 use crate::status::Status;
 use crate::{MsgType, auth};
@@ -99,14 +99,6 @@ pub struct Client {
     data_len_max: u32,
 }
 
-fn nonce() -> [u8; NONCE_LEN] {
-    let mut n = [0u8; NONCE_LEN];
-    // SAFETY: getrandom writes at most `n.len()` bytes into the live buffer.
-    let got = unsafe { libc::getrandom(n.as_mut_ptr().cast(), n.len(), 0) };
-    assert_eq!(got, NONCE_LEN as isize, "getrandom failed");
-    n
-}
-
 impl Client {
     /// Connects, says HELLO (proving the secret if the server asks), and starts the
     /// reader task.
@@ -118,7 +110,7 @@ impl Client {
             })?;
         let mut reader = FrameReader::new();
         let mut out = Vec::new();
-        let client_nonce = nonce();
+        let client_nonce = auth::nonce();
         let mut proof = None;
         let timeout = config.connect_timeout;
         let (version, queue_depth, data_len_max, server_name) = loop {

@@ -24,7 +24,7 @@ use taskio::{Builder, Channel, Config, IoConfig, Pool, QLock, Runtime};
 
 use crate::error::RpcError;
 use crate::frame::{FrameReader, send_message};
-use crate::limits::{DATA_LEN_MAX, NONCE_LEN, QUEUE_DEPTH_MAX, VERSION_MAX, VERSION_MIN};
+use crate::limits::{DATA_LEN_MAX, QUEUE_DEPTH_MAX, VERSION_MAX, VERSION_MIN};
 use crate::msg::{Body, Hello, HelloReply, Message, Request, Response};
 use crate::status::Status;
 use crate::{Header, MsgType, auth};
@@ -279,21 +279,13 @@ fn session_thread<S: Service + 'static>(
     });
 }
 
-fn random_nonce() -> [u8; NONCE_LEN] {
-    let mut n = [0u8; NONCE_LEN];
-    // SAFETY: getrandom writes at most `n.len()` bytes into the live buffer.
-    let got = unsafe { libc::getrandom(n.as_mut_ptr().cast(), n.len(), 0) };
-    assert_eq!(got, NONCE_LEN as isize, "getrandom failed");
-    n
-}
-
 /// HELLO: version, optional challenge-response. Returns the session's identity.
 fn hello(
     config: &ServerConfig,
     stream: &TcpStream,
     reader: &mut FrameReader,
 ) -> Result<SessionInfo, RpcError> {
-    let server_nonce = random_nonce();
+    let server_nonce = auth::nonce();
     let mut out = Vec::new();
     let mut asked_proof = false;
     loop {
@@ -494,15 +486,8 @@ fn read_requests(
         ) {
             Ok(raw) => raw,
             Err(e) => {
-                if e.closes_connection() && !matches!(e, RpcError::Io { .. }) {
-                    let reason = e.to_string();
-                    let mut out = writer.lock();
-                    let _ = send_message(
-                        stream,
-                        info.version,
-                        &Message::connection_error(e.status(), &reason),
-                        &mut out,
-                    );
+                if !matches!(e, RpcError::Io { .. } | RpcError::ConnectionLost { .. }) {
+                    say_closing(stream, info.version, writer, &e);
                 }
                 return Err(e);
             }
@@ -521,17 +506,12 @@ fn read_requests(
         let header = match header {
             Ok(h) => h,
             Err(e) => {
-                let reason = e.to_string();
-                let mut out = writer.lock();
                 if e.closes_connection() {
-                    let _ = send_message(
-                        stream,
-                        info.version,
-                        &Message::connection_error(e.status(), &reason),
-                        &mut out,
-                    );
+                    say_closing(stream, info.version, writer, &e);
                     return Err(e);
                 }
+                let reason = e.to_string();
+                let mut out = writer.lock();
                 send_message(
                     stream,
                     info.version,
@@ -557,6 +537,18 @@ fn read_requests(
             return Ok(()); // handlers gone: the session is ending
         }
     }
+}
+
+/// Tells the client why the session closes (best effort: it may be gone).
+fn say_closing(stream: &TcpStream, version: u16, writer: &QLock<Vec<u8>>, e: &RpcError) {
+    let reason = e.to_string();
+    let mut out = writer.lock();
+    let _ = send_message(
+        stream,
+        version,
+        &Message::connection_error(e.status(), &reason),
+        &mut out,
+    );
 }
 
 /// Decodes a queued request and asks the service.
