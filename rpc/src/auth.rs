@@ -134,6 +134,15 @@ pub fn verify_server(
     .map_err(|_| RpcError::AuthFailed { who: "server" })
 }
 
+/// A fresh random nonce from the kernel (getrandom).
+pub fn nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    // SAFETY: getrandom writes at most `n.len()` bytes into the live buffer.
+    let got = unsafe { libc::getrandom(n.as_mut_ptr().cast(), n.len(), 0) };
+    assert_eq!(got, NONCE_LEN as isize, "getrandom failed");
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,13 +200,4 @@ mod tests {
         assert!(check_secret(&[1; 15]).is_err());
         assert!(check_secret(&[1; 16]).is_ok());
     }
-}
-
-/// A fresh random nonce from the kernel (getrandom).
-pub fn nonce() -> [u8; NONCE_LEN] {
-    let mut n = [0u8; NONCE_LEN];
-    // SAFETY: getrandom writes at most `n.len()` bytes into the live buffer.
-    let got = unsafe { libc::getrandom(n.as_mut_ptr().cast(), n.len(), 0) };
-    assert_eq!(got, NONCE_LEN as isize, "getrandom failed");
-    n
 }
