@@ -1,0 +1,51 @@
+//! The one error type of `vssd`: each variant names the operation, the object (path,
+//! line, slot, block, offset) and the value that was wrong.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VssdError {
+    /// An I/O call of the device failed.
+    #[error("vssd {op} on {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: taskio::IoError,
+    },
+    /// Format parameters that cannot make a vSSD.
+    #[error("vssd format: {what} (got {got}, allowed {allowed})")]
+    BadGeometry {
+        what: &'static str,
+        got: u64,
+        allowed: String,
+    },
+    /// The device is not a vSSD (no valid superblock): refused, not touched.
+    #[error("{path} is not a vSSD: {why}")]
+    NotAVssd { path: PathBuf, why: String },
+    /// A vSSD of a format version this code does not read.
+    #[error("{path}: vSSD format version {got}, this build reads {want}")]
+    Version { path: PathBuf, got: u32, want: u32 },
+    /// A vSSD that belongs to another cache device.
+    #[error("{path}: vSSD of device {got:?}, expected {want:?}")]
+    WrongDevice {
+        path: PathBuf,
+        got: String,
+        want: String,
+    },
+    /// A checksum that does not match what it covers.
+    #[error("{what} at offset {offset}: CRC32C {got:#010x}, expected {want:#010x}")]
+    Checksum {
+        what: &'static str,
+        offset: u64,
+        got: u32,
+        want: u32,
+    },
+    /// A record or block that does not decode.
+    #[error("{what} at offset {offset}: {why}")]
+    Corrupt {
+        what: &'static str,
+        offset: u64,
+        why: String,
+    },
+}
