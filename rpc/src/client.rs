@@ -90,7 +90,14 @@ struct Inner {
     slot_free: Rendez,
     broken: RefCell<Option<String>>,
     call_timeout: Option<Duration>,
+    /// Tags of calls that timed out, whose late responses are dropped (bounded:
+    /// the oldest are forgotten first).
+    expired: RefCell<std::collections::VecDeque<u64>>,
 }
+
+/// Timed-out tags remembered, so that their late responses are not mistaken for
+/// protocol violations.
+const EXPIRED_TAGS_MAX: usize = 4096;
 
 /// One connection to a server. Share it between tasks with `Rc`.
 pub struct Client {
@@ -110,7 +117,7 @@ impl Client {
             })?;
         let mut reader = FrameReader::new();
         let mut out = Vec::new();
-        let client_nonce = auth::nonce();
+        let mut client_nonce = auth::nonce();
         let mut proof = None;
         let timeout = config.connect_timeout;
         let (version, queue_depth, data_len_max, server_name) = loop {
@@ -156,6 +163,8 @@ impl Client {
                             reason: "the server wants a secret and none is configured".into(),
                         });
                     };
+                    // A fresh nonce for the proving HELLO (PROTOCOL.md, HELLO step 2).
+                    client_nonce = auth::nonce();
                     proof = Some(auth::prove(
                         secret,
                         &r.server_nonce,
@@ -190,6 +199,7 @@ impl Client {
             slot_free: Rendez::new(),
             broken: RefCell::new(None),
             call_timeout: config.call_timeout,
+            expired: RefCell::new(std::collections::VecDeque::new()),
         });
         let r = inner.clone();
         let frame_timeout = config.frame_timeout;
@@ -290,6 +300,11 @@ impl Client {
             };
             if !woken {
                 inner.pending.borrow_mut().remove(&tag);
+                let mut expired = inner.expired.borrow_mut();
+                if expired.len() >= EXPIRED_TAGS_MAX {
+                    expired.pop_front();
+                }
+                expired.push_back(tag);
                 return Err(RpcError::TimedOut {
                     msg_type,
                     tag,
@@ -363,12 +378,24 @@ fn read_responses(inner: Rc<Inner>, mut reader: FrameReader, frame_timeout: Dura
         let payload_ok =
             crate::decode_payload(&header, frame.get(HEADER_LEN..).unwrap_or_default()).map(|_| ());
         let mut pending = inner.pending.borrow_mut();
-        // A response for a call that timed out is dropped.
         if let Some(p) = pending.get_mut(&header.tag) {
             p.reply = Some(payload_ok.map(|()| Reply { header, frame }));
             if let Some(w) = p.waiter.take() {
                 w.wake();
             }
+            continue;
+        }
+        drop(pending);
+        // A late answer to a call that timed out is dropped; an answer to a tag
+        // never sent means the server lost track: the connection cannot be trusted.
+        let late = inner.expired.borrow().contains(&header.tag);
+        if !late {
+            fail_all(
+                &inner,
+                &format!("response to tag {} that was never sent", header.tag),
+            );
+            let _ = inner.stream.shutdown(std::net::Shutdown::Both);
+            return;
         }
     }
 }

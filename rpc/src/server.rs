@@ -64,10 +64,14 @@ pub struct ServerConfig {
     /// When set, HELLO must prove knowledge of it (HMAC-SHA256).
     pub secret: Option<Vec<u8>>,
     pub server_name: String,
-    /// How long a started frame may take to arrive completely.
+    /// How long a started frame may take to arrive completely, and a response frame
+    /// to be written: a client that does not read its responses loses its session
+    /// instead of holding it.
     pub frame_timeout: Duration,
     /// How long a session may stay silent between requests.
     pub idle_timeout: Duration,
+    /// Settings of each session thread's runtime (stall detector, stacks).
+    pub runtime: Config,
     pub io: IoConfig,
 }
 
@@ -81,6 +85,7 @@ impl ServerConfig {
             server_name: "cva".into(),
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
+            runtime: Config::default(),
             io: IoConfig::default(),
         }
     }
@@ -263,7 +268,7 @@ fn session_thread<S: Service + 'static>(
     serving: Arc<Vec<Mutex<Option<std::net::TcpStream>>>>,
     make_service: impl Fn() -> S + 'static,
 ) {
-    let rt = Runtime::with_io(Config::default(), config.io.clone());
+    let rt = Runtime::with_io(config.runtime.clone(), config.io.clone());
     let Ok(mut rt) = rt else {
         return; // the acceptor learns it when a send fails
     };
@@ -289,14 +294,33 @@ fn hello(
     let mut out = Vec::new();
     let mut asked_proof = false;
     loop {
-        let (header, msg) = reader.read(stream, config.idle_timeout.min(config.frame_timeout))?;
+        let read = reader.read(stream, config.idle_timeout.min(config.frame_timeout));
+        let (header, msg) = match read {
+            Ok(frame) => frame,
+            Err(e) => {
+                // Bad framing before HELLO is told like everywhere else (an HTTP
+                // client hitting the port learns why it is closed).
+                if !matches!(e, RpcError::ConnectionLost { .. }) {
+                    let status = closing_status(&e);
+                    let reason = e.to_string();
+                    let _ = send_message(
+                        stream,
+                        VERSION_MIN,
+                        &Message::connection_error(status, &reason),
+                        &mut out,
+                    );
+                }
+                return Err(e);
+            }
+        };
         let hello: Hello<'_> = match msg.body {
             Body::Request(Request::Hello(h)) => h,
             _ => {
+                // Nothing is served before HELLO (and its proof, when asked).
                 let _ = send_message(
                     stream,
                     VERSION_MIN,
-                    &Message::connection_error(Status::InvalidArgument, "HELLO first"),
+                    &Message::connection_error(Status::AuthRequired, "HELLO first"),
                     &mut out,
                 );
                 return Err(RpcError::Protocol {
@@ -403,6 +427,7 @@ fn serve<S: Service + 'static>(
     stream: Rc<TcpStream>,
     service: S,
 ) -> Result<(), RpcError> {
+    stream.set_write_timeout(Some(config.frame_timeout));
     let mut reader = FrameReader::new();
     let info = Rc::new(hello(config, &stream, &mut reader)?);
     let depth = config.queue_depth as usize;
@@ -486,21 +511,27 @@ fn read_requests(
         ) {
             Ok(raw) => raw,
             Err(e) => {
-                if !matches!(e, RpcError::Io { .. } | RpcError::ConnectionLost { .. }) {
+                if !matches!(e, RpcError::ConnectionLost { .. }) {
                     say_closing(stream, info.version, writer, &e);
                 }
                 return Err(e);
             }
         };
         let header = match raw.validate() {
-            Ok(h) if h.response => Err(RpcError::BadType {
-                got: h.msg_type.code(),
-                why: "a response sent to a server",
+            Ok(h) if h.response => Err(RpcError::BadFlags {
+                msg_type: h.msg_type.code(),
+                got: raw.flags,
             }),
-            Ok(h) if h.msg_type == MsgType::Hello => Err(RpcError::BadType {
-                got: h.msg_type.code(),
-                why: "HELLO twice",
-            }),
+            Ok(h) if h.msg_type == MsgType::Hello => {
+                let mut out = writer.lock();
+                send_message(
+                    stream,
+                    info.version,
+                    &Message::error_reply(&raw, Status::BadSequence, "HELLO twice"),
+                    &mut out,
+                )?;
+                continue;
+            }
             other => other,
         };
         let header = match header {
@@ -539,6 +570,16 @@ fn read_requests(
     }
 }
 
+/// The status a closing ERROR frame gives for `e` (a read that timed out is TIMEOUT).
+fn closing_status(e: &RpcError) -> Status {
+    match e {
+        RpcError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
+            Status::Timeout
+        }
+        e => e.status(),
+    }
+}
+
 /// Tells the client why the session closes (best effort: it may be gone).
 fn say_closing(stream: &TcpStream, version: u16, writer: &QLock<Vec<u8>>, e: &RpcError) {
     let reason = e.to_string();
@@ -546,7 +587,7 @@ fn say_closing(stream: &TcpStream, version: u16, writer: &QLock<Vec<u8>>, e: &Rp
     let _ = send_message(
         stream,
         version,
-        &Message::connection_error(e.status(), &reason),
+        &Message::connection_error(closing_status(e), &reason),
         &mut out,
     );
 }
