@@ -48,4 +48,20 @@ pub enum VssdError {
         offset: u64,
         why: String,
     },
+    /// A device smaller than the vSSD's layout needs.
+    #[error("vssd {op} on {path}: the device holds {got} bytes, the vSSD needs {need} ({layout})")]
+    TooSmall {
+        op: &'static str,
+        path: PathBuf,
+        got: u64,
+        need: u64,
+        layout: String,
+    },
+    /// An operation that would destroy or confuse a vSSD it was not told to.
+    #[error("vssd {op} on {path} refused: {why}")]
+    Refused {
+        op: &'static str,
+        path: PathBuf,
+        why: String,
+    },
 }

@@ -13,10 +13,20 @@
 //! | superblock A | superblock B | log (circular) | checkpoint A | checkpoint B | data slots |
 //! ```
 //!
-//! Not built yet: everything of the `[vssd]` issue; the first pieces (layout and
-//! superblock, log records, eviction policy) are on their way.
+//! Built so far (pieces, not yet a vSSD):
+//! - [`layout`]: geometry, the superblock (two copies, CRC32C), `format`, and the
+//!   checks that refuse a device that is not this vSSD without touching it;
+//! - [`record`]: log records and 4 KiB log blocks (CRC32C, sequence numbers), the
+//!   circular log's addressing and its no-overrun contract;
+//! - [`evict`]: S3-FIFO over clean lines, with LRU and traces to measure it against.
+//!
+//! Not built yet: the cache map, the log writer with group commit, writep1/commit/
+//! read, checkpoints, recovery, the crash torture and the benchmarks.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
+pub mod evict;
+pub mod layout;
+pub mod record;
 
 pub use error::VssdError;
