@@ -27,6 +27,7 @@
 mod error;
 pub mod evict;
 pub mod layout;
+pub mod log;
 pub mod record;
 
 pub use error::VssdError;

@@ -1,0 +1,478 @@
+//! The log writer: group commit over the circular log of [`crate::record`].
+//!
+//! Many tasks [`append`](LogWriter::append) records; each record is encoded at once
+//! into the *filling* buffer, a run of up to [`LOG_WRITE_BLOCKS_MAX`] consecutive log
+//! blocks taken from a [`Pool`] of [`LOG_BUFFERS`] aligned buffers. One writer task
+//! takes the whole filling buffer, seals its blocks, writes them with one durable
+//! write (`pwrite_durable`, RWF_DSYNC) at the log tail and wakes every waiter
+//! (`Rendez::wakeup_all`). While that write is in flight the next appends fill the
+//! other buffer: they ride on the next write together, which is the group commit.
+//!
+//! How the rules of [`crate::record`] are kept:
+//! 1. *No overrun*: a block `seq` is started only if `seq < oldest_needed + blocks`;
+//!    otherwise appenders wait for [`set_oldest_needed`](LogWriter::set_oldest_needed).
+//! 2. *Acknowledge in order*: one writer task, one write in flight; `durable_end`
+//!    moves only past a whole completed write.
+//! 3. *Never rewrite a durable block*: a taken buffer is never appended to again; the
+//!    next buffer starts at the next seq.
+//! 4. *Write bounds*: a buffer holds at most [`LOG_WRITE_BLOCKS_MAX`] blocks and never
+//!    crosses the end of the region; one write in flight (64 <= 256 blocks).
+//! 5. *Scrub after recovery*: [`scrub_after_recovery`] zeroes what
+//!    [`LogRing::scrub_after_recovery`] names; call it before [`LogWriter::start`].
+//!
+//! After an I/O error the log is failed for good: every waiter and every later
+//! append gets an error, and the vSSD must stop (its durable state is unknown).
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+
+use taskio::file::File;
+use taskio::{AlignedBuf, Builder, IoError, Pool, PoolItem, Rendez};
+
+use crate::error::VssdError;
+use crate::layout::Geometry;
+use crate::record::{
+    BlockEnd, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogBlockWriter, LogRing, Record, decode_block,
+};
+
+/// Log buffers: one filling while one is being written.
+pub const LOG_BUFFERS: usize = 2;
+/// Bytes of one log buffer: the largest write.
+pub const LOG_BUFFER_BYTES: usize = LOG_WRITE_BLOCKS_MAX as usize * LOG_BLOCK_SIZE;
+
+const _: () = assert!(LOG_BUFFERS >= 2); // one fills while the other is written
+
+/// Where an appended record lives: block `seq`, record `index` in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordPos {
+    pub seq: u64,
+    pub index: u32,
+}
+
+/// Counters of one log writer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Records accepted by `append`.
+    pub records_appended: u64,
+    /// Records made durable.
+    pub records_written: u64,
+    /// Blocks made durable.
+    pub blocks_written: u64,
+    /// Write calls (each one durable write).
+    pub writes: u64,
+    /// Most blocks one write carried.
+    pub write_blocks_max: u64,
+    /// Times an appender waited for room (buffer full or log full).
+    pub appends_waited: u64,
+}
+
+impl LogStats {
+    /// The group-commit factor: records made durable per write.
+    pub fn records_per_write(&self) -> f64 {
+        if self.writes == 0 {
+            0.0
+        } else {
+            self.records_written as f64 / self.writes as f64
+        }
+    }
+}
+
+/// The buffer being filled by appenders.
+struct Filling {
+    buf: PoolItem<AlignedBuf>,
+    seq_first: u64,
+    blocks: u64,
+    records: u64,
+}
+
+struct Inner {
+    file: Rc<File>,
+    ring: LogRing,
+    log_offset: u64,
+    pool: Pool<AlignedBuf>,
+    filling: RefCell<Option<Filling>>,
+    /// The seq the next started block gets (after the filling buffer's blocks).
+    seq_next: Cell<u64>,
+    /// Every block before this is durable.
+    durable_end: Cell<u64>,
+    oldest_needed: Cell<u64>,
+    /// Why the log failed, once it has.
+    failed: RefCell<Option<String>>,
+    closed: Cell<bool>,
+    writer_done: Cell<bool>,
+    /// The writer task sleeps here until records are pending.
+    work: Rendez,
+    /// Waiters for durability.
+    durable: Rendez,
+    /// Appenders waiting for a buffer or for room in the log.
+    room: Rendez,
+    stats: Cell<LogStats>,
+}
+
+/// The log writer of one vSSD, shared by the tasks of one runtime.
+pub struct LogWriter {
+    inner: Rc<Inner>,
+}
+
+impl LogWriter {
+    /// Starts the writer task. `seq_next` is the seq of the first block this run
+    /// writes (after recovery: the end of the log, scrubbed); `oldest_needed` the seq
+    /// of the newest durable checkpoint.
+    ///
+    /// # Panics
+    /// If the geometry's log is not a valid [`LogRing`], if the seqs are out of order
+    /// or the log already overran, or outside a taskio runtime.
+    pub fn start(
+        file: Rc<File>,
+        geometry: &Geometry,
+        seq_next: u64,
+        oldest_needed: u64,
+    ) -> Rc<LogWriter> {
+        let ring = LogRing::new(geometry.log_blocks())
+            .unwrap_or_else(|e| panic!("log writer on {}: {e}", file.path().display()));
+        ring.blocks_free(seq_next, oldest_needed); // asserts the order and no overrun
+        assert!(seq_next > 0, "log seq 0 is never a block");
+        let inner = Rc::new(Inner {
+            file,
+            ring,
+            log_offset: geometry.log_offset(),
+            pool: AlignedBuf::pool(LOG_BUFFERS, LOG_BUFFER_BYTES),
+            filling: RefCell::new(None),
+            seq_next: Cell::new(seq_next),
+            durable_end: Cell::new(seq_next),
+            oldest_needed: Cell::new(oldest_needed),
+            failed: RefCell::new(None),
+            closed: Cell::new(false),
+            writer_done: Cell::new(false),
+            work: Rendez::new(),
+            durable: Rendez::new(),
+            room: Rendez::new(),
+            stats: Cell::new(LogStats::default()),
+        });
+        let task_inner = inner.clone();
+        // A system task: it never keeps Runtime::run alive on its own.
+        let spawned = Builder::new()
+            .name("vssd-log-writer")
+            .system(true)
+            .spawn(move || writer_loop(&task_inner));
+        if let Err(e) = spawned {
+            panic!("log writer task: {e}");
+        }
+        Rc::new(LogWriter { inner })
+    }
+
+    /// Adds `record` to the log buffer and returns where it lives. Waits only while
+    /// no buffer is free or the log is full. Errs once the log failed or closed.
+    pub fn append(&self, record: &Record) -> Result<RecordPos, VssdError> {
+        let inner = &*self.inner;
+        record
+            .validate()
+            .unwrap_or_else(|fault| panic!("append of invalid log record {record:?}: {fault}"));
+        let mut waited = false;
+        loop {
+            inner.check_usable("log append")?;
+            match inner.try_append(record) {
+                Some(pos) => {
+                    inner.count(|s| s.records_appended += 1);
+                    inner.work.wakeup();
+                    return Ok(pos);
+                }
+                None => {
+                    if !waited {
+                        waited = true;
+                        inner.count(|s| s.appends_waited += 1);
+                    }
+                    // A full buffer is the writer's to take.
+                    inner.work.wakeup();
+                    inner.room.sleep();
+                }
+            }
+        }
+    }
+
+    /// Parks until the block holding `pos` (and every block before it) is durable.
+    pub fn wait_durable(&self, pos: RecordPos) -> Result<(), VssdError> {
+        let inner = &*self.inner;
+        loop {
+            if inner.durable_end.get() > pos.seq {
+                return Ok(());
+            }
+            if let Some(why) = &*inner.failed.borrow() {
+                return Err(inner.failure("log wait", why));
+            }
+            if inner.writer_done.get() {
+                return Err(inner.failure("log wait", "the log writer was closed"));
+            }
+            inner.durable.sleep();
+        }
+    }
+
+    /// [`append`](LogWriter::append) then [`wait_durable`](LogWriter::wait_durable).
+    pub fn append_durable(&self, record: &Record) -> Result<RecordPos, VssdError> {
+        let pos = self.append(record)?;
+        self.wait_durable(pos)?;
+        Ok(pos)
+    }
+
+    /// The checkpoint advanced: blocks before `seq` are no longer needed.
+    ///
+    /// # Panics
+    /// If `seq` moves back or past the blocks started so far.
+    pub fn set_oldest_needed(&self, seq: u64) {
+        let inner = &*self.inner;
+        assert!(
+            seq >= inner.oldest_needed.get(),
+            "oldest needed log seq moves back from {} to {seq}",
+            inner.oldest_needed.get()
+        );
+        inner.ring.blocks_free(inner.seq_next.get(), seq);
+        inner.oldest_needed.set(seq);
+        inner.room.wakeup_all();
+    }
+
+    /// Every block before this seq is durable.
+    pub fn durable_end(&self) -> u64 {
+        self.inner.durable_end.get()
+    }
+
+    /// The newest durable block's seq (`durable_end - 1`).
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.durable_end.get() - 1
+    }
+
+    pub fn oldest_needed(&self) -> u64 {
+        self.inner.oldest_needed.get()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.inner.stats.get()
+    }
+
+    /// Whether the log failed on an I/O error.
+    pub fn is_failed(&self) -> bool {
+        self.inner.failed.borrow().is_some()
+    }
+
+    /// Refuses further appends; the writer writes what is pending, then ends.
+    pub fn close(&self) {
+        self.inner.closed.set(true);
+        self.inner.work.wakeup_all();
+        self.inner.room.wakeup_all();
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Inner {
+    fn count(&self, f: impl FnOnce(&mut LogStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    fn failure(&self, op: &'static str, why: &str) -> VssdError {
+        VssdError::Io {
+            op,
+            path: self.file.path().to_path_buf(),
+            source: IoError::Path {
+                op: "log write",
+                path: self.file.path().to_path_buf(),
+                source: io::Error::other(format!("the log failed: {why}")),
+            },
+        }
+    }
+
+    fn check_usable(&self, op: &'static str) -> Result<(), VssdError> {
+        if let Some(why) = &*self.failed.borrow() {
+            return Err(self.failure(op, why));
+        }
+        if self.closed.get() {
+            return Err(self.failure(op, "the log writer was closed"));
+        }
+        Ok(())
+    }
+
+    /// Encodes `record` into the filling buffer, or says the caller must wait.
+    fn try_append(&self, record: &Record) -> Option<RecordPos> {
+        let mut slot = self.filling.borrow_mut();
+        if slot.is_none() {
+            let buf = self.pool.try_get()?;
+            *slot = Some(Filling {
+                buf,
+                seq_first: self.seq_next.get(),
+                blocks: 0,
+                records: 0,
+            });
+        }
+        let filling = slot.as_mut()?;
+        if filling.blocks > 0 {
+            let at = (filling.blocks - 1) as usize * LOG_BLOCK_SIZE;
+            let mut block = LogBlockWriter::resume(&mut filling.buf[at..at + LOG_BLOCK_SIZE]);
+            if block.fits(record) {
+                let index = block.record_count() as u32;
+                let seq = block.seq();
+                block.append(record).expect("record fits");
+                filling.records += 1;
+                return Some(RecordPos { seq, index });
+            }
+        }
+        // A fresh block: within one write, before the wrap, without overrun.
+        let seq = filling.seq_first + filling.blocks;
+        assert_eq!(seq, self.seq_next.get());
+        if filling.blocks >= LOG_WRITE_BLOCKS_MAX
+            || filling.blocks >= self.ring.blocks_until_wrap(filling.seq_first)
+            || self.ring.blocks_free(seq, self.oldest_needed.get()) == 0
+        {
+            return None;
+        }
+        let at = filling.blocks as usize * LOG_BLOCK_SIZE;
+        let mut block = LogBlockWriter::new(&mut filling.buf[at..at + LOG_BLOCK_SIZE], seq);
+        block.append(record).expect("a record fits a fresh block");
+        filling.blocks += 1;
+        filling.records += 1;
+        self.seq_next.set(seq + 1);
+        Some(RecordPos { seq, index: 0 })
+    }
+}
+
+/// The writer task: takes the filling buffer, writes it durably, wakes the waiters.
+fn writer_loop(inner: &Inner) {
+    // After a failed write nothing more is written: its blocks may be missing, so
+    // no later block could ever be acknowledged (rule 2).
+    while inner.failed.borrow().is_none() {
+        let taken = inner.filling.borrow_mut().take_if(|f| f.blocks > 0);
+        let Some(mut filling) = taken else {
+            if inner.closed.get() {
+                break;
+            }
+            inner.work.sleep();
+            continue;
+        };
+        // Appenders that waited for this buffer to go may start the next one.
+        inner.room.wakeup_all();
+        let blocks = filling.blocks as usize;
+        for i in 0..blocks {
+            LogBlockWriter::resume(&mut filling.buf[i * LOG_BLOCK_SIZE..][..LOG_BLOCK_SIZE]).seal();
+        }
+        filling.buf.set_len(blocks * LOG_BLOCK_SIZE);
+        let offset = inner.log_offset + inner.ring.offset_bytes(filling.seq_first);
+        assert!(filling.blocks <= inner.ring.blocks_until_wrap(filling.seq_first));
+        assert!(filling.seq_first == inner.durable_end.get());
+        let written = inner.file.pwrite_durable(&filling.buf, offset);
+        filling.buf.set_len(LOG_BUFFER_BYTES);
+        match written {
+            Ok(()) => {
+                inner.durable_end.set(filling.seq_first + filling.blocks);
+                inner.count(|s| {
+                    s.writes += 1;
+                    s.blocks_written += filling.blocks;
+                    s.records_written += filling.records;
+                    s.write_blocks_max = s.write_blocks_max.max(filling.blocks);
+                });
+            }
+            Err(e) => {
+                *inner.failed.borrow_mut() = Some(format!(
+                    "write of log blocks {}..{} at offset {offset}: {e}",
+                    filling.seq_first,
+                    filling.seq_first + filling.blocks
+                ));
+            }
+        }
+        drop(filling); // the buffer back to the pool
+        inner.durable.wakeup_all();
+        inner.room.wakeup_all();
+    }
+    inner.writer_done.set(true);
+    inner.durable.wakeup_all();
+    inner.room.wakeup_all();
+}
+
+/// What [`recover_scan`] found: the valid blocks from the start seq, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Each valid block's seq and records.
+    pub blocks: Vec<(u64, Vec<Record>)>,
+    /// The first seq refused: the end of the log, where the next run writes.
+    pub seq_end: u64,
+    /// Why the block at `seq_end` was refused.
+    pub end: BlockEnd,
+}
+
+/// Reads the log from block `seq_start` until [`decode_block`] refuses a block.
+pub fn recover_scan(file: &File, geometry: &Geometry, seq_start: u64) -> Result<Scan, VssdError> {
+    let ring = LogRing::new(geometry.log_blocks())?;
+    let mut buf = AlignedBuf::new(LOG_BUFFER_BYTES);
+    let mut blocks = Vec::new();
+    let mut seq = seq_start;
+    // At most a whole lap: block seq_start + blocks would be the start's own place.
+    while seq < seq_start + ring.blocks() {
+        let count = LOG_WRITE_BLOCKS_MAX
+            .min(ring.blocks_until_wrap(seq))
+            .min(seq_start + ring.blocks() - seq);
+        buf.set_len(count as usize * LOG_BLOCK_SIZE);
+        let offset = geometry.log_offset() + ring.offset_bytes(seq);
+        file.pread_exact(&mut buf, offset)
+            .map_err(|source| VssdError::Io {
+                op: "log recovery read",
+                path: file.path().to_path_buf(),
+                source,
+            })?;
+        for i in 0..count as usize {
+            match decode_block(&buf[i * LOG_BLOCK_SIZE..][..LOG_BLOCK_SIZE], seq) {
+                Ok(records) => blocks.push((seq, records)),
+                Err(end) => {
+                    return Ok(Scan {
+                        blocks,
+                        seq_end: seq,
+                        end,
+                    });
+                }
+            }
+            seq += 1;
+        }
+    }
+    // A full lap of valid blocks: the next is the start's own place, an older seq.
+    Ok(Scan {
+        blocks,
+        seq_end: seq,
+        end: BlockEnd::Stale {
+            seq_got: seq_start,
+            seq_want: seq,
+        },
+    })
+}
+
+/// Durably zeroes the blocks past the end of a recovered log that an interrupted
+/// write may have left (rule 5 of [`crate::record`]). Call before
+/// [`LogWriter::start`] at `seq_end`.
+pub fn scrub_after_recovery(
+    file: &File,
+    geometry: &Geometry,
+    seq_end: u64,
+    seq_checkpoint: u64,
+) -> Result<(), VssdError> {
+    let ring = LogRing::new(geometry.log_blocks())?;
+    let range = ring.scrub_after_recovery(seq_end, seq_checkpoint);
+    let mut zeros = AlignedBuf::new(LOG_BUFFER_BYTES);
+    let mut seq = range.start;
+    while seq < range.end {
+        let count = LOG_WRITE_BLOCKS_MAX
+            .min(ring.blocks_until_wrap(seq))
+            .min(range.end - seq);
+        zeros.set_len(count as usize * LOG_BLOCK_SIZE);
+        let offset = geometry.log_offset() + ring.offset_bytes(seq);
+        file.pwrite_durable(&zeros, offset)
+            .map_err(|source| VssdError::Io {
+                op: "log scrub",
+                path: file.path().to_path_buf(),
+                source,
+            })?;
+        seq += count;
+    }
+    Ok(())
+}
