@@ -18,15 +18,21 @@
 //!   checks that refuse a device that is not this vSSD without touching it;
 //! - [`record`]: log records and 4 KiB log blocks (CRC32C, sequence numbers), the
 //!   circular log's addressing and its no-overrun contract;
-//! - [`evict`]: S3-FIFO over clean lines, with LRU and traces to measure it against.
+//! - [`evict`]: S3-FIFO over clean lines, with LRU and traces to measure it against;
+//! - [`map`]: the cache map and slot allocator (the state machine: every slot free,
+//!   current, prepared or freeing until its releasing record is durable) and the
+//!   replay that rebuilds it from an exact checkpoint plus the log;
+//! - [`log`]: the log writer with group commit, the recovery scan and the scrub.
 //!
-//! Not built yet: the cache map, the log writer with group commit, writep1/commit/
-//! read, checkpoints, recovery, the crash torture and the benchmarks.
+//! Not built yet: the `Vssd` that wires these to a device (writep1/commit/abort/
+//! read/insert_clean/mark_clean/invalidate), checkpoint I/O, recovery on open, the
+//! crash torture of the whole and the benchmarks.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod error;
 pub mod evict;
 pub mod layout;
+pub mod map;
 pub mod log;
 pub mod record;
 

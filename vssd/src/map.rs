@@ -1,0 +1,906 @@
+//! The cache map: which slot holds each cached line, in which state, written by which
+//! tran, with which payload CRC32C; the prepared (phase-1) versions; and the slot
+//! allocator. Pure in-memory state machine, no I/O: the vSSD appends the log record
+//! each operation names and does the payload I/O around it.
+//!
+//! # Roles of a slot
+//!
+//! Every slot is in exactly one role at every instant:
+//!
+//! - **free**: may be handed out by [`CacheMap::prepare`] / [`CacheMap::insert_clean`];
+//! - **current**: the slot of a line's current version (clean or dirty);
+//! - **prepared**: the slot of a prepared tran (PREPARE logged, no COMMIT/ABORT yet);
+//! - **freeing**: released by a record at log sequence `seq`, reusable only once
+//!   [`CacheMap::durable`] reports a durable prefix reaching `seq`.
+//!
+//! Why "freeing": a slot is released by a record (COMMIT releases the line's old
+//! slot, ABORT the prepared one, INVALIDATE the invalidated or evicted line's one).
+//! Until that record is durable, a crash replays the log without it, and the replay
+//! maps the slot to its old content again (old version current, PREPARE in doubt,
+//! line still cached). Writing another payload into the slot before then would let a
+//! recovered read return bytes never written to that line. So `release(slot, seq)`
+//! queues the slot, and `durable(seq)` moves to free every slot released at or
+//! before `seq`. `seq` is the log block sequence of the releasing record.
+//!
+//! # Operations, and what the caller does around each
+//!
+//! | call | the caller | slots |
+//! | --- | --- | --- |
+//! | [`CacheMap::prepare`] | writes the payload to the slot, appends PREPARE, waits for both | free -> prepared |
+//! | [`CacheMap::commit`] (COMMIT's seq) | appends COMMIT | prepared -> current; old current -> freeing |
+//! | [`CacheMap::abort`] (ABORT's seq) | appends ABORT | prepared -> freeing |
+//! | [`CacheMap::insert_clean`] | writes the payload; no record | free -> current |
+//! | [`CacheMap::mark_clean`] | appends CLEAN (after destage) | none |
+//! | [`CacheMap::invalidate`] (INVALIDATE's seq) | appends INVALIDATE | current -> freeing |
+//! | [`CacheMap::evict`] (INVALIDATE's seq) | appends INVALIDATE | current -> freeing |
+//! | [`CacheMap::durable`] | reports the durable log prefix | freeing -> free |
+//!
+//! The `seq` given is the log block sequence the record goes to. The caller calls
+//! the map in the order it appends the records, so seqs come nondecreasing; a seq
+//! below an earlier one is raised to it (releasing later is always safe).
+//!
+//! `insert_clean` makes the line visible at once: the caller must keep readers of
+//! the line away (the cache device's per-line lock) until the payload is written.
+//!
+//! # Eviction is logged
+//!
+//! Evicting a clean line could seem to need no record (the backing store has its
+//! data). It does need one, an INVALIDATE, and its slot is released at that
+//! record's seq like any other:
+//!
+//! - reusing the slot at once: a crash before the new PREPARE is durable replays the
+//!   older PREPARE/COMMIT (or checkpoint) that maps the line to the slot, which now
+//!   holds another line's bytes. The PREPARE's CRC would catch that on read, but
+//!   only with probability 1 - 2^-32, and the invariant is absolute;
+//! - not reusing it, without a record: a crash resurrects the line from the log,
+//!   while the backing store may meanwhile have received a newer write for the line
+//!   (write-around, write-through, or a destage of another copy) that did not
+//!   invalidate an uncached line: a stale read whose CRC matches.
+//!
+//! With the record, recovery never maps an evicted line. The cost is that an
+//! eviction frees its slot one group commit later. So [`CacheMap::prepare`] never
+//! evicts by itself: it returns [`MapError::Full`] saying whether a clean line could
+//! be evicted and which seq frees the next slot; the caller then calls
+//! [`CacheMap::evict`] with the seq its INVALIDATE record gets, and waits for that
+//! seq (or, with nothing clean and nothing freeing, for destage or a commit: the
+//! backpressure of the issue, never a failure).
+//!
+//! # Invariants (checked by [`CacheMap::assert_invariants`] and the property test)
+//!
+//! 1. Every slot is in exactly one role; the counts of each role add up to `slot_count`.
+//! 2. A line has at most one current version and at most **one prepared tran** at a
+//!    time ([`MapError::LinePrepared`] otherwise): the DTM serialises writes to a
+//!    line, and one prepared version per line keeps recovery's in-doubt resolution
+//!    free of ordering questions between two trans of one line.
+//! 3. A prepared slot is never the line's current slot (it comes from the free pool).
+//! 4. Lines cached or prepared are at most `lines` (the capacity), so a commit never
+//!    needs room it cannot find; the [`Evictor`] holds exactly those lines.
+//! 5. A slot released at `seq` is not free before `durable(s)` with `s >= seq`.
+//!
+//! `mark_clean` takes no seq: it releases no slot. A CLEAN record lost in a crash
+//! leaves the line dirty after recovery (destaged again, harmless), and an eviction
+//! of the now clean line logs its INVALIDATE after the CLEAN, so it is durable only
+//! after it.
+//!
+//! # Memory per cached line
+//!
+//! Everything is allocated by [`CacheMap::new`] for the capacity and never grows.
+//! Per line of capacity:
+//!
+//! - the line index, a std `HashMap<u64, Stored>` (hashbrown) made with room for
+//!   `lines` entries: an 8-byte key, a 24-byte entry (the public 32-byte [`Entry`]
+//!   packed: slot numbers fit a `u32`) and 1 control byte per bucket, the buckets a
+//!   power of two at load <= 7/8: 37.7 to 75.4 bytes (66 when `lines` is a power
+//!   of two);
+//! - the [`Evictor`]: 34.8 to 50 bytes (its own documentation);
+//! - per slot, 1 + 1/16 slots per line: the role byte, a 4-byte free-stack entry
+//!   and a 16-byte freeing-queue entry (seq, slot), 22.3 bytes per line;
+//! - the prepared trans: two hash maps with room for one tran per spare slot,
+//!   about 6 bytes per line.
+//!
+//! About 100 to 155 bytes per line of capacity: measured 130.2 at 2^12 and 2^16
+//! lines (test `ram_per_line`, with a counting allocator; [`CacheMap::heap_bytes`]
+//! gives the same figure from the capacities), so 1 GiB of 4 KiB lines (2^18 lines)
+//! costs about 33 MiB of RAM. The hasher is std's SipHash: line numbers come from
+//! clients, and a keyed hash keeps a crafted access pattern from degrading lookups.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::evict::{CAPACITY_MAX, Evictor, LINE_MAX};
+use crate::record::PAYLOAD_LEN_MAX;
+
+/// The version of a line filled from the backing store: no tran wrote it.
+pub const VERSION_CLEAN_INSERT: u64 = 0;
+
+/// State of a line's current version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum State {
+    /// Same data as the backing store: may be evicted.
+    Clean = 1,
+    /// Newer than the backing store: must be destaged before it can be evicted.
+    Dirty = 2,
+}
+
+/// A line's current version: 32 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub slot: u64,
+    /// The tran that wrote it; [`VERSION_CLEAN_INSERT`] for a fill from the backing store.
+    pub version: u64,
+    /// CRC32C of the payload.
+    pub crc: u32,
+    /// Payload bytes.
+    pub len: u32,
+    pub state: State,
+}
+
+/// How the map stores an [`Entry`]: 24 bytes (slot numbers fit a `u32`, see
+/// [`CacheMap::new`]).
+#[derive(Clone, Copy, Debug)]
+struct Stored {
+    version: u64,
+    slot: u32,
+    crc: u32,
+    len: u32,
+    state: State,
+}
+
+impl Stored {
+    fn from_entry(e: Entry) -> Stored {
+        Stored {
+            version: e.version,
+            slot: u32::try_from(e.slot).expect("slot below slot_count fits u32"),
+            crc: e.crc,
+            len: e.len,
+            state: e.state,
+        }
+    }
+
+    fn entry(self) -> Entry {
+        Entry {
+            slot: u64::from(self.slot),
+            version: self.version,
+            crc: self.crc,
+            len: self.len,
+            state: self.state,
+        }
+    }
+}
+
+const _: () = assert!(size_of::<Stored>() == 24);
+
+/// A prepared tran: its payload is in `slot`, not yet the line's version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Prepared {
+    pub line: u64,
+    pub slot: u64,
+    pub crc: u32,
+    pub len: u32,
+}
+
+/// What a commit did: `slot` is now `line`'s version; `slot_old` (if any) is freeing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub line: u64,
+    pub slot: u64,
+    pub slot_old: Option<u64>,
+}
+
+/// A line evicted by [`CacheMap::evict`]: the caller logs INVALIDATE(line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evicted {
+    pub line: u64,
+    pub slot: u64,
+}
+
+/// Counts of lines and slots, kept up to date in O(1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub lines_dirty: u64,
+    pub lines_clean: u64,
+    pub prepared: u64,
+    pub slots_free: u64,
+    pub slots_freeing: u64,
+}
+
+/// Why an operation of the map was refused. None changes the map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// No free slot, or the map holds `lines` lines and `line` is a new one.
+    #[error(
+        "cache map full for line {line}: {lines_clean} clean lines to evict, next slot freed at seq {seq_freeing_min:?}"
+    )]
+    Full {
+        line: u64,
+        /// Clean lines (some may be unevictable while a write to them is prepared).
+        lines_clean: u64,
+        /// The seq whose durability frees the next slot, if any slot is freeing.
+        seq_freeing_min: Option<u64>,
+    },
+    /// `line` already has prepared tran `tran_other` (one per line at a time).
+    #[error("prepare tran {tran} on line {line}: tran {tran_other} is prepared on it")]
+    LinePrepared {
+        tran: u64,
+        line: u64,
+        tran_other: u64,
+    },
+    /// `tran` is prepared already.
+    #[error("prepare tran {tran} on line {line}: the tran is prepared already")]
+    TranPrepared { tran: u64, line: u64 },
+    /// `tran` is not prepared here.
+    #[error("{op} tran {tran}: not prepared")]
+    UnknownTran { op: &'static str, tran: u64 },
+    /// Tran 0 is [`VERSION_CLEAN_INSERT`].
+    #[error("{op} tran 0: tran ids start at 1")]
+    TranZero { op: &'static str },
+    /// A line number the map cannot hold.
+    #[error("{op} line {line}: above the highest line {max}")]
+    LineRange {
+        op: &'static str,
+        line: u64,
+        max: u64,
+    },
+    /// A payload length of 0 or over [`PAYLOAD_LEN_MAX`].
+    #[error("{op} line {line}: payload length {len}, allowed 1..={max}")]
+    Len {
+        op: &'static str,
+        line: u64,
+        len: u32,
+        max: u32,
+    },
+    /// `insert_clean` of a line that is cached already.
+    #[error("insert_clean line {line}: cached already in slot {slot}")]
+    Cached { line: u64, slot: u64 },
+    /// A state given to [`CacheMap::restore`] that cannot be.
+    #[error("restore: {why} (line {line}, slot {slot})")]
+    Restore {
+        why: &'static str,
+        line: u64,
+        slot: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Role {
+    Free = 0,
+    Current = 1,
+    Prepared = 2,
+    Freeing = 3,
+}
+
+/// The cache map of one vSSD. See the module documentation.
+pub struct CacheMap {
+    lines_max: u64,
+    entries: HashMap<u64, Stored>,
+    /// tran -> its prepared version.
+    prepared: HashMap<u64, Prepared>,
+    /// line -> the tran prepared on it (invariant 2).
+    prepared_lines: HashMap<u64, u64>,
+    evictor: Evictor,
+    roles: Vec<Role>,
+    /// Free slots, used as a stack (recently freed slots are reused first).
+    free: Vec<u32>,
+    /// (seq, slot) in nondecreasing seq.
+    freeing: VecDeque<(u64, u32)>,
+    seq_durable: u64,
+    lines_dirty: u64,
+    lines_clean: u64,
+}
+
+impl CacheMap {
+    /// An empty map of `slot_count` slots for at most `lines` lines (a
+    /// [`crate::layout::Geometry`]'s `slot_count()` and `lines()`). Every slot is free.
+    pub fn new(slot_count: u64, lines: u64) -> CacheMap {
+        assert!(lines >= 1, "cache map of 0 lines");
+        assert!(
+            lines <= CAPACITY_MAX,
+            "cache map of {lines} lines, at most {CAPACITY_MAX}"
+        );
+        assert!(
+            slot_count > lines,
+            "cache map: {slot_count} slots for {lines} lines, needs spare slots"
+        );
+        // Slot numbers are stored as u32: the evictor's capacity bounds `lines`
+        // far below, and the spare slots are a sixteenth of it.
+        assert!(
+            slot_count <= u64::from(u32::MAX),
+            "cache map of {slot_count} slots, at most {}",
+            u32::MAX
+        );
+        let slots = usize::try_from(slot_count).expect("slot count fits usize");
+        let spare = usize::try_from(slot_count - lines).expect("fits usize");
+        CacheMap {
+            lines_max: lines,
+            entries: HashMap::with_capacity(lines as usize),
+            prepared: HashMap::with_capacity(spare),
+            prepared_lines: HashMap::with_capacity(spare),
+            evictor: Evictor::new(lines),
+            roles: vec![Role::Free; slots],
+            // Highest slot at the bottom, so slot 0 is handed out first.
+            free: (0..slot_count as u32).rev().collect(),
+            freeing: VecDeque::with_capacity(slots),
+            seq_durable: 0,
+            lines_dirty: 0,
+            lines_clean: 0,
+        }
+    }
+
+    /// Rebuilds a map from recovered state (checkpoint + replay, all durable):
+    /// current versions and prepared (in-doubt) trans. Every other slot is free.
+    pub fn restore(
+        slot_count: u64,
+        lines: u64,
+        entries: impl IntoIterator<Item = (u64, Entry)>,
+        prepared: impl IntoIterator<Item = (u64, Prepared)>,
+    ) -> Result<CacheMap, MapError> {
+        let mut map = CacheMap::new(slot_count, lines);
+        for (line, e) in entries {
+            map.check_line("restore", line)?;
+            map.check_len("restore", line, e.len)?;
+            let bad = |why| MapError::Restore {
+                why,
+                line,
+                slot: e.slot,
+            };
+            if e.slot >= slot_count || map.roles[e.slot as usize] != Role::Free {
+                return Err(bad("slot out of range or used twice"));
+            }
+            if map.entries.contains_key(&line) {
+                return Err(bad("line twice"));
+            }
+            if map.evictor.is_full() {
+                return Err(bad("more lines than the capacity"));
+            }
+            map.roles[e.slot as usize] = Role::Current;
+            map.entries.insert(line, Stored::from_entry(e));
+            map.evictor.insert(line);
+            match e.state {
+                State::Clean => map.lines_clean += 1,
+                State::Dirty => map.lines_dirty += 1,
+            }
+        }
+        for (tran, p) in prepared {
+            if tran == 0 {
+                return Err(MapError::TranZero { op: "restore" });
+            }
+            map.check_line("restore", p.line)?;
+            map.check_len("restore", p.line, p.len)?;
+            let bad = |why| MapError::Restore {
+                why,
+                line: p.line,
+                slot: p.slot,
+            };
+            if p.slot >= slot_count || map.roles[p.slot as usize] != Role::Free {
+                return Err(bad("slot out of range or used twice"));
+            }
+            if map.prepared.contains_key(&tran) || map.prepared_lines.contains_key(&p.line) {
+                return Err(bad("two prepared trans on one line, or one tran twice"));
+            }
+            if !map.evictor.contains(p.line) {
+                if map.evictor.is_full() {
+                    return Err(bad("more lines than the capacity"));
+                }
+                map.evictor.insert(p.line);
+            }
+            map.roles[p.slot as usize] = Role::Prepared;
+            map.prepared.insert(tran, p);
+            map.prepared_lines.insert(p.line, tran);
+        }
+        map.free.retain(|&s| map.roles[s as usize] == Role::Free);
+        Ok(map)
+    }
+
+    fn check_line(&self, op: &'static str, line: u64) -> Result<(), MapError> {
+        if line > LINE_MAX {
+            return Err(MapError::LineRange {
+                op,
+                line,
+                max: LINE_MAX,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_len(&self, op: &'static str, line: u64, len: u32) -> Result<(), MapError> {
+        if len == 0 || len > PAYLOAD_LEN_MAX {
+            return Err(MapError::Len {
+                op,
+                line,
+                len,
+                max: PAYLOAD_LEN_MAX,
+            });
+        }
+        Ok(())
+    }
+
+    fn full(&self, line: u64) -> MapError {
+        MapError::Full {
+            line,
+            lines_clean: self.lines_clean,
+            seq_freeing_min: self.freeing.front().map(|&(seq, _)| seq),
+        }
+    }
+
+    /// Room for a slot and, if `line` is neither cached nor prepared, for the line.
+    fn check_room(&self, line: u64) -> Result<(), MapError> {
+        let line_new = !self.evictor.contains(line);
+        if self.free.is_empty() || (line_new && self.evictor.is_full()) {
+            return Err(self.full(line));
+        }
+        Ok(())
+    }
+
+    fn alloc(&mut self, role: Role) -> u64 {
+        let slot = u64::from(self.free.pop().expect("check_room found a free slot"));
+        assert_eq!(self.roles[slot as usize], Role::Free, "slot {slot}");
+        self.roles[slot as usize] = role;
+        slot
+    }
+
+    /// `slot` leaves its role; it becomes free once `seq` is durable. A seq below
+    /// one released before is raised to it (releasing later is always safe), so the
+    /// queue stays ordered.
+    fn release(&mut self, slot: u64, seq: u64) {
+        let role = self.roles[slot as usize];
+        assert!(
+            role == Role::Current || role == Role::Prepared,
+            "release slot {slot} in role {role:?}"
+        );
+        let seq = self.freeing.back().map_or(seq, |&(last, _)| seq.max(last));
+        if seq <= self.seq_durable {
+            self.roles[slot as usize] = Role::Free;
+            self.free.push(slot as u32);
+        } else {
+            self.roles[slot as usize] = Role::Freeing;
+            self.freeing.push_back((seq, slot as u32));
+        }
+    }
+
+    /// Phase 1 of `tran` on `line`: a free slot for its payload (never the line's
+    /// current slot). The caller writes the payload there and logs PREPARE(tran,
+    /// line, slot, crc, len).
+    pub fn prepare(&mut self, tran: u64, line: u64, len: u32, crc: u32) -> Result<u64, MapError> {
+        if tran == 0 {
+            return Err(MapError::TranZero { op: "prepare" });
+        }
+        self.check_line("prepare", line)?;
+        self.check_len("prepare", line, len)?;
+        if self.prepared.contains_key(&tran) {
+            return Err(MapError::TranPrepared { tran, line });
+        }
+        if let Some(&tran_other) = self.prepared_lines.get(&line) {
+            return Err(MapError::LinePrepared {
+                tran,
+                line,
+                tran_other,
+            });
+        }
+        self.check_room(line)?;
+        if self.evictor.contains(line) {
+            self.evictor.touch(line);
+        } else {
+            self.evictor.insert(line);
+        }
+        let slot = self.alloc(Role::Prepared);
+        debug_assert!(
+            self.entries
+                .get(&line)
+                .is_none_or(|e| u64::from(e.slot) != slot)
+        );
+        self.prepared.insert(
+            tran,
+            Prepared {
+                line,
+                slot,
+                crc,
+                len,
+            },
+        );
+        self.prepared_lines.insert(line, tran);
+        Ok(slot)
+    }
+
+    /// `tran` committed, its COMMIT record at `seq`: its slot is the line's dirty
+    /// version; the old version's slot is freeing until `seq` is durable.
+    pub fn commit(&mut self, tran: u64, seq: u64) -> Result<Committed, MapError> {
+        let p = self
+            .prepared
+            .remove(&tran)
+            .ok_or(MapError::UnknownTran { op: "commit", tran })?;
+        let removed = self.prepared_lines.remove(&p.line);
+        assert_eq!(removed, Some(tran), "line {} prepared index", p.line);
+        assert_eq!(self.roles[p.slot as usize], Role::Prepared);
+        self.roles[p.slot as usize] = Role::Current;
+        let new = Entry {
+            slot: p.slot,
+            version: tran,
+            crc: p.crc,
+            len: p.len,
+            state: State::Dirty,
+        };
+        self.lines_dirty += 1;
+        let old = self
+            .entries
+            .insert(p.line, Stored::from_entry(new))
+            .map(Stored::entry);
+        let slot_old = old.map(|e| {
+            self.uncount(e.state);
+            self.release(e.slot, seq);
+            e.slot
+        });
+        Ok(Committed {
+            line: p.line,
+            slot: p.slot,
+            slot_old,
+        })
+    }
+
+    /// `tran` aborted, its ABORT record at `seq`: its slot is freeing until then.
+    pub fn abort(&mut self, tran: u64, seq: u64) -> Result<Prepared, MapError> {
+        let p = self
+            .prepared
+            .remove(&tran)
+            .ok_or(MapError::UnknownTran { op: "abort", tran })?;
+        let removed = self.prepared_lines.remove(&p.line);
+        assert_eq!(removed, Some(tran), "line {} prepared index", p.line);
+        if !self.entries.contains_key(&p.line) {
+            self.evictor.remove(p.line);
+        }
+        self.release(p.slot, seq);
+        Ok(p)
+    }
+
+    fn uncount(&mut self, state: State) {
+        match state {
+            State::Clean => self.lines_clean -= 1,
+            State::Dirty => self.lines_dirty -= 1,
+        }
+    }
+
+    /// The current version of `line`, if cached. O(1), changes nothing.
+    pub fn lookup(&self, line: u64) -> Option<Entry> {
+        self.entries.get(&line).map(|s| s.entry())
+    }
+
+    /// A read hit: as [`CacheMap::lookup`], and tells the evictor.
+    pub fn access(&mut self, line: u64) -> Option<Entry> {
+        let e = self.lookup(line)?;
+        self.evictor.touch(line);
+        Some(e)
+    }
+
+    /// The tran prepared on `line`, if any.
+    pub fn prepared_on(&self, line: u64) -> Option<u64> {
+        self.prepared_lines.get(&line).copied()
+    }
+
+    /// The prepared version of `tran`, if prepared.
+    pub fn prepared(&self, tran: u64) -> Option<Prepared> {
+        self.prepared.get(&tran).copied()
+    }
+
+    /// A miss filled from the backing store: a free slot that becomes `line`'s
+    /// clean version ([`VERSION_CLEAN_INSERT`]). No record: a crash forgets it. The
+    /// caller must write the payload before any reader can look the line up.
+    pub fn insert_clean(&mut self, line: u64, len: u32, crc: u32) -> Result<u64, MapError> {
+        self.check_line("insert_clean", line)?;
+        self.check_len("insert_clean", line, len)?;
+        if let Some(e) = self.entries.get(&line) {
+            return Err(MapError::Cached {
+                line,
+                slot: u64::from(e.slot),
+            });
+        }
+        self.check_room(line)?;
+        if !self.evictor.contains(line) {
+            self.evictor.insert(line);
+        }
+        let slot = self.alloc(Role::Current);
+        let e = Entry {
+            slot,
+            version: VERSION_CLEAN_INSERT,
+            crc,
+            len,
+            state: State::Clean,
+        };
+        self.entries.insert(line, Stored::from_entry(e));
+        self.lines_clean += 1;
+        Ok(slot)
+    }
+
+    /// `line` was destaged with the data of `version` (a CLEAN record): clean if
+    /// its current version is still `version`; a newer write stays dirty. Returns
+    /// whether the line is now clean.
+    pub fn mark_clean(&mut self, line: u64, version: u64) -> bool {
+        let Some(e) = self.entries.get_mut(&line) else {
+            return false;
+        };
+        if e.version != version {
+            return false;
+        }
+        if e.state == State::Dirty {
+            e.state = State::Clean;
+            self.lines_dirty -= 1;
+            self.lines_clean += 1;
+        }
+        true
+    }
+
+    /// `line`'s current version is dropped (DISCARD), its INVALIDATE record at
+    /// `seq`. A tran prepared on the line stays prepared.
+    pub fn invalidate(&mut self, line: u64, seq: u64) -> Option<Entry> {
+        let e = self.entries.remove(&line)?.entry();
+        self.uncount(e.state);
+        if !self.prepared_lines.contains_key(&line) {
+            self.evictor.remove(line);
+        }
+        self.release(e.slot, seq);
+        Some(e)
+    }
+
+    /// Evicts one clean line with no prepared tran (S3-FIFO's choice); the caller
+    /// logs INVALIDATE(line) at `seq`, and the slot is free once `seq` is durable.
+    /// `None` if no line is evictable.
+    pub fn evict(&mut self, seq: u64) -> Option<Evicted> {
+        if self.lines_clean == 0 {
+            return None;
+        }
+        let entries = &self.entries;
+        let prepared_lines = &self.prepared_lines;
+        let line = self.evictor.victim(|l| {
+            !prepared_lines.contains_key(&l)
+                && entries.get(&l).is_some_and(|e| e.state == State::Clean)
+        })?;
+        let e = self
+            .entries
+            .remove(&line)
+            .expect("victim is cached")
+            .entry();
+        assert_eq!(e.state, State::Clean, "evicted line {line}");
+        self.uncount(e.state);
+        self.release(e.slot, seq);
+        Some(Evicted { line, slot: e.slot })
+    }
+
+    /// Every log block up to `seq` is durable: slots released at or before it are free.
+    pub fn durable(&mut self, seq: u64) {
+        self.seq_durable = self.seq_durable.max(seq);
+        while let Some(&(s, slot)) = self.freeing.front() {
+            if s > self.seq_durable {
+                break;
+            }
+            self.freeing.pop_front();
+            assert_eq!(self.roles[slot as usize], Role::Freeing, "slot {slot}");
+            self.roles[slot as usize] = Role::Free;
+            self.free.push(slot);
+        }
+    }
+
+    /// The highest durable seq reported.
+    pub fn seq_durable(&self) -> u64 {
+        self.seq_durable
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            lines_dirty: self.lines_dirty,
+            lines_clean: self.lines_clean,
+            prepared: self.prepared.len() as u64,
+            slots_free: self.free.len() as u64,
+            slots_freeing: self.freeing.len() as u64,
+        }
+    }
+
+    pub fn slot_count(&self) -> u64 {
+        self.roles.len() as u64
+    }
+
+    /// Capacity in lines.
+    pub fn lines(&self) -> u64 {
+        self.lines_max
+    }
+
+    /// Whether `slot` is free (for tests and assertions of the I/O layer).
+    pub fn is_free(&self, slot: u64) -> bool {
+        self.roles[slot as usize] == Role::Free
+    }
+
+    /// Current versions ordered by line, for a checkpoint. O(n log n), allocates.
+    pub fn entries(&self) -> Vec<(u64, Entry)> {
+        let mut v: Vec<(u64, Entry)> = self.entries.iter().map(|(&l, s)| (l, s.entry())).collect();
+        v.sort_unstable_by_key(|&(l, _)| l);
+        v
+    }
+
+    /// Prepared trans ordered by tran, for a checkpoint.
+    pub fn prepared_all(&self) -> Vec<(u64, Prepared)> {
+        let mut v: Vec<(u64, Prepared)> = self.prepared.iter().map(|(&t, &p)| (t, p)).collect();
+        v.sort_unstable_by_key(|&(t, _)| t);
+        v
+    }
+
+    /// Heap bytes held, estimated from the tables' capacities (hashbrown: buckets
+    /// a power of two, `capacity` = 7/8 of them, one control byte per bucket).
+    pub fn heap_bytes(&self) -> usize {
+        fn table<K, V>(m: &HashMap<K, V>) -> usize {
+            let cap = m.capacity();
+            if cap == 0 {
+                return 0;
+            }
+            let buckets = (cap * 8 / 7).next_power_of_two();
+            buckets * (size_of::<(K, V)>() + 1) + 16
+        }
+        table(&self.entries)
+            + table(&self.prepared)
+            + table(&self.prepared_lines)
+            + self.evictor.heap_bytes()
+            + self.roles.capacity() * size_of::<Role>()
+            + self.free.capacity() * size_of::<u32>()
+            + self.freeing.capacity() * size_of::<(u64, u32)>()
+    }
+
+    /// Checks every invariant of the module documentation; O(slots). For tests.
+    #[doc(hidden)]
+    pub fn assert_invariants(&self) {
+        let mut role_count = [0u64; 4];
+        for r in &self.roles {
+            role_count[*r as usize] += 1;
+        }
+        assert_eq!(role_count[Role::Free as usize], self.free.len() as u64);
+        assert_eq!(
+            role_count[Role::Current as usize],
+            self.entries.len() as u64
+        );
+        assert_eq!(
+            role_count[Role::Prepared as usize],
+            self.prepared.len() as u64
+        );
+        assert_eq!(
+            role_count[Role::Freeing as usize],
+            self.freeing.len() as u64
+        );
+        for &s in &self.free {
+            assert_eq!(self.roles[s as usize], Role::Free, "free slot {s}");
+        }
+        let mut last = 0;
+        for &(seq, s) in &self.freeing {
+            assert_eq!(self.roles[s as usize], Role::Freeing, "freeing slot {s}");
+            assert!(seq >= last && seq > self.seq_durable, "freeing seq {seq}");
+            last = seq;
+        }
+        let (mut dirty, mut clean) = (0, 0);
+        for (&line, e) in &self.entries {
+            assert_eq!(self.roles[e.slot as usize], Role::Current, "line {line}");
+            assert!(self.evictor.contains(line), "line {line} not in evictor");
+            match e.state {
+                State::Clean => clean += 1,
+                State::Dirty => dirty += 1,
+            }
+        }
+        assert_eq!((dirty, clean), (self.lines_dirty, self.lines_clean));
+        assert_eq!(self.prepared.len(), self.prepared_lines.len());
+        for (&tran, p) in &self.prepared {
+            assert_eq!(self.roles[p.slot as usize], Role::Prepared, "tran {tran}");
+            assert_eq!(self.prepared_lines.get(&p.line), Some(&tran));
+            assert!(
+                self.evictor.contains(p.line),
+                "line {} not in evictor",
+                p.line
+            );
+        }
+        let lines_held = self.entries.len()
+            + self
+                .prepared_lines
+                .keys()
+                .filter(|l| !self.entries.contains_key(l))
+                .count();
+        assert_eq!(lines_held as u64, self.evictor.len());
+        assert!(self.evictor.len() <= self.lines_max);
+    }
+}
+
+/// Recovery's rebuild of the map's logged state: a checkpoint's entries and
+/// prepared trans, then the log's records from the checkpoint's seq on, in order,
+/// then [`Replay::finish`].
+///
+/// # The checkpoint must be exact at its seq
+///
+/// The snapshot must reflect exactly the records of the blocks before the
+/// checkpoint's seq and none after: the vSSD seals the open log block, so that the
+/// next record goes to block `seq`, and copies the map ([`CacheMap::entries`],
+/// [`CacheMap::prepared_all`]) before it applies another operation (the map is
+/// changed in the order the records are appended, so the copy is that state; it can
+/// then be written in the background while the log runs).
+///
+/// A *fuzzy* checkpoint (already reflecting some records after its seq, as
+/// `record.rs` allows) is not safe with these records: with PREPARE(t) before the
+/// seq, INVALIDATE(line) and COMMIT(t) after it, and a snapshot taken after the
+/// commit, replay removes the committed line and then skips the COMMIT (t is no
+/// longer prepared in the snapshot): an acknowledged write is lost. Making it safe
+/// would need the version in INVALIDATE records; the exact checkpoint costs one
+/// early-sealed log block per checkpoint instead.
+///
+/// Lines filled from the backing store are not logged: those in the checkpoint
+/// stay unless a later INVALIDATE drops them. Because every slot release is logged
+/// (eviction included), no replayed version can land on such a line's slot.
+/// A COMMIT or ABORT of a tran that is not prepared cannot follow an exact
+/// checkpoint and a log prefix; it is skipped, never trusted to invent a version.
+#[derive(Clone, Debug, Default)]
+pub struct Replay {
+    entries: std::collections::BTreeMap<u64, Entry>,
+    prepared: std::collections::BTreeMap<u64, Prepared>,
+}
+
+impl Replay {
+    /// Starts from a checkpoint (empty for a vSSD without one).
+    pub fn new(
+        entries: impl IntoIterator<Item = (u64, Entry)>,
+        prepared: impl IntoIterator<Item = (u64, Prepared)>,
+    ) -> Replay {
+        Replay {
+            entries: entries.into_iter().collect(),
+            prepared: prepared.into_iter().collect(),
+        }
+    }
+
+    /// Applies one record of the log, in log order.
+    pub fn apply(&mut self, record: &crate::record::Record) {
+        use crate::record::Record;
+        match *record {
+            Record::Prepare {
+                tran,
+                line,
+                slot,
+                payload_crc,
+                len,
+            } => {
+                let p = Prepared {
+                    line,
+                    slot,
+                    crc: payload_crc,
+                    len,
+                };
+                self.prepared.insert(tran, p);
+            }
+            Record::Commit { tran } => {
+                if let Some(p) = self.prepared.remove(&tran) {
+                    let e = Entry {
+                        slot: p.slot,
+                        version: tran,
+                        crc: p.crc,
+                        len: p.len,
+                        state: State::Dirty,
+                    };
+                    self.entries.insert(p.line, e);
+                }
+            }
+            Record::Abort { tran } => {
+                self.prepared.remove(&tran);
+            }
+            Record::Clean { line, version } => {
+                if let Some(e) = self.entries.get_mut(&line)
+                    && e.version == version
+                {
+                    e.state = State::Clean;
+                }
+            }
+            Record::Invalidate { line } => {
+                self.entries.remove(&line);
+            }
+            Record::Epoch { .. } | Record::Checkpoint { .. } => {}
+        }
+    }
+
+    /// The in-doubt trans (prepared, neither committed nor aborted), by tran.
+    pub fn in_doubt(&self) -> impl Iterator<Item = (u64, Prepared)> + '_ {
+        self.prepared.iter().map(|(&t, &p)| (t, p))
+    }
+
+    /// The rebuilt map, every slot not current or prepared free; an error if the
+    /// state is not one a map can hold (a corrupt checkpoint or log).
+    pub fn finish(self, slot_count: u64, lines: u64) -> Result<CacheMap, MapError> {
+        CacheMap::restore(slot_count, lines, self.entries, self.prepared)
+    }
+}
