@@ -1,6 +1,6 @@
-//! `tdrv bench taskio --quick` runs and prints what DEVELOPERS.md promises: a table,
-//! then one JSON object per figure with its keys in order. (Figures are not checked:
-//! speed is for benchmarks, not tests.)
+//! `tdrv bench taskio|io|rpc --quick` runs and prints what DEVELOPERS.md promises: a
+//! table, then one JSON object per figure with its keys in order. (Figures are not
+//! checked: speed is for benchmarks, not tests.)
 
 use std::process::Command;
 
@@ -121,6 +121,46 @@ fn io_bench_only_selects_figures() {
     let (figures, _) = run_bench(&["bench", "io", "--quick", "--only", "peer_tcp_floor"]);
     let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["peer_tcp_floor_64b"]);
+}
+
+/// `bench rpc --quick`: the three rpc figures in ops/s, the WRITE figure again in MB/s,
+/// and the syscall floor they are compared with, with the reach in the table.
+#[test]
+fn rpc_quick_bench_prints_table_then_json_lines() {
+    let (figures, stdout) = run_bench(&["bench", "rpc", "--quick"]);
+    let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "rpc_ping_1conn",
+            "rpc_ping_pipelined",
+            "rpc_write_4k",
+            "rpc_write_4k_mbps",
+            "peer_tcp_floor_64b"
+        ]
+    );
+    for (name, unit) in &figures {
+        let want = if name == "rpc_write_4k_mbps" {
+            "MB/s"
+        } else {
+            "ops/s"
+        };
+        assert_eq!(unit, want, "unit of {name}");
+    }
+    for ratio in [
+        "x the floor's round trip (reach <= 1.25x",
+        "x rpc_ping_1conn's rate (reach >= 4x",
+        "lat p50",
+    ] {
+        assert!(stdout.contains(ratio), "{ratio:?} in {stdout}");
+    }
+}
+
+#[test]
+fn rpc_bench_only_selects_figures() {
+    let (figures, _) = run_bench(&["bench", "rpc", "--quick", "--only", "mbps"]);
+    let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["rpc_write_4k_mbps"]);
 }
 
 #[test]

@@ -32,8 +32,8 @@
 mod error;
 pub mod evict;
 pub mod layout;
-pub mod map;
 pub mod log;
+pub mod map;
 pub mod record;
 
 pub use error::VssdError;

@@ -169,23 +169,23 @@ fn groups() -> Vec<Group> {
     ]
 }
 
-/// One sample: throughput, and what the table shows beside it.
+/// One sample: throughput, and what the table shows beside it (also `bench rpc`'s).
 #[derive(Clone, Copy, Default)]
-struct Sample {
-    ops_per_s: f64,
-    p50_us: Option<f64>,
-    p99_us: Option<f64>,
-    cpu_us_per_op: Option<f64>,
+pub(super) struct Sample {
+    pub(super) ops_per_s: f64,
+    pub(super) p50_us: Option<f64>,
+    pub(super) p99_us: Option<f64>,
+    pub(super) cpu_us_per_op: Option<f64>,
 }
 
 /// The samples of one variant.
-struct Measured {
-    name: &'static str,
-    samples: Vec<Sample>,
+pub(super) struct Measured {
+    pub(super) name: &'static str,
+    pub(super) samples: Vec<Sample>,
 }
 
 impl Measured {
-    fn median_of(&self, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+    pub(super) fn median_of(&self, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
         let mut v: Vec<f64> = self.samples.iter().filter_map(f).collect();
         if v.is_empty() {
             return None;
@@ -199,7 +199,7 @@ impl Measured {
         })
     }
 
-    fn ops(&self) -> f64 {
+    pub(super) fn ops(&self) -> f64 {
         self.median_of(|s| Some(s.ops_per_s)).unwrap_or(0.0)
     }
 }
@@ -416,7 +416,7 @@ impl XorShift {
 }
 
 /// User plus system CPU time of the whole process (every thread) so far.
-fn cpu_time() -> Duration {
+pub(super) fn cpu_time() -> Duration {
     // SAFETY: all-zero is a valid rusage, and getrusage writes into the one passed.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a live rusage for the kernel to fill.
@@ -442,7 +442,7 @@ fn percentiles(lat: &mut [u32]) -> (Option<f64>, Option<f64>) {
 }
 
 /// Builds a sample from what the tasks did.
-fn finish(ops: u64, elapsed: Duration, cpu: Duration, lat: &mut [u32]) -> Sample {
+pub(super) fn finish(ops: u64, elapsed: Duration, cpu: Duration, lat: &mut [u32]) -> Sample {
     let (p50_us, p99_us) = percentiles(lat);
     Sample {
         ops_per_s: ops as f64 / elapsed.as_secs_f64(),
@@ -452,7 +452,7 @@ fn finish(ops: u64, elapsed: Duration, cpu: Duration, lat: &mut [u32]) -> Sample
     }
 }
 
-fn lat_ns(d: Duration) -> u32 {
+pub(super) fn lat_ns(d: Duration) -> u32 {
     u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
 }
 
@@ -642,8 +642,9 @@ fn tcp_xthread_sample(rt: &mut Runtime, dur: Duration) -> Result<Sample, String>
 
 /// The floor under any reactor: one loopback connection, both ends non-blocking in
 /// this thread; write 64 B on A, read them on B, write them back on B, read on A,
-/// spinning on WouldBlock.
-fn floor_sample(dur: Duration) -> Result<Sample, String> {
+/// spinning on WouldBlock. Also `bench rpc`'s peer (it blocks the calling thread: run
+/// it outside a runtime, or in a task while the runtime has nothing else to do).
+pub(super) fn floor_sample(dur: Duration) -> Result<Sample, String> {
     let err = |what: &str, e: std::io::Error| format!("floor {what}: {e}");
     let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| err("bind", e))?;
     let addr = l.local_addr().map_err(|e| err("local_addr", e))?;

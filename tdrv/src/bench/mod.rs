@@ -4,6 +4,7 @@
 //! `{"bench":"NAME","unit":"ns/op","median":F,"min":F,"max":F,"n":N}`.
 
 mod io;
+mod rpc;
 mod taskio;
 
 use std::path::PathBuf;
@@ -98,7 +99,7 @@ impl Plan {
 }
 
 /// The bench areas `run` knows.
-pub const AREAS: &[&str] = &["taskio", "io"];
+pub const AREAS: &[&str] = &["taskio", "io", "rpc"];
 
 pub fn run(
     area: &str,
@@ -115,6 +116,7 @@ pub fn run(
     let figures = match area {
         "taskio" => taskio::run(&plan)?,
         "io" => io::run(&plan)?,
+        "rpc" => rpc::run(&plan)?,
         other => {
             return Err(format!(
                 "unknown bench area {other:?} (known: {})",
