@@ -1,0 +1,365 @@
+//! `tdrv bench rpc`: the rpc crate's session server and pipelined client over
+//! loopback, beside `bench io`'s syscall floor (`peer_tcp_floor_64b`, the same code)
+//! measured sample by sample in the same run (interleaved, so that drift of the
+//! machine hits both alike):
+//!
+//! - `rpc_ping_1conn`: one caller task, PING with 8 bytes of data: a 64-byte frame
+//!   each way, the floor's message size;
+//! - `rpc_ping_pipelined`: 64 caller tasks on the same connection;
+//! - `rpc_write_4k` (and `rpc_write_4k_mbps`, the same samples in MB/s of data):
+//!   WRITE requests of 4 KiB, 16 callers.
+//!
+//! The server runs in this process (`Server::start` on 127.0.0.1:0: its acceptor and
+//! session threads, the service answering PING with its data and WRITE with success,
+//! dropping the data); the client in a taskio runtime on the bench thread, over one
+//! connection for the whole run. The floor's samples run on a thread of their own
+//! while the runtime waits for them, parked. Each sample runs for a fixed time; the figures are
+//! calls per second, with latency percentiles, CPU time per call (the whole process:
+//! client and server) and the ratios of the issue's reach in the table.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use rpc::{
+    Client, ClientConfig, Header, Request, Response, Server, ServerConfig, Service, SessionInfo,
+    Status,
+};
+use taskio::remote::remote;
+use taskio::{Config, IoConfig, Runtime, spawn};
+
+use super::io::{Measured, Sample, cpu_time, finish, floor_sample, lat_ns};
+use super::{Figure, Plan};
+
+/// PING data: 8 bytes, so that header (56) + data is the floor's 64-byte message.
+const PING_LEN: usize = 8;
+/// WRITE data.
+const WRITE_LEN: usize = 4096;
+/// Callers of the pipelined PING figure.
+const PIPELINED_CALLERS: usize = 64;
+/// Callers of the WRITE figure.
+const WRITE_CALLERS: usize = 16;
+/// The server's queue depth: every pipelined caller can have its call in flight.
+const QUEUE_DEPTH: u32 = PIPELINED_CALLERS as u32;
+/// The reach of the issue: one caller's round trip within this many floor round trips.
+const REACH_1CONN: f64 = 1.25;
+/// The reach of the issue: pipelined calls per second at least this many times one
+/// caller's.
+const REACH_PIPELINED: f64 = 4.0;
+
+/// What one sample of one variant measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// `callers` tasks calling PING in a loop.
+    Ping { callers: usize },
+    /// `callers` tasks calling WRITE of 4 KiB in a loop.
+    Write { callers: usize },
+    /// `bench io`'s reactor-less non-blocking ping-pong in one thread.
+    Floor,
+}
+
+struct Variant {
+    name: &'static str,
+    work: Work,
+}
+
+/// Every variant, measured interleaved, sample by sample.
+const VARIANTS: [Variant; 4] = [
+    Variant {
+        name: "rpc_ping_1conn",
+        work: Work::Ping { callers: 1 },
+    },
+    Variant {
+        name: "rpc_ping_pipelined",
+        work: Work::Ping {
+            callers: PIPELINED_CALLERS,
+        },
+    },
+    Variant {
+        name: "rpc_write_4k",
+        work: Work::Write {
+            callers: WRITE_CALLERS,
+        },
+    },
+    Variant {
+        name: "peer_tcp_floor_64b",
+        work: Work::Floor,
+    },
+];
+
+/// The second figure of `rpc_write_4k`'s samples.
+const WRITE_MBPS: &str = "rpc_write_4k_mbps";
+
+/// The bench's service: PING echoes its data, WRITE succeeds and drops its data.
+struct BenchService;
+
+impl Service for BenchService {
+    fn handle<'s>(
+        &self,
+        _session: &SessionInfo,
+        _header: &Header,
+        request: Request<'_>,
+        scratch: &'s mut Vec<u8>,
+    ) -> Response<'s> {
+        match request {
+            Request::Ping { data } => {
+                scratch.clear();
+                scratch.extend_from_slice(data);
+                Response::Ping { data: scratch }
+            }
+            Request::Write { .. } => Response::Write,
+            other => Response::Error {
+                msg_type: other.msg_type(),
+                status: Status::NotSupported,
+                reason: "the bench serves PING and WRITE",
+            },
+        }
+    }
+}
+
+pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
+    let variants: Vec<&Variant> = VARIANTS
+        .iter()
+        .filter(|v| {
+            Figure::wanted(plan, v.name)
+                || (v.name == "rpc_write_4k" && Figure::wanted(plan, WRITE_MBPS))
+        })
+        .collect();
+    if variants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dur = if plan.quick {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(1)
+    };
+    let samples = if plan.quick { 3 } else { 7 };
+    let names: Vec<&str> = variants.iter().map(|v| v.name).collect();
+    eprintln!("tdrv bench rpc: {}", names.join(", "));
+
+    let server = if variants.iter().any(|v| v.work != Work::Floor) {
+        let mut config = ServerConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        config.sessions_max = 1;
+        config.queue_depth = QUEUE_DEPTH;
+        config.server_name = "tdrv-bench".into();
+        Some(Server::start(config, || BenchService).map_err(|e| format!("rpc server: {e}"))?)
+    } else {
+        None
+    };
+    let addr = server.as_ref().map(Server::local_addr);
+    let mut rt = Runtime::with_io(Config::default(), IoConfig::default())
+        .map_err(|e| format!("runtime: {e}"))?;
+    let names_works: Vec<(&'static str, Work)> =
+        variants.iter().map(|v| (v.name, v.work)).collect();
+    let measured = rt
+        .run(move || -> Result<Vec<Measured>, String> {
+            let client = match addr {
+                Some(addr) => {
+                    let config = ClientConfig {
+                        name: "tdrv-bench".into(),
+                        ..ClientConfig::default()
+                    };
+                    let c = Client::connect(addr, &config).map_err(|e| format!("connect: {e}"))?;
+                    if c.queue_depth() < PIPELINED_CALLERS {
+                        return Err(format!(
+                            "the server allows {} calls in flight, the bench wants {PIPELINED_CALLERS}",
+                            c.queue_depth()
+                        ));
+                    }
+                    Some(Rc::new(c))
+                }
+                None => None,
+            };
+            let one = |work: Work, dur: Duration| match (work, &client) {
+                (Work::Floor, _) => floor_beside(dur),
+                (_, Some(c)) => calls(c, work, dur),
+                (_, None) => unreachable!("a call variant without a server"),
+            };
+            // A short warm-up of each variant: stacks, buffers, the loopback path.
+            for &(name, work) in &names_works {
+                one(work, dur / 5).map_err(|e| format!("{name}: {e}"))?;
+            }
+            let mut ms: Vec<Measured> = names_works
+                .iter()
+                .map(|&(name, _)| Measured {
+                    name,
+                    samples: Vec::with_capacity(samples),
+                })
+                .collect();
+            for _ in 0..samples {
+                for (&(name, work), m) in names_works.iter().zip(&mut ms) {
+                    m.samples
+                        .push(one(work, dur).map_err(|e| format!("{name}: {e}"))?);
+                }
+            }
+            Ok(ms)
+        })
+        .map_err(|e| e.to_string())??;
+    if let Some(s) = server {
+        s.stop();
+    }
+    println!(
+        "rpc: server in-process (1 session thread, queue depth {QUEUE_DEPTH}), client on \
+         this thread, one connection, {dur:?} per sample"
+    );
+    Ok(figures(plan, &measured))
+}
+
+/// The floor on a thread of its own while this runtime waits for its sample in an
+/// inbox, parked in epoll: run in a task, the floor's spin would hold the runtime (and
+/// trip its stall detector) for the whole sample.
+fn floor_beside(dur: Duration) -> Result<Sample, String> {
+    let (tx, inbox) = remote::<Result<Sample, String>>(1).map_err(|e| format!("remote: {e}"))?;
+    let floor = std::thread::Builder::new()
+        .name("tdrv-floor".into())
+        .spawn(move || {
+            // The inbox waits for this one value: the send cannot find it full.
+            let _ = tx.send(floor_sample(dur));
+        })
+        .map_err(|e| format!("spawn the floor thread: {e}"))?;
+    let sample = inbox.recv().map_err(|e| format!("floor inbox: {e}"))?;
+    floor
+        .join()
+        .map_err(|_| "the floor thread panicked".to_string())?;
+    sample.unwrap_or_else(|| Err("the floor thread ended without a sample".into()))
+}
+
+/// `callers` tasks calling in a loop on one connection until `dur` has passed; every
+/// answer is checked.
+fn calls(client: &Rc<Client>, work: Work, dur: Duration) -> Result<Sample, String> {
+    let (callers, write) = match work {
+        Work::Ping { callers } => (callers, false),
+        Work::Write { callers } => (callers, true),
+        Work::Floor => unreachable!("the floor makes no calls"),
+    };
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + dur;
+    let mut handles = Vec::with_capacity(callers);
+    for i in 0..callers {
+        let c = client.clone();
+        let h = spawn(move || -> Result<Vec<u32>, String> {
+            let ping: [u8; PING_LEN] = (i as u64).to_le_bytes();
+            let block = vec![0x5a ^ i as u8; WRITE_LEN];
+            let mut offset = i as u64 * WRITE_LEN as u64;
+            let mut lat = Vec::with_capacity(64 * 1024);
+            let mut start = Instant::now();
+            while start < deadline {
+                if write {
+                    let r = c
+                        .call(Request::Write {
+                            handle: 1,
+                            offset,
+                            data: &block,
+                        })
+                        .map_err(|e| e.to_string())?;
+                    match r.response() {
+                        Ok(Response::Write) => {}
+                        other => return Err(format!("WRITE answered {other:?}")),
+                    }
+                    offset += (callers * WRITE_LEN) as u64;
+                } else {
+                    let r = c
+                        .call(Request::Ping { data: &ping })
+                        .map_err(|e| e.to_string())?;
+                    match r.response() {
+                        Ok(Response::Ping { data }) if data == ping => {}
+                        other => return Err(format!("PING {ping:?} answered {other:?}")),
+                    }
+                }
+                let end = Instant::now();
+                lat.push(lat_ns(end - start));
+                start = end;
+            }
+            Ok(lat)
+        })
+        .map_err(|e| e.to_string())?;
+        handles.push(h);
+    }
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.join().map_err(|e| e.to_string())??);
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+}
+
+/// Turns the measurements into figures, with the details and the reach for the table.
+fn figures(plan: &Plan, measured: &[Measured]) -> Vec<Figure> {
+    let find = |name: &str| measured.iter().find(|m| m.name == name && m.ops() > 0.0);
+    let floor = find("peer_tcp_floor_64b");
+    let one = find("rpc_ping_1conn");
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut out = Vec::new();
+    for m in measured {
+        let mut detail = String::new();
+        if let (Some(p50), Some(p99)) = (m.median_of(|s| s.p50_us), m.median_of(|s| s.p99_us)) {
+            detail += &format!("lat p50 {p50:.1} us p99 {p99:.1} us");
+        }
+        if let Some(cpu) = m.median_of(|s| s.cpu_us_per_op) {
+            detail += &format!(", cpu {cpu:.2} us/op");
+        }
+        let mut target = None;
+        match m.name {
+            "rpc_ping_1conn" => {
+                target = Some("<= 1.25x");
+                if let Some(f) = floor {
+                    // Time per round trip over the floor's: the inverse of the rates.
+                    let r = f.ops() / m.ops();
+                    detail += &format!(
+                        "; {r:.2}x the floor's round trip (reach <= {REACH_1CONN}x: {})",
+                        met(r <= REACH_1CONN)
+                    );
+                }
+            }
+            "rpc_ping_pipelined" => {
+                target = Some(">= 4x");
+                if let Some(o) = one {
+                    let r = m.ops() / o.ops();
+                    detail += &format!(
+                        "; {r:.2}x rpc_ping_1conn's rate (reach >= {REACH_PIPELINED}x: {})",
+                        met(r >= REACH_PIPELINED)
+                    );
+                }
+                if let Some(f) = floor {
+                    detail += &format!("; {:.2}x the floor's rate", m.ops() / f.ops());
+                }
+            }
+            "rpc_write_4k" => {
+                if let Some(f) = floor {
+                    detail += &format!("; {:.2}x the floor's rate", m.ops() / f.ops());
+                }
+            }
+            "peer_tcp_floor_64b" => {
+                detail += "; one thread, non-blocking write/read spin, no reactor";
+            }
+            _ => {}
+        }
+        if Figure::wanted(plan, m.name) {
+            out.push(Figure {
+                name: m.name,
+                unit: "ops/s",
+                samples: m.samples.iter().map(|s| s.ops_per_s).collect(),
+                target,
+                reference: Some(detail),
+            });
+        }
+        if m.name == "rpc_write_4k" && Figure::wanted(plan, WRITE_MBPS) {
+            out.push(Figure {
+                name: WRITE_MBPS,
+                unit: "MB/s",
+                samples: m
+                    .samples
+                    .iter()
+                    .map(|s| s.ops_per_s * WRITE_LEN as f64 / 1e6)
+                    .collect(),
+                target: None,
+                reference: Some(format!(
+                    "rpc_write_4k's samples: {WRITE_LEN} B of data per call, MB = 10^6 B"
+                )),
+            });
+        }
+    }
+    out
+}
