@@ -93,17 +93,13 @@ pub(crate) fn wait_ready(
 }
 
 fn close(fd: RawFd) {
-    if core_is_running() {
+    if crate::sched::is_running() {
         let _ = core().with_io("close", |io| io.close(fd));
     } else {
         // Dropped outside its runtime (after `run` returned): nothing waits on it.
         // SAFETY: the owner gives up `fd` here.
         unsafe { libc::close(fd) };
     }
-}
-
-fn core_is_running() -> bool {
-    crate::sched::is_running()
 }
 
 /// Listens on `addr` (netannounce). Port 0 picks an ephemeral port; see

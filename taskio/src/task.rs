@@ -207,23 +207,27 @@ impl TaskRef {
     /// it did. Must be called on the task's own runtime thread.
     #[inline]
     pub fn wake(self) -> bool {
-        if !self.is_current_wait() {
-            return false;
-        }
-        self.task.wait_gen.set(self.wait + 1);
-        self.task.state.set(State::Ready);
-        self.task.timed_out.set(false);
-        core().ready.push_back(NonNull::from(&*self.task));
-        true
+        self.make_ready(false)
+    }
+
+    /// `wake` without giving up the handle (no reference-count traffic).
+    #[inline]
+    pub(crate) fn wake_ref(&self) -> bool {
+        self.make_ready(false)
     }
 
     pub(crate) fn wake_by_timer(&self) -> bool {
+        self.make_ready(true)
+    }
+
+    #[inline]
+    fn make_ready(&self, timed_out: bool) -> bool {
         if !self.is_current_wait() {
             return false;
         }
         self.task.wait_gen.set(self.wait + 1);
         self.task.state.set(State::Ready);
-        self.task.timed_out.set(true);
+        self.task.timed_out.set(timed_out);
         core().ready.push_back(NonNull::from(&*self.task));
         true
     }

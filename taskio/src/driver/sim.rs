@@ -491,7 +491,7 @@ impl SimState {
             .waiters
             .remove(&(fd, interest_key(interest)))
             .unwrap_or_default();
-        list.into_iter().filter(|t| t.clone().wake()).count() > 0
+        list.iter().filter(|t| t.wake_ref()).count() > 0
     }
 
     fn stream(&self, fd: RawFd) -> io::Result<(u64, Side)> {
@@ -715,14 +715,13 @@ impl SimState {
                 .filter(|(n, _)| *n == node)
                 .cloned()
                 .collect();
+            let SimState {
+                disks, rng, trace, ..
+            } = self;
             for k in keys {
-                let mut rng = self.rng.clone();
-                let mut trace = self.trace;
-                if let Some(d) = self.disks.get_mut(&k) {
-                    d.crash(&mut rng, &mut trace);
+                if let Some(d) = disks.get_mut(&k) {
+                    d.crash(rng, trace);
                 }
-                self.rng = rng;
-                self.trace = trace;
             }
         }
     }

@@ -66,7 +66,7 @@ impl WaitQueue {
     /// Wakes every task waiting here; returns how many.
     pub(crate) fn wake_all(&self) -> usize {
         let all = std::mem::take(&mut *self.q.borrow_mut());
-        all.into_iter().filter(|t| t.clone().wake()).count()
+        all.iter().filter(|t| t.wake_ref()).count()
     }
 
     pub(crate) fn has_waiters(&self) -> bool {
