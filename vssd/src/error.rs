@@ -64,4 +64,43 @@ pub enum VssdError {
         path: PathBuf,
         why: String,
     },
+    /// A cache-map operation refused (unknown tran, a line already prepared, ...).
+    #[error("vssd {op} on {path}: {source}")]
+    Map {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: crate::map::MapError,
+    },
+    /// A payload read back from its slot does not match the CRC32C its write logged:
+    /// never returned as data.
+    #[error(
+        "vssd read of line {line} on {path}: slot {slot} (version {version}) holds CRC32C {got:#010x}, expected {want:#010x}"
+    )]
+    Payload {
+        path: PathBuf,
+        line: u64,
+        slot: u64,
+        version: u64,
+        got: u32,
+        want: u32,
+    },
+    /// A payload length the vSSD cannot store.
+    #[error("vssd {op} of line {line}: payload of {len} bytes, allowed 1..={max}")]
+    PayloadLen {
+        op: &'static str,
+        line: u64,
+        len: usize,
+        max: u32,
+    },
+    /// commit/abort of a tran whose writep1 has not returned.
+    #[error("vssd {op} tran {tran}: its writep1 is still running")]
+    TranBusy { op: &'static str, tran: u64 },
+    /// The vSSD was closed, or failed on an earlier I/O error.
+    #[error("vssd {op} on {path}: {why}")]
+    Unusable {
+        op: &'static str,
+        path: PathBuf,
+        why: String,
+    },
 }

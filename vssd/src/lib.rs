@@ -29,6 +29,8 @@
 //! crash torture of the whole and the benchmarks.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod checkpoint;
+mod device;
 mod error;
 pub mod evict;
 pub mod layout;
@@ -36,4 +38,7 @@ pub mod log;
 pub mod map;
 pub mod record;
 
+pub use device::{Hit, InDoubt, Options, Recovered, Resolution, Vssd, VssdStats};
 pub use error::VssdError;
+pub use layout::{FormatParams, format};
+pub use log::RecordPos;

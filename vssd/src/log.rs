@@ -89,6 +89,11 @@ struct Filling {
 struct Inner {
     file: Rc<File>,
     ring: LogRing,
+    /// The format's CRC seed ([`crate::layout::Superblock::crc_seed`]).
+    seed: u32,
+    /// Records go to a block of at least this seq: [`LogWriter::cut`] raises it so
+    /// that the open block takes no more records.
+    fresh_from: Cell<u64>,
     log_offset: u64,
     pool: Pool<AlignedBuf>,
     filling: RefCell<Option<Filling>>,
@@ -126,6 +131,7 @@ impl LogWriter {
     pub fn start(
         file: Rc<File>,
         geometry: &Geometry,
+        seed: u32,
         seq_next: u64,
         oldest_needed: u64,
     ) -> Rc<LogWriter> {
@@ -136,6 +142,8 @@ impl LogWriter {
         let inner = Rc::new(Inner {
             file,
             ring,
+            seed,
+            fresh_from: Cell::new(seq_next),
             log_offset: geometry.log_offset(),
             pool: AlignedBuf::pool(LOG_BUFFERS, LOG_BUFFER_BYTES),
             filling: RefCell::new(None),
@@ -189,6 +197,67 @@ impl LogWriter {
                 }
             }
         }
+    }
+
+    /// Where `record` would go if appended now: the seq of its block, or `None` if
+    /// an append would wait (no buffer, the buffer full, or the log full). Changes
+    /// nothing; an [`try_append`](LogWriter::try_append) of a record of the same
+    /// length with no park in between lands at that seq.
+    pub fn seq_for(&self, record: &Record) -> Option<u64> {
+        self.inner.place(record.encoded_len())
+    }
+
+    /// [`append`](LogWriter::append) without waiting: `Ok(None)` where it would wait
+    /// (then [`wait_room`](LogWriter::wait_room) and try again).
+    pub fn try_append(&self, record: &Record) -> Result<Option<RecordPos>, VssdError> {
+        let inner = &*self.inner;
+        record
+            .validate()
+            .unwrap_or_else(|fault| panic!("append of invalid log record {record:?}: {fault}"));
+        inner.check_usable("log append")?;
+        let pos = inner.try_append(record);
+        if pos.is_some() {
+            inner.count(|s| s.records_appended += 1);
+        }
+        inner.work.wakeup();
+        Ok(pos)
+    }
+
+    /// Parks until an append may find room again (a buffer was taken or written,
+    /// or the checkpoint advanced). Errs once the log failed or closed.
+    pub fn wait_room(&self) -> Result<(), VssdError> {
+        let inner = &*self.inner;
+        inner.check_usable("log append")?;
+        inner.count(|s| s.appends_waited += 1);
+        inner.work.wakeup();
+        inner.room.sleep();
+        inner.check_usable("log append")
+    }
+
+    /// Ends the open block: every record appended so far is in a block before the
+    /// returned seq, every later record in a block at or after it (the seq an exact
+    /// checkpoint covers up to).
+    pub fn cut(&self) -> u64 {
+        let inner = &*self.inner;
+        let seq = inner.seq_next.get();
+        inner.fresh_from.set(seq);
+        inner.work.wakeup();
+        seq
+    }
+
+    /// The seq the next fresh block gets.
+    pub fn seq_next(&self) -> u64 {
+        self.inner.seq_next.get()
+    }
+
+    /// Blocks the log holds in all.
+    pub fn blocks(&self) -> u64 {
+        self.inner.ring.blocks()
+    }
+
+    /// Blocks started since the oldest needed one: how full the log is.
+    pub fn blocks_used(&self) -> u64 {
+        self.inner.seq_next.get() - self.inner.oldest_needed.get()
     }
 
     /// Parks until the block holding `pos` (and every block before it) is durable.
@@ -297,6 +366,36 @@ impl Inner {
         Ok(())
     }
 
+    /// The seq a record of `len` bytes would get now, if it need not wait.
+    fn place(&self, len: usize) -> Option<u64> {
+        let filling = self.filling.borrow();
+        let Some(filling) = filling.as_ref() else {
+            if !self.pool.may_get() {
+                return None;
+            }
+            let seq = self.seq_next.get();
+            return (self.ring.blocks_free(seq, self.oldest_needed.get()) > 0).then_some(seq);
+        };
+        if filling.blocks > 0 {
+            let seq_last = filling.seq_first + filling.blocks - 1;
+            let at = (filling.blocks - 1) as usize * LOG_BLOCK_SIZE;
+            let used = u16::from_le_bytes([filling.buf[at + 20], filling.buf[at + 21]]);
+            if seq_last >= self.fresh_from.get()
+                && usize::from(used) + len <= crate::record::BLOCK_RECORDS_LEN_MAX
+            {
+                return Some(seq_last);
+            }
+        }
+        let seq = filling.seq_first + filling.blocks;
+        if filling.blocks >= LOG_WRITE_BLOCKS_MAX
+            || filling.blocks >= self.ring.blocks_until_wrap(filling.seq_first)
+            || self.ring.blocks_free(seq, self.oldest_needed.get()) == 0
+        {
+            return None;
+        }
+        Some(seq)
+    }
+
     /// Encodes `record` into the filling buffer, or says the caller must wait.
     fn try_append(&self, record: &Record) -> Option<RecordPos> {
         let mut slot = self.filling.borrow_mut();
@@ -312,8 +411,9 @@ impl Inner {
         let filling = slot.as_mut()?;
         if filling.blocks > 0 {
             let at = (filling.blocks - 1) as usize * LOG_BLOCK_SIZE;
-            let mut block = LogBlockWriter::resume(&mut filling.buf[at..at + LOG_BLOCK_SIZE]);
-            if block.fits(record) {
+            let mut block =
+                LogBlockWriter::resume(&mut filling.buf[at..at + LOG_BLOCK_SIZE], self.seed);
+            if block.seq() >= self.fresh_from.get() && block.fits(record) {
                 let index = block.record_count() as u32;
                 let seq = block.seq();
                 block.append(record).expect("record fits");
@@ -331,7 +431,8 @@ impl Inner {
             return None;
         }
         let at = filling.blocks as usize * LOG_BLOCK_SIZE;
-        let mut block = LogBlockWriter::new(&mut filling.buf[at..at + LOG_BLOCK_SIZE], seq);
+        let mut block =
+            LogBlockWriter::new(&mut filling.buf[at..at + LOG_BLOCK_SIZE], seq, self.seed);
         block.append(record).expect("a record fits a fresh block");
         filling.blocks += 1;
         filling.records += 1;
@@ -357,13 +458,24 @@ fn writer_loop(inner: &Inner) {
         inner.room.wakeup_all();
         let blocks = filling.blocks as usize;
         for i in 0..blocks {
-            LogBlockWriter::resume(&mut filling.buf[i * LOG_BLOCK_SIZE..][..LOG_BLOCK_SIZE]).seal();
+            LogBlockWriter::resume(
+                &mut filling.buf[i * LOG_BLOCK_SIZE..][..LOG_BLOCK_SIZE],
+                inner.seed,
+            )
+            .seal();
         }
         filling.buf.set_len(blocks * LOG_BLOCK_SIZE);
         let offset = inner.log_offset + inner.ring.offset_bytes(filling.seq_first);
         assert!(filling.blocks <= inner.ring.blocks_until_wrap(filling.seq_first));
         assert!(filling.seq_first == inner.durable_end.get());
-        let written = inner.file.pwrite_durable(&filling.buf, offset);
+        // A plain write then fdatasync, not one RWF_DSYNC write: a device may make
+        // an RWF_DSYNC write durable alone (FUA), and the log must also make durable
+        // the payloads written before its records (writep1 writes the payload, then
+        // appends its PREPARE): the flush covers every write completed before it.
+        let written = inner
+            .file
+            .pwrite(&filling.buf, offset)
+            .and_then(|()| inner.file.fdatasync());
         filling.buf.set_len(LOG_BUFFER_BYTES);
         match written {
             Ok(()) => {
@@ -404,7 +516,12 @@ pub struct Scan {
 }
 
 /// Reads the log from block `seq_start` until [`decode_block`] refuses a block.
-pub fn recover_scan(file: &File, geometry: &Geometry, seq_start: u64) -> Result<Scan, VssdError> {
+pub fn recover_scan(
+    file: &File,
+    geometry: &Geometry,
+    seed: u32,
+    seq_start: u64,
+) -> Result<Scan, VssdError> {
     let ring = LogRing::new(geometry.log_blocks())?;
     let mut buf = AlignedBuf::new(LOG_BUFFER_BYTES);
     let mut blocks = Vec::new();
@@ -423,7 +540,7 @@ pub fn recover_scan(file: &File, geometry: &Geometry, seq_start: u64) -> Result<
                 source,
             })?;
         for i in 0..count as usize {
-            match decode_block(&buf[i * LOG_BLOCK_SIZE..][..LOG_BLOCK_SIZE], seq) {
+            match decode_block(&buf[i * LOG_BLOCK_SIZE..][..LOG_BLOCK_SIZE], seq, seed) {
                 Ok(records) => blocks.push((seq, records)),
                 Err(end) => {
                     return Ok(Scan {

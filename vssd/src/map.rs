@@ -34,6 +34,7 @@
 //! | [`CacheMap::invalidate`] (INVALIDATE's seq) | appends INVALIDATE | current -> freeing |
 //! | [`CacheMap::evict`] (INVALIDATE's seq) | appends INVALIDATE | current -> freeing |
 //! | [`CacheMap::durable`] | reports the durable log prefix | freeing -> free |
+//! | [`CacheMap::pin`] / [`CacheMap::unpin`] | reads or writes a slot meanwhile | a pinned slot stays freeing until unpinned |
 //!
 //! The `seq` given is the log block sequence the record goes to. The caller calls
 //! the map in the order it appends the records, so seqs come nondecreasing; a seq
@@ -284,6 +285,12 @@ pub struct CacheMap {
     free: Vec<u32>,
     /// (seq, slot) in nondecreasing seq.
     freeing: VecDeque<(u64, u32)>,
+    /// Slots being read or written by the I/O layer, with how many times each:
+    /// such a slot is never handed out, even once its release is durable.
+    pins: HashMap<u32, u32>,
+    /// Freeing slots whose release is durable but which are still pinned: free at
+    /// their last unpin.
+    held: Vec<u32>,
     seq_durable: u64,
     lines_dirty: u64,
     lines_clean: u64,
@@ -321,6 +328,8 @@ impl CacheMap {
             // Highest slot at the bottom, so slot 0 is handed out first.
             free: (0..slot_count as u32).rev().collect(),
             freeing: VecDeque::with_capacity(slots),
+            pins: HashMap::new(),
+            held: Vec::new(),
             seq_durable: 0,
             lines_dirty: 0,
             lines_clean: 0,
@@ -450,8 +459,8 @@ impl CacheMap {
         );
         let seq = self.freeing.back().map_or(seq, |&(last, _)| seq.max(last));
         if seq <= self.seq_durable {
-            self.roles[slot as usize] = Role::Free;
-            self.free.push(slot as u32);
+            self.roles[slot as usize] = Role::Freeing;
+            self.settle(slot as u32);
         } else {
             self.roles[slot as usize] = Role::Freeing;
             self.freeing.push_back((seq, slot as u32));
@@ -672,10 +681,51 @@ impl CacheMap {
                 break;
             }
             self.freeing.pop_front();
-            assert_eq!(self.roles[slot as usize], Role::Freeing, "slot {slot}");
+            self.settle(slot);
+        }
+    }
+
+    /// A freeing slot whose release is durable: free, or held while pinned.
+    fn settle(&mut self, slot: u32) {
+        assert_eq!(self.roles[slot as usize], Role::Freeing, "slot {slot}");
+        if self.pins.contains_key(&slot) {
+            self.held.push(slot);
+        } else {
             self.roles[slot as usize] = Role::Free;
             self.free.push(slot);
         }
+    }
+
+    /// The I/O layer reads or writes `slot`: it is not handed out again until the
+    /// matching [`unpin`](CacheMap::unpin), whatever is released meanwhile.
+    ///
+    /// # Panics
+    /// If `slot` is free (nothing to read there, and a write goes to a slot the map
+    /// handed out) or out of range.
+    pub fn pin(&mut self, slot: u64) {
+        assert!(
+            self.roles[slot as usize] != Role::Free,
+            "pin of free slot {slot}"
+        );
+        *self.pins.entry(slot as u32).or_insert(0) += 1;
+    }
+
+    /// Ends one [`pin`](CacheMap::pin); returns whether the slot became free.
+    pub fn unpin(&mut self, slot: u64) -> bool {
+        let s = slot as u32;
+        let count = self.pins.get_mut(&s).expect("unpin of a slot not pinned");
+        *count -= 1;
+        if *count > 0 {
+            return false;
+        }
+        self.pins.remove(&s);
+        let Some(at) = self.held.iter().position(|&h| h == s) else {
+            return false;
+        };
+        self.held.swap_remove(at);
+        self.roles[slot as usize] = Role::Free;
+        self.free.push(s);
+        true
     }
 
     /// The highest durable seq reported.
@@ -689,7 +739,7 @@ impl CacheMap {
             lines_clean: self.lines_clean,
             prepared: self.prepared.len() as u64,
             slots_free: self.free.len() as u64,
-            slots_freeing: self.freeing.len() as u64,
+            slots_freeing: (self.freeing.len() + self.held.len()) as u64,
         }
     }
 
@@ -759,8 +809,12 @@ impl CacheMap {
         );
         assert_eq!(
             role_count[Role::Freeing as usize],
-            self.freeing.len() as u64
+            (self.freeing.len() + self.held.len()) as u64
         );
+        for &s in &self.held {
+            assert_eq!(self.roles[s as usize], Role::Freeing, "held slot {s}");
+            assert!(self.pins.contains_key(&s), "held slot {s} not pinned");
+        }
         for &s in &self.free {
             assert_eq!(self.roles[s as usize], Role::Free, "free slot {s}");
         }

@@ -155,9 +155,11 @@ pub const BLOCK_WASTE_LEN_MAX: usize = RECORD_LEN_MAX - RECORD_ALIGN;
 /// Most blocks one log write carries (256 KiB).
 pub const LOG_WRITE_BLOCKS_MAX: u64 = 64;
 /// Most blocks the log writer has in flight beyond the durable prefix of the log; also
-/// how far past the end of the log recovery scrubs (rule 5 of the module doc).
-pub const LOG_BLOCKS_IN_FLIGHT_MAX: u64 = 256;
-/// The smallest log a vSSD may have, in blocks (2 MiB).
+/// how far past the end of the log recovery scrubs (rule 5 of the module doc). The
+/// log writer keeps one write in flight, so this is one write.
+pub const LOG_BLOCKS_IN_FLIGHT_MAX: u64 = LOG_WRITE_BLOCKS_MAX;
+/// The smallest log a vSSD may have, in blocks (512 KiB; the layout's
+/// [`crate::layout::LOG_BYTES_MIN`]).
 pub const LOG_BLOCKS_MIN: u64 = 2 * LOG_BLOCKS_IN_FLIGHT_MAX;
 /// The largest log a vSSD may have, in blocks (16 TiB): byte offsets never overflow.
 pub const LOG_BLOCKS_MAX: u64 = 1 << 32;
@@ -522,9 +524,11 @@ fn record_crc(record: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, &record[RECORD_HEADER_LEN..])
 }
 
-/// CRC32C of a block: bytes 0..4, then bytes 8.. (everything but the CRC field).
-fn block_crc(block: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&block[..4]);
+/// CRC32C of a block: bytes 0..4, then bytes 8.. (everything but the CRC field),
+/// starting from `seed` (the format's [`crate::layout::Superblock::crc_seed`], so a
+/// block left by an earlier format of the device never passes for one of this one).
+fn block_crc(block: &[u8], seed: u32) -> u32 {
+    let crc = crc32c::crc32c_append(seed, &block[..4]);
     crc32c::crc32c_append(crc, &block[8..])
 }
 
@@ -657,9 +661,9 @@ impl BlockEnd {
 
 /// Decodes a sealed log block that must carry `expected_seq`: its records in append
 /// order, or why the log ends here. Never panics, whatever the bytes.
-pub fn decode_block(bytes: &[u8], expected_seq: u64) -> Result<Vec<Record>, BlockEnd> {
+pub fn decode_block(bytes: &[u8], expected_seq: u64, seed: u32) -> Result<Vec<Record>, BlockEnd> {
     let mut records = Vec::new();
-    walk_block(bytes, expected_seq, |record| records.push(record))?;
+    walk_block(bytes, expected_seq, seed, |record| records.push(record))?;
     Ok(records)
 }
 
@@ -667,6 +671,7 @@ pub fn decode_block(bytes: &[u8], expected_seq: u64) -> Result<Vec<Record>, Bloc
 fn walk_block(
     bytes: &[u8],
     expected_seq: u64,
+    seed: u32,
     mut each: impl FnMut(Record),
 ) -> Result<(), BlockEnd> {
     let Ok(block) = <&[u8; LOG_BLOCK_SIZE]>::try_from(bytes) else {
@@ -680,7 +685,7 @@ fn walk_block(
         return Err(BlockEnd::Magic { got: magic });
     }
     let crc_got = field_u32(4);
-    let crc_want = block_crc(block);
+    let crc_want = block_crc(block, seed);
     if crc_got != crc_want {
         return Err(BlockEnd::Checksum {
             got: crc_got,
@@ -785,6 +790,7 @@ pub struct Full {
 pub struct LogBlockWriter<B: AsRef<[u8]> + AsMut<[u8]>> {
     buf: B,
     seq: u64,
+    seed: u32,
     record_count: usize,
     records_len: usize,
 }
@@ -794,7 +800,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> LogBlockWriter<B> {
     ///
     /// # Panics
     /// If `buf` is not [`LOG_BLOCK_SIZE`] bytes.
-    pub fn new(mut buf: B, seq: u64) -> LogBlockWriter<B> {
+    pub fn new(mut buf: B, seq: u64, seed: u32) -> LogBlockWriter<B> {
         let block = buf.as_mut();
         assert_eq!(block.len(), LOG_BLOCK_SIZE, "log block buffer size");
         block.fill(0);
@@ -804,6 +810,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> LogBlockWriter<B> {
         LogBlockWriter {
             buf,
             seq,
+            seed,
             record_count: 0,
             records_len: 0,
         }
@@ -815,7 +822,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> LogBlockWriter<B> {
     /// # Panics
     /// If `buf` does not hold such a block (wrong size, magic or version, counts out
     /// of range): the caller's bug.
-    pub fn resume(buf: B) -> LogBlockWriter<B> {
+    pub fn resume(buf: B, seed: u32) -> LogBlockWriter<B> {
         let block = buf.as_ref();
         assert_eq!(block.len(), LOG_BLOCK_SIZE, "log block buffer size");
         assert_eq!(
@@ -839,6 +846,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> LogBlockWriter<B> {
         LogBlockWriter {
             buf,
             seq,
+            seed,
             record_count,
             records_len,
         }
@@ -910,11 +918,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> LogBlockWriter<B> {
     /// Seals the block (its CRC) and hands back the buffer, ready to write.
     pub fn seal(mut self) -> B {
         let block = self.buf.as_mut();
-        let crc = block_crc(block);
+        let crc = block_crc(block, self.seed);
         block[4..8].copy_from_slice(&crc.to_le_bytes());
         // Checked on the way out: the sealed block decodes with every record.
         let mut count = 0;
-        let decoded = walk_block(block, self.seq, |_| count += 1);
+        let decoded = walk_block(block, self.seq, self.seed, |_| count += 1);
         assert_eq!(decoded, Ok(()), "sealed log block seq {}", self.seq);
         assert_eq!(count, self.record_count);
         self.buf
@@ -1226,7 +1234,7 @@ mod tests {
 
     #[test]
     fn block_header_layout_matches_the_doc() {
-        let mut w = LogBlockWriter::new(vec![0xFFu8; LOG_BLOCK_SIZE], 0xA1A2A3A4A5A6A7A8);
+        let mut w = LogBlockWriter::new(vec![0xFFu8; LOG_BLOCK_SIZE], 0xA1A2A3A4A5A6A7A8, 0);
         w.append(&Record::Commit { tran: 9 }).unwrap();
         w.append(&Record::Clean {
             line: 1,
@@ -1248,7 +1256,7 @@ mod tests {
 
     #[test]
     fn a_block_holds_records_per_block_max_of_the_shortest() {
-        let mut w = LogBlockWriter::new([0u8; LOG_BLOCK_SIZE], 5);
+        let mut w = LogBlockWriter::new([0u8; LOG_BLOCK_SIZE], 5, 0);
         for tran in 0..RECORDS_PER_BLOCK_MAX as u64 {
             w.append(&Record::Commit { tran }).unwrap();
         }
@@ -1263,28 +1271,28 @@ mod tests {
         );
         assert_eq!(w.record_count(), RECORDS_PER_BLOCK_MAX);
         let b = w.seal();
-        assert_eq!(decode_block(&b, 5).unwrap().len(), RECORDS_PER_BLOCK_MAX);
+        assert_eq!(decode_block(&b, 5, 0).unwrap().len(), RECORDS_PER_BLOCK_MAX);
     }
 
     #[test]
     fn an_empty_sealed_block_is_valid() {
-        let b = LogBlockWriter::new(vec![0u8; LOG_BLOCK_SIZE], 0).seal();
-        assert_eq!(decode_block(&b, 0), Ok(Vec::new()));
+        let b = LogBlockWriter::new(vec![0u8; LOG_BLOCK_SIZE], 0, 0).seal();
+        assert_eq!(decode_block(&b, 0, 0), Ok(Vec::new()));
     }
 
     #[test]
     fn resume_continues_an_unsealed_block() {
         let mut buf = vec![0u8; 2 * LOG_BLOCK_SIZE];
         let second = &mut buf[LOG_BLOCK_SIZE..];
-        LogBlockWriter::new(&mut *second, 8)
+        LogBlockWriter::new(&mut *second, 8, 0)
             .append(&Record::Commit { tran: 1 })
             .unwrap();
-        let mut w = LogBlockWriter::resume(&mut *second);
+        let mut w = LogBlockWriter::resume(&mut *second, 0);
         assert_eq!((w.seq(), w.record_count(), w.records_len()), (8, 1, 16));
         w.append(&Record::Abort { tran: 2 }).unwrap();
         w.seal();
         assert_eq!(
-            decode_block(&buf[LOG_BLOCK_SIZE..], 8),
+            decode_block(&buf[LOG_BLOCK_SIZE..], 8, 0),
             Ok(vec![Record::Commit { tran: 1 }, Record::Abort { tran: 2 }])
         );
     }
@@ -1292,16 +1300,16 @@ mod tests {
     #[test]
     fn header_faults_behind_a_good_crc_are_named() {
         let sealed = {
-            let mut w = LogBlockWriter::new(vec![0u8; LOG_BLOCK_SIZE], 3);
+            let mut w = LogBlockWriter::new(vec![0u8; LOG_BLOCK_SIZE], 3, 0);
             w.append(&Record::Invalidate { line: 4 }).unwrap();
             w.seal()
         };
         let reseal = |edit: &dyn Fn(&mut [u8])| {
             let mut b = sealed.clone();
             edit(&mut b);
-            let crc = block_crc(&b);
+            let crc = block_crc(&b, 0);
             b[4..8].copy_from_slice(&crc.to_le_bytes());
-            decode_block(&b, 3)
+            decode_block(&b, 3, 0)
         };
         assert_eq!(reseal(&|b| b[16] = 2), Err(BlockEnd::Version { got: 2 }));
         assert!(matches!(

@@ -49,7 +49,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
 /// next record does not fit; returns each block with the records it holds.
 fn pack(records: &[Record], seq_first: u64) -> Vec<(Vec<u8>, Vec<Record>)> {
     let mut blocks = Vec::new();
-    let mut writer = LogBlockWriter::new(vec![0u8; LOG_BLOCK_SIZE], seq_first);
+    let mut writer = LogBlockWriter::new(vec![0u8; LOG_BLOCK_SIZE], seq_first, 0);
     let mut held = Vec::new();
     for record in records {
         if writer.append(record).is_err() {
@@ -58,7 +58,7 @@ fn pack(records: &[Record], seq_first: u64) -> Vec<(Vec<u8>, Vec<Record>)> {
             assert!(writer.bytes_free() <= BLOCK_WASTE_LEN_MAX);
             let seq = writer.seq();
             blocks.push((writer.seal(), std::mem::take(&mut held)));
-            writer = LogBlockWriter::new(vec![0u8; LOG_BLOCK_SIZE], seq + 1);
+            writer = LogBlockWriter::new(vec![0u8; LOG_BLOCK_SIZE], seq + 1, 0);
             writer.append(record).expect("a record fits a fresh block");
         }
         held.push(record.clone());
@@ -117,7 +117,7 @@ proptest! {
     ) {
         let (mut block, _) = one_block(&records, seq);
         block[at] ^= mask;
-        let end = decode_block(&block, seq);
+        let end = decode_block(&block, seq, 0);
         prop_assert!(end.is_err(), "byte {} ^ {:#x} went unnoticed", at, mask);
     }
 
@@ -128,7 +128,7 @@ proptest! {
         expected in any::<u64>(),
     ) {
         let (block, held) = one_block(&records, seq);
-        let got = decode_block(&block, expected);
+        let got = decode_block(&block, expected, 0);
         if expected == seq {
             prop_assert_eq!(got, Ok(held));
         } else if seq < expected {
@@ -157,7 +157,7 @@ proptest! {
         let cut = sectors * LOG_SECTOR_SIZE;
         let mut torn = new[..cut].to_vec();
         torn.extend_from_slice(&old[cut..]);
-        let got = decode_block(&torn, seq);
+        let got = decode_block(&torn, seq, 0);
         if torn == new {
             // The sectors that did not land held what the new block holds there.
             prop_assert_eq!(got, Ok(new_held));
@@ -170,7 +170,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..5000), seq in any::<u64>()) {
-        let _ = decode_block(&bytes, seq);
+        let _ = decode_block(&bytes, seq, 0);
         let _ = Record::decode(&bytes);
     }
 
@@ -190,7 +190,7 @@ proptest! {
         block[20..22].copy_from_slice(&len.to_le_bytes());
         block[22..32].fill(0);
         reseal(&mut block);
-        prop_assert!(decode_block(&block, seq).is_err());
+        prop_assert!(decode_block(&block, seq, 0).is_err());
     }
 
     /// A valid block whose record bytes were edited and then resealed: either it still
@@ -207,7 +207,7 @@ proptest! {
             block[BLOCK_HEADER_LEN + at.index(records_len)] = value;
         }
         reseal(&mut block);
-        match decode_block(&block, seq) {
+        match decode_block(&block, seq, 0) {
             Ok(got) => prop_assert_eq!(got.len(), held.len()),
             Err(BlockEnd::Record { .. } | BlockEnd::Header { .. }) => {}
             Err(other) => prop_assert!(false, "unexpected end {:?}", other),
@@ -227,7 +227,7 @@ proptest! {
         let mut back = Vec::new();
         for (i, (block, held)) in blocks.iter().enumerate() {
             prop_assert_eq!(block.len(), LOG_BLOCK_SIZE);
-            let got = decode_block(block, seq_first + i as u64)
+            let got = decode_block(block, seq_first + i as u64, 0)
                 .map_err(|e| TestCaseError::fail(format!("block {i}: {e}")))?;
             prop_assert_eq!(&got, held);
             back.extend(got);
@@ -273,21 +273,21 @@ fn every_single_byte_change_of_a_full_block_is_detected() {
     for at in 0..LOG_BLOCK_SIZE {
         for mask in [0x01, 0x80] {
             copy[at] ^= mask;
-            assert!(decode_block(&copy, 42).is_err(), "byte {at} ^ {mask:#x}");
+            assert!(decode_block(&copy, 42, 0).is_err(), "byte {at} ^ {mask:#x}");
             copy[at] ^= mask;
         }
     }
-    assert_eq!(decode_block(&copy, 42), Ok(held));
+    assert_eq!(decode_block(&copy, 42, 0), Ok(held));
 }
 
 #[test]
 fn a_never_written_block_ends_the_log() {
     assert_eq!(
-        decode_block(&[0u8; LOG_BLOCK_SIZE], 0),
+        decode_block(&[0u8; LOG_BLOCK_SIZE], 0, 0),
         Err(BlockEnd::Magic { got: 0 })
     );
     assert_eq!(
-        decode_block(&[0u8; LOG_BLOCK_SIZE - 1], 0),
+        decode_block(&[0u8; LOG_BLOCK_SIZE - 1], 0, 0),
         Err(BlockEnd::Size {
             len: LOG_BLOCK_SIZE - 1
         })
@@ -368,4 +368,21 @@ fn the_ring_refuses_bad_sizes() {
         }
     }
     assert!(LogRing::new(LOG_BLOCKS_MAX).is_ok());
+}
+
+/// A block of another format of the device (another uuid, so another CRC seed) is
+/// where the log ends, never a block of this one: it fails its CRC like a torn block.
+#[test]
+fn a_block_of_another_format_ends_the_log() {
+    let (seed_old, seed_new) = (0x1234_5678, 0x9abc_def0);
+    let mut w = LogBlockWriter::new(vec![0u8; LOG_BLOCK_SIZE], 7, seed_old);
+    w.append(&Record::Commit { tran: 3 }).unwrap();
+    let block = w.seal();
+    assert_eq!(
+        decode_block(&block, 7, seed_old),
+        Ok(vec![Record::Commit { tran: 3 }])
+    );
+    let end = decode_block(&block, 7, seed_new).unwrap_err();
+    assert!(matches!(end, BlockEnd::Checksum { .. }), "{end:?}");
+    assert!(end.is_crash_end());
 }

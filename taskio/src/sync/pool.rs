@@ -130,6 +130,11 @@ impl<T> Pool<T> {
         self.take()
     }
 
+    /// Whether an ordinary `get` (or `try_get`) would take an object now.
+    pub fn may_get(&self) -> bool {
+        self.ordinary_may_take()
+    }
+
     /// Takes an object if an ordinary `get` would not sleep.
     pub fn try_get(&self) -> Option<PoolItem<T>> {
         if self.ordinary_may_take() {

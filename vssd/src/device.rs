@@ -1,0 +1,861 @@
+//! The vSSD: the cache map, the log and the checkpoints wired to one device.
+//!
+//! Every operation runs on the tasks of one taskio runtime; a [`Vssd`] is a cheap
+//! handle (`Clone`) shared by them. The seed's vssd.c, step by step, is
+//! [`Vssd::writep1`]: a free slot from the map, the payload written there, a PREPARE
+//! appended to the log buffer, a park until the group commit made both durable.
+//!
+//! # Order of map changes and log records
+//!
+//! Recovery rebuilds the map from a checkpoint plus the log, so the map must change in
+//! the order of the records: every logged operation asks the log where its record
+//! would land ([`LogWriter::seq_for`]), applies itself to the map with that seq and
+//! appends the record, with no park in between ([`Vssd::logged`]). A checkpoint cuts
+//! the log and copies the map in one step too, so it is exact at its seq.
+//!
+//! Two things are in the map before their record or without one, and a checkpoint
+//! leaves them out: a tran in phase 1 whose PREPARE is not appended yet (its payload
+//! may not be on disk), and a line being filled by [`Vssd::insert_clean`] (its payload
+//! write not done).
+//!
+//! # Slots in use by I/O
+//!
+//! A slot is pinned ([`CacheMap::pin`]) while a read or a fill writes or reads it: a
+//! commit, eviction or invalidation meanwhile releases it, but it is handed out again
+//! only after the I/O ended, so a read never sees another write's bytes and two
+//! writes never race on one slot. A prepared slot needs no pin: commit and abort of a
+//! tran whose writep1 has not returned are refused ([`VssdError::TranBusy`]).
+//!
+//! # Durability
+//!
+//! | call | returns when |
+//! | --- | --- |
+//! | `writep1` | payload and PREPARE durable |
+//! | `commit`, `abort`, `mark_clean` | the record is in the log buffer; [`Vssd::wait_durable`] on the returned position waits for it |
+//! | `invalidate` | the INVALIDATE is durable (a DISCARD acknowledged never comes back) |
+//! | `insert_clean` | the payload is written; not logged (a crash forgets the fill unless a checkpoint took it) |
+//!
+//! A COMMIT or ABORT lost in a crash leaves its tran in doubt: [`Vssd::open`] returns
+//! it, and the DTM resolves it ([`Vssd::resolve`]).
+//!
+//! # Backpressure
+//!
+//! `writep1` without a free slot evicts a clean line (a logged INVALIDATE, the slot
+//! free once that is durable), or waits for a release to become durable, or, with
+//! nothing clean and nothing freeing, waits for a destage (`mark_clean`), a commit or
+//! an abort: it never fails for want of room. A full log makes appenders wait for
+//! the checkpoint task, which a log half full wakes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use taskio::file::File;
+use taskio::{ALIGN, AlignedBuf, Builder, Rendez};
+
+use crate::checkpoint::{self, Snapshot};
+use crate::error::VssdError;
+use crate::layout::{
+    Geometry, LOG_SEQ_FIRST, Repair, Superblock, open_superblock, write_superblock,
+};
+use crate::log::{LogStats, LogWriter, RecordPos, recover_scan, scrub_after_recovery};
+use crate::map::{CacheMap, Counts, MapError, Replay, State};
+use crate::record::{BlockEnd, Record};
+
+/// A tran recovery found prepared with neither COMMIT nor ABORT: the DTM decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InDoubt {
+    pub tran: u64,
+    pub line: u64,
+    pub slot: u64,
+    pub len: u32,
+    pub crc: u32,
+}
+
+/// The DTM's decision on an in-doubt tran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    Commit,
+    Abort,
+}
+
+/// A read hit: the version read and its state. The payload is in the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// The tran that wrote it ([`crate::map::VERSION_CLEAN_INSERT`] for a fill).
+    pub version: u64,
+    pub state: State,
+    pub len: u32,
+}
+
+/// What [`Vssd::open`] found and did.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Trans to resolve, by tran.
+    pub in_doubt: Vec<InDoubt>,
+    /// The checkpoint recovery started from: (region, seq), if any.
+    pub checkpoint: Option<(u8, u64)>,
+    /// Log blocks replayed after it, and records in them.
+    pub blocks_replayed: u64,
+    pub records_replayed: u64,
+    /// Where and why the log ended.
+    pub log_end: (u64, BlockEnd),
+    /// A superblock copy that was rewritten, and why.
+    pub repaired: Option<Repair>,
+}
+
+/// Tunables of an open vSSD.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The checkpoint task starts a checkpoint when this many log blocks are in use
+    /// (default: half the log).
+    pub checkpoint_blocks: Option<u64>,
+}
+
+/// Counters of one open vSSD.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VssdStats {
+    pub writep1: u64,
+    pub commits: u64,
+    pub aborts: u64,
+    pub read_hits: u64,
+    pub read_misses: u64,
+    pub fills: u64,
+    pub fills_skipped: u64,
+    pub evictions: u64,
+    pub invalidations: u64,
+    pub cleaned: u64,
+    pub checkpoints: u64,
+    /// Times writep1 waited for a slot (eviction durable, destage, commit).
+    pub slot_waits: u64,
+    pub log: LogStats,
+    pub map: Counts,
+}
+
+struct Inner {
+    file: Rc<File>,
+    geometry: Geometry,
+    superblock: Superblock,
+    log: Rc<LogWriter>,
+    map: RefCell<CacheMap>,
+    /// tran -> whether its PREPARE is appended, while its writep1 runs.
+    phase1: RefCell<HashMap<u64, bool>>,
+    /// line -> the slot a fill is writing.
+    filling: RefCell<HashMap<u64, u64>>,
+    /// writep1 waiting for a slot: woken by every release and state change.
+    space: Rendez,
+    /// The checkpoint task sleeps here.
+    kick: Rendez,
+    /// Callers of `checkpoint` waiting for the running one.
+    ck_done: Rendez,
+    ck_running: Cell<bool>,
+    /// The region the newest durable checkpoint is in.
+    ck_which: Cell<Option<u8>>,
+    ck_blocks: u64,
+    closed: Cell<bool>,
+    failed: RefCell<Option<String>>,
+    stats: Cell<VssdStats>,
+}
+
+/// One open vSSD. See the module documentation.
+#[derive(Clone)]
+pub struct Vssd {
+    inner: Rc<Inner>,
+}
+
+fn round_up(len: usize) -> usize {
+    len.next_multiple_of(ALIGN)
+}
+
+impl Vssd {
+    /// Opens the vSSD on `file` (formatted by [`crate::layout::format`]): checks the
+    /// superblock (refusing a device that is not a vSSD, of another version, or of
+    /// another cache device when `expect_device` names one), loads the newest
+    /// checkpoint, replays the log after it, scrubs past its end and starts the log
+    /// writer and the checkpoint task. The in-doubt trans are in [`Recovered`]:
+    /// resolve each with [`Vssd::resolve`].
+    ///
+    /// Must run inside a taskio runtime (real or simulated).
+    pub fn open(
+        file: File,
+        expect_device: Option<&str>,
+        options: Options,
+    ) -> Result<(Vssd, Recovered), VssdError> {
+        let opened = open_superblock(&file, expect_device)?;
+        let mut superblock = opened.superblock;
+        if opened.repair.is_some() {
+            write_superblock(&file, &mut superblock)?;
+        }
+        let geometry = superblock.geometry;
+        let seed = superblock.crc_seed();
+        let loaded = checkpoint::read_newest(&file, &geometry, seed)?;
+        let (seq_start, ck_which, replay) = match &loaded {
+            Some(l) => (
+                l.snapshot.seq,
+                Some(l.which),
+                Replay::new(
+                    l.snapshot.entries.iter().copied(),
+                    l.snapshot.prepared.iter().copied(),
+                ),
+            ),
+            None => (LOG_SEQ_FIRST, None, Replay::default()),
+        };
+        let mut replay = replay;
+        let scan = recover_scan(&file, &geometry, seed, seq_start)?;
+        let mut records = 0;
+        for (_, block) in &scan.blocks {
+            for r in block {
+                replay.apply(r);
+                records += 1;
+            }
+        }
+        let path = file.path().to_path_buf();
+        let mut map = replay
+            .finish(geometry.slot_count(), geometry.lines())
+            .map_err(|e| VssdError::Corrupt {
+                what: "recovered cache map",
+                offset: 0,
+                why: format!(
+                    "{}: checkpoint at seq {seq_start} plus {} log blocks: {e}",
+                    path.display(),
+                    scan.blocks.len()
+                ),
+            })?;
+        scrub_after_recovery(&file, &geometry, scan.seq_end, seq_start)?;
+        map.durable(scan.seq_end - 1);
+        let in_doubt = map
+            .prepared_all()
+            .into_iter()
+            .map(|(tran, p)| InDoubt {
+                tran,
+                line: p.line,
+                slot: p.slot,
+                len: p.len,
+                crc: p.crc,
+            })
+            .collect();
+        let file = Rc::new(file);
+        let log = LogWriter::start(file.clone(), &geometry, seed, scan.seq_end, seq_start);
+        let ck_blocks = options
+            .checkpoint_blocks
+            .unwrap_or(geometry.log_blocks() / 2)
+            .clamp(1, geometry.log_blocks() / 2);
+        let inner = Rc::new(Inner {
+            file,
+            geometry,
+            superblock,
+            log,
+            map: RefCell::new(map),
+            phase1: RefCell::new(HashMap::new()),
+            filling: RefCell::new(HashMap::new()),
+            space: Rendez::new(),
+            kick: Rendez::new(),
+            ck_done: Rendez::new(),
+            ck_running: Cell::new(false),
+            ck_which: Cell::new(ck_which),
+            ck_blocks,
+            closed: Cell::new(false),
+            failed: RefCell::new(None),
+            stats: Cell::new(VssdStats::default()),
+        });
+        let vssd = Vssd { inner };
+        let task_vssd = vssd.clone();
+        Builder::new()
+            .name("vssd-checkpoint")
+            .system(true)
+            .spawn(move || checkpoint_loop(&task_vssd))
+            .map_err(|e| VssdError::Unusable {
+                op: "open",
+                path: path.clone(),
+                why: format!("cannot start the checkpoint task: {e}"),
+            })?;
+        let recovered = Recovered {
+            in_doubt,
+            checkpoint: loaded.map(|l| (l.which, l.snapshot.seq)),
+            blocks_replayed: scan.blocks.len() as u64,
+            records_replayed: records,
+            log_end: (scan.seq_end, scan.end),
+            repaired: opened.repair,
+        };
+        Ok((vssd, recovered))
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.inner.geometry
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.inner.superblock
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.inner.file.path()
+    }
+
+    fn path_buf(&self) -> PathBuf {
+        self.inner.file.path().to_path_buf()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut VssdStats)) {
+        let mut s = self.inner.stats.get();
+        f(&mut s);
+        self.inner.stats.set(s);
+    }
+
+    pub fn stats(&self) -> VssdStats {
+        let mut s = self.inner.stats.get();
+        s.log = self.inner.log.stats();
+        s.map = self.inner.map.borrow().counts();
+        s
+    }
+
+    fn check_usable(&self, op: &'static str) -> Result<(), VssdError> {
+        let why = if let Some(why) = &*self.inner.failed.borrow() {
+            why.clone()
+        } else if self.inner.closed.get() {
+            "the vSSD is closed".to_string()
+        } else if self.inner.log.is_failed() {
+            "its log failed on an I/O error".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(VssdError::Unusable {
+            op,
+            path: self.path_buf(),
+            why,
+        })
+    }
+
+    fn map_error(&self, op: &'static str, source: MapError) -> VssdError {
+        VssdError::Map {
+            op,
+            path: self.path_buf(),
+            source,
+        }
+    }
+
+    /// Slots released by durable records become free.
+    fn settle(&self) {
+        let end = self.inner.log.durable_end();
+        let mut map = self.inner.map.borrow_mut();
+        if end - 1 > map.seq_durable() {
+            map.durable(end - 1);
+        }
+    }
+
+    /// Applies a logged operation: waits until a record like `probe` (same length)
+    /// can be appended without a park, then runs `op` on the map with the seq the
+    /// record gets and appends the record `op` returns (none: nothing to log).
+    fn logged<T>(
+        &self,
+        what: &'static str,
+        probe: &Record,
+        op: impl FnOnce(&mut CacheMap, u64) -> Result<(T, Option<Record>), VssdError>,
+    ) -> Result<(T, Option<RecordPos>), VssdError> {
+        let log = &self.inner.log;
+        let seq = loop {
+            self.check_usable(what)?;
+            if let Some(seq) = log.seq_for(probe) {
+                break seq;
+            }
+            log.wait_room()?;
+        };
+        let (value, record) = op(&mut self.inner.map.borrow_mut(), seq)?;
+        let Some(record) = record else {
+            return Ok((value, None));
+        };
+        assert_eq!(record.encoded_len(), probe.encoded_len(), "{what} probe");
+        let pos = log
+            .try_append(&record)?
+            .unwrap_or_else(|| panic!("{what}: no room at seq {seq} the log offered"));
+        assert_eq!(pos.seq, seq, "{what}: record landed elsewhere");
+        if log.blocks_used() >= self.inner.ck_blocks {
+            self.inner.kick.wakeup();
+        }
+        Ok((value, Some(pos)))
+    }
+
+    /// Parks until the record at `pos` (and every one before it) is durable.
+    pub fn wait_durable(&self, pos: RecordPos) -> Result<(), VssdError> {
+        self.inner.log.wait_durable(pos)
+    }
+
+    /// Parks until every record appended so far is durable.
+    pub fn sync(&self) -> Result<(), VssdError> {
+        let log = &self.inner.log;
+        let next = log.cut();
+        if next > log.durable_end() {
+            log.wait_durable(RecordPos {
+                seq: next - 1,
+                index: 0,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Evicts one clean line (S3-FIFO's choice), logging its INVALIDATE. Whether a
+    /// line was evicted.
+    fn evict_one(&self) -> Result<bool, VssdError> {
+        let (evicted, _) = self.logged("evict", &Record::Invalidate { line: 0 }, |map, seq| {
+            Ok(match map.evict(seq) {
+                Some(e) => (true, Some(Record::Invalidate { line: e.line })),
+                None => (false, None),
+            })
+        })?;
+        if evicted {
+            self.count(|s| s.evictions += 1);
+        }
+        Ok(evicted)
+    }
+
+    /// Checks a payload and makes it writable with O_DIRECT: a buffer whose length is
+    /// a multiple of [`ALIGN`] (a copy, zero padded, when it is not).
+    fn direct_payload<'a>(
+        &self,
+        op: &'static str,
+        line: u64,
+        payload: &'a AlignedBuf,
+        padded: &'a mut Option<AlignedBuf>,
+    ) -> Result<&'a AlignedBuf, VssdError> {
+        let max = self.inner.geometry.line_size();
+        if payload.is_empty() || payload.len() > max as usize {
+            return Err(VssdError::PayloadLen {
+                op,
+                line,
+                len: payload.len(),
+                max,
+            });
+        }
+        if payload.len().is_multiple_of(ALIGN) {
+            return Ok(payload);
+        }
+        let mut copy = AlignedBuf::new(round_up(payload.len()));
+        copy.set_len(round_up(payload.len()));
+        copy[..payload.len()].copy_from_slice(payload);
+        copy[payload.len()..].fill(0);
+        Ok(padded.insert(copy))
+    }
+
+    /// Phase 1 of `tran` on `line`: the payload in a free slot (never the line's
+    /// current one) and a PREPARE, both durable on return. Waits for room, never
+    /// fails for want of it. One tran per line at a time: the DTM serialises writes
+    /// to a line ([`MapError::LinePrepared`] otherwise).
+    pub fn writep1(&self, tran: u64, line: u64, payload: &AlignedBuf) -> Result<(), VssdError> {
+        const OP: &str = "writep1";
+        self.check_usable(OP)?;
+        let mut padded = None;
+        let data = self.direct_payload(OP, line, payload, &mut padded)?;
+        let len = payload.len() as u32;
+        let crc = crc32c::crc32c(payload);
+        if self.inner.phase1.borrow().contains_key(&tran) {
+            return Err(self.map_error(OP, MapError::TranPrepared { tran, line }));
+        }
+        let slot = self
+            .alloc(OP, |map| map.prepare(tran, line, len, crc), true)?
+            .expect("writep1 waits for a slot");
+        self.inner.phase1.borrow_mut().insert(tran, false);
+        let result = self.writep1_io(tran, line, slot, data, len, crc);
+        let appended = self.inner.phase1.borrow_mut().remove(&tran) == Some(true);
+        if result.is_err() && !appended {
+            // No record names the slot: it is free again at once.
+            let _ = self.inner.map.borrow_mut().abort(tran, 0);
+            self.inner.space.wakeup_all();
+        }
+        // Appended but not known durable: only recovery can tell; the log failed.
+        result?;
+        self.count(|s| s.writep1 += 1);
+        Ok(())
+    }
+
+    fn writep1_io(
+        &self,
+        tran: u64,
+        line: u64,
+        slot: u64,
+        data: &AlignedBuf,
+        len: u32,
+        crc: u32,
+    ) -> Result<(), VssdError> {
+        let offset = self.inner.geometry.slot_offset(slot);
+        self.inner
+            .file
+            .pwrite(data, offset)
+            .map_err(|source| VssdError::Io {
+                op: "writep1 payload write",
+                path: self.path_buf(),
+                source,
+            })?;
+        let record = Record::Prepare {
+            tran,
+            line,
+            slot,
+            payload_crc: crc,
+            len,
+        };
+        let ((), pos) = self.logged("writep1", &record, |_, _| {
+            self.inner.phase1.borrow_mut().insert(tran, true);
+            Ok(((), Some(record.clone())))
+        })?;
+        self.inner.log.wait_durable(pos.expect("PREPARE appended"))
+    }
+
+    /// A slot from `take`, after making room: evicting clean lines, waiting for
+    /// releases to become durable, and (if `wait`) for destage, commits and aborts.
+    /// `None` when there is no room and `wait` is false.
+    fn alloc(
+        &self,
+        op: &'static str,
+        mut take: impl FnMut(&mut CacheMap) -> Result<u64, MapError>,
+        wait: bool,
+    ) -> Result<Option<u64>, VssdError> {
+        let mut waited = false;
+        loop {
+            self.check_usable(op)?;
+            self.settle();
+            let tried = take(&mut self.inner.map.borrow_mut());
+            match tried {
+                Ok(slot) => return Ok(Some(slot)),
+                Err(MapError::Full {
+                    lines_clean,
+                    seq_freeing_min,
+                    ..
+                }) => {
+                    if lines_clean > 0 && self.evict_one()? {
+                        continue;
+                    }
+                    if !waited {
+                        waited = true;
+                        self.count(|s| s.slot_waits += 1);
+                    }
+                    if let Some(seq) = seq_freeing_min {
+                        self.inner.log.wait_durable(RecordPos { seq, index: 0 })?;
+                        continue;
+                    }
+                    if !wait {
+                        return Ok(None);
+                    }
+                    self.inner.space.sleep();
+                }
+                Err(e) => return Err(self.map_error(op, e)),
+            }
+        }
+    }
+
+    fn refuse_busy(&self, op: &'static str, tran: u64) -> Result<(), VssdError> {
+        if self.inner.phase1.borrow().contains_key(&tran) {
+            return Err(VssdError::TranBusy { op, tran });
+        }
+        Ok(())
+    }
+
+    /// Commits `tran`: its slot becomes the line's dirty version, the old version's
+    /// slot is released. The COMMIT rides on a later log write; wait on the returned
+    /// position for it to be durable.
+    pub fn commit(&self, tran: u64) -> Result<RecordPos, VssdError> {
+        self.refuse_busy("commit", tran)?;
+        let (_, pos) = self.logged("commit", &Record::Commit { tran }, |map, seq| {
+            map.commit(tran, seq)
+                .map_err(|e| self.map_error("commit", e))?;
+            Ok(((), Some(Record::Commit { tran })))
+        })?;
+        self.inner.space.wakeup_all();
+        self.count(|s| s.commits += 1);
+        Ok(pos.expect("COMMIT appended"))
+    }
+
+    /// Aborts `tran`: its slot is released, the line keeps its current version.
+    pub fn abort(&self, tran: u64) -> Result<RecordPos, VssdError> {
+        self.refuse_busy("abort", tran)?;
+        let (_, pos) = self.logged("abort", &Record::Abort { tran }, |map, seq| {
+            map.abort(tran, seq)
+                .map_err(|e| self.map_error("abort", e))?;
+            Ok(((), Some(Record::Abort { tran })))
+        })?;
+        self.inner.space.wakeup_all();
+        self.count(|s| s.aborts += 1);
+        Ok(pos.expect("ABORT appended"))
+    }
+
+    /// Resolves an in-doubt tran by the DTM's decision, durably.
+    pub fn resolve(&self, tran: u64, resolution: Resolution) -> Result<(), VssdError> {
+        let pos = match resolution {
+            Resolution::Commit => self.commit(tran)?,
+            Resolution::Abort => self.abort(tran)?,
+        };
+        self.wait_durable(pos)
+    }
+
+    /// Reads `line` into `buf` (capacity at least the line size): a hit with the
+    /// payload in `buf` (its length set), CRC32C checked, or `None` for a miss. A
+    /// payload that fails its CRC is an error naming line and slot, never data.
+    pub fn read_into(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<Hit>, VssdError> {
+        self.check_usable("read")?;
+        assert!(
+            buf.capacity() >= self.inner.geometry.line_size() as usize,
+            "read buffer of {} bytes for lines of {}",
+            buf.capacity(),
+            self.inner.geometry.line_size()
+        );
+        let entry = {
+            let mut map = self.inner.map.borrow_mut();
+            let Some(e) = map.access(line) else {
+                drop(map);
+                self.count(|s| s.read_misses += 1);
+                return Ok(None);
+            };
+            if self.inner.filling.borrow().get(&line) == Some(&e.slot) {
+                drop(map);
+                self.count(|s| s.read_misses += 1);
+                return Ok(None);
+            }
+            map.pin(e.slot);
+            e
+        };
+        buf.set_len(round_up(entry.len as usize));
+        let read = self
+            .inner
+            .file
+            .pread_exact(buf, self.inner.geometry.slot_offset(entry.slot));
+        if self.inner.map.borrow_mut().unpin(entry.slot) {
+            self.inner.space.wakeup_all();
+        }
+        read.map_err(|source| VssdError::Io {
+            op: "read payload",
+            path: self.path_buf(),
+            source,
+        })?;
+        buf.set_len(entry.len as usize);
+        let got = crc32c::crc32c(buf);
+        if got != entry.crc {
+            return Err(VssdError::Payload {
+                path: self.path_buf(),
+                line,
+                slot: entry.slot,
+                version: entry.version,
+                got,
+                want: entry.crc,
+            });
+        }
+        self.count(|s| s.read_hits += 1);
+        Ok(Some(Hit {
+            version: entry.version,
+            state: entry.state,
+            len: entry.len,
+        }))
+    }
+
+    /// [`read_into`](Vssd::read_into) a new buffer.
+    pub fn read(&self, line: u64) -> Result<Option<(Hit, AlignedBuf)>, VssdError> {
+        let mut buf = AlignedBuf::new(self.inner.geometry.line_size() as usize);
+        Ok(self.read_into(line, &mut buf)?.map(|hit| (hit, buf)))
+    }
+
+    /// Caches `payload` as `line`'s clean version after a backing-store read (a miss
+    /// filled). Returns whether it is cached: not if the line is cached already or no
+    /// slot is free without waiting for a destage. Readers miss until the payload is
+    /// written. The caller keeps writes to the line out between its backing-store
+    /// read and this call (a fill must not install data older than a write).
+    pub fn insert_clean(&self, line: u64, payload: &AlignedBuf) -> Result<bool, VssdError> {
+        const OP: &str = "insert_clean";
+        self.check_usable(OP)?;
+        let mut padded = None;
+        let data = self.direct_payload(OP, line, payload, &mut padded)?;
+        let len = payload.len() as u32;
+        let crc = crc32c::crc32c(payload);
+        if self.inner.map.borrow().lookup(line).is_some() {
+            return Ok(false);
+        }
+        let take = |map: &mut CacheMap| match map.insert_clean(line, len, crc) {
+            Err(MapError::Cached { .. }) => Ok(u64::MAX),
+            other => other,
+        };
+        let Some(slot) = self.alloc(OP, take, false)? else {
+            self.count(|s| s.fills_skipped += 1);
+            return Ok(false);
+        };
+        if slot == u64::MAX {
+            return Ok(false); // cached meanwhile (a commit while we made room)
+        }
+        self.inner.map.borrow_mut().pin(slot);
+        self.inner.filling.borrow_mut().insert(line, slot);
+        let written = self
+            .inner
+            .file
+            .pwrite(data, self.inner.geometry.slot_offset(slot));
+        {
+            let mut filling = self.inner.filling.borrow_mut();
+            if filling.get(&line) == Some(&slot) {
+                filling.remove(&line);
+            }
+        }
+        if let Err(source) = written {
+            // Never logged nor checkpointed: forget it at once.
+            let mut map = self.inner.map.borrow_mut();
+            if map.lookup(line).is_some_and(|e| e.slot == slot) {
+                map.invalidate(line, 0);
+            }
+            map.unpin(slot);
+            drop(map);
+            self.inner.space.wakeup_all();
+            return Err(VssdError::Io {
+                op: "insert_clean payload write",
+                path: self.path_buf(),
+                source,
+            });
+        }
+        if self.inner.map.borrow_mut().unpin(slot) {
+            self.inner.space.wakeup_all();
+        }
+        self.count(|s| s.fills += 1);
+        Ok(true)
+    }
+
+    /// `line` was destaged with the data of `version`: clean if that is still its
+    /// version (a CLEAN record; a newer write stays dirty). Returns whether it is clean
+    /// now, and the record's position when one was logged.
+    pub fn mark_clean(
+        &self,
+        line: u64,
+        version: u64,
+    ) -> Result<(bool, Option<RecordPos>), VssdError> {
+        let probe = Record::Clean { line, version };
+        let (clean, pos) = self.logged("mark_clean", &probe, |map, _| {
+            let was_dirty = map
+                .lookup(line)
+                .is_some_and(|e| e.version == version && e.state == State::Dirty);
+            let clean = map.mark_clean(line, version);
+            Ok((clean, was_dirty.then_some(Record::Clean { line, version })))
+        })?;
+        if pos.is_some() {
+            self.count(|s| s.cleaned += 1);
+            self.inner.space.wakeup_all();
+        }
+        Ok((clean, pos))
+    }
+
+    /// Drops `line`'s cached version (DISCARD); durable on return. A tran prepared on
+    /// the line stays prepared. Returns whether the line was cached.
+    pub fn invalidate(&self, line: u64) -> Result<bool, VssdError> {
+        let probe = Record::Invalidate { line };
+        let (was, pos) = self.logged("invalidate", &probe, |map, seq| {
+            Ok(match map.invalidate(line, seq) {
+                Some(_) => (true, Some(Record::Invalidate { line })),
+                None => (false, None),
+            })
+        })?;
+        if let Some(pos) = pos {
+            self.count(|s| s.invalidations += 1);
+            self.inner.space.wakeup_all();
+            self.inner.log.wait_durable(pos)?;
+        }
+        Ok(was)
+    }
+
+    /// The dirty lines and their versions, by line (for destage).
+    pub fn dirty_lines(&self) -> Vec<(u64, u64)> {
+        self.inner
+            .map
+            .borrow()
+            .entries()
+            .into_iter()
+            .filter(|(_, e)| e.state == State::Dirty)
+            .map(|(line, e)| (line, e.version))
+            .collect()
+    }
+
+    /// The current version of `line` without reading it, if cached.
+    pub fn lookup(&self, line: u64) -> Option<crate::map::Entry> {
+        self.inner.map.borrow().lookup(line)
+    }
+
+    /// Takes a checkpoint now (or waits for the one running) and returns its seq.
+    pub fn checkpoint(&self) -> Result<u64, VssdError> {
+        self.check_usable("checkpoint")?;
+        while self.inner.ck_running.get() {
+            self.inner.ck_done.sleep();
+            self.check_usable("checkpoint")?;
+        }
+        self.inner.ck_running.set(true);
+        let result = self.checkpoint_now();
+        self.inner.ck_running.set(false);
+        self.inner.ck_done.wakeup_all();
+        if let Err(e) = &result {
+            *self.inner.failed.borrow_mut() = Some(format!("a checkpoint failed: {e}"));
+        }
+        result
+    }
+
+    fn checkpoint_now(&self) -> Result<u64, VssdError> {
+        let inner = &*self.inner;
+        // Cut and copy without a park in between: exact at `seq`.
+        let seq = inner.log.cut();
+        let snap = {
+            let map = inner.map.borrow();
+            let phase1 = inner.phase1.borrow();
+            let filling = inner.filling.borrow();
+            Snapshot {
+                seq,
+                entries: map
+                    .entries()
+                    .into_iter()
+                    .filter(|(line, e)| filling.get(line) != Some(&e.slot))
+                    .collect(),
+                prepared: map
+                    .prepared_all()
+                    .into_iter()
+                    .filter(|(tran, _)| phase1.get(tran) != Some(&false))
+                    .collect(),
+            }
+        };
+        // Never ahead of the durable log: every block before `seq` durable first.
+        if seq > inner.log.durable_end() {
+            inner.log.wait_durable(RecordPos {
+                seq: seq - 1,
+                index: 0,
+            })?;
+        }
+        let which = inner.ck_which.get().map_or(0, |w| 1 - w);
+        checkpoint::write(
+            &inner.file,
+            &inner.geometry,
+            inner.superblock.crc_seed(),
+            which,
+            &snap,
+        )?;
+        inner.ck_which.set(Some(which));
+        if seq > inner.log.oldest_needed() {
+            inner.log.set_oldest_needed(seq);
+        }
+        self.count(|s| s.checkpoints += 1);
+        Ok(seq)
+    }
+
+    /// Stops the vSSD: later calls fail; the log writes what is pending.
+    pub fn close(&self) {
+        self.inner.closed.set(true);
+        self.inner.log.close();
+        self.inner.kick.wakeup_all();
+        self.inner.space.wakeup_all();
+        self.inner.ck_done.wakeup_all();
+    }
+
+    /// Checks the map's invariants (tests).
+    #[doc(hidden)]
+    pub fn assert_invariants(&self) {
+        self.inner.map.borrow().assert_invariants();
+    }
+}
+
+/// The checkpoint task: a checkpoint whenever the log is `ck_blocks` full. Ends
+/// when the vSSD closes or fails.
+fn checkpoint_loop(vssd: &Vssd) {
+    let inner = &*vssd.inner;
+    while vssd.check_usable("checkpoint").is_ok() {
+        if inner.log.blocks_used() < inner.ck_blocks {
+            inner.kick.sleep();
+        } else if vssd.checkpoint().is_err() {
+            return;
+        }
+    }
+}

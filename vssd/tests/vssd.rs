@@ -1,0 +1,516 @@
+//! The whole vSSD on a real file: phase 1 and commit, reads with their CRC, fills,
+//! destage marks, discards, eviction and backpressure, checkpoints, and recovery
+//! (clean and with in-doubt trans), plus a model-checked random program.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use proptest::prelude::*;
+use taskio::file::{File, OpenOptions};
+use taskio::{AlignedBuf, Config, IoConfig, IoError, Runtime, spawn, yield_now};
+use vssd::layout::{FormatParams, LOG_BYTES_MIN};
+use vssd::map::State;
+use vssd::{Options, Resolution, Vssd, VssdError, format};
+
+const LINE: u32 = 4096;
+
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("vssd-dev-{}-{test}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn run_io<T: 'static>(main: impl FnOnce() -> T + 'static) -> T {
+    let mut rt = Runtime::with_io(Config::default(), IoConfig::default())
+        .unwrap_or_else(|e| panic!("Runtime::with_io: {e}"));
+    rt.run(main)
+        .unwrap_or_else(|e| panic!("Runtime::run failed: {e}"))
+}
+
+fn open_dev(path: &Path) -> File {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    match OpenOptions::new().direct(true).open(path) {
+        Ok(f) => f,
+        Err(IoError::DirectUnsupported { .. }) => {
+            if !SAID.swap(true, Ordering::Relaxed) {
+                eprintln!("note: no O_DIRECT under {}: buffered I/O", path.display());
+            }
+            OpenOptions::new().open(path).unwrap()
+        }
+        Err(e) => panic!("open {}: {e}", path.display()),
+    }
+}
+
+fn params(lines: u64) -> FormatParams {
+    FormatParams {
+        line_size: LINE,
+        lines,
+        log_bytes: LOG_BYTES_MIN,
+        device_id: "cdev-test".to_string(),
+        uuid: [7; 16],
+        force: false,
+    }
+}
+
+/// A formatted vSSD file of `lines` lines.
+fn formatted(dir: &TempDir, lines: u64) -> PathBuf {
+    let path = dir.path.join("vssd");
+    let g = params(lines).geometry().unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(g.total_bytes())
+        .unwrap();
+    let p = path.clone();
+    run_io(move || format(&open_dev(&p), &params(lines)).unwrap());
+    path
+}
+
+/// A payload naming its line and tran in every 8 bytes.
+fn payload(line: u64, tran: u64) -> AlignedBuf {
+    let mut b = AlignedBuf::new(LINE as usize);
+    b.set_len(LINE as usize);
+    for (i, chunk) in b.chunks_mut(8).enumerate() {
+        let v = line.rotate_left(32) ^ tran ^ (i as u64) << 48;
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+fn open(path: &Path) -> (Vssd, vssd::Recovered) {
+    Vssd::open(open_dev(path), Some("cdev-test"), Options::default()).unwrap()
+}
+
+fn read_tran(v: &Vssd, line: u64) -> Option<(u64, State)> {
+    let (hit, buf) = v.read(line).unwrap()?;
+    assert_eq!(&buf[..], &payload(line, hit.version)[..], "line {line}");
+    Some((hit.version, hit.state))
+}
+
+#[test]
+fn writes_commit_read_back_and_survive_a_reopen() {
+    let dir = TempDir::new("basic");
+    let path = formatted(&dir, 64);
+    let p = path.clone();
+    run_io(move || {
+        let (v, rec) = open(&p);
+        assert!(rec.in_doubt.is_empty());
+        assert_eq!(rec.checkpoint, None);
+        assert_eq!(v.read(3).unwrap().map(|(h, _)| h), None);
+        v.writep1(1, 3, &payload(3, 1)).unwrap();
+        // Prepared is not visible.
+        assert_eq!(v.read(3).unwrap().map(|(h, _)| h), None);
+        v.commit(1).unwrap();
+        assert_eq!(read_tran(&v, 3), Some((1, State::Dirty)));
+        v.writep1(2, 3, &payload(3, 2)).unwrap();
+        v.abort(2).unwrap();
+        assert_eq!(read_tran(&v, 3), Some((1, State::Dirty)));
+        v.writep1(3, 3, &payload(3, 3)).unwrap();
+        let pos = v.commit(3).unwrap();
+        v.wait_durable(pos).unwrap();
+        assert_eq!(read_tran(&v, 3), Some((3, State::Dirty)));
+        // A prepared tran left in doubt, and a clean line.
+        v.writep1(4, 9, &payload(9, 4)).unwrap();
+        assert!(v.insert_clean(10, &payload(10, 0)).unwrap());
+        assert!(
+            !v.insert_clean(10, &payload(10, 0)).unwrap(),
+            "cached already"
+        );
+        assert_eq!(read_tran(&v, 10), Some((0, State::Clean)));
+        let (clean, _) = v.mark_clean(3, 3).unwrap();
+        assert!(clean);
+        v.sync().unwrap();
+        v.close();
+    });
+    let p = path.clone();
+    run_io(move || {
+        let (v, rec) = open(&p);
+        // No checkpoint: the log alone. The fill was not logged: forgotten.
+        assert_eq!(rec.checkpoint, None);
+        assert_eq!(rec.in_doubt.len(), 1, "{rec:?}");
+        assert_eq!(rec.in_doubt[0].tran, 4);
+        assert_eq!(read_tran(&v, 3), Some((3, State::Clean)));
+        assert_eq!(read_tran(&v, 10), None);
+        assert_eq!(read_tran(&v, 9), None);
+        v.resolve(4, Resolution::Commit).unwrap();
+        assert_eq!(read_tran(&v, 9), Some((4, State::Dirty)));
+        assert!(v.insert_clean(10, &payload(10, 0)).unwrap());
+        let seq = v.checkpoint().unwrap();
+        assert!(seq > 1);
+        v.writep1(5, 11, &payload(11, 5)).unwrap();
+        v.commit(5).unwrap();
+        assert!(v.invalidate(3).unwrap());
+        assert!(!v.invalidate(3).unwrap());
+        v.sync().unwrap();
+        v.assert_invariants();
+        v.close();
+    });
+    run_io(move || {
+        let (v, rec) = open(&path);
+        assert!(rec.checkpoint.is_some(), "{rec:?}");
+        assert!(rec.in_doubt.is_empty());
+        assert_eq!(read_tran(&v, 3), None, "invalidated");
+        assert_eq!(read_tran(&v, 9), Some((4, State::Dirty)));
+        assert_eq!(
+            read_tran(&v, 10),
+            Some((0, State::Clean)),
+            "fill in the checkpoint"
+        );
+        assert_eq!(read_tran(&v, 11), Some((5, State::Dirty)));
+        v.assert_invariants();
+        v.close();
+    });
+}
+
+#[test]
+fn bad_calls_get_clear_errors_and_change_nothing() {
+    let dir = TempDir::new("bad");
+    let path = formatted(&dir, 16);
+    run_io(move || {
+        let (v, _) = open(&path);
+        let e = v.commit(42).unwrap_err();
+        assert!(format!("{e}").contains("tran 42"), "{e}");
+        let mut big = AlignedBuf::new(2 * LINE as usize);
+        big.set_len(2 * LINE as usize);
+        let e = v.writep1(1, 1, &big).unwrap_err();
+        assert!(matches!(e, VssdError::PayloadLen { .. }), "{e}");
+        v.writep1(1, 1, &payload(1, 1)).unwrap();
+        let e = v.writep1(2, 1, &payload(1, 2)).unwrap_err();
+        assert!(format!("{e}").contains("prepared on it"), "{e}");
+        let e = v.writep1(1, 2, &payload(2, 1)).unwrap_err();
+        assert!(format!("{e}").contains("prepared already"), "{e}");
+        v.commit(1).unwrap();
+        assert_eq!(read_tran(&v, 1), Some((1, State::Dirty)));
+        // A short payload is padded on disk and read back at its length.
+        let mut short = AlignedBuf::new(LINE as usize);
+        short.set_len(100);
+        short.fill(0xAB);
+        v.writep1(3, 2, &short).unwrap();
+        v.commit(3).unwrap();
+        let (hit, buf) = v.read(2).unwrap().unwrap();
+        assert_eq!(hit.len, 100);
+        assert_eq!(&buf[..], &[0xAB; 100][..]);
+        v.assert_invariants();
+        v.close();
+        let e = v.read(1).unwrap_err();
+        assert!(matches!(e, VssdError::Unusable { .. }), "{e}");
+    });
+}
+
+#[test]
+fn a_file_that_is_not_a_vssd_is_refused_untouched() {
+    let dir = TempDir::new("foreign");
+    let path = dir.path.join("junk");
+    std::fs::write(&path, vec![0x5a; 1 << 20]).unwrap();
+    let p = path.clone();
+    let e = run_io(move || {
+        Vssd::open(open_dev(&p), None, Options::default())
+            .err()
+            .unwrap()
+            .to_string()
+    });
+    assert!(e.contains("is not a vSSD"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 1 << 20]);
+    let vpath = formatted(&dir, 16);
+    let e = run_io(move || {
+        Vssd::open(open_dev(&vpath), Some("other"), Options::default())
+            .err()
+            .unwrap()
+            .to_string()
+    });
+    assert!(e.contains("expected \"other\""), "{e}");
+}
+
+/// A full cache of dirty lines: writep1 waits (it does not fail) until a destage
+/// marks a line clean, then evicts it.
+#[test]
+fn writep1_waits_for_destage_when_everything_is_dirty() {
+    let dir = TempDir::new("backpressure");
+    let path = formatted(&dir, 8);
+    run_io(move || {
+        let (v, _) = open(&path);
+        let g = *v.geometry();
+        let mut tran = 0;
+        for line in 0..g.lines() {
+            tran += 1;
+            v.writep1(tran, line, &payload(line, tran)).unwrap();
+            v.commit(tran).unwrap();
+        }
+        let done = Rc::new(std::cell::Cell::new(false));
+        let (v2, d2) = (v.clone(), done.clone());
+        let writer = spawn(move || {
+            v2.writep1(1000, 100, &payload(100, 1000)).unwrap();
+            d2.set(true);
+            v2.commit(1000).unwrap();
+        })
+        .unwrap();
+        for _ in 0..50 {
+            yield_now();
+        }
+        assert!(
+            !done.get(),
+            "writep1 found room in a cache full of dirty lines"
+        );
+        assert!(v.stats().slot_waits >= 1);
+        v.mark_clean(0, 1).unwrap();
+        writer.join().unwrap();
+        assert!(done.get());
+        assert_eq!(read_tran(&v, 0), None, "the clean line was evicted");
+        assert_eq!(read_tran(&v, 100), Some((1000, State::Dirty)));
+        assert_eq!(v.stats().evictions, 1);
+        v.assert_invariants();
+        v.close();
+    });
+}
+
+/// Many tasks writing at once share log writes (group commit), and the log wraps
+/// several times over checkpoints taken by the background task.
+#[test]
+fn many_writers_share_flushes_and_the_log_wraps_over_checkpoints() {
+    const TASKS: u64 = 32;
+    const PER_TASK: u64 = 80;
+    let dir = TempDir::new("group");
+    let path = formatted(&dir, 4096);
+    let p = path.clone();
+    run_io(move || {
+        let (v, _) = open(&p);
+        let mut hs = Vec::new();
+        for t in 0..TASKS {
+            let v = v.clone();
+            hs.push(
+                spawn(move || {
+                    for i in 0..PER_TASK {
+                        let (tran, line) = (1 + t * PER_TASK + i, t * 100 + i % 10);
+                        v.writep1(tran, line, &payload(line, tran)).unwrap();
+                        v.commit(tran).unwrap();
+                    }
+                })
+                .unwrap(),
+            );
+        }
+        for h in hs {
+            h.join().unwrap();
+        }
+        v.sync().unwrap();
+        let s = v.stats();
+        eprintln!(
+            "{} writep1, {} log writes ({:.1} records per write), {} checkpoints, {} blocks used",
+            s.writep1,
+            s.log.writes,
+            s.log.records_per_write(),
+            s.checkpoints,
+            s.log.blocks_written
+        );
+        assert!(s.log.records_per_write() > 4.0, "{s:?}");
+        assert!(s.checkpoints >= 2, "{s:?}");
+        assert!(
+            s.log.blocks_written > v.geometry().log_blocks(),
+            "the log wrapped"
+        );
+        v.close();
+    });
+    run_io(move || {
+        let (v, rec) = open(&path);
+        assert!(rec.in_doubt.is_empty());
+        for t in 0..TASKS {
+            for i in PER_TASK - 10..PER_TASK {
+                let (tran, line) = (1 + t * PER_TASK + i, t * 100 + i % 10);
+                assert_eq!(read_tran(&v, line), Some((tran, State::Dirty)));
+            }
+        }
+        v.assert_invariants();
+        v.close();
+    });
+}
+
+// ---------------------------------------------------------------------------------
+// Model
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// writep1 then commit (true) or abort (false).
+    Write {
+        line: u64,
+        commit: bool,
+    },
+    /// writep1 left prepared until the next reopen (resolved by commit).
+    Prepare {
+        line: u64,
+    },
+    Read {
+        line: u64,
+    },
+    Fill {
+        line: u64,
+    },
+    Clean {
+        line: u64,
+    },
+    Invalidate {
+        line: u64,
+    },
+    Checkpoint,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let line = 0..24u64;
+    prop_oneof![
+        6 => (line.clone(), prop::bool::weighted(0.85)).prop_map(|(line, commit)| Op::Write { line, commit }),
+        1 => line.clone().prop_map(|line| Op::Prepare { line }),
+        4 => line.clone().prop_map(|line| Op::Read { line }),
+        2 => line.clone().prop_map(|line| Op::Fill { line }),
+        3 => line.clone().prop_map(|line| Op::Clean { line }),
+        1 => line.prop_map(|line| Op::Invalidate { line }),
+        1 => Just(Op::Checkpoint),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// What a line holds in the model: the tran of its version (0 = a fill) and
+/// whether it is dirty.
+type ModelLine = Option<(u64, bool)>;
+
+/// Any program against a vSSD of 8 lines (so eviction runs) keeps every dirty
+/// line's newest committed version; a clean line is cached or evicted, never
+/// another version; reopen (clean close) changes nothing but forgets fills not yet
+/// checkpointed... which the model allows as an eviction.
+fn run_program(path: PathBuf, ops: Vec<Op>) {
+    run_io(move || {
+        let mut model: std::collections::BTreeMap<u64, ModelLine> = Default::default();
+        let mut prepared: Vec<(u64, u64)> = Vec::new();
+        let mut tran = 0u64;
+        let (mut v, _) = open(&path);
+        for op in ops {
+            if let Op::Write { .. } | Op::Prepare { .. } = op {
+                // Keep a line the cache may evict, as a destage would: a single
+                // task never waits for its own destage.
+                let busy = model
+                    .values()
+                    .filter(|m| matches!(m, Some((_, true))))
+                    .count()
+                    + prepared.len();
+                if busy >= 7 {
+                    let (line, t) = model
+                        .iter()
+                        .find_map(|(l, m)| match m {
+                            Some((t, true)) => Some((*l, *t)),
+                            _ => None,
+                        })
+                        .expect("a dirty line");
+                    assert!(v.mark_clean(line, t).unwrap().0);
+                    model.insert(line, Some((t, false)));
+                }
+            }
+            match op {
+                Op::Write { line, commit } => {
+                    if prepared.iter().any(|&(_, l)| l == line) {
+                        continue;
+                    }
+                    tran += 1;
+                    v.writep1(tran, line, &payload(line, tran)).unwrap();
+                    if commit {
+                        v.commit(tran).unwrap();
+                        model.insert(line, Some((tran, true)));
+                    } else {
+                        v.abort(tran).unwrap();
+                    }
+                }
+                Op::Prepare { line } => {
+                    if prepared.iter().any(|&(_, l)| l == line) || prepared.len() >= 3 {
+                        continue;
+                    }
+                    tran += 1;
+                    v.writep1(tran, line, &payload(line, tran)).unwrap();
+                    prepared.push((tran, line));
+                }
+                Op::Read { line } => {
+                    let got = read_tran(&v, line);
+                    let want = model.get(&line).copied().flatten();
+                    match (got, want) {
+                        (Some((t, st)), Some((wt, dirty))) => {
+                            assert_eq!(t, wt, "line {line}");
+                            assert_eq!(st == State::Dirty, dirty, "line {line}");
+                        }
+                        (None, Some((_, false))) | (None, None) => {
+                            model.insert(line, None);
+                        }
+                        (got, want) => panic!("line {line}: read {got:?}, model {want:?}"),
+                    }
+                }
+                Op::Fill { line } => {
+                    if model.get(&line).copied().flatten().is_none()
+                        && v.lookup(line).is_none()
+                        && v.insert_clean(line, &payload(line, 0)).unwrap()
+                    {
+                        model.insert(line, Some((0, false)));
+                    }
+                }
+                Op::Clean { line } => {
+                    if let Some(Some((t, true))) = model.get(&line).copied() {
+                        assert!(v.mark_clean(line, t).unwrap().0);
+                        model.insert(line, Some((t, false)));
+                    }
+                }
+                Op::Invalidate { line } => {
+                    v.invalidate(line).unwrap();
+                    model.insert(line, None);
+                }
+                Op::Checkpoint => {
+                    v.checkpoint().unwrap();
+                }
+                Op::Reopen => {
+                    v.sync().unwrap();
+                    v.close();
+                    let (v2, rec) = open(&path);
+                    v = v2;
+                    let mut doubt: Vec<u64> = rec.in_doubt.iter().map(|d| d.tran).collect();
+                    doubt.sort_unstable();
+                    let mut want: Vec<u64> = prepared.iter().map(|p| p.0).collect();
+                    want.sort_unstable();
+                    assert_eq!(doubt, want, "in-doubt trans");
+                    for (t, line) in prepared.drain(..) {
+                        v.resolve(t, Resolution::Commit).unwrap();
+                        model.insert(line, Some((t, true)));
+                    }
+                }
+            }
+            v.assert_invariants();
+        }
+        for (line, want) in model {
+            let got = read_tran(&v, line);
+            match (got, want) {
+                (Some((t, _)), Some((wt, _))) => assert_eq!(t, wt, "line {line}"),
+                (None, Some((_, false)) | None) => {}
+                (got, want) => panic!("end: line {line}: read {got:?}, model {want:?}"),
+            }
+        }
+        v.close();
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn any_program_matches_the_model(ops in prop::collection::vec(op(), 1..120)) {
+        let dir = TempDir::new("model");
+        let path = formatted(&dir, 8);
+        run_program(path, ops);
+    }
+}
