@@ -26,7 +26,7 @@ struct Cli {
 enum Cmd {
     /// Run the benchmarks of one area; prints a table, then one JSON line per figure.
     Bench {
-        /// Area: taskio, io.
+        /// Area: taskio, io, rpc, vssd.
         area: String,
         /// Fewer, shorter samples: checks the benchmarks run, figures are rough.
         #[arg(long)]
@@ -36,6 +36,8 @@ enum Cmd {
         only: Option<String>,
         /// `bench io`: the file (or block device) for the file I/O figures; created
         /// and filled if missing. Its contents are overwritten by the write figures.
+        /// `bench vssd`: the file (or block device) formatted as the bench's vSSD
+        /// (grown if short; fio's peers run on a file beside it).
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
     },
@@ -55,6 +57,20 @@ enum Cmd {
         /// Run the scenario's deliberately broken variant (shows what the simulator finds).
         #[arg(long)]
         buggy: bool,
+    },
+    /// Crash torture of a module under the simulator, across seeds, or replay one seed.
+    Torture {
+        /// Area: vssd.
+        area: String,
+        /// How many seeds to run (from --first).
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// First seed of the sweep.
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        /// Replay this one seed and print its trace hash on the last line.
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -79,20 +95,42 @@ fn main() -> ExitCode {
             first,
             seed,
             buggy,
-        } => {
-            let opts = sim::Options { buggy };
-            let outcome = match seed {
-                Some(s) => sim::replay(&area, s, opts),
-                None => sim::sweep(&area, first, seeds, opts),
-            };
-            match outcome {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
-                Err(msg) => {
-                    eprintln!("tdrv sim: {msg}");
-                    ExitCode::from(2)
-                }
-            }
+        } => seeded("sim", &area, seeds, first, seed, sim::Options { buggy }),
+        Cmd::Torture {
+            area,
+            seeds,
+            first,
+            seed,
+        } => seeded(
+            "torture",
+            &area,
+            seeds,
+            first,
+            seed,
+            sim::Options::default(),
+        ),
+    }
+}
+
+/// `tdrv sim` and `tdrv torture`: a sweep of seeds, or one replayed.
+fn seeded(
+    cmd: &str,
+    area: &str,
+    seeds: u64,
+    first: u64,
+    seed: Option<u64>,
+    opts: sim::Options,
+) -> ExitCode {
+    let outcome = match seed {
+        Some(s) => sim::replay(cmd, area, s, opts),
+        None => sim::sweep(cmd, area, first, seeds, opts),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(msg) => {
+            eprintln!("tdrv {cmd}: {msg}");
+            ExitCode::from(2)
         }
     }
 }

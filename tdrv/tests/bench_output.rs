@@ -1,4 +1,4 @@
-//! `tdrv bench taskio|io|rpc --quick` runs and prints what DEVELOPERS.md promises: a
+//! `tdrv bench taskio|io|rpc|vssd --quick` runs and prints what DEVELOPERS.md promises: a
 //! table, then one JSON object per figure with its keys in order. (Figures are not
 //! checked: speed is for benchmarks, not tests.)
 
@@ -171,4 +171,67 @@ fn unknown_area_is_a_usage_error() {
         .expect("run tdrv");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown bench area"));
+}
+
+/// `bench vssd --quick` on a vSSD file of the test's own: the four vSSD figures (the
+/// group-commit factor in records/write, the others in ops/s); fio's peers come only
+/// when fio is installed, so they are not required, but their reach is then printed.
+#[test]
+fn vssd_quick_bench_prints_table_then_json_lines() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-vssd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let file = dir.join("vssd.dat");
+    let path = file.to_str().expect("UTF-8 temp path");
+    let (figures, stdout) = run_bench(&["bench", "vssd", "--quick", "--file", path]);
+    std::fs::remove_dir_all(&dir).expect("remove temp dir");
+    for (want, want_unit) in [
+        ("vssd_write_4k_qd1", "ops/s"),
+        ("vssd_write_4k_qd32", "ops/s"),
+        ("vssd_writes_per_flush_qd32", "records/write"),
+        ("vssd_read_hit_4k_qd32", "ops/s"),
+    ] {
+        let unit = figures
+            .iter()
+            .find(|(n, _)| n == want)
+            .map(|(_, u)| u.as_str());
+        assert_eq!(unit, Some(want_unit), "figure {want} in {figures:?}");
+    }
+    assert!(
+        stdout.contains(&format!("vssd: {path} (2048 lines")),
+        "vssd line in {stdout}"
+    );
+    if figures.iter().any(|(n, _)| n == "peer_randread_4k_qd32") {
+        for reach in [
+            "x peer_randwrite_4k_qd32 (reach >= 0.6x: ",
+            "x peer_randwrite_fdatasync_4k_qd1 (reach > 4x: ",
+            "x peer_randread_4k_qd32 (reach >= 0.9x: ",
+        ] {
+            assert!(stdout.contains(reach), "{reach:?} in {stdout}");
+        }
+    } else {
+        assert!(stdout.contains("fio not found"), "fio note in {stdout}");
+    }
+}
+
+/// `--only` the group-commit factor: its figure alone (from the write samples it needs).
+#[test]
+fn vssd_bench_only_selects_figures() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-vssd-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let file = dir.join("vssd.dat");
+    let path = file.to_str().expect("UTF-8 temp path");
+    let (figures, _) = run_bench(&[
+        "bench",
+        "vssd",
+        "--quick",
+        "--only",
+        "per_flush",
+        "--file",
+        path,
+    ]);
+    std::fs::remove_dir_all(&dir).expect("remove temp dir");
+    let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["vssd_writes_per_flush_qd32"]);
 }

@@ -48,6 +48,8 @@
 //! the other region (whose log may already be reused). The other region's checkpoint
 //! stays valid until the new header is durable; the log writer keeps the log from the
 //! older one's `seq` until then (the caller moves `oldest_needed` only afterwards).
+//! Two checkpoints never carry the same `seq` (the vSSD skips a checkpoint when no
+//! record was logged since the last), so the higher `seq` is always the newer.
 //! The first fdatasync also makes durable every payload written before the map was
 //! copied (lines filled from the backing store are not logged: the checkpoint is
 //! their only record).

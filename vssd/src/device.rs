@@ -30,7 +30,7 @@
 //!
 //! | call | returns when |
 //! | --- | --- |
-//! | `writep1` | payload and PREPARE durable |
+//! | `writep1` | payload and PREPARE durable (the log flushes the payloads before it writes their PREPAREs) |
 //! | `commit`, `abort`, `mark_clean` | the record is in the log buffer; [`Vssd::wait_durable`] on the returned position waits for it |
 //! | `invalidate` | the INVALIDATE is durable (a DISCARD acknowledged never comes back) |
 //! | `insert_clean` | the payload is written; not logged (a crash forgets the fill unless a checkpoint took it) |
@@ -150,8 +150,9 @@ struct Inner {
     /// Callers of `checkpoint` waiting for the running one.
     ck_done: Rendez,
     ck_running: Cell<bool>,
-    /// The region the newest durable checkpoint is in.
+    /// The region and seq of the newest durable checkpoint.
     ck_which: Cell<Option<u8>>,
+    ck_seq: Cell<u64>,
     ck_blocks: u64,
     closed: Cell<bool>,
     failed: RefCell<Option<String>>,
@@ -254,6 +255,7 @@ impl Vssd {
             ck_done: Rendez::new(),
             ck_running: Cell::new(false),
             ck_which: Cell::new(ck_which),
+            ck_seq: Cell::new(seq_start),
             ck_blocks,
             closed: Cell::new(false),
             failed: RefCell::new(None),
@@ -486,6 +488,7 @@ impl Vssd {
                 path: self.path_buf(),
                 source,
             })?;
+        self.inner.log.data_written();
         let record = Record::Prepare {
             tran,
             line,
@@ -736,19 +739,23 @@ impl Vssd {
 
     /// Drops `line`'s cached version (DISCARD); durable on return. A tran prepared on
     /// the line stays prepared. Returns whether the line was cached.
+    ///
+    /// The INVALIDATE is logged and waited for even when the line is not cached: an
+    /// eviction's INVALIDATE may not be durable yet, and a crash would bring the
+    /// evicted line back over whatever the caller writes to the backing store next.
     pub fn invalidate(&self, line: u64) -> Result<bool, VssdError> {
         let probe = Record::Invalidate { line };
         let (was, pos) = self.logged("invalidate", &probe, |map, seq| {
-            Ok(match map.invalidate(line, seq) {
-                Some(_) => (true, Some(Record::Invalidate { line })),
-                None => (false, None),
-            })
+            let was = map.invalidate(line, seq).is_some();
+            Ok((was, Some(Record::Invalidate { line })))
         })?;
-        if let Some(pos) = pos {
+        if was {
             self.count(|s| s.invalidations += 1);
             self.inner.space.wakeup_all();
-            self.inner.log.wait_durable(pos)?;
         }
+        self.inner
+            .log
+            .wait_durable(pos.expect("INVALIDATE appended"))?;
         Ok(was)
     }
 
@@ -790,6 +797,12 @@ impl Vssd {
         let inner = &*self.inner;
         // Cut and copy without a park in between: exact at `seq`.
         let seq = inner.log.cut();
+        if inner.ck_which.get().is_some() && seq == inner.ck_seq.get() {
+            // Nothing logged since the newest checkpoint. Writing the same seq to the
+            // other region would leave two valid checkpoints recovery cannot order,
+            // one of them about to be overwritten.
+            return Ok(seq);
+        }
         let snap = {
             let map = inner.map.borrow();
             let phase1 = inner.phase1.borrow();
@@ -824,6 +837,7 @@ impl Vssd {
             &snap,
         )?;
         inner.ck_which.set(Some(which));
+        inner.ck_seq.set(seq);
         if seq > inner.log.oldest_needed() {
             inner.log.set_oldest_needed(seq);
         }

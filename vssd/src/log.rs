@@ -4,7 +4,8 @@
 //! into the *filling* buffer, a run of up to [`LOG_WRITE_BLOCKS_MAX`] consecutive log
 //! blocks taken from a [`Pool`] of [`LOG_BUFFERS`] aligned buffers. One writer task
 //! takes the whole filling buffer, seals its blocks, writes them with one durable
-//! write (`pwrite_durable`, RWF_DSYNC) at the log tail and wakes every waiter
+//! write (`pwrite_durable`, RWF_DSYNC; after a flush when data was written since the
+//! last one, see [`LogWriter::data_written`]) at the log tail and wakes every waiter
 //! (`Rendez::wakeup_all`). While that write is in flight the next appends fill the
 //! other buffer: they ride on the next write together, which is the group commit.
 //!
@@ -106,6 +107,8 @@ struct Inner {
     failed: RefCell<Option<String>>,
     closed: Cell<bool>,
     writer_done: Cell<bool>,
+    /// Data was written that the next log write must flush first.
+    data_written: Cell<bool>,
     /// The writer task sleeps here until records are pending.
     work: Rendez,
     /// Waiters for durability.
@@ -153,6 +156,7 @@ impl LogWriter {
             failed: RefCell::new(None),
             closed: Cell::new(false),
             writer_done: Cell::new(false),
+            data_written: Cell::new(false),
             work: Rendez::new(),
             durable: Rendez::new(),
             room: Rendez::new(),
@@ -232,6 +236,12 @@ impl LogWriter {
         inner.work.wakeup();
         inner.room.sleep();
         inner.check_usable("log append")
+    }
+
+    /// A data write completed whose durability the records appended after it rely
+    /// on: the next log write flushes the device before it writes its blocks.
+    pub fn data_written(&self) {
+        self.inner.data_written.set(true);
     }
 
     /// Ends the open block: every record appended so far is in a block before the
@@ -468,14 +478,17 @@ fn writer_loop(inner: &Inner) {
         let offset = inner.log_offset + inner.ring.offset_bytes(filling.seq_first);
         assert!(filling.blocks <= inner.ring.blocks_until_wrap(filling.seq_first));
         assert!(filling.seq_first == inner.durable_end.get());
-        // A plain write then fdatasync, not one RWF_DSYNC write: a device may make
-        // an RWF_DSYNC write durable alone (FUA), and the log must also make durable
-        // the payloads written before its records (writep1 writes the payload, then
-        // appends its PREPARE): the flush covers every write completed before it.
-        let written = inner
-            .file
-            .pwrite(&filling.buf, offset)
-            .and_then(|()| inner.file.fdatasync());
+        // Data written before these records (writep1 writes its payload, then
+        // appends its PREPARE) must be durable no later than the records: a crash
+        // may keep a log write that was never flushed and drop the payload. So a
+        // flush first when data was written since the last one, then the blocks
+        // with RWF_DSYNC (FUA where the device has it).
+        let flushed = if inner.data_written.replace(false) {
+            inner.file.fdatasync()
+        } else {
+            Ok(())
+        };
+        let written = flushed.and_then(|()| inner.file.pwrite_durable(&filling.buf, offset));
         filling.buf.set_len(LOG_BUFFER_BYTES);
         match written {
             Ok(()) => {

@@ -392,20 +392,20 @@ fn sample(setup: &mut Setup, v: &Variant, dur: Duration) -> Result<Sample, Strin
             .run(move || tcp_sample(conns, dur))
             .map_err(|e| e.to_string())?,
         Work::TcpXThread => tcp_xthread_sample(rt, dur),
-        Work::Fio { write, qd } => fio_sample(&setup.file, setup.file_bytes, write, qd, dur),
+        Work::Fio { write, qd } => fio_sample(&setup.file, setup.file_bytes, write, qd, dur, &[]),
         Work::Floor => floor_sample(dur),
     }
 }
 
-/// A simple seeded xorshift64 for the offsets.
-struct XorShift(u64);
+/// A simple seeded xorshift64 for the offsets (also `bench vssd`'s lines).
+pub(super) struct XorShift(u64);
 
 impl XorShift {
-    fn new(seed: u64) -> XorShift {
+    pub(super) fn new(seed: u64) -> XorShift {
         XorShift(seed.max(1))
     }
 
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -714,20 +714,22 @@ fn spin_read(s: &mut std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<()>
     Ok(())
 }
 
-fn fio_available() -> bool {
+pub(super) fn fio_available() -> bool {
     Command::new("fio")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
-/// One fio run with the parameters of the taskio figure.
-fn fio_sample(
+/// One fio run with the parameters of the taskio figure, plus `extra` arguments
+/// (`bench vssd`'s `--fdatasync=1`).
+pub(super) fn fio_sample(
     path: &Path,
     bytes: u64,
     write: bool,
     qd: usize,
     dur: Duration,
+    extra: &[&str],
 ) -> Result<Sample, String> {
     let rw = if write { "randwrite" } else { "randread" };
     let mut cmd = Command::new("fio");
@@ -741,6 +743,7 @@ fn fio_sample(
         .arg(format!("--runtime={}ms", dur.as_millis()))
         .arg("--time_based")
         .arg(format!("--size={bytes}"))
+        .args(extra)
         .arg("--output-format=json");
     let out = cmd.output().map_err(|e| format!("run fio: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -807,9 +810,9 @@ fn prepare_file(plan: &Plan) -> Result<(PathBuf, u64), String> {
 
 /// Writes `bytes` of pseudo-random data to `path` (through a temporary name, so that
 /// an interrupted fill leaves no short file behind).
-fn fill_file(path: &Path, bytes: u64) -> Result<(), String> {
+pub(super) fn fill_file(path: &Path, bytes: u64) -> Result<(), String> {
     eprintln!(
-        "tdrv bench io: creating {} ({} MiB)",
+        "tdrv bench: creating {} ({} MiB)",
         path.display(),
         bytes >> 20
     );

@@ -6,6 +6,7 @@
 mod io;
 mod rpc;
 mod taskio;
+mod vssd;
 
 use std::path::PathBuf;
 
@@ -69,7 +70,7 @@ pub struct Plan {
     pub quick: bool,
     /// Only figures whose name contains this.
     pub only: Option<String>,
-    /// `--file`: the file (or block device) the file I/O benchmarks use.
+    /// `--file`: the file (or block device) the file I/O benchmarks (`io`, `vssd`) use.
     pub file: Option<PathBuf>,
     pub samples: usize,
     /// Operations per sample for cheap operations (scaled down for costly ones).
@@ -99,7 +100,7 @@ impl Plan {
 }
 
 /// The bench areas `run` knows.
-pub const AREAS: &[&str] = &["taskio", "io", "rpc"];
+pub const AREAS: &[&str] = &["taskio", "io", "rpc", "vssd"];
 
 pub fn run(
     area: &str,
@@ -109,14 +110,17 @@ pub fn run(
 ) -> Result<(), String> {
     let mut plan = Plan::new(quick);
     plan.only = only.map(str::to_string);
-    if file.is_some() && area != "io" {
-        return Err(format!("--file applies to `bench io`, not to {area:?}"));
+    if file.is_some() && area != "io" && area != "vssd" {
+        return Err(format!(
+            "--file applies to `bench io` and `bench vssd`, not to {area:?}"
+        ));
     }
     plan.file = file;
     let figures = match area {
         "taskio" => taskio::run(&plan)?,
         "io" => io::run(&plan)?,
         "rpc" => rpc::run(&plan)?,
+        "vssd" => vssd::run(&plan)?,
         other => {
             return Err(format!(
                 "unknown bench area {other:?} (known: {})",
@@ -138,15 +142,21 @@ fn print_table(area: &str, figures: &[Figure]) {
         .chain([22])
         .max()
         .unwrap_or(22);
+    let u = figures
+        .iter()
+        .map(|f| f.unit.len())
+        .chain([8])
+        .max()
+        .unwrap_or(8);
     println!("tdrv bench {area} (median of n samples, release build)");
     println!(
-        "{:<w$} {:>12} {:>12} {:>12} {:>6} {:>8}  {:<10} reference",
+        "{:<w$} {:>12} {:>12} {:>12} {:>6} {:>u$}  {:<10} reference",
         "bench", "median", "min", "max", "n", "unit", "target"
     );
     for f in figures {
         let s = f.sorted();
         println!(
-            "{:<w$} {:>12.1} {:>12.1} {:>12.1} {:>6} {:>8}  {:<10} {}",
+            "{:<w$} {:>12.1} {:>12.1} {:>12.1} {:>6} {:>u$}  {:<10} {}",
             f.name,
             f.median(),
             s[0],

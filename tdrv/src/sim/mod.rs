@@ -4,6 +4,7 @@
 //! trace hash on the last line.
 
 mod kv;
+mod vssd;
 
 use std::time::Instant;
 
@@ -23,23 +24,26 @@ pub struct Options {
     pub buggy: bool,
 }
 
-fn scenario(area: &str) -> Result<fn(u64, Options) -> SeedRun, String> {
-    match area {
-        "taskio" => Ok(kv::run_seed),
-        other => Err(format!("unknown sim area {other:?} (known: taskio)")),
+/// The scenario of `tdrv CMD AREA` (CMD: sim or torture).
+fn scenario(cmd: &str, area: &str) -> Result<fn(u64, Options) -> SeedRun, String> {
+    match (cmd, area) {
+        ("sim", "taskio") => Ok(kv::run_seed),
+        ("torture", "vssd") => Ok(vssd::run_seed),
+        ("sim", other) => Err(format!("unknown sim area {other:?} (known: taskio)")),
+        (_, other) => Err(format!("unknown torture area {other:?} (known: vssd)")),
     }
 }
 
-fn replay_cmd(area: &str, seed: u64, opts: Options) -> String {
+fn replay_cmd(cmd: &str, area: &str, seed: u64, opts: Options) -> String {
     format!(
-        "cargo run --release -p tdrv -- sim {area} --seed {seed}{}",
+        "cargo run --release -p tdrv -- {cmd} {area} --seed {seed}{}",
         if opts.buggy { " --buggy" } else { "" }
     )
 }
 
 /// Runs one seed and prints its outcome and trace hash (last line).
-pub fn replay(area: &str, seed: u64, opts: Options) -> Result<bool, String> {
-    let run = scenario(area)?;
+pub fn replay(cmd: &str, area: &str, seed: u64, opts: Options) -> Result<bool, String> {
+    let run = scenario(cmd, area)?;
     let r = run(seed, opts);
     match &r.failure {
         None => println!("seed {seed}: ok ({})", r.detail),
@@ -50,8 +54,8 @@ pub fn replay(area: &str, seed: u64, opts: Options) -> Result<bool, String> {
 }
 
 /// Runs seeds `first..first+count`; returns whether all passed.
-pub fn sweep(area: &str, first: u64, count: u64, opts: Options) -> Result<bool, String> {
-    let run = scenario(area)?;
+pub fn sweep(cmd: &str, area: &str, first: u64, count: u64, opts: Options) -> Result<bool, String> {
+    let run = scenario(cmd, area)?;
     let bar = indicatif::ProgressBar::new(count);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -66,7 +70,7 @@ pub fn sweep(area: &str, first: u64, count: u64, opts: Options) -> Result<bool, 
         if let Some(f) = r.failure {
             let line = format!(
                 "seed {seed} FAILED: {f}\n  replay: {}",
-                replay_cmd(area, seed, opts)
+                replay_cmd(cmd, area, seed, opts)
             );
             // A hidden bar (not a terminal) swallows its println.
             if bar.is_hidden() {

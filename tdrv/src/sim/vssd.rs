@@ -1,0 +1,489 @@
+//! `tdrv torture vssd`: the whole vSSD under the simulator, with crashes.
+//!
+//! One node holds a vSSD on its simulated disk (16 lines of cache for 40 lines of
+//! data, so eviction and backpressure run; the smallest log, so it wraps over
+//! checkpoints). Six tasks run random operations, one line at a time each (a
+//! per-line lock, as the cache device holds): write (writep1, then the coordinator's
+//! decision, commit or abort, sometimes waited durable), read, fill after a miss,
+//! destage (copy to the backing store, then mark_clean), discard (a tombstone to the
+//! backing store, then invalidate) and checkpoints. The backing store lives outside
+//! the node: it survives crashes.
+//!
+//! The controller crashes the node at random instants (unflushed writes kept,
+//! dropped or torn at sector boundaries) and restarts it. Each boot reopens the vSSD,
+//! resolves the in-doubt trans by the DTM's rule (the coordinator's decision if it
+//! made one, else commit: with one vSSD, prepared everywhere is prepared here), and
+//! checks, for every line, what a client would read (the cache, or the backing store
+//! on a miss):
+//! - it is the newest acknowledged version (a write whose writep1 returned and whose
+//!   decision was commit, or a discard that returned), or a newer one in flight;
+//! - never an aborted write, and never bytes no write produced (every payload names
+//!   its line and version in each of its 8-byte words);
+//! - the in-doubt set holds no tran whose COMMIT or ABORT was durable.
+//!
+//! While the node runs, every read under the line's lock must return exactly the
+//! newest acknowledged version.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use taskio::file::OpenOptions;
+use taskio::sim::{Faults, Sim, SimConfig, SimHandle};
+use taskio::{AlignedBuf, QLock, sleep, spawn};
+use vssd::layout::{FormatParams, LOG_BYTES_MIN};
+use vssd::map::State;
+use vssd::{Options as VssdOptions, Resolution, Vssd};
+
+use super::{Options, SeedRun};
+
+const DEV: &str = "/vssd";
+const LINE_SIZE: u32 = 4096;
+const CACHE_LINES: u64 = 16;
+const DATA_LINES: u64 = 40;
+const TASKS: u64 = 6;
+const CRASHES: u64 = 3;
+
+/// Each 8-byte word names the line, the version id and the word's index.
+fn word(line: u64, id: u64, i: usize) -> u64 {
+    (line << 40) ^ id ^ ((i as u64) << 56)
+}
+
+fn payload(line: u64, id: u64) -> AlignedBuf {
+    let mut b = AlignedBuf::new(LINE_SIZE as usize);
+    b.set_len(LINE_SIZE as usize);
+    for (i, chunk) in b.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&word(line, id, i).to_le_bytes());
+    }
+    b
+}
+
+/// The version id a payload of `line` carries, if every word agrees.
+fn decode(line: u64, bytes: &[u8]) -> Result<u64, String> {
+    if bytes.len() != LINE_SIZE as usize {
+        return Err(format!("line {line}: payload of {} bytes", bytes.len()));
+    }
+    let w = |i: usize| {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(v)
+    };
+    let id = w(0) ^ (line << 40);
+    for i in 0..bytes.len() / 8 {
+        if w(i) != word(line, id, i) {
+            return Err(format!(
+                "line {line}: word {i} is {:#x}, not of version {id}: bytes never written",
+                w(i)
+            ));
+        }
+    }
+    Ok(id)
+}
+
+/// What the test knows of one line, across crashes.
+#[derive(Clone, Debug, Default)]
+struct LineModel {
+    /// The newest acknowledged version (0: the backing store's initial data).
+    acked: u64,
+    /// Newer versions in flight (a writep1 or discard not acknowledged yet).
+    in_flight: BTreeSet<u64>,
+}
+
+/// The state that survives the node's crashes.
+#[derive(Default)]
+struct World {
+    lines: RefCell<BTreeMap<u64, LineModel>>,
+    /// The backing store: the version id each line holds there.
+    backing: RefCell<BTreeMap<u64, u64>>,
+    /// The coordinator's decisions: tran -> commit?
+    decided: RefCell<BTreeMap<u64, bool>>,
+    /// Trans whose COMMIT or ABORT was waited durable.
+    durable_decision: RefCell<BTreeSet<u64>>,
+    next_id: Cell<u64>,
+    boots: Cell<u64>,
+    formatted: Cell<bool>,
+    trace: bool,
+    failure: RefCell<Option<String>>,
+    /// Counters for the report.
+    ops: Cell<u64>,
+    checked: Cell<u64>,
+    in_doubt: Cell<u64>,
+    checkpoints: Cell<u64>,
+    evictions: Cell<u64>,
+    seed: u64,
+}
+
+impl World {
+    fn fail(&self, why: String) {
+        let mut f = self.failure.borrow_mut();
+        if f.is_none() {
+            *f = Some(format!("boot {}: {why}", self.boots.get()));
+        }
+    }
+
+    fn id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    fn backing(&self, line: u64) -> u64 {
+        self.backing.borrow().get(&line).copied().unwrap_or(0)
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Each boot's format gets its own uuid: a format cut short by a crash is redone.
+fn params(seed: u64, boot: u64) -> FormatParams {
+    let mut uuid = [0u8; 16];
+    uuid[..8].copy_from_slice(&(seed ^ 0x5eed).to_le_bytes());
+    uuid[8..].copy_from_slice(&boot.to_le_bytes());
+    FormatParams {
+        line_size: LINE_SIZE,
+        lines: CACHE_LINES,
+        log_bytes: LOG_BYTES_MIN,
+        device_id: "torture".into(),
+        uuid,
+        force: false,
+    }
+}
+
+/// What a client reads for `line`: the cache's version, or the backing store's.
+fn effective(w: &World, v: &Vssd, line: u64) -> Result<u64, String> {
+    match v.read(line).map_err(|e| format!("read line {line}: {e}"))? {
+        Some((hit, buf)) => {
+            let id = decode(line, &buf)?;
+            if hit.version != 0 && hit.version != id {
+                return Err(format!(
+                    "line {line}: version {} holds the bytes of {id}",
+                    hit.version
+                ));
+            }
+            Ok(id)
+        }
+        None => Ok(w.backing(line)),
+    }
+}
+
+/// One boot: format (first boot) or recover, check, then run the workers.
+fn boot(w: &Rc<World>) {
+    let boot = w.boots.get() + 1;
+    w.boots.set(boot);
+    let g = match params(w.seed, boot).geometry() {
+        Ok(g) => g,
+        Err(e) => return w.fail(format!("geometry: {e}")),
+    };
+    let file = match OpenOptions::new()
+        .create(true)
+        .size(g.total_bytes())
+        .open(DEV)
+    {
+        Ok(f) => f,
+        Err(e) => return w.fail(format!("open {DEV}: {e}")),
+    };
+    // Format until one format completed (a crash may cut the first one short).
+    if !w.formatted.get() {
+        if let Err(e) = vssd::format(&file, &params(w.seed, boot)) {
+            return w.fail(format!("format: {e}"));
+        }
+        w.formatted.set(true);
+    }
+    let (v, rec) = match Vssd::open(file, Some("torture"), VssdOptions::default()) {
+        Ok(x) => x,
+        Err(e) => return w.fail(format!("open: {e}")),
+    };
+    trace(w, format_args!("recovered {rec:?}"));
+    // Resolve the in-doubt trans by the DTM's rule.
+    for d in &rec.in_doubt {
+        w.in_doubt.set(w.in_doubt.get() + 1);
+        if w.durable_decision.borrow().contains(&d.tran) {
+            return w.fail(format!(
+                "tran {} is in doubt though its decision was durable",
+                d.tran
+            ));
+        }
+        let commit = w.decided.borrow().get(&d.tran).copied().unwrap_or(true);
+        let r = if commit {
+            Resolution::Commit
+        } else {
+            Resolution::Abort
+        };
+        if let Err(e) = v.resolve(d.tran, r) {
+            return w.fail(format!("resolve tran {}: {e}", d.tran));
+        }
+        if commit {
+            w.decided.borrow_mut().insert(d.tran, true);
+        }
+    }
+    // Check every line against the model, then take what is there as acknowledged.
+    for line in 0..DATA_LINES {
+        let got = match effective(w, &v, line) {
+            Ok(id) => id,
+            Err(e) => return w.fail(e),
+        };
+        let mut lines = w.lines.borrow_mut();
+        let m = lines.entry(line).or_default();
+        let aborted = w.decided.borrow().get(&got) == Some(&false);
+        let allowed = got == m.acked || (got > m.acked && m.in_flight.contains(&got));
+        if aborted || !allowed {
+            let why = format!(
+                "line {line} reads version {got} after recovery; acknowledged {}, in flight {:?}{}",
+                m.acked,
+                m.in_flight,
+                if aborted { " (an aborted write)" } else { "" }
+            );
+            drop(lines);
+            return w.fail(why);
+        }
+        m.acked = got;
+        let b = w.backing(line);
+        let discard = m.in_flight.contains(&b);
+        m.in_flight.clear();
+        drop(lines);
+        w.checked.set(w.checked.get() + 1);
+        // A discard cut short: its tombstone is in the backing store; the client
+        // retries it, as it was never acknowledged.
+        if discard {
+            if let Err(e) = v.invalidate(line) {
+                return w.fail(format!("invalidate line {line} again: {e}"));
+            }
+            if let Some(m) = w.lines.borrow_mut().get_mut(&line) {
+                m.acked = b;
+            }
+        }
+    }
+    v.assert_invariants();
+    let locks: Rc<Vec<QLock<()>>> = Rc::new((0..DATA_LINES).map(|_| QLock::new(())).collect());
+    // The destager: keeps dirty lines below half the cache, so writers waiting for
+    // room (each holding its own line's lock) always get it.
+    let (w2, v2, l2) = (w.clone(), v.clone(), locks.clone());
+    let destager = spawn(move || {
+        loop {
+            sleep(Duration::from_micros(300));
+            let dirty = v2.dirty_lines();
+            if (dirty.len() as u64) < CACHE_LINES / 2 {
+                continue;
+            }
+            for (line, _) in dirty {
+                let Some(_guard) = l2[line as usize].try_lock() else {
+                    continue;
+                };
+                if let Err(e) = destage(&w2, &v2, line) {
+                    return w2.fail(e);
+                }
+            }
+        }
+    });
+    if let Err(e) = destager {
+        return w.fail(format!("spawn: {e}"));
+    }
+    for t in 0..TASKS {
+        let (w2, v, locks) = (w.clone(), v.clone(), locks.clone());
+        let mut rng =
+            Rng(((w.seed << 8) | (boot << 4) | t).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let spawned = spawn(move || {
+            let w = w2;
+            loop {
+                let line = rng.below(DATA_LINES);
+                let _guard = locks[line as usize].lock();
+                if let Err(e) = step(&w, &v, &mut rng, line) {
+                    w.fail(e);
+                    return;
+                }
+                w.ops.set(w.ops.get() + 1);
+                let s = v.stats();
+                w.checkpoints.set(w.checkpoints.get().max(s.checkpoints));
+                w.evictions.set(w.evictions.get().max(s.evictions));
+                drop(_guard);
+                sleep(Duration::from_micros(rng.below(50)));
+            }
+        });
+        if let Err(e) = spawned {
+            return w.fail(format!("spawn: {e}"));
+        }
+    }
+}
+
+/// Destage of `line` (its lock held): the dirty version to the backing store, then
+/// CLEAN.
+fn destage(w: &World, v: &Vssd, line: u64) -> Result<(), String> {
+    if v.lookup(line).is_none_or(|e| e.state != State::Dirty) {
+        return Ok(());
+    }
+    let Some((hit, buf)) = v.read(line).map_err(|e| format!("destage read: {e}"))? else {
+        return Err(format!("line {line} dirty but missed"));
+    };
+    let id = decode(line, &buf)?;
+    trace(w, format_args!("destage line {line} version {id}"));
+    w.backing.borrow_mut().insert(line, id);
+    v.mark_clean(line, hit.version)
+        .map_err(|e| format!("mark_clean line {line}: {e}"))?;
+    Ok(())
+}
+
+/// `TDRV_TRACE=1`: every operation on stderr (for studying a failing seed).
+fn trace(w: &World, what: std::fmt::Arguments<'_>) {
+    if w.trace {
+        eprintln!("boot {} | {what}", w.boots.get());
+    }
+}
+
+/// One random operation on `line`, whose lock the caller holds.
+fn step(w: &World, v: &Vssd, rng: &mut Rng, line: u64) -> Result<(), String> {
+    let acked = || w.lines.borrow().get(&line).map_or(0, |m| m.acked);
+    match rng.below(100) {
+        0..40 => {
+            // Write: phase 1, the decision, commit or abort.
+            let tran = w.id();
+            w.lines
+                .borrow_mut()
+                .entry(line)
+                .or_default()
+                .in_flight
+                .insert(tran);
+            trace(w, format_args!("writep1 tran {tran} line {line}"));
+            v.writep1(tran, line, &payload(line, tran))
+                .map_err(|e| format!("writep1 tran {tran} line {line}: {e}"))?;
+            let commit = rng.below(10) != 0;
+            trace(
+                w,
+                format_args!(
+                    "tran {tran} line {line} slot {:?} decided {commit}",
+                    v.lookup(line)
+                ),
+            );
+            w.decided.borrow_mut().insert(tran, commit);
+            let pos = if commit {
+                let mut lines = w.lines.borrow_mut();
+                let m = lines.entry(line).or_default();
+                m.acked = tran;
+                m.in_flight.clear();
+                drop(lines);
+                v.commit(tran)
+            } else {
+                w.lines
+                    .borrow_mut()
+                    .entry(line)
+                    .or_default()
+                    .in_flight
+                    .remove(&tran);
+                v.abort(tran)
+            }
+            .map_err(|e| format!("decision on tran {tran}: {e}"))?;
+            if rng.below(4) == 0 {
+                v.wait_durable(pos)
+                    .map_err(|e| format!("wait for tran {tran}'s decision: {e}"))?;
+                w.durable_decision.borrow_mut().insert(tran);
+            }
+        }
+        40..70 => {
+            // Read, and fill a miss from the backing store.
+            let want = acked();
+            match v.read(line).map_err(|e| format!("read line {line}: {e}"))? {
+                Some((_, buf)) => {
+                    let got = decode(line, &buf)?;
+                    if got != want {
+                        return Err(format!("line {line} read version {got}, newest is {want}"));
+                    }
+                }
+                None => {
+                    let b = w.backing(line);
+                    if b != want {
+                        return Err(format!(
+                            "line {line} missed with version {want} not in the backing store ({b})"
+                        ));
+                    }
+                    v.insert_clean(line, &payload(line, b))
+                        .map_err(|e| format!("insert_clean line {line}: {e}"))?;
+                }
+            }
+        }
+        70..88 => destage(w, v, line)?,
+        88..96 => {
+            // Discard: a tombstone written around the cache, then invalidate.
+            let id = w.id();
+            w.lines
+                .borrow_mut()
+                .entry(line)
+                .or_default()
+                .in_flight
+                .insert(id);
+            w.backing.borrow_mut().insert(line, id);
+            trace(w, format_args!("discard line {line} id {id}"));
+            v.invalidate(line)
+                .map_err(|e| format!("invalidate line {line}: {e}"))?;
+            let mut lines = w.lines.borrow_mut();
+            let m = lines.entry(line).or_default();
+            m.acked = id;
+            m.in_flight.clear();
+        }
+        _ => {
+            let seq = v.checkpoint().map_err(|e| format!("checkpoint: {e}"))?;
+            trace(w, format_args!("checkpoint at seq {seq}"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs one seed of the torture.
+pub fn run_seed(seed: u64, _opts: Options) -> SeedRun {
+    let mut config = SimConfig::new(seed);
+    config.faults = Faults {
+        disk_latency_spike: 0.01,
+        ..Faults::default()
+    };
+    let mut sim = Sim::new(config);
+    let world = Rc::new(World {
+        next_id: Cell::new(1),
+        seed,
+        trace: std::env::var_os("TDRV_TRACE").is_some(),
+        ..World::default()
+    });
+    let w2 = world.clone();
+    let result = sim.run(move |h: &SimHandle| {
+        let w3 = w2.clone();
+        let node = h.add_node("ssd", "10.0.0.1".parse().expect("ip"), move || boot(&w3));
+        for crash in 1..=CRASHES {
+            sleep(Duration::from_micros(500 + h.random(40_000)));
+            if w2.failure.borrow().is_some() {
+                return;
+            }
+            h.crash(node);
+            h.restart(node);
+            // The boot checks before it runs again.
+            while w2.boots.get() <= crash && w2.failure.borrow().is_none() {
+                sleep(Duration::from_micros(100));
+            }
+        }
+        sleep(Duration::from_micros(500 + h.random(5_000)));
+        h.stop(node);
+    });
+    let failure = match result {
+        Err(e) => Some(format!("the simulation itself failed: {e}")),
+        Ok(()) => world.failure.borrow().clone(),
+    };
+    SeedRun {
+        trace: sim.trace_hash(),
+        failure,
+        detail: format!(
+            "{} boots, {} ops, {} line checks after crashes, {} in doubt, up to {} checkpoints and {} evictions in one boot",
+            world.boots.get(),
+            world.ops.get(),
+            world.checked.get(),
+            world.in_doubt.get(),
+            world.checkpoints.get(),
+            world.evictions.get()
+        ),
+    }
+}
