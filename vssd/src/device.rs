@@ -94,6 +94,9 @@ pub struct Hit {
 pub struct Recovered {
     /// Trans to resolve, by tran.
     pub in_doubt: Vec<InDoubt>,
+    /// Prepared trans whose payload failed its CRC32C: their log block survived a
+    /// crash that lost the payload, so their writep1 never returned. Aborted.
+    pub torn_prepares: Vec<u64>,
     /// The checkpoint recovery started from: (region, seq), if any.
     pub checkpoint: Option<(u8, u64)>,
     /// Log blocks replayed after it, and records in them.
@@ -225,7 +228,7 @@ impl Vssd {
             })?;
         scrub_after_recovery(&file, &geometry, scan.seq_end, seq_start)?;
         map.durable(scan.seq_end - 1);
-        let in_doubt = map
+        let in_doubt: Vec<InDoubt> = map
             .prepared_all()
             .into_iter()
             .map(|(tran, p)| InDoubt {
@@ -272,8 +275,34 @@ impl Vssd {
                 path: path.clone(),
                 why: format!("cannot start the checkpoint task: {e}"),
             })?;
+        // A PREPARE may have survived without its payload (log.rs, "Why write +
+        // fdatasync"): check each, abort the torn ones.
+        let mut buf = AlignedBuf::new(geometry.line_size() as usize);
+        let mut torn_prepares = Vec::new();
+        let mut kept = Vec::new();
+        for d in in_doubt {
+            buf.set_len(round_up(d.len as usize));
+            vssd.inner
+                .file
+                .pread_exact(&mut buf, geometry.slot_offset(d.slot))
+                .map_err(|source| VssdError::Io {
+                    op: "recovery read of a prepared payload",
+                    path: path.clone(),
+                    source,
+                })?;
+            if crc32c::crc32c(&buf[..d.len as usize]) == d.crc {
+                kept.push(d);
+            } else {
+                vssd.abort(d.tran)?;
+                torn_prepares.push(d.tran);
+            }
+        }
+        if !torn_prepares.is_empty() {
+            vssd.sync()?;
+        }
         let recovered = Recovered {
-            in_doubt,
+            in_doubt: kept,
+            torn_prepares,
             checkpoint: loaded.map(|l| (l.which, l.snapshot.seq)),
             blocks_replayed: scan.blocks.len() as u64,
             records_replayed: records,
@@ -488,7 +517,6 @@ impl Vssd {
                 path: self.path_buf(),
                 source,
             })?;
-        self.inner.log.data_written();
         let record = Record::Prepare {
             tran,
             line,

@@ -3,11 +3,30 @@
 //! Many tasks [`append`](LogWriter::append) records; each record is encoded at once
 //! into the *filling* buffer, a run of up to [`LOG_WRITE_BLOCKS_MAX`] consecutive log
 //! blocks taken from a [`Pool`] of [`LOG_BUFFERS`] aligned buffers. One writer task
-//! takes the whole filling buffer, seals its blocks, writes them with one durable
-//! write (`pwrite_durable`, RWF_DSYNC; after a flush when data was written since the
-//! last one, see [`LogWriter::data_written`]) at the log tail and wakes every waiter
-//! (`Rendez::wakeup_all`). While that write is in flight the next appends fill the
-//! other buffer: they ride on the next write together, which is the group commit.
+//! takes the whole filling buffer, seals its blocks, writes them at the log tail
+//! with one write and one fdatasync, and wakes every waiter (`Rendez::wakeup_all`).
+//! While that write is in flight the next appends fill the other buffer: they ride on
+//! the next write together, which is the group commit.
+//!
+//! # When the writer writes
+//!
+//! Only when someone needs it: a task waits for durability
+//! ([`wait_durable`](LogWriter::wait_durable)), an appender waits for room, the
+//! buffer is full, the log closes, or the oldest unwritten record has waited
+//! [`LAZY_WRITE_DELAY`]. Records nobody waits for (COMMIT, ABORT, CLEAN) ride on the
+//! next write someone needs: at one writer, a write and its commit cost one log
+//! write, not two.
+//!
+//! # Why write + fdatasync, and what recovery must check
+//!
+//! The fdatasync (a device cache flush) makes durable the log blocks *and* every
+//! write completed before it, such as the payloads whose PREPAREs the blocks carry
+//! (writep1 writes its payload, then appends). One flush per group commit is the
+//! cost. An RWF_DSYNC write would not do: a device with FUA makes that write alone
+//! durable. The price: a crash may keep log blocks that were never flushed and drop
+//! the payloads of their PREPAREs. Such a PREPARE's writep1 never returned (it waits
+//! for the flush), so no COMMIT follows it; recovery reads each in-doubt payload
+//! and aborts a tran whose payload fails its CRC32C (the vSSD's open does).
 //!
 //! How the rules of [`crate::record`] are kept:
 //! 1. *No overrun*: a block `seq` is started only if `seq < oldest_needed + blocks`;
@@ -107,8 +126,10 @@ struct Inner {
     failed: RefCell<Option<String>>,
     closed: Cell<bool>,
     writer_done: Cell<bool>,
-    /// Data was written that the next log write must flush first.
-    data_written: Cell<bool>,
+    /// The highest seq a task waits to be durable.
+    wanted: Cell<u64>,
+    /// When the filling buffer got its first record.
+    first_pending: Cell<Option<taskio::Instant>>,
     /// The writer task sleeps here until records are pending.
     work: Rendez,
     /// Waiters for durability.
@@ -156,7 +177,8 @@ impl LogWriter {
             failed: RefCell::new(None),
             closed: Cell::new(false),
             writer_done: Cell::new(false),
-            data_written: Cell::new(false),
+            wanted: Cell::new(0),
+            first_pending: Cell::new(None),
             work: Rendez::new(),
             durable: Rendez::new(),
             room: Rendez::new(),
@@ -187,7 +209,6 @@ impl LogWriter {
             match inner.try_append(record) {
                 Some(pos) => {
                     inner.count(|s| s.records_appended += 1);
-                    inner.work.wakeup();
                     return Ok(pos);
                 }
                 None => {
@@ -223,7 +244,6 @@ impl LogWriter {
         if pos.is_some() {
             inner.count(|s| s.records_appended += 1);
         }
-        inner.work.wakeup();
         Ok(pos)
     }
 
@@ -238,12 +258,6 @@ impl LogWriter {
         inner.check_usable("log append")
     }
 
-    /// A data write completed whose durability the records appended after it rely
-    /// on: the next log write flushes the device before it writes its blocks.
-    pub fn data_written(&self) {
-        self.inner.data_written.set(true);
-    }
-
     /// Ends the open block: every record appended so far is in a block before the
     /// returned seq, every later record in a block at or after it (the seq an exact
     /// checkpoint covers up to).
@@ -251,7 +265,6 @@ impl LogWriter {
         let inner = &*self.inner;
         let seq = inner.seq_next.get();
         inner.fresh_from.set(seq);
-        inner.work.wakeup();
         seq
     }
 
@@ -273,6 +286,10 @@ impl LogWriter {
     /// Parks until the block holding `pos` (and every block before it) is durable.
     pub fn wait_durable(&self, pos: RecordPos) -> Result<(), VssdError> {
         let inner = &*self.inner;
+        if inner.durable_end.get() <= pos.seq && inner.wanted.get() < pos.seq {
+            inner.wanted.set(pos.seq);
+            inner.work.wakeup();
+        }
         loop {
             if inner.durable_end.get() > pos.seq {
                 return Ok(());
@@ -419,6 +436,11 @@ impl Inner {
             });
         }
         let filling = slot.as_mut()?;
+        if filling.records == 0 {
+            // The first record waiting: the writer arms its lazy deadline.
+            self.first_pending.set(Some(taskio::now()));
+            self.work.wakeup();
+        }
         if filling.blocks > 0 {
             let at = (filling.blocks - 1) as usize * LOG_BLOCK_SIZE;
             let mut block =
@@ -451,19 +473,57 @@ impl Inner {
     }
 }
 
+/// Most time a record nobody waits for stays unwritten.
+pub const LAZY_WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// When the writer should write the filling buffer.
+enum Due {
+    /// Nothing to write.
+    Empty,
+    /// Someone needs it.
+    Now,
+    /// Only records nobody waits for: at this instant at the latest.
+    At(taskio::Instant),
+}
+
+impl Inner {
+    fn due(&self) -> Due {
+        let filling = self.filling.borrow();
+        let Some(f) = filling.as_ref().filter(|f| f.blocks > 0) else {
+            return Due::Empty;
+        };
+        if self.closed.get() || self.wanted.get() >= f.seq_first || self.room.has_sleepers() {
+            return Due::Now;
+        }
+        match self.first_pending.get() {
+            Some(first) => Due::At(first + LAZY_WRITE_DELAY),
+            None => Due::Now,
+        }
+    }
+}
+
 /// The writer task: takes the filling buffer, writes it durably, wakes the waiters.
 fn writer_loop(inner: &Inner) {
     // After a failed write nothing more is written: its blocks may be missing, so
     // no later block could ever be acknowledged (rule 2).
     while inner.failed.borrow().is_none() {
+        match inner.due() {
+            Due::Empty if inner.closed.get() => break,
+            Due::Empty => {
+                inner.work.sleep();
+                continue;
+            }
+            Due::At(deadline) if taskio::now() < deadline => {
+                inner.work.sleep_until(deadline);
+                continue;
+            }
+            Due::At(_) | Due::Now => {}
+        }
         let taken = inner.filling.borrow_mut().take_if(|f| f.blocks > 0);
         let Some(mut filling) = taken else {
-            if inner.closed.get() {
-                break;
-            }
-            inner.work.sleep();
             continue;
         };
+        inner.first_pending.set(None);
         // Appenders that waited for this buffer to go may start the next one.
         inner.room.wakeup_all();
         let blocks = filling.blocks as usize;
@@ -478,17 +538,11 @@ fn writer_loop(inner: &Inner) {
         let offset = inner.log_offset + inner.ring.offset_bytes(filling.seq_first);
         assert!(filling.blocks <= inner.ring.blocks_until_wrap(filling.seq_first));
         assert!(filling.seq_first == inner.durable_end.get());
-        // Data written before these records (writep1 writes its payload, then
-        // appends its PREPARE) must be durable no later than the records: a crash
-        // may keep a log write that was never flushed and drop the payload. So a
-        // flush first when data was written since the last one, then the blocks
-        // with RWF_DSYNC (FUA where the device has it).
-        let flushed = if inner.data_written.replace(false) {
-            inner.file.fdatasync()
-        } else {
-            Ok(())
-        };
-        let written = flushed.and_then(|()| inner.file.pwrite_durable(&filling.buf, offset));
+        // One flush: these blocks and every payload completed before (module doc).
+        let written = inner
+            .file
+            .pwrite(&filling.buf, offset)
+            .and_then(|()| inner.file.fdatasync());
         filling.buf.set_len(LOG_BUFFER_BYTES);
         match written {
             Ok(()) => {

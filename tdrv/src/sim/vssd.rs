@@ -109,6 +109,7 @@ struct World {
     ops: Cell<u64>,
     checked: Cell<u64>,
     in_doubt: Cell<u64>,
+    torn: Cell<u64>,
     checkpoints: Cell<u64>,
     evictions: Cell<u64>,
     seed: u64,
@@ -204,6 +205,7 @@ fn boot(w: &Rc<World>) {
         Err(e) => return w.fail(format!("open: {e}")),
     };
     trace(w, format_args!("recovered {rec:?}"));
+    w.torn.set(w.torn.get() + rec.torn_prepares.len() as u64);
     // Resolve the in-doubt trans by the DTM's rule.
     for d in &rec.in_doubt {
         w.in_doubt.set(w.in_doubt.get() + 1);
@@ -248,8 +250,11 @@ fn boot(w: &Rc<World>) {
         }
         m.acked = got;
         let b = w.backing(line);
-        let discard = m.in_flight.contains(&b);
+        let discard = m.in_flight.contains(&b) && b != got;
         m.in_flight.clear();
+        if discard {
+            m.in_flight.insert(b); // in flight again while retried below
+        }
         drop(lines);
         w.checked.set(w.checked.get() + 1);
         // A discard cut short: its tombstone is in the backing store; the client
@@ -260,6 +265,7 @@ fn boot(w: &Rc<World>) {
             }
             if let Some(m) = w.lines.borrow_mut().get_mut(&line) {
                 m.acked = b;
+                m.in_flight.clear();
             }
         }
     }
@@ -477,11 +483,12 @@ pub fn run_seed(seed: u64, _opts: Options) -> SeedRun {
         trace: sim.trace_hash(),
         failure,
         detail: format!(
-            "{} boots, {} ops, {} line checks after crashes, {} in doubt, up to {} checkpoints and {} evictions in one boot",
+            "{} boots, {} ops, {} line checks after crashes, {} in doubt, {} torn prepares aborted, up to {} checkpoints and {} evictions in one boot",
             world.boots.get(),
             world.ops.get(),
             world.checked.get(),
             world.in_doubt.get(),
+            world.torn.get(),
             world.checkpoints.get(),
             world.evictions.get()
         ),
