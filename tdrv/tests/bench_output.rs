@@ -174,7 +174,7 @@ fn unknown_area_is_a_usage_error() {
 }
 
 /// `bench vssd --quick` on a vSSD file of the test's own: the four vSSD figures (the
-/// group-commit factor in records/write, the others in ops/s); fio's peers come only
+/// group-commit factor in writes/flush, the others in ops/s); fio's peers come only
 /// when fio is installed, so they are not required, but their reach is then printed.
 #[test]
 fn vssd_quick_bench_prints_table_then_json_lines() {
@@ -188,7 +188,7 @@ fn vssd_quick_bench_prints_table_then_json_lines() {
     for (want, want_unit) in [
         ("vssd_write_4k_qd1", "ops/s"),
         ("vssd_write_4k_qd32", "ops/s"),
-        ("vssd_writes_per_flush_qd32", "records/write"),
+        ("vssd_writes_per_flush_qd32", "writes/flush"),
         ("vssd_read_hit_4k_qd32", "ops/s"),
     ] {
         let unit = figures

@@ -3,7 +3,7 @@
 //! Many tasks [`append`](LogWriter::append) records; each record is encoded at once
 //! into the *filling* buffer, a run of up to [`LOG_WRITE_BLOCKS_MAX`] consecutive log
 //! blocks taken from a [`Pool`] of [`LOG_BUFFERS`] aligned buffers. One writer task
-//! takes the whole filling buffer, seals its blocks, writes them at the log tail
+//! (of [`LOG_WRITERS`]) takes the whole filling buffer, seals its blocks, writes them at the log tail
 //! with one write and one fdatasync, and wakes every waiter (`Rendez::wakeup_all`).
 //! While that write is in flight the next appends fill the other buffer: they ride on
 //! the next write together, which is the group commit.
@@ -31,12 +31,14 @@
 //! How the rules of [`crate::record`] are kept:
 //! 1. *No overrun*: a block `seq` is started only if `seq < oldest_needed + blocks`;
 //!    otherwise appenders wait for [`set_oldest_needed`](LogWriter::set_oldest_needed).
-//! 2. *Acknowledge in order*: one writer task, one write in flight; `durable_end`
-//!    moves only past a whole completed write.
+//! 2. *Acknowledge in order*: [`LOG_WRITERS`] writer tasks, each one write in
+//!    flight; `durable_end` moves past a write only once it and every write before
+//!    it completed.
 //! 3. *Never rewrite a durable block*: a taken buffer is never appended to again; the
 //!    next buffer starts at the next seq.
 //! 4. *Write bounds*: a buffer holds at most [`LOG_WRITE_BLOCKS_MAX`] blocks and never
-//!    crosses the end of the region; one write in flight (64 <= 256 blocks).
+//!    crosses the end of the region; [`LOG_WRITERS`] writes in flight (4 x 64 <= 256
+//!    blocks).
 //! 5. *Scrub after recovery*: [`scrub_after_recovery`] zeroes what
 //!    [`LogRing::scrub_after_recovery`] names; call it before [`LogWriter::start`].
 //!
@@ -56,12 +58,20 @@ use crate::record::{
     BlockEnd, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogBlockWriter, LogRing, Record, decode_block,
 };
 
-/// Log buffers: one filling while one is being written.
-pub const LOG_BUFFERS: usize = 2;
+/// Writer tasks: each writes one buffer at a time, so this many log writes (and their
+/// flushes) are in flight at once. A device completes concurrent flushes together:
+/// at many appenders, more smaller groups in flight beat one large group.
+pub const LOG_WRITERS: usize = 4;
+/// Log buffers: one per writer, and one filling.
+pub const LOG_BUFFERS: usize = LOG_WRITERS + 1;
 /// Bytes of one log buffer: the largest write.
 pub const LOG_BUFFER_BYTES: usize = LOG_WRITE_BLOCKS_MAX as usize * LOG_BLOCK_SIZE;
 
 const _: () = assert!(LOG_BUFFERS >= 2); // one fills while the other is written
+const _: () = assert!(
+    LOG_WRITERS as u64 * crate::record::LOG_WRITE_BLOCKS_MAX
+        <= crate::record::LOG_BLOCKS_IN_FLIGHT_MAX
+);
 
 /// Where an appended record lives: block `seq`, record `index` in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -125,7 +135,11 @@ struct Inner {
     /// Why the log failed, once it has.
     failed: RefCell<Option<String>>,
     closed: Cell<bool>,
-    writer_done: Cell<bool>,
+    /// Writer tasks still running; the log is done when none is.
+    writers_alive: Cell<usize>,
+    /// Writes completed beyond `durable_end` (another write before them still in
+    /// flight): first seq -> end seq.
+    completed: RefCell<std::collections::BTreeMap<u64, u64>>,
     /// The highest seq a task waits to be durable.
     wanted: Cell<u64>,
     /// When the filling buffer got its first record.
@@ -176,7 +190,8 @@ impl LogWriter {
             oldest_needed: Cell::new(oldest_needed),
             failed: RefCell::new(None),
             closed: Cell::new(false),
-            writer_done: Cell::new(false),
+            writers_alive: Cell::new(LOG_WRITERS),
+            completed: RefCell::new(std::collections::BTreeMap::new()),
             wanted: Cell::new(0),
             first_pending: Cell::new(None),
             work: Rendez::new(),
@@ -184,14 +199,16 @@ impl LogWriter {
             room: Rendez::new(),
             stats: Cell::new(LogStats::default()),
         });
-        let task_inner = inner.clone();
-        // A system task: it never keeps Runtime::run alive on its own.
-        let spawned = Builder::new()
-            .name("vssd-log-writer")
-            .system(true)
-            .spawn(move || writer_loop(&task_inner));
-        if let Err(e) = spawned {
-            panic!("log writer task: {e}");
+        for _ in 0..LOG_WRITERS {
+            let task_inner = inner.clone();
+            // System tasks: they never keep Runtime::run alive on their own.
+            let spawned = Builder::new()
+                .name("vssd-log-writer")
+                .system(true)
+                .spawn(move || writer_loop(&task_inner));
+            if let Err(e) = spawned {
+                panic!("log writer task: {e}");
+            }
         }
         Rc::new(LogWriter { inner })
     }
@@ -297,7 +314,7 @@ impl LogWriter {
             if let Some(why) = &*inner.failed.borrow() {
                 return Err(inner.failure("log wait", why));
             }
-            if inner.writer_done.get() {
+            if inner.writers_alive.get() == 0 {
                 return Err(inner.failure("log wait", "the log writer was closed"));
             }
             inner.durable.sleep();
@@ -537,7 +554,7 @@ fn writer_loop(inner: &Inner) {
         filling.buf.set_len(blocks * LOG_BLOCK_SIZE);
         let offset = inner.log_offset + inner.ring.offset_bytes(filling.seq_first);
         assert!(filling.blocks <= inner.ring.blocks_until_wrap(filling.seq_first));
-        assert!(filling.seq_first == inner.durable_end.get());
+        assert!(filling.seq_first >= inner.durable_end.get());
         // One flush: these blocks and every payload completed before (module doc).
         let written = inner
             .file
@@ -546,7 +563,14 @@ fn writer_loop(inner: &Inner) {
         filling.buf.set_len(LOG_BUFFER_BYTES);
         match written {
             Ok(()) => {
-                inner.durable_end.set(filling.seq_first + filling.blocks);
+                // Durable in order (rule 2): past this write only once every write
+                // before it completed too.
+                let mut completed = inner.completed.borrow_mut();
+                completed.insert(filling.seq_first, filling.seq_first + filling.blocks);
+                while let Some(end) = completed.remove(&inner.durable_end.get()) {
+                    inner.durable_end.set(end);
+                }
+                drop(completed);
                 inner.count(|s| {
                     s.writes += 1;
                     s.blocks_written += filling.blocks;
@@ -566,7 +590,8 @@ fn writer_loop(inner: &Inner) {
         inner.durable.wakeup_all();
         inner.room.wakeup_all();
     }
-    inner.writer_done.set(true);
+    inner.writers_alive.set(inner.writers_alive.get() - 1);
+    inner.work.wakeup_all();
     inner.durable.wakeup_all();
     inner.room.wakeup_all();
 }

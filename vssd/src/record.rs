@@ -155,10 +155,10 @@ pub const BLOCK_WASTE_LEN_MAX: usize = RECORD_LEN_MAX - RECORD_ALIGN;
 /// Most blocks one log write carries (256 KiB).
 pub const LOG_WRITE_BLOCKS_MAX: u64 = 64;
 /// Most blocks the log writer has in flight beyond the durable prefix of the log; also
-/// how far past the end of the log recovery scrubs (rule 5 of the module doc). The
-/// log writer keeps one write in flight, so this is one write.
-pub const LOG_BLOCKS_IN_FLIGHT_MAX: u64 = LOG_WRITE_BLOCKS_MAX;
-/// The smallest log a vSSD may have, in blocks (512 KiB; the layout's
+/// how far past the end of the log recovery scrubs (rule 5 of the module doc): the log
+/// writer's four writes in flight ([`crate::log::LOG_WRITERS`]).
+pub const LOG_BLOCKS_IN_FLIGHT_MAX: u64 = 4 * LOG_WRITE_BLOCKS_MAX;
+/// The smallest log a vSSD may have, in blocks (2 MiB; the layout's
 /// [`crate::layout::LOG_BYTES_MIN`]).
 pub const LOG_BLOCKS_MIN: u64 = 2 * LOG_BLOCKS_IN_FLIGHT_MAX;
 /// The largest log a vSSD may have, in blocks (16 TiB): byte offsets never overflow.

@@ -284,7 +284,7 @@ fn writep1_waits_for_destage_when_everything_is_dirty() {
 #[test]
 fn many_writers_share_flushes_and_the_log_wraps_over_checkpoints() {
     const TASKS: u64 = 32;
-    const PER_TASK: u64 = 80;
+    const PER_TASK: u64 = 200;
     let dir = TempDir::new("group");
     let path = formatted(&dir, 4096);
     let p = path.clone();
