@@ -868,8 +868,7 @@ impl CacheMap {
 /// changed in the order the records are appended, so the copy is that state; it can
 /// then be written in the background while the log runs).
 ///
-/// A *fuzzy* checkpoint (already reflecting some records after its seq, as
-/// `record.rs` allows) is not safe with these records: with PREPARE(t) before the
+/// A *fuzzy* checkpoint (already reflecting some records after its seq) is not safe with these records: with PREPARE(t) before the
 /// seq, INVALIDATE(line) and COMMIT(t) after it, and a snapshot taken after the
 /// commit, replay removes the committed line and then skips the COMMIT (t is no
 /// longer prepared in the snapshot): an acknowledged write is lost. Making it safe

@@ -101,9 +101,9 @@
 //!    expects.
 //!
 //! A checkpoint's `seq` (in the checkpoint region and in the CHECKPOINT record) is the
-//! first log seq the checkpoint does *not* cover: replay starts at block `seq`. Records
-//! after that may already be reflected in the checkpoint (it is taken while the log
-//! runs), so replay must be idempotent.
+//! first log seq the checkpoint does *not* cover: replay starts at block `seq`. The
+//! checkpoint is *exact*: it reflects every record before `seq` and none after (see
+//! [`crate::map::Replay`] for why a fuzzy one is not safe with these records).
 
 use std::ops::Range;
 

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
 /// Benchmark areas `tdrv bench` knows, in the order `cargo xtask bench` runs them.
-const BENCH_AREAS: &[&str] = &["taskio", "io", "rpc"];
+const BENCH_AREAS: &[&str] = &["taskio", "io", "rpc", "vssd"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
