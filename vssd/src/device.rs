@@ -226,6 +226,28 @@ impl Vssd {
                     scan.blocks.len()
                 ),
             })?;
+        // Lengths past the line size cannot come from this vSSD's own writes.
+        let line_size = geometry.line_size();
+        let too_long = map
+            .entries()
+            .into_iter()
+            .map(|(line, e)| (line, e.slot, e.len))
+            .chain(
+                map.prepared_all()
+                    .into_iter()
+                    .map(|(_, p)| (p.line, p.slot, p.len)),
+            )
+            .find(|&(_, _, len)| len > line_size);
+        if let Some((line, slot, len)) = too_long {
+            return Err(VssdError::Corrupt {
+                what: "recovered cache map",
+                offset: geometry.slot_offset(slot),
+                why: format!(
+                    "{}: line {line} in slot {slot} has a payload of {len} bytes, lines hold {line_size}",
+                    path.display()
+                ),
+            });
+        }
         scrub_after_recovery(&file, &geometry, scan.seq_end, seq_start)?;
         map.durable(scan.seq_end - 1);
         let in_doubt: Vec<InDoubt> = map

@@ -190,6 +190,10 @@ impl FileOp {
     }
 }
 
+fn is_sync(op: &FileOp) -> bool {
+    matches!(op.kind(), FileOpKind::Fsync | FileOpKind::Fdatasync)
+}
+
 /// The AIO context of one runtime and its operations in flight.
 pub(crate) struct AioQueue {
     ctx: sys::aio_context_t,
@@ -197,6 +201,8 @@ pub(crate) struct AioQueue {
     ops: Vec<Option<Rc<FileOp>>>,
     free: Vec<usize>,
     in_flight: usize,
+    /// Of those, fsync/fdatasync operations (the kernel runs them on a worker).
+    syncs_in_flight: usize,
     events: Vec<sys::io_event>,
     slot_waiters: VecDeque<TaskRef>,
     eventfd: RawFd,
@@ -231,6 +237,7 @@ impl AioQueue {
             ops: (0..depth).map(|_| None).collect(),
             free: (0..depth).rev().collect(),
             in_flight: 0,
+            syncs_in_flight: 0,
             events: vec![sys::io_event::default(); depth.min(256)],
             slot_waiters: VecDeque::new(),
             eventfd,
@@ -241,6 +248,12 @@ impl AioQueue {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// fsync/fdatasync operations in flight: the kernel runs them on a worker
+    /// thread of the submitting CPU, which a thread spinning there would delay.
+    pub(crate) fn syncs_in_flight(&self) -> usize {
+        self.syncs_in_flight
     }
 
     pub(crate) fn slots(&self) -> usize {
@@ -275,6 +288,9 @@ impl AioQueue {
         let submitted = unsafe { sys::io_submit(self.ctx, &list) };
         match submitted {
             Ok(1) => {
+                if is_sync(&op) {
+                    self.syncs_in_flight += 1;
+                }
                 self.ops[slot] = Some(op);
                 self.in_flight += 1;
                 self.submitted += 1;
@@ -325,6 +341,9 @@ impl AioQueue {
                 };
                 self.free.push(slot);
                 self.in_flight -= 1;
+                if is_sync(&op) {
+                    self.syncs_in_flight -= 1;
+                }
                 self.completed += 1;
                 op.complete(ev.res);
                 while let Some(w) = self.slot_waiters.pop_front() {
