@@ -719,17 +719,20 @@ impl Vssd {
         if self.inner.map.borrow().lookup(line).is_some() {
             return Ok(false);
         }
-        let take = |map: &mut CacheMap| match map.insert_clean(line, len, crc) {
-            Err(MapError::Cached { .. }) => Ok(u64::MAX),
-            other => other,
+        let take = |map: &mut CacheMap| map.insert_clean(line, len, crc);
+        let slot = match self.alloc(OP, take, false) {
+            Ok(Some(slot)) => slot,
+            Ok(None) => {
+                self.count(|s| s.fills_skipped += 1);
+                return Ok(false);
+            }
+            // Cached meanwhile (a commit while room was made): nothing to fill.
+            Err(VssdError::Map {
+                source: MapError::Cached { .. },
+                ..
+            }) => return Ok(false),
+            Err(e) => return Err(e),
         };
-        let Some(slot) = self.alloc(OP, take, false)? else {
-            self.count(|s| s.fills_skipped += 1);
-            return Ok(false);
-        };
-        if slot == u64::MAX {
-            return Ok(false); // cached meanwhile (a commit while we made room)
-        }
         self.inner.map.borrow_mut().pin(slot);
         self.inner.filling.borrow_mut().insert(line, slot);
         let written = self
