@@ -71,6 +71,9 @@ enum Cmd {
         /// Replay this one seed and print its trace hash on the last line.
         #[arg(long)]
         seed: Option<u64>,
+        /// Run the scenario's deliberately broken variant (shows what the torture finds).
+        #[arg(long)]
+        buggy: bool,
     },
 }
 
@@ -101,14 +104,8 @@ fn main() -> ExitCode {
             seeds,
             first,
             seed,
-        } => seeded(
-            "torture",
-            &area,
-            seeds,
-            first,
-            seed,
-            sim::Options::default(),
-        ),
+            buggy,
+        } => seeded("torture", &area, seeds, first, seed, sim::Options { buggy }),
     }
 }
 

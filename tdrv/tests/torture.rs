@@ -45,3 +45,32 @@ fn an_unknown_area_is_a_usage_error() {
     assert_eq!(code, 2);
     assert!(err.contains("unknown torture area"), "{err}");
 }
+
+/// The torture is not vacuous: a client acknowledged before writep1 returns (a DTM
+/// replying before phase 1 is durable) loses acknowledged writes in crashes, and the
+/// torture finds them, with a replay command that replays exactly.
+#[test]
+fn acknowledging_before_phase_one_is_found_and_replays() {
+    let (code, out, err) = tdrv(&["torture", "vssd", "--seeds", "40", "--buggy"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let all = format!("{out}{err}");
+    let line = all
+        .lines()
+        .find(|l| l.contains("replay: cargo run --release -p tdrv -- torture vssd --seed"))
+        .expect("a replay command");
+    assert!(line.ends_with("--buggy"), "{line}");
+    let seed = line
+        .split("--seed ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("seed in the replay command")
+        .to_string();
+    let (c1, o1, _) = tdrv(&["torture", "vssd", "--seed", &seed, "--buggy"]);
+    let (c2, o2, _) = tdrv(&["torture", "vssd", "--seed", &seed, "--buggy"]);
+    assert_eq!((c1, c2), (1, 1), "{o1}");
+    assert!(o1.contains("acknowledged"), "{o1}");
+    let last = |o: &str| o.lines().last().unwrap_or_default().to_string();
+    assert_eq!(last(&o1), last(&o2), "same seed, same trace");
+    let (c3, o3, _) = tdrv(&["torture", "vssd", "--seed", &seed]);
+    assert_eq!(c3, 0, "the correct client on the same seed: {o3}");
+}

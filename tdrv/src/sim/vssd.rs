@@ -25,6 +25,10 @@
 //!
 //! While the node runs, every read under the line's lock must return exactly the
 //! newest acknowledged version.
+//!
+//! `--buggy` acknowledges each write to its client before writep1 returns (a DTM that
+//! replies before phase 1 is durable): the torture finds seeds where a crash loses an
+//! acknowledged write.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -106,6 +110,8 @@ struct World {
     boots: Cell<u64>,
     formatted: Cell<bool>,
     trace: bool,
+    /// `--buggy`: acknowledge writes before writep1 returns.
+    buggy: bool,
     failure: RefCell<Option<String>>,
     /// Counters for the report.
     ops: Cell<u64>,
@@ -374,9 +380,18 @@ fn step(w: &World, v: &Vssd, rng: &mut Rng, line: u64) -> Result<(), String> {
                 .in_flight
                 .insert(tran);
             trace(w, format_args!("writep1 tran {tran} line {line}"));
+            if w.buggy {
+                // The broken variant acknowledges the write to its client (and
+                // decides commit) before phase 1 is durable.
+                w.decided.borrow_mut().insert(tran, true);
+                let mut lines = w.lines.borrow_mut();
+                let m = lines.entry(line).or_default();
+                m.acked = tran;
+                m.in_flight.clear();
+            }
             v.writep1(tran, line, &payload(line, tran))
                 .map_err(|e| format!("writep1 tran {tran} line {line}: {e}"))?;
-            let commit = rng.below(10) != 0;
+            let commit = w.buggy || rng.below(10) != 0;
             trace(
                 w,
                 format_args!(
@@ -458,7 +473,7 @@ fn step(w: &World, v: &Vssd, rng: &mut Rng, line: u64) -> Result<(), String> {
 }
 
 /// Runs one seed of the torture.
-pub fn run_seed(seed: u64, _opts: Options) -> SeedRun {
+pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
     let mut config = SimConfig::new(seed);
     config.faults = Faults {
         disk_latency_spike: 0.01,
@@ -468,6 +483,7 @@ pub fn run_seed(seed: u64, _opts: Options) -> SeedRun {
     let world = Rc::new(World {
         next_id: Cell::new(1),
         seed,
+        buggy: opts.buggy,
         trace: std::env::var_os("TDRV_TRACE").is_some(),
         ..World::default()
     });
