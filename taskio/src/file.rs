@@ -172,6 +172,22 @@ impl File {
         Ok(self.len()? == 0)
     }
 
+    /// Takes an exclusive advisory lock on the file (flock(2), LOCK_EX | LOCK_NB; the
+    /// simulator keeps its own): another open of the file that tries the same fails
+    /// with `WouldBlock` until this `File` (every descriptor of it) is closed.
+    pub fn try_lock_exclusive(&self) -> Result<(), IoError> {
+        core()
+            .with_io("flock", |io| io.lock_exclusive(self.fd))?
+            .map_err(|source| self.err_path("flock", source))
+    }
+
+    /// Releases the lock of [`File::try_lock_exclusive`] (closing the file does too).
+    pub fn unlock(&self) -> Result<(), IoError> {
+        core()
+            .with_io("flock", |io| io.unlock(self.fd))?
+            .map_err(|source| self.err_path("flock", source))
+    }
+
     pub fn set_len(&self, len: u64) -> Result<(), IoError> {
         core()
             .with_io("ftruncate", |io| io.set_file_len(self.fd, len))?

@@ -186,6 +186,7 @@ impl Vssd {
         expect_device: Option<&str>,
         options: Options,
     ) -> Result<(Vssd, Recovered), VssdError> {
+        crate::layout::lock(&file, "open")?;
         let opened = open_superblock(&file, expect_device)?;
         let mut superblock = opened.superblock;
         if opened.repair.is_some() {
@@ -898,13 +899,25 @@ impl Vssd {
         Ok(seq)
     }
 
-    /// Stops the vSSD: later calls fail; the log writes what is pending.
+    /// Stops the vSSD: later calls fail; parks until the log wrote what was pending
+    /// and a running checkpoint ended, then releases the device's lock (another open
+    /// may follow at once).
     pub fn close(&self) {
-        self.inner.closed.set(true);
-        self.inner.log.close();
-        self.inner.kick.wakeup_all();
-        self.inner.space.wakeup_all();
-        self.inner.ck_done.wakeup_all();
+        let inner = &*self.inner;
+        if inner.closed.replace(true) {
+            return;
+        }
+        inner.log.close();
+        inner.kick.wakeup_all();
+        inner.space.wakeup_all();
+        inner.ck_done.wakeup_all();
+        inner.log.wait_closed();
+        while inner.ck_running.get() {
+            inner.ck_done.sleep();
+        }
+        // Closing the file releases the lock too; this lets a new open in before the
+        // last handle of this vSSD is dropped. Nothing writes to the device now.
+        let _ = inner.file.unlock();
     }
 
     /// Checks the map's invariants (tests).

@@ -1065,6 +1065,7 @@ pub fn write_superblock(file: &File, sb: &mut Superblock) -> Result<(), VssdErro
 /// then superblock B, generation 1. The copies are read back and checked.
 pub fn format(file: &File, params: &FormatParams) -> Result<Geometry, VssdError> {
     let geometry = params.geometry()?;
+    lock(file, "format")?;
     let path = file.path();
     let len = device_len(file)?;
     if len < geometry.total_bytes {
@@ -1096,6 +1097,26 @@ pub fn format(file: &File, params: &FormatParams) -> Result<Geometry, VssdError>
     }
     verify_written(file, &sb)?;
     Ok(geometry)
+}
+
+/// Takes the device's exclusive lock: one vSSD user at a time (an open vSSD in another
+/// process, or another `File` of this one, is refused).
+pub fn lock(file: &File, op: &'static str) -> Result<(), VssdError> {
+    match file.try_lock_exclusive() {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(VssdError::Refused {
+            op,
+            path: file.path().to_path_buf(),
+            why:
+                "the device is in use: another process (or another open of it here) holds its lock"
+                    .into(),
+        }),
+        Err(source) => Err(VssdError::Io {
+            op,
+            path: file.path().to_path_buf(),
+            source,
+        }),
+    }
 }
 
 fn refuse_to_overwrite(file: &File, params: &FormatParams) -> Result<(), VssdError> {

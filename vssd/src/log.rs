@@ -367,6 +367,14 @@ impl LogWriter {
         self.inner.failed.borrow().is_some()
     }
 
+    /// After [`close`](LogWriter::close): parks until every writer task ended (what
+    /// was pending is written, or the log failed).
+    pub fn wait_closed(&self) {
+        while self.inner.writers_alive.get() > 0 {
+            self.inner.durable.sleep();
+        }
+    }
+
     /// Refuses further appends; the writer writes what is pending, then ends.
     pub fn close(&self) {
         self.inner.closed.set(true);

@@ -514,3 +514,26 @@ proptest! {
         run_program(path, ops);
     }
 }
+
+/// One user of a device at a time: a second open (another process, or another open
+/// file here) and a format over an open vSSD are refused, and change nothing.
+#[test]
+fn a_device_in_use_is_refused_to_a_second_open_and_to_format() {
+    let dir = TempDir::new("lock");
+    let path = formatted(&dir, 16);
+    run_io(move || {
+        let (v, _) = open(&path);
+        v.writep1(1, 1, &payload(1, 1)).unwrap();
+        v.commit(1).unwrap();
+        let e = Vssd::open(open_dev(&path), Some("cdev-test"), Options::default())
+            .err()
+            .expect("a second open");
+        assert!(e.to_string().contains("in use"), "{e}");
+        let mut p = params(16);
+        p.uuid = [8; 16];
+        let e = format(&open_dev(&path), &p).unwrap_err();
+        assert!(e.to_string().contains("in use"), "{e}");
+        assert_eq!(read_tran(&v, 1), Some((1, State::Dirty)));
+        v.close();
+    });
+}

@@ -95,6 +95,12 @@ pub trait Io {
     fn file_len(&mut self, fd: RawFd) -> io::Result<u64>;
     /// Sets the size of the file behind `fd`.
     fn set_file_len(&mut self, fd: RawFd, len: u64) -> io::Result<()>;
+    /// Takes an exclusive advisory lock on the file behind `fd` (flock(2) semantics:
+    /// held until every descriptor of this open file is closed), or fails with
+    /// `WouldBlock` if another open file holds it.
+    fn lock_exclusive(&mut self, fd: RawFd) -> io::Result<()>;
+    /// Releases the lock [`Io::lock_exclusive`] took on `fd` (nothing if none).
+    fn unlock(&mut self, fd: RawFd) -> io::Result<()>;
     /// Starts a file operation. On completion the driver stores the result in `op`
     /// and wakes its waiter; until then it keeps `op` (and so the buffers in it)
     /// alive, even if the submitting task is gone.

@@ -629,6 +629,18 @@ impl Io for Reactor {
         Ok(())
     }
 
+    fn lock_exclusive(&mut self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: flock(2) has no memory preconditions.
+        cvt(unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) })?;
+        Ok(())
+    }
+
+    fn unlock(&mut self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: flock(2) has no memory preconditions.
+        cvt(unsafe { libc::flock(fd, libc::LOCK_UN) })?;
+        Ok(())
+    }
+
     fn submit(&mut self, op: Rc<FileOp>) -> io::Result<()> {
         self.aio.submit(op)
     }

@@ -389,6 +389,8 @@ pub(crate) struct SimState {
     waiters: BTreeMap<(RawFd, u8), Vec<TaskRef>>,
     pub(crate) nodes: Vec<Node>,
     pub(crate) disks: BTreeMap<(u32, PathBuf), Disk>,
+    /// Exclusive file locks: (node, path) -> the fd holding it.
+    locks: BTreeMap<(u32, PathBuf), RawFd>,
     partitions: BTreeSet<(u32, u32)>,
     injected: BTreeMap<(u32, PathBuf), VecDeque<DiskFault>>,
     file_ops: usize,
@@ -432,6 +434,7 @@ impl SimState {
                 program: None,
             }],
             disks: BTreeMap::new(),
+            locks: BTreeMap::new(),
             partitions: BTreeSet::new(),
             injected: BTreeMap::new(),
             file_ops: 0,
@@ -764,7 +767,13 @@ impl SimState {
                     }
                 }
             }
-            Some(SimFd::File { .. }) | None => {}
+            Some(SimFd::File { node, path, .. }) => {
+                let key = (node, path);
+                if self.locks.get(&key) == Some(&fd) {
+                    self.locks.remove(&key);
+                }
+            }
+            None => {}
         }
     }
 
@@ -1195,6 +1204,35 @@ impl Io for SimDriver {
             dsync: flags & libc::O_DSYNC != 0,
         });
         Ok(fd)
+    }
+
+    fn lock_exclusive(&mut self, fd: RawFd) -> io::Result<()> {
+        let mut guard = self.state.borrow_mut();
+        let s = &mut *guard;
+        let Some(SimFd::File { node, path, .. }) = s.fds.get(&fd) else {
+            return Err(err(libc::EBADF));
+        };
+        let key = (*node, path.clone());
+        match s.locks.get(&key) {
+            Some(&holder) if holder != fd => Err(err(libc::EWOULDBLOCK)),
+            _ => {
+                s.locks.insert(key, fd);
+                Ok(())
+            }
+        }
+    }
+
+    fn unlock(&mut self, fd: RawFd) -> io::Result<()> {
+        let mut guard = self.state.borrow_mut();
+        let s = &mut *guard;
+        let Some(SimFd::File { node, path, .. }) = s.fds.get(&fd) else {
+            return Err(err(libc::EBADF));
+        };
+        let key = (*node, path.clone());
+        if s.locks.get(&key) == Some(&fd) {
+            s.locks.remove(&key);
+        }
+        Ok(())
     }
 
     fn file_len(&mut self, fd: RawFd) -> io::Result<u64> {
