@@ -12,7 +12,7 @@
 //! | --- | --- | --- |
 //! | superblock A | 0 | 4 KiB |
 //! | superblock B | 4 KiB | 4 KiB |
-//! | log (circular) | 8 KiB ([`LOG_OFFSET`]) | `log_bytes`: a multiple of 4 KiB, 2 MiB ..= 64 GiB |
+//! | log (circular) | 8 KiB ([`LOG_OFFSET`]) | `log_bytes`: a multiple of 4 KiB, 4 MiB ..= 64 GiB |
 //! | checkpoint A | after the log | `checkpoint_bytes` = (1 header block + ⌈`slot_count` / 127⌉ entry blocks) × 4 KiB |
 //! | checkpoint B | after checkpoint A | `checkpoint_bytes` |
 //! | data slots | after checkpoint B, rounded up to `line_size` | `slot_count` × `line_size` |
@@ -119,7 +119,7 @@ pub const LINE_SIZE_MAX: u32 = 64 * 1024;
 /// Largest capacity in lines: 2^36 lines is 256 TiB of 4 KiB lines; the bound keeps
 /// every offset of the layout far below `i64::MAX` (asserted below).
 pub const LINES_MAX: u64 = 1 << 36;
-/// The smallest log: [`crate::record::LOG_BLOCKS_MIN`] blocks (2 MiB), room for the
+/// The smallest log: [`crate::record::LOG_BLOCKS_MIN`] blocks (4 MiB), room for the
 /// writes in flight and as much again.
 pub const LOG_BYTES_MIN: u64 = crate::record::LOG_BLOCKS_MIN * BLOCK_BYTES;
 pub const LOG_BYTES_MAX: u64 = 64 << 30;

@@ -37,7 +37,7 @@
 //! 3. *Never rewrite a durable block*: a taken buffer is never appended to again; the
 //!    next buffer starts at the next seq.
 //! 4. *Write bounds*: a buffer holds at most [`LOG_WRITE_BLOCKS_MAX`] blocks and never
-//!    crosses the end of the region; [`LOG_WRITERS`] writes in flight (4 x 64 <= 256
+//!    crosses the end of the region; [`LOG_WRITERS`] writes in flight (8 x 64 <= 512
 //!    blocks).
 //! 5. *Scrub after recovery*: [`scrub_after_recovery`] zeroes what
 //!    [`LogRing::scrub_after_recovery`] names; call it before [`LogWriter::start`].
@@ -61,7 +61,7 @@ use crate::record::{
 /// Writer tasks: each writes one buffer at a time, so this many log writes (and their
 /// flushes) are in flight at once. A device completes concurrent flushes together:
 /// at many appenders, more smaller groups in flight beat one large group.
-pub const LOG_WRITERS: usize = 4;
+pub const LOG_WRITERS: usize = 8;
 /// Log buffers: one per writer, and one filling.
 pub const LOG_BUFFERS: usize = LOG_WRITERS + 1;
 /// Bytes of one log buffer: the largest write.

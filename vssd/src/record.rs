@@ -156,9 +156,9 @@ pub const BLOCK_WASTE_LEN_MAX: usize = RECORD_LEN_MAX - RECORD_ALIGN;
 pub const LOG_WRITE_BLOCKS_MAX: u64 = 64;
 /// Most blocks the log writer has in flight beyond the durable prefix of the log; also
 /// how far past the end of the log recovery scrubs (rule 5 of the module doc): the log
-/// writer's four writes in flight ([`crate::log::LOG_WRITERS`]).
-pub const LOG_BLOCKS_IN_FLIGHT_MAX: u64 = 4 * LOG_WRITE_BLOCKS_MAX;
-/// The smallest log a vSSD may have, in blocks (2 MiB; the layout's
+/// writers' eight writes in flight ([`crate::log::LOG_WRITERS`]).
+pub const LOG_BLOCKS_IN_FLIGHT_MAX: u64 = 8 * LOG_WRITE_BLOCKS_MAX;
+/// The smallest log a vSSD may have, in blocks (4 MiB; the layout's
 /// [`crate::layout::LOG_BYTES_MIN`]).
 pub const LOG_BLOCKS_MIN: u64 = 2 * LOG_BLOCKS_IN_FLIGHT_MAX;
 /// The largest log a vSSD may have, in blocks (16 TiB): byte offsets never overflow.

@@ -489,7 +489,7 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
     });
     let w2 = world.clone();
     // One seed in 8 runs boots long enough for the log to wrap over checkpoints.
-    let boot_micros = if seed % 8 == 7 { 700_000 } else { 80_000 };
+    let boot_micros = if seed % 8 == 7 { 2_000_000 } else { 80_000 };
     let result = sim.run(move |h: &SimHandle| {
         let w3 = w2.clone();
         let node = h.add_node("ssd", "10.0.0.1".parse().expect("ip"), move || boot(&w3));
