@@ -62,7 +62,7 @@ use taskio::file::File;
 use crate::error::VssdError;
 use crate::layout::{
     BLOCK_BYTES, CHECKPOINT_BLOCK_HEADER_BYTES, CHECKPOINT_ENTRIES_PER_BLOCK,
-    CHECKPOINT_ENTRY_BYTES, Geometry,
+    CHECKPOINT_ENTRY_BYTES, Geometry, get_u32, get_u64,
 };
 use crate::map::{Entry, Prepared, State};
 
@@ -96,18 +96,6 @@ pub struct Loaded {
 fn crc(seed: u32, bytes: &[u8], skip: std::ops::Range<usize>) -> u32 {
     let c = crc32c::crc32c_append(seed, &bytes[..skip.start]);
     crc32c::crc32c_append(c, &bytes[skip.end..])
-}
-
-fn get_u64(b: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(v)
-}
-
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    let mut v = [0u8; 4];
-    v.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(v)
 }
 
 fn io_error(op: &'static str, path: &Path, source: taskio::IoError) -> VssdError {

@@ -60,7 +60,7 @@ use crate::layout::{
     Geometry, LOG_SEQ_FIRST, Repair, Superblock, open_superblock, write_superblock,
 };
 use crate::log::{LogStats, LogWriter, RecordPos, recover_scan, scrub_after_recovery};
-use crate::map::{CacheMap, Counts, MapError, Replay, State};
+use crate::map::{CacheMap, Counts, Entry, MapError, Replay, State};
 use crate::record::{BlockEnd, Record};
 
 /// A tran recovery found prepared with neither COMMIT nor ABORT: the DTM decides.
@@ -195,7 +195,7 @@ impl Vssd {
         let geometry = superblock.geometry;
         let seed = superblock.crc_seed();
         let loaded = checkpoint::read_newest(&file, &geometry, seed)?;
-        let (seq_start, ck_which, replay) = match &loaded {
+        let (seq_start, ck_which, mut replay) = match &loaded {
             Some(l) => (
                 l.snapshot.seq,
                 Some(l.which),
@@ -206,7 +206,6 @@ impl Vssd {
             ),
             None => (LOG_SEQ_FIRST, None, Replay::default()),
         };
-        let mut replay = replay;
         let scan = recover_scan(&file, &geometry, seed, seq_start)?;
         let mut records = 0;
         for (_, block) in &scan.blocks {
@@ -289,7 +288,7 @@ impl Vssd {
         });
         let vssd = Vssd { inner };
         let task_vssd = vssd.clone();
-        Builder::new()
+        let started = Builder::new()
             .name("vssd-checkpoint")
             .system(true)
             .spawn(move || checkpoint_loop(&task_vssd))
@@ -297,32 +296,15 @@ impl Vssd {
                 op: "open",
                 path: path.clone(),
                 why: format!("cannot start the checkpoint task: {e}"),
-            })?;
-        // A PREPARE may have survived without its payload (log.rs, "Why write +
-        // fdatasync"): check each, abort the torn ones.
-        let mut buf = AlignedBuf::new(geometry.line_size() as usize);
-        let mut torn_prepares = Vec::new();
-        let mut kept = Vec::new();
-        for d in in_doubt {
-            buf.set_len(round_up(d.len as usize));
-            vssd.inner
-                .file
-                .pread_exact(&mut buf, geometry.slot_offset(d.slot))
-                .map_err(|source| VssdError::Io {
-                    op: "recovery read of a prepared payload",
-                    path: path.clone(),
-                    source,
-                })?;
-            if crc32c::crc32c(&buf[..d.len as usize]) == d.crc {
-                kept.push(d);
-            } else {
-                vssd.abort(d.tran)?;
-                torn_prepares.push(d.tran);
+            });
+        let split = started.and_then(|_| vssd.abort_torn_prepares(in_doubt));
+        let (kept, torn_prepares) = match split {
+            Ok(split) => split,
+            Err(e) => {
+                vssd.close(); // the log writers stop, the device's lock is released
+                return Err(e);
             }
-        }
-        if !torn_prepares.is_empty() {
-            vssd.sync()?;
-        }
+        };
         let recovered = Recovered {
             in_doubt: kept,
             torn_prepares,
@@ -333,6 +315,36 @@ impl Vssd {
             repaired: opened.repair,
         };
         Ok((vssd, recovered))
+    }
+
+    /// A PREPARE may have survived a crash without its payload (log.rs, "Why write +
+    /// fdatasync"): reads each in-doubt payload and aborts the torn ones. Returns the
+    /// trans still in doubt and the aborted ones.
+    fn abort_torn_prepares(
+        &self,
+        in_doubt: Vec<InDoubt>,
+    ) -> Result<(Vec<InDoubt>, Vec<u64>), VssdError> {
+        let mut buf = AlignedBuf::new(self.inner.geometry.line_size() as usize);
+        let mut torn = Vec::new();
+        let mut kept = Vec::new();
+        for d in in_doubt {
+            if self.read_slot(
+                "recovery read of a prepared payload",
+                d.slot,
+                d.len,
+                &mut buf,
+            )? == d.crc
+            {
+                kept.push(d);
+            } else {
+                self.abort(d.tran)?;
+                torn.push(d.tran);
+            }
+        }
+        if !torn.is_empty() {
+            self.sync()?;
+        }
+        Ok((kept, torn))
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -596,39 +608,41 @@ impl Vssd {
         }
     }
 
-    fn refuse_busy(&self, op: &'static str, tran: u64) -> Result<(), VssdError> {
-        if self.inner.phase1.borrow().contains_key(&tran) {
-            return Err(VssdError::TranBusy { op, tran });
-        }
-        Ok(())
-    }
-
     /// Commits `tran`: its slot becomes the line's dirty version, the old version's
     /// slot is released. The COMMIT rides on a later log write; wait on the returned
     /// position for it to be durable.
     pub fn commit(&self, tran: u64) -> Result<RecordPos, VssdError> {
-        self.refuse_busy("commit", tran)?;
-        let (_, pos) = self.logged("commit", &Record::Commit { tran }, |map, seq| {
-            map.commit(tran, seq)
-                .map_err(|e| self.map_error("commit", e))?;
-            Ok(((), Some(Record::Commit { tran })))
-        })?;
-        self.inner.space.wakeup_all();
-        self.count(|s| s.commits += 1);
-        Ok(pos.expect("COMMIT appended"))
+        self.decide(tran, Resolution::Commit)
     }
 
     /// Aborts `tran`: its slot is released, the line keeps its current version.
     pub fn abort(&self, tran: u64) -> Result<RecordPos, VssdError> {
-        self.refuse_busy("abort", tran)?;
-        let (_, pos) = self.logged("abort", &Record::Abort { tran }, |map, seq| {
-            map.abort(tran, seq)
-                .map_err(|e| self.map_error("abort", e))?;
-            Ok(((), Some(Record::Abort { tran })))
+        self.decide(tran, Resolution::Abort)
+    }
+
+    /// COMMIT or ABORT of a prepared tran whose writep1 has returned.
+    fn decide(&self, tran: u64, decision: Resolution) -> Result<RecordPos, VssdError> {
+        let (op, record) = match decision {
+            Resolution::Commit => ("commit", Record::Commit { tran }),
+            Resolution::Abort => ("abort", Record::Abort { tran }),
+        };
+        if self.inner.phase1.borrow().contains_key(&tran) {
+            return Err(VssdError::TranBusy { op, tran });
+        }
+        let (_, pos) = self.logged(op, &record, |map, seq| {
+            let applied = match decision {
+                Resolution::Commit => map.commit(tran, seq).map(drop),
+                Resolution::Abort => map.abort(tran, seq).map(drop),
+            };
+            applied.map_err(|e| self.map_error(op, e))?;
+            Ok(((), Some(record.clone())))
         })?;
         self.inner.space.wakeup_all();
-        self.count(|s| s.aborts += 1);
-        Ok(pos.expect("ABORT appended"))
+        self.count(|s| match decision {
+            Resolution::Commit => s.commits += 1,
+            Resolution::Abort => s.aborts += 1,
+        });
+        Ok(pos.expect("COMMIT or ABORT appended"))
     }
 
     /// Resolves an in-doubt tran by the DTM's decision, durably.
@@ -653,34 +667,23 @@ impl Vssd {
         );
         let entry = {
             let mut map = self.inner.map.borrow_mut();
-            let Some(e) = map.access(line) else {
-                drop(map);
-                self.count(|s| s.read_misses += 1);
-                return Ok(None);
-            };
-            if self.inner.filling.borrow().get(&line) == Some(&e.slot) {
-                drop(map);
-                self.count(|s| s.read_misses += 1);
-                return Ok(None);
+            // A line being filled misses until its payload is written.
+            let filling = |e: &Entry| self.inner.filling.borrow().get(&line) == Some(&e.slot);
+            match map.access(line) {
+                Some(e) if !filling(&e) => {
+                    map.pin(e.slot);
+                    e
+                }
+                _ => {
+                    drop(map);
+                    self.count(|s| s.read_misses += 1);
+                    return Ok(None);
+                }
             }
-            map.pin(e.slot);
-            e
         };
-        buf.set_len(round_up(entry.len as usize));
-        let read = self
-            .inner
-            .file
-            .pread_exact(buf, self.inner.geometry.slot_offset(entry.slot));
-        if self.inner.map.borrow_mut().unpin(entry.slot) {
-            self.inner.space.wakeup_all();
-        }
-        read.map_err(|source| VssdError::Io {
-            op: "read payload",
-            path: self.path_buf(),
-            source,
-        })?;
-        buf.set_len(entry.len as usize);
-        let got = crc32c::crc32c(buf);
+        let read = self.read_slot("read payload", entry.slot, entry.len, buf);
+        self.unpin(entry.slot);
+        let got = read?;
         if got != entry.crc {
             return Err(VssdError::Payload {
                 path: self.path_buf(),
@@ -697,6 +700,36 @@ impl Vssd {
             state: entry.state,
             len: entry.len,
         }))
+    }
+
+    /// Ends a pin of the map on `slot`; a writer waiting for room may find the slot
+    /// free now.
+    fn unpin(&self, slot: u64) {
+        if self.inner.map.borrow_mut().unpin(slot) {
+            self.inner.space.wakeup_all();
+        }
+    }
+
+    /// Reads the `len` payload bytes of `slot` into `buf` (its length set to `len`)
+    /// and returns their CRC32C.
+    fn read_slot(
+        &self,
+        op: &'static str,
+        slot: u64,
+        len: u32,
+        buf: &mut AlignedBuf,
+    ) -> Result<u32, VssdError> {
+        buf.set_len(round_up(len as usize));
+        self.inner
+            .file
+            .pread_exact(buf, self.inner.geometry.slot_offset(slot))
+            .map_err(|source| VssdError::Io {
+                op,
+                path: self.path_buf(),
+                source,
+            })?;
+        buf.set_len(len as usize);
+        Ok(crc32c::crc32c(buf))
     }
 
     /// [`read_into`](Vssd::read_into) a new buffer.
@@ -752,18 +785,15 @@ impl Vssd {
             if map.lookup(line).is_some_and(|e| e.slot == slot) {
                 map.invalidate(line, 0);
             }
-            map.unpin(slot);
             drop(map);
-            self.inner.space.wakeup_all();
+            self.unpin(slot);
             return Err(VssdError::Io {
                 op: "insert_clean payload write",
                 path: self.path_buf(),
                 source,
             });
         }
-        if self.inner.map.borrow_mut().unpin(slot) {
-            self.inner.space.wakeup_all();
-        }
+        self.unpin(slot);
         self.count(|s| s.fills += 1);
         Ok(true)
     }
@@ -826,7 +856,7 @@ impl Vssd {
     }
 
     /// The current version of `line` without reading it, if cached.
-    pub fn lookup(&self, line: u64) -> Option<crate::map::Entry> {
+    pub fn lookup(&self, line: u64) -> Option<Entry> {
         self.inner.map.borrow().lookup(line)
     }
 

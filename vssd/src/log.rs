@@ -55,7 +55,8 @@ use taskio::{AlignedBuf, Builder, IoError, Pool, PoolItem, Rendez};
 use crate::error::VssdError;
 use crate::layout::Geometry;
 use crate::record::{
-    BlockEnd, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogBlockWriter, LogRing, Record, decode_block,
+    BLOCK_RECORDS_LEN_MAX, BlockEnd, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogBlockWriter, LogRing,
+    Record, block_records_len, decode_block,
 };
 
 /// Writer tasks: each writes one buffer at a time, so this many log writes (and their
@@ -418,83 +419,62 @@ impl Inner {
         Ok(())
     }
 
-    /// The seq a record of `len` bytes would get now, if it need not wait.
+    /// The seq a record of `len` bytes would get now, if it need not wait: the open
+    /// block's if the record fits there (and no cut closed it), else a fresh block's
+    /// within one write, before the wrap, without overrun.
     fn place(&self, len: usize) -> Option<u64> {
         let filling = self.filling.borrow();
-        let Some(filling) = filling.as_ref() else {
-            if !self.pool.may_get() {
-                return None;
-            }
-            let seq = self.seq_next.get();
-            return (self.ring.blocks_free(seq, self.oldest_needed.get()) > 0).then_some(seq);
+        let (seq_first, blocks) = match filling.as_ref() {
+            Some(f) => (f.seq_first, f.blocks),
+            None if self.pool.may_get() => (self.seq_next.get(), 0),
+            None => return None,
         };
-        if filling.blocks > 0 {
-            let seq_last = filling.seq_first + filling.blocks - 1;
-            let at = (filling.blocks - 1) as usize * LOG_BLOCK_SIZE;
-            let used = u16::from_le_bytes([filling.buf[at + 20], filling.buf[at + 21]]);
-            if seq_last >= self.fresh_from.get()
-                && usize::from(used) + len <= crate::record::BLOCK_RECORDS_LEN_MAX
-            {
+        if let Some(f) = filling.as_ref().filter(|f| f.blocks > 0) {
+            let seq_last = f.seq_first + f.blocks - 1;
+            let at = (f.blocks - 1) as usize * LOG_BLOCK_SIZE;
+            let used = block_records_len(&f.buf[at..at + LOG_BLOCK_SIZE]);
+            if seq_last >= self.fresh_from.get() && used + len <= BLOCK_RECORDS_LEN_MAX {
                 return Some(seq_last);
             }
         }
-        let seq = filling.seq_first + filling.blocks;
-        if filling.blocks >= LOG_WRITE_BLOCKS_MAX
-            || filling.blocks >= self.ring.blocks_until_wrap(filling.seq_first)
-            || self.ring.blocks_free(seq, self.oldest_needed.get()) == 0
-        {
-            return None;
-        }
-        Some(seq)
+        let seq = seq_first + blocks;
+        let room = blocks < LOG_WRITE_BLOCKS_MAX
+            && blocks < self.ring.blocks_until_wrap(seq_first)
+            && self.ring.blocks_free(seq, self.oldest_needed.get()) > 0;
+        room.then_some(seq)
     }
 
-    /// Encodes `record` into the filling buffer, or says the caller must wait.
+    /// Encodes `record` into the filling buffer where [`Inner::place`] says, or says
+    /// the caller must wait.
     fn try_append(&self, record: &Record) -> Option<RecordPos> {
+        let seq = self.place(record.encoded_len())?;
         let mut slot = self.filling.borrow_mut();
-        if slot.is_none() {
-            let buf = self.pool.try_get()?;
-            *slot = Some(Filling {
-                buf,
-                seq_first: self.seq_next.get(),
-                blocks: 0,
-                records: 0,
-            });
-        }
-        let filling = slot.as_mut()?;
+        let filling = slot.get_or_insert_with(|| Filling {
+            buf: self.pool.try_get().expect("place saw a buffer to take"),
+            seq_first: self.seq_next.get(),
+            blocks: 0,
+            records: 0,
+        });
         if filling.records == 0 {
             // The first record waiting: the writer arms its lazy deadline.
             self.first_pending.set(Some(taskio::now()));
             self.work.wakeup();
         }
-        if filling.blocks > 0 {
-            let at = (filling.blocks - 1) as usize * LOG_BLOCK_SIZE;
-            let mut block =
-                LogBlockWriter::resume(&mut filling.buf[at..at + LOG_BLOCK_SIZE], self.seed);
-            if block.seq() >= self.fresh_from.get() && block.fits(record) {
-                let index = block.record_count() as u32;
-                let seq = block.seq();
-                block.append(record).expect("record fits");
-                filling.records += 1;
-                return Some(RecordPos { seq, index });
-            }
-        }
-        // A fresh block: within one write, before the wrap, without overrun.
-        let seq = filling.seq_first + filling.blocks;
-        assert_eq!(seq, self.seq_next.get());
-        if filling.blocks >= LOG_WRITE_BLOCKS_MAX
-            || filling.blocks >= self.ring.blocks_until_wrap(filling.seq_first)
-            || self.ring.blocks_free(seq, self.oldest_needed.get()) == 0
-        {
-            return None;
-        }
-        let at = filling.blocks as usize * LOG_BLOCK_SIZE;
-        let mut block =
-            LogBlockWriter::new(&mut filling.buf[at..at + LOG_BLOCK_SIZE], seq, self.seed);
-        block.append(record).expect("a record fits a fresh block");
-        filling.blocks += 1;
+        let fresh = seq == filling.seq_first + filling.blocks;
+        let at = (seq - filling.seq_first) as usize * LOG_BLOCK_SIZE;
+        let buf = &mut filling.buf[at..at + LOG_BLOCK_SIZE];
+        let mut block = if fresh {
+            assert_eq!(seq, self.seq_next.get());
+            filling.blocks += 1;
+            self.seq_next.set(seq + 1);
+            LogBlockWriter::new(buf, seq, self.seed)
+        } else {
+            LogBlockWriter::resume(buf, self.seed)
+        };
+        let index = block.record_count() as u32;
+        block.append(record).expect("place found room");
         filling.records += 1;
-        self.seq_next.set(seq + 1);
-        Some(RecordPos { seq, index: 0 })
+        Some(RecordPos { seq, index })
     }
 }
 

@@ -839,7 +839,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> LogBlockWriter<B> {
         seq_bytes.copy_from_slice(&block[8..16]);
         let seq = u64::from_le_bytes(seq_bytes);
         let record_count = usize::from(u16::from_le_bytes([block[18], block[19]]));
-        let records_len = usize::from(u16::from_le_bytes([block[20], block[21]]));
+        let records_len = block_records_len(block);
         assert!(record_count <= RECORDS_PER_BLOCK_MAX);
         assert!(records_len <= BLOCK_RECORDS_LEN_MAX);
         assert!(records_len >= record_count * RECORD_LEN_MIN);
@@ -927,6 +927,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> LogBlockWriter<B> {
         assert_eq!(count, self.record_count);
         self.buf
     }
+}
+
+/// Bytes of records in a block a [`LogBlockWriter`] started (its header's
+/// `records_len`), sealed or not.
+pub fn block_records_len(block: &[u8]) -> usize {
+    usize::from(u16::from_le_bytes([block[20], block[21]]))
 }
 
 /// Where log blocks live in the circular log region, and how much room the writer

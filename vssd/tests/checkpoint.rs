@@ -2,12 +2,13 @@
 //! header falls back to the other region, a valid header over bad entries is an
 //! error (never a silent fallback), and another format's checkpoint is never read.
 
+mod common;
+
+use common::{TempDir, run_io};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use taskio::file::{File, OpenOptions};
-use taskio::{Config, IoConfig, Runtime};
 use vssd::VssdError;
 use vssd::checkpoint::{Loaded, Snapshot, read_newest, write};
 use vssd::layout::{Geometry, LOG_BYTES_MIN};
@@ -15,35 +16,8 @@ use vssd::map::{Entry, Prepared, State};
 
 const SEED: u32 = 0x1234_abcd;
 
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(test: &str, bytes: u64) -> TempFile {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("vssd-ckpt-{}-{test}-{n}", std::process::id()));
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(bytes)
-            .unwrap();
-        TempFile(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn geometry() -> Geometry {
     Geometry::new(4096, 300, LOG_BYTES_MIN).unwrap()
-}
-
-fn run_io<T: 'static>(main: impl FnOnce() -> T + 'static) -> T {
-    let mut rt = Runtime::with_io(Config::default(), IoConfig::default()).unwrap();
-    rt.run(main).unwrap()
 }
 
 fn open(path: &Path) -> File {
@@ -110,8 +84,9 @@ fn poke(path: &Path, offset: u64, xor: u8) {
 #[test]
 fn round_trip_and_the_newest_of_two_wins() {
     let g = geometry();
-    let f = TempFile::new("round", g.total_bytes());
-    let p = f.0.clone();
+    let dir = TempDir::new("ckpt-round");
+    let f = dir.file_with("vssd", g.total_bytes(), &[]);
+    let p = f.clone();
     run_io(move || {
         let file = open(&p);
         assert_eq!(
@@ -146,16 +121,17 @@ fn round_trip_and_the_newest_of_two_wins() {
 #[test]
 fn a_torn_header_falls_back_to_the_other_region() {
     let g = geometry();
-    let f = TempFile::new("torn", g.total_bytes());
-    let p = f.0.clone();
+    let dir = TempDir::new("ckpt-torn");
+    let f = dir.file_with("vssd", g.total_bytes(), &[]);
+    let p = f.clone();
     run_io(move || {
         let file = open(&p);
         write(&file, &g, SEED, 0, &snapshot(10)).unwrap();
         write(&file, &g, SEED, 1, &snapshot(20)).unwrap();
     });
     // A byte of B's header (its seq) flipped, as a torn write would leave it.
-    poke(&f.0, g.checkpoint_offsets()[1] + 17, 0x40);
-    let p = f.0.clone();
+    poke(&f, g.checkpoint_offsets()[1] + 17, 0x40);
+    let p = f.clone();
     let got = run_io(move || read_newest(&open(&p), &g, SEED).unwrap());
     assert_eq!(got.map(|l| (l.which, l.snapshot.seq)), Some((0, 10)));
 }
@@ -163,16 +139,17 @@ fn a_torn_header_falls_back_to_the_other_region() {
 #[test]
 fn a_valid_header_over_bad_entries_is_an_error() {
     let g = geometry();
-    let f = TempFile::new("entries", g.total_bytes());
-    let p = f.0.clone();
+    let dir = TempDir::new("ckpt-entries");
+    let f = dir.file_with("vssd", g.total_bytes(), &[]);
+    let p = f.clone();
     run_io(move || {
         let file = open(&p);
         write(&file, &g, SEED, 0, &snapshot(10)).unwrap();
         write(&file, &g, SEED, 1, &snapshot(20)).unwrap();
     });
     // The second entry block of B, one entry byte.
-    poke(&f.0, g.checkpoint_offsets()[1] + 2 * 4096 + 100, 0x01);
-    let p = f.0.clone();
+    poke(&f, g.checkpoint_offsets()[1] + 2 * 4096 + 100, 0x01);
+    let p = f.clone();
     let e = run_io(move || read_newest(&open(&p), &g, SEED).unwrap_err());
     assert!(matches!(e, VssdError::Corrupt { .. }), "{e}");
     let msg = e.to_string();

@@ -3,13 +3,15 @@
 //! AIO and O_DIRECT paths (the simulator's torture covers power loss; this covers the
 //! real driver). The child is this test binary again, run for this one test.
 
+mod common;
+
+use common::{TempDir, open_dev, run_io};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use taskio::file::{File, OpenOptions};
-use taskio::{AlignedBuf, Config, IoConfig, IoError, Runtime, spawn};
+use taskio::{AlignedBuf, spawn};
 use vssd::layout::{FormatParams, LOG_BYTES_MIN};
 use vssd::{Options, Resolution, Vssd, format};
 
@@ -29,14 +31,6 @@ fn params() -> FormatParams {
     }
 }
 
-fn open_dev(path: &Path) -> File {
-    match OpenOptions::new().direct(true).open(path) {
-        Ok(f) => f,
-        Err(IoError::DirectUnsupported { .. }) => OpenOptions::new().open(path).unwrap(),
-        Err(e) => panic!("open {}: {e}", path.display()),
-    }
-}
-
 fn payload(line: u64, tran: u64) -> AlignedBuf {
     let mut b = AlignedBuf::new(4096);
     b.set_len(4096);
@@ -44,11 +38,6 @@ fn payload(line: u64, tran: u64) -> AlignedBuf {
         c.copy_from_slice(&((line << 40) ^ tran ^ ((i as u64) << 56)).to_le_bytes());
     }
     b
-}
-
-fn run_io<T: 'static>(main: impl FnOnce() -> T + 'static) -> T {
-    let mut rt = Runtime::with_io(Config::default(), IoConfig::default()).unwrap();
-    rt.run(main).unwrap()
 }
 
 /// The child: writes for ever, printing "ack LINE TRAN" once commit was called after
@@ -88,11 +77,8 @@ fn a_killed_process_keeps_every_acknowledged_write() {
         child(PathBuf::from(path), round);
         return;
     }
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vssd-kill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("vssd");
+    let dir = TempDir::new("kill");
+    let path = dir.file("vssd");
     let g = params().geometry().unwrap();
     std::fs::File::create(&path)
         .unwrap()
@@ -174,5 +160,4 @@ fn a_killed_process_keeps_every_acknowledged_write() {
             v.close();
         });
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

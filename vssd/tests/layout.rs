@@ -4,16 +4,18 @@
 //! superblock update or of a format, and properties of the geometry and of the
 //! superblock codec.
 
+mod common;
+
+use common::{TempDir, open_dev, run_io};
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use taskio::file::{File, OpenOptions};
 use taskio::sim::{Sim, SimConfig};
-use taskio::{Config, IoConfig, IoError, Rendez, Runtime, sleep};
+use taskio::{Rendez, sleep};
 use vssd::VssdError;
 use vssd::layout::{
     BLOCK_BYTES, CHECKPOINT_ENTRIES_PER_BLOCK, FORMAT_VERSION, FormatParams, Geometry,
@@ -57,71 +59,6 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-/// A fresh directory on the target's file system (not a tmpfs, so O_DIRECT has a
-/// chance), removed when dropped.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("vssd-layout-{}-{test}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("create temp dir {}: {e}", path.display()));
-        TempDir { path }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-
-    /// A file of `len` bytes holding `bytes` at its start.
-    fn file_with(&self, name: &str, len: u64, bytes: &[u8]) -> PathBuf {
-        let p = self.file(name);
-        std::fs::write(&p, bytes).unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-        f.set_len(len.max(bytes.len() as u64)).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// Runs `main` on a runtime with the real driver (kernel AIO).
-fn run_io<T: 'static>(main: impl FnOnce() -> T + 'static) -> T {
-    let mut rt = Runtime::with_io(Config::default(), IoConfig::default())
-        .unwrap_or_else(|e| panic!("Runtime::with_io: {e}"));
-    rt.run(main)
-        .unwrap_or_else(|e| panic!("Runtime::run failed: {e}"))
-}
-
-/// Opens an existing file with O_DIRECT, or buffered where the file system refuses
-/// O_DIRECT (said once on stderr).
-fn open_dev(path: &Path) -> File {
-    static SAID: AtomicBool = AtomicBool::new(false);
-    match OpenOptions::new().direct(true).open(path) {
-        Ok(f) => f,
-        Err(IoError::DirectUnsupported { .. }) => {
-            if !SAID.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "note: the file system under {} refuses O_DIRECT: these tests use buffered I/O",
-                    path.display()
-                );
-            }
-            OpenOptions::new().open(path).unwrap()
-        }
-        Err(e) => panic!("open {}: {e}", path.display()),
-    }
 }
 
 /// Formats a new file of `len` bytes (the layout's size if `None`) at `path`.

@@ -2,22 +2,25 @@
 //! wrap-around of the circular log, a full log that makes appenders wait, an injected
 //! write error that fails every waiter, and crash torture under the simulator.
 
+mod common;
+
+use common::{TempDir, open_dev, run_io};
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use taskio::file::{File, OpenOptions};
 use taskio::sim::{DiskFault, Sim, SimConfig};
-use taskio::{Config, IoConfig, IoError, Runtime, sleep, spawn, yield_now};
+use taskio::{sleep, spawn, yield_now};
 use vssd::layout::{FormatParams, Geometry, LOG_SEQ_FIRST, format};
+
+use vssd::log::{LogStats, LogWriter, recover_scan, scrub_after_recovery};
+use vssd::record::{LOG_BLOCK_SIZE, LOG_BLOCKS_MIN, Record};
 
 /// The CRC seed of the log blocks these tests write (a format's would be its uuid's).
 const SEED: u32 = 0x5eed_0123;
-use vssd::log::{LogStats, LogWriter, recover_scan, scrub_after_recovery};
-use vssd::record::{LOG_BLOCK_SIZE, LOG_BLOCKS_MIN, Record};
 
 // ---------------------------------------------------------------------------------
 // Helpers
@@ -36,50 +39,6 @@ fn params(uuid_byte: u8) -> FormatParams {
 
 fn geometry() -> Geometry {
     params(1).geometry().unwrap()
-}
-
-/// A fresh directory on the target's file system, removed when dropped.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("vssd-log-{}-{test}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-fn run_io<T: 'static>(main: impl FnOnce() -> T + 'static) -> T {
-    let mut rt = Runtime::with_io(Config::default(), IoConfig::default())
-        .unwrap_or_else(|e| panic!("Runtime::with_io: {e}"));
-    rt.run(main)
-        .unwrap_or_else(|e| panic!("Runtime::run failed: {e}"))
-}
-
-fn open_dev(path: &Path) -> File {
-    static SAID: AtomicBool = AtomicBool::new(false);
-    match OpenOptions::new().direct(true).open(path) {
-        Ok(f) => f,
-        Err(IoError::DirectUnsupported { .. }) => {
-            if !SAID.swap(true, Ordering::Relaxed) {
-                eprintln!("note: no O_DIRECT under {}: buffered I/O", path.display());
-            }
-            OpenOptions::new().open(path).unwrap()
-        }
-        Err(e) => panic!("open {}: {e}", path.display()),
-    }
 }
 
 /// A formatted vSSD file in `dir`; returns its path and geometry.

@@ -2,61 +2,19 @@
 //! destage marks, discards, eviction and backpressure, checkpoints, and recovery
 //! (clean and with in-doubt trans), plus a model-checked random program.
 
+mod common;
+
+use common::{TempDir, open_dev, run_io};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use proptest::prelude::*;
-use taskio::file::{File, OpenOptions};
-use taskio::{AlignedBuf, Config, IoConfig, IoError, Runtime, spawn, yield_now};
+use taskio::{AlignedBuf, spawn, yield_now};
 use vssd::layout::{FormatParams, LOG_BYTES_MIN};
 use vssd::map::State;
 use vssd::{Options, Resolution, Vssd, VssdError, format};
 
 const LINE: u32 = 4096;
-
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("vssd-dev-{}-{test}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-fn run_io<T: 'static>(main: impl FnOnce() -> T + 'static) -> T {
-    let mut rt = Runtime::with_io(Config::default(), IoConfig::default())
-        .unwrap_or_else(|e| panic!("Runtime::with_io: {e}"));
-    rt.run(main)
-        .unwrap_or_else(|e| panic!("Runtime::run failed: {e}"))
-}
-
-fn open_dev(path: &Path) -> File {
-    static SAID: AtomicBool = AtomicBool::new(false);
-    match OpenOptions::new().direct(true).open(path) {
-        Ok(f) => f,
-        Err(IoError::DirectUnsupported { .. }) => {
-            if !SAID.swap(true, Ordering::Relaxed) {
-                eprintln!("note: no O_DIRECT under {}: buffered I/O", path.display());
-            }
-            OpenOptions::new().open(path).unwrap()
-        }
-        Err(e) => panic!("open {}: {e}", path.display()),
-    }
-}
 
 fn params(lines: u64) -> FormatParams {
     FormatParams {

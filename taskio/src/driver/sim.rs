@@ -729,6 +729,21 @@ impl SimState {
         }
     }
 
+    /// The disk behind file descriptor `fd`.
+    fn file_key(&self, fd: RawFd) -> io::Result<(u32, PathBuf)> {
+        match self.fds.get(&fd) {
+            Some(SimFd::File { node, path, .. }) => Ok((*node, path.clone())),
+            _ => Err(err(libc::EBADF)),
+        }
+    }
+
+    /// Releases `fd`'s lock on the disk `key`, if it holds it.
+    fn unlock(&mut self, key: (u32, PathBuf), fd: RawFd) {
+        if self.locks.get(&key) == Some(&fd) {
+            self.locks.remove(&key);
+        }
+    }
+
     fn close_fd(&mut self, fd: RawFd, reset: bool) {
         self.waiters.remove(&(fd, 0));
         self.waiters.remove(&(fd, 1));
@@ -767,12 +782,7 @@ impl SimState {
                     }
                 }
             }
-            Some(SimFd::File { node, path, .. }) => {
-                let key = (node, path);
-                if self.locks.get(&key) == Some(&fd) {
-                    self.locks.remove(&key);
-                }
-            }
+            Some(SimFd::File { node, path, .. }) => self.unlock((node, path), fd),
             None => {}
         }
     }
@@ -1207,12 +1217,8 @@ impl Io for SimDriver {
     }
 
     fn lock_exclusive(&mut self, fd: RawFd) -> io::Result<()> {
-        let mut guard = self.state.borrow_mut();
-        let s = &mut *guard;
-        let Some(SimFd::File { node, path, .. }) = s.fds.get(&fd) else {
-            return Err(err(libc::EBADF));
-        };
-        let key = (*node, path.clone());
+        let mut s = self.state.borrow_mut();
+        let key = s.file_key(fd)?;
         match s.locks.get(&key) {
             Some(&holder) if holder != fd => Err(err(libc::EWOULDBLOCK)),
             _ => {
@@ -1223,35 +1229,21 @@ impl Io for SimDriver {
     }
 
     fn unlock(&mut self, fd: RawFd) -> io::Result<()> {
-        let mut guard = self.state.borrow_mut();
-        let s = &mut *guard;
-        let Some(SimFd::File { node, path, .. }) = s.fds.get(&fd) else {
-            return Err(err(libc::EBADF));
-        };
-        let key = (*node, path.clone());
-        if s.locks.get(&key) == Some(&fd) {
-            s.locks.remove(&key);
-        }
+        let mut s = self.state.borrow_mut();
+        let key = s.file_key(fd)?;
+        s.unlock(key, fd);
         Ok(())
     }
 
     fn file_len(&mut self, fd: RawFd) -> io::Result<u64> {
         let s = self.state.borrow();
-        match s.fds.get(&fd) {
-            Some(SimFd::File { node, path, .. }) => {
-                Ok(s.disks.get(&(*node, path.clone())).map_or(0, |d| d.len))
-            }
-            _ => Err(err(libc::EBADF)),
-        }
+        let key = s.file_key(fd)?;
+        Ok(s.disks.get(&key).map_or(0, |d| d.len))
     }
 
     fn set_file_len(&mut self, fd: RawFd, len: u64) -> io::Result<()> {
-        let mut guard = self.state.borrow_mut();
-        let s = &mut *guard;
-        let key = match s.fds.get(&fd) {
-            Some(SimFd::File { node, path, .. }) => (*node, path.clone()),
-            _ => return Err(err(libc::EBADF)),
-        };
+        let mut s = self.state.borrow_mut();
+        let key = s.file_key(fd)?;
         let d = s.disks.entry(key).or_default();
         // Metadata changes are durable at once in this model.
         d.len = len;
