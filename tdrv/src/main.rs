@@ -10,7 +10,7 @@ mod sim;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -45,36 +45,33 @@ enum Cmd {
     Sim {
         /// Area: taskio.
         area: String,
-        /// How many seeds to run (from --first).
-        #[arg(long, default_value_t = 100)]
-        seeds: u64,
-        /// First seed of the sweep.
-        #[arg(long, default_value_t = 0)]
-        first: u64,
-        /// Replay this one seed and print its trace hash on the last line.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Run the scenario's deliberately broken variant (shows what the simulator finds).
-        #[arg(long)]
-        buggy: bool,
+        #[command(flatten)]
+        seeds: Seeds,
     },
     /// Crash torture of a module under the simulator, across seeds, or replay one seed.
     Torture {
         /// Area: vssd.
         area: String,
-        /// How many seeds to run (from --first).
-        #[arg(long, default_value_t = 100)]
-        seeds: u64,
-        /// First seed of the sweep.
-        #[arg(long, default_value_t = 0)]
-        first: u64,
-        /// Replay this one seed and print its trace hash on the last line.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Run the scenario's deliberately broken variant (shows what the torture finds).
-        #[arg(long)]
-        buggy: bool,
+        #[command(flatten)]
+        seeds: Seeds,
     },
+}
+
+/// Which seeds `tdrv sim` and `tdrv torture` run.
+#[derive(Args)]
+struct Seeds {
+    /// How many seeds to run (from --first).
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// First seed of the sweep.
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Replay this one seed and print its trace hash on the last line.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run the scenario's deliberately broken variant (shows what the checks find).
+    #[arg(long)]
+    buggy: bool,
 }
 
 fn main() -> ExitCode {
@@ -92,35 +89,17 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Sim {
-            area,
-            seeds,
-            first,
-            seed,
-            buggy,
-        } => seeded("sim", &area, seeds, first, seed, sim::Options { buggy }),
-        Cmd::Torture {
-            area,
-            seeds,
-            first,
-            seed,
-            buggy,
-        } => seeded("torture", &area, seeds, first, seed, sim::Options { buggy }),
+        Cmd::Sim { area, seeds } => seeded("sim", &area, &seeds),
+        Cmd::Torture { area, seeds } => seeded("torture", &area, &seeds),
     }
 }
 
 /// `tdrv sim` and `tdrv torture`: a sweep of seeds, or one replayed.
-fn seeded(
-    cmd: &str,
-    area: &str,
-    seeds: u64,
-    first: u64,
-    seed: Option<u64>,
-    opts: sim::Options,
-) -> ExitCode {
-    let outcome = match seed {
+fn seeded(cmd: &str, area: &str, seeds: &Seeds) -> ExitCode {
+    let opts = sim::Options { buggy: seeds.buggy };
+    let outcome = match seeds.seed {
         Some(s) => sim::replay(cmd, area, s, opts),
-        None => sim::sweep(cmd, area, first, seeds, opts),
+        None => sim::sweep(cmd, area, seeds.first, seeds.seeds, opts),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

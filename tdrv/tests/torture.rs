@@ -1,19 +1,9 @@
 //! `tdrv torture vssd`: the whole vSSD under simulated crashes holds the invariants
 //! of DESIGN.md over 200 seeds, and a seed replays exactly (same trace hash).
 
-use std::process::Command;
+mod common;
 
-fn tdrv(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tdrv"))
-        .args(args)
-        .output()
-        .expect("run tdrv");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{last_line, replay_line, tdrv};
 
 #[test]
 fn vssd_survives_crashes_over_200_seeds() {
@@ -30,13 +20,16 @@ fn a_seed_replays_exactly_and_reports_what_it_did() {
     let (c1, o1, e1) = tdrv(&["torture", "vssd", "--seed", "11"]);
     let (c2, o2, _) = tdrv(&["torture", "vssd", "--seed", "11"]);
     assert_eq!((c1, c2), (0, 0), "{o1}\n{e1}");
-    let last = |o: &str| o.lines().last().unwrap_or_default().to_string();
-    assert!(last(&o1).starts_with("trace "), "{o1}");
-    assert_eq!(last(&o1), last(&o2), "same seed, same trace");
+    assert!(last_line(&o1).starts_with("trace "), "{o1}");
+    assert_eq!(last_line(&o1), last_line(&o2), "same seed, same trace");
     // The seed did work worth the name: boots after crashes, checks, checkpoints.
     assert!(o1.contains("4 boots"), "{o1}");
     let (_, o3, _) = tdrv(&["torture", "vssd", "--seed", "12"]);
-    assert_ne!(last(&o1), last(&o3), "another seed, another trace");
+    assert_ne!(
+        last_line(&o1),
+        last_line(&o3),
+        "another seed, another trace"
+    );
 }
 
 #[test]
@@ -54,23 +47,13 @@ fn acknowledging_before_phase_one_is_found_and_replays() {
     let (code, out, err) = tdrv(&["torture", "vssd", "--seeds", "40", "--buggy"]);
     assert_eq!(code, 1, "{out}\n{err}");
     let all = format!("{out}{err}");
-    let line = all
-        .lines()
-        .find(|l| l.contains("replay: cargo run --release -p tdrv -- torture vssd --seed"))
-        .expect("a replay command");
+    let (line, seed) = replay_line(&all, "torture vssd");
     assert!(line.ends_with("--buggy"), "{line}");
-    let seed = line
-        .split("--seed ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("seed in the replay command")
-        .to_string();
     let (c1, o1, _) = tdrv(&["torture", "vssd", "--seed", &seed, "--buggy"]);
     let (c2, o2, _) = tdrv(&["torture", "vssd", "--seed", &seed, "--buggy"]);
     assert_eq!((c1, c2), (1, 1), "{o1}");
     assert!(o1.contains("acknowledged"), "{o1}");
-    let last = |o: &str| o.lines().last().unwrap_or_default().to_string();
-    assert_eq!(last(&o1), last(&o2), "same seed, same trace");
+    assert_eq!(last_line(&o1), last_line(&o2), "same seed, same trace");
     let (c3, o3, _) = tdrv(&["torture", "vssd", "--seed", &seed]);
     assert_eq!(c3, 0, "the correct client on the same seed: {o3}");
 }

@@ -452,6 +452,38 @@ pub(super) fn finish(ops: u64, elapsed: Duration, cpu: Duration, lat: &mut [u32]
     }
 }
 
+/// Runs `count` tasks, `make(i, deadline)` each, which do ops until `deadline` (`dur`
+/// from now) and return the latency of each (ns); the sample of them all: rate,
+/// percentiles, CPU time per op.
+pub(super) fn tasks_sample<F, E>(
+    count: usize,
+    dur: Duration,
+    mut make: impl FnMut(usize, Instant) -> F,
+) -> Result<Sample, String>
+where
+    F: FnOnce() -> Result<Vec<u32>, E> + 'static,
+    E: std::fmt::Display + 'static,
+{
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + dur;
+    let mut handles = Vec::with_capacity(count);
+    for i in 0..count {
+        handles.push(spawn(make(i, deadline)).map_err(|e| e.to_string())?);
+    }
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(
+            h.join()
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+}
+
 pub(super) fn lat_ns(d: Duration) -> u32 {
     u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
 }
@@ -471,13 +503,9 @@ fn aio_sample(
         .open(path)
         .map_err(|e| e.to_string())?;
     let file = Rc::new(file);
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let deadline = t0 + dur;
-    let mut handles = Vec::with_capacity(qd);
-    for i in 0..qd {
+    tasks_sample(qd, dur, |i, deadline| {
         let file = file.clone();
-        let h = spawn(move || -> Result<Vec<u32>, IoError> {
+        move || -> Result<Vec<u32>, IoError> {
             let mut buf = AlignedBuf::new(BLOCK as usize);
             if write {
                 buf.fill(0x5a ^ i as u8);
@@ -497,21 +525,8 @@ fn aio_sample(
                 start = end;
             }
             Ok(lat)
-        })
-        .map_err(|e| e.to_string())?;
-        handles.push(h);
-    }
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(
-            h.join()
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let elapsed = t0.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
-    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+        }
+    })
 }
 
 /// `conns` client tasks each doing write_all + read_exact of 64 bytes in a loop
@@ -550,12 +565,10 @@ fn tcp_sample(conns: usize, dur: Duration) -> Result<Sample, String> {
     for _ in 0..conns {
         streams.push(net::connect(addr, Some(Duration::from_secs(5))).map_err(|e| e.to_string())?);
     }
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let deadline = t0 + dur;
-    let mut clients = Vec::with_capacity(conns);
-    for (i, s) in streams.into_iter().enumerate() {
-        let h = spawn(move || -> Result<Vec<u32>, IoError> {
+    let mut streams = streams.into_iter();
+    let sample = tasks_sample(conns, dur, |i, deadline| {
+        let s = streams.next().expect("one stream per client");
+        move || -> Result<Vec<u32>, IoError> {
             let msg = [i as u8; MSG];
             let mut back = [0u8; MSG];
             let mut lat = Vec::with_capacity(64 * 1024);
@@ -569,22 +582,10 @@ fn tcp_sample(conns: usize, dur: Duration) -> Result<Sample, String> {
             }
             assert_eq!(back[0], i as u8, "echo crossed connections");
             Ok(lat)
-        })
-        .map_err(|e| e.to_string())?;
-        clients.push(h);
-    }
-    let mut lat = Vec::new();
-    for h in clients {
-        lat.extend(
-            h.join()
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let elapsed = t0.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
+        }
+    })?;
     server.join().map_err(|e| e.to_string())??;
-    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+    Ok(sample)
 }
 
 /// One client task doing write_all + read_exact of 64 bytes in a loop against an

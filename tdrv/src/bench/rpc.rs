@@ -26,9 +26,9 @@ use rpc::{
     Status,
 };
 use taskio::remote::remote;
-use taskio::{Config, IoConfig, Runtime, spawn};
+use taskio::{Config, IoConfig, Runtime};
 
-use super::io::{Measured, Sample, cpu_time, finish, floor_sample, lat_ns};
+use super::io::{Measured, Sample, floor_sample, lat_ns, tasks_sample};
 use super::{Figure, Plan};
 
 /// PING data: 8 bytes, so that header (56) + data is the floor's 64-byte message.
@@ -232,13 +232,9 @@ fn calls(client: &Rc<Client>, work: Work, dur: Duration) -> Result<Sample, Strin
         Work::Write { callers } => (callers, true),
         Work::Floor => unreachable!("the floor makes no calls"),
     };
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let deadline = t0 + dur;
-    let mut handles = Vec::with_capacity(callers);
-    for i in 0..callers {
+    tasks_sample(callers, dur, |i, deadline| {
         let c = client.clone();
-        let h = spawn(move || -> Result<Vec<u32>, String> {
+        move || -> Result<Vec<u32>, String> {
             let ping: [u8; PING_LEN] = (i as u64).to_le_bytes();
             let block = vec![0x5a ^ i as u8; WRITE_LEN];
             let mut offset = i as u64 * WRITE_LEN as u64;
@@ -272,17 +268,8 @@ fn calls(client: &Rc<Client>, work: Work, dur: Duration) -> Result<Sample, Strin
                 start = end;
             }
             Ok(lat)
-        })
-        .map_err(|e| e.to_string())?;
-        handles.push(h);
-    }
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.join().map_err(|e| e.to_string())??);
-    }
-    let elapsed = t0.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
-    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+        }
+    })
 }
 
 /// Turns the measurements into figures, with the details and the reach for the table.

@@ -29,7 +29,7 @@ use taskio::remote::remote;
 use taskio::{AlignedBuf, Config, IoConfig, IoError, Runtime, spawn};
 
 use super::io::{
-    Measured, Sample, XorShift, cpu_time, fill_file, finish, fio_available, fio_sample, lat_ns,
+    Measured, Sample, XorShift, fill_file, fio_available, fio_sample, lat_ns, tasks_sample,
 };
 use super::{Figure, Plan};
 
@@ -356,14 +356,10 @@ fn write_sample(
     let lines_per_task = vssd.geometry().lines() / qd as u64;
     assert!(lines_per_task > 0, "{qd} tasks for too few lines");
     let stats0 = vssd.stats();
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let deadline = t0 + dur;
-    let mut handles = Vec::with_capacity(qd);
-    for task in 0..qd {
+    let sample = tasks_sample(qd, dur, |task, deadline| {
         let vssd = vssd.clone();
         let tran_next = tran_next.clone();
-        let h = spawn(move || -> Result<Vec<u32>, String> {
+        move || -> Result<Vec<u32>, String> {
             let mut buf = AlignedBuf::new(LINE as usize);
             buf.set_len(LINE as usize);
             buf.fill(0x5a ^ task as u8);
@@ -386,16 +382,8 @@ fn write_sample(
                 start = Instant::now();
             }
             Ok(lat)
-        })
-        .map_err(|e| e.to_string())?;
-        handles.push(h);
-    }
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.join().map_err(|e| e.to_string())??);
-    }
-    let elapsed = t0.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
+        }
+    })?;
     let stats1 = vssd.stats();
     let log_writes = stats1.log.writes - stats0.log.writes;
     let per_write = |n: u64| {
@@ -409,7 +397,7 @@ fn write_sample(
         records_per_write: per_write(stats1.log.records_written - stats0.log.records_written),
         writep1_per_write: per_write(stats1.writep1 - stats0.writep1),
     };
-    Ok((finish(lat.len() as u64, elapsed, cpu, &mut lat), flush))
+    Ok((sample, flush))
 }
 
 /// Caches every line not cached yet (insert_clean), `QD` tasks each filling its own.
@@ -448,13 +436,9 @@ fn fill_every_line(vssd: &Vssd) -> Result<(), String> {
 /// an error: nothing evicts while only reads run.
 fn read_sample(vssd: &Vssd, qd: usize, dur: Duration) -> Result<Sample, String> {
     let lines = vssd.geometry().lines();
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let deadline = t0 + dur;
-    let mut handles = Vec::with_capacity(qd);
-    for task in 0..qd {
+    tasks_sample(qd, dur, |task, deadline| {
         let vssd = vssd.clone();
-        let h = spawn(move || -> Result<Vec<u32>, String> {
+        move || -> Result<Vec<u32>, String> {
             let mut buf = AlignedBuf::new(LINE as usize);
             let mut rng = XorShift::new(SEED.wrapping_add(0x100 + task as u64));
             let mut lat = Vec::with_capacity(64 * 1024);
@@ -474,17 +458,8 @@ fn read_sample(vssd: &Vssd, qd: usize, dur: Duration) -> Result<Sample, String> 
                 start = end;
             }
             Ok(lat)
-        })
-        .map_err(|e| e.to_string())?;
-        handles.push(h);
-    }
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.join().map_err(|e| e.to_string())??);
-    }
-    let elapsed = t0.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
-    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+        }
+    })
 }
 
 /// One fio sample on a thread of its own while this runtime waits for it in an inbox,
