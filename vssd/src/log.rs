@@ -244,24 +244,22 @@ impl LogWriter {
 
     /// Where `record` would go if appended now: the seq of its block, or `None` if
     /// an append would wait (no buffer, the buffer full, or the log full). Changes
-    /// nothing; an [`try_append`](LogWriter::try_append) of a record of the same
-    /// length with no park in between lands at that seq.
+    /// nothing; [`append_at`](LogWriter::append_at) a record of the same length with
+    /// no park in between puts it there (else [`wait_room`](LogWriter::wait_room)).
     pub fn seq_for(&self, record: &Record) -> Option<u64> {
         self.inner.place(record.encoded_len())
     }
 
-    /// [`append`](LogWriter::append) without waiting: `Ok(None)` where it would wait
-    /// (then [`wait_room`](LogWriter::wait_room) and try again).
-    pub fn try_append(&self, record: &Record) -> Result<Option<RecordPos>, VssdError> {
+    /// Appends `record` at the seq [`seq_for`](LogWriter::seq_for) gave for a record
+    /// of its length, with no park since (so without placing it again).
+    pub fn append_at(&self, record: &Record, seq: u64) -> Result<RecordPos, VssdError> {
         let inner = &*self.inner;
         record
             .validate()
             .unwrap_or_else(|fault| panic!("append of invalid log record {record:?}: {fault}"));
         inner.check_usable("log append")?;
-        let pos = inner.try_append(record);
-        if pos.is_some() {
-            inner.count(|s| s.records_appended += 1);
-        }
+        let pos = inner.append_at(record, seq);
+        inner.count(|s| s.records_appended += 1);
         Ok(pos)
     }
 
@@ -448,6 +446,13 @@ impl Inner {
     /// the caller must wait.
     fn try_append(&self, record: &Record) -> Option<RecordPos> {
         let seq = self.place(record.encoded_len())?;
+        Some(self.append_at(record, seq))
+    }
+
+    /// Encodes `record` into block `seq`, which [`Inner::place`] gave for it with no
+    /// park since.
+    fn append_at(&self, record: &Record, seq: u64) -> RecordPos {
+        debug_assert_eq!(self.place(record.encoded_len()), Some(seq));
         let mut slot = self.filling.borrow_mut();
         let filling = slot.get_or_insert_with(|| Filling {
             buf: self.pool.try_get().expect("place saw a buffer to take"),
@@ -474,7 +479,7 @@ impl Inner {
         let index = block.record_count() as u32;
         block.append(record).expect("place found room");
         filling.records += 1;
-        Some(RecordPos { seq, index })
+        RecordPos { seq, index }
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use taskio::file::OpenOptions;
 use taskio::net::{self, TcpStream};
-use taskio::sim::{Faults, Sim, SimConfig, SimHandle};
+use taskio::sim::SimHandle;
 use taskio::{sleep, spawn};
 
 use super::{Options, SeedRun};
@@ -154,12 +154,7 @@ fn client(replicas: [SocketAddr; 2], acked: Acked, next_key: Rc<Cell<u64>>) {
 
 /// Runs one seed of the scenario.
 pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
-    let mut config = SimConfig::new(seed);
-    config.faults = Faults {
-        disk_latency_spike: 0.01,
-        ..Faults::default()
-    };
-    let mut sim = Sim::new(config);
+    let mut sim = super::simulator(seed);
     let buggy = opts.buggy;
     let checked = Rc::new(Cell::new(0usize));
     let checked2 = checked.clone();

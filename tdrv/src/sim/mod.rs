@@ -24,6 +24,16 @@ pub struct Options {
     pub buggy: bool,
 }
 
+/// The simulator every scenario runs on: seeded, with rare disk latency spikes.
+fn simulator(seed: u64) -> taskio::sim::Sim {
+    let mut config = taskio::sim::SimConfig::new(seed);
+    config.faults = taskio::sim::Faults {
+        disk_latency_spike: 0.01,
+        ..taskio::sim::Faults::default()
+    };
+    taskio::sim::Sim::new(config)
+}
+
 /// The scenario of `tdrv CMD AREA` (CMD: sim or torture).
 fn scenario(cmd: &str, area: &str) -> Result<fn(u64, Options) -> SeedRun, String> {
     match (cmd, area) {

@@ -36,7 +36,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use taskio::file::OpenOptions;
-use taskio::sim::{Faults, Sim, SimConfig, SimHandle};
+use taskio::sim::SimHandle;
 use taskio::{AlignedBuf, QLock, sleep, spawn};
 use vssd::layout::{FormatParams, LOG_BYTES_MIN};
 use vssd::map::State;
@@ -474,12 +474,7 @@ fn step(w: &World, v: &Vssd, rng: &mut Rng, line: u64) -> Result<(), String> {
 
 /// Runs one seed of the torture.
 pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
-    let mut config = SimConfig::new(seed);
-    config.faults = Faults {
-        disk_latency_spike: 0.01,
-        ..Faults::default()
-    };
-    let mut sim = Sim::new(config);
+    let mut sim = super::simulator(seed);
     let world = Rc::new(World {
         next_id: Cell::new(1),
         seed,
