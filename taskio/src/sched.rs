@@ -43,6 +43,23 @@ thread_local! {
     static CORE: Cell<*const Core> = const { Cell::new(ptr::null()) };
 }
 
+/// The running task, if the caller is a task of a runtime on this thread (`None`
+/// in the scheduler context and outside any runtime).
+#[inline(always)]
+pub(crate) fn current_task_rc() -> Option<Rc<Task>> {
+    let p = CORE.with(Cell::get);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: as in `core`: a non-null CORE points to the running runtime's Core.
+    let core = unsafe { &*p };
+    let t = core.current.get();
+    if t.is_null() {
+        return None;
+    }
+    Some(core.current_rc())
+}
+
 /// The runtime of the calling task. Panics when called outside [`Runtime::run`].
 #[inline(always)]
 pub(crate) fn core<'a>() -> &'a Core {
@@ -443,7 +460,9 @@ impl Core {
         if std::thread::panicking() {
             // A destructor blocked while the task was being unwound: give up on it;
             // its stack is recycled without the rest of the unwind (what the
-            // remaining frames owned leaks).
+            // remaining frames owned leaks), but the locks it holds are released:
+            // the guards in those frames will never drop.
+            crate::sync::release_abandoned(task);
             self.exit_current(task);
         }
         resume_unwind(Box::new(Cancelled));
@@ -624,6 +643,11 @@ impl Core {
                     // is abandoned, and both switch back to `sched_ctx`.
                     unsafe { context::switch(self.sched_ctx.as_ptr(), task.ctx.get()) };
                     self.reap_dead();
+                    if task.state.get() != State::Done {
+                        // A destructor blocked: the task is abandoned here, and the
+                        // guards in its remaining frames will never drop.
+                        crate::sync::release_abandoned(&task);
+                    }
                 }
                 task.state.set(State::Done);
                 // An abandoned task still holds its stack: unmap it here.

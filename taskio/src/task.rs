@@ -110,6 +110,8 @@ pub(crate) struct Task {
     pub(crate) node: Cell<u32>,
     /// Set when the task must unwind the next time it runs (its node crashed).
     pub(crate) cancelled: Cell<bool>,
+    /// The locks this task holds (see `sync::held`), released if it is abandoned.
+    pub(crate) held: RefCell<Vec<crate::sync::HeldLock>>,
 }
 
 impl Task {
@@ -556,6 +558,7 @@ where
                 slot: Cell::new(usize::MAX),
                 node: Cell::new(0),
                 cancelled: Cell::new(false),
+                held: RefCell::new(Vec::new()),
             })
         }
     };
@@ -573,6 +576,9 @@ where
     unsafe { *task.name.get() = b.name.map(String::into_boxed_str) };
     task.system.set(b.system);
     task.cancelled.set(false);
+    // A guard that outlived its task keeps the block (its `Rc`) from reuse until it
+    // is dropped, and that drop removes its entry: a reused block holds nothing.
+    debug_assert!(task.held.borrow().is_empty());
     task.node.set(b.node.unwrap_or_else(|| core.current_node()));
     if let Some(name) = task.name_ref() {
         core.stall.name_task(id.0, name);

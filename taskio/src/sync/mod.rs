@@ -12,8 +12,71 @@ pub(crate) mod select;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 
-use crate::task::{TaskRef, WaitReason, park};
+use crate::sched::current_task_rc;
+use crate::task::{Task, TaskRef, WaitReason, park};
+
+/// One lock a task holds, and how to release it should the task be abandoned.
+///
+/// A task is abandoned when a destructor blocks while the runtime unwinds it (its
+/// node crashed, or the runtime is tearing down): its remaining frames never run, so
+/// the guards in them would never drop and their locks would stay taken, a deadlock
+/// for whoever takes them next. Each lock a task takes is recorded on the task; the
+/// guard's drop removes the record; an abandoned task's records are released for it.
+pub(crate) struct HeldLock {
+    lock: *const (),
+    release: unsafe fn(*const ()),
+}
+
+/// A guard's link to the task that took its lock (`None` outside a task).
+pub(crate) struct Holder(Option<Rc<Task>>);
+
+impl Holder {
+    /// Records that the running task now holds `lock`, released by `release(lock)`.
+    ///
+    /// # Safety
+    /// `release(lock)` must release this hold of the lock, and the lock must outlive
+    /// the guard that owns the returned `Holder` (a guard borrows its lock).
+    #[inline]
+    pub(crate) unsafe fn hold(lock: *const (), release: unsafe fn(*const ())) -> Holder {
+        let task = current_task_rc();
+        if let Some(t) = &task {
+            t.held.borrow_mut().push(HeldLock { lock, release });
+        }
+        Holder(task)
+    }
+
+    /// Removes the record of `lock`; false when it is gone because the holder was
+    /// abandoned and the lock already released for it (the guard must not release
+    /// it again). One record per hold: a task holding two read guards of one lock
+    /// has two records, and either guard may remove either.
+    #[inline]
+    pub(crate) fn drop_hold(&self, lock: *const ()) -> bool {
+        let Some(t) = &self.0 else {
+            return true;
+        };
+        let mut held = t.held.borrow_mut();
+        match held.iter().rposition(|h| h.lock == lock) {
+            Some(i) => {
+                held.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Releases every lock `task` still holds: it is being abandoned, and the guards in
+/// its remaining frames will never drop.
+pub(crate) fn release_abandoned(task: &Task) {
+    let held = std::mem::take(&mut *task.held.borrow_mut());
+    for h in held {
+        // SAFETY: `hold`'s contract: `release` releases this hold, and the lock is
+        // alive because the guard that borrows it is alive (leaked with the frames).
+        unsafe { (h.release)(h.lock) };
+    }
+}
 
 /// A FIFO of parked tasks. Entries may be stale (their task was woken elsewhere,
 /// by a timer or another channel of a `select`); waking skips them, and pushing prunes

@@ -5,7 +5,7 @@
 use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
 
-use crate::sync::WaitQueue;
+use crate::sync::{Holder, WaitQueue};
 use crate::task::WaitReason;
 
 pub struct QLock<T> {
@@ -38,7 +38,7 @@ impl<T> QLock<T> {
         } else {
             self.locked.set(true);
         }
-        QLockGuard { lock: self }
+        self.guard()
     }
 
     pub fn try_lock(&self) -> Option<QLockGuard<'_, T>> {
@@ -46,7 +46,21 @@ impl<T> QLock<T> {
             return None;
         }
         self.locked.set(true);
-        Some(QLockGuard { lock: self })
+        Some(self.guard())
+    }
+
+    fn guard(&self) -> QLockGuard<'_, T> {
+        // SAFETY: `release_hold::<T>` releases a hold of a `QLock<T>`, and the guard
+        // borrows `self`, so the lock outlives it.
+        let holder = unsafe { Holder::hold(self as *const Self as *const (), release_hold::<T>) };
+        QLockGuard { lock: self, holder }
+    }
+
+    /// Hands the lock to the longest waiter, or frees it.
+    fn unlock(&self) {
+        if !self.waiters.wake_one() {
+            self.locked.set(false);
+        }
     }
 
     pub fn is_locked(&self) -> bool {
@@ -59,9 +73,21 @@ impl<T> QLock<T> {
     }
 }
 
-/// Holds the lock; unlocks (handing over to the next waiter) on drop.
+/// Releases a hold recorded by `QLock::guard` for an abandoned task.
+///
+/// # Safety
+/// `lock` points to a live `QLock<T>` held by the abandoned task.
+unsafe fn release_hold<T>(lock: *const ()) {
+    // SAFETY: the caller's contract.
+    unsafe { &*(lock as *const QLock<T>) }.unlock();
+}
+
+/// Holds the lock; unlocks (handing over to the next waiter) on drop. A guard
+/// belongs to the task that took the lock: if that task is abandoned (a destructor
+/// blocked while it was unwound), the lock is released for it.
 pub struct QLockGuard<'a, T> {
     lock: &'a QLock<T>,
+    holder: Holder,
 }
 
 impl<T> Deref for QLockGuard<'_, T> {
@@ -82,8 +108,11 @@ impl<T> DerefMut for QLockGuard<'_, T> {
 
 impl<T> Drop for QLockGuard<'_, T> {
     fn drop(&mut self) {
-        if !self.lock.waiters.wake_one() {
-            self.lock.locked.set(false);
+        if self
+            .holder
+            .drop_hold(self.lock as *const QLock<T> as *const ())
+        {
+            self.lock.unlock();
         }
     }
 }

@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 
+use crate::sync::Holder;
 use crate::task::{TaskRef, WaitReason, park};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,7 @@ impl<T> RwLock<T> {
         } else {
             self.readers.set(self.readers.get() + 1);
         }
-        RwLockReadGuard { lock: self }
+        self.read_guard()
     }
 
     pub fn write(&self) -> RwLockWriteGuard<'_, T> {
@@ -56,7 +57,7 @@ impl<T> RwLock<T> {
         } else {
             self.writer.set(true);
         }
-        RwLockWriteGuard { lock: self }
+        self.write_guard()
     }
 
     pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
@@ -64,7 +65,7 @@ impl<T> RwLock<T> {
             return None;
         }
         self.readers.set(self.readers.get() + 1);
-        Some(RwLockReadGuard { lock: self })
+        Some(self.read_guard())
     }
 
     pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
@@ -72,7 +73,37 @@ impl<T> RwLock<T> {
             return None;
         }
         self.writer.set(true);
-        Some(RwLockWriteGuard { lock: self })
+        Some(self.write_guard())
+    }
+
+    fn read_guard(&self) -> RwLockReadGuard<'_, T> {
+        // SAFETY: `release_read::<T>` releases one read hold of an `RwLock<T>`, and
+        // the guard borrows `self`, so the lock outlives it.
+        let holder = unsafe { Holder::hold(self.addr(), release_read::<T>) };
+        RwLockReadGuard { lock: self, holder }
+    }
+
+    fn write_guard(&self) -> RwLockWriteGuard<'_, T> {
+        // SAFETY: as in `read_guard`, for the write hold.
+        let holder = unsafe { Holder::hold(self.addr(), release_write::<T>) };
+        RwLockWriteGuard { lock: self, holder }
+    }
+
+    fn addr(&self) -> *const () {
+        self as *const Self as *const ()
+    }
+
+    fn unlock_read(&self) {
+        let n = self.readers.get() - 1;
+        self.readers.set(n);
+        if n == 0 {
+            self.grant();
+        }
+    }
+
+    fn unlock_write(&self) {
+        self.writer.set(false);
+        self.grant();
     }
 
     /// Number of readers holding the lock now.
@@ -122,8 +153,28 @@ impl<T> RwLock<T> {
     }
 }
 
+/// Releases a read hold for an abandoned task (see `sync::HeldLock`).
+///
+/// # Safety
+/// `lock` points to a live `RwLock<T>` the abandoned task holds for reading.
+unsafe fn release_read<T>(lock: *const ()) {
+    // SAFETY: the caller's contract.
+    unsafe { &*(lock as *const RwLock<T>) }.unlock_read();
+}
+
+/// Releases a write hold for an abandoned task.
+///
+/// # Safety
+/// `lock` points to a live `RwLock<T>` the abandoned task holds for writing.
+unsafe fn release_write<T>(lock: *const ()) {
+    // SAFETY: the caller's contract.
+    unsafe { &*(lock as *const RwLock<T>) }.unlock_write();
+}
+
+/// A read hold; released on drop, or for its task if that task is abandoned.
 pub struct RwLockReadGuard<'a, T> {
     lock: &'a RwLock<T>,
+    holder: Holder,
 }
 
 impl<T> Deref for RwLockReadGuard<'_, T> {
@@ -136,16 +187,16 @@ impl<T> Deref for RwLockReadGuard<'_, T> {
 
 impl<T> Drop for RwLockReadGuard<'_, T> {
     fn drop(&mut self) {
-        let n = self.lock.readers.get() - 1;
-        self.lock.readers.set(n);
-        if n == 0 {
-            self.lock.grant();
+        if self.holder.drop_hold(self.lock.addr()) {
+            self.lock.unlock_read();
         }
     }
 }
 
+/// The write hold; released on drop, or for its task if that task is abandoned.
 pub struct RwLockWriteGuard<'a, T> {
     lock: &'a RwLock<T>,
+    holder: Holder,
 }
 
 impl<T> Deref for RwLockWriteGuard<'_, T> {
@@ -165,7 +216,8 @@ impl<T> DerefMut for RwLockWriteGuard<'_, T> {
 
 impl<T> Drop for RwLockWriteGuard<'_, T> {
     fn drop(&mut self) {
-        self.lock.writer.set(false);
-        self.lock.grant();
+        if self.holder.drop_hold(self.lock.addr()) {
+            self.lock.unlock_write();
+        }
     }
 }
