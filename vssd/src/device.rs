@@ -49,11 +49,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use taskio::file::File;
 use taskio::{ALIGN, AlignedBuf, Builder, Rendez};
 
+use crate::background::Background;
 use crate::checkpoint::{self, Snapshot};
 use crate::error::VssdError;
 use crate::layout::{
@@ -148,8 +149,8 @@ struct Inner {
     filling: RefCell<HashMap<u64, u64>>,
     /// writep1 waiting for a slot: woken by every release and state change.
     space: Rendez,
-    /// The checkpoint task sleeps here.
-    kick: Rendez,
+    /// The checkpoint task sleeps here (it holds the vSSD only while it works).
+    kick: Rc<Rendez>,
     /// Callers of `checkpoint` waiting for the running one.
     ck_done: Rendez,
     ck_running: Cell<bool>,
@@ -276,7 +277,7 @@ impl Vssd {
             phase1: RefCell::new(HashMap::new()),
             filling: RefCell::new(HashMap::new()),
             space: Rendez::new(),
-            kick: Rendez::new(),
+            kick: Rc::new(Rendez::new()),
             ck_done: Rendez::new(),
             ck_running: Cell::new(false),
             ck_which: Cell::new(ck_which),
@@ -287,11 +288,15 @@ impl Vssd {
             stats: Cell::new(VssdStats::default()),
         });
         let vssd = Vssd { inner };
-        let task_vssd = vssd.clone();
+        let task_vssd = Rc::downgrade(&vssd.inner);
+        let guard = vssd.inner.log.background().enter();
         let started = Builder::new()
             .name("vssd-checkpoint")
             .system(true)
-            .spawn(move || checkpoint_loop(&task_vssd))
+            .spawn(move || {
+                checkpoint_loop(&task_vssd);
+                drop(guard);
+            })
             .map_err(|e| VssdError::Unusable {
                 op: "open",
                 path: path.clone(),
@@ -929,23 +934,30 @@ impl Vssd {
 
     /// Stops the vSSD: later calls fail; parks until the log wrote what was pending
     /// and a running checkpoint ended, then releases the device's lock (another open
-    /// may follow at once).
+    /// may follow at once). Dropping the last handle without `close` stops it too,
+    /// without waiting ([`Vssd::background`] tells when it is done).
     pub fn close(&self) {
         let inner = &*self.inner;
-        if inner.closed.replace(true) {
+        if !inner.stop() {
             return;
         }
-        inner.log.close();
-        inner.kick.wakeup_all();
-        inner.space.wakeup_all();
-        inner.ck_done.wakeup_all();
-        inner.log.wait_closed();
+        // The log writers and the checkpoint task end; then no task but a caller's
+        // own checkpoint can still write.
+        inner.log.background().wait_ended();
         while inner.ck_running.get() {
             inner.ck_done.sleep();
         }
         // Closing the file releases the lock too; this lets a new open in before the
         // last handle of this vSSD is dropped. Nothing writes to the device now.
         let _ = inner.file.unlock();
+    }
+
+    /// The vSSD's background tasks (log writers, checkpoint task): once the vSSD is
+    /// closed or its last handle dropped, [`Background::wait_ended`] waits for them to
+    /// end, after which the device's file is closed (the last handle dropped) or
+    /// unlocked (closed).
+    pub fn background(&self) -> Background {
+        self.inner.log.background()
     }
 
     /// Checks the map's invariants (tests).
@@ -955,15 +967,55 @@ impl Vssd {
     }
 }
 
+impl Inner {
+    /// Refuses further calls and wakes every task that waits, the log writers and the
+    /// checkpoint task included: they finish what they started and end. Whether this
+    /// call stopped it (false: stopped already).
+    fn stop(&self) -> bool {
+        if self.closed.replace(true) {
+            return false;
+        }
+        self.log.close();
+        self.kick.wakeup_all();
+        self.space.wakeup_all();
+        self.ck_done.wakeup_all();
+        true
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: nobody can call `close`, and `Drop` cannot park. The
+    /// tasks end on their own; the last reference to the file closes it, releasing
+    /// the device's lock.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The checkpoint task: a checkpoint whenever the log is `ck_blocks` full. Ends
-/// when the vSSD closes or fails.
-fn checkpoint_loop(vssd: &Vssd) {
-    let inner = &*vssd.inner;
-    while vssd.check_usable("checkpoint").is_ok() {
-        if inner.log.blocks_used() < inner.ck_blocks {
-            inner.kick.sleep();
-        } else if vssd.checkpoint().is_err() {
+/// when the vSSD closes, fails or its last handle is dropped: it holds the vSSD only
+/// while it looks at it or checkpoints, never while it sleeps.
+fn checkpoint_loop(weak: &Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let vssd = Vssd { inner };
+        if vssd.check_usable("checkpoint").is_err() {
             return;
         }
+        if vssd.inner.log.blocks_used() >= vssd.inner.ck_blocks {
+            if vssd.checkpoint().is_err() {
+                return;
+            }
+            continue;
+        }
+        let kick = vssd.inner.kick.clone();
+        // Possibly the last handle: its drop stops the vSSD and wakes no one yet.
+        drop(vssd);
+        if weak.strong_count() == 0 {
+            return;
+        }
+        kick.sleep();
     }
 }

@@ -37,6 +37,7 @@
 //! whole under the simulator (`tdrv torture vssd`, 200 seeds in the tests).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod background;
 pub mod checkpoint;
 mod device;
 mod error;
@@ -46,6 +47,7 @@ pub mod log;
 pub mod map;
 pub mod record;
 
+pub use background::Background;
 pub use device::{Hit, InDoubt, Options, Recovered, Resolution, Vssd, VssdStats};
 pub use error::VssdError;
 pub use layout::{FormatParams, format};

@@ -501,3 +501,31 @@ fn a_device_in_use_is_refused_to_a_second_open_and_to_format() {
         v.close();
     });
 }
+
+#[test]
+fn a_dropped_vssd_closes_itself_and_releases_its_device() {
+    let dir = TempDir::new("drop");
+    let path = formatted(&dir, 16);
+    run_io(move || {
+        let (v, _) = open(&path);
+        v.writep1(1, 2, &payload(2, 1)).unwrap();
+        let pos = v.commit(1).unwrap();
+        // A record nobody waits for: the log still writes it after the drop.
+        v.mark_clean(2, 1).unwrap();
+        v.wait_durable(pos).unwrap();
+        let background = v.background();
+        assert!(background.running() > 1, "log writers and checkpoint task");
+        drop(v);
+        background.wait_ended();
+        assert_eq!(background.running(), 0);
+        let (v, rec) = open(&path);
+        assert!(rec.in_doubt.is_empty());
+        assert_eq!(read_tran(&v, 2), Some((1, State::Clean)));
+        // Closed, then dropped: the same end.
+        let background = v.background();
+        v.close();
+        assert_eq!(background.running(), 0);
+        drop(v);
+        open(&path).0.close();
+    });
+}
