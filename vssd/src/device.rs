@@ -62,6 +62,7 @@ use crate::layout::{
 };
 use crate::log::{LogStats, LogWriter, RecordPos, recover_scan, scrub_after_recovery};
 use crate::map::{CacheMap, Counts, Entry, MapError, Replay, State};
+use crate::outcome::{Outcomes, TranOutcome};
 use crate::record::{BlockEnd, Record};
 
 /// A tran recovery found prepared with neither COMMIT nor ABORT: the DTM decides.
@@ -145,6 +146,8 @@ struct Inner {
     map: RefCell<CacheMap>,
     /// tran -> whether its PREPARE is appended, while its writep1 runs.
     phase1: RefCell<HashMap<u64, bool>>,
+    /// The outcomes of the trans resolved lately, for retries and queries.
+    outcomes: RefCell<Outcomes>,
     /// line -> the slot a fill is writing.
     filling: RefCell<HashMap<u64, u64>>,
     /// writep1 waiting for a slot: woken by every release and state change.
@@ -275,6 +278,7 @@ impl Vssd {
             log,
             map: RefCell::new(map),
             phase1: RefCell::new(HashMap::new()),
+            outcomes: RefCell::new(Outcomes::default()),
             filling: RefCell::new(HashMap::new()),
             space: Rendez::new(),
             kick: Rc::new(Rendez::new()),
@@ -520,6 +524,16 @@ impl Vssd {
         if self.inner.phase1.borrow().contains_key(&tran) {
             return Err(self.map_error(OP, MapError::TranPrepared { tran, line }));
         }
+        // Tran ids are unique per device: a resolved one again would make a retried
+        // COMMIT or ABORT ambiguous.
+        let outcome = self.inner.outcomes.borrow().outcome_unprepared(tran);
+        if matches!(outcome, TranOutcome::Committed | TranOutcome::Aborted) {
+            return Err(VssdError::TranResolved {
+                op: OP,
+                tran,
+                outcome,
+            });
+        }
         let slot = self
             .alloc(OP, |map| map.prepare(tran, line, len, crc), true)?
             .expect("writep1 waits for a slot");
@@ -613,17 +627,22 @@ impl Vssd {
 
     /// Commits `tran`: its slot becomes the line's dirty version, the old version's
     /// slot is released. The COMMIT rides on a later log write; wait on the returned
-    /// position for it to be durable.
+    /// position for it to be durable. Committing a tran committed lately returns the
+    /// same position (a retry); one aborted is an error naming its outcome.
     pub fn commit(&self, tran: u64) -> Result<RecordPos, VssdError> {
         self.decide(tran, Resolution::Commit)
     }
 
     /// Aborts `tran`: its slot is released, the line keeps its current version.
+    /// Idempotent like [`Vssd::commit`].
     pub fn abort(&self, tran: u64) -> Result<RecordPos, VssdError> {
         self.decide(tran, Resolution::Abort)
     }
 
-    /// COMMIT or ABORT of a prepared tran whose writep1 has returned.
+    /// COMMIT or ABORT of a prepared tran whose writep1 has returned; of a tran
+    /// resolved the same way lately, the position of the record that did it
+    /// (idempotent, nothing logged); of one resolved the other way or forgotten, an
+    /// error naming its outcome.
     fn decide(&self, tran: u64, decision: Resolution) -> Result<RecordPos, VssdError> {
         let (op, record) = match decision {
             Resolution::Commit => ("commit", Record::Commit { tran }),
@@ -632,20 +651,49 @@ impl Vssd {
         if self.inner.phase1.borrow().contains_key(&tran) {
             return Err(VssdError::TranBusy { op, tran });
         }
-        let (_, pos) = self.logged(op, &record, |map, seq| {
+        let (done, pos) = self.logged(op, &record, |map, seq| {
+            if map.prepared(tran).is_none() {
+                let outcomes = self.inner.outcomes.borrow();
+                if let Some((done, pos)) = outcomes.get(tran)
+                    && done == decision
+                {
+                    return Ok((Some(pos), None));
+                }
+                let outcome = outcomes.outcome_unprepared(tran);
+                if outcome != TranOutcome::Unknown {
+                    return Err(VssdError::TranResolved { op, tran, outcome });
+                }
+            }
             let applied = match decision {
                 Resolution::Commit => map.commit(tran, seq).map(drop),
                 Resolution::Abort => map.abort(tran, seq).map(drop),
             };
             applied.map_err(|e| self.map_error(op, e))?;
-            Ok(((), Some(record.clone())))
+            Ok((None, Some(record.clone())))
         })?;
+        if let Some(pos) = done {
+            return Ok(pos);
+        }
+        let pos = pos.expect("COMMIT or ABORT appended");
+        // No park since the map changed: a retry finds the outcome at once.
+        self.inner.outcomes.borrow_mut().record(tran, decision, pos);
         self.inner.space.wakeup_all();
         self.count(|s| match decision {
             Resolution::Commit => s.commits += 1,
             Resolution::Abort => s.aborts += 1,
         });
-        Ok(pos.expect("COMMIT or ABORT appended"))
+        Ok(pos)
+    }
+
+    /// What this vSSD knows of `tran` (for the DTM's recovery): prepared here,
+    /// committed or aborted here lately, forgotten or unknown ([`TranOutcome`]).
+    pub fn tran_outcome(&self, tran: u64) -> TranOutcome {
+        if self.inner.phase1.borrow().contains_key(&tran)
+            || self.inner.map.borrow().prepared(tran).is_some()
+        {
+            return TranOutcome::Prepared;
+        }
+        self.inner.outcomes.borrow().outcome_unprepared(tran)
     }
 
     /// Resolves an in-doubt tran by the DTM's decision, durably.

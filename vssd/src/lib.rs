@@ -45,6 +45,7 @@ pub mod evict;
 pub mod layout;
 pub mod log;
 pub mod map;
+mod outcome;
 pub mod record;
 
 pub use background::Background;
@@ -52,3 +53,4 @@ pub use device::{Hit, InDoubt, Options, Recovered, Resolution, Vssd, VssdStats};
 pub use error::VssdError;
 pub use layout::{FormatParams, format};
 pub use log::RecordPos;
+pub use outcome::{OUTCOMES_MAX, TranOutcome};

@@ -11,8 +11,8 @@ use std::rc::Rc;
 use proptest::prelude::*;
 use taskio::{AlignedBuf, spawn, yield_now};
 use vssd::layout::{FormatParams, LOG_BYTES_MIN};
-use vssd::map::State;
-use vssd::{Options, Resolution, Vssd, VssdError, format};
+use vssd::map::{MapError, State};
+use vssd::{Options, Resolution, TranOutcome, Vssd, VssdError, format};
 
 const LINE: u32 = 4096;
 
@@ -527,5 +527,68 @@ fn a_dropped_vssd_closes_itself_and_releases_its_device() {
         assert_eq!(background.running(), 0);
         drop(v);
         open(&path).0.close();
+    });
+}
+
+#[test]
+fn commit_and_abort_are_idempotent_and_a_query_tells_a_trans_outcome() {
+    let dir = TempDir::new("outcome");
+    let path = formatted(&dir, 16);
+    run_io(move || {
+        let (v, _) = open(&path);
+        v.writep1(1, 2, &payload(2, 1)).unwrap();
+        v.writep1(2, 3, &payload(3, 2)).unwrap();
+        let pos = v.commit(1).unwrap();
+        // Again (a DTM retrying after a lost reply): the same record, nothing logged.
+        let appended = v.stats().log.records_appended;
+        assert_eq!(v.commit(1).unwrap(), pos);
+        v.abort(2).unwrap();
+        v.abort(2).unwrap();
+        v.resolve(1, Resolution::Commit).unwrap();
+        assert_eq!(v.stats().log.records_appended, appended + 1, "one ABORT");
+        assert_eq!(read_tran(&v, 2), Some((1, State::Dirty)));
+        assert_eq!(read_tran(&v, 3), None);
+        // The other way round: an error naming the tran and its outcome.
+        let e = v.abort(1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VssdError::TranResolved {
+                    tran: 1,
+                    outcome: TranOutcome::Committed,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("tran 1: the tran is committed"),
+            "{e}"
+        );
+        let e = v.resolve(2, Resolution::Commit).unwrap_err();
+        assert!(e.to_string().contains("tran 2: the tran is aborted"), "{e}");
+        // A resolved id is not prepared again.
+        let e = v.writep1(1, 4, &payload(4, 1)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("writep1 tran 1: the tran is committed"),
+            "{e}"
+        );
+        // The query.
+        v.writep1(3, 4, &payload(4, 3)).unwrap();
+        assert_eq!(v.tran_outcome(1), TranOutcome::Committed);
+        assert_eq!(v.tran_outcome(2), TranOutcome::Aborted);
+        assert_eq!(v.tran_outcome(3), TranOutcome::Prepared);
+        assert_eq!(v.tran_outcome(4), TranOutcome::Unknown);
+        assert!(matches!(
+            v.commit(4).unwrap_err(),
+            VssdError::Map {
+                source: MapError::UnknownTran { tran: 4, .. },
+                ..
+            }
+        ));
+        v.commit(3).unwrap();
+        assert_eq!(v.tran_outcome(3), TranOutcome::Committed);
+        v.close();
     });
 }
