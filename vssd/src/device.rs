@@ -32,7 +32,7 @@
 //! | --- | --- |
 //! | `writep1` | payload and PREPARE durable (the log flushes the payloads before it writes their PREPAREs) |
 //! | `commit`, `abort`, `mark_clean` | the record is in the log buffer; [`Vssd::wait_durable`] on the returned position waits for it |
-//! | `invalidate` | the INVALIDATE is durable (a DISCARD acknowledged never comes back) |
+//! | `invalidate`, `invalidate_range` | the INVALIDATEs, and every slot release before them, are durable (a DISCARD acknowledged never comes back) |
 //! | `insert_clean` | the payload is written; not logged (a crash forgets the fill unless a checkpoint took it) |
 //!
 //! A COMMIT or ABORT lost in a crash leaves its tran in doubt: [`Vssd::open`] returns
@@ -874,24 +874,55 @@ impl Vssd {
 
     /// Drops `line`'s cached version (DISCARD); durable on return. A tran prepared on
     /// the line stays prepared. Returns whether the line was cached.
-    ///
-    /// The INVALIDATE is logged and waited for even when the line is not cached: an
-    /// eviction's INVALIDATE may not be durable yet, and a crash would bring the
-    /// evicted line back over whatever the caller writes to the backing store next.
     pub fn invalidate(&self, line: u64) -> Result<bool, VssdError> {
-        let probe = Record::Invalidate { line };
-        let (was, pos) = self.logged("invalidate", &probe, |map, seq| {
-            let was = map.invalidate(line, seq).is_some();
-            Ok((was, Some(Record::Invalidate { line })))
-        })?;
-        if was {
+        Ok(self.invalidate_range(line, 1)? == 1)
+    }
+
+    /// Drops the cached versions of lines `first..first + count` (DISCARD of a
+    /// range; lines past `u64::MAX` are none), durable on return. Trans prepared
+    /// there stay prepared. Returns how many lines were cached.
+    ///
+    /// One INVALIDATE per cached line, found through the map's ordered index: the
+    /// work is proportional to the lines cached in the range, not to `count`. A line
+    /// not cached gets no record, but the call still waits for every slot release
+    /// logged so far to be durable: an eviction's INVALIDATE may be in flight for it,
+    /// and a crash before that is durable would bring the evicted line back over
+    /// whatever the caller writes to the backing store next.
+    pub fn invalidate_range(&self, first: u64, count: u64) -> Result<u64, VssdError> {
+        const OP: &str = "invalidate";
+        self.check_usable(OP)?;
+        let end = first.saturating_add(count);
+        let mut from = first;
+        let mut invalidated = 0;
+        // Bounded: `from` moves past one cached line of the range each time.
+        while from < end {
+            if self.inner.map.borrow().cached_from(from, end).is_none() {
+                break; // nothing to log: no wait for log room either
+            }
+            let probe = Record::Invalidate { line: from };
+            let (next, _) = self.logged(OP, &probe, |map, seq| {
+                let Some(line) = map.cached_from(from, end) else {
+                    return Ok((None, None));
+                };
+                map.invalidate(line, seq).expect("cached_from found it");
+                Ok((Some(line), Some(Record::Invalidate { line })))
+            })?;
+            let Some(line) = next else {
+                break;
+            };
+            invalidated += 1;
             self.count(|s| s.invalidations += 1);
+            from = line + 1;
+        }
+        if invalidated > 0 {
             self.inner.space.wakeup_all();
         }
-        self.inner
-            .log
-            .wait_durable(pos.expect("INVALIDATE appended"))?;
-        Ok(was)
+        // This call's INVALIDATEs release slots too: one wait covers them all.
+        let releasing = self.inner.map.borrow().seq_releasing_last();
+        if let Some(seq) = releasing {
+            self.inner.log.wait_durable(RecordPos { seq, index: 0 })?;
+        }
+        Ok(invalidated)
     }
 
     /// The dirty lines and their versions, by line (for destage).

@@ -85,8 +85,9 @@
 //!
 //! # Memory per cached line
 //!
-//! Everything is allocated by [`CacheMap::new`] for the capacity and never grows.
-//! Per line of capacity:
+//! Everything but the B-tree index of cached lines is allocated by [`CacheMap::new`]
+//! for the capacity and never grows; the index grows with the lines cached, at most
+//! the capacity. Per line of capacity:
 //!
 //! - the line index, a std `HashMap<u64, Stored>` (hashbrown) made with room for
 //!   `lines` entries: an 8-byte key, a 24-byte entry (the public 32-byte [`Entry`]
@@ -94,18 +95,20 @@
 //!   power of two at load <= 7/8: 37.7 to 75.4 bytes (66 when `lines` is a power
 //!   of two);
 //! - the [`Evictor`]: 34.8 to 50 bytes (its own documentation);
+//! - the line index by state (two `BTreeSet<u64>`, each cached line in one): about
+//!   19 bytes;
 //! - per slot, 1 + 1/16 slots per line: the role byte, a 4-byte free-stack entry
 //!   and a 16-byte freeing-queue entry (seq, slot), 22.3 bytes per line;
 //! - the prepared trans: two hash maps with room for one tran per spare slot,
 //!   about 6 bytes per line.
 //!
-//! About 100 to 155 bytes per line of capacity: measured 130.2 at 2^12 and 2^16
+//! About 120 to 175 bytes per line of capacity: measured 149.8 at 2^12 and 2^16
 //! lines (test `ram_per_line`, with a counting allocator; [`CacheMap::heap_bytes`]
-//! gives the same figure from the capacities), so 1 GiB of 4 KiB lines (2^18 lines)
-//! costs about 33 MiB of RAM. The hasher is std's SipHash: line numbers come from
+//! gives the same figure from the capacities and the lines cached), so 1 GiB of 4 KiB
+//! lines (2^18 lines) costs about 38 MiB of RAM. The hasher is std's SipHash: line numbers come from
 //! clients, and a keyed hash keeps a crafted access pattern from degrading lookups.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use crate::evict::{CAPACITY_MAX, Evictor, LINE_MAX};
 use crate::record::PAYLOAD_LEN_MAX;
@@ -292,8 +295,10 @@ pub struct CacheMap {
     /// their last unpin.
     held: Vec<u32>,
     seq_durable: u64,
-    lines_dirty: u64,
-    lines_clean: u64,
+    /// The cached lines by state, in line order: ranges of them in work proportional
+    /// to the lines in the range (destage order, DISCARD of a range).
+    dirty: BTreeSet<u64>,
+    clean: BTreeSet<u64>,
 }
 
 impl CacheMap {
@@ -331,8 +336,8 @@ impl CacheMap {
             pins: HashMap::new(),
             held: Vec::new(),
             seq_durable: 0,
-            lines_dirty: 0,
-            lines_clean: 0,
+            dirty: BTreeSet::new(),
+            clean: BTreeSet::new(),
         }
     }
 
@@ -365,10 +370,7 @@ impl CacheMap {
             map.roles[e.slot as usize] = Role::Current;
             map.entries.insert(line, Stored::from_entry(e));
             map.evictor.insert(line);
-            match e.state {
-                State::Clean => map.lines_clean += 1,
-                State::Dirty => map.lines_dirty += 1,
-            }
+            map.index_add(line, e.state);
         }
         for (tran, p) in prepared {
             if tran == 0 {
@@ -427,7 +429,7 @@ impl CacheMap {
     fn full(&self, line: u64) -> MapError {
         MapError::Full {
             line,
-            lines_clean: self.lines_clean,
+            lines_clean: self.clean.len() as u64,
             seq_freeing_min: self.freeing.front().map(|&(seq, _)| seq),
         }
     }
@@ -529,16 +531,16 @@ impl CacheMap {
             len: p.len,
             state: State::Dirty,
         };
-        self.lines_dirty += 1;
         let old = self
             .entries
             .insert(p.line, Stored::from_entry(new))
             .map(Stored::entry);
         let slot_old = old.map(|e| {
-            self.uncount(e.state);
+            self.index_remove(p.line, e.state);
             self.release(e.slot, seq);
             e.slot
         });
+        self.index_add(p.line, State::Dirty);
         Ok(Committed {
             line: p.line,
             slot: p.slot,
@@ -561,11 +563,21 @@ impl CacheMap {
         Ok(p)
     }
 
-    fn uncount(&mut self, state: State) {
+    fn index(&mut self, state: State) -> &mut BTreeSet<u64> {
         match state {
-            State::Clean => self.lines_clean -= 1,
-            State::Dirty => self.lines_dirty -= 1,
+            State::Clean => &mut self.clean,
+            State::Dirty => &mut self.dirty,
         }
+    }
+
+    fn index_add(&mut self, line: u64, state: State) {
+        let added = self.index(state).insert(line);
+        assert!(added, "line {line} indexed {state:?} twice");
+    }
+
+    fn index_remove(&mut self, line: u64, state: State) {
+        let removed = self.index(state).remove(&line);
+        assert!(removed, "line {line} not indexed {state:?}");
     }
 
     /// The current version of `line`, if cached. O(1), changes nothing.
@@ -615,7 +627,7 @@ impl CacheMap {
             state: State::Clean,
         };
         self.entries.insert(line, Stored::from_entry(e));
-        self.lines_clean += 1;
+        self.index_add(line, State::Clean);
         Ok(slot)
     }
 
@@ -631,17 +643,34 @@ impl CacheMap {
         }
         if e.state == State::Dirty {
             e.state = State::Clean;
-            self.lines_dirty -= 1;
-            self.lines_clean += 1;
+            self.index_remove(line, State::Dirty);
+            self.index_add(line, State::Clean);
         }
         true
+    }
+
+    /// The first cached line (clean or dirty) in `from..end`, if any. O(log n).
+    pub fn cached_from(&self, from: u64, end: u64) -> Option<u64> {
+        if from >= end {
+            return None;
+        }
+        let dirty = self.dirty.range(from..end).next();
+        let clean = self.clean.range(from..end).next();
+        dirty.into_iter().chain(clean).min().copied()
+    }
+
+    /// The seq of the newest slot release not yet durable, if any: once it is
+    /// durable, so is every record that released a slot so far (an eviction's
+    /// INVALIDATE among them).
+    pub fn seq_releasing_last(&self) -> Option<u64> {
+        self.freeing.back().map(|&(seq, _)| seq)
     }
 
     /// `line`'s current version is dropped (DISCARD), its INVALIDATE record at
     /// `seq`. A tran prepared on the line stays prepared.
     pub fn invalidate(&mut self, line: u64, seq: u64) -> Option<Entry> {
         let e = self.entries.remove(&line)?.entry();
-        self.uncount(e.state);
+        self.index_remove(line, e.state);
         if !self.prepared_lines.contains_key(&line) {
             self.evictor.remove(line);
         }
@@ -653,7 +682,7 @@ impl CacheMap {
     /// logs INVALIDATE(line) at `seq`, and the slot is free once `seq` is durable.
     /// `None` if no line is evictable.
     pub fn evict(&mut self, seq: u64) -> Option<Evicted> {
-        if self.lines_clean == 0 {
+        if self.clean.is_empty() {
             return None;
         }
         let entries = &self.entries;
@@ -668,7 +697,7 @@ impl CacheMap {
             .expect("victim is cached")
             .entry();
         assert_eq!(e.state, State::Clean, "evicted line {line}");
-        self.uncount(e.state);
+        self.index_remove(line, e.state);
         self.release(e.slot, seq);
         Some(Evicted { line, slot: e.slot })
     }
@@ -735,8 +764,8 @@ impl CacheMap {
 
     pub fn counts(&self) -> Counts {
         Counts {
-            lines_dirty: self.lines_dirty,
-            lines_clean: self.lines_clean,
+            lines_dirty: self.dirty.len() as u64,
+            lines_clean: self.clean.len() as u64,
             prepared: self.prepared.len() as u64,
             slots_free: self.free.len() as u64,
             slots_freeing: (self.freeing.len() + self.held.len()) as u64,
@@ -782,7 +811,16 @@ impl CacheMap {
             let buckets = (cap * 8 / 7).next_power_of_two();
             buckets * (size_of::<(K, V)>() + 1) + 16
         }
+        // A std B-tree set of u64: leaves of 11 keys (104 bytes), internal nodes with
+        // 12 edges (200 bytes); about 7 keys a node (measured by `ram_per_line`).
+        fn set(s: &BTreeSet<u64>) -> usize {
+            const KEYS_PER_LEAF_AVG: usize = 7;
+            let leaves = s.len().div_ceil(KEYS_PER_LEAF_AVG);
+            leaves * 104 + leaves.div_ceil(KEYS_PER_LEAF_AVG) * 200
+        }
         table(&self.entries)
+            + set(&self.dirty)
+            + set(&self.clean)
             + table(&self.prepared)
             + table(&self.prepared_lines)
             + self.evictor.heap_bytes()
@@ -824,16 +862,17 @@ impl CacheMap {
             assert!(seq >= last && seq > self.seq_durable, "freeing seq {seq}");
             last = seq;
         }
-        let (mut dirty, mut clean) = (0, 0);
         for (&line, e) in &self.entries {
             assert_eq!(self.roles[e.slot as usize], Role::Current, "line {line}");
             assert!(self.evictor.contains(line), "line {line} not in evictor");
-            match e.state {
-                State::Clean => clean += 1,
-                State::Dirty => dirty += 1,
-            }
+            let (indexed, other) = match e.state {
+                State::Clean => (&self.clean, &self.dirty),
+                State::Dirty => (&self.dirty, &self.clean),
+            };
+            assert!(indexed.contains(&line), "line {line} not indexed");
+            assert!(!other.contains(&line), "line {line} indexed twice");
         }
-        assert_eq!((dirty, clean), (self.lines_dirty, self.lines_clean));
+        assert_eq!(self.dirty.len() + self.clean.len(), self.entries.len());
         assert_eq!(self.prepared.len(), self.prepared_lines.len());
         for (&tran, p) in &self.prepared {
             assert_eq!(self.roles[p.slot as usize], Role::Prepared, "tran {tran}");

@@ -592,3 +592,41 @@ fn commit_and_abort_are_idempotent_and_a_query_tells_a_trans_outcome() {
         v.close();
     });
 }
+
+#[test]
+fn a_discard_logs_only_the_cached_lines_of_its_range() {
+    let dir = TempDir::new("discard");
+    let path = formatted(&dir, 64);
+    run_io(move || {
+        let (v, _) = open(&path);
+        for (tran, line) in [(1, 10), (2, 12), (3, 40)] {
+            v.writep1(tran, line, &payload(line, tran)).unwrap();
+            v.commit(tran).unwrap();
+        }
+        assert!(v.insert_clean(11, &payload(11, 0)).unwrap());
+        assert!(v.insert_clean(50, &payload(50, 0)).unwrap());
+        v.sync().unwrap();
+        let appended = v.stats().log.records_appended;
+        // Not cached: no record.
+        assert!(!v.invalidate(3).unwrap());
+        assert_eq!(v.stats().log.records_appended, appended);
+        // 2^40 lines (4 PiB of 4 KiB lines): one INVALIDATE per cached line in it.
+        assert_eq!(v.invalidate_range(11, 1 << 40).unwrap(), 4);
+        assert_eq!(v.stats().log.records_appended, appended + 4);
+        assert_eq!(v.stats().invalidations, 4);
+        assert_eq!(read_tran(&v, 10), Some((1, State::Dirty)));
+        for line in [11, 12, 40, 50] {
+            assert_eq!(read_tran(&v, line), None, "line {line}");
+        }
+        assert_eq!(v.invalidate_range(0, 0).unwrap(), 0);
+        assert_eq!(v.invalidate_range(u64::MAX - 1, 5).unwrap(), 0);
+        v.assert_invariants();
+        v.close();
+        // Durable on return.
+        let (v, _) = open(&path);
+        assert_eq!(read_tran(&v, 10), Some((1, State::Dirty)));
+        assert_eq!(read_tran(&v, 12), None);
+        assert_eq!(read_tran(&v, 40), None);
+        v.close();
+    });
+}
