@@ -154,6 +154,8 @@ struct Inner {
     space: Rendez,
     /// The checkpoint task sleeps here (it holds the vSSD only while it works).
     kick: Rc<Rendez>,
+    /// Waiters for a change of the dirty lines (destage).
+    dirty_changed: Rendez,
     /// Callers of `checkpoint` waiting for the running one.
     ck_done: Rendez,
     ck_running: Cell<bool>,
@@ -282,6 +284,7 @@ impl Vssd {
             filling: RefCell::new(HashMap::new()),
             space: Rendez::new(),
             kick: Rc::new(Rendez::new()),
+            dirty_changed: Rendez::new(),
             ck_done: Rendez::new(),
             ck_running: Cell::new(false),
             ck_which: Cell::new(ck_which),
@@ -678,6 +681,9 @@ impl Vssd {
         // No park since the map changed: a retry finds the outcome at once.
         self.inner.outcomes.borrow_mut().record(tran, decision, pos);
         self.inner.space.wakeup_all();
+        if decision == Resolution::Commit {
+            self.inner.dirty_changed.wakeup_all();
+        }
         self.count(|s| match decision {
             Resolution::Commit => s.commits += 1,
             Resolution::Abort => s.aborts += 1,
@@ -868,6 +874,7 @@ impl Vssd {
         if pos.is_some() {
             self.count(|s| s.cleaned += 1);
             self.inner.space.wakeup_all();
+            self.inner.dirty_changed.wakeup_all();
         }
         Ok((clean, pos))
     }
@@ -916,6 +923,7 @@ impl Vssd {
         }
         if invalidated > 0 {
             self.inner.space.wakeup_all();
+            self.inner.dirty_changed.wakeup_all();
         }
         // This call's INVALIDATEs release slots too: one wait covers them all.
         let releasing = self.inner.map.borrow().seq_releasing_last();
@@ -925,16 +933,47 @@ impl Vssd {
         Ok(invalidated)
     }
 
-    /// The dirty lines and their versions, by line (for destage).
-    pub fn dirty_lines(&self) -> Vec<(u64, u64)> {
+    /// Up to `n` dirty lines from line `from` on, in line order, with their versions
+    /// (destage): read off the map's ordered index, copying only what is returned.
+    pub fn dirty_range(&self, from: u64, n: usize) -> Vec<(u64, u64)> {
         self.inner
             .map
             .borrow()
-            .entries()
-            .into_iter()
-            .filter(|(_, e)| e.state == State::Dirty)
+            .dirty_from(from)
+            .take(n)
             .map(|(line, e)| (line, e.version))
             .collect()
+    }
+
+    /// Every dirty line and its version, in line order (tests and tools: destage
+    /// takes [`Vssd::dirty_range`]s).
+    pub fn dirty_lines(&self) -> Vec<(u64, u64)> {
+        self.dirty_range(0, usize::MAX)
+    }
+
+    /// How many lines are dirty. O(1).
+    pub fn dirty_count(&self) -> u64 {
+        self.inner.map.borrow().counts().lines_dirty
+    }
+
+    /// A number that grows whenever a line becomes dirty, gets a newer dirty version
+    /// or stops being dirty: give it to [`Vssd::wait_dirty_changed`].
+    pub fn dirty_generation(&self) -> u64 {
+        self.inner.map.borrow().dirty_generation()
+    }
+
+    /// Parks until the dirty lines changed since `seen` (a
+    /// [`Vssd::dirty_generation`]) and returns the new generation; at once if they
+    /// already did. Errs once the vSSD is closed or failed.
+    pub fn wait_dirty_changed(&self, seen: u64) -> Result<u64, VssdError> {
+        loop {
+            self.check_usable("wait_dirty_changed")?;
+            let now = self.dirty_generation();
+            if now != seen {
+                return Ok(now);
+            }
+            self.inner.dirty_changed.sleep();
+        }
     }
 
     /// The current version of `line` without reading it, if cached.
@@ -1057,6 +1096,7 @@ impl Inner {
         self.log.close();
         self.kick.wakeup_all();
         self.space.wakeup_all();
+        self.dirty_changed.wakeup_all();
         self.ck_done.wakeup_all();
         true
     }

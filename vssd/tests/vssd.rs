@@ -630,3 +630,71 @@ fn a_discard_logs_only_the_cached_lines_of_its_range() {
         v.close();
     });
 }
+
+#[test]
+fn dirty_lines_come_in_line_order_by_range_and_a_destager_waits_for_changes() {
+    let dir = TempDir::new("dirty");
+    let path = formatted(&dir, 64);
+    run_io(move || {
+        let (v, _) = open(&path);
+        for (tran, line) in [(1, 30), (2, 5), (3, 17), (4, 9)] {
+            v.writep1(tran, line, &payload(line, tran)).unwrap();
+            v.commit(tran).unwrap();
+        }
+        assert!(v.insert_clean(6, &payload(6, 0)).unwrap());
+        assert_eq!(v.dirty_count(), 4);
+        assert_eq!(v.dirty_range(0, 2), vec![(5, 2), (9, 4)]);
+        assert_eq!(v.dirty_range(10, 10), vec![(17, 3), (30, 1)]);
+        assert_eq!(v.dirty_range(31, 10), vec![]);
+        assert_eq!(v.dirty_lines(), vec![(5, 2), (9, 4), (17, 3), (30, 1)]);
+
+        // A destager task: waits for a change, then takes the lines and cleans them.
+        let seen = v.dirty_generation();
+        let v2 = v.clone();
+        let destager = spawn(move || {
+            let mut seen = seen;
+            let mut cleaned = Vec::new();
+            // Bounded: the main task makes two changes, then closes.
+            for _ in 0..3 {
+                if let Err(e) = v2.wait_dirty_changed(seen) {
+                    return (cleaned, e.to_string());
+                }
+                for (line, version) in v2.dirty_range(0, 64) {
+                    assert!(v2.mark_clean(line, version).unwrap().0);
+                    cleaned.push((line, version));
+                }
+                // Its own cleaning changed the dirty lines too.
+                seen = v2.dirty_generation();
+            }
+            (cleaned, "no close".into())
+        })
+        .unwrap();
+        yield_now();
+        assert!(!destager.is_finished(), "nothing changed yet");
+        // A prepare changes no dirty line; a clean fill neither.
+        v.writep1(5, 40, &payload(40, 5)).unwrap();
+        assert!(v.insert_clean(7, &payload(7, 0)).unwrap());
+        assert!(!destager.is_finished());
+        assert_eq!(v.dirty_count(), 4);
+        v.commit(5).unwrap();
+        // The destager woke and cleaned all five.
+        for _ in 0..4 {
+            if v.dirty_count() == 0 {
+                break;
+            }
+            yield_now();
+        }
+        assert_eq!(v.dirty_count(), 0);
+        v.writep1(6, 9, &payload(9, 6)).unwrap();
+        v.commit(6).unwrap();
+        v.sync().unwrap();
+        assert_eq!(v.dirty_count(), 0, "the destager cleaned line 9 again");
+        v.close();
+        let (cleaned, end) = destager.join().unwrap();
+        assert_eq!(
+            cleaned,
+            vec![(5, 2), (9, 4), (17, 3), (30, 1), (40, 5), (9, 6)]
+        );
+        assert!(end.contains("closed"), "{end}");
+    });
+}
