@@ -72,7 +72,11 @@
 //! 2. A line has at most one current version and at most **one prepared tran** at a
 //!    time ([`MapError::LinePrepared`] otherwise): the DTM serialises writes to a
 //!    line, and one prepared version per line keeps recovery's in-doubt resolution
-//!    free of ordering questions between two trans of one line.
+//!    free of ordering questions between two trans of one line. A tran prepared on
+//!    a cached line is above the tran of its version ([`MapError::TranOld`]): a
+//!    line's versions grow, so [`CacheMap::mark_clean`] of a version destaged
+//!    earlier never matches a newer one (its equality test would, were an id
+//!    reused).
 //! 3. A prepared slot is never the line's current slot (it comes from the free pool).
 //! 4. Lines cached or prepared are at most `lines` (the capacity), so a commit never
 //!    needs room it cannot find; the [`Evictor`] holds exactly those lines.
@@ -229,6 +233,12 @@ pub enum MapError {
         line: u64,
         tran_other: u64,
     },
+    /// `tran` is not above the tran of `line`'s current version: versions of a line
+    /// must grow, or a destage's mark of the older one could clean the newer.
+    #[error(
+        "prepare tran {tran} on line {line}: the line holds version {version}, a tran id must be above it"
+    )]
+    TranOld { tran: u64, line: u64, version: u64 },
     /// `tran` is prepared already.
     #[error("prepare tran {tran} on line {line}: the tran is prepared already")]
     TranPrepared { tran: u64, line: u64 },
@@ -489,6 +499,16 @@ impl CacheMap {
                 tran,
                 line,
                 tran_other,
+            });
+        }
+        if let Some(e) = self.entries.get(&line)
+            && e.version != VERSION_CLEAN_INSERT
+            && e.version >= tran
+        {
+            return Err(MapError::TranOld {
+                tran,
+                line,
+                version: e.version,
             });
         }
         self.check_room(line)?;

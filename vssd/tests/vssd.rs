@@ -698,3 +698,46 @@ fn dirty_lines_come_in_line_order_by_range_and_a_destager_waits_for_changes() {
         assert!(end.contains("closed"), "{end}");
     });
 }
+
+#[test]
+fn a_stale_destage_mark_never_cleans_a_newer_version() {
+    let dir = TempDir::new("stale-clean");
+    let path = formatted(&dir, 16);
+    let p = path.clone();
+    run_io(move || {
+        let (v, _) = open(&p);
+        v.writep1(5, 3, &payload(3, 5)).unwrap();
+        v.commit(5).unwrap();
+        // A destage copies version 5; meanwhile tran 6 writes the line.
+        v.writep1(6, 3, &payload(3, 6)).unwrap();
+        v.commit(6).unwrap();
+        assert_eq!(v.mark_clean(3, 5).unwrap(), (false, None));
+        assert_eq!(read_tran(&v, 3), Some((6, State::Dirty)));
+        v.sync().unwrap();
+        v.close();
+    });
+    run_io(move || {
+        let (v, _) = open(&path);
+        assert_eq!(read_tran(&v, 3), Some((6, State::Dirty)));
+        // After a reopen the vSSD remembers no outcome, but the line's version says
+        // tran 6 wrote it: a tran id not above it (a DTM reusing ids) is refused, or
+        // the stale mark of version 6's destage below would clean the newer data.
+        let e = v.writep1(6, 3, &payload(3, 66)).unwrap_err();
+        assert!(
+            e.to_string().contains("line 3") && e.to_string().contains("version 6"),
+            "{e}"
+        );
+        let e = v.writep1(4, 3, &payload(3, 4)).unwrap_err();
+        assert!(e.to_string().contains("version 6"), "{e}");
+        assert!(v.mark_clean(3, 6).unwrap().0);
+        assert_eq!(read_tran(&v, 3), Some((6, State::Clean)));
+        // Newer ids are fine, on this line and over a fill.
+        v.writep1(7, 3, &payload(3, 7)).unwrap();
+        v.commit(7).unwrap();
+        assert!(v.insert_clean(4, &payload(4, 0)).unwrap());
+        v.writep1(2, 4, &payload(4, 2)).unwrap();
+        v.commit(2).unwrap();
+        assert_eq!(read_tran(&v, 4), Some((2, State::Dirty)));
+        v.close();
+    });
+}
