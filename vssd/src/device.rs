@@ -1,7 +1,10 @@
 //! The vSSD: the cache map, the log and the checkpoints wired to one device.
 //!
 //! Every operation runs on the tasks of one taskio runtime; a [`Vssd`] is a cheap
-//! handle (`Clone`) shared by them. The seed's vssd.c, step by step, is
+//! handle (`Clone`) shared by them. Its background tasks (log writers, checkpoint
+//! task) hold no handle while they sleep, so dropping the last handle stops the vSSD
+//! as [`Vssd::close`] does, without waiting: [`Vssd::background`] says when they
+//! ended and the device's file is closed. The seed's vssd.c, step by step, is
 //! [`Vssd::writep1`]: a free slot from the map, the payload written there, a PREPARE
 //! appended to the log buffer, a park until the group commit made both durable.
 //!
