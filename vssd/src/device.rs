@@ -1,7 +1,10 @@
 //! The vSSD: the cache map, the log and the checkpoints wired to one device.
 //!
 //! Every operation runs on the tasks of one taskio runtime; a [`Vssd`] is a cheap
-//! handle (`Clone`) shared by them. The seed's vssd.c, step by step, is
+//! handle (`Clone`) shared by them. Its background tasks (log writers, checkpoint
+//! task) hold no handle while they sleep, so dropping the last handle stops the vSSD
+//! as [`Vssd::close`] does, without waiting: [`Vssd::background`] says when they
+//! ended and the device's file is closed. The seed's vssd.c, step by step, is
 //! [`Vssd::writep1`]: a free slot from the map, the payload written there, a PREPARE
 //! appended to the log buffer, a park until the group commit made both durable.
 //!
@@ -32,7 +35,7 @@
 //! | --- | --- |
 //! | `writep1` | payload and PREPARE durable (the log flushes the payloads before it writes their PREPAREs) |
 //! | `commit`, `abort`, `mark_clean` | the record is in the log buffer; [`Vssd::wait_durable`] on the returned position waits for it |
-//! | `invalidate` | the INVALIDATE is durable (a DISCARD acknowledged never comes back) |
+//! | `invalidate`, `invalidate_range` | the INVALIDATEs, and every slot release before them, are durable (a DISCARD acknowledged never comes back) |
 //! | `insert_clean` | the payload is written; not logged (a crash forgets the fill unless a checkpoint took it) |
 //!
 //! A COMMIT or ABORT lost in a crash leaves its tran in doubt: [`Vssd::open`] returns
@@ -49,11 +52,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use taskio::file::File;
 use taskio::{ALIGN, AlignedBuf, Builder, Rendez};
 
+use crate::background::Background;
 use crate::checkpoint::{self, Snapshot};
 use crate::error::VssdError;
 use crate::layout::{
@@ -61,6 +65,7 @@ use crate::layout::{
 };
 use crate::log::{LogStats, LogWriter, RecordPos, recover_scan, scrub_after_recovery};
 use crate::map::{CacheMap, Counts, Entry, MapError, Replay, State};
+use crate::outcome::{Outcomes, TranOutcome};
 use crate::record::{BlockEnd, Record};
 
 /// A tran recovery found prepared with neither COMMIT nor ABORT: the DTM decides.
@@ -144,12 +149,16 @@ struct Inner {
     map: RefCell<CacheMap>,
     /// tran -> whether its PREPARE is appended, while its writep1 runs.
     phase1: RefCell<HashMap<u64, bool>>,
+    /// The outcomes of the trans resolved lately, for retries and queries.
+    outcomes: RefCell<Outcomes>,
     /// line -> the slot a fill is writing.
     filling: RefCell<HashMap<u64, u64>>,
     /// writep1 waiting for a slot: woken by every release and state change.
     space: Rendez,
-    /// The checkpoint task sleeps here.
-    kick: Rendez,
+    /// The checkpoint task sleeps here (it holds the vSSD only while it works).
+    kick: Rc<Rendez>,
+    /// Waiters for a change of the dirty lines (destage).
+    dirty_changed: Rendez,
     /// Callers of `checkpoint` waiting for the running one.
     ck_done: Rendez,
     ck_running: Cell<bool>,
@@ -274,9 +283,11 @@ impl Vssd {
             log,
             map: RefCell::new(map),
             phase1: RefCell::new(HashMap::new()),
+            outcomes: RefCell::new(Outcomes::default()),
             filling: RefCell::new(HashMap::new()),
             space: Rendez::new(),
-            kick: Rendez::new(),
+            kick: Rc::new(Rendez::new()),
+            dirty_changed: Rendez::new(),
             ck_done: Rendez::new(),
             ck_running: Cell::new(false),
             ck_which: Cell::new(ck_which),
@@ -287,11 +298,15 @@ impl Vssd {
             stats: Cell::new(VssdStats::default()),
         });
         let vssd = Vssd { inner };
-        let task_vssd = vssd.clone();
+        let task_vssd = Rc::downgrade(&vssd.inner);
+        let guard = vssd.inner.log.background().enter();
         let started = Builder::new()
             .name("vssd-checkpoint")
             .system(true)
-            .spawn(move || checkpoint_loop(&task_vssd))
+            .spawn(move || {
+                checkpoint_loop(&task_vssd);
+                drop(guard);
+            })
             .map_err(|e| VssdError::Unusable {
                 op: "open",
                 path: path.clone(),
@@ -515,6 +530,16 @@ impl Vssd {
         if self.inner.phase1.borrow().contains_key(&tran) {
             return Err(self.map_error(OP, MapError::TranPrepared { tran, line }));
         }
+        // Tran ids are unique per device: a resolved one again would make a retried
+        // COMMIT or ABORT ambiguous.
+        let outcome = self.inner.outcomes.borrow().outcome_unprepared(tran);
+        if matches!(outcome, TranOutcome::Committed | TranOutcome::Aborted) {
+            return Err(VssdError::TranResolved {
+                op: OP,
+                tran,
+                outcome,
+            });
+        }
         let slot = self
             .alloc(OP, |map| map.prepare(tran, line, len, crc), true)?
             .expect("writep1 waits for a slot");
@@ -608,17 +633,22 @@ impl Vssd {
 
     /// Commits `tran`: its slot becomes the line's dirty version, the old version's
     /// slot is released. The COMMIT rides on a later log write; wait on the returned
-    /// position for it to be durable.
+    /// position for it to be durable. Committing a tran committed lately returns the
+    /// same position (a retry); one aborted is an error naming its outcome.
     pub fn commit(&self, tran: u64) -> Result<RecordPos, VssdError> {
         self.decide(tran, Resolution::Commit)
     }
 
     /// Aborts `tran`: its slot is released, the line keeps its current version.
+    /// Idempotent like [`Vssd::commit`].
     pub fn abort(&self, tran: u64) -> Result<RecordPos, VssdError> {
         self.decide(tran, Resolution::Abort)
     }
 
-    /// COMMIT or ABORT of a prepared tran whose writep1 has returned.
+    /// COMMIT or ABORT of a prepared tran whose writep1 has returned; of a tran
+    /// resolved the same way lately, the position of the record that did it
+    /// (idempotent, nothing logged); of one resolved the other way or forgotten, an
+    /// error naming its outcome.
     fn decide(&self, tran: u64, decision: Resolution) -> Result<RecordPos, VssdError> {
         let (op, record) = match decision {
             Resolution::Commit => ("commit", Record::Commit { tran }),
@@ -627,20 +657,52 @@ impl Vssd {
         if self.inner.phase1.borrow().contains_key(&tran) {
             return Err(VssdError::TranBusy { op, tran });
         }
-        let (_, pos) = self.logged(op, &record, |map, seq| {
+        let (done, pos) = self.logged(op, &record, |map, seq| {
+            if map.prepared(tran).is_none() {
+                let outcomes = self.inner.outcomes.borrow();
+                if let Some((done, pos)) = outcomes.get(tran)
+                    && done == decision
+                {
+                    return Ok((Some(pos), None));
+                }
+                let outcome = outcomes.outcome_unprepared(tran);
+                if outcome != TranOutcome::Unknown {
+                    return Err(VssdError::TranResolved { op, tran, outcome });
+                }
+            }
             let applied = match decision {
                 Resolution::Commit => map.commit(tran, seq).map(drop),
                 Resolution::Abort => map.abort(tran, seq).map(drop),
             };
             applied.map_err(|e| self.map_error(op, e))?;
-            Ok(((), Some(record.clone())))
+            Ok((None, Some(record.clone())))
         })?;
+        if let Some(pos) = done {
+            return Ok(pos);
+        }
+        let pos = pos.expect("COMMIT or ABORT appended");
+        // No park since the map changed: a retry finds the outcome at once.
+        self.inner.outcomes.borrow_mut().record(tran, decision, pos);
         self.inner.space.wakeup_all();
+        if decision == Resolution::Commit {
+            self.inner.dirty_changed.wakeup_all();
+        }
         self.count(|s| match decision {
             Resolution::Commit => s.commits += 1,
             Resolution::Abort => s.aborts += 1,
         });
-        Ok(pos.expect("COMMIT or ABORT appended"))
+        Ok(pos)
+    }
+
+    /// What this vSSD knows of `tran` (for the DTM's recovery): prepared here,
+    /// committed or aborted here lately, forgotten or unknown ([`TranOutcome`]).
+    pub fn tran_outcome(&self, tran: u64) -> TranOutcome {
+        if self.inner.phase1.borrow().contains_key(&tran)
+            || self.inner.map.borrow().prepared(tran).is_some()
+        {
+            return TranOutcome::Prepared;
+        }
+        self.inner.outcomes.borrow().outcome_unprepared(tran)
     }
 
     /// Resolves an in-doubt tran by the DTM's decision, durably.
@@ -815,42 +877,106 @@ impl Vssd {
         if pos.is_some() {
             self.count(|s| s.cleaned += 1);
             self.inner.space.wakeup_all();
+            self.inner.dirty_changed.wakeup_all();
         }
         Ok((clean, pos))
     }
 
     /// Drops `line`'s cached version (DISCARD); durable on return. A tran prepared on
     /// the line stays prepared. Returns whether the line was cached.
-    ///
-    /// The INVALIDATE is logged and waited for even when the line is not cached: an
-    /// eviction's INVALIDATE may not be durable yet, and a crash would bring the
-    /// evicted line back over whatever the caller writes to the backing store next.
     pub fn invalidate(&self, line: u64) -> Result<bool, VssdError> {
-        let probe = Record::Invalidate { line };
-        let (was, pos) = self.logged("invalidate", &probe, |map, seq| {
-            let was = map.invalidate(line, seq).is_some();
-            Ok((was, Some(Record::Invalidate { line })))
-        })?;
-        if was {
-            self.count(|s| s.invalidations += 1);
-            self.inner.space.wakeup_all();
-        }
-        self.inner
-            .log
-            .wait_durable(pos.expect("INVALIDATE appended"))?;
-        Ok(was)
+        Ok(self.invalidate_range(line, 1)? == 1)
     }
 
-    /// The dirty lines and their versions, by line (for destage).
-    pub fn dirty_lines(&self) -> Vec<(u64, u64)> {
+    /// Drops the cached versions of lines `first..first + count` (DISCARD of a
+    /// range; lines past `u64::MAX` are none), durable on return. Trans prepared
+    /// there stay prepared. Returns how many lines were cached.
+    ///
+    /// One INVALIDATE per cached line, found through the map's ordered index: the
+    /// work is proportional to the lines cached in the range, not to `count`. A line
+    /// not cached gets no record, but the call still waits for every slot release
+    /// logged so far to be durable: an eviction's INVALIDATE may be in flight for it,
+    /// and a crash before that is durable would bring the evicted line back over
+    /// whatever the caller writes to the backing store next.
+    pub fn invalidate_range(&self, first: u64, count: u64) -> Result<u64, VssdError> {
+        const OP: &str = "invalidate";
+        self.check_usable(OP)?;
+        let end = first.saturating_add(count);
+        let mut from = first;
+        let mut invalidated = 0;
+        // Bounded: `from` moves past one cached line of the range each time.
+        while from < end {
+            if self.inner.map.borrow().cached_from(from, end).is_none() {
+                break; // nothing to log: no wait for log room either
+            }
+            let probe = Record::Invalidate { line: from };
+            let (next, _) = self.logged(OP, &probe, |map, seq| {
+                let Some(line) = map.cached_from(from, end) else {
+                    return Ok((None, None));
+                };
+                map.invalidate(line, seq).expect("cached_from found it");
+                Ok((Some(line), Some(Record::Invalidate { line })))
+            })?;
+            let Some(line) = next else {
+                break;
+            };
+            invalidated += 1;
+            self.count(|s| s.invalidations += 1);
+            from = line + 1;
+        }
+        if invalidated > 0 {
+            self.inner.space.wakeup_all();
+            self.inner.dirty_changed.wakeup_all();
+        }
+        // This call's INVALIDATEs release slots too: one wait covers them all.
+        let releasing = self.inner.map.borrow().seq_releasing_last();
+        if let Some(seq) = releasing {
+            self.inner.log.wait_durable(RecordPos { seq, index: 0 })?;
+        }
+        Ok(invalidated)
+    }
+
+    /// Up to `n` dirty lines from line `from` on, in line order, with their versions
+    /// (destage): read off the map's ordered index, copying only what is returned.
+    pub fn dirty_range(&self, from: u64, n: usize) -> Vec<(u64, u64)> {
         self.inner
             .map
             .borrow()
-            .entries()
-            .into_iter()
-            .filter(|(_, e)| e.state == State::Dirty)
+            .dirty_from(from)
+            .take(n)
             .map(|(line, e)| (line, e.version))
             .collect()
+    }
+
+    /// Every dirty line and its version, in line order (tests and tools: destage
+    /// takes [`Vssd::dirty_range`]s).
+    pub fn dirty_lines(&self) -> Vec<(u64, u64)> {
+        self.dirty_range(0, usize::MAX)
+    }
+
+    /// How many lines are dirty. O(1).
+    pub fn dirty_count(&self) -> u64 {
+        self.inner.map.borrow().counts().lines_dirty
+    }
+
+    /// A number that grows whenever a line becomes dirty, gets a newer dirty version
+    /// or stops being dirty: give it to [`Vssd::wait_dirty_changed`].
+    pub fn dirty_generation(&self) -> u64 {
+        self.inner.map.borrow().dirty_generation()
+    }
+
+    /// Parks until the dirty lines changed since `seen` (a
+    /// [`Vssd::dirty_generation`]) and returns the new generation; at once if they
+    /// already did. Errs once the vSSD is closed or failed.
+    pub fn wait_dirty_changed(&self, seen: u64) -> Result<u64, VssdError> {
+        loop {
+            self.check_usable("wait_dirty_changed")?;
+            let now = self.dirty_generation();
+            if now != seen {
+                return Ok(now);
+            }
+            self.inner.dirty_changed.sleep();
+        }
     }
 
     /// The current version of `line` without reading it, if cached.
@@ -929,23 +1055,30 @@ impl Vssd {
 
     /// Stops the vSSD: later calls fail; parks until the log wrote what was pending
     /// and a running checkpoint ended, then releases the device's lock (another open
-    /// may follow at once).
+    /// may follow at once). Dropping the last handle without `close` stops it too,
+    /// without waiting ([`Vssd::background`] tells when it is done).
     pub fn close(&self) {
         let inner = &*self.inner;
-        if inner.closed.replace(true) {
+        if !inner.stop() {
             return;
         }
-        inner.log.close();
-        inner.kick.wakeup_all();
-        inner.space.wakeup_all();
-        inner.ck_done.wakeup_all();
-        inner.log.wait_closed();
+        // The log writers and the checkpoint task end; then no task but a caller's
+        // own checkpoint can still write.
+        inner.log.background().wait_ended();
         while inner.ck_running.get() {
             inner.ck_done.sleep();
         }
         // Closing the file releases the lock too; this lets a new open in before the
         // last handle of this vSSD is dropped. Nothing writes to the device now.
         let _ = inner.file.unlock();
+    }
+
+    /// The vSSD's background tasks (log writers, checkpoint task): once the vSSD is
+    /// closed or its last handle dropped, [`Background::wait_ended`] waits for them to
+    /// end, after which the device's file is closed (the last handle dropped) or
+    /// unlocked (closed).
+    pub fn background(&self) -> Background {
+        self.inner.log.background()
     }
 
     /// Checks the map's invariants (tests).
@@ -955,15 +1088,56 @@ impl Vssd {
     }
 }
 
+impl Inner {
+    /// Refuses further calls and wakes every task that waits, the log writers and the
+    /// checkpoint task included: they finish what they started and end. Whether this
+    /// call stopped it (false: stopped already).
+    fn stop(&self) -> bool {
+        if self.closed.replace(true) {
+            return false;
+        }
+        self.log.close();
+        self.kick.wakeup_all();
+        self.space.wakeup_all();
+        self.dirty_changed.wakeup_all();
+        self.ck_done.wakeup_all();
+        true
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: nobody can call `close`, and `Drop` cannot park. The
+    /// tasks end on their own; the last reference to the file closes it, releasing
+    /// the device's lock.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The checkpoint task: a checkpoint whenever the log is `ck_blocks` full. Ends
-/// when the vSSD closes or fails.
-fn checkpoint_loop(vssd: &Vssd) {
-    let inner = &*vssd.inner;
-    while vssd.check_usable("checkpoint").is_ok() {
-        if inner.log.blocks_used() < inner.ck_blocks {
-            inner.kick.sleep();
-        } else if vssd.checkpoint().is_err() {
+/// when the vSSD closes, fails or its last handle is dropped: it holds the vSSD only
+/// while it looks at it or checkpoints, never while it sleeps.
+fn checkpoint_loop(weak: &Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let vssd = Vssd { inner };
+        if vssd.check_usable("checkpoint").is_err() {
             return;
         }
+        if vssd.inner.log.blocks_used() >= vssd.inner.ck_blocks {
+            if vssd.checkpoint().is_err() {
+                return;
+            }
+            continue;
+        }
+        let kick = vssd.inner.kick.clone();
+        // Possibly the last handle: its drop stops the vSSD and wakes no one yet.
+        drop(vssd);
+        if weak.strong_count() == 0 {
+            return;
+        }
+        kick.sleep();
     }
 }

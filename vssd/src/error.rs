@@ -96,6 +96,14 @@ pub enum VssdError {
     /// commit/abort of a tran whose writep1 has not returned.
     #[error("vssd {op} tran {tran}: its writep1 is still running")]
     TranBusy { op: &'static str, tran: u64 },
+    /// commit/abort of a tran resolved the other way or forgotten, or writep1 of a
+    /// tran id resolved already.
+    #[error("vssd {op} tran {tran}: the tran is {outcome}")]
+    TranResolved {
+        op: &'static str,
+        tran: u64,
+        outcome: crate::outcome::TranOutcome,
+    },
     /// The vSSD was closed, or failed on an earlier I/O error.
     #[error("vssd {op} on {path}: {why}")]
     Unusable {

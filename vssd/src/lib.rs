@@ -16,9 +16,12 @@
 //! [`Vssd`] is the vSSD: [`format()`] makes one, [`Vssd::open`] recovers it (newest
 //! checkpoint, log replay, in-doubt trans returned to the DTM), and its calls are the
 //! seed's: [`Vssd::writep1`] (payload in a free slot, PREPARE durable by group
-//! commit), [`Vssd::commit`] / [`Vssd::abort`] / [`Vssd::resolve`], [`Vssd::read`]
-//! (CRC32C checked), [`Vssd::insert_clean`], [`Vssd::mark_clean`],
-//! [`Vssd::invalidate`], and [`Vssd::checkpoint`] (also taken in the background).
+//! commit), [`Vssd::commit`] / [`Vssd::abort`] / [`Vssd::resolve`] (idempotent;
+//! [`Vssd::tran_outcome`] tells what became of a tran), [`Vssd::read`] (CRC32C
+//! checked), [`Vssd::insert_clean`], [`Vssd::mark_clean`], [`Vssd::invalidate`] /
+//! [`Vssd::invalidate_range`], [`Vssd::dirty_range`] and [`Vssd::wait_dirty_changed`]
+//! (destage), and [`Vssd::checkpoint`] (also taken in the background). Dropping the
+//! last handle closes it ([`Vssd::background`] tells when its tasks ended).
 //! Its parts:
 //! - [`layout`]: geometry, the superblock (two copies, CRC32C), `format`, and the
 //!   checks that refuse a device that is not this vSSD without touching it;
@@ -37,6 +40,7 @@
 //! whole under the simulator (`tdrv torture vssd`, 200 seeds in the tests).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod background;
 pub mod checkpoint;
 mod device;
 mod error;
@@ -44,9 +48,12 @@ pub mod evict;
 pub mod layout;
 pub mod log;
 pub mod map;
+mod outcome;
 pub mod record;
 
+pub use background::Background;
 pub use device::{Hit, InDoubt, Options, Recovered, Resolution, Vssd, VssdStats};
 pub use error::VssdError;
 pub use layout::{FormatParams, format};
 pub use log::RecordPos;
+pub use outcome::{OUTCOMES_MAX, TranOutcome};

@@ -52,6 +52,7 @@ use std::rc::Rc;
 use taskio::file::File;
 use taskio::{AlignedBuf, Builder, IoError, Pool, PoolItem, Rendez};
 
+use crate::background::Background;
 use crate::error::VssdError;
 use crate::layout::Geometry;
 use crate::record::{
@@ -145,6 +146,8 @@ struct Inner {
     wanted: Cell<u64>,
     /// When the filling buffer got its first record.
     first_pending: Cell<Option<taskio::Instant>>,
+    /// The writer tasks are counted here (with the vSSD's other background tasks).
+    background: Background,
     /// The writer task sleeps here until records are pending.
     work: Rendez,
     /// Waiters for durability.
@@ -195,6 +198,7 @@ impl LogWriter {
             completed: RefCell::new(std::collections::BTreeMap::new()),
             wanted: Cell::new(0),
             first_pending: Cell::new(None),
+            background: Background::default(),
             work: Rendez::new(),
             durable: Rendez::new(),
             room: Rendez::new(),
@@ -202,11 +206,17 @@ impl LogWriter {
         });
         for _ in 0..LOG_WRITERS {
             let task_inner = inner.clone();
+            let guard = inner.background.enter();
             // System tasks: they never keep Runtime::run alive on their own.
             let spawned = Builder::new()
                 .name("vssd-log-writer")
                 .system(true)
-                .spawn(move || writer_loop(&task_inner));
+                .spawn(move || {
+                    writer_loop(&task_inner);
+                    // The file closes with the last reference: before the count drops.
+                    drop(task_inner);
+                    drop(guard);
+                });
             if let Err(e) = spawned {
                 panic!("log writer task: {e}");
             }
@@ -366,12 +376,9 @@ impl LogWriter {
         self.inner.failed.borrow().is_some()
     }
 
-    /// After [`close`](LogWriter::close): parks until every writer task ended (what
-    /// was pending is written, or the log failed).
-    pub fn wait_closed(&self) {
-        while self.inner.writers_alive.get() > 0 {
-            self.inner.durable.sleep();
-        }
+    /// The count of the writer tasks, to which the vSSD adds its own background tasks.
+    pub fn background(&self) -> Background {
+        self.inner.background.clone()
     }
 
     /// Refuses further appends; the writer writes what is pending, then ends.

@@ -72,7 +72,11 @@
 //! 2. A line has at most one current version and at most **one prepared tran** at a
 //!    time ([`MapError::LinePrepared`] otherwise): the DTM serialises writes to a
 //!    line, and one prepared version per line keeps recovery's in-doubt resolution
-//!    free of ordering questions between two trans of one line.
+//!    free of ordering questions between two trans of one line. A tran prepared on
+//!    a cached line is above the tran of its version ([`MapError::TranOld`]): a
+//!    line's versions grow, so [`CacheMap::mark_clean`] of a version destaged
+//!    earlier never matches a newer one (its equality test would, were an id
+//!    reused).
 //! 3. A prepared slot is never the line's current slot (it comes from the free pool).
 //! 4. Lines cached or prepared are at most `lines` (the capacity), so a commit never
 //!    needs room it cannot find; the [`Evictor`] holds exactly those lines.
@@ -85,8 +89,9 @@
 //!
 //! # Memory per cached line
 //!
-//! Everything is allocated by [`CacheMap::new`] for the capacity and never grows.
-//! Per line of capacity:
+//! Everything but the B-tree index of cached lines is allocated by [`CacheMap::new`]
+//! for the capacity and never grows; the index grows with the lines cached, at most
+//! the capacity. Per line of capacity:
 //!
 //! - the line index, a std `HashMap<u64, Stored>` (hashbrown) made with room for
 //!   `lines` entries: an 8-byte key, a 24-byte entry (the public 32-byte [`Entry`]
@@ -94,18 +99,20 @@
 //!   power of two at load <= 7/8: 37.7 to 75.4 bytes (66 when `lines` is a power
 //!   of two);
 //! - the [`Evictor`]: 34.8 to 50 bytes (its own documentation);
+//! - the line index by state (two `BTreeSet<u64>`, each cached line in one): about
+//!   19 bytes;
 //! - per slot, 1 + 1/16 slots per line: the role byte, a 4-byte free-stack entry
 //!   and a 16-byte freeing-queue entry (seq, slot), 22.3 bytes per line;
 //! - the prepared trans: two hash maps with room for one tran per spare slot,
 //!   about 6 bytes per line.
 //!
-//! About 100 to 155 bytes per line of capacity: measured 130.2 at 2^12 and 2^16
+//! About 120 to 175 bytes per line of capacity: measured 149.8 at 2^12 and 2^16
 //! lines (test `ram_per_line`, with a counting allocator; [`CacheMap::heap_bytes`]
-//! gives the same figure from the capacities), so 1 GiB of 4 KiB lines (2^18 lines)
-//! costs about 33 MiB of RAM. The hasher is std's SipHash: line numbers come from
+//! gives the same figure from the capacities and the lines cached), so 1 GiB of 4 KiB
+//! lines (2^18 lines) costs about 38 MiB of RAM. The hasher is std's SipHash: line numbers come from
 //! clients, and a keyed hash keeps a crafted access pattern from degrading lookups.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use crate::evict::{CAPACITY_MAX, Evictor, LINE_MAX};
 use crate::record::PAYLOAD_LEN_MAX;
@@ -226,6 +233,12 @@ pub enum MapError {
         line: u64,
         tran_other: u64,
     },
+    /// `tran` is not above the tran of `line`'s current version: versions of a line
+    /// must grow, or a destage's mark of the older one could clean the newer.
+    #[error(
+        "prepare tran {tran} on line {line}: the line holds version {version}, a tran id must be above it"
+    )]
+    TranOld { tran: u64, line: u64, version: u64 },
     /// `tran` is prepared already.
     #[error("prepare tran {tran} on line {line}: the tran is prepared already")]
     TranPrepared { tran: u64, line: u64 },
@@ -292,8 +305,12 @@ pub struct CacheMap {
     /// their last unpin.
     held: Vec<u32>,
     seq_durable: u64,
-    lines_dirty: u64,
-    lines_clean: u64,
+    /// The cached lines by state, in line order: ranges of them in work proportional
+    /// to the lines in the range (destage order, DISCARD of a range).
+    dirty: BTreeSet<u64>,
+    clean: BTreeSet<u64>,
+    /// Changes of `dirty` (a line in or out, or a new dirty version of one).
+    dirty_generation: u64,
 }
 
 impl CacheMap {
@@ -331,8 +348,9 @@ impl CacheMap {
             pins: HashMap::new(),
             held: Vec::new(),
             seq_durable: 0,
-            lines_dirty: 0,
-            lines_clean: 0,
+            dirty: BTreeSet::new(),
+            clean: BTreeSet::new(),
+            dirty_generation: 0,
         }
     }
 
@@ -365,10 +383,7 @@ impl CacheMap {
             map.roles[e.slot as usize] = Role::Current;
             map.entries.insert(line, Stored::from_entry(e));
             map.evictor.insert(line);
-            match e.state {
-                State::Clean => map.lines_clean += 1,
-                State::Dirty => map.lines_dirty += 1,
-            }
+            map.index_add(line, e.state);
         }
         for (tran, p) in prepared {
             if tran == 0 {
@@ -427,7 +442,7 @@ impl CacheMap {
     fn full(&self, line: u64) -> MapError {
         MapError::Full {
             line,
-            lines_clean: self.lines_clean,
+            lines_clean: self.clean.len() as u64,
             seq_freeing_min: self.freeing.front().map(|&(seq, _)| seq),
         }
     }
@@ -486,6 +501,16 @@ impl CacheMap {
                 tran_other,
             });
         }
+        if let Some(e) = self.entries.get(&line)
+            && e.version != VERSION_CLEAN_INSERT
+            && e.version >= tran
+        {
+            return Err(MapError::TranOld {
+                tran,
+                line,
+                version: e.version,
+            });
+        }
         self.check_room(line)?;
         if self.evictor.contains(line) {
             self.evictor.touch(line);
@@ -529,16 +554,16 @@ impl CacheMap {
             len: p.len,
             state: State::Dirty,
         };
-        self.lines_dirty += 1;
         let old = self
             .entries
             .insert(p.line, Stored::from_entry(new))
             .map(Stored::entry);
         let slot_old = old.map(|e| {
-            self.uncount(e.state);
+            self.index_remove(p.line, e.state);
             self.release(e.slot, seq);
             e.slot
         });
+        self.index_add(p.line, State::Dirty);
         Ok(Committed {
             line: p.line,
             slot: p.slot,
@@ -561,11 +586,41 @@ impl CacheMap {
         Ok(p)
     }
 
-    fn uncount(&mut self, state: State) {
+    fn index(&mut self, state: State) -> &mut BTreeSet<u64> {
         match state {
-            State::Clean => self.lines_clean -= 1,
-            State::Dirty => self.lines_dirty -= 1,
+            State::Clean => &mut self.clean,
+            State::Dirty => &mut self.dirty,
         }
+    }
+
+    fn index_add(&mut self, line: u64, state: State) {
+        let added = self.index(state).insert(line);
+        assert!(added, "line {line} indexed {state:?} twice");
+        if state == State::Dirty {
+            self.dirty_generation += 1;
+        }
+    }
+
+    fn index_remove(&mut self, line: u64, state: State) {
+        let removed = self.index(state).remove(&line);
+        assert!(removed, "line {line} not indexed {state:?}");
+        if state == State::Dirty {
+            self.dirty_generation += 1;
+        }
+    }
+
+    /// The dirty lines from `from` on, in line order, with their current versions.
+    /// O(log n) to start, O(1) a line; copies nothing.
+    pub fn dirty_from(&self, from: u64) -> impl Iterator<Item = (u64, Entry)> + '_ {
+        self.dirty.range(from..).map(|&line| {
+            let e = self.lookup(line).expect("a dirty line is cached");
+            (line, e)
+        })
+    }
+
+    /// Grows whenever the set of dirty lines or the version of one changes.
+    pub fn dirty_generation(&self) -> u64 {
+        self.dirty_generation
     }
 
     /// The current version of `line`, if cached. O(1), changes nothing.
@@ -615,7 +670,7 @@ impl CacheMap {
             state: State::Clean,
         };
         self.entries.insert(line, Stored::from_entry(e));
-        self.lines_clean += 1;
+        self.index_add(line, State::Clean);
         Ok(slot)
     }
 
@@ -631,17 +686,34 @@ impl CacheMap {
         }
         if e.state == State::Dirty {
             e.state = State::Clean;
-            self.lines_dirty -= 1;
-            self.lines_clean += 1;
+            self.index_remove(line, State::Dirty);
+            self.index_add(line, State::Clean);
         }
         true
+    }
+
+    /// The first cached line (clean or dirty) in `from..end`, if any. O(log n).
+    pub fn cached_from(&self, from: u64, end: u64) -> Option<u64> {
+        if from >= end {
+            return None;
+        }
+        let dirty = self.dirty.range(from..end).next();
+        let clean = self.clean.range(from..end).next();
+        dirty.into_iter().chain(clean).min().copied()
+    }
+
+    /// The seq of the newest slot release not yet durable, if any: once it is
+    /// durable, so is every record that released a slot so far (an eviction's
+    /// INVALIDATE among them).
+    pub fn seq_releasing_last(&self) -> Option<u64> {
+        self.freeing.back().map(|&(seq, _)| seq)
     }
 
     /// `line`'s current version is dropped (DISCARD), its INVALIDATE record at
     /// `seq`. A tran prepared on the line stays prepared.
     pub fn invalidate(&mut self, line: u64, seq: u64) -> Option<Entry> {
         let e = self.entries.remove(&line)?.entry();
-        self.uncount(e.state);
+        self.index_remove(line, e.state);
         if !self.prepared_lines.contains_key(&line) {
             self.evictor.remove(line);
         }
@@ -653,7 +725,7 @@ impl CacheMap {
     /// logs INVALIDATE(line) at `seq`, and the slot is free once `seq` is durable.
     /// `None` if no line is evictable.
     pub fn evict(&mut self, seq: u64) -> Option<Evicted> {
-        if self.lines_clean == 0 {
+        if self.clean.is_empty() {
             return None;
         }
         let entries = &self.entries;
@@ -668,7 +740,7 @@ impl CacheMap {
             .expect("victim is cached")
             .entry();
         assert_eq!(e.state, State::Clean, "evicted line {line}");
-        self.uncount(e.state);
+        self.index_remove(line, e.state);
         self.release(e.slot, seq);
         Some(Evicted { line, slot: e.slot })
     }
@@ -735,8 +807,8 @@ impl CacheMap {
 
     pub fn counts(&self) -> Counts {
         Counts {
-            lines_dirty: self.lines_dirty,
-            lines_clean: self.lines_clean,
+            lines_dirty: self.dirty.len() as u64,
+            lines_clean: self.clean.len() as u64,
             prepared: self.prepared.len() as u64,
             slots_free: self.free.len() as u64,
             slots_freeing: (self.freeing.len() + self.held.len()) as u64,
@@ -782,7 +854,16 @@ impl CacheMap {
             let buckets = (cap * 8 / 7).next_power_of_two();
             buckets * (size_of::<(K, V)>() + 1) + 16
         }
+        // A std B-tree set of u64: leaves of 11 keys (104 bytes), internal nodes with
+        // 12 edges (200 bytes); about 7 keys a node (measured by `ram_per_line`).
+        fn set(s: &BTreeSet<u64>) -> usize {
+            const KEYS_PER_LEAF_AVG: usize = 7;
+            let leaves = s.len().div_ceil(KEYS_PER_LEAF_AVG);
+            leaves * 104 + leaves.div_ceil(KEYS_PER_LEAF_AVG) * 200
+        }
         table(&self.entries)
+            + set(&self.dirty)
+            + set(&self.clean)
             + table(&self.prepared)
             + table(&self.prepared_lines)
             + self.evictor.heap_bytes()
@@ -824,16 +905,17 @@ impl CacheMap {
             assert!(seq >= last && seq > self.seq_durable, "freeing seq {seq}");
             last = seq;
         }
-        let (mut dirty, mut clean) = (0, 0);
         for (&line, e) in &self.entries {
             assert_eq!(self.roles[e.slot as usize], Role::Current, "line {line}");
             assert!(self.evictor.contains(line), "line {line} not in evictor");
-            match e.state {
-                State::Clean => clean += 1,
-                State::Dirty => dirty += 1,
-            }
+            let (indexed, other) = match e.state {
+                State::Clean => (&self.clean, &self.dirty),
+                State::Dirty => (&self.dirty, &self.clean),
+            };
+            assert!(indexed.contains(&line), "line {line} not indexed");
+            assert!(!other.contains(&line), "line {line} indexed twice");
         }
-        assert_eq!((dirty, clean), (self.lines_dirty, self.lines_clean));
+        assert_eq!(self.dirty.len() + self.clean.len(), self.entries.len());
         assert_eq!(self.prepared.len(), self.prepared_lines.len());
         for (&tran, p) in &self.prepared {
             assert_eq!(self.roles[p.slot as usize], Role::Prepared, "tran {tran}");

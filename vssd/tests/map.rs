@@ -348,6 +348,10 @@ fn run(lines: u64, spare: u64, ops: Vec<Op>, snap_at: usize) -> Result<(), TestC
             Op::Lookup(line) => {
                 prop_assert_eq!(map.lookup(line), model.entries.get(&line).copied());
                 prop_assert_eq!(map.access(line), model.entries.get(&line).copied());
+                // The ordered index: the first cached line from `line` on.
+                let end = line + 3;
+                let want = model.entries.range(line..end).next().map(|(&l, _)| l);
+                prop_assert_eq!(map.cached_from(line, end), want);
             }
             Op::InsertClean { line, crc } => {
                 let got = map.insert_clean(line, 4096, crc);

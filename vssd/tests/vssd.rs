@@ -11,8 +11,8 @@ use std::rc::Rc;
 use proptest::prelude::*;
 use taskio::{AlignedBuf, spawn, yield_now};
 use vssd::layout::{FormatParams, LOG_BYTES_MIN};
-use vssd::map::State;
-use vssd::{Options, Resolution, Vssd, VssdError, format};
+use vssd::map::{MapError, State};
+use vssd::{Options, Resolution, TranOutcome, Vssd, VssdError, format};
 
 const LINE: u32 = 4096;
 
@@ -498,6 +498,246 @@ fn a_device_in_use_is_refused_to_a_second_open_and_to_format() {
         let e = format(&open_dev(&path), &p).unwrap_err();
         assert!(e.to_string().contains("in use"), "{e}");
         assert_eq!(read_tran(&v, 1), Some((1, State::Dirty)));
+        v.close();
+    });
+}
+
+#[test]
+fn a_dropped_vssd_closes_itself_and_releases_its_device() {
+    let dir = TempDir::new("drop");
+    let path = formatted(&dir, 16);
+    run_io(move || {
+        let (v, _) = open(&path);
+        v.writep1(1, 2, &payload(2, 1)).unwrap();
+        let pos = v.commit(1).unwrap();
+        // A record nobody waits for: the log still writes it after the drop.
+        v.mark_clean(2, 1).unwrap();
+        v.wait_durable(pos).unwrap();
+        let background = v.background();
+        assert!(background.running() > 1, "log writers and checkpoint task");
+        drop(v);
+        background.wait_ended();
+        assert_eq!(background.running(), 0);
+        let (v, rec) = open(&path);
+        assert!(rec.in_doubt.is_empty());
+        assert_eq!(read_tran(&v, 2), Some((1, State::Clean)));
+        // Closed, then dropped: the same end.
+        let background = v.background();
+        v.close();
+        assert_eq!(background.running(), 0);
+        drop(v);
+        open(&path).0.close();
+    });
+}
+
+#[test]
+fn commit_and_abort_are_idempotent_and_a_query_tells_a_trans_outcome() {
+    let dir = TempDir::new("outcome");
+    let path = formatted(&dir, 16);
+    run_io(move || {
+        let (v, _) = open(&path);
+        v.writep1(1, 2, &payload(2, 1)).unwrap();
+        v.writep1(2, 3, &payload(3, 2)).unwrap();
+        let pos = v.commit(1).unwrap();
+        // Again (a DTM retrying after a lost reply): the same record, nothing logged.
+        let appended = v.stats().log.records_appended;
+        assert_eq!(v.commit(1).unwrap(), pos);
+        v.abort(2).unwrap();
+        v.abort(2).unwrap();
+        v.resolve(1, Resolution::Commit).unwrap();
+        assert_eq!(v.stats().log.records_appended, appended + 1, "one ABORT");
+        assert_eq!(read_tran(&v, 2), Some((1, State::Dirty)));
+        assert_eq!(read_tran(&v, 3), None);
+        // The other way round: an error naming the tran and its outcome.
+        let e = v.abort(1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VssdError::TranResolved {
+                    tran: 1,
+                    outcome: TranOutcome::Committed,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("tran 1: the tran is committed"),
+            "{e}"
+        );
+        let e = v.resolve(2, Resolution::Commit).unwrap_err();
+        assert!(e.to_string().contains("tran 2: the tran is aborted"), "{e}");
+        // A resolved id is not prepared again.
+        let e = v.writep1(1, 4, &payload(4, 1)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("writep1 tran 1: the tran is committed"),
+            "{e}"
+        );
+        // The query.
+        v.writep1(3, 4, &payload(4, 3)).unwrap();
+        assert_eq!(v.tran_outcome(1), TranOutcome::Committed);
+        assert_eq!(v.tran_outcome(2), TranOutcome::Aborted);
+        assert_eq!(v.tran_outcome(3), TranOutcome::Prepared);
+        assert_eq!(v.tran_outcome(4), TranOutcome::Unknown);
+        assert!(matches!(
+            v.commit(4).unwrap_err(),
+            VssdError::Map {
+                source: MapError::UnknownTran { tran: 4, .. },
+                ..
+            }
+        ));
+        v.commit(3).unwrap();
+        assert_eq!(v.tran_outcome(3), TranOutcome::Committed);
+        v.close();
+    });
+}
+
+#[test]
+fn a_discard_logs_only_the_cached_lines_of_its_range() {
+    let dir = TempDir::new("discard");
+    let path = formatted(&dir, 64);
+    run_io(move || {
+        let (v, _) = open(&path);
+        for (tran, line) in [(1, 10), (2, 12), (3, 40)] {
+            v.writep1(tran, line, &payload(line, tran)).unwrap();
+            v.commit(tran).unwrap();
+        }
+        assert!(v.insert_clean(11, &payload(11, 0)).unwrap());
+        assert!(v.insert_clean(50, &payload(50, 0)).unwrap());
+        v.sync().unwrap();
+        let appended = v.stats().log.records_appended;
+        // Not cached: no record.
+        assert!(!v.invalidate(3).unwrap());
+        assert_eq!(v.stats().log.records_appended, appended);
+        // 2^40 lines (4 PiB of 4 KiB lines): one INVALIDATE per cached line in it.
+        assert_eq!(v.invalidate_range(11, 1 << 40).unwrap(), 4);
+        assert_eq!(v.stats().log.records_appended, appended + 4);
+        assert_eq!(v.stats().invalidations, 4);
+        assert_eq!(read_tran(&v, 10), Some((1, State::Dirty)));
+        for line in [11, 12, 40, 50] {
+            assert_eq!(read_tran(&v, line), None, "line {line}");
+        }
+        assert_eq!(v.invalidate_range(0, 0).unwrap(), 0);
+        assert_eq!(v.invalidate_range(u64::MAX - 1, 5).unwrap(), 0);
+        v.assert_invariants();
+        v.close();
+        // Durable on return.
+        let (v, _) = open(&path);
+        assert_eq!(read_tran(&v, 10), Some((1, State::Dirty)));
+        assert_eq!(read_tran(&v, 12), None);
+        assert_eq!(read_tran(&v, 40), None);
+        v.close();
+    });
+}
+
+#[test]
+fn dirty_lines_come_in_line_order_by_range_and_a_destager_waits_for_changes() {
+    let dir = TempDir::new("dirty");
+    let path = formatted(&dir, 64);
+    run_io(move || {
+        let (v, _) = open(&path);
+        for (tran, line) in [(1, 30), (2, 5), (3, 17), (4, 9)] {
+            v.writep1(tran, line, &payload(line, tran)).unwrap();
+            v.commit(tran).unwrap();
+        }
+        assert!(v.insert_clean(6, &payload(6, 0)).unwrap());
+        assert_eq!(v.dirty_count(), 4);
+        assert_eq!(v.dirty_range(0, 2), vec![(5, 2), (9, 4)]);
+        assert_eq!(v.dirty_range(10, 10), vec![(17, 3), (30, 1)]);
+        assert_eq!(v.dirty_range(31, 10), vec![]);
+        assert_eq!(v.dirty_lines(), vec![(5, 2), (9, 4), (17, 3), (30, 1)]);
+
+        // A destager task: waits for a change, then takes the lines and cleans them.
+        let seen = v.dirty_generation();
+        let v2 = v.clone();
+        let destager = spawn(move || {
+            let mut seen = seen;
+            let mut cleaned = Vec::new();
+            // Bounded: the main task makes two changes, then closes.
+            for _ in 0..3 {
+                if let Err(e) = v2.wait_dirty_changed(seen) {
+                    return (cleaned, e.to_string());
+                }
+                for (line, version) in v2.dirty_range(0, 64) {
+                    assert!(v2.mark_clean(line, version).unwrap().0);
+                    cleaned.push((line, version));
+                }
+                // Its own cleaning changed the dirty lines too.
+                seen = v2.dirty_generation();
+            }
+            (cleaned, "no close".into())
+        })
+        .unwrap();
+        yield_now();
+        assert!(!destager.is_finished(), "nothing changed yet");
+        // A prepare changes no dirty line; a clean fill neither.
+        v.writep1(5, 40, &payload(40, 5)).unwrap();
+        assert!(v.insert_clean(7, &payload(7, 0)).unwrap());
+        assert!(!destager.is_finished());
+        assert_eq!(v.dirty_count(), 4);
+        v.commit(5).unwrap();
+        // The destager woke and cleaned all five.
+        for _ in 0..4 {
+            if v.dirty_count() == 0 {
+                break;
+            }
+            yield_now();
+        }
+        assert_eq!(v.dirty_count(), 0);
+        v.writep1(6, 9, &payload(9, 6)).unwrap();
+        v.commit(6).unwrap();
+        v.sync().unwrap();
+        assert_eq!(v.dirty_count(), 0, "the destager cleaned line 9 again");
+        v.close();
+        let (cleaned, end) = destager.join().unwrap();
+        assert_eq!(
+            cleaned,
+            vec![(5, 2), (9, 4), (17, 3), (30, 1), (40, 5), (9, 6)]
+        );
+        assert!(end.contains("closed"), "{end}");
+    });
+}
+
+#[test]
+fn a_stale_destage_mark_never_cleans_a_newer_version() {
+    let dir = TempDir::new("stale-clean");
+    let path = formatted(&dir, 16);
+    let p = path.clone();
+    run_io(move || {
+        let (v, _) = open(&p);
+        v.writep1(5, 3, &payload(3, 5)).unwrap();
+        v.commit(5).unwrap();
+        // A destage copies version 5; meanwhile tran 6 writes the line.
+        v.writep1(6, 3, &payload(3, 6)).unwrap();
+        v.commit(6).unwrap();
+        assert_eq!(v.mark_clean(3, 5).unwrap(), (false, None));
+        assert_eq!(read_tran(&v, 3), Some((6, State::Dirty)));
+        v.sync().unwrap();
+        v.close();
+    });
+    run_io(move || {
+        let (v, _) = open(&path);
+        assert_eq!(read_tran(&v, 3), Some((6, State::Dirty)));
+        // After a reopen the vSSD remembers no outcome, but the line's version says
+        // tran 6 wrote it: a tran id not above it (a DTM reusing ids) is refused, or
+        // the stale mark of version 6's destage below would clean the newer data.
+        let e = v.writep1(6, 3, &payload(3, 66)).unwrap_err();
+        assert!(
+            e.to_string().contains("line 3") && e.to_string().contains("version 6"),
+            "{e}"
+        );
+        let e = v.writep1(4, 3, &payload(3, 4)).unwrap_err();
+        assert!(e.to_string().contains("version 6"), "{e}");
+        assert!(v.mark_clean(3, 6).unwrap().0);
+        assert_eq!(read_tran(&v, 3), Some((6, State::Clean)));
+        // Newer ids are fine, on this line and over a fill.
+        v.writep1(7, 3, &payload(3, 7)).unwrap();
+        v.commit(7).unwrap();
+        assert!(v.insert_clean(4, &payload(4, 0)).unwrap());
+        v.writep1(2, 4, &payload(4, 2)).unwrap();
+        v.commit(2).unwrap();
+        assert_eq!(read_tran(&v, 4), Some((2, State::Dirty)));
         v.close();
     });
 }
