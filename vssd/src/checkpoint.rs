@@ -1,7 +1,7 @@
 //! Checkpoints: the cache map written to one of the two checkpoint regions, so that
 //! recovery replays only the log after it, and the log before it can be reused.
 //!
-//! A checkpoint is *exact* at its `seq` (see [`crate::map::Replay`]): it holds the
+//! A checkpoint is *exact* at its `seq` (see [`crate::recover::Replay`]): it holds the
 //! map's state after every log record in blocks before `seq` and none after. The vSSD
 //! cuts the log ([`crate::log::LogWriter::cut`]) and copies the map without a park in
 //! between, then writes the copy here in the background.

@@ -56,22 +56,11 @@ use taskio::{ALIGN, AlignedBuf, Builder, Rendez};
 
 use crate::checkpoint::{self, Snapshot};
 use crate::error::VssdError;
-use crate::layout::{
-    Geometry, LOG_SEQ_FIRST, Repair, Superblock, open_superblock, write_superblock,
-};
-use crate::log::{LogStats, LogWriter, RecordPos, recover_scan, scrub_after_recovery};
-use crate::map::{CacheMap, Counts, Entry, MapError, Replay, State};
-use crate::record::{BlockEnd, Record};
-
-/// A tran recovery found prepared with neither COMMIT nor ABORT: the DTM decides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InDoubt {
-    pub tran: u64,
-    pub line: u64,
-    pub slot: u64,
-    pub len: u32,
-    pub crc: u32,
-}
+use crate::layout::{Geometry, Superblock};
+use crate::log::{LogStats, LogWriter, RecordPos};
+use crate::map::{CacheMap, Counts, Entry, MapError, State};
+use crate::record::Record;
+use crate::recover::{Rebuilt, Recovered};
 
 /// The DTM's decision on an in-doubt tran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,25 +76,6 @@ pub struct Hit {
     pub version: u64,
     pub state: State,
     pub len: u32,
-}
-
-/// What [`Vssd::open`] found and did.
-#[derive(Debug)]
-pub struct Recovered {
-    /// Trans to resolve, by tran.
-    pub in_doubt: Vec<InDoubt>,
-    /// Prepared trans whose payload failed its CRC32C: their log block survived a
-    /// crash that lost the payload, so their writep1 never returned. Aborted.
-    pub torn_prepares: Vec<u64>,
-    /// The checkpoint recovery started from: (region, seq), if any.
-    pub checkpoint: Option<(u8, u64)>,
-    /// Log blocks replayed after it, and records in them.
-    pub blocks_replayed: u64,
-    pub records_replayed: u64,
-    /// Where and why the log ended.
-    pub log_end: (u64, BlockEnd),
-    /// A superblock copy that was rewritten, and why.
-    pub repaired: Option<Repair>,
 }
 
 /// Tunables of an open vSSD.
@@ -186,83 +156,27 @@ impl Vssd {
         expect_device: Option<&str>,
         options: Options,
     ) -> Result<(Vssd, Recovered), VssdError> {
-        crate::layout::lock(&file, "open")?;
-        let opened = open_superblock(&file, expect_device)?;
-        let mut superblock = opened.superblock;
-        if opened.repair.is_some() {
-            write_superblock(&file, &mut superblock)?;
-        }
+        crate::recover::open(file, expect_device, options)
+    }
+
+    /// Starts the vSSD recovery rebuilt: the log writer at the end of the log, the
+    /// checkpoint task. Closes it again if the task cannot start.
+    pub(crate) fn start(
+        file: File,
+        superblock: Superblock,
+        rebuilt: Rebuilt,
+        options: Options,
+    ) -> Result<Vssd, VssdError> {
         let geometry = superblock.geometry;
-        let seed = superblock.crc_seed();
-        let loaded = checkpoint::read_newest(&file, &geometry, seed)?;
-        let (seq_start, ck_which, mut replay) = match &loaded {
-            Some(l) => (
-                l.snapshot.seq,
-                Some(l.which),
-                Replay::new(
-                    l.snapshot.entries.iter().copied(),
-                    l.snapshot.prepared.iter().copied(),
-                ),
-            ),
-            None => (LOG_SEQ_FIRST, None, Replay::default()),
-        };
-        let scan = recover_scan(&file, &geometry, seed, seq_start)?;
-        let mut records = 0;
-        for (_, block) in &scan.blocks {
-            for r in block {
-                replay.apply(r);
-                records += 1;
-            }
-        }
         let path = file.path().to_path_buf();
-        let mut map = replay
-            .finish(geometry.slot_count(), geometry.lines())
-            .map_err(|e| VssdError::Corrupt {
-                what: "recovered cache map",
-                offset: 0,
-                why: format!(
-                    "{}: checkpoint at seq {seq_start} plus {} log blocks: {e}",
-                    path.display(),
-                    scan.blocks.len()
-                ),
-            })?;
-        // Lengths past the line size cannot come from this vSSD's own writes.
-        let line_size = geometry.line_size();
-        let too_long = map
-            .entries()
-            .into_iter()
-            .map(|(line, e)| (line, e.slot, e.len))
-            .chain(
-                map.prepared_all()
-                    .into_iter()
-                    .map(|(_, p)| (p.line, p.slot, p.len)),
-            )
-            .find(|&(_, _, len)| len > line_size);
-        if let Some((line, slot, len)) = too_long {
-            return Err(VssdError::Corrupt {
-                what: "recovered cache map",
-                offset: geometry.slot_offset(slot),
-                why: format!(
-                    "{}: line {line} in slot {slot} has a payload of {len} bytes, lines hold {line_size}",
-                    path.display()
-                ),
-            });
-        }
-        scrub_after_recovery(&file, &geometry, scan.seq_end, seq_start)?;
-        map.durable(scan.seq_end - 1);
-        let in_doubt: Vec<InDoubt> = map
-            .prepared_all()
-            .into_iter()
-            .map(|(tran, p)| InDoubt {
-                tran,
-                line: p.line,
-                slot: p.slot,
-                len: p.len,
-                crc: p.crc,
-            })
-            .collect();
         let file = Rc::new(file);
-        let log = LogWriter::start(file.clone(), &geometry, seed, scan.seq_end, seq_start);
+        let log = LogWriter::start(
+            file.clone(),
+            &geometry,
+            superblock.crc_seed(),
+            rebuilt.seq_end,
+            rebuilt.ck_seq,
+        );
         let ck_blocks = options
             .checkpoint_blocks
             .unwrap_or(geometry.log_blocks() / 2)
@@ -272,15 +186,15 @@ impl Vssd {
             geometry,
             superblock,
             log,
-            map: RefCell::new(map),
+            map: RefCell::new(rebuilt.map),
             phase1: RefCell::new(HashMap::new()),
             filling: RefCell::new(HashMap::new()),
             space: Rendez::new(),
             kick: Rendez::new(),
             ck_done: Rendez::new(),
             ck_running: Cell::new(false),
-            ck_which: Cell::new(ck_which),
-            ck_seq: Cell::new(seq_start),
+            ck_which: Cell::new(rebuilt.ck_which),
+            ck_seq: Cell::new(rebuilt.ck_seq),
             ck_blocks,
             closed: Cell::new(false),
             failed: RefCell::new(None),
@@ -291,60 +205,16 @@ impl Vssd {
         let started = Builder::new()
             .name("vssd-checkpoint")
             .system(true)
-            .spawn(move || checkpoint_loop(&task_vssd))
-            .map_err(|e| VssdError::Unusable {
+            .spawn(move || checkpoint_loop(&task_vssd));
+        if let Err(e) = started {
+            vssd.close(); // the log writers stop, the device's lock is released
+            return Err(VssdError::Unusable {
                 op: "open",
-                path: path.clone(),
+                path,
                 why: format!("cannot start the checkpoint task: {e}"),
             });
-        let split = started.and_then(|_| vssd.abort_torn_prepares(in_doubt));
-        let (kept, torn_prepares) = match split {
-            Ok(split) => split,
-            Err(e) => {
-                vssd.close(); // the log writers stop, the device's lock is released
-                return Err(e);
-            }
-        };
-        let recovered = Recovered {
-            in_doubt: kept,
-            torn_prepares,
-            checkpoint: loaded.map(|l| (l.which, l.snapshot.seq)),
-            blocks_replayed: scan.blocks.len() as u64,
-            records_replayed: records,
-            log_end: (scan.seq_end, scan.end),
-            repaired: opened.repair,
-        };
-        Ok((vssd, recovered))
-    }
-
-    /// A PREPARE may have survived a crash without its payload (log.rs, "Why write +
-    /// fdatasync"): reads each in-doubt payload and aborts the torn ones. Returns the
-    /// trans still in doubt and the aborted ones.
-    fn abort_torn_prepares(
-        &self,
-        in_doubt: Vec<InDoubt>,
-    ) -> Result<(Vec<InDoubt>, Vec<u64>), VssdError> {
-        let mut buf = AlignedBuf::new(self.inner.geometry.line_size() as usize);
-        let mut torn = Vec::new();
-        let mut kept = Vec::new();
-        for d in in_doubt {
-            if self.read_slot(
-                "recovery read of a prepared payload",
-                d.slot,
-                d.len,
-                &mut buf,
-            )? == d.crc
-            {
-                kept.push(d);
-            } else {
-                self.abort(d.tran)?;
-                torn.push(d.tran);
-            }
         }
-        if !torn.is_empty() {
-            self.sync()?;
-        }
-        Ok((kept, torn))
+        Ok(vssd)
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -710,7 +580,7 @@ impl Vssd {
 
     /// Reads the `len` payload bytes of `slot` into `buf` (its length set to `len`)
     /// and returns their CRC32C.
-    fn read_slot(
+    pub(crate) fn read_slot(
         &self,
         op: &'static str,
         slot: u64,

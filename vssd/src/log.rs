@@ -39,8 +39,9 @@
 //! 4. *Write bounds*: a buffer holds at most [`LOG_WRITE_BLOCKS_MAX`] blocks and never
 //!    crosses the end of the region; [`LOG_WRITERS`] writes in flight (8 x 64 <= 512
 //!    blocks).
-//! 5. *Scrub after recovery*: [`scrub_after_recovery`] zeroes what
-//!    [`LogRing::scrub_after_recovery`] names; call it before [`LogWriter::start`].
+//! 5. *Scrub after recovery*: [`crate::recover::scrub_after_recovery`] zeroes what
+//!    [`LogRing::scrub_after_recovery`] names; recovery calls it before
+//!    [`LogWriter::start`].
 //!
 //! After an I/O error the log is failed for good: every waiter and every later
 //! append gets an error, and the vSSD must stop (its durable state is unknown).
@@ -55,8 +56,8 @@ use taskio::{AlignedBuf, Builder, IoError, Pool, PoolItem, Rendez};
 use crate::error::VssdError;
 use crate::layout::Geometry;
 use crate::record::{
-    BLOCK_RECORDS_LEN_MAX, BlockEnd, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogBlockWriter, LogRing,
-    Record, block_records_len, decode_block,
+    BLOCK_RECORDS_LEN_MAX, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogBlockWriter, LogRing, Record,
+    block_records_len,
 };
 
 /// Writer tasks: each writes one buffer at a time, so this many log writes (and their
@@ -587,94 +588,4 @@ fn writer_loop(inner: &Inner) {
     inner.work.wakeup_all();
     inner.durable.wakeup_all();
     inner.room.wakeup_all();
-}
-
-/// What [`recover_scan`] found: the valid blocks from the start seq, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scan {
-    /// Each valid block's seq and records.
-    pub blocks: Vec<(u64, Vec<Record>)>,
-    /// The first seq refused: the end of the log, where the next run writes.
-    pub seq_end: u64,
-    /// Why the block at `seq_end` was refused.
-    pub end: BlockEnd,
-}
-
-/// Reads the log from block `seq_start` until [`decode_block`] refuses a block.
-pub fn recover_scan(
-    file: &File,
-    geometry: &Geometry,
-    seed: u32,
-    seq_start: u64,
-) -> Result<Scan, VssdError> {
-    let ring = LogRing::new(geometry.log_blocks())?;
-    let mut buf = AlignedBuf::new(LOG_BUFFER_BYTES);
-    let mut blocks = Vec::new();
-    let mut seq = seq_start;
-    // At most a whole lap: block seq_start + blocks would be the start's own place.
-    while seq < seq_start + ring.blocks() {
-        let count = LOG_WRITE_BLOCKS_MAX
-            .min(ring.blocks_until_wrap(seq))
-            .min(seq_start + ring.blocks() - seq);
-        buf.set_len(count as usize * LOG_BLOCK_SIZE);
-        let offset = geometry.log_offset() + ring.offset_bytes(seq);
-        file.pread_exact(&mut buf, offset)
-            .map_err(|source| VssdError::Io {
-                op: "log recovery read",
-                path: file.path().to_path_buf(),
-                source,
-            })?;
-        for i in 0..count as usize {
-            match decode_block(&buf[i * LOG_BLOCK_SIZE..][..LOG_BLOCK_SIZE], seq, seed) {
-                Ok(records) => blocks.push((seq, records)),
-                Err(end) => {
-                    return Ok(Scan {
-                        blocks,
-                        seq_end: seq,
-                        end,
-                    });
-                }
-            }
-            seq += 1;
-        }
-    }
-    // A full lap of valid blocks: the next is the start's own place, an older seq.
-    Ok(Scan {
-        blocks,
-        seq_end: seq,
-        end: BlockEnd::Stale {
-            seq_got: seq_start,
-            seq_want: seq,
-        },
-    })
-}
-
-/// Durably zeroes the blocks past the end of a recovered log that an interrupted
-/// write may have left (rule 5 of [`crate::record`]). Call before
-/// [`LogWriter::start`] at `seq_end`.
-pub fn scrub_after_recovery(
-    file: &File,
-    geometry: &Geometry,
-    seq_end: u64,
-    seq_checkpoint: u64,
-) -> Result<(), VssdError> {
-    let ring = LogRing::new(geometry.log_blocks())?;
-    let range = ring.scrub_after_recovery(seq_end, seq_checkpoint);
-    let mut zeros = AlignedBuf::new(LOG_BUFFER_BYTES);
-    let mut seq = range.start;
-    while seq < range.end {
-        let count = LOG_WRITE_BLOCKS_MAX
-            .min(ring.blocks_until_wrap(seq))
-            .min(range.end - seq);
-        zeros.set_len(count as usize * LOG_BLOCK_SIZE);
-        let offset = geometry.log_offset() + ring.offset_bytes(seq);
-        file.pwrite_durable(&zeros, offset)
-            .map_err(|source| VssdError::Io {
-                op: "log scrub",
-                path: file.path().to_path_buf(),
-                source,
-            })?;
-        seq += count;
-    }
-    Ok(())
 }

@@ -103,7 +103,7 @@
 //! A checkpoint's `seq` (in the checkpoint region and in the CHECKPOINT record) is the
 //! first log seq the checkpoint does *not* cover: replay starts at block `seq`. The
 //! checkpoint is *exact*: it reflects every record before `seq` and none after (see
-//! [`crate::map::Replay`] for why a fuzzy one is not safe with these records).
+//! [`crate::recover::Replay`] for why a fuzzy one is not safe with these records).
 
 use std::ops::Range;
 

@@ -16,8 +16,9 @@ use taskio::sim::{DiskFault, Sim, SimConfig};
 use taskio::{sleep, spawn, yield_now};
 use vssd::layout::{FormatParams, Geometry, LOG_SEQ_FIRST, format};
 
-use vssd::log::{LogStats, LogWriter, recover_scan, scrub_after_recovery};
+use vssd::log::{LogStats, LogWriter};
 use vssd::record::{LOG_BLOCK_SIZE, LOG_BLOCKS_MIN, Record};
+use vssd::recover::{recover_scan, scrub_after_recovery};
 
 /// The CRC seed of the log blocks these tests write (a format's would be its uuid's).
 const SEED: u32 = 0x5eed_0123;

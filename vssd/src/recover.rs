@@ -1,0 +1,404 @@
+//! Recovery: how [`Vssd::open`] turns what a crash left on the device into a running
+//! vSSD. All of it is here, in the order it runs (one entry point, called by
+//! [`Vssd::open`]):
+//!
+//! 1. the superblock ([`crate::layout::open_superblock`]; a damaged copy is rewritten);
+//! 2. the newest valid checkpoint ([`crate::checkpoint::read_newest`]);
+//! 3. the log from the checkpoint's seq on, up to the first block [`recover_scan`]
+//!    refuses, replayed into the map ([`Replay`]);
+//! 4. the checks a recovered map must pass (no payload longer than a line);
+//! 5. the scrub past the end of the log ([`scrub_after_recovery`], rule 5 of
+//!    [`crate::record`]), before the log writer starts at that end;
+//! 6. the vSSD started, then the in-doubt trans: a PREPARE whose payload fails its
+//!    CRC32C is aborted, the others are
+//!    returned in [`Recovered`] for the DTM to resolve ([`Vssd::resolve`]).
+
+use taskio::AlignedBuf;
+use taskio::file::File;
+
+use crate::checkpoint;
+use crate::device::{Options, Vssd};
+use crate::error::VssdError;
+use crate::layout::{Geometry, LOG_SEQ_FIRST, Repair, open_superblock, write_superblock};
+use crate::log::LOG_BUFFER_BYTES;
+use crate::map::{CacheMap, Entry, MapError, Prepared, State};
+use crate::record::{
+    BlockEnd, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogRing, Record, decode_block,
+};
+
+/// A tran recovery found prepared with neither COMMIT nor ABORT: the DTM decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InDoubt {
+    pub tran: u64,
+    pub line: u64,
+    pub slot: u64,
+    pub len: u32,
+    pub crc: u32,
+}
+
+/// What [`Vssd::open`] found and did.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Trans to resolve, by tran.
+    pub in_doubt: Vec<InDoubt>,
+    /// Prepared trans whose payload failed its CRC32C: their log block survived a
+    /// crash that lost the payload, so their writep1 never returned. Aborted.
+    pub torn_prepares: Vec<u64>,
+    /// The checkpoint recovery started from: (region, seq), if any.
+    pub checkpoint: Option<(u8, u64)>,
+    /// Log blocks replayed after it, and records in them.
+    pub blocks_replayed: u64,
+    pub records_replayed: u64,
+    /// Where and why the log ended.
+    pub log_end: (u64, BlockEnd),
+    /// A superblock copy that was rewritten, and why.
+    pub repaired: Option<Repair>,
+}
+
+/// What recovery rebuilt, for [`Vssd::start`].
+pub(crate) struct Rebuilt {
+    pub map: CacheMap,
+    /// The end of the log: the seq of the first block the new run writes.
+    pub seq_end: u64,
+    /// The newest durable checkpoint's region, if any, and its seq (the log's start).
+    pub ck_which: Option<u8>,
+    pub ck_seq: u64,
+}
+
+/// Recovers the vSSD on `file` and starts it: [`Vssd::open`]'s body (module doc).
+pub(crate) fn open(
+    file: File,
+    expect_device: Option<&str>,
+    options: Options,
+) -> Result<(Vssd, Recovered), VssdError> {
+    crate::layout::lock(&file, "open")?;
+    let opened = open_superblock(&file, expect_device)?;
+    let mut superblock = opened.superblock;
+    if opened.repair.is_some() {
+        write_superblock(&file, &mut superblock)?;
+    }
+    let geometry = superblock.geometry;
+    let seed = superblock.crc_seed();
+    let loaded = checkpoint::read_newest(&file, &geometry, seed)?;
+    let (seq_start, ck_which, mut replay) = match &loaded {
+        Some(l) => (
+            l.snapshot.seq,
+            Some(l.which),
+            Replay::new(
+                l.snapshot.entries.iter().copied(),
+                l.snapshot.prepared.iter().copied(),
+            ),
+        ),
+        None => (LOG_SEQ_FIRST, None, Replay::default()),
+    };
+    let scan = recover_scan(&file, &geometry, seed, seq_start)?;
+    let mut records = 0;
+    for (_, block) in &scan.blocks {
+        for r in block {
+            replay.apply(r);
+            records += 1;
+        }
+    }
+    let path = file.path().to_path_buf();
+    let mut map = replay
+        .finish(geometry.slot_count(), geometry.lines())
+        .map_err(|e| VssdError::Corrupt {
+            what: "recovered cache map",
+            offset: 0,
+            why: format!(
+                "{}: checkpoint at seq {seq_start} plus {} log blocks: {e}",
+                path.display(),
+                scan.blocks.len()
+            ),
+        })?;
+    check_payload_lens(&map, &geometry, &path)?;
+    scrub_after_recovery(&file, &geometry, scan.seq_end, seq_start)?;
+    map.durable(scan.seq_end - 1);
+    let in_doubt: Vec<InDoubt> = map
+        .prepared_all()
+        .into_iter()
+        .map(|(tran, p)| InDoubt {
+            tran,
+            line: p.line,
+            slot: p.slot,
+            len: p.len,
+            crc: p.crc,
+        })
+        .collect();
+    let rebuilt = Rebuilt {
+        map,
+        seq_end: scan.seq_end,
+        ck_which,
+        ck_seq: seq_start,
+    };
+    let vssd = Vssd::start(file, superblock, rebuilt, options)?;
+    let (kept, torn_prepares) = match abort_torn_prepares(&vssd, in_doubt) {
+        Ok(split) => split,
+        Err(e) => {
+            vssd.close(); // the log writers stop, the device's lock is released
+            return Err(e);
+        }
+    };
+    let recovered = Recovered {
+        in_doubt: kept,
+        torn_prepares,
+        checkpoint: loaded.map(|l| (l.which, l.snapshot.seq)),
+        blocks_replayed: scan.blocks.len() as u64,
+        records_replayed: records,
+        log_end: (scan.seq_end, scan.end),
+        repaired: opened.repair,
+    };
+    Ok((vssd, recovered))
+}
+
+/// Lengths past the line size cannot come from this vSSD's own writes.
+fn check_payload_lens(
+    map: &CacheMap,
+    geometry: &Geometry,
+    path: &std::path::Path,
+) -> Result<(), VssdError> {
+    let line_size = geometry.line_size();
+    let too_long = map
+        .entries()
+        .into_iter()
+        .map(|(line, e)| (line, e.slot, e.len))
+        .chain(
+            map.prepared_all()
+                .into_iter()
+                .map(|(_, p)| (p.line, p.slot, p.len)),
+        )
+        .find(|&(_, _, len)| len > line_size);
+    match too_long {
+        Some((line, slot, len)) => Err(VssdError::Corrupt {
+            what: "recovered cache map",
+            offset: geometry.slot_offset(slot),
+            why: format!(
+                "{}: line {line} in slot {slot} has a payload of {len} bytes, lines hold {line_size}",
+                path.display()
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A PREPARE may have survived a crash without its payload (log.rs, "Why write +
+/// fdatasync"): reads each in-doubt payload and aborts the torn ones. Returns the
+/// trans still in doubt and the aborted ones.
+fn abort_torn_prepares(
+    vssd: &Vssd,
+    in_doubt: Vec<InDoubt>,
+) -> Result<(Vec<InDoubt>, Vec<u64>), VssdError> {
+    let mut buf = AlignedBuf::new(vssd.geometry().line_size() as usize);
+    let mut torn = Vec::new();
+    let mut kept = Vec::new();
+    for d in in_doubt {
+        if vssd.read_slot(
+            "recovery read of a prepared payload",
+            d.slot,
+            d.len,
+            &mut buf,
+        )? == d.crc
+        {
+            kept.push(d);
+        } else {
+            vssd.abort(d.tran)?;
+            torn.push(d.tran);
+        }
+    }
+    if !torn.is_empty() {
+        vssd.sync()?;
+    }
+    Ok((kept, torn))
+}
+
+/// What [`recover_scan`] found: the valid blocks from the start seq, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Each valid block's seq and records.
+    pub blocks: Vec<(u64, Vec<Record>)>,
+    /// The first seq refused: the end of the log, where the next run writes.
+    pub seq_end: u64,
+    /// Why the block at `seq_end` was refused.
+    pub end: BlockEnd,
+}
+
+/// Reads the log from block `seq_start` until [`decode_block`] refuses a block.
+pub fn recover_scan(
+    file: &File,
+    geometry: &Geometry,
+    seed: u32,
+    seq_start: u64,
+) -> Result<Scan, VssdError> {
+    let ring = LogRing::new(geometry.log_blocks())?;
+    let mut buf = AlignedBuf::new(LOG_BUFFER_BYTES);
+    let mut blocks = Vec::new();
+    let mut seq = seq_start;
+    // At most a whole lap: block seq_start + blocks would be the start's own place.
+    while seq < seq_start + ring.blocks() {
+        let count = LOG_WRITE_BLOCKS_MAX
+            .min(ring.blocks_until_wrap(seq))
+            .min(seq_start + ring.blocks() - seq);
+        buf.set_len(count as usize * LOG_BLOCK_SIZE);
+        let offset = geometry.log_offset() + ring.offset_bytes(seq);
+        file.pread_exact(&mut buf, offset)
+            .map_err(|source| VssdError::Io {
+                op: "log recovery read",
+                path: file.path().to_path_buf(),
+                source,
+            })?;
+        for i in 0..count as usize {
+            match decode_block(&buf[i * LOG_BLOCK_SIZE..][..LOG_BLOCK_SIZE], seq, seed) {
+                Ok(records) => blocks.push((seq, records)),
+                Err(end) => {
+                    return Ok(Scan {
+                        blocks,
+                        seq_end: seq,
+                        end,
+                    });
+                }
+            }
+            seq += 1;
+        }
+    }
+    // A full lap of valid blocks: the next is the start's own place, an older seq.
+    Ok(Scan {
+        blocks,
+        seq_end: seq,
+        end: BlockEnd::Stale {
+            seq_got: seq_start,
+            seq_want: seq,
+        },
+    })
+}
+
+/// Durably zeroes the blocks past the end of a recovered log that an interrupted
+/// write may have left (rule 5 of [`crate::record`]). Call before
+/// [`crate::log::LogWriter::start`] at `seq_end`.
+pub fn scrub_after_recovery(
+    file: &File,
+    geometry: &Geometry,
+    seq_end: u64,
+    seq_checkpoint: u64,
+) -> Result<(), VssdError> {
+    let ring = LogRing::new(geometry.log_blocks())?;
+    let range = ring.scrub_after_recovery(seq_end, seq_checkpoint);
+    let mut zeros = AlignedBuf::new(LOG_BUFFER_BYTES);
+    let mut seq = range.start;
+    while seq < range.end {
+        let count = LOG_WRITE_BLOCKS_MAX
+            .min(ring.blocks_until_wrap(seq))
+            .min(range.end - seq);
+        zeros.set_len(count as usize * LOG_BLOCK_SIZE);
+        let offset = geometry.log_offset() + ring.offset_bytes(seq);
+        file.pwrite_durable(&zeros, offset)
+            .map_err(|source| VssdError::Io {
+                op: "log scrub",
+                path: file.path().to_path_buf(),
+                source,
+            })?;
+        seq += count;
+    }
+    Ok(())
+}
+
+/// Recovery's rebuild of the map's logged state: a checkpoint's entries and
+/// prepared trans, then the log's records from the checkpoint's seq on, in order,
+/// then [`Replay::finish`].
+///
+/// # The checkpoint must be exact at its seq
+///
+/// The snapshot must reflect exactly the records of the blocks before the
+/// checkpoint's seq and none after: the vSSD seals the open log block, so that the
+/// next record goes to block `seq`, and copies the map ([`CacheMap::entries`],
+/// [`CacheMap::prepared_all`]) before it applies another operation (the map is
+/// changed in the order the records are appended, so the copy is that state; it can
+/// then be written in the background while the log runs).
+///
+/// A *fuzzy* checkpoint (already reflecting some records after its seq) is not safe with these records: with PREPARE(t) before the
+/// seq, INVALIDATE(line) and COMMIT(t) after it, and a snapshot taken after the
+/// commit, replay removes the committed line and then skips the COMMIT (t is no
+/// longer prepared in the snapshot): an acknowledged write is lost. Making it safe
+/// would need the version in INVALIDATE records; the exact checkpoint costs one
+/// early-sealed log block per checkpoint instead.
+///
+/// Lines filled from the backing store are not logged: those in the checkpoint
+/// stay unless a later INVALIDATE drops them. Because every slot release is logged
+/// (eviction included), no replayed version can land on such a line's slot.
+/// A COMMIT or ABORT of a tran that is not prepared cannot follow an exact
+/// checkpoint and a log prefix; it is skipped, never trusted to invent a version.
+#[derive(Clone, Debug, Default)]
+pub struct Replay {
+    entries: std::collections::BTreeMap<u64, Entry>,
+    prepared: std::collections::BTreeMap<u64, Prepared>,
+}
+
+impl Replay {
+    /// Starts from a checkpoint (empty for a vSSD without one).
+    pub fn new(
+        entries: impl IntoIterator<Item = (u64, Entry)>,
+        prepared: impl IntoIterator<Item = (u64, Prepared)>,
+    ) -> Replay {
+        Replay {
+            entries: entries.into_iter().collect(),
+            prepared: prepared.into_iter().collect(),
+        }
+    }
+
+    /// Applies one record of the log, in log order.
+    pub fn apply(&mut self, record: &Record) {
+        match *record {
+            Record::Prepare {
+                tran,
+                line,
+                slot,
+                payload_crc,
+                len,
+            } => {
+                let p = Prepared {
+                    line,
+                    slot,
+                    crc: payload_crc,
+                    len,
+                };
+                self.prepared.insert(tran, p);
+            }
+            Record::Commit { tran } => {
+                if let Some(p) = self.prepared.remove(&tran) {
+                    let e = Entry {
+                        slot: p.slot,
+                        version: tran,
+                        crc: p.crc,
+                        len: p.len,
+                        state: State::Dirty,
+                    };
+                    self.entries.insert(p.line, e);
+                }
+            }
+            Record::Abort { tran } => {
+                self.prepared.remove(&tran);
+            }
+            Record::Clean { line, version } => {
+                if let Some(e) = self.entries.get_mut(&line)
+                    && e.version == version
+                {
+                    e.state = State::Clean;
+                }
+            }
+            Record::Invalidate { line } => {
+                self.entries.remove(&line);
+            }
+            Record::Epoch { .. } | Record::Checkpoint { .. } => {}
+        }
+    }
+
+    /// The in-doubt trans (prepared, neither committed nor aborted), by tran.
+    pub fn in_doubt(&self) -> impl Iterator<Item = (u64, Prepared)> + '_ {
+        self.prepared.iter().map(|(&t, &p)| (t, p))
+    }
+
+    /// The rebuilt map, every slot not current or prepared free; an error if the
+    /// state is not one a map can hold (a corrupt checkpoint or log).
+    pub fn finish(self, slot_count: u64, lines: u64) -> Result<CacheMap, MapError> {
+        CacheMap::restore(slot_count, lines, self.entries, self.prepared)
+    }
+}
