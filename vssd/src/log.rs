@@ -37,8 +37,13 @@
 //! 3. *Never rewrite a durable block*: a taken buffer is never appended to again; the
 //!    next buffer starts at the next seq.
 //! 4. *Write bounds*: a buffer holds at most [`LOG_WRITE_BLOCKS_MAX`] blocks and never
-//!    crosses the end of the region; [`LOG_WRITERS`] writes in flight (8 x 64 <= 512
-//!    blocks).
+//!    crosses the end of the region; no block is started [`LOG_BLOCKS_IN_FLIGHT_MAX`]
+//!    or more past `durable_end`. The bound is on what is durable, not on what is in
+//!    flight: while one write stalls, the writes after it complete, and without the
+//!    bound they would go on making blocks durable past the stalled one, beyond what
+//!    recovery scrubs if the stalled one is lost. [`LOG_WRITERS`] writes of the
+//!    largest size fit in the bound (8 x 64 <= 512 blocks), so it costs nothing
+//!    while no write stalls.
 //! 5. *Scrub after recovery*: [`crate::recover::scrub_after_recovery`] zeroes what
 //!    [`LogRing::scrub_after_recovery`] names; recovery calls it before
 //!    [`LogWriter::start`].
@@ -56,8 +61,8 @@ use taskio::{AlignedBuf, Builder, IoError, Pool, PoolItem, Rendez};
 use crate::error::VssdError;
 use crate::layout::Geometry;
 use crate::record::{
-    BLOCK_RECORDS_LEN_MAX, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogBlockWriter, LogRing, Record,
-    block_records_len,
+    BLOCK_RECORDS_LEN_MAX, LOG_BLOCK_SIZE, LOG_BLOCKS_IN_FLIGHT_MAX, LOG_WRITE_BLOCKS_MAX,
+    LogBlockWriter, LogRing, Record, block_records_len,
 };
 
 /// Writer tasks: each writes one buffer at a time, so this many log writes (and their
@@ -70,10 +75,8 @@ pub const LOG_BUFFERS: usize = LOG_WRITERS + 1;
 pub const LOG_BUFFER_BYTES: usize = LOG_WRITE_BLOCKS_MAX as usize * LOG_BLOCK_SIZE;
 
 const _: () = assert!(LOG_BUFFERS >= 2); // one fills while the other is written
-const _: () = assert!(
-    LOG_WRITERS as u64 * crate::record::LOG_WRITE_BLOCKS_MAX
-        <= crate::record::LOG_BLOCKS_IN_FLIGHT_MAX
-);
+// Every writer may have a write of the largest size in flight without hitting rule 4.
+const _: () = assert!(LOG_WRITERS as u64 * LOG_WRITE_BLOCKS_MAX <= LOG_BLOCKS_IN_FLIGHT_MAX);
 
 /// Where an appended record lives: block `seq`, record `index` in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -420,7 +423,8 @@ impl Inner {
 
     /// The seq a record of `len` bytes would get now, if it need not wait: the open
     /// block's if the record fits there (and no cut closed it), else a fresh block's
-    /// within one write, before the wrap, without overrun.
+    /// within one write, before the wrap, without overrun, and less than
+    /// [`LOG_BLOCKS_IN_FLIGHT_MAX`] past the durable end (rule 4).
     fn place(&self, len: usize) -> Option<u64> {
         let filling = self.filling.borrow();
         let (seq_first, blocks) = match filling.as_ref() {
@@ -439,7 +443,8 @@ impl Inner {
         let seq = seq_first + blocks;
         let room = blocks < LOG_WRITE_BLOCKS_MAX
             && blocks < self.ring.blocks_until_wrap(seq_first)
-            && self.ring.blocks_free(seq, self.oldest_needed.get()) > 0;
+            && self.ring.blocks_free(seq, self.oldest_needed.get()) > 0
+            && seq < self.durable_end.get() + LOG_BLOCKS_IN_FLIGHT_MAX;
         room.then_some(seq)
     }
 

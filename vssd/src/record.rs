@@ -86,15 +86,19 @@
 //! 3. **Never rewrite a durable block.** A block that reached the disk is never
 //!    written again with more records (a torn rewrite would destroy records already
 //!    acknowledged); the next group commit starts a fresh block with the next seq.
-//! 4. **At most [`LOG_BLOCKS_IN_FLIGHT_MAX`] blocks beyond the durable prefix** are
-//!    ever in flight, and one write holds at most [`LOG_WRITE_BLOCKS_MAX`] blocks and
-//!    does not cross the end of the region ([`LogRing::blocks_until_wrap`]).
+//! 4. **No block at or past `durable_end + LOG_BLOCKS_IN_FLIGHT_MAX`** is ever
+//!    started, where `durable_end` is the end of the durable prefix (in flight, or
+//!    written while an earlier write is still in flight: both may be on disk after a
+//!    crash that lost the earlier one), and one write holds at most
+//!    [`LOG_WRITE_BLOCKS_MAX`] blocks and does not cross the end of the region
+//!    ([`LogRing::blocks_until_wrap`]).
 //! 5. **Scrub after recovery.** After a crash, blocks past the end of the log (the
 //!    first refused seq, `seq_end`) may still be on disk, valid, with the very seqs the
 //!    new run will use next (a write whose earlier block was lost). Before the new run
 //!    acknowledges anything, the blocks [`LogRing::scrub_after_recovery`] names must be
 //!    durably overwritten with zeros; then the writer continues at `seq_end`. Rule 4
-//!    bounds how far such leftovers can reach.
+//!    bounds how far such leftovers can reach: `seq_end` is at least the durable end
+//!    of the crashed run, so they lie before `seq_end + LOG_BLOCKS_IN_FLIGHT_MAX`.
 //! 6. **Format** zeroes the whole log region (or starts at a seq that no earlier vSSD
 //!    on the device can have used) and writes a first checkpoint whose `seq` is the
 //!    first log seq: a block left by an earlier format must never carry a seq recovery
@@ -154,9 +158,9 @@ pub const BLOCK_WASTE_LEN_MAX: usize = RECORD_LEN_MAX - RECORD_ALIGN;
 
 /// Most blocks one log write carries (256 KiB).
 pub const LOG_WRITE_BLOCKS_MAX: u64 = 64;
-/// Most blocks the log writer has in flight beyond the durable prefix of the log; also
-/// how far past the end of the log recovery scrubs (rule 5 of the module doc): the log
-/// writers' eight writes in flight ([`crate::log::LOG_WRITERS`]).
+/// How far past the durable prefix of the log the log writer may start blocks (rule 4
+/// of the module doc), and so how far past the end of the log recovery scrubs (rule
+/// 5): room for the log writers' eight writes in flight ([`crate::log::LOG_WRITERS`]).
 pub const LOG_BLOCKS_IN_FLIGHT_MAX: u64 = 8 * LOG_WRITE_BLOCKS_MAX;
 /// The smallest log a vSSD may have, in blocks (4 MiB; the layout's
 /// [`crate::layout::LOG_BYTES_MIN`]).
