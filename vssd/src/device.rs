@@ -60,7 +60,7 @@ use crate::layout::{Geometry, Superblock};
 use crate::log::{LogStats, LogWriter, RecordPos};
 use crate::map::{CacheMap, Counts, Entry, MapError, State};
 use crate::record::Record;
-use crate::recover::{Rebuilt, Recovered};
+use crate::recover::{InDoubt, Payload, Rebuilt, Recovered};
 
 /// The DTM's decision on an in-doubt tran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +84,11 @@ pub struct Options {
     /// The checkpoint task starts a checkpoint when this many log blocks are in use
     /// (default: half the log).
     pub checkpoint_blocks: Option<u64>,
+    /// This vSSD holds the only copy of its device's data (no replica to repair from):
+    /// recovery aborts an in-doubt tran whose payload is damaged, counts it
+    /// ([`VssdStats::damaged_aborted`]) and logs a warning naming it, instead of
+    /// returning it to the caller ([`crate::recover::Payload::Damaged`]).
+    pub sole_copy: bool,
 }
 
 /// Counters of one open vSSD.
@@ -102,6 +107,8 @@ pub struct VssdStats {
     pub checkpoints: u64,
     /// Times writep1 waited for a slot (eviction durable, destage, commit).
     pub slot_waits: u64,
+    /// In-doubt trans recovery aborted for a damaged payload ([`Options::sole_copy`]).
+    pub damaged_aborted: u64,
     pub log: LogStats,
     pub map: Counts,
 }
@@ -116,6 +123,9 @@ struct Inner {
     phase1: RefCell<HashMap<u64, bool>>,
     /// line -> the slot a fill is writing.
     filling: RefCell<HashMap<u64, u64>>,
+    /// Trans recovery left in doubt with a damaged payload, until resolved: a plain
+    /// commit of one is refused.
+    damaged: RefCell<HashMap<u64, InDoubt>>,
     /// writep1 waiting for a slot: woken by every release and state change.
     space: Rendez,
     /// The checkpoint task sleeps here.
@@ -147,8 +157,12 @@ impl Vssd {
     /// superblock (refusing a device that is not a vSSD, of another version, or of
     /// another cache device when `expect_device` names one), loads the newest
     /// checkpoint, replays the log after it, scrubs past its end and starts the log
-    /// writer and the checkpoint task. The in-doubt trans are in [`Recovered`]:
-    /// resolve each with [`Vssd::resolve`].
+    /// writer and the checkpoint task (all of it in [`crate::recover`]). The in-doubt
+    /// trans are in [`Recovered`]: resolve each with [`Vssd::resolve`]. One whose
+    /// payload is damaged ([`Payload::Damaged`]: torn by the crash, or damaged after
+    /// its writep1 returned) cannot be committed as it is: commit it with the payload
+    /// from another copy ([`Vssd::resolve_repaired`]) or abort it; with
+    /// [`Options::sole_copy`] recovery aborts it itself.
     ///
     /// Must run inside a taskio runtime (real or simulated).
     pub fn open(
@@ -189,6 +203,7 @@ impl Vssd {
             map: RefCell::new(rebuilt.map),
             phase1: RefCell::new(HashMap::new()),
             filling: RefCell::new(HashMap::new()),
+            damaged: RefCell::new(HashMap::new()),
             space: Rendez::new(),
             kick: Rendez::new(),
             ck_done: Rendez::new(),
@@ -480,12 +495,27 @@ impl Vssd {
     /// slot is released. The COMMIT rides on a later log write; wait on the returned
     /// position for it to be durable.
     pub fn commit(&self, tran: u64) -> Result<RecordPos, VssdError> {
+        if let Some(d) = self.inner.damaged.borrow().get(&tran) {
+            let Payload::Damaged { reason } = d.payload else {
+                unreachable!("tran {tran} marked damaged with an intact payload")
+            };
+            return Err(VssdError::Damaged {
+                op: "commit",
+                path: self.path_buf(),
+                tran,
+                line: d.line,
+                slot: d.slot,
+                reason,
+            });
+        }
         self.decide(tran, Resolution::Commit)
     }
 
     /// Aborts `tran`: its slot is released, the line keeps its current version.
     pub fn abort(&self, tran: u64) -> Result<RecordPos, VssdError> {
-        self.decide(tran, Resolution::Abort)
+        let pos = self.decide(tran, Resolution::Abort)?;
+        self.inner.damaged.borrow_mut().remove(&tran);
+        Ok(pos)
     }
 
     /// COMMIT or ABORT of a prepared tran whose writep1 has returned.
@@ -511,6 +541,59 @@ impl Vssd {
             Resolution::Abort => s.aborts += 1,
         });
         Ok(pos.expect("COMMIT or ABORT appended"))
+    }
+
+    /// Commits an in-doubt tran whose payload recovery found damaged
+    /// ([`Payload::Damaged`]) with `payload`, the tran's data fetched from another
+    /// copy (a replica): it must be what the PREPARE describes (its length and
+    /// CRC32C), is written durably to the tran's slot, then the tran is committed
+    /// durably.
+    pub fn resolve_repaired(&self, tran: u64, payload: &AlignedBuf) -> Result<(), VssdError> {
+        const OP: &str = "resolve_repaired";
+        self.check_usable(OP)?;
+        let Some(d) = self.inner.damaged.borrow().get(&tran).copied() else {
+            return Err(VssdError::Repair {
+                path: self.path_buf(),
+                tran,
+                why: "it is not an in-doubt tran with a damaged payload".to_string(),
+            });
+        };
+        let crc = crc32c::crc32c(payload);
+        if payload.len() != d.len as usize || crc != d.crc {
+            return Err(VssdError::Repair {
+                path: self.path_buf(),
+                tran,
+                why: format!(
+                    "the payload for line {} has {} bytes and CRC32C {crc:#010x}, its PREPARE says {} bytes and {:#010x}",
+                    d.line,
+                    payload.len(),
+                    d.len,
+                    d.crc
+                ),
+            });
+        }
+        let mut padded = None;
+        let data = self.direct_payload(OP, d.line, payload, &mut padded)?;
+        self.inner
+            .file
+            .pwrite_durable(data, self.inner.geometry.slot_offset(d.slot))
+            .map_err(|source| VssdError::Io {
+                op: "resolve_repaired payload write",
+                path: self.path_buf(),
+                source,
+            })?;
+        self.inner.damaged.borrow_mut().remove(&tran);
+        self.resolve(tran, Resolution::Commit)
+    }
+
+    /// Recovery found `d`'s payload damaged and leaves it to the caller.
+    pub(crate) fn mark_damaged(&self, d: InDoubt) {
+        assert!(matches!(d.payload, Payload::Damaged { .. }));
+        self.inner.damaged.borrow_mut().insert(d.tran, d);
+    }
+
+    pub(crate) fn count_damaged_aborted(&self) {
+        self.count(|s| s.damaged_aborted += 1);
     }
 
     /// Resolves an in-doubt tran by the DTM's decision, durably.

@@ -52,4 +52,4 @@ pub use device::{Hit, Options, Resolution, Vssd, VssdStats};
 pub use error::VssdError;
 pub use layout::{FormatParams, format};
 pub use log::RecordPos;
-pub use recover::{InDoubt, Recovered};
+pub use recover::{Damage, InDoubt, Payload, Recovered};

@@ -9,9 +9,10 @@
 //! 4. the checks a recovered map must pass (no payload longer than a line);
 //! 5. the scrub past the end of the log ([`scrub_after_recovery`], rule 5 of
 //!    [`crate::record`]), before the log writer starts at that end;
-//! 6. the vSSD started, then the in-doubt trans: a PREPARE whose payload fails its
-//!    CRC32C is aborted, the others are
-//!    returned in [`Recovered`] for the DTM to resolve ([`Vssd::resolve`]).
+//! 6. the vSSD started, then the in-doubt trans, each with its payload checked
+//!    ([`Payload`]), returned in [`Recovered`] for the DTM to resolve
+//!    ([`Vssd::resolve`], [`Vssd::resolve_repaired`]); with [`Options::sole_copy`]
+//!    those whose payload is damaged are aborted instead.
 
 use taskio::AlignedBuf;
 use taskio::file::File;
@@ -34,16 +35,38 @@ pub struct InDoubt {
     pub slot: u64,
     pub len: u32,
     pub crc: u32,
+    /// What recovery read in the slot.
+    pub payload: Payload,
+}
+
+/// What recovery found in the slot of an in-doubt tran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// The payload its PREPARE describes.
+    Intact,
+    /// Not that payload. Either the crash tore it (the log block with its PREPARE
+    /// survived, the payload did not: its writep1 never returned) or it was damaged
+    /// after its writep1 returned, when the DTM may have acknowledged the write.
+    /// Recovery cannot tell the two apart: the caller decides (see [`Vssd::open`]).
+    Damaged { reason: Damage },
+}
+
+/// Why an in-doubt payload is damaged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Damage {
+    #[error("the slot's CRC32C is {got:#010x}, its PREPARE says {want:#010x}")]
+    Checksum { got: u32, want: u32 },
 }
 
 /// What [`Vssd::open`] found and did.
 #[derive(Debug)]
 pub struct Recovered {
-    /// Trans to resolve, by tran.
+    /// Trans to resolve, by tran: [`Vssd::resolve`] or, for a damaged payload,
+    /// [`Vssd::resolve_repaired`] or an abort.
     pub in_doubt: Vec<InDoubt>,
-    /// Prepared trans whose payload failed its CRC32C: their log block survived a
-    /// crash that lost the payload, so their writep1 never returned. Aborted.
-    pub torn_prepares: Vec<u64>,
+    /// In-doubt trans with a damaged payload that recovery aborted because the
+    /// vSSD holds the only copy ([`Options::sole_copy`]).
+    pub damaged_aborted: Vec<InDoubt>,
     /// The checkpoint recovery started from: (region, seq), if any.
     pub checkpoint: Option<(u8, u64)>,
     /// Log blocks replayed after it, and records in them.
@@ -123,6 +146,7 @@ pub(crate) fn open(
             slot: p.slot,
             len: p.len,
             crc: p.crc,
+            payload: Payload::Intact, // until read
         })
         .collect();
     let rebuilt = Rebuilt {
@@ -132,7 +156,7 @@ pub(crate) fn open(
         ck_seq: seq_start,
     };
     let vssd = Vssd::start(file, superblock, rebuilt, options)?;
-    let (kept, torn_prepares) = match abort_torn_prepares(&vssd, in_doubt) {
+    let (kept, damaged_aborted) = match check_in_doubt(&vssd, in_doubt, options.sole_copy) {
         Ok(split) => split,
         Err(e) => {
             vssd.close(); // the log writers stop, the device's lock is released
@@ -141,7 +165,7 @@ pub(crate) fn open(
     };
     let recovered = Recovered {
         in_doubt: kept,
-        torn_prepares,
+        damaged_aborted,
         checkpoint: loaded.map(|l| (l.which, l.snapshot.seq)),
         blocks_replayed: scan.blocks.len() as u64,
         records_replayed: records,
@@ -181,34 +205,56 @@ fn check_payload_lens(
     }
 }
 
-/// A PREPARE may have survived a crash without its payload (log.rs, "Why write +
-/// fdatasync"): reads each in-doubt payload and aborts the torn ones. Returns the
-/// trans still in doubt and the aborted ones.
-fn abort_torn_prepares(
+/// Reads each in-doubt payload and checks it against its PREPARE. A PREPARE may have
+/// survived a crash without its payload (log.rs, "Why write + fdatasync"), or the
+/// payload may have been damaged since: a damaged one stays in doubt, marked, for
+/// the caller to repair or abort, unless `sole_copy` says no other copy exists; then
+/// it is aborted, counted and logged. Returns the trans still in doubt and the
+/// aborted ones.
+fn check_in_doubt(
     vssd: &Vssd,
     in_doubt: Vec<InDoubt>,
-) -> Result<(Vec<InDoubt>, Vec<u64>), VssdError> {
+    sole_copy: bool,
+) -> Result<(Vec<InDoubt>, Vec<InDoubt>), VssdError> {
     let mut buf = AlignedBuf::new(vssd.geometry().line_size() as usize);
-    let mut torn = Vec::new();
+    let mut aborted = Vec::new();
     let mut kept = Vec::new();
-    for d in in_doubt {
-        if vssd.read_slot(
+    for mut d in in_doubt {
+        let got = vssd.read_slot(
             "recovery read of a prepared payload",
             d.slot,
             d.len,
             &mut buf,
-        )? == d.crc
-        {
+        )?;
+        if got == d.crc {
             kept.push(d);
-        } else {
-            vssd.abort(d.tran)?;
-            torn.push(d.tran);
+            continue;
         }
+        let reason = Damage::Checksum { got, want: d.crc };
+        d.payload = Payload::Damaged { reason };
+        if !sole_copy {
+            vssd.mark_damaged(d);
+            kept.push(d);
+            continue;
+        }
+        tracing::warn!(
+            path = %vssd.path().display(),
+            tran = d.tran,
+            line = d.line,
+            slot = d.slot,
+            "vssd recovery aborts in-doubt tran {} of line {} (slot {}): its payload is damaged ({reason}) and no other copy exists",
+            d.tran,
+            d.line,
+            d.slot
+        );
+        vssd.abort(d.tran)?;
+        vssd.count_damaged_aborted();
+        aborted.push(d);
     }
-    if !torn.is_empty() {
+    if !aborted.is_empty() {
         vssd.sync()?;
     }
-    Ok((kept, torn))
+    Ok((kept, aborted))
 }
 
 /// What [`recover_scan`] found: the valid blocks from the start seq, in order.
