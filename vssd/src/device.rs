@@ -61,6 +61,7 @@ use crate::log::{LogStats, LogWriter, RecordPos};
 use crate::map::{CacheMap, Counts, Entry, MapError, State};
 use crate::record::Record;
 use crate::recover::{InDoubt, Payload, Rebuilt, Recovered};
+use crate::tran::TranIds;
 
 /// The DTM's decision on an in-doubt tran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +127,7 @@ struct Inner {
     /// Trans recovery left in doubt with a damaged payload, until resolved: a plain
     /// commit of one is refused.
     damaged: RefCell<HashMap<u64, InDoubt>>,
+    trans: TranIds,
     /// writep1 waiting for a slot: woken by every release and state change.
     space: Rendez,
     /// The checkpoint task sleeps here.
@@ -204,6 +206,7 @@ impl Vssd {
             phase1: RefCell::new(HashMap::new()),
             filling: RefCell::new(HashMap::new()),
             damaged: RefCell::new(HashMap::new()),
+            trans: TranIds::new(rebuilt.tran_high),
             space: Rendez::new(),
             kick: Rendez::new(),
             ck_done: Rendez::new(),
@@ -400,6 +403,7 @@ impl Vssd {
         if self.inner.phase1.borrow().contains_key(&tran) {
             return Err(self.map_error(OP, MapError::TranPrepared { tran, line }));
         }
+        self.inner.trans.saw(tran);
         let slot = self
             .alloc(OP, |map| map.prepare(tran, line, len, crc), true)?
             .expect("writep1 waits for a slot");
@@ -489,6 +493,16 @@ impl Vssd {
                 Err(e) => return Err(self.map_error(op, e)),
             }
         }
+    }
+
+    /// A new tran id for a writep1: above every id this vSSD handed out or saw
+    /// prepared, across restarts (ids are never reused, so a line's version names one
+    /// write only). Costs no log write of its own: the high-water mark is logged
+    /// ahead, [`crate::TRAN_IDS_PER_RECORD`] ids at a time; parks only for the first
+    /// id after open, or when ids are taken faster than the log writes.
+    pub fn next_tran_id(&self) -> Result<u64, VssdError> {
+        self.check_usable("next_tran_id")?;
+        self.inner.trans.next_id(&self.inner.log)
     }
 
     /// Commits `tran`: its slot becomes the line's dirty version, the old version's
@@ -854,6 +868,7 @@ impl Vssd {
                     .into_iter()
                     .filter(|(tran, _)| phase1.get(tran) != Some(&false))
                     .collect(),
+                tran_high: inner.trans.high(),
             }
         };
         // Never ahead of the durable log: every block before `seq` durable first.

@@ -31,6 +31,7 @@
 //! - [`checkpoint`]: the map written to the alternate checkpoint region;
 //! - [`recover`]: the whole of recovery, in the order it runs: checkpoint, log scan
 //!   and replay, the checks, the scrub past the log's end, the in-doubt trans;
+//! - `tran`: tran ids never reused, by a durable high-water mark logged ahead;
 //! - [`evict`]: S3-FIFO over clean lines, with LRU and traces to measure it against.
 //!
 //! How each piece is checked: unit and property tests per module, a model-checked
@@ -47,9 +48,11 @@ pub mod log;
 pub mod map;
 pub mod record;
 pub mod recover;
+mod tran;
 
 pub use device::{Hit, Options, Resolution, Vssd, VssdStats};
 pub use error::VssdError;
 pub use layout::{FormatParams, format};
 pub use log::RecordPos;
 pub use recover::{Damage, InDoubt, Payload, Recovered};
+pub use tran::TRAN_IDS_PER_RECORD;

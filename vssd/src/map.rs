@@ -112,6 +112,9 @@ use crate::record::PAYLOAD_LEN_MAX;
 
 /// The version of a line filled from the backing store: no tran wrote it.
 pub const VERSION_CLEAN_INSERT: u64 = 0;
+/// The first tran id the vSSD hands out ([`crate::Vssd::next_tran_id`]): every tran
+/// id is above [`VERSION_CLEAN_INSERT`].
+pub const TRAN_FIRST: u64 = VERSION_CLEAN_INSERT + 1;
 
 /// State of a line's current version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -18,11 +18,12 @@ use taskio::AlignedBuf;
 use taskio::file::File;
 
 use crate::checkpoint;
+use crate::checkpoint::Snapshot;
 use crate::device::{Options, Vssd};
 use crate::error::VssdError;
 use crate::layout::{Geometry, LOG_SEQ_FIRST, Repair, open_superblock, write_superblock};
 use crate::log::LOG_BUFFER_BYTES;
-use crate::map::{CacheMap, Entry, MapError, Prepared, State};
+use crate::map::{CacheMap, Entry, MapError, Prepared, State, TRAN_FIRST};
 use crate::record::{
     BlockEnd, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogRing, Record, decode_block,
 };
@@ -86,6 +87,8 @@ pub(crate) struct Rebuilt {
     /// The newest durable checkpoint's region, if any, and its seq (the log's start).
     pub ck_which: Option<u8>,
     pub ck_seq: u64,
+    /// Every tran id handed out or prepared before the crash is below this.
+    pub tran_high: u64,
 }
 
 /// Recovers the vSSD on `file` and starts it: [`Vssd::open`]'s body (module doc).
@@ -107,10 +110,7 @@ pub(crate) fn open(
         Some(l) => (
             l.snapshot.seq,
             Some(l.which),
-            Replay::new(
-                l.snapshot.entries.iter().copied(),
-                l.snapshot.prepared.iter().copied(),
-            ),
+            Replay::from_checkpoint(&l.snapshot),
         ),
         None => (LOG_SEQ_FIRST, None, Replay::default()),
     };
@@ -123,6 +123,7 @@ pub(crate) fn open(
         }
     }
     let path = file.path().to_path_buf();
+    let tran_high = replay.tran_high();
     let mut map = replay
         .finish(geometry.slot_count(), geometry.lines())
         .map_err(|e| VssdError::Corrupt {
@@ -154,6 +155,7 @@ pub(crate) fn open(
         seq_end: scan.seq_end,
         ck_which,
         ck_seq: seq_start,
+        tran_high,
     };
     let vssd = Vssd::start(file, superblock, rebuilt, options)?;
     let (kept, damaged_aborted) = match check_in_doubt(&vssd, in_doubt, options.sole_copy) {
@@ -372,10 +374,19 @@ pub fn scrub_after_recovery(
 /// (eviction included), no replayed version can land on such a line's slot.
 /// A COMMIT or ABORT of a tran that is not prepared cannot follow an exact
 /// checkpoint and a log prefix; it is skipped, never trusted to invent a version.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Replay {
     entries: std::collections::BTreeMap<u64, Entry>,
     prepared: std::collections::BTreeMap<u64, Prepared>,
+    /// Every tran id handed out or prepared so far is below this.
+    tran_high: u64,
+}
+
+impl Default for Replay {
+    /// A vSSD without a checkpoint.
+    fn default() -> Replay {
+        Replay::new([], [])
+    }
 }
 
 impl Replay {
@@ -384,10 +395,38 @@ impl Replay {
         entries: impl IntoIterator<Item = (u64, Entry)>,
         prepared: impl IntoIterator<Item = (u64, Prepared)>,
     ) -> Replay {
+        let entries: std::collections::BTreeMap<u64, Entry> = entries.into_iter().collect();
+        let prepared: std::collections::BTreeMap<u64, Prepared> = prepared.into_iter().collect();
+        let versions = entries.values().map(|e| e.version);
+        let tran_high = versions
+            .chain(prepared.keys().copied())
+            .map(|tran| tran.saturating_add(1))
+            .fold(TRAN_FIRST, u64::max);
         Replay {
-            entries: entries.into_iter().collect(),
-            prepared: prepared.into_iter().collect(),
+            entries,
+            prepared,
+            tran_high,
         }
+    }
+
+    /// Starts from a checkpoint read from disk.
+    pub fn from_checkpoint(snapshot: &Snapshot) -> Replay {
+        let mut replay = Replay::new(
+            snapshot.entries.iter().copied(),
+            snapshot.prepared.iter().copied(),
+        );
+        replay.raise_tran_high(snapshot.tran_high);
+        replay
+    }
+
+    fn raise_tran_high(&mut self, tran_high: u64) {
+        self.tran_high = self.tran_high.max(tran_high);
+    }
+
+    /// Every tran id handed out or prepared before the records applied so far is
+    /// below this (at least [`TRAN_FIRST`]).
+    pub fn tran_high(&self) -> u64 {
+        self.tran_high
     }
 
     /// Applies one record of the log, in log order.
@@ -407,6 +446,7 @@ impl Replay {
                     len,
                 };
                 self.prepared.insert(tran, p);
+                self.raise_tran_high(tran.saturating_add(1));
             }
             Record::Commit { tran } => {
                 if let Some(p) = self.prepared.remove(&tran) {
@@ -433,6 +473,7 @@ impl Replay {
             Record::Invalidate { line } => {
                 self.entries.remove(&line);
             }
+            Record::TranHigh { tran_high } => self.raise_tran_high(tran_high),
             Record::Epoch { .. } | Record::Checkpoint { .. } => {}
         }
     }

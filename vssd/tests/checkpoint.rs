@@ -24,7 +24,8 @@ fn open(path: &Path) -> File {
     OpenOptions::new().open(path).unwrap()
 }
 
-/// 300 entries (3 entry blocks) and 2 prepared trans at `seq`.
+/// 300 entries (3 entry blocks) and 2 prepared trans at `seq`, and a tran high-water
+/// mark.
 fn snapshot(seq: u64) -> Snapshot {
     Snapshot {
         seq,
@@ -64,6 +65,7 @@ fn snapshot(seq: u64) -> Snapshot {
                 },
             ),
         ],
+        tran_high: seq * 1000 + 300,
     }
 }
 

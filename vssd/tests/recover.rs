@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use taskio::AlignedBuf;
 use vssd::layout::{FormatParams, LOG_BYTES_MIN};
-use vssd::{Damage, Options, Payload, Resolution, Vssd, VssdError, format};
+use vssd::{Damage, Options, Payload, Resolution, TRAN_IDS_PER_RECORD, Vssd, VssdError, format};
 
 const LINE: u32 = 4096;
 const DEVICE: &str = "cdev-recover";
@@ -199,5 +199,101 @@ fn a_damaged_in_doubt_payload_is_returned_for_repair_or_aborted_when_sole_copy()
             rec.in_doubt.is_empty() && rec.damaged_aborted.is_empty(),
             "{rec:?}"
         );
+    });
+}
+
+/// Tran ids from [`Vssd::next_tran_id`] are above every id handed out or prepared
+/// before, across restarts, even when nothing on the vSSD names the old ones any
+/// more (the line invalidated, a checkpoint taken since): so a destage's
+/// `mark_clean(line, old version)` can never hit a newer write of the line.
+#[test]
+fn tran_ids_are_never_reused_after_a_restart() {
+    let dir = TempDir::new("tran-ids");
+    let path = formatted(&dir);
+    let p = path.clone();
+    let (first, caller_chosen) = run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        let first = v.next_tran_id().unwrap();
+        assert!(first > 0, "tran 0 is the version of a fill");
+        v.writep1(first, 1, &payload(1, first)).unwrap();
+        v.resolve(first, Resolution::Commit).unwrap();
+        // Ids handed out but never used count too.
+        let unused: Vec<u64> = (0..10).map(|_| v.next_tran_id().unwrap()).collect();
+        assert!(unused.windows(2).all(|w| w[0] < w[1]) && unused[0] > first);
+        // A caller's own id raises the mark as well.
+        let caller_chosen = unused[9] + 5000;
+        v.writep1(caller_chosen, 2, &payload(2, caller_chosen))
+            .unwrap();
+        v.abort(caller_chosen).unwrap();
+        v.invalidate(1).unwrap();
+        v.checkpoint().unwrap();
+        v.close();
+        (first, caller_chosen)
+    });
+    // After the checkpoint, through the log alone: a clean close, then a crash-like
+    // reopen of a log with no checkpoint since.
+    let p = path.clone();
+    let second = run_io(move || {
+        let (v, rec) = open(&p, Options::default());
+        assert!(rec.in_doubt.is_empty());
+        let t = v.next_tran_id().unwrap();
+        assert!(
+            t > caller_chosen,
+            "tran {t} handed out again after a restart"
+        );
+        v.writep1(t, 1, &payload(1, t)).unwrap();
+        v.resolve(t, Resolution::Commit).unwrap();
+        // A destage of the first version finishing now must not clean the new one.
+        let (clean, _) = v.mark_clean(1, first).unwrap();
+        assert!(!clean);
+        assert_eq!(v.lookup(1).unwrap().state, vssd::map::State::Dirty);
+        for _ in 0..3000 {
+            v.next_tran_id().unwrap();
+        }
+        let last = v.next_tran_id().unwrap();
+        v.close();
+        last
+    });
+    run_io(move || {
+        let (v, _) = open(&path, Options::default());
+        let t = v.next_tran_id().unwrap();
+        assert!(t > second, "tran {t} after {second}");
+        v.close();
+    });
+}
+
+/// The high-water mark rides on the log writes the writes make anyway: handing out
+/// ids costs no log write of its own, beyond the first id after open; with nothing
+/// else written, one write per half batch of ids.
+#[test]
+fn tran_ids_cost_no_log_write_of_their_own() {
+    let dir = TempDir::new("tran-cost");
+    let path = formatted(&dir);
+    run_io(move || {
+        let (v, _) = open(&path, Options::default());
+        let before = v.stats().log;
+        let n = TRAN_IDS_PER_RECORD + 10; // past two reservations
+        for i in 0..n {
+            let t = v.next_tran_id().unwrap();
+            v.writep1(t, i % 16, &payload(i % 16, t)).unwrap();
+            // Waited durable: every write is one someone waits for, none lazy.
+            v.resolve(t, Resolution::Commit).unwrap();
+        }
+        let after = v.stats().log;
+        let extra = after.writes - before.writes - 2 * n;
+        assert!(extra <= 1, "{extra} log writes beyond the writes' own");
+        let reservations = after.records_appended - before.records_appended - 2 * n;
+        assert!(
+            reservations <= n / (TRAN_IDS_PER_RECORD / 2) + 1,
+            "{reservations}"
+        );
+        // Ids alone: a write each half batch.
+        let before = v.stats().log;
+        for _ in 0..4 * TRAN_IDS_PER_RECORD {
+            v.next_tran_id().unwrap();
+        }
+        let writes = v.stats().log.writes - before.writes;
+        assert!(writes <= 8 + 1, "{writes} log writes for ids alone");
+        v.close();
     });
 }
