@@ -26,7 +26,11 @@
 //! | 32 | 8 | entries |
 //! | 40 | 8 | entry blocks (⌈entries / 127⌉) |
 //! | 48 | 8 | `tran_high`: every tran id handed out or prepared before `seq` is below it |
-//! | 56 | .. | zero |
+//! | 56 | 8 | membership epoch |
+//! | 64 | 1 | its member count (at most 16) |
+//! | 65 | 7 | zero |
+//! | 72 | 8 x count | its member ids |
+//! | .. | .. | zero |
 //!
 //! Entry block (4 KiB): a 32-byte header (0 magic `"CVAE"`, 4 CRC32C of bytes 0..4
 //! then 8..4096, 8 the checkpoint's `seq`, 16 block index u32, 20 entries in this
@@ -60,16 +64,21 @@ use std::path::Path;
 use taskio::AlignedBuf;
 use taskio::file::File;
 
+use crate::epoch::Membership;
 use crate::error::VssdError;
 use crate::layout::{
     BLOCK_BYTES, CHECKPOINT_BLOCK_HEADER_BYTES, CHECKPOINT_ENTRIES_PER_BLOCK,
     CHECKPOINT_ENTRY_BYTES, Geometry, get_u32, get_u64,
 };
 use crate::map::{Entry, Prepared, State};
+use crate::record::EPOCH_MEMBERS_MAX;
 
 const HEADER_MAGIC: [u8; 8] = *b"CVA-CKPT";
 const ENTRY_MAGIC: [u8; 4] = *b"CVAE";
 const VERSION: u32 = 2;
+/// Where the header's member ids start.
+const HEADER_MEMBERS: usize = 72;
+const _: () = assert!(HEADER_MEMBERS + 8 * EPOCH_MEMBERS_MAX <= BLOCK);
 const STATE_PREPARED: u8 = 3;
 /// Entry blocks written or read by one I/O (256 KiB).
 const IO_BLOCKS: usize = 64;
@@ -87,6 +96,8 @@ pub struct Snapshot {
     pub prepared: Vec<(u64, Prepared)>,
     /// Every tran id handed out or prepared before `seq` is below this.
     pub tran_high: u64,
+    /// The membership epoch after every record before `seq`.
+    pub membership: Membership,
 }
 
 /// A checkpoint found on disk: its region (0 = A, 1 = B) and contents.
@@ -192,6 +203,17 @@ pub fn write(
     buf[32..40].copy_from_slice(&(total as u64).to_le_bytes());
     buf[40..48].copy_from_slice(&(blocks as u64).to_le_bytes());
     buf[48..56].copy_from_slice(&snap.tran_high.to_le_bytes());
+    let members = &snap.membership.members;
+    assert!(
+        members.len() <= EPOCH_MEMBERS_MAX,
+        "{} members",
+        members.len()
+    );
+    buf[56..64].copy_from_slice(&snap.membership.epoch.to_le_bytes());
+    buf[64] = members.len() as u8;
+    for (i, member) in members.iter().enumerate() {
+        buf[HEADER_MEMBERS + 8 * i..][..8].copy_from_slice(&member.to_le_bytes());
+    }
     let c = crc(seed, &buf, 8..12);
     buf[8..12].copy_from_slice(&c.to_le_bytes());
     file.pwrite(&buf, region)
@@ -201,12 +223,12 @@ pub fn write(
 }
 
 /// The fields of a valid header.
-#[derive(Clone, Copy)]
 struct Header {
     seq: u64,
     entries: u64,
     blocks: u64,
     tran_high: u64,
+    membership: Membership,
 }
 
 /// A valid header's fields.
@@ -222,6 +244,20 @@ fn header(b: &[u8], seed: u32, which: u8, geometry: &Geometry) -> Option<Header>
         entries: get_u64(b, 32),
         blocks: get_u64(b, 40),
         tran_high: get_u64(b, 48),
+        membership: Membership::default(),
+    };
+    let count = usize::from(b[64]);
+    if count > EPOCH_MEMBERS_MAX {
+        return None;
+    }
+    let h = Header {
+        membership: Membership {
+            epoch: get_u64(b, 56),
+            members: (0..count)
+                .map(|i| get_u64(b, HEADER_MEMBERS + 8 * i))
+                .collect(),
+        },
+        ..h
     };
     let ok = h.blocks <= geometry.checkpoint_entry_blocks()
         && h.entries <= geometry.slot_count()
@@ -247,7 +283,7 @@ pub fn read_newest(
         file.pread_exact(&mut buf, region)
             .map_err(|e| io_error("checkpoint header read", path, e))?;
         if let Some(h) = header(&buf, seed, which, geometry)
-            && best.is_none_or(|(_, b)| h.seq > b.seq)
+            && best.as_ref().is_none_or(|(_, b)| h.seq > b.seq)
         {
             best = Some((which, h));
         }
@@ -260,6 +296,7 @@ pub fn read_newest(
         entries,
         blocks,
         tran_high,
+        membership,
     } = h;
     let region = geometry.checkpoint_offsets()[usize::from(which)];
     let corrupt = |offset: u64, why: String| VssdError::Corrupt {
@@ -274,6 +311,7 @@ pub fn read_newest(
     let mut snap = Snapshot {
         seq,
         tran_high,
+        membership,
         ..Snapshot::default()
     };
     let mut left = entries;

@@ -55,6 +55,7 @@ use taskio::file::File;
 use taskio::{ALIGN, AlignedBuf, Builder, Rendez};
 
 use crate::checkpoint::{self, Snapshot};
+use crate::epoch::Membership;
 use crate::error::VssdError;
 use crate::layout::{Geometry, Superblock};
 use crate::log::{LogStats, LogWriter, RecordPos};
@@ -128,6 +129,8 @@ struct Inner {
     /// commit of one is refused.
     damaged: RefCell<HashMap<u64, InDoubt>>,
     trans: TranIds,
+    /// The membership epoch, as of the records appended so far.
+    membership: RefCell<Membership>,
     /// writep1 waiting for a slot: woken by every release and state change.
     space: Rendez,
     /// The checkpoint task sleeps here.
@@ -207,6 +210,7 @@ impl Vssd {
             filling: RefCell::new(HashMap::new()),
             damaged: RefCell::new(HashMap::new()),
             trans: TranIds::new(rebuilt.tran_high),
+            membership: RefCell::new(rebuilt.membership),
             space: Rendez::new(),
             kick: Rendez::new(),
             ck_done: Rendez::new(),
@@ -503,6 +507,42 @@ impl Vssd {
     pub fn next_tran_id(&self) -> Result<u64, VssdError> {
         self.check_usable("next_tran_id")?;
         self.inner.trans.next_id(&self.inner.log)
+    }
+
+    /// The membership epoch (0 until the DTM sets one).
+    pub fn epoch(&self) -> u64 {
+        self.inner.membership.borrow().epoch
+    }
+
+    /// The members of the current epoch.
+    pub fn members(&self) -> Vec<u64> {
+        self.inner.membership.borrow().members.clone()
+    }
+
+    /// Moves to membership `epoch` with `members` (an EPOCH record), durable on
+    /// return. Refused, changing nothing: an epoch older than the vSSD's, the same
+    /// epoch with other members, more than [`crate::record::EPOCH_MEMBERS_MAX`]
+    /// members. The same epoch and members again is harmless.
+    pub fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), VssdError> {
+        let record = Record::Epoch {
+            epoch,
+            members: members.to_vec(),
+        };
+        let refused = |why| VssdError::Epoch {
+            path: self.path_buf(),
+            epoch,
+            why,
+        };
+        if let Err(fault) = record.validate() {
+            return Err(refused(fault.to_string()));
+        }
+        // Checked and changed where the record is placed: epochs go up in log order.
+        let ((), pos) = self.logged("set_epoch", &record, |_, _| {
+            let advanced = self.inner.membership.borrow_mut().advance(epoch, members);
+            advanced.map_err(refused)?;
+            Ok(((), Some(record.clone())))
+        })?;
+        self.wait_durable(pos.expect("EPOCH appended"))
     }
 
     /// Commits `tran`: its slot becomes the line's dirty version, the old version's
@@ -869,6 +909,7 @@ impl Vssd {
                     .filter(|(tran, _)| phase1.get(tran) != Some(&false))
                     .collect(),
                 tran_high: inner.trans.high(),
+                membership: inner.membership.borrow().clone(),
             }
         };
         // Never ahead of the durable log: every block before `seq` durable first.

@@ -106,6 +106,13 @@ pub enum VssdError {
         slot: u64,
         reason: crate::recover::Damage,
     },
+    /// A membership epoch refused (older than the vSSD's, or too many members).
+    #[error("vssd set_epoch to epoch {epoch} on {path}: {why}")]
+    Epoch {
+        path: PathBuf,
+        epoch: u64,
+        why: String,
+    },
     /// A repaired payload refused.
     #[error("vssd resolve_repaired tran {tran} on {path}: {why}")]
     Repair {

@@ -31,6 +31,7 @@
 //! - [`checkpoint`]: the map written to the alternate checkpoint region;
 //! - [`recover`]: the whole of recovery, in the order it runs: checkpoint, log scan
 //!   and replay, the checks, the scrub past the log's end, the in-doubt trans;
+//! - `epoch`: the membership epoch, set by the DTM, never going back;
 //! - `tran`: tran ids never reused, by a durable high-water mark logged ahead;
 //! - [`evict`]: S3-FIFO over clean lines, with LRU and traces to measure it against.
 //!
@@ -41,6 +42,7 @@
 
 pub mod checkpoint;
 mod device;
+mod epoch;
 mod error;
 pub mod evict;
 pub mod layout;
@@ -51,6 +53,7 @@ pub mod recover;
 mod tran;
 
 pub use device::{Hit, Options, Resolution, Vssd, VssdStats};
+pub use epoch::Membership;
 pub use error::VssdError;
 pub use layout::{FormatParams, format};
 pub use log::RecordPos;

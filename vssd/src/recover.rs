@@ -20,6 +20,7 @@ use taskio::file::File;
 use crate::checkpoint;
 use crate::checkpoint::Snapshot;
 use crate::device::{Options, Vssd};
+use crate::epoch::Membership;
 use crate::error::VssdError;
 use crate::layout::{Geometry, LOG_SEQ_FIRST, Repair, open_superblock, write_superblock};
 use crate::log::LOG_BUFFER_BYTES;
@@ -89,6 +90,7 @@ pub(crate) struct Rebuilt {
     pub ck_seq: u64,
     /// Every tran id handed out or prepared before the crash is below this.
     pub tran_high: u64,
+    pub membership: Membership,
 }
 
 /// Recovers the vSSD on `file` and starts it: [`Vssd::open`]'s body (module doc).
@@ -124,6 +126,7 @@ pub(crate) fn open(
     }
     let path = file.path().to_path_buf();
     let tran_high = replay.tran_high();
+    let membership = replay.membership().clone();
     let mut map = replay
         .finish(geometry.slot_count(), geometry.lines())
         .map_err(|e| VssdError::Corrupt {
@@ -156,6 +159,7 @@ pub(crate) fn open(
         ck_which,
         ck_seq: seq_start,
         tran_high,
+        membership,
     };
     let vssd = Vssd::start(file, superblock, rebuilt, options)?;
     let (kept, damaged_aborted) = match check_in_doubt(&vssd, in_doubt, options.sole_copy) {
@@ -380,6 +384,7 @@ pub struct Replay {
     prepared: std::collections::BTreeMap<u64, Prepared>,
     /// Every tran id handed out or prepared so far is below this.
     tran_high: u64,
+    membership: Membership,
 }
 
 impl Default for Replay {
@@ -406,6 +411,7 @@ impl Replay {
             entries,
             prepared,
             tran_high,
+            membership: Membership::default(),
         }
     }
 
@@ -416,6 +422,7 @@ impl Replay {
             snapshot.prepared.iter().copied(),
         );
         replay.raise_tran_high(snapshot.tran_high);
+        replay.membership = snapshot.membership.clone();
         replay
     }
 
@@ -474,13 +481,27 @@ impl Replay {
                 self.entries.remove(&line);
             }
             Record::TranHigh { tran_high } => self.raise_tran_high(tran_high),
-            Record::Epoch { .. } | Record::Checkpoint { .. } => {}
+            Record::Epoch { epoch, ref members } => {
+                // In log order epochs only go up; never trust one that goes back.
+                if epoch >= self.membership.epoch {
+                    self.membership = Membership {
+                        epoch,
+                        members: members.clone(),
+                    };
+                }
+            }
+            Record::Checkpoint { .. } => {}
         }
     }
 
     /// The in-doubt trans (prepared, neither committed nor aborted), by tran.
     pub fn in_doubt(&self) -> impl Iterator<Item = (u64, Prepared)> + '_ {
         self.prepared.iter().map(|(&t, &p)| (t, p))
+    }
+
+    /// The membership epoch after the records applied so far.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
     /// The rebuilt map, every slot not current or prepared free; an error if the

@@ -297,3 +297,46 @@ fn tran_ids_cost_no_log_write_of_their_own() {
         v.close();
     });
 }
+
+/// The membership epoch: durable when set_epoch returns, kept across restarts by the
+/// log and by checkpoints (the log before a checkpoint is reused), never going back.
+#[test]
+fn the_epoch_is_durable_kept_by_checkpoints_and_never_goes_back() {
+    let dir = TempDir::new("epoch");
+    let path = formatted(&dir);
+    let p = path.clone();
+    run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        assert_eq!((v.epoch(), v.members()), (0, vec![]));
+        v.set_epoch(3, &[10, 20]).unwrap();
+        assert_eq!((v.epoch(), v.members()), (3, vec![10, 20]));
+        // Setting it again is harmless; another membership at the same epoch or an
+        // older epoch is refused and changes nothing.
+        v.set_epoch(3, &[10, 20]).unwrap();
+        let e = v.set_epoch(3, &[10]).unwrap_err();
+        assert!(matches!(e, VssdError::Epoch { .. }), "{e}");
+        let e = v.set_epoch(2, &[10, 20, 30]).unwrap_err();
+        assert!(e.to_string().contains("epoch 2"), "{e}");
+        let e = v.set_epoch(9, &[7; 17]).unwrap_err();
+        assert!(matches!(e, VssdError::Epoch { .. }), "{e}");
+        assert_eq!((v.epoch(), v.members()), (3, vec![10, 20]));
+        v.close();
+    });
+    // From the log.
+    let p = path.clone();
+    run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        assert_eq!((v.epoch(), v.members()), (3, vec![10, 20]));
+        v.set_epoch(4, &[20, 30]).unwrap();
+        v.checkpoint().unwrap();
+        v.close();
+    });
+    // From the checkpoint alone: the EPOCH record is before its seq.
+    let p = path.clone();
+    run_io(move || {
+        let (v, rec) = open(&p, Options::default());
+        assert_eq!(rec.records_replayed, 0, "{rec:?}");
+        assert_eq!((v.epoch(), v.members()), (4, vec![20, 30]));
+        v.close();
+    });
+}
