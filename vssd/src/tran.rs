@@ -76,7 +76,7 @@ impl TranIds {
 
     /// Appends a TRAN_HIGH a batch above the next id (may park for room).
     fn log_ahead(&self, log: &LogWriter) -> Result<(), VssdError> {
-        let tran_high = self.next.get() + TRAN_IDS_PER_RECORD;
+        let tran_high = self.next.get().saturating_add(TRAN_IDS_PER_RECORD);
         let pos = log.append(&Record::TranHigh { tran_high })?;
         if tran_high > self.logged.get() {
             self.logged.set(tran_high);
