@@ -263,8 +263,7 @@ fn tran_ids_are_never_reused_after_a_restart() {
 }
 
 /// The high-water mark rides on the log writes the writes make anyway: handing out
-/// ids costs no log write of its own, beyond the first id after open; with nothing
-/// else written, one write per half batch of ids.
+/// ids costs at most one log write per half batch of ids, none per id.
 #[test]
 fn tran_ids_cost_no_log_write_of_their_own() {
     let dir = TempDir::new("tran-cost");
@@ -280,12 +279,17 @@ fn tran_ids_cost_no_log_write_of_their_own() {
             v.resolve(t, Resolution::Commit).unwrap();
         }
         let after = v.stats().log;
-        let extra = after.writes - before.writes - 2 * n;
-        assert!(extra <= 1, "{extra} log writes beyond the writes' own");
         let reservations = after.records_appended - before.records_appended - 2 * n;
         assert!(
             reservations <= n / (TRAN_IDS_PER_RECORD / 2) + 1,
             "{reservations}"
+        );
+        // A reservation rides on the next write; only when that is more than the log's
+        // lazy delay away (a slow payload write) is it written alone.
+        let extra = after.writes - before.writes - 2 * n;
+        assert!(
+            extra <= reservations,
+            "{extra} log writes beyond the writes' own for {reservations} reservations"
         );
         // Ids alone: a write each half batch.
         let before = v.stats().log;
