@@ -61,7 +61,7 @@ use crate::layout::{Geometry, Superblock};
 use crate::log::{LogStats, LogWriter, RecordPos};
 use crate::map::{CacheMap, Counts, Entry, MapError, State};
 use crate::record::Record;
-use crate::recover::{InDoubt, Payload, Rebuilt, Recovered};
+use crate::recover::{Damage, InDoubt, Payload, Rebuilt, Recovered};
 use crate::tran::TranIds;
 
 /// The DTM's decision on an in-doubt tran.
@@ -127,7 +127,7 @@ struct Inner {
     filling: RefCell<HashMap<u64, u64>>,
     /// Trans recovery left in doubt with a damaged payload, until resolved: a plain
     /// commit of one is refused.
-    damaged: RefCell<HashMap<u64, InDoubt>>,
+    damaged: RefCell<HashMap<u64, (InDoubt, Damage)>>,
     trans: TranIds,
     /// The membership epoch, as of the records appended so far.
     membership: RefCell<Membership>,
@@ -397,6 +397,11 @@ impl Vssd {
     /// current one) and a PREPARE, both durable on return. Waits for room, never
     /// fails for want of it. One tran per line at a time: the DTM serialises writes
     /// to a line ([`MapError::LinePrepared`] otherwise).
+    ///
+    /// A tran holds one line. A write of several lines made of one tran per line is
+    /// not atomic across a crash (some lines may be there, others not): a disk makes
+    /// no multi-block write atomic, and this vSSD does not yet tie several lines to
+    /// one COMMIT.
     pub fn writep1(&self, tran: u64, line: u64, payload: &AlignedBuf) -> Result<(), VssdError> {
         const OP: &str = "writep1";
         self.check_usable(OP)?;
@@ -549,10 +554,7 @@ impl Vssd {
     /// slot is released. The COMMIT rides on a later log write; wait on the returned
     /// position for it to be durable.
     pub fn commit(&self, tran: u64) -> Result<RecordPos, VssdError> {
-        if let Some(d) = self.inner.damaged.borrow().get(&tran) {
-            let Payload::Damaged { reason } = d.payload else {
-                unreachable!("tran {tran} marked damaged with an intact payload")
-            };
+        if let Some(&(d, reason)) = self.inner.damaged.borrow().get(&tran) {
             return Err(VssdError::Damaged {
                 op: "commit",
                 path: self.path_buf(),
@@ -605,7 +607,7 @@ impl Vssd {
     pub fn resolve_repaired(&self, tran: u64, payload: &AlignedBuf) -> Result<(), VssdError> {
         const OP: &str = "resolve_repaired";
         self.check_usable(OP)?;
-        let Some(d) = self.inner.damaged.borrow().get(&tran).copied() else {
+        let Some((d, _)) = self.inner.damaged.borrow().get(&tran).copied() else {
             return Err(VssdError::Repair {
                 path: self.path_buf(),
                 tran,
@@ -641,9 +643,9 @@ impl Vssd {
     }
 
     /// Recovery found `d`'s payload damaged and leaves it to the caller.
-    pub(crate) fn mark_damaged(&self, d: InDoubt) {
-        assert!(matches!(d.payload, Payload::Damaged { .. }));
-        self.inner.damaged.borrow_mut().insert(d.tran, d);
+    pub(crate) fn mark_damaged(&self, d: InDoubt, reason: Damage) {
+        assert_eq!(d.payload, Payload::Damaged { reason });
+        self.inner.damaged.borrow_mut().insert(d.tran, (d, reason));
     }
 
     pub(crate) fn count_damaged_aborted(&self) {

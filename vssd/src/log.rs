@@ -26,7 +26,8 @@
 //! durable. The price: a crash may keep log blocks that were never flushed and drop
 //! the payloads of their PREPAREs. Such a PREPARE's writep1 never returned (it waits
 //! for the flush), so no COMMIT follows it; recovery reads each in-doubt payload
-//! and aborts a tran whose payload fails its CRC32C (the vSSD's open does).
+//! and marks a tran whose payload fails its CRC32C damaged ([`crate::recover`]): a
+//! vSSD that is the sole copy aborts it, a DTM with a replica may repair it.
 //!
 //! How the rules of [`crate::record`] are kept:
 //! 1. *No overrun*: a block `seq` is started only if `seq < oldest_needed + blocks`;

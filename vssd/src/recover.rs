@@ -239,7 +239,7 @@ fn check_in_doubt(
         let reason = Damage::Checksum { got, want: d.crc };
         d.payload = Payload::Damaged { reason };
         if !sole_copy {
-            vssd.mark_damaged(d);
+            vssd.mark_damaged(d, reason);
             kept.push(d);
             continue;
         }
