@@ -1,7 +1,7 @@
 //! Checkpoints: the cache map written to one of the two checkpoint regions, so that
 //! recovery replays only the log after it, and the log before it can be reused.
 //!
-//! A checkpoint is *exact* at its `seq` (see [`crate::map::Replay`]): it holds the
+//! A checkpoint is *exact* at its `seq` (see [`crate::recover::Replay`]): it holds the
 //! map's state after every log record in blocks before `seq` and none after. The vSSD
 //! cuts the log ([`crate::log::LogWriter::cut`]) and copies the map without a park in
 //! between, then writes the copy here in the background.
@@ -19,13 +19,18 @@
 //! | --- | --- | --- |
 //! | 0 | 8 | magic `"CVA-CKPT"` |
 //! | 8 | 4 | CRC32C of bytes 0..8 then 12..4096 |
-//! | 12 | 4 | version (1) |
+//! | 12 | 4 | version (2) |
 //! | 16 | 8 | `seq`: the first log block the checkpoint does not cover |
 //! | 24 | 1 | which region: 0 = A, 1 = B (catches a misdirected write) |
 //! | 25 | 7 | zero |
 //! | 32 | 8 | entries |
 //! | 40 | 8 | entry blocks (⌈entries / 127⌉) |
-//! | 48 | .. | zero |
+//! | 48 | 8 | `tran_high`: every tran id handed out or prepared before `seq` is below it |
+//! | 56 | 8 | membership epoch |
+//! | 64 | 1 | its member count (at most 16) |
+//! | 65 | 7 | zero |
+//! | 72 | 8 x count | its member ids |
+//! | .. | .. | zero |
 //!
 //! Entry block (4 KiB): a 32-byte header (0 magic `"CVAE"`, 4 CRC32C of bytes 0..4
 //! then 8..4096, 8 the checkpoint's `seq`, 16 block index u32, 20 entries in this
@@ -59,16 +64,21 @@ use std::path::Path;
 use taskio::AlignedBuf;
 use taskio::file::File;
 
+use crate::epoch::Membership;
 use crate::error::VssdError;
 use crate::layout::{
     BLOCK_BYTES, CHECKPOINT_BLOCK_HEADER_BYTES, CHECKPOINT_ENTRIES_PER_BLOCK,
     CHECKPOINT_ENTRY_BYTES, Geometry, get_u32, get_u64,
 };
 use crate::map::{Entry, Prepared, State};
+use crate::record::EPOCH_MEMBERS_MAX;
 
 const HEADER_MAGIC: [u8; 8] = *b"CVA-CKPT";
 const ENTRY_MAGIC: [u8; 4] = *b"CVAE";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Where the header's member ids start.
+const HEADER_MEMBERS: usize = 72;
+const _: () = assert!(HEADER_MEMBERS + 8 * EPOCH_MEMBERS_MAX <= BLOCK);
 const STATE_PREPARED: u8 = 3;
 /// Entry blocks written or read by one I/O (256 KiB).
 const IO_BLOCKS: usize = 64;
@@ -84,6 +94,10 @@ pub struct Snapshot {
     pub seq: u64,
     pub entries: Vec<(u64, Entry)>,
     pub prepared: Vec<(u64, Prepared)>,
+    /// Every tran id handed out or prepared before `seq` is below this.
+    pub tran_high: u64,
+    /// The membership epoch after every record before `seq`.
+    pub membership: Membership,
 }
 
 /// A checkpoint found on disk: its region (0 = A, 1 = B) and contents.
@@ -188,6 +202,18 @@ pub fn write(
     buf[24] = which;
     buf[32..40].copy_from_slice(&(total as u64).to_le_bytes());
     buf[40..48].copy_from_slice(&(blocks as u64).to_le_bytes());
+    buf[48..56].copy_from_slice(&snap.tran_high.to_le_bytes());
+    let members = &snap.membership.members;
+    assert!(
+        members.len() <= EPOCH_MEMBERS_MAX,
+        "{} members",
+        members.len()
+    );
+    buf[56..64].copy_from_slice(&snap.membership.epoch.to_le_bytes());
+    buf[64] = members.len() as u8;
+    for (i, member) in members.iter().enumerate() {
+        buf[HEADER_MEMBERS + 8 * i..][..8].copy_from_slice(&member.to_le_bytes());
+    }
     let c = crc(seed, &buf, 8..12);
     buf[8..12].copy_from_slice(&c.to_le_bytes());
     file.pwrite(&buf, region)
@@ -196,20 +222,48 @@ pub fn write(
         .map_err(|e| io_error("checkpoint fdatasync", path, e))
 }
 
-/// A valid header: (seq, entries, entry blocks).
-fn header(b: &[u8], seed: u32, which: u8, geometry: &Geometry) -> Option<(u64, u64, u64)> {
+/// The fields of a valid header.
+struct Header {
+    seq: u64,
+    entries: u64,
+    blocks: u64,
+    tran_high: u64,
+    membership: Membership,
+}
+
+/// A valid header's fields.
+fn header(b: &[u8], seed: u32, which: u8, geometry: &Geometry) -> Option<Header> {
     if b[0..8] != HEADER_MAGIC || get_u32(b, 8) != crc(seed, b, 8..12) {
         return None;
     }
     if get_u32(b, 12) != VERSION || b[24] != which {
         return None;
     }
-    let (seq, entries, blocks) = (get_u64(b, 16), get_u64(b, 32), get_u64(b, 40));
-    let ok = blocks <= geometry.checkpoint_entry_blocks()
-        && entries <= geometry.slot_count()
-        && entries.div_ceil(CHECKPOINT_ENTRIES_PER_BLOCK) == blocks
-        && seq >= 1;
-    ok.then_some((seq, entries, blocks))
+    let h = Header {
+        seq: get_u64(b, 16),
+        entries: get_u64(b, 32),
+        blocks: get_u64(b, 40),
+        tran_high: get_u64(b, 48),
+        membership: Membership::default(),
+    };
+    let count = usize::from(b[64]);
+    if count > EPOCH_MEMBERS_MAX {
+        return None;
+    }
+    let h = Header {
+        membership: Membership {
+            epoch: get_u64(b, 56),
+            members: (0..count)
+                .map(|i| get_u64(b, HEADER_MEMBERS + 8 * i))
+                .collect(),
+        },
+        ..h
+    };
+    let ok = h.blocks <= geometry.checkpoint_entry_blocks()
+        && h.entries <= geometry.slot_count()
+        && h.entries.div_ceil(CHECKPOINT_ENTRIES_PER_BLOCK) == h.blocks
+        && h.seq >= 1;
+    ok.then_some(h)
 }
 
 /// Reads both regions' headers and loads the checkpoint with the highest `seq`;
@@ -222,21 +276,28 @@ pub fn read_newest(
 ) -> Result<Option<Loaded>, VssdError> {
     let path = file.path();
     let mut buf = AlignedBuf::new(IO_BLOCKS * BLOCK);
-    let mut best: Option<(u8, (u64, u64, u64))> = None;
+    let mut best: Option<(u8, Header)> = None;
     for which in 0..=1u8 {
         buf.set_len(BLOCK);
         let region = geometry.checkpoint_offsets()[usize::from(which)];
         file.pread_exact(&mut buf, region)
             .map_err(|e| io_error("checkpoint header read", path, e))?;
         if let Some(h) = header(&buf, seed, which, geometry)
-            && best.is_none_or(|(_, b)| h.0 > b.0)
+            && best.as_ref().is_none_or(|(_, b)| h.seq > b.seq)
         {
             best = Some((which, h));
         }
     }
-    let Some((which, (seq, entries, blocks))) = best else {
+    let Some((which, h)) = best else {
         return Ok(None);
     };
+    let Header {
+        seq,
+        entries,
+        blocks,
+        tran_high,
+        membership,
+    } = h;
     let region = geometry.checkpoint_offsets()[usize::from(which)];
     let corrupt = |offset: u64, why: String| VssdError::Corrupt {
         what: "checkpoint entry block",
@@ -249,6 +310,8 @@ pub fn read_newest(
     };
     let mut snap = Snapshot {
         seq,
+        tran_high,
+        membership,
         ..Snapshot::default()
     };
     let mut left = entries;

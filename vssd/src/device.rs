@@ -59,24 +59,15 @@ use taskio::{ALIGN, AlignedBuf, Builder, Rendez};
 
 use crate::background::Background;
 use crate::checkpoint::{self, Snapshot};
+use crate::epoch::Membership;
 use crate::error::VssdError;
-use crate::layout::{
-    Geometry, LOG_SEQ_FIRST, Repair, Superblock, open_superblock, write_superblock,
-};
-use crate::log::{LogStats, LogWriter, RecordPos, recover_scan, scrub_after_recovery};
-use crate::map::{CacheMap, Counts, Entry, MapError, Replay, State};
+use crate::layout::{Geometry, Superblock};
+use crate::log::{LogStats, LogWriter, RecordPos};
+use crate::map::{CacheMap, Counts, Entry, MapError, State};
 use crate::outcome::{Outcomes, TranOutcome};
-use crate::record::{BlockEnd, Record};
-
-/// A tran recovery found prepared with neither COMMIT nor ABORT: the DTM decides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InDoubt {
-    pub tran: u64,
-    pub line: u64,
-    pub slot: u64,
-    pub len: u32,
-    pub crc: u32,
-}
+use crate::record::Record;
+use crate::recover::{Damage, InDoubt, Payload, Rebuilt, Recovered};
+use crate::tran::TranIds;
 
 /// The DTM's decision on an in-doubt tran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,31 +85,17 @@ pub struct Hit {
     pub len: u32,
 }
 
-/// What [`Vssd::open`] found and did.
-#[derive(Debug)]
-pub struct Recovered {
-    /// Trans to resolve, by tran.
-    pub in_doubt: Vec<InDoubt>,
-    /// Prepared trans whose payload failed its CRC32C: their log block survived a
-    /// crash that lost the payload, so their writep1 never returned. Aborted.
-    pub torn_prepares: Vec<u64>,
-    /// The checkpoint recovery started from: (region, seq), if any.
-    pub checkpoint: Option<(u8, u64)>,
-    /// Log blocks replayed after it, and records in them.
-    pub blocks_replayed: u64,
-    pub records_replayed: u64,
-    /// Where and why the log ended.
-    pub log_end: (u64, BlockEnd),
-    /// A superblock copy that was rewritten, and why.
-    pub repaired: Option<Repair>,
-}
-
 /// Tunables of an open vSSD.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
     /// The checkpoint task starts a checkpoint when this many log blocks are in use
     /// (default: half the log).
     pub checkpoint_blocks: Option<u64>,
+    /// This vSSD holds the only copy of its device's data (no replica to repair from):
+    /// recovery aborts an in-doubt tran whose payload is damaged, counts it
+    /// ([`VssdStats::damaged_aborted`]) and logs a warning naming it, instead of
+    /// returning it to the caller ([`crate::recover::Payload::Damaged`]).
+    pub sole_copy: bool,
 }
 
 /// Counters of one open vSSD.
@@ -137,6 +114,8 @@ pub struct VssdStats {
     pub checkpoints: u64,
     /// Times writep1 waited for a slot (eviction durable, destage, commit).
     pub slot_waits: u64,
+    /// In-doubt trans recovery aborted for a damaged payload ([`Options::sole_copy`]).
+    pub damaged_aborted: u64,
     pub log: LogStats,
     pub map: Counts,
 }
@@ -153,6 +132,12 @@ struct Inner {
     outcomes: RefCell<Outcomes>,
     /// line -> the slot a fill is writing.
     filling: RefCell<HashMap<u64, u64>>,
+    /// Trans recovery left in doubt with a damaged payload, until resolved: a plain
+    /// commit of one is refused.
+    damaged: RefCell<HashMap<u64, (InDoubt, Damage)>>,
+    trans: TranIds,
+    /// The membership epoch, as of the records appended so far.
+    membership: RefCell<Membership>,
     /// writep1 waiting for a slot: woken by every release and state change.
     space: Rendez,
     /// The checkpoint task sleeps here (it holds the vSSD only while it works).
@@ -186,8 +171,12 @@ impl Vssd {
     /// superblock (refusing a device that is not a vSSD, of another version, or of
     /// another cache device when `expect_device` names one), loads the newest
     /// checkpoint, replays the log after it, scrubs past its end and starts the log
-    /// writer and the checkpoint task. The in-doubt trans are in [`Recovered`]:
-    /// resolve each with [`Vssd::resolve`].
+    /// writer and the checkpoint task (all of it in [`crate::recover`]). The in-doubt
+    /// trans are in [`Recovered`]: resolve each with [`Vssd::resolve`]. One whose
+    /// payload is damaged ([`Payload::Damaged`]: torn by the crash, or damaged after
+    /// its writep1 returned) cannot be committed as it is: commit it with the payload
+    /// from another copy ([`Vssd::resolve_repaired`]) or abort it; with
+    /// [`Options::sole_copy`] recovery aborts it itself.
     ///
     /// Must run inside a taskio runtime (real or simulated).
     pub fn open(
@@ -195,83 +184,27 @@ impl Vssd {
         expect_device: Option<&str>,
         options: Options,
     ) -> Result<(Vssd, Recovered), VssdError> {
-        crate::layout::lock(&file, "open")?;
-        let opened = open_superblock(&file, expect_device)?;
-        let mut superblock = opened.superblock;
-        if opened.repair.is_some() {
-            write_superblock(&file, &mut superblock)?;
-        }
+        crate::recover::open(file, expect_device, options)
+    }
+
+    /// Starts the vSSD recovery rebuilt: the log writer at the end of the log, the
+    /// checkpoint task. Closes it again if the task cannot start.
+    pub(crate) fn start(
+        file: File,
+        superblock: Superblock,
+        rebuilt: Rebuilt,
+        options: Options,
+    ) -> Result<Vssd, VssdError> {
         let geometry = superblock.geometry;
-        let seed = superblock.crc_seed();
-        let loaded = checkpoint::read_newest(&file, &geometry, seed)?;
-        let (seq_start, ck_which, mut replay) = match &loaded {
-            Some(l) => (
-                l.snapshot.seq,
-                Some(l.which),
-                Replay::new(
-                    l.snapshot.entries.iter().copied(),
-                    l.snapshot.prepared.iter().copied(),
-                ),
-            ),
-            None => (LOG_SEQ_FIRST, None, Replay::default()),
-        };
-        let scan = recover_scan(&file, &geometry, seed, seq_start)?;
-        let mut records = 0;
-        for (_, block) in &scan.blocks {
-            for r in block {
-                replay.apply(r);
-                records += 1;
-            }
-        }
         let path = file.path().to_path_buf();
-        let mut map = replay
-            .finish(geometry.slot_count(), geometry.lines())
-            .map_err(|e| VssdError::Corrupt {
-                what: "recovered cache map",
-                offset: 0,
-                why: format!(
-                    "{}: checkpoint at seq {seq_start} plus {} log blocks: {e}",
-                    path.display(),
-                    scan.blocks.len()
-                ),
-            })?;
-        // Lengths past the line size cannot come from this vSSD's own writes.
-        let line_size = geometry.line_size();
-        let too_long = map
-            .entries()
-            .into_iter()
-            .map(|(line, e)| (line, e.slot, e.len))
-            .chain(
-                map.prepared_all()
-                    .into_iter()
-                    .map(|(_, p)| (p.line, p.slot, p.len)),
-            )
-            .find(|&(_, _, len)| len > line_size);
-        if let Some((line, slot, len)) = too_long {
-            return Err(VssdError::Corrupt {
-                what: "recovered cache map",
-                offset: geometry.slot_offset(slot),
-                why: format!(
-                    "{}: line {line} in slot {slot} has a payload of {len} bytes, lines hold {line_size}",
-                    path.display()
-                ),
-            });
-        }
-        scrub_after_recovery(&file, &geometry, scan.seq_end, seq_start)?;
-        map.durable(scan.seq_end - 1);
-        let in_doubt: Vec<InDoubt> = map
-            .prepared_all()
-            .into_iter()
-            .map(|(tran, p)| InDoubt {
-                tran,
-                line: p.line,
-                slot: p.slot,
-                len: p.len,
-                crc: p.crc,
-            })
-            .collect();
         let file = Rc::new(file);
-        let log = LogWriter::start(file.clone(), &geometry, seed, scan.seq_end, seq_start);
+        let log = LogWriter::start(
+            file.clone(),
+            &geometry,
+            superblock.crc_seed(),
+            rebuilt.seq_end,
+            rebuilt.ck_seq,
+        );
         let ck_blocks = options
             .checkpoint_blocks
             .unwrap_or(geometry.log_blocks() / 2)
@@ -281,17 +214,20 @@ impl Vssd {
             geometry,
             superblock,
             log,
-            map: RefCell::new(map),
+            map: RefCell::new(rebuilt.map),
             phase1: RefCell::new(HashMap::new()),
             outcomes: RefCell::new(Outcomes::default()),
             filling: RefCell::new(HashMap::new()),
+            damaged: RefCell::new(HashMap::new()),
+            trans: TranIds::new(rebuilt.tran_high),
+            membership: RefCell::new(rebuilt.membership),
             space: Rendez::new(),
             kick: Rc::new(Rendez::new()),
             dirty_changed: Rendez::new(),
             ck_done: Rendez::new(),
             ck_running: Cell::new(false),
-            ck_which: Cell::new(ck_which),
-            ck_seq: Cell::new(seq_start),
+            ck_which: Cell::new(rebuilt.ck_which),
+            ck_seq: Cell::new(rebuilt.ck_seq),
             ck_blocks,
             closed: Cell::new(false),
             failed: RefCell::new(None),
@@ -306,60 +242,16 @@ impl Vssd {
             .spawn(move || {
                 checkpoint_loop(&task_vssd);
                 drop(guard);
-            })
-            .map_err(|e| VssdError::Unusable {
+            });
+        if let Err(e) = started {
+            vssd.close(); // the log writers stop, the device's lock is released
+            return Err(VssdError::Unusable {
                 op: "open",
-                path: path.clone(),
+                path,
                 why: format!("cannot start the checkpoint task: {e}"),
             });
-        let split = started.and_then(|_| vssd.abort_torn_prepares(in_doubt));
-        let (kept, torn_prepares) = match split {
-            Ok(split) => split,
-            Err(e) => {
-                vssd.close(); // the log writers stop, the device's lock is released
-                return Err(e);
-            }
-        };
-        let recovered = Recovered {
-            in_doubt: kept,
-            torn_prepares,
-            checkpoint: loaded.map(|l| (l.which, l.snapshot.seq)),
-            blocks_replayed: scan.blocks.len() as u64,
-            records_replayed: records,
-            log_end: (scan.seq_end, scan.end),
-            repaired: opened.repair,
-        };
-        Ok((vssd, recovered))
-    }
-
-    /// A PREPARE may have survived a crash without its payload (log.rs, "Why write +
-    /// fdatasync"): reads each in-doubt payload and aborts the torn ones. Returns the
-    /// trans still in doubt and the aborted ones.
-    fn abort_torn_prepares(
-        &self,
-        in_doubt: Vec<InDoubt>,
-    ) -> Result<(Vec<InDoubt>, Vec<u64>), VssdError> {
-        let mut buf = AlignedBuf::new(self.inner.geometry.line_size() as usize);
-        let mut torn = Vec::new();
-        let mut kept = Vec::new();
-        for d in in_doubt {
-            if self.read_slot(
-                "recovery read of a prepared payload",
-                d.slot,
-                d.len,
-                &mut buf,
-            )? == d.crc
-            {
-                kept.push(d);
-            } else {
-                self.abort(d.tran)?;
-                torn.push(d.tran);
-            }
         }
-        if !torn.is_empty() {
-            self.sync()?;
-        }
-        Ok((kept, torn))
+        Ok(vssd)
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -520,6 +412,11 @@ impl Vssd {
     /// current one) and a PREPARE, both durable on return. Waits for room, never
     /// fails for want of it. One tran per line at a time: the DTM serialises writes
     /// to a line ([`MapError::LinePrepared`] otherwise).
+    ///
+    /// A tran holds one line. A write of several lines made of one tran per line is
+    /// not atomic across a crash (some lines may be there, others not): a disk makes
+    /// no multi-block write atomic, and this vSSD does not yet tie several lines to
+    /// one COMMIT.
     pub fn writep1(&self, tran: u64, line: u64, payload: &AlignedBuf) -> Result<(), VssdError> {
         const OP: &str = "writep1";
         self.check_usable(OP)?;
@@ -540,6 +437,7 @@ impl Vssd {
                 outcome,
             });
         }
+        self.inner.trans.saw(tran);
         let slot = self
             .alloc(OP, |map| map.prepare(tran, line, len, crc), true)?
             .expect("writep1 waits for a slot");
@@ -631,18 +529,76 @@ impl Vssd {
         }
     }
 
+    /// A new tran id for a writep1: above every id this vSSD handed out or saw
+    /// prepared, across restarts (ids are never reused, so a line's version names one
+    /// write only). Costs no log write of its own: the high-water mark is logged
+    /// ahead, [`crate::TRAN_IDS_PER_RECORD`] ids at a time; parks only for the first
+    /// id after open, or when ids are taken faster than the log writes.
+    pub fn next_tran_id(&self) -> Result<u64, VssdError> {
+        self.check_usable("next_tran_id")?;
+        self.inner.trans.next_id(&self.inner.log)
+    }
+
+    /// The membership epoch (0 until the DTM sets one).
+    pub fn epoch(&self) -> u64 {
+        self.inner.membership.borrow().epoch
+    }
+
+    /// The members of the current epoch.
+    pub fn members(&self) -> Vec<u64> {
+        self.inner.membership.borrow().members.clone()
+    }
+
+    /// Moves to membership `epoch` with `members` (an EPOCH record), durable on
+    /// return. Refused, changing nothing: an epoch older than the vSSD's, the same
+    /// epoch with other members, more than [`crate::record::EPOCH_MEMBERS_MAX`]
+    /// members. The same epoch and members again is harmless.
+    pub fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), VssdError> {
+        let record = Record::Epoch {
+            epoch,
+            members: members.to_vec(),
+        };
+        let refused = |why| VssdError::Epoch {
+            path: self.path_buf(),
+            epoch,
+            why,
+        };
+        if let Err(fault) = record.validate() {
+            return Err(refused(fault.to_string()));
+        }
+        // Checked and changed where the record is placed: epochs go up in log order.
+        let ((), pos) = self.logged("set_epoch", &record, |_, _| {
+            let advanced = self.inner.membership.borrow_mut().advance(epoch, members);
+            advanced.map_err(refused)?;
+            Ok(((), Some(record.clone())))
+        })?;
+        self.wait_durable(pos.expect("EPOCH appended"))
+    }
+
     /// Commits `tran`: its slot becomes the line's dirty version, the old version's
     /// slot is released. The COMMIT rides on a later log write; wait on the returned
     /// position for it to be durable. Committing a tran committed lately returns the
     /// same position (a retry); one aborted is an error naming its outcome.
     pub fn commit(&self, tran: u64) -> Result<RecordPos, VssdError> {
+        if let Some(&(d, reason)) = self.inner.damaged.borrow().get(&tran) {
+            return Err(VssdError::Damaged {
+                op: "commit",
+                path: self.path_buf(),
+                tran,
+                line: d.line,
+                slot: d.slot,
+                reason,
+            });
+        }
         self.decide(tran, Resolution::Commit)
     }
 
     /// Aborts `tran`: its slot is released, the line keeps its current version.
     /// Idempotent like [`Vssd::commit`].
     pub fn abort(&self, tran: u64) -> Result<RecordPos, VssdError> {
-        self.decide(tran, Resolution::Abort)
+        let pos = self.decide(tran, Resolution::Abort)?;
+        self.inner.damaged.borrow_mut().remove(&tran);
+        Ok(pos)
     }
 
     /// COMMIT or ABORT of a prepared tran whose writep1 has returned; of a tran
@@ -703,6 +659,59 @@ impl Vssd {
             return TranOutcome::Prepared;
         }
         self.inner.outcomes.borrow().outcome_unprepared(tran)
+    }
+
+    /// Commits an in-doubt tran whose payload recovery found damaged
+    /// ([`Payload::Damaged`]) with `payload`, the tran's data fetched from another
+    /// copy (a replica): it must be what the PREPARE describes (its length and
+    /// CRC32C), is written durably to the tran's slot, then the tran is committed
+    /// durably.
+    pub fn resolve_repaired(&self, tran: u64, payload: &AlignedBuf) -> Result<(), VssdError> {
+        const OP: &str = "resolve_repaired";
+        self.check_usable(OP)?;
+        let Some((d, _)) = self.inner.damaged.borrow().get(&tran).copied() else {
+            return Err(VssdError::Repair {
+                path: self.path_buf(),
+                tran,
+                why: "it is not an in-doubt tran with a damaged payload".to_string(),
+            });
+        };
+        let crc = crc32c::crc32c(payload);
+        if payload.len() != d.len as usize || crc != d.crc {
+            return Err(VssdError::Repair {
+                path: self.path_buf(),
+                tran,
+                why: format!(
+                    "the payload for line {} has {} bytes and CRC32C {crc:#010x}, its PREPARE says {} bytes and {:#010x}",
+                    d.line,
+                    payload.len(),
+                    d.len,
+                    d.crc
+                ),
+            });
+        }
+        let mut padded = None;
+        let data = self.direct_payload(OP, d.line, payload, &mut padded)?;
+        self.inner
+            .file
+            .pwrite_durable(data, self.inner.geometry.slot_offset(d.slot))
+            .map_err(|source| VssdError::Io {
+                op: "resolve_repaired payload write",
+                path: self.path_buf(),
+                source,
+            })?;
+        self.inner.damaged.borrow_mut().remove(&tran);
+        self.resolve(tran, Resolution::Commit)
+    }
+
+    /// Recovery found `d`'s payload damaged and leaves it to the caller.
+    pub(crate) fn mark_damaged(&self, d: InDoubt, reason: Damage) {
+        assert_eq!(d.payload, Payload::Damaged { reason });
+        self.inner.damaged.borrow_mut().insert(d.tran, (d, reason));
+    }
+
+    pub(crate) fn count_damaged_aborted(&self) {
+        self.count(|s| s.damaged_aborted += 1);
     }
 
     /// Resolves an in-doubt tran by the DTM's decision, durably.
@@ -772,7 +781,7 @@ impl Vssd {
 
     /// Reads the `len` payload bytes of `slot` into `buf` (its length set to `len`)
     /// and returns their CRC32C.
-    fn read_slot(
+    pub(crate) fn read_slot(
         &self,
         op: &'static str,
         slot: u64,
@@ -1027,6 +1036,8 @@ impl Vssd {
                     .into_iter()
                     .filter(|(tran, _)| phase1.get(tran) != Some(&false))
                     .collect(),
+                tran_high: inner.trans.high(),
+                membership: inner.membership.borrow().clone(),
             }
         };
         // Never ahead of the durable log: every block before `seq` durable first.

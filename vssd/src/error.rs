@@ -93,6 +93,33 @@ pub enum VssdError {
         len: usize,
         max: u32,
     },
+    /// A commit of an in-doubt tran whose payload recovery found damaged: repair it
+    /// ([`crate::Vssd::resolve_repaired`]) or abort it.
+    #[error(
+        "vssd {op} tran {tran} on {path}: its payload for line {line} in slot {slot} is damaged ({reason}); commit it with a repaired payload or abort it"
+    )]
+    Damaged {
+        op: &'static str,
+        path: PathBuf,
+        tran: u64,
+        line: u64,
+        slot: u64,
+        reason: crate::recover::Damage,
+    },
+    /// A membership epoch refused (older than the vSSD's, or too many members).
+    #[error("vssd set_epoch to epoch {epoch} on {path}: {why}")]
+    Epoch {
+        path: PathBuf,
+        epoch: u64,
+        why: String,
+    },
+    /// A repaired payload refused.
+    #[error("vssd resolve_repaired tran {tran} on {path}: {why}")]
+    Repair {
+        path: PathBuf,
+        tran: u64,
+        why: String,
+    },
     /// commit/abort of a tran whose writep1 has not returned.
     #[error("vssd {op} tran {tran}: its writep1 is still running")]
     TranBusy { op: &'static str, tran: u64 },

@@ -28,11 +28,14 @@
 //! - [`record`]: log records and 4 KiB log blocks (CRC32C seeded with the format's
 //!   uuid, sequence numbers), the circular log's addressing and its no-overrun rules;
 //! - [`log`]: the log writers with group commit (write + fdatasync, lazy for records
-//!   nobody waits for), the recovery scan and the scrub;
+//!   nobody waits for);
 //! - [`map`]: the cache map and slot allocator (every slot free, current, prepared or
-//!   freeing until its releasing record is durable; pinned while I/O uses it) and the
-//!   replay that rebuilds it from an exact checkpoint plus the log;
+//!   freeing until its releasing record is durable; pinned while I/O uses it);
 //! - [`checkpoint`]: the map written to the alternate checkpoint region;
+//! - [`recover`]: the whole of recovery, in the order it runs: checkpoint, log scan
+//!   and replay, the checks, the scrub past the log's end, the in-doubt trans;
+//! - `epoch`: the membership epoch, set by the DTM, never going back;
+//! - `tran`: tran ids never reused, by a durable high-water mark logged ahead;
 //! - [`evict`]: S3-FIFO over clean lines, with LRU and traces to measure it against.
 //!
 //! How each piece is checked: unit and property tests per module, a model-checked
@@ -43,6 +46,7 @@
 mod background;
 pub mod checkpoint;
 mod device;
+mod epoch;
 mod error;
 pub mod evict;
 pub mod layout;
@@ -50,10 +54,15 @@ pub mod log;
 pub mod map;
 mod outcome;
 pub mod record;
+pub mod recover;
+mod tran;
 
 pub use background::Background;
-pub use device::{Hit, InDoubt, Options, Recovered, Resolution, Vssd, VssdStats};
+pub use device::{Hit, Options, Resolution, Vssd, VssdStats};
+pub use epoch::Membership;
 pub use error::VssdError;
 pub use layout::{FormatParams, format};
 pub use log::RecordPos;
 pub use outcome::{OUTCOMES_MAX, TranOutcome};
+pub use recover::{Damage, InDoubt, Payload, Recovered};
+pub use tran::TRAN_IDS_PER_RECORD;

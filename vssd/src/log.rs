@@ -26,7 +26,8 @@
 //! durable. The price: a crash may keep log blocks that were never flushed and drop
 //! the payloads of their PREPAREs. Such a PREPARE's writep1 never returned (it waits
 //! for the flush), so no COMMIT follows it; recovery reads each in-doubt payload
-//! and aborts a tran whose payload fails its CRC32C (the vSSD's open does).
+//! and marks a tran whose payload fails its CRC32C damaged ([`crate::recover`]): a
+//! vSSD that is the sole copy aborts it, a DTM with a replica may repair it.
 //!
 //! How the rules of [`crate::record`] are kept:
 //! 1. *No overrun*: a block `seq` is started only if `seq < oldest_needed + blocks`;
@@ -37,10 +38,16 @@
 //! 3. *Never rewrite a durable block*: a taken buffer is never appended to again; the
 //!    next buffer starts at the next seq.
 //! 4. *Write bounds*: a buffer holds at most [`LOG_WRITE_BLOCKS_MAX`] blocks and never
-//!    crosses the end of the region; [`LOG_WRITERS`] writes in flight (8 x 64 <= 512
-//!    blocks).
-//! 5. *Scrub after recovery*: [`scrub_after_recovery`] zeroes what
-//!    [`LogRing::scrub_after_recovery`] names; call it before [`LogWriter::start`].
+//!    crosses the end of the region; no block is started [`LOG_BLOCKS_IN_FLIGHT_MAX`]
+//!    or more past `durable_end`. The bound is on what is durable, not on what is in
+//!    flight: while one write stalls, the writes after it complete, and without the
+//!    bound they would go on making blocks durable past the stalled one, beyond what
+//!    recovery scrubs if the stalled one is lost. [`LOG_WRITERS`] writes of the
+//!    largest size fit in the bound (8 x 64 <= 512 blocks), so it costs nothing
+//!    while no write stalls.
+//! 5. *Scrub after recovery*: [`crate::recover::scrub_after_recovery`] zeroes what
+//!    [`LogRing::scrub_after_recovery`] names; recovery calls it before
+//!    [`LogWriter::start`].
 //!
 //! After an I/O error the log is failed for good: every waiter and every later
 //! append gets an error, and the vSSD must stop (its durable state is unknown).
@@ -56,8 +63,8 @@ use crate::background::Background;
 use crate::error::VssdError;
 use crate::layout::Geometry;
 use crate::record::{
-    BLOCK_RECORDS_LEN_MAX, BlockEnd, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogBlockWriter, LogRing,
-    Record, block_records_len, decode_block,
+    BLOCK_RECORDS_LEN_MAX, LOG_BLOCK_SIZE, LOG_BLOCKS_IN_FLIGHT_MAX, LOG_WRITE_BLOCKS_MAX,
+    LogBlockWriter, LogRing, Record, block_records_len,
 };
 
 /// Writer tasks: each writes one buffer at a time, so this many log writes (and their
@@ -70,10 +77,8 @@ pub const LOG_BUFFERS: usize = LOG_WRITERS + 1;
 pub const LOG_BUFFER_BYTES: usize = LOG_WRITE_BLOCKS_MAX as usize * LOG_BLOCK_SIZE;
 
 const _: () = assert!(LOG_BUFFERS >= 2); // one fills while the other is written
-const _: () = assert!(
-    LOG_WRITERS as u64 * crate::record::LOG_WRITE_BLOCKS_MAX
-        <= crate::record::LOG_BLOCKS_IN_FLIGHT_MAX
-);
+// Every writer may have a write of the largest size in flight without hitting rule 4.
+const _: () = assert!(LOG_WRITERS as u64 * LOG_WRITE_BLOCKS_MAX <= LOG_BLOCKS_IN_FLIGHT_MAX);
 
 /// Where an appended record lives: block `seq`, record `index` in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -426,7 +431,8 @@ impl Inner {
 
     /// The seq a record of `len` bytes would get now, if it need not wait: the open
     /// block's if the record fits there (and no cut closed it), else a fresh block's
-    /// within one write, before the wrap, without overrun.
+    /// within one write, before the wrap, without overrun, and less than
+    /// [`LOG_BLOCKS_IN_FLIGHT_MAX`] past the durable end (rule 4).
     fn place(&self, len: usize) -> Option<u64> {
         let filling = self.filling.borrow();
         let (seq_first, blocks) = match filling.as_ref() {
@@ -445,7 +451,8 @@ impl Inner {
         let seq = seq_first + blocks;
         let room = blocks < LOG_WRITE_BLOCKS_MAX
             && blocks < self.ring.blocks_until_wrap(seq_first)
-            && self.ring.blocks_free(seq, self.oldest_needed.get()) > 0;
+            && self.ring.blocks_free(seq, self.oldest_needed.get()) > 0
+            && seq < self.durable_end.get() + LOG_BLOCKS_IN_FLIGHT_MAX;
         room.then_some(seq)
     }
 
@@ -594,94 +601,4 @@ fn writer_loop(inner: &Inner) {
     inner.work.wakeup_all();
     inner.durable.wakeup_all();
     inner.room.wakeup_all();
-}
-
-/// What [`recover_scan`] found: the valid blocks from the start seq, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scan {
-    /// Each valid block's seq and records.
-    pub blocks: Vec<(u64, Vec<Record>)>,
-    /// The first seq refused: the end of the log, where the next run writes.
-    pub seq_end: u64,
-    /// Why the block at `seq_end` was refused.
-    pub end: BlockEnd,
-}
-
-/// Reads the log from block `seq_start` until [`decode_block`] refuses a block.
-pub fn recover_scan(
-    file: &File,
-    geometry: &Geometry,
-    seed: u32,
-    seq_start: u64,
-) -> Result<Scan, VssdError> {
-    let ring = LogRing::new(geometry.log_blocks())?;
-    let mut buf = AlignedBuf::new(LOG_BUFFER_BYTES);
-    let mut blocks = Vec::new();
-    let mut seq = seq_start;
-    // At most a whole lap: block seq_start + blocks would be the start's own place.
-    while seq < seq_start + ring.blocks() {
-        let count = LOG_WRITE_BLOCKS_MAX
-            .min(ring.blocks_until_wrap(seq))
-            .min(seq_start + ring.blocks() - seq);
-        buf.set_len(count as usize * LOG_BLOCK_SIZE);
-        let offset = geometry.log_offset() + ring.offset_bytes(seq);
-        file.pread_exact(&mut buf, offset)
-            .map_err(|source| VssdError::Io {
-                op: "log recovery read",
-                path: file.path().to_path_buf(),
-                source,
-            })?;
-        for i in 0..count as usize {
-            match decode_block(&buf[i * LOG_BLOCK_SIZE..][..LOG_BLOCK_SIZE], seq, seed) {
-                Ok(records) => blocks.push((seq, records)),
-                Err(end) => {
-                    return Ok(Scan {
-                        blocks,
-                        seq_end: seq,
-                        end,
-                    });
-                }
-            }
-            seq += 1;
-        }
-    }
-    // A full lap of valid blocks: the next is the start's own place, an older seq.
-    Ok(Scan {
-        blocks,
-        seq_end: seq,
-        end: BlockEnd::Stale {
-            seq_got: seq_start,
-            seq_want: seq,
-        },
-    })
-}
-
-/// Durably zeroes the blocks past the end of a recovered log that an interrupted
-/// write may have left (rule 5 of [`crate::record`]). Call before
-/// [`LogWriter::start`] at `seq_end`.
-pub fn scrub_after_recovery(
-    file: &File,
-    geometry: &Geometry,
-    seq_end: u64,
-    seq_checkpoint: u64,
-) -> Result<(), VssdError> {
-    let ring = LogRing::new(geometry.log_blocks())?;
-    let range = ring.scrub_after_recovery(seq_end, seq_checkpoint);
-    let mut zeros = AlignedBuf::new(LOG_BUFFER_BYTES);
-    let mut seq = range.start;
-    while seq < range.end {
-        let count = LOG_WRITE_BLOCKS_MAX
-            .min(ring.blocks_until_wrap(seq))
-            .min(range.end - seq);
-        zeros.set_len(count as usize * LOG_BLOCK_SIZE);
-        let offset = geometry.log_offset() + ring.offset_bytes(seq);
-        file.pwrite_durable(&zeros, offset)
-            .map_err(|source| VssdError::Io {
-                op: "log scrub",
-                path: file.path().to_path_buf(),
-                source,
-            })?;
-        seq += count;
-    }
-    Ok(())
 }

@@ -119,6 +119,9 @@ use crate::record::PAYLOAD_LEN_MAX;
 
 /// The version of a line filled from the backing store: no tran wrote it.
 pub const VERSION_CLEAN_INSERT: u64 = 0;
+/// The first tran id the vSSD hands out ([`crate::Vssd::next_tran_id`]): every tran
+/// id is above [`VERSION_CLEAN_INSERT`].
+pub const TRAN_FIRST: u64 = VERSION_CLEAN_INSERT + 1;
 
 /// State of a line's current version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -934,108 +937,5 @@ impl CacheMap {
                 .count();
         assert_eq!(lines_held as u64, self.evictor.len());
         assert!(self.evictor.len() <= self.lines_max);
-    }
-}
-
-/// Recovery's rebuild of the map's logged state: a checkpoint's entries and
-/// prepared trans, then the log's records from the checkpoint's seq on, in order,
-/// then [`Replay::finish`].
-///
-/// # The checkpoint must be exact at its seq
-///
-/// The snapshot must reflect exactly the records of the blocks before the
-/// checkpoint's seq and none after: the vSSD seals the open log block, so that the
-/// next record goes to block `seq`, and copies the map ([`CacheMap::entries`],
-/// [`CacheMap::prepared_all`]) before it applies another operation (the map is
-/// changed in the order the records are appended, so the copy is that state; it can
-/// then be written in the background while the log runs).
-///
-/// A *fuzzy* checkpoint (already reflecting some records after its seq) is not safe with these records: with PREPARE(t) before the
-/// seq, INVALIDATE(line) and COMMIT(t) after it, and a snapshot taken after the
-/// commit, replay removes the committed line and then skips the COMMIT (t is no
-/// longer prepared in the snapshot): an acknowledged write is lost. Making it safe
-/// would need the version in INVALIDATE records; the exact checkpoint costs one
-/// early-sealed log block per checkpoint instead.
-///
-/// Lines filled from the backing store are not logged: those in the checkpoint
-/// stay unless a later INVALIDATE drops them. Because every slot release is logged
-/// (eviction included), no replayed version can land on such a line's slot.
-/// A COMMIT or ABORT of a tran that is not prepared cannot follow an exact
-/// checkpoint and a log prefix; it is skipped, never trusted to invent a version.
-#[derive(Clone, Debug, Default)]
-pub struct Replay {
-    entries: std::collections::BTreeMap<u64, Entry>,
-    prepared: std::collections::BTreeMap<u64, Prepared>,
-}
-
-impl Replay {
-    /// Starts from a checkpoint (empty for a vSSD without one).
-    pub fn new(
-        entries: impl IntoIterator<Item = (u64, Entry)>,
-        prepared: impl IntoIterator<Item = (u64, Prepared)>,
-    ) -> Replay {
-        Replay {
-            entries: entries.into_iter().collect(),
-            prepared: prepared.into_iter().collect(),
-        }
-    }
-
-    /// Applies one record of the log, in log order.
-    pub fn apply(&mut self, record: &crate::record::Record) {
-        use crate::record::Record;
-        match *record {
-            Record::Prepare {
-                tran,
-                line,
-                slot,
-                payload_crc,
-                len,
-            } => {
-                let p = Prepared {
-                    line,
-                    slot,
-                    crc: payload_crc,
-                    len,
-                };
-                self.prepared.insert(tran, p);
-            }
-            Record::Commit { tran } => {
-                if let Some(p) = self.prepared.remove(&tran) {
-                    let e = Entry {
-                        slot: p.slot,
-                        version: tran,
-                        crc: p.crc,
-                        len: p.len,
-                        state: State::Dirty,
-                    };
-                    self.entries.insert(p.line, e);
-                }
-            }
-            Record::Abort { tran } => {
-                self.prepared.remove(&tran);
-            }
-            Record::Clean { line, version } => {
-                if let Some(e) = self.entries.get_mut(&line)
-                    && e.version == version
-                {
-                    e.state = State::Clean;
-                }
-            }
-            Record::Invalidate { line } => {
-                self.entries.remove(&line);
-            }
-            Record::Epoch { .. } | Record::Checkpoint { .. } => {}
-        }
-    }
-
-    /// The in-doubt trans (prepared, neither committed nor aborted), by tran.
-    pub fn in_doubt(&self) -> impl Iterator<Item = (u64, Prepared)> + '_ {
-        self.prepared.iter().map(|(&t, &p)| (t, p))
-    }
-
-    /// The rebuilt map, every slot not current or prepared free; an error if the
-    /// state is not one a map can hold (a corrupt checkpoint or log).
-    pub fn finish(self, slot_count: u64, lines: u64) -> Result<CacheMap, MapError> {
-        CacheMap::restore(slot_count, lines, self.entries, self.prepared)
     }
 }

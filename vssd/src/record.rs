@@ -9,7 +9,7 @@
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
-//! | 0 | 1 | `kind`: 1 PREPARE, 2 COMMIT, 3 ABORT, 4 CLEAN, 5 INVALIDATE, 6 EPOCH, 7 CHECKPOINT (0 is never a record, so zeroed memory is not one) |
+//! | 0 | 1 | `kind`: 1 PREPARE, 2 COMMIT, 3 ABORT, 4 CLEAN, 5 INVALIDATE, 6 EPOCH, 7 CHECKPOINT, 8 TRAN_HIGH (0 is never a record, so zeroed memory is not one) |
 //! | 1 | 1 | reserved, 0 |
 //! | 2 | 2 | `body_len`: bytes of body after this header |
 //! | 4 | 4 | `crc`: CRC32C of header bytes 0..4 followed by the body |
@@ -24,6 +24,7 @@
 //! | INVALIDATE | 0 `line` u64 | 8 | 16 |
 //! | EPOCH | 0 `epoch` u64, 8 `member_count` u8, 9 reserved 7 bytes of 0, 16 `member_count` x u64 member ids | 16 + 8 n | 24 + 8 n, n <= [`EPOCH_MEMBERS_MAX`] |
 //! | CHECKPOINT | 0 `seq` u64, 8 `which` u8 (0 = A, 1 = B), 9 reserved 7 bytes of 0 | 16 | 24 |
+//! | TRAN_HIGH | 0 `tran_high` u64 | 8 | 16 |
 //!
 //! Why a CRC per record when the block has one: DESIGN.md asks every record to carry
 //! its own, and it makes a record checkable on its own: the writer encodes each record
@@ -86,15 +87,19 @@
 //! 3. **Never rewrite a durable block.** A block that reached the disk is never
 //!    written again with more records (a torn rewrite would destroy records already
 //!    acknowledged); the next group commit starts a fresh block with the next seq.
-//! 4. **At most [`LOG_BLOCKS_IN_FLIGHT_MAX`] blocks beyond the durable prefix** are
-//!    ever in flight, and one write holds at most [`LOG_WRITE_BLOCKS_MAX`] blocks and
-//!    does not cross the end of the region ([`LogRing::blocks_until_wrap`]).
+//! 4. **No block at or past `durable_end + LOG_BLOCKS_IN_FLIGHT_MAX`** is ever
+//!    started, where `durable_end` is the end of the durable prefix (in flight, or
+//!    written while an earlier write is still in flight: both may be on disk after a
+//!    crash that lost the earlier one), and one write holds at most
+//!    [`LOG_WRITE_BLOCKS_MAX`] blocks and does not cross the end of the region
+//!    ([`LogRing::blocks_until_wrap`]).
 //! 5. **Scrub after recovery.** After a crash, blocks past the end of the log (the
 //!    first refused seq, `seq_end`) may still be on disk, valid, with the very seqs the
 //!    new run will use next (a write whose earlier block was lost). Before the new run
 //!    acknowledges anything, the blocks [`LogRing::scrub_after_recovery`] names must be
 //!    durably overwritten with zeros; then the writer continues at `seq_end`. Rule 4
-//!    bounds how far such leftovers can reach.
+//!    bounds how far such leftovers can reach: `seq_end` is at least the durable end
+//!    of the crashed run, so they lie before `seq_end + LOG_BLOCKS_IN_FLIGHT_MAX`.
 //! 6. **Format** zeroes the whole log region (or starts at a seq that no earlier vSSD
 //!    on the device can have used) and writes a first checkpoint whose `seq` is the
 //!    first log seq: a block left by an earlier format must never carry a seq recovery
@@ -103,7 +108,7 @@
 //! A checkpoint's `seq` (in the checkpoint region and in the CHECKPOINT record) is the
 //! first log seq the checkpoint does *not* cover: replay starts at block `seq`. The
 //! checkpoint is *exact*: it reflects every record before `seq` and none after (see
-//! [`crate::map::Replay`] for why a fuzzy one is not safe with these records).
+//! [`crate::recover::Replay`] for why a fuzzy one is not safe with these records).
 
 use std::ops::Range;
 
@@ -116,7 +121,7 @@ pub const LOG_SECTOR_SIZE: usize = 512;
 /// The first four bytes of every log block: `b"CVAL"` read as a little-endian u32.
 pub const LOG_BLOCK_MAGIC: u32 = u32::from_le_bytes(*b"CVAL");
 /// The log block format this build writes and reads.
-pub const LOG_BLOCK_VERSION: u16 = 1;
+pub const LOG_BLOCK_VERSION: u16 = 2;
 /// Bytes of the block header before the first record.
 pub const BLOCK_HEADER_LEN: usize = 32;
 /// Bytes of a block that records may fill.
@@ -142,6 +147,7 @@ const INVALIDATE_BODY_LEN: usize = 8;
 const EPOCH_BODY_FIXED_LEN: usize = 16;
 const EPOCH_BODY_LEN_MAX: usize = EPOCH_BODY_FIXED_LEN + 8 * EPOCH_MEMBERS_MAX;
 const CHECKPOINT_BODY_LEN: usize = 16;
+const TRAN_HIGH_BODY_LEN: usize = 8;
 
 /// The shortest record (COMMIT, ABORT, INVALIDATE).
 pub const RECORD_LEN_MIN: usize = RECORD_HEADER_LEN + 8;
@@ -154,9 +160,9 @@ pub const BLOCK_WASTE_LEN_MAX: usize = RECORD_LEN_MAX - RECORD_ALIGN;
 
 /// Most blocks one log write carries (256 KiB).
 pub const LOG_WRITE_BLOCKS_MAX: u64 = 64;
-/// Most blocks the log writer has in flight beyond the durable prefix of the log; also
-/// how far past the end of the log recovery scrubs (rule 5 of the module doc): the log
-/// writers' eight writes in flight ([`crate::log::LOG_WRITERS`]).
+/// How far past the durable prefix of the log the log writer may start blocks (rule 4
+/// of the module doc), and so how far past the end of the log recovery scrubs (rule
+/// 5): room for the log writers' eight writes in flight ([`crate::log::LOG_WRITERS`]).
 pub const LOG_BLOCKS_IN_FLIGHT_MAX: u64 = 8 * LOG_WRITE_BLOCKS_MAX;
 /// The smallest log a vSSD may have, in blocks (4 MiB; the layout's
 /// [`crate::layout::LOG_BYTES_MIN`]).
@@ -177,6 +183,7 @@ const _: () = assert!(CLEAN_BODY_LEN.is_multiple_of(RECORD_ALIGN));
 const _: () = assert!(INVALIDATE_BODY_LEN.is_multiple_of(RECORD_ALIGN));
 const _: () = assert!(EPOCH_BODY_FIXED_LEN.is_multiple_of(RECORD_ALIGN));
 const _: () = assert!(CHECKPOINT_BODY_LEN.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(TRAN_HIGH_BODY_LEN.is_multiple_of(RECORD_ALIGN));
 const _: () = assert!(RECORD_LEN_MIN == RECORD_HEADER_LEN + TRAN_BODY_LEN);
 const _: () = assert!(BLOCK_WASTE_LEN_MAX * 25 < BLOCK_RECORDS_LEN_MAX); // < 4 % waste
 const _: () = assert!(LOG_WRITE_BLOCKS_MAX <= LOG_BLOCKS_IN_FLIGHT_MAX);
@@ -195,6 +202,7 @@ pub enum RecordKind {
     Invalidate = 5,
     Epoch = 6,
     Checkpoint = 7,
+    TranHigh = 8,
 }
 
 impl RecordKind {
@@ -208,6 +216,7 @@ impl RecordKind {
             5 => RecordKind::Invalidate,
             6 => RecordKind::Epoch,
             7 => RecordKind::Checkpoint,
+            8 => RecordKind::TranHigh,
             _ => return None,
         })
     }
@@ -221,6 +230,7 @@ impl RecordKind {
             RecordKind::Invalidate => (INVALIDATE_BODY_LEN, INVALIDATE_BODY_LEN),
             RecordKind::Epoch => (EPOCH_BODY_FIXED_LEN, EPOCH_BODY_LEN_MAX),
             RecordKind::Checkpoint => (CHECKPOINT_BODY_LEN, CHECKPOINT_BODY_LEN),
+            RecordKind::TranHigh => (TRAN_HIGH_BODY_LEN, TRAN_HIGH_BODY_LEN),
         }
     }
 }
@@ -252,6 +262,10 @@ pub enum Record {
     /// Checkpoint region `which` ([`CHECKPOINT_A`] or [`CHECKPOINT_B`]) is durable and
     /// covers every log block before `seq`.
     Checkpoint { seq: u64, which: u8 },
+    /// Every tran id the vSSD hands out ([`crate::Vssd::next_tran_id`]) until a
+    /// later TRAN_HIGH is below `tran_high`: logged ahead, so that ids are never
+    /// reused after a restart.
+    TranHigh { tran_high: u64 },
 }
 
 /// Why one record does not decode, or may not be encoded.
@@ -306,6 +320,7 @@ impl Record {
             Record::Invalidate { .. } => RecordKind::Invalidate,
             Record::Epoch { .. } => RecordKind::Epoch,
             Record::Checkpoint { .. } => RecordKind::Checkpoint,
+            Record::TranHigh { .. } => RecordKind::TranHigh,
         }
     }
 
@@ -338,7 +353,8 @@ impl Record {
             Record::Commit { .. }
             | Record::Abort { .. }
             | Record::Clean { .. }
-            | Record::Invalidate { .. } => {}
+            | Record::Invalidate { .. }
+            | Record::TranHigh { .. } => {}
         }
         Ok(())
     }
@@ -351,6 +367,7 @@ impl Record {
             Record::Invalidate { .. } => INVALIDATE_BODY_LEN,
             Record::Epoch { members, .. } => EPOCH_BODY_FIXED_LEN + 8 * members.len(),
             Record::Checkpoint { .. } => CHECKPOINT_BODY_LEN,
+            Record::TranHigh { .. } => TRAN_HIGH_BODY_LEN,
         }
     }
 
@@ -417,6 +434,7 @@ impl Record {
                 put.u8(*which);
                 put.zeros(7);
             }
+            Record::TranHigh { tran_high } => put.u64(*tran_high),
         }
         assert_eq!(put.pos, body_len);
         let crc = record_crc(out);
@@ -510,6 +528,9 @@ impl Record {
                 get.reserved(7)?;
                 Record::Checkpoint { seq, which }
             }
+            RecordKind::TranHigh => Record::TranHigh {
+                tran_high: get.u64()?,
+            },
         };
         // The body lengths above are the kinds' own, so nothing is left over.
         debug_assert_eq!(get.pos, body_len);
@@ -1061,6 +1082,7 @@ mod tests {
             (Record::Commit { tran: 77 }, 2),
             (Record::Abort { tran: 77 }, 3),
             (Record::Invalidate { line: 77 }, 5),
+            (Record::TranHigh { tran_high: 77 }, 8),
         ] {
             let b = encoded(&record);
             check_header(&b, kind, 8);
@@ -1252,7 +1274,7 @@ mod tests {
         let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..4]), &b[8..]);
         assert_eq!(b[4..8], crc.to_le_bytes());
         assert_eq!(b[8..16], 0xA1A2A3A4A5A6A7A8u64.to_le_bytes());
-        assert_eq!(b[16..18], 1u16.to_le_bytes());
+        assert_eq!(b[16..18], LOG_BLOCK_VERSION.to_le_bytes());
         assert_eq!(b[18..20], 2u16.to_le_bytes());
         assert_eq!(b[20..22], 40u16.to_le_bytes());
         assert_eq!(b[22..32], [0; 10]);
@@ -1317,7 +1339,11 @@ mod tests {
             b[4..8].copy_from_slice(&crc.to_le_bytes());
             decode_block(&b, 3, 0)
         };
-        assert_eq!(reseal(&|b| b[16] = 2), Err(BlockEnd::Version { got: 2 }));
+        let other = LOG_BLOCK_VERSION as u8 + 1;
+        assert_eq!(
+            reseal(&|b| b[16] = other),
+            Err(BlockEnd::Version { got: other.into() })
+        );
         assert!(matches!(
             reseal(&|b| b[18] = 2),
             Err(BlockEnd::Record { index: 1, .. })

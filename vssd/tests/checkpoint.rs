@@ -9,10 +9,12 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use taskio::file::{File, OpenOptions};
+use vssd::Membership;
 use vssd::VssdError;
 use vssd::checkpoint::{Loaded, Snapshot, read_newest, write};
 use vssd::layout::{Geometry, LOG_BYTES_MIN};
 use vssd::map::{Entry, Prepared, State};
+use vssd::record::EPOCH_MEMBERS_MAX;
 
 const SEED: u32 = 0x1234_abcd;
 
@@ -24,7 +26,8 @@ fn open(path: &Path) -> File {
     OpenOptions::new().open(path).unwrap()
 }
 
-/// 300 entries (3 entry blocks) and 2 prepared trans at `seq`.
+/// 300 entries (3 entry blocks) and 2 prepared trans at `seq`, a tran high-water
+/// mark and a membership of the most members.
 fn snapshot(seq: u64) -> Snapshot {
     Snapshot {
         seq,
@@ -64,6 +67,11 @@ fn snapshot(seq: u64) -> Snapshot {
                 },
             ),
         ],
+        tran_high: seq * 1000 + 300,
+        membership: Membership {
+            epoch: seq + 2,
+            members: (0..EPOCH_MEMBERS_MAX as u64).map(|m| m * 3 + seq).collect(),
+        },
     }
 }
 

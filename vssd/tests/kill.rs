@@ -132,12 +132,16 @@ fn a_killed_process_keeps_every_acknowledged_write() {
         let p = path.clone();
         let want = acked.clone();
         run_io(move || {
-            let (v, rec) = Vssd::open(open_dev(&p), Some("kill"), Options::default()).unwrap();
+            let sole = Options {
+                sole_copy: true,
+                ..Options::default()
+            };
+            let (v, rec) = Vssd::open(open_dev(&p), Some("kill"), sole).unwrap();
             // Every tran here was committed or about to be: the DTM's rule commits.
             eprintln!(
                 "reopened: {} in doubt, {} torn prepares, {} log blocks replayed",
                 rec.in_doubt.len(),
-                rec.torn_prepares.len(),
+                rec.damaged_aborted.len(),
                 rec.blocks_replayed
             );
             for d in &rec.in_doubt {

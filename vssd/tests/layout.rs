@@ -208,7 +208,7 @@ fn open_refuses_another_format_version_untouched() {
     let dir = TempDir::new("version");
     let path = dir.file("vssd");
     format_file(&path, &params(DEV, 1), None).unwrap();
-    // Both copies become a well-formed superblock of version 2.
+    // Both copies become a well-formed superblock of the next version.
     for copy in SuperblockCopy::BOTH {
         let off = copy.offset() as usize;
         let mut block = read(&path)[off..off + SUPERBLOCK_BYTES as usize].to_vec();
@@ -224,7 +224,8 @@ fn open_refuses_another_format_version_untouched() {
         matches!(e, VssdError::Version { got, want, .. } if got == FORMAT_VERSION + 1 && want == FORMAT_VERSION),
         "{e}"
     );
-    assert!(e.to_string().contains("format version 2"), "{e}");
+    let named = format!("format version {}", FORMAT_VERSION + 1);
+    assert!(e.to_string().contains(&named), "{e}");
     assert_eq!(read(&path), before);
 
     // Without force, format will not overwrite it either; with force it will.

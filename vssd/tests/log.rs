@@ -16,8 +16,11 @@ use taskio::sim::{DiskFault, Sim, SimConfig};
 use taskio::{sleep, spawn, yield_now};
 use vssd::layout::{FormatParams, Geometry, LOG_SEQ_FIRST, format};
 
-use vssd::log::{LogStats, LogWriter, recover_scan, scrub_after_recovery};
-use vssd::record::{LOG_BLOCK_SIZE, LOG_BLOCKS_MIN, Record};
+use vssd::log::{LogStats, LogWriter};
+use vssd::record::{
+    LOG_BLOCK_SIZE, LOG_BLOCKS_IN_FLIGHT_MAX, LOG_BLOCKS_MIN, LOG_WRITE_BLOCKS_MAX, Record,
+};
+use vssd::recover::{recover_scan, scrub_after_recovery};
 
 /// The CRC seed of the log blocks these tests write (a format's would be its uuid's).
 const SEED: u32 = 0x5eed_0123;
@@ -521,4 +524,158 @@ fn crash_torture_keeps_every_acknowledged_record() {
     assert!(wrapped > SEEDS / 2, "the log wrapped in {wrapped} seeds");
     // A seed replays exactly.
     assert_eq!(torture(3).0, torture(3).0);
+}
+
+/// Trans the second boot of [`a_stalled_write_never_lets_stale_blocks_past_the_scrub`]
+/// appends: above every tran of the first.
+const SECOND_BOOT_TRAN: u64 = 1 << 40;
+
+/// Blocks the second boot writes: past the scrub window, into where the first boot's
+/// writes beyond a stalled one may lie.
+const SECOND_BOOT_BLOCKS: u64 = LOG_BLOCKS_IN_FLIGHT_MAX + LOG_WRITE_BLOCKS_MAX;
+/// How long the durable end must stand still, with at least [`STALL_GAP_MIN`] blocks
+/// started past it, before the crash (the simulator's spikes last 10 to 100 ms).
+const STALL_CRASH_AFTER: Duration = Duration::from_millis(5);
+const STALL_GAP_MIN: u64 = 4 * LOG_WRITE_BLOCKS_MAX;
+/// Watch steps of 10 us: a bound on the first boot (2 s of virtual time).
+const STALL_WATCH_STEPS: u32 = 200_000;
+
+/// One write stalls (a latency spike) while the other writers keep writing: they
+/// must not make blocks durable farther past the stalled one than recovery scrubs.
+/// Otherwise, after a crash that loses the stalled write, the next run writes up to
+/// those old blocks, which carry exactly the seqs it writes next, and the recovery
+/// after it replays them as if they were its own records.
+#[test]
+fn a_stalled_write_never_lets_stale_blocks_past_the_scrub() {
+    // Seeds whose stall loses its write in the crash (found by trying seeds; before
+    // rule 4 bounded the log by its durable end, each of them replayed stale blocks).
+    for seed in [1, 5, 14] {
+        stall_then_crash(seed);
+    }
+}
+
+/// The second boot's scan end after it closed, its own end, and the (seq, tran)s of
+/// that scan.
+type SecondBoot = (u64, u64, Vec<(u64, u64)>);
+
+/// One seed of [`a_stalled_write_never_lets_stale_blocks_past_the_scrub`].
+fn stall_then_crash(seed: u64) {
+    let mut config = SimConfig::new(seed);
+    config.faults.disk_latency_spike = 0.02;
+    let mut sim = Sim::new(config);
+    let shared: Rc<RefCell<Option<Rc<LogWriter>>>> = Rc::default();
+    // The newest "checkpoint" (oldest needed seq): it survives the crash.
+    let checkpoint = Rc::new(Cell::new(LOG_SEQ_FIRST));
+    let boots = Rc::new(Cell::new(0u32));
+    let outcome: Rc<RefCell<Option<SecondBoot>>> = Rc::default();
+    let (s2, c2, b2, o2) = (
+        shared.clone(),
+        checkpoint.clone(),
+        boots.clone(),
+        outcome.clone(),
+    );
+    let gap_max = sim
+        .run(move |h| {
+            let g = geometry();
+            let (s3, c3, b3, o3) = (s2.clone(), c2.clone(), b2.clone(), o2.clone());
+            let n = h.add_node("n", "10.0.0.1".parse().unwrap(), move || {
+                b3.set(b3.get() + 1);
+                let file = sim_file(&g);
+                let scan = recover_scan(&file, &g, SEED, c3.get()).unwrap();
+                scrub_after_recovery(&file, &g, scan.seq_end, c3.get()).unwrap();
+                let log = LogWriter::start(file.clone(), &g, SEED, scan.seq_end, c3.get());
+                if b3.get() == 2 {
+                    for i in 0..SECOND_BOOT_BLOCKS {
+                        // One block each: every append_durable is a write of its own.
+                        let seq = log.durable_end().saturating_sub(TORTURE_CHECKPOINT_LAG);
+                        if seq > c3.get() {
+                            c3.set(seq);
+                            log.set_oldest_needed(seq);
+                        }
+                        let tran = SECOND_BOOT_TRAN + i;
+                        log.append_durable(&Record::Commit { tran }).unwrap();
+                    }
+                    let end = log.seq_next();
+                    log.close();
+                    log.background().wait_ended();
+                    let found = recover_scan(&file, &g, SEED, c3.get()).unwrap();
+                    let records = found
+                        .blocks
+                        .iter()
+                        .flat_map(|(seq, r)| r.iter().map(|r| (*seq, tran_of(r))))
+                        .collect();
+                    *o3.borrow_mut() = Some((found.seq_end, end, records));
+                    return;
+                }
+                *s3.borrow_mut() = Some(log.clone());
+                for task in 0..TORTURE_TASKS {
+                    let log = log.clone();
+                    spawn(move || {
+                        for i in 0.. {
+                            let record = torture_record((i * TORTURE_TASKS + task) % (1 << 30));
+                            // Half the tasks never wait: they fill buffers as fast as
+                            // the writers take them.
+                            if task % 2 == 0 && i % 8 == 0 {
+                                log.append_durable(&record).unwrap();
+                            } else {
+                                log.append(&record).unwrap();
+                            }
+                        }
+                    })
+                    .unwrap();
+                }
+                // The checkpointer: the log keeps room while writes are durable.
+                loop {
+                    sleep(Duration::from_micros(200));
+                    let seq = log.durable_end().saturating_sub(TORTURE_CHECKPOINT_LAG);
+                    if seq > c3.get() {
+                        c3.set(seq);
+                        log.set_oldest_needed(seq);
+                    }
+                }
+            });
+            // Watch the first boot until one write has stalled for a while with many
+            // blocks started after it: the others had time to write what they may.
+            // Then crash: the stalled write is lost, the ones after it are durable.
+            let mut gap_max = 0;
+            let mut durable = (0, h.now());
+            for _ in 0..STALL_WATCH_STEPS {
+                sleep(Duration::from_micros(10));
+                let Some(log) = &*s2.borrow() else { continue };
+                let gap = log.seq_next() - log.durable_end();
+                gap_max = gap_max.max(gap);
+                if log.durable_end() != durable.0 {
+                    durable = (log.durable_end(), h.now());
+                } else if h.now() - durable.1 >= STALL_CRASH_AFTER && gap >= STALL_GAP_MIN {
+                    break;
+                }
+            }
+            h.crash(n);
+            s2.borrow_mut().take();
+            h.restart(n);
+            assert!(h.run_until(Duration::from_secs(10), || o2.borrow().is_some()));
+            gap_max
+        })
+        .unwrap();
+    let (scan_end, end, records) = outcome.borrow_mut().take().unwrap();
+    assert!(
+        gap_max >= STALL_GAP_MIN,
+        "seed {seed}: no write stalled long enough to test (gap at most {gap_max} blocks)"
+    );
+    let stale: Vec<&(u64, u64)> = records
+        .iter()
+        .filter(|(seq, tran)| *seq >= end - SECOND_BOOT_BLOCKS && *tran < SECOND_BOOT_TRAN)
+        .collect();
+    assert!(
+        stale.is_empty() && scan_end == end,
+        "seed {seed}: the second boot ended its log at {end}, recovery read on to {scan_end} and \
+         replayed {} records of the first boot after the second's start (first at {:?}); \
+         the first boot ran up to {gap_max} blocks past its durable end",
+        stale.len(),
+        stale.first()
+    );
+    assert!(
+        gap_max <= LOG_BLOCKS_IN_FLIGHT_MAX,
+        "seed {seed}: {gap_max} blocks started past the durable end"
+    );
 }

@@ -6,8 +6,9 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use vssd::map::{CacheMap, Entry, MapError, Prepared, Replay, State, VERSION_CLEAN_INSERT};
+use vssd::map::{CacheMap, Entry, MapError, Prepared, State, VERSION_CLEAN_INSERT};
 use vssd::record::Record;
+use vssd::recover::Replay;
 
 // ---------------------------------------------------------------------------------
 // A counting allocator: bytes held by allocations made on this thread.

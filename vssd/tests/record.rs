@@ -42,6 +42,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
             prop_oneof![Just(CHECKPOINT_A), Just(CHECKPOINT_B)]
         )
             .prop_map(|(seq, which)| Record::Checkpoint { seq, which }),
+        any::<u64>().prop_map(|tran_high| Record::TranHigh { tran_high }),
     ]
 }
 

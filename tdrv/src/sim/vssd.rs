@@ -217,12 +217,17 @@ fn boot(w: &Rc<World>) {
         }
         w.formatted.set(true);
     }
-    let (v, rec) = match Vssd::open(file, Some("torture"), VssdOptions::default()) {
+    // One vSSD, no replica: a damaged in-doubt payload has no other copy.
+    let options = VssdOptions {
+        sole_copy: true,
+        ..VssdOptions::default()
+    };
+    let (v, rec) = match Vssd::open(file, Some("torture"), options) {
         Ok(x) => x,
         Err(e) => return w.fail(format!("open: {e}")),
     };
     trace(w, format_args!("recovered {rec:?}"));
-    w.torn.set(w.torn.get() + rec.torn_prepares.len() as u64);
+    w.torn.set(w.torn.get() + rec.damaged_aborted.len() as u64);
     // Resolve the in-doubt trans by the DTM's rule.
     for d in &rec.in_doubt {
         w.in_doubt.set(w.in_doubt.get() + 1);

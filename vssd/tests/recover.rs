@@ -1,0 +1,346 @@
+//! Recovery of the whole vSSD on a real file: in-doubt trans whose payload was
+//! damaged after it was acknowledged.
+
+mod common;
+
+use common::{TempDir, open_dev, run_io};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use taskio::AlignedBuf;
+use vssd::layout::{FormatParams, LOG_BYTES_MIN};
+use vssd::{Damage, Options, Payload, Resolution, TRAN_IDS_PER_RECORD, Vssd, VssdError, format};
+
+const LINE: u32 = 4096;
+const DEVICE: &str = "cdev-recover";
+
+fn params() -> FormatParams {
+    FormatParams {
+        line_size: LINE,
+        lines: 32,
+        log_bytes: LOG_BYTES_MIN,
+        device_id: DEVICE.to_string(),
+        uuid: [3; 16],
+        force: false,
+    }
+}
+
+/// A formatted vSSD file in `dir`.
+fn formatted(dir: &TempDir) -> PathBuf {
+    let path = dir.path.join("vssd");
+    let g = params().geometry().unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(g.total_bytes())
+        .unwrap();
+    let p = path.clone();
+    run_io(move || format(&open_dev(&p), &params()).unwrap());
+    path
+}
+
+fn payload(line: u64, tran: u64) -> AlignedBuf {
+    let mut b = AlignedBuf::new(LINE as usize);
+    b.set_len(LINE as usize);
+    b.fill((line * 7 + tran) as u8);
+    b[..8].copy_from_slice(&tran.to_le_bytes());
+    b
+}
+
+fn open(path: &Path, options: Options) -> (Vssd, vssd::Recovered) {
+    Vssd::open(open_dev(path), Some(DEVICE), options).unwrap()
+}
+
+/// Flips one byte of `slot`'s payload on the file (the vSSD closed).
+fn damage_slot(path: &Path, slot: u64) {
+    let g = params().geometry().unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let at = g.slot_offset(slot) + 100;
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[!byte[0]], at).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// A tracing subscriber that keeps each event's fields as one line.
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = Line(String::new());
+        event.record(&mut line);
+        self.0.lock().unwrap().push(line.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+struct Line(String);
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0 += &format!("{}={value:?} ", field.name());
+    }
+}
+
+/// A tran prepared (writep1 returned: acknowledged to the DTM) and in doubt, whose
+/// payload is damaged afterwards: recovery cannot tell it from a torn one, so it
+/// returns it with its line, slot and reason; a plain commit is refused, a commit
+/// with the payload from another copy restores the write, and a vSSD that is the
+/// sole copy aborts it, counts it and says so.
+#[test]
+fn a_damaged_in_doubt_payload_is_returned_for_repair_or_aborted_when_sole_copy() {
+    let dir = TempDir::new("damaged");
+    let path = formatted(&dir);
+    let p = path.clone();
+    let slots = run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        v.writep1(7, 3, &payload(3, 7)).unwrap();
+        v.writep1(8, 4, &payload(4, 8)).unwrap();
+        v.close();
+        // Where the payloads are: each in-doubt tran names its slot.
+        let (v, rec) = open(&p, Options::default());
+        v.close();
+        assert_eq!(rec.in_doubt.len(), 2);
+        assert!(rec.in_doubt.iter().all(|d| d.payload == Payload::Intact));
+        (rec.in_doubt[0].slot, rec.in_doubt[1].slot)
+    });
+    damage_slot(&path, slots.0);
+    damage_slot(&path, slots.1);
+    // The DTM can repair: both come back, damaged, with line, slot and reason.
+    let p = path.clone();
+    run_io(move || {
+        let (v, rec) = open(&p, Options::default());
+        assert!(rec.damaged_aborted.is_empty());
+        let trans: Vec<(u64, u64, u64)> = rec
+            .in_doubt
+            .iter()
+            .map(|d| (d.tran, d.line, d.slot))
+            .collect();
+        assert_eq!(trans, vec![(7, 3, slots.0), (8, 4, slots.1)], "{rec:?}");
+        for d in &rec.in_doubt {
+            match d.payload {
+                Payload::Damaged {
+                    reason: Damage::Checksum { want, .. },
+                } => assert_eq!(want, d.crc),
+                Payload::Intact => panic!("tran {} intact", d.tran),
+            }
+        }
+        let e = v.resolve(7, Resolution::Commit).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VssdError::Damaged {
+                    tran: 7,
+                    line: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("damaged"), "{e}");
+        // A payload that is not the prepared one is refused.
+        let e = v.resolve_repaired(7, &payload(3, 9)).unwrap_err();
+        assert!(matches!(e, VssdError::Repair { tran: 7, .. }), "{e}");
+        v.resolve_repaired(7, &payload(3, 7)).unwrap();
+        let (hit, buf) = v.read(3).unwrap().expect("line 3 committed");
+        assert_eq!((hit.version, &buf[..]), (7, &payload(3, 7)[..]));
+        // Tran 8 stays in doubt for the next open.
+        v.close();
+    });
+    // No other copy: recovery aborts it, counts it and names it in a log line.
+    let p = path.clone();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let capture = Capture(lines.clone());
+    tracing::subscriber::with_default(capture, || {
+        run_io(move || {
+            let sole = Options {
+                sole_copy: true,
+                ..Options::default()
+            };
+            let (v, rec) = open(&p, sole);
+            assert!(rec.in_doubt.is_empty(), "{rec:?}");
+            let aborted: Vec<(u64, u64)> = rec
+                .damaged_aborted
+                .iter()
+                .map(|d| (d.tran, d.line))
+                .collect();
+            assert_eq!(aborted, vec![(8, 4)]);
+            assert_eq!(v.stats().damaged_aborted, 1);
+            assert!(v.read(4).unwrap().is_none());
+            let (hit, _) = v.read(3).unwrap().expect("the repaired line");
+            assert_eq!(hit.version, 7);
+            v.close();
+        })
+    });
+    let lines = lines.lock().unwrap();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("aborts in-doubt tran 8 of line 4") && lines[0].contains("damaged"),
+        "{}",
+        lines[0]
+    );
+    // The abort was durable.
+    run_io(move || {
+        let (_v, rec) = open(&path, Options::default());
+        assert!(
+            rec.in_doubt.is_empty() && rec.damaged_aborted.is_empty(),
+            "{rec:?}"
+        );
+    });
+}
+
+/// Tran ids from [`Vssd::next_tran_id`] are above every id handed out or prepared
+/// before, across restarts, even when nothing on the vSSD names the old ones any
+/// more (the line invalidated, a checkpoint taken since): so a destage's
+/// `mark_clean(line, old version)` can never hit a newer write of the line.
+#[test]
+fn tran_ids_are_never_reused_after_a_restart() {
+    let dir = TempDir::new("tran-ids");
+    let path = formatted(&dir);
+    let p = path.clone();
+    let (first, caller_chosen) = run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        let first = v.next_tran_id().unwrap();
+        assert!(first > 0, "tran 0 is the version of a fill");
+        v.writep1(first, 1, &payload(1, first)).unwrap();
+        v.resolve(first, Resolution::Commit).unwrap();
+        // Ids handed out but never used count too.
+        let unused: Vec<u64> = (0..10).map(|_| v.next_tran_id().unwrap()).collect();
+        assert!(unused.windows(2).all(|w| w[0] < w[1]) && unused[0] > first);
+        // A caller's own id raises the mark as well.
+        let caller_chosen = unused[9] + 5000;
+        v.writep1(caller_chosen, 2, &payload(2, caller_chosen))
+            .unwrap();
+        v.abort(caller_chosen).unwrap();
+        v.invalidate(1).unwrap();
+        v.checkpoint().unwrap();
+        v.close();
+        (first, caller_chosen)
+    });
+    // After the checkpoint, through the log alone: a clean close, then a crash-like
+    // reopen of a log with no checkpoint since.
+    let p = path.clone();
+    let second = run_io(move || {
+        let (v, rec) = open(&p, Options::default());
+        assert!(rec.in_doubt.is_empty());
+        let t = v.next_tran_id().unwrap();
+        assert!(
+            t > caller_chosen,
+            "tran {t} handed out again after a restart"
+        );
+        v.writep1(t, 1, &payload(1, t)).unwrap();
+        v.resolve(t, Resolution::Commit).unwrap();
+        // A destage of the first version finishing now must not clean the new one.
+        let (clean, _) = v.mark_clean(1, first).unwrap();
+        assert!(!clean);
+        assert_eq!(v.lookup(1).unwrap().state, vssd::map::State::Dirty);
+        for _ in 0..3000 {
+            v.next_tran_id().unwrap();
+        }
+        let last = v.next_tran_id().unwrap();
+        v.close();
+        last
+    });
+    run_io(move || {
+        let (v, _) = open(&path, Options::default());
+        let t = v.next_tran_id().unwrap();
+        assert!(t > second, "tran {t} after {second}");
+        v.close();
+    });
+}
+
+/// The high-water mark rides on the log writes the writes make anyway: handing out
+/// ids costs at most one log write per half batch of ids, none per id.
+#[test]
+fn tran_ids_cost_no_log_write_of_their_own() {
+    let dir = TempDir::new("tran-cost");
+    let path = formatted(&dir);
+    run_io(move || {
+        let (v, _) = open(&path, Options::default());
+        let before = v.stats().log;
+        let n = TRAN_IDS_PER_RECORD + 10; // past two reservations
+        for i in 0..n {
+            let t = v.next_tran_id().unwrap();
+            v.writep1(t, i % 16, &payload(i % 16, t)).unwrap();
+            // Waited durable: every write is one someone waits for, none lazy.
+            v.resolve(t, Resolution::Commit).unwrap();
+        }
+        let after = v.stats().log;
+        let reservations = after.records_appended - before.records_appended - 2 * n;
+        assert!(
+            reservations <= n / (TRAN_IDS_PER_RECORD / 2) + 1,
+            "{reservations}"
+        );
+        // A reservation rides on the next write; only when that is more than the log's
+        // lazy delay away (a slow payload write) is it written alone.
+        let extra = after.writes - before.writes - 2 * n;
+        assert!(
+            extra <= reservations,
+            "{extra} log writes beyond the writes' own for {reservations} reservations"
+        );
+        // Ids alone: a write each half batch.
+        let before = v.stats().log;
+        for _ in 0..4 * TRAN_IDS_PER_RECORD {
+            v.next_tran_id().unwrap();
+        }
+        let writes = v.stats().log.writes - before.writes;
+        assert!(writes <= 8 + 1, "{writes} log writes for ids alone");
+        v.close();
+    });
+}
+
+/// The membership epoch: durable when set_epoch returns, kept across restarts by the
+/// log and by checkpoints (the log before a checkpoint is reused), never going back.
+#[test]
+fn the_epoch_is_durable_kept_by_checkpoints_and_never_goes_back() {
+    let dir = TempDir::new("epoch");
+    let path = formatted(&dir);
+    let p = path.clone();
+    run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        assert_eq!((v.epoch(), v.members()), (0, vec![]));
+        v.set_epoch(3, &[10, 20]).unwrap();
+        assert_eq!((v.epoch(), v.members()), (3, vec![10, 20]));
+        // Setting it again is harmless; another membership at the same epoch or an
+        // older epoch is refused and changes nothing.
+        v.set_epoch(3, &[10, 20]).unwrap();
+        let e = v.set_epoch(3, &[10]).unwrap_err();
+        assert!(matches!(e, VssdError::Epoch { .. }), "{e}");
+        let e = v.set_epoch(2, &[10, 20, 30]).unwrap_err();
+        assert!(e.to_string().contains("epoch 2"), "{e}");
+        let e = v.set_epoch(9, &[7; 17]).unwrap_err();
+        assert!(matches!(e, VssdError::Epoch { .. }), "{e}");
+        assert_eq!((v.epoch(), v.members()), (3, vec![10, 20]));
+        v.close();
+    });
+    // From the log.
+    let p = path.clone();
+    run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        assert_eq!((v.epoch(), v.members()), (3, vec![10, 20]));
+        v.set_epoch(4, &[20, 30]).unwrap();
+        v.checkpoint().unwrap();
+        v.close();
+    });
+    // From the checkpoint alone: the EPOCH record is before its seq.
+    let p = path.clone();
+    run_io(move || {
+        let (v, rec) = open(&p, Options::default());
+        assert_eq!(rec.records_replayed, 0, "{rec:?}");
+        assert_eq!((v.epoch(), v.members()), (4, vec![20, 30]));
+        v.close();
+    });
+}
