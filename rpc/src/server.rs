@@ -24,8 +24,8 @@ use taskio::{Builder, Channel, Config, IoConfig, Pool, QLock, Runtime};
 
 use crate::error::RpcError;
 use crate::frame::{FrameReader, send_message};
-use crate::limits::{DATA_LEN_MAX, QUEUE_DEPTH_MAX, VERSION_MAX, VERSION_MIN};
-use crate::msg::{Body, Hello, HelloReply, Message, Request, Response};
+use crate::limits::{DATA_LEN_MAX, HELLO_FRAMES_MAX, QUEUE_DEPTH_MAX, VERSION_MAX, VERSION_MIN};
+use crate::msg::{Body, HelloReply, Message, Request, Response};
 use crate::status::Status;
 use crate::{Header, MsgType, auth};
 
@@ -293,14 +293,15 @@ fn hello(
     let server_nonce = auth::nonce();
     let mut out = Vec::new();
     let mut asked_proof = false;
-    loop {
-        let read = reader.read(stream, config.idle_timeout.min(config.frame_timeout));
-        let (header, msg) = match read {
-            Ok(frame) => frame,
+    let mut frame = Vec::new();
+    for _ in 0..HELLO_FRAMES_MAX {
+        let timeout = config.idle_timeout.min(config.frame_timeout);
+        let raw = match reader.read_raw(stream, timeout, timeout, &mut frame) {
+            Ok(raw) => raw,
             Err(e) => {
                 // Bad framing before HELLO is told like everywhere else (an HTTP
                 // client hitting the port learns why it is closed).
-                if !matches!(e, RpcError::ConnectionLost { .. }) {
+                if is_told(&e) {
                     let status = closing_status(&e);
                     let reason = e.to_string();
                     let _ = send_message(
@@ -313,19 +314,57 @@ fn hello(
                 return Err(e);
             }
         };
-        let hello: Hello<'_> = match msg.body {
-            Body::Request(Request::Hello(h)) => h,
-            _ => {
-                // Nothing is served before HELLO (and its proof, when asked).
-                let _ = send_message(
+        if raw.msg_type != MsgType::Hello.code() {
+            // Nothing is served before HELLO (and its proof, when asked).
+            let _ = send_message(
+                stream,
+                VERSION_MIN,
+                &Message::connection_error(Status::AuthRequired, "HELLO first"),
+                &mut out,
+            );
+            return Err(RpcError::Protocol {
+                what: format!("{} before HELLO", crate::error::type_name(raw.msg_type)),
+            });
+        }
+        // A HELLO whose fields fail is answered under its tag and the client may
+        // try again (PROTOCOL.md, "Header checks"); what cannot be trusted closes.
+        let decoded = raw.validate().and_then(|header| {
+            if header.response {
+                return Err(RpcError::BadFlags {
+                    msg_type: raw.msg_type,
+                    got: raw.flags,
+                });
+            }
+            let msg = crate::decode_payload(&header, &frame[crate::HEADER_LEN..])?;
+            Ok((header, msg))
+        });
+        let (header, hello) = match decoded {
+            Ok((
+                header,
+                Message {
+                    body: Body::Request(Request::Hello(h)),
+                    ..
+                },
+            )) => (header, h),
+            Ok(_) => unreachable!("a validated HELLO request decodes as one"),
+            Err(e) => {
+                let reason = e.to_string();
+                if e.closes_connection() {
+                    let _ = send_message(
+                        stream,
+                        VERSION_MIN,
+                        &Message::connection_error(e.status(), &reason),
+                        &mut out,
+                    );
+                    return Err(e);
+                }
+                send_message(
                     stream,
                     VERSION_MIN,
-                    &Message::connection_error(Status::AuthRequired, "HELLO first"),
+                    &Message::error_reply(&raw, e.status(), &reason),
                     &mut out,
-                );
-                return Err(RpcError::Protocol {
-                    what: format!("{} before HELLO", header.msg_type.name()),
-                });
+                )?;
+                continue;
             }
         };
         let lo = hello.version_min.max(VERSION_MIN);
@@ -413,6 +452,15 @@ fn hello(
             authenticated,
         });
     }
+    let _ = send_message(
+        stream,
+        VERSION_MIN,
+        &Message::connection_error(Status::BadSequence, "too many HELLO frames"),
+        &mut out,
+    );
+    Err(RpcError::Protocol {
+        what: format!("no session after {HELLO_FRAMES_MAX} HELLO frames"),
+    })
 }
 
 /// A request waiting for a handler: its frame (header + payload) in a pooled buffer.
@@ -511,7 +559,7 @@ fn read_requests(
         ) {
             Ok(raw) => raw,
             Err(e) => {
-                if !matches!(e, RpcError::ConnectionLost { .. }) {
+                if is_told(&e) {
                     say_closing(stream, info.version, writer, &e);
                 }
                 return Err(e);
@@ -568,6 +616,16 @@ fn read_requests(
             return Ok(()); // handlers gone: the session is ending
         }
     }
+}
+
+/// Whether a session ending on `e` tells the peer why (ERROR, TAG_NONE): not when
+/// the peer closed its side, inside a frame or between frames (PROTOCOL.md, "Bad
+/// input": a truncated frame closes with nothing sent).
+fn is_told(e: &RpcError) -> bool {
+    !matches!(
+        e,
+        RpcError::ConnectionLost { .. } | RpcError::Truncated { .. }
+    )
 }
 
 /// The status a closing ERROR frame gives for `e` (a read that timed out is TIMEOUT).
