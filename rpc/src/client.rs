@@ -13,13 +13,13 @@ use std::time::Duration;
 use taskio::net::{self, TcpStream};
 use taskio::{Builder, QLock, Rendez, TaskRef, WaitReason, park, park_until};
 
+use crate::MsgType;
 use crate::error::RpcError;
 use crate::frame::{FrameReader, send_message};
 use crate::header::Header;
-use crate::limits::{HEADER_LEN, TAG_NONE, VERSION_MAX, VERSION_MIN};
-use crate::msg::{Body, Hello, Message, Request, Response};
+use crate::limits::{HEADER_LEN, TAG_NONE};
+use crate::msg::{Body, Message, Request, Response};
 use crate::status::Status;
-use crate::{MsgType, auth};
 
 /// Settings of a client connection.
 #[derive(Debug, Clone)]
@@ -116,76 +116,19 @@ impl Client {
                 source,
             })?;
         let mut reader = FrameReader::new();
-        let mut out = Vec::new();
-        let mut client_nonce = auth::nonce();
-        let mut proof = None;
-        let timeout = config.connect_timeout;
-        let (version, queue_depth, data_len_max, server_name) = loop {
-            let hello = Hello {
-                version_min: VERSION_MIN,
-                version_max: VERSION_MAX,
-                client_nonce,
-                proof,
-                client_name: &config.name,
-            };
-            let m = Message {
-                tag: 1,
-                body: Body::Request(Request::Hello(hello)),
-            };
-            send_message(&stream, VERSION_MIN, &m, &mut out)?;
-            let (_, msg) = reader.read(&stream, timeout)?;
-            match msg.body {
-                Body::Response(Response::Hello(r)) => {
-                    if let Some(secret) = &config.secret {
-                        let Some(p) = r.proof else {
-                            return Err(RpcError::AuthFailed { who: "server" });
-                        };
-                        auth::verify_server(
-                            secret,
-                            &r.server_nonce,
-                            &client_nonce,
-                            &config.name,
-                            &p,
-                        )?;
-                    }
-                    break (
-                        r.version,
-                        r.queue_depth,
-                        r.data_len_max,
-                        r.server_name.to_string(),
-                    );
-                }
-                Body::Response(Response::HelloAuthRequired(r)) if proof.is_none() => {
-                    let Some(secret) = &config.secret else {
-                        return Err(RpcError::Refused {
-                            what: "HELLO",
-                            status: Status::AuthRequired,
-                            reason: "the server wants a secret and none is configured".into(),
-                        });
-                    };
-                    // A fresh nonce for the proving HELLO (PROTOCOL.md, HELLO step 2).
-                    client_nonce = auth::nonce();
-                    proof = Some(auth::prove(
-                        secret,
-                        &r.server_nonce,
-                        &client_nonce,
-                        &config.name,
-                    ));
-                }
-                Body::Response(Response::Error { status, reason, .. }) => {
-                    return Err(RpcError::Refused {
-                        what: "HELLO",
-                        status,
-                        reason: reason.to_string(),
-                    });
-                }
-                _ => {
-                    return Err(RpcError::Protocol {
-                        what: "unexpected answer to HELLO".into(),
-                    });
-                }
-            }
-        };
+        let opened = crate::hello::client(
+            &stream,
+            &mut reader,
+            &config.name,
+            config.secret.as_deref(),
+            config.connect_timeout,
+        )?;
+        let crate::hello::Opened {
+            version,
+            queue_depth,
+            data_len_max,
+            server_name,
+        } = opened;
         let peer = stream.peer_addr();
         let inner = Rc::new(Inner {
             stream: Rc::new(stream),

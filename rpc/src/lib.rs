@@ -31,6 +31,7 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod header;
+mod hello;
 pub mod limits;
 mod msg;
 mod msg_type;

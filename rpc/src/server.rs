@@ -24,8 +24,9 @@ use taskio::{Builder, Channel, Config, IoConfig, Pool, QLock, Runtime};
 
 use crate::error::RpcError;
 use crate::frame::{FrameReader, send_message};
-use crate::limits::{DATA_LEN_MAX, HELLO_FRAMES_MAX, QUEUE_DEPTH_MAX, VERSION_MAX, VERSION_MIN};
-use crate::msg::{Body, HelloReply, Message, Request, Response};
+use crate::hello::{closing_status, is_told};
+use crate::limits::{QUEUE_DEPTH_MAX, VERSION_MIN};
+use crate::msg::{Body, Message, Request, Response};
 use crate::status::Status;
 use crate::{Header, MsgType, auth};
 
@@ -284,182 +285,24 @@ fn session_thread<S: Service + 'static>(
     });
 }
 
-/// HELLO: version, optional challenge-response. Returns the session's identity.
+/// HELLO (the shared handshake of [`crate::hello`]): the session's identity.
 fn hello(
     config: &ServerConfig,
     stream: &TcpStream,
     reader: &mut FrameReader,
 ) -> Result<SessionInfo, RpcError> {
-    let server_nonce = auth::nonce();
-    let mut out = Vec::new();
-    let mut asked_proof = false;
-    let mut frame = Vec::new();
-    for _ in 0..HELLO_FRAMES_MAX {
-        let timeout = config.idle_timeout.min(config.frame_timeout);
-        let raw = match reader.read_raw(stream, timeout, timeout, &mut frame) {
-            Ok(raw) => raw,
-            Err(e) => {
-                // Bad framing before HELLO is told like everywhere else (an HTTP
-                // client hitting the port learns why it is closed).
-                if is_told(&e) {
-                    let status = closing_status(&e);
-                    let reason = e.to_string();
-                    let _ = send_message(
-                        stream,
-                        VERSION_MIN,
-                        &Message::connection_error(status, &reason),
-                        &mut out,
-                    );
-                }
-                return Err(e);
-            }
-        };
-        if raw.msg_type != MsgType::Hello.code() {
-            // Nothing is served before HELLO (and its proof, when asked).
-            let _ = send_message(
-                stream,
-                VERSION_MIN,
-                &Message::connection_error(Status::AuthRequired, "HELLO first"),
-                &mut out,
-            );
-            return Err(RpcError::Protocol {
-                what: format!("{} before HELLO", crate::error::type_name(raw.msg_type)),
-            });
-        }
-        // A HELLO whose fields fail is answered under its tag and the client may
-        // try again (PROTOCOL.md, "Header checks"); what cannot be trusted closes.
-        let decoded = raw.validate().and_then(|header| {
-            if header.response {
-                return Err(RpcError::BadFlags {
-                    msg_type: raw.msg_type,
-                    got: raw.flags,
-                });
-            }
-            let msg = crate::decode_payload(&header, &frame[crate::HEADER_LEN..])?;
-            Ok((header, msg))
-        });
-        let (header, hello) = match decoded {
-            Ok((
-                header,
-                Message {
-                    body: Body::Request(Request::Hello(h)),
-                    ..
-                },
-            )) => (header, h),
-            Ok(_) => unreachable!("a validated HELLO request decodes as one"),
-            Err(e) => {
-                let reason = e.to_string();
-                if e.closes_connection() {
-                    let _ = send_message(
-                        stream,
-                        VERSION_MIN,
-                        &Message::connection_error(e.status(), &reason),
-                        &mut out,
-                    );
-                    return Err(e);
-                }
-                send_message(
-                    stream,
-                    VERSION_MIN,
-                    &Message::error_reply(&raw, e.status(), &reason),
-                    &mut out,
-                )?;
-                continue;
-            }
-        };
-        let lo = hello.version_min.max(VERSION_MIN);
-        let hi = hello.version_max.min(VERSION_MAX);
-        if lo > hi {
-            let _ = send_message(
-                stream,
-                VERSION_MIN,
-                &Message::error_reply(&header.raw(), Status::BadVersion, "no common version"),
-                &mut out,
-            );
-            return Err(RpcError::BadVersion {
-                got: hello.version_max,
-                min: VERSION_MIN,
-                max: VERSION_MAX,
-            });
-        }
-        let reply = |proof| HelloReply {
-            version: hi,
-            queue_depth: config.queue_depth,
-            data_len_max: DATA_LEN_MAX,
-            server_nonce,
-            proof,
-            server_name: &config.server_name,
-        };
-        let (authenticated, server_proof) = match (&config.secret, hello.proof) {
-            (None, _) => (false, None),
-            (Some(_), None) if !asked_proof => {
-                asked_proof = true;
-                let m = Message {
-                    tag: header.tag,
-                    body: Body::Response(Response::HelloAuthRequired(reply(None))),
-                };
-                send_message(stream, VERSION_MIN, &m, &mut out)?;
-                continue;
-            }
-            (Some(_), None) => {
-                let _ = send_message(
-                    stream,
-                    VERSION_MIN,
-                    &Message::error_reply(&header.raw(), Status::AuthFailed, "no proof"),
-                    &mut out,
-                );
-                return Err(RpcError::AuthFailed { who: "client" });
-            }
-            (Some(secret), Some(proof)) => {
-                if !asked_proof
-                    || auth::verify(
-                        secret,
-                        &server_nonce,
-                        &hello.client_nonce,
-                        hello.client_name,
-                        &proof,
-                    )
-                    .is_err()
-                {
-                    let _ = send_message(
-                        stream,
-                        VERSION_MIN,
-                        &Message::error_reply(&header.raw(), Status::AuthFailed, "bad proof"),
-                        &mut out,
-                    );
-                    return Err(RpcError::AuthFailed { who: "client" });
-                }
-                (
-                    true,
-                    Some(auth::prove_server(
-                        secret,
-                        &server_nonce,
-                        &hello.client_nonce,
-                        hello.client_name,
-                    )),
-                )
-            }
-        };
-        let m = Message {
-            tag: header.tag,
-            body: Body::Response(Response::Hello(reply(server_proof))),
-        };
-        send_message(stream, VERSION_MIN, &m, &mut out)?;
-        return Ok(SessionInfo {
-            peer: stream.peer_addr(),
-            client_name: hello.client_name.to_string(),
-            version: hi,
-            authenticated,
-        });
-    }
-    let _ = send_message(
-        stream,
-        VERSION_MIN,
-        &Message::connection_error(Status::BadSequence, "too many HELLO frames"),
-        &mut out,
-    );
-    Err(RpcError::Protocol {
-        what: format!("no session after {HELLO_FRAMES_MAX} HELLO frames"),
+    let side = crate::hello::ServerSide {
+        queue_depth: config.queue_depth,
+        secret: config.secret.as_deref(),
+        server_name: &config.server_name,
+        timeout: config.idle_timeout.min(config.frame_timeout),
+    };
+    let accepted = crate::hello::server(stream, reader, &side)?;
+    Ok(SessionInfo {
+        peer: stream.peer_addr(),
+        client_name: accepted.client_name,
+        version: accepted.version,
+        authenticated: accepted.authenticated,
     })
 }
 
@@ -615,26 +458,6 @@ fn read_requests(
             in_flight.set(in_flight.get() - 1);
             return Ok(()); // handlers gone: the session is ending
         }
-    }
-}
-
-/// Whether a session ending on `e` tells the peer why (ERROR, TAG_NONE): not when
-/// the peer closed its side, inside a frame or between frames (PROTOCOL.md, "Bad
-/// input": a truncated frame closes with nothing sent).
-fn is_told(e: &RpcError) -> bool {
-    !matches!(
-        e,
-        RpcError::ConnectionLost { .. } | RpcError::Truncated { .. }
-    )
-}
-
-/// The status a closing ERROR frame gives for `e` (a read that timed out is TIMEOUT).
-fn closing_status(e: &RpcError) -> Status {
-    match e {
-        RpcError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
-            Status::Timeout
-        }
-        e => e.status(),
     }
 }
 
