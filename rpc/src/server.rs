@@ -1,18 +1,11 @@
-//! The session server (the seed's "CVA overall architecture", server side).
-//!
-//! An acceptor thread takes connections and hands each, through taskio's `Remote`,
-//! to one of a bounded set of session threads, each running its own taskio runtime;
-//! over the limit a client gets an ERROR frame (BUSY) and a closed connection. In a
-//! session: after HELLO (version, queue depth, optional HMAC challenge-response), one
-//! reader task reads frames into pooled buffers and queues them; `queue_depth` handler
-//! tasks call the [`Service`] and write responses under a `QLock` on the socket. A
-//! request beyond the queue depth is answered BUSY at once, so memory stays bounded
-//! by `queue_depth` frames. A session that ends (client gone, bad framing) frees all
-//! it held; the server goes on.
+//! Thread hosting of rpc sessions: an acceptor thread takes connections and hands
+//! each, through taskio's `Remote`, to one of a bounded set of session threads, each
+//! running its own taskio runtime, where [`serve_connection`] serves it (HELLO,
+//! reader task, handler tasks: see [`crate::session`]). Over the limit a client gets
+//! an ERROR frame (BUSY) and a closed connection. A session that ends (client gone,
+//! bad framing) frees all it held; the server goes on.
 
-use std::cell::Cell;
 use std::net::{SocketAddr, TcpListener};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,39 +13,14 @@ use std::time::Duration;
 
 use taskio::net::TcpStream;
 use taskio::remote::{Inbox, Remote, remote};
-use taskio::{Builder, Channel, Config, IoConfig, Pool, QLock, Runtime};
+use taskio::{Config, IoConfig, Runtime};
 
+use crate::auth;
 use crate::error::RpcError;
-use crate::frame::{FrameReader, send_message};
-use crate::hello::{closing_status, is_told};
 use crate::limits::{QUEUE_DEPTH_MAX, VERSION_MIN};
-use crate::msg::{Body, Message, Request, Response};
+use crate::msg::Message;
+use crate::session::{Service, SessionConfig, serve_connection};
 use crate::status::Status;
-use crate::{Header, MsgType, auth};
-
-/// What a session knows of its client, for the service.
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    pub peer: SocketAddr,
-    pub client_name: String,
-    pub version: u16,
-    pub authenticated: bool,
-}
-
-/// What an upper crate plugs into the server: one instance per session, on the
-/// session's thread.
-pub trait Service {
-    /// Answers one request (never HELLO: the session does that). Runs in a handler
-    /// task and may pseudo-block. Data a response carries (READ) goes in `scratch`,
-    /// which the response may borrow. A failure is `Response::Error`.
-    fn handle<'s>(
-        &self,
-        session: &SessionInfo,
-        header: &Header,
-        request: Request<'_>,
-        scratch: &'s mut Vec<u8>,
-    ) -> Response<'s>;
-}
 
 /// Settings of a server.
 #[derive(Debug, Clone)]
@@ -77,6 +45,17 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The settings of each session of this server.
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            queue_depth: self.queue_depth,
+            secret: self.secret.clone(),
+            server_name: self.server_name.clone(),
+            frame_timeout: self.frame_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
     pub fn new(addr: SocketAddr) -> ServerConfig {
         ServerConfig {
             addr,
@@ -273,229 +252,14 @@ fn session_thread<S: Service + 'static>(
     let Ok(mut rt) = rt else {
         return; // the acceptor learns it when a send fails
     };
+    let session = config.session();
     let _ = rt.run(move || {
         while let Ok(Some(stream)) = inbox.recv() {
             if let Ok(stream) = TcpStream::from_std(stream) {
-                let service = make_service();
-                let _ = serve(&config, Rc::new(stream), service);
+                let _ = serve_connection(stream, &session, make_service());
             }
             *serving[index].lock().unwrap_or_else(|p| p.into_inner()) = None;
             free.lock().unwrap_or_else(|p| p.into_inner()).push(index);
         }
     });
-}
-
-/// HELLO (the shared handshake of [`crate::hello`]): the session's identity.
-fn hello(
-    config: &ServerConfig,
-    stream: &TcpStream,
-    reader: &mut FrameReader,
-) -> Result<SessionInfo, RpcError> {
-    let side = crate::hello::ServerSide {
-        queue_depth: config.queue_depth,
-        secret: config.secret.as_deref(),
-        server_name: &config.server_name,
-        timeout: config.idle_timeout.min(config.frame_timeout),
-    };
-    let accepted = crate::hello::server(stream, reader, &side)?;
-    Ok(SessionInfo {
-        peer: stream.peer_addr(),
-        client_name: accepted.client_name,
-        version: accepted.version,
-        authenticated: accepted.authenticated,
-    })
-}
-
-/// A request waiting for a handler: its frame (header + payload) in a pooled buffer.
-struct Queued {
-    header: Header,
-    frame: taskio::PoolItem<Vec<u8>>,
-}
-
-/// Serves one connection until it ends. Everything it allocates is dropped on return.
-fn serve<S: Service + 'static>(
-    config: &ServerConfig,
-    stream: Rc<TcpStream>,
-    service: S,
-) -> Result<(), RpcError> {
-    stream.set_write_timeout(Some(config.frame_timeout));
-    let mut reader = FrameReader::new();
-    let info = Rc::new(hello(config, &stream, &mut reader)?);
-    let depth = config.queue_depth as usize;
-    let queue: Rc<Channel<Queued>> = Rc::new(Channel::new(depth));
-    // One frame buffer per request in flight, plus the one being read.
-    let frames = Pool::new(depth + 1, Vec::new);
-    let in_flight = Rc::new(Cell::new(0usize));
-    let writer = Rc::new(QLock::new(Vec::new()));
-    let service = Rc::new(service);
-    let mut handlers = Vec::with_capacity(depth);
-    for i in 0..depth {
-        let (queue, stream, writer, service, info, in_flight) = (
-            queue.clone(),
-            stream.clone(),
-            writer.clone(),
-            service.clone(),
-            info.clone(),
-            in_flight.clone(),
-        );
-        let version = info.version;
-        let h = Builder::new()
-            .name(format!("rpc-handler-{i}"))
-            .spawn(move || {
-                let mut scratch = Vec::new();
-                while let Ok(q) = queue.recv() {
-                    let reply = answer(&*service, &info, &q, &mut scratch);
-                    let sent = {
-                        let mut out = writer.lock();
-                        send_message(&stream, version, &reply, &mut out)
-                    };
-                    drop(q);
-                    in_flight.set(in_flight.get() - 1);
-                    if sent.is_err() {
-                        queue.close();
-                        break;
-                    }
-                }
-            });
-        match h {
-            Ok(h) => handlers.push(h),
-            Err(_) => break, // fewer handlers: still correct, just less parallel
-        }
-    }
-    let result = read_requests(
-        config,
-        &stream,
-        &info,
-        &mut reader,
-        &queue,
-        &frames,
-        &in_flight,
-        &writer,
-        handlers.len(),
-    );
-    queue.close();
-    for h in handlers {
-        let _ = h.join();
-    }
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-fn read_requests(
-    config: &ServerConfig,
-    stream: &TcpStream,
-    info: &SessionInfo,
-    reader: &mut FrameReader,
-    queue: &Channel<Queued>,
-    frames: &Pool<Vec<u8>>,
-    in_flight: &Cell<usize>,
-    writer: &QLock<Vec<u8>>,
-    depth: usize,
-) -> Result<(), RpcError> {
-    loop {
-        let mut frame = frames.get();
-        let raw = match reader.read_raw(
-            stream,
-            config.idle_timeout,
-            config.frame_timeout,
-            &mut frame,
-        ) {
-            Ok(raw) => raw,
-            Err(e) => {
-                if is_told(&e) {
-                    say_closing(stream, info.version, writer, &e);
-                }
-                return Err(e);
-            }
-        };
-        let header = match raw.validate() {
-            Ok(h) if h.response => Err(RpcError::BadFlags {
-                msg_type: h.msg_type.code(),
-                got: raw.flags,
-            }),
-            Ok(h) if h.msg_type == MsgType::Hello => {
-                let mut out = writer.lock();
-                send_message(
-                    stream,
-                    info.version,
-                    &Message::error_reply(&raw, Status::BadSequence, "HELLO twice"),
-                    &mut out,
-                )?;
-                continue;
-            }
-            other => other,
-        };
-        let header = match header {
-            Ok(h) => h,
-            Err(e) => {
-                if e.closes_connection() {
-                    say_closing(stream, info.version, writer, &e);
-                    return Err(e);
-                }
-                let reason = e.to_string();
-                let mut out = writer.lock();
-                send_message(
-                    stream,
-                    info.version,
-                    &Message::error_reply(&raw, e.status(), &reason),
-                    &mut out,
-                )?;
-                continue;
-            }
-        };
-        if in_flight.get() >= depth {
-            let mut out = writer.lock();
-            send_message(
-                stream,
-                info.version,
-                &Message::error_reply(&raw, Status::Busy, "queue depth exceeded"),
-                &mut out,
-            )?;
-            continue;
-        }
-        in_flight.set(in_flight.get() + 1);
-        if queue.try_send(Queued { header, frame }).is_err() {
-            in_flight.set(in_flight.get() - 1);
-            return Ok(()); // handlers gone: the session is ending
-        }
-    }
-}
-
-/// Tells the client why the session closes (best effort: it may be gone).
-fn say_closing(stream: &TcpStream, version: u16, writer: &QLock<Vec<u8>>, e: &RpcError) {
-    let reason = e.to_string();
-    let mut out = writer.lock();
-    let _ = send_message(
-        stream,
-        version,
-        &Message::connection_error(closing_status(e), &reason),
-        &mut out,
-    );
-}
-
-/// Decodes a queued request and asks the service.
-fn answer<'s, S: Service>(
-    service: &S,
-    info: &SessionInfo,
-    q: &'s Queued,
-    scratch: &'s mut Vec<u8>,
-) -> Message<'s> {
-    let payload = q.frame.get(crate::HEADER_LEN..).unwrap_or_default();
-    match crate::decode_payload(&q.header, payload) {
-        Ok(Message {
-            tag,
-            body: Body::Request(req),
-        }) => Message {
-            tag,
-            body: Body::Response(service.handle(info, &q.header, req, scratch)),
-        },
-        Ok(_) => Message::error_reply(&q.header.raw(), Status::BadType, "not a request"),
-        Err(e) => {
-            let status = e.status();
-            scratch.clear();
-            scratch.extend_from_slice(e.to_string().as_bytes());
-            let reason = std::str::from_utf8(scratch).unwrap_or("bad payload");
-            Message::error_reply(&q.header.raw(), status, reason)
-        }
-    }
 }
