@@ -59,6 +59,6 @@ pub use msg::{
     RECOVER_FLAG_MORE, Request, Response, VssdInfo,
 };
 pub use msg_type::MsgType;
-pub use server::{Server, ServerConfig};
+pub use server::{Handoff, Host, HostConfig, Server, ServerConfig};
 pub use session::{Service, SessionConfig, SessionInfo, serve_connection, serve_listener};
 pub use status::Status;
