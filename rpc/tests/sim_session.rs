@@ -78,7 +78,7 @@ fn server_program() {
 
 fn client_config() -> ClientConfig {
     ClientConfig {
-        call_timeout: Some(CALL_TIMEOUT),
+        call_timeout: CALL_TIMEOUT,
         connect_timeout: Duration::from_secs(1),
         ..ClientConfig::default()
     }
