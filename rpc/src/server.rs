@@ -11,7 +11,7 @@
 //! opened) and the NBD export.
 //!
 //! [`Server`] is the rpc server on top: [`Host`] with
-//! [`serve_connection`](crate::serve_connection) as the serve function (HELLO, reader
+//! [`serve_connection`] as the serve function (HELLO, reader
 //! task, handler tasks: see [`crate::session`]). A session that ends (client gone,
 //! bad framing) frees all it held; the server goes on.
 
@@ -263,6 +263,8 @@ pub struct ServerConfig {
     pub frame_timeout: Duration,
     /// How long a session may stay silent between requests.
     pub idle_timeout: Duration,
+    /// How long an idle session waits before it gives its buffers back.
+    pub idle_shrink_after: Duration,
     /// Settings of each session thread's runtime (stall detector, stacks).
     pub runtime: Config,
     pub io: IoConfig,
@@ -279,6 +281,7 @@ impl ServerConfig {
             server_name: session.server_name,
             frame_timeout: session.frame_timeout,
             idle_timeout: session.idle_timeout,
+            idle_shrink_after: session.idle_shrink_after,
             runtime: Config::default(),
             io: IoConfig::default(),
         }
@@ -292,6 +295,7 @@ impl ServerConfig {
             server_name: self.server_name.clone(),
             frame_timeout: self.frame_timeout,
             idle_timeout: self.idle_timeout,
+            idle_shrink_after: self.idle_shrink_after,
         }
     }
 

@@ -10,6 +10,13 @@
 //! session goes out through one function, `Session::refuse`. A session that ends
 //! (client gone, bad framing) frees all it held.
 //!
+//! Memory: a busy session holds up to `queue_depth + 1` frame buffers, `queue_depth`
+//! scratch buffers (READ data) and a write buffer, each up to FRAME_LEN_MAX. Once it
+//! has had nothing in flight for `idle_shrink_after`, it gives them back down to
+//! [`SESSION_IDLE_BUFFER_BYTES_MAX`] (about 12 KiB, whatever its depth; before, an
+//! idle session kept `(depth + 1) x 1 MiB`), plus the socket's read-ahead and its
+//! tasks' stacks (a page or so each while they sleep).
+//!
 //! [`serve_listener`] runs one such session per accepted connection as tasks of the
 //! same runtime, up to `sessions_max`. Which OS thread a session runs on is the
 //! business of the hosting layer above ([`crate::server`]); nothing here knows.
@@ -23,10 +30,10 @@ use taskio::net::{TcpListener, TcpStream};
 use taskio::{Builder, Channel, Pool, PoolItem, QLock};
 
 use crate::error::RpcError;
-use crate::frame::{FrameReader, send_message};
+use crate::frame::{FrameReader, is_idle_timeout, send_message};
 use crate::header::{Header, RawHeader};
 use crate::hello::{ServerSide, closing_status, is_told};
-use crate::limits::{HEADER_LEN, QUEUE_DEPTH_MAX, VERSION_MIN};
+use crate::limits::{FRAME_LEN_MAX, HEADER_LEN, PING_LEN_MAX, QUEUE_DEPTH_MAX, VERSION_MIN};
 use crate::msg::{Body, Message, Request, Response};
 use crate::msg_type::MsgType;
 use crate::status::Status;
@@ -69,7 +76,27 @@ pub struct SessionConfig {
     pub frame_timeout: Duration,
     /// How long a session may stay silent between requests.
     pub idle_timeout: Duration,
+    /// How long a session with nothing in flight waits before it gives back its
+    /// buffers, down to SESSION_IDLE_BUFFER_BYTES_MAX.
+    pub idle_shrink_after: Duration,
 }
+
+/// Bytes an idle session keeps in one buffer it keeps warm: a frame of the
+/// largest PING, so that small requests after an idle spell allocate nothing.
+pub const IDLE_BUFFER_KEEP_BYTES: usize = HEADER_LEN + PING_LEN_MAX;
+/// Frame buffers an idle session keeps warm (the frame pool's low watermark when
+/// idle); the others are emptied.
+pub const FRAMES_WARM_IDLE: usize = 1;
+/// Handler scratch buffers an idle session keeps warm.
+pub const SCRATCHES_WARM_IDLE: usize = 1;
+/// The bound on the frame, scratch and write buffers of a session that has been idle
+/// for `idle_shrink_after`, whatever its queue depth (a busy session holds up to
+/// `(2 x queue_depth + 2) x` a frame of up to FRAME_LEN_MAX). The socket's read-ahead
+/// (taskio's READ_AHEAD_BYTES) and the tasks' stacks come on top.
+pub const SESSION_IDLE_BUFFER_BYTES_MAX: usize =
+    (FRAMES_WARM_IDLE + SCRATCHES_WARM_IDLE + 1) * IDLE_BUFFER_KEEP_BYTES;
+const _: () = assert!(IDLE_BUFFER_KEEP_BYTES <= FRAME_LEN_MAX);
+const _: () = assert!(FRAMES_WARM_IDLE >= 1 && SCRATCHES_WARM_IDLE >= 1);
 
 impl Default for SessionConfig {
     fn default() -> SessionConfig {
@@ -79,6 +106,7 @@ impl Default for SessionConfig {
             server_name: "cva".into(),
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
+            idle_shrink_after: Duration::from_secs(1),
         }
     }
 }
@@ -121,6 +149,8 @@ struct Session<S> {
     queue: Channel<Queued>,
     /// One frame buffer per request in flight, plus the one being read.
     frames: Pool<Vec<u8>>,
+    /// One scratch buffer per handler (the data of a READ's response).
+    scratches: Pool<Vec<u8>>,
     /// Requests queued or being handled; at `handlers` a new one is answered BUSY.
     in_flight: Cell<usize>,
     /// Handler tasks that started.
@@ -160,6 +190,7 @@ pub fn serve_connection<S: Service + 'static>(
         service,
         queue: Channel::new(depth),
         frames: Pool::new(depth + 1, Vec::new),
+        scratches: Pool::new(depth, Vec::new),
         in_flight: Cell::new(0),
         handlers: Cell::new(0),
         writer: QLock::new(Vec::new()),
@@ -188,10 +219,14 @@ impl<S: Service> Session<S> {
     /// The reader: frames in, requests queued, bad ones refused.
     fn read_requests(&self, reader: &mut FrameReader) -> Result<(), RpcError> {
         loop {
+            let first = match self.first_byte(reader) {
+                Ok(b) => b,
+                Err(e) => return Err(self.close(e)),
+            };
             let mut frame = self.frames.get();
-            let raw = match reader.read_raw(
+            let raw = match reader.read_rest(
                 &self.stream,
-                self.config.idle_timeout,
+                first,
                 self.config.frame_timeout,
                 &mut frame,
             ) {
@@ -209,6 +244,58 @@ impl<S: Service> Session<S> {
                 Err(Refusal::Answer(status, reason)) => self.refuse(&raw, status, &reason)?,
                 Err(Refusal::Close(e)) => return Err(self.close(e)),
             }
+        }
+    }
+
+    /// Waits for the first byte of the next request, up to `idle_timeout`; once
+    /// `idle_shrink_after` has passed with nothing in flight, gives the session's
+    /// buffers back (`shrink_idle`).
+    fn first_byte(&self, reader: &mut FrameReader) -> Result<u8, RpcError> {
+        let idle_end = taskio::now() + self.config.idle_timeout;
+        let mut shrunk = false;
+        loop {
+            let left = idle_end.saturating_duration_since(taskio::now());
+            let wait = if shrunk {
+                left
+            } else {
+                left.min(self.config.idle_shrink_after)
+            };
+            match reader.read_first_byte(&self.stream, wait) {
+                Err(e) if is_idle_timeout(&e) && !shrunk && wait < left => {
+                    // Handlers still busy are not idle: look again later.
+                    if self.in_flight.get() == 0 {
+                        self.shrink_idle();
+                        shrunk = true;
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Gives back the memory of an idle session's buffers, down to
+    /// SESSION_IDLE_BUFFER_BYTES_MAX: the frame and scratch pools keep their warm
+    /// few at IDLE_BUFFER_KEEP_BYTES and empty the others; the write buffer keeps
+    /// IDLE_BUFFER_KEEP_BYTES.
+    fn shrink_idle(&self) {
+        for (pool, warm) in [
+            (&self.frames, FRAMES_WARM_IDLE),
+            (&self.scratches, SCRATCHES_WARM_IDLE),
+        ] {
+            // Every free buffer out of the pool (a bounded loop: its capacity), then
+            // back, shrunk.
+            let mut taken = Vec::with_capacity(pool.capacity());
+            while let Some(b) = pool.try_get() {
+                taken.push(b);
+            }
+            for (i, b) in taken.iter_mut().enumerate() {
+                b.clear();
+                b.shrink_to(if i < warm { IDLE_BUFFER_KEEP_BYTES } else { 0 });
+            }
+        }
+        if let Some(mut out) = self.writer.try_lock() {
+            out.clear();
+            out.shrink_to(IDLE_BUFFER_KEEP_BYTES);
         }
     }
 
@@ -239,9 +326,11 @@ impl<S: Service> Session<S> {
     /// A handler: requests off the queue, answers back, until the queue closes or
     /// the socket fails.
     fn handle_requests(&self) {
-        let mut scratch = Vec::new();
         while let Ok(q) = self.queue.recv() {
+            // Never waits: a handler holds at most one, and there is one each.
+            let mut scratch = self.scratches.get();
             let sent = self.answer(&q, &mut scratch);
+            drop(scratch);
             drop(q);
             self.in_flight.set(self.in_flight.get() - 1);
             if sent.is_err() {
