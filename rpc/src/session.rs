@@ -122,6 +122,12 @@ impl SessionConfig {
             "queue_depth {} out of 1..={QUEUE_DEPTH_MAX}",
             self.queue_depth
         );
+        // The reader looks for idleness every `idle_shrink_after` while handlers
+        // are busy: zero would make that a spin.
+        assert!(
+            !self.idle_shrink_after.is_zero(),
+            "idle_shrink_after must be more than zero"
+        );
         Ok(())
     }
 }
