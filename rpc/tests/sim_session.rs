@@ -203,3 +203,56 @@ fn a_seed_replays_exactly() {
     let (_, b) = run(42);
     assert_eq!(a, b, "same seed, another trace");
 }
+
+/// A partition resets the connection: a call in flight fails at once, a new
+/// connection is refused until the heal, then a new session works.
+#[test]
+fn a_partition_fails_calls_at_once_and_a_heal_serves_a_new_session() {
+    let mut sim = Sim::new(SimConfig::new(11));
+    let log = Rc::new(RefCell::new(Vec::<String>::new()));
+    let l2 = log.clone();
+    sim.run(move |h| {
+        let server = h.add_node("server", server_addr().ip(), server_program);
+        let l3 = l2.clone();
+        let client = h.add_node("client", "10.0.0.2".parse().unwrap(), move || {
+            let c = Client::connect(server_addr(), &client_config()).expect("connect");
+            echo(&c, b"before").expect("a call before the partition");
+            l3.borrow_mut().push("served".into());
+            let t = taskio::now();
+            let e = echo(&c, SLOW).expect_err("a call through the partition fails");
+            let took = taskio::now() - t;
+            // Before the slow answer could have come: the reset ended it.
+            assert!(took < SLOW_FOR, "failed after {took:?}: {e}");
+            l3.borrow_mut().push(format!("failed: {e}"));
+            let mut tries = 0;
+            let c = loop {
+                match Client::connect(server_addr(), &client_config()) {
+                    Ok(c) => break c,
+                    Err(_) => {
+                        tries += 1;
+                        assert!(tries < CONNECT_TRIES_MAX, "no session after the heal");
+                        sleep(RETRY_EVERY);
+                    }
+                }
+            };
+            echo(&c, b"healed").expect("a new session");
+            l3.borrow_mut()
+                .push(format!("healed after {tries} refusals"));
+        });
+        assert!(h.run_until(Duration::from_secs(5), || l2.borrow().len() == 1));
+        sleep(SLOW_FOR / 2);
+        h.partition(server, client);
+        assert!(h.run_until(Duration::from_secs(5), || l2.borrow().len() == 2));
+        sleep(Duration::from_millis(500));
+        h.heal(server, client);
+        assert!(h.run_until(Duration::from_secs(10), || l2.borrow().len() == 3));
+    })
+    .unwrap();
+    let log = log.borrow();
+    assert!(log[1].contains("connection"), "{}", log[1]);
+    assert!(log[2].starts_with("healed after"), "{}", log[2]);
+    assert_ne!(
+        log[2], "healed after 0 refusals",
+        "refused while partitioned"
+    );
+}
