@@ -2,7 +2,9 @@
 //! connection at once; each request gets a tag, a reader task routes each response
 //! to its caller by tag. In-flight calls are bounded by the server's queue depth
 //! (told at HELLO): a caller beyond it waits. A connection failure fails every
-//! waiting call with the error, and every later call at once.
+//! waiting call with the error, and every later call at once. Every call has a
+//! timeout; a response is checked against its request (type, READ length), and a
+//! caller that unwinds gives its slot back.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -11,15 +13,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use taskio::net::{self, TcpStream};
-use taskio::{Builder, QLock, Rendez, TaskRef, WaitReason, park, park_until};
+use taskio::{Builder, QLock, Rendez, TaskRef, WaitReason, park_until};
 
+use crate::MsgType;
 use crate::error::RpcError;
 use crate::frame::{FrameReader, send_message};
 use crate::header::Header;
-use crate::limits::{HEADER_LEN, TAG_NONE, VERSION_MAX, VERSION_MIN};
-use crate::msg::{Body, Hello, Message, Request, Response};
+use crate::limits::{HEADER_LEN, TAG_NONE};
+use crate::msg::{Body, Message, Request, Response};
 use crate::status::Status;
-use crate::{MsgType, auth};
 
 /// Settings of a client connection.
 #[derive(Debug, Clone)]
@@ -28,8 +30,9 @@ pub struct ClientConfig {
     /// The server's shared secret, if it asks for one.
     pub secret: Option<Vec<u8>>,
     pub connect_timeout: Duration,
-    /// Bound of each call (None: wait as long as the connection lives).
-    pub call_timeout: Option<Duration>,
+    /// Bound of each call, from its start (waiting for an in-flight slot, sending,
+    /// waiting for the response) to its end. Every call has one.
+    pub call_timeout: Duration,
     /// How long a started response frame may take to arrive.
     pub frame_timeout: Duration,
 }
@@ -40,7 +43,7 @@ impl Default for ClientConfig {
             name: "client".into(),
             secret: None,
             connect_timeout: Duration::from_secs(5),
-            call_timeout: Some(Duration::from_secs(30)),
+            call_timeout: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(10),
         }
     }
@@ -76,6 +79,47 @@ impl Reply {
 struct Pending {
     reply: Option<Result<Reply, RpcError>>,
     waiter: Option<TaskRef>,
+    /// What the response must be.
+    expect: Expect,
+}
+
+/// What a response must be, given its request (PROTOCOL.md, "Error responses" and
+/// READ): anything else is a protocol violation that closes the connection.
+#[derive(Debug, Clone, Copy)]
+struct Expect {
+    msg_type: MsgType,
+    /// The data length of an OK READ or VSSD_READ.
+    data_len: Option<u32>,
+}
+
+impl Expect {
+    fn of(request: &Request<'_>) -> Expect {
+        let data_len = match *request {
+            Request::Read { length, .. } | Request::VssdRead { length, .. } => Some(length),
+            _ => None,
+        };
+        Expect {
+            msg_type: request.msg_type(),
+            data_len,
+        }
+    }
+
+    /// Why `header` cannot answer the request, if it cannot.
+    fn mismatch(&self, header: &Header) -> Option<String> {
+        if header.msg_type != self.msg_type {
+            return Some(format!(
+                "a {} response to a {} request (tag {})",
+                header.msg_type, self.msg_type, header.tag
+            ));
+        }
+        match self.data_len {
+            Some(want) if header.status.is_ok() && header.length != want => Some(format!(
+                "{} of {want} bytes answered with {} (tag {})",
+                self.msg_type, header.length, header.tag
+            )),
+            _ => None,
+        }
+    }
 }
 
 struct Inner {
@@ -89,7 +133,7 @@ struct Inner {
     in_flight: Cell<usize>,
     slot_free: Rendez,
     broken: RefCell<Option<String>>,
-    call_timeout: Option<Duration>,
+    call_timeout: Duration,
     /// Tags of calls that timed out, whose late responses are dropped (bounded:
     /// the oldest are forgotten first).
     expired: RefCell<std::collections::VecDeque<u64>>,
@@ -116,76 +160,19 @@ impl Client {
                 source,
             })?;
         let mut reader = FrameReader::new();
-        let mut out = Vec::new();
-        let mut client_nonce = auth::nonce();
-        let mut proof = None;
-        let timeout = config.connect_timeout;
-        let (version, queue_depth, data_len_max, server_name) = loop {
-            let hello = Hello {
-                version_min: VERSION_MIN,
-                version_max: VERSION_MAX,
-                client_nonce,
-                proof,
-                client_name: &config.name,
-            };
-            let m = Message {
-                tag: 1,
-                body: Body::Request(Request::Hello(hello)),
-            };
-            send_message(&stream, VERSION_MIN, &m, &mut out)?;
-            let (_, msg) = reader.read(&stream, timeout)?;
-            match msg.body {
-                Body::Response(Response::Hello(r)) => {
-                    if let Some(secret) = &config.secret {
-                        let Some(p) = r.proof else {
-                            return Err(RpcError::AuthFailed { who: "server" });
-                        };
-                        auth::verify_server(
-                            secret,
-                            &r.server_nonce,
-                            &client_nonce,
-                            &config.name,
-                            &p,
-                        )?;
-                    }
-                    break (
-                        r.version,
-                        r.queue_depth,
-                        r.data_len_max,
-                        r.server_name.to_string(),
-                    );
-                }
-                Body::Response(Response::HelloAuthRequired(r)) if proof.is_none() => {
-                    let Some(secret) = &config.secret else {
-                        return Err(RpcError::Refused {
-                            what: "HELLO",
-                            status: Status::AuthRequired,
-                            reason: "the server wants a secret and none is configured".into(),
-                        });
-                    };
-                    // A fresh nonce for the proving HELLO (PROTOCOL.md, HELLO step 2).
-                    client_nonce = auth::nonce();
-                    proof = Some(auth::prove(
-                        secret,
-                        &r.server_nonce,
-                        &client_nonce,
-                        &config.name,
-                    ));
-                }
-                Body::Response(Response::Error { status, reason, .. }) => {
-                    return Err(RpcError::Refused {
-                        what: "HELLO",
-                        status,
-                        reason: reason.to_string(),
-                    });
-                }
-                _ => {
-                    return Err(RpcError::Protocol {
-                        what: "unexpected answer to HELLO".into(),
-                    });
-                }
-            }
-        };
+        let opened = crate::hello::client(
+            &stream,
+            &mut reader,
+            &config.name,
+            config.secret.as_deref(),
+            config.connect_timeout,
+        )?;
+        let crate::hello::Opened {
+            version,
+            queue_depth,
+            data_len_max,
+            server_name,
+        } = opened;
         let peer = stream.peer_addr();
         let inner = Rc::new(Inner {
             stream: Rc::new(stream),
@@ -231,40 +218,61 @@ impl Client {
         self.data_len_max
     }
 
+    /// Calls in flight on this connection now (each holds a slot).
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.get()
+    }
+
     /// Sends `request` and waits for its response (any status). Many tasks may call
-    /// at once; beyond the server's queue depth a caller waits for a slot.
+    /// at once; beyond the server's queue depth a caller waits for a slot. The call
+    /// ends within the client's `call_timeout` (TimedOut), or at once when the
+    /// connection fails. A response of another type than the request's, or a READ
+    /// answered with another length, closes the connection (Protocol).
     pub fn call(&self, request: Request<'_>) -> Result<Reply, RpcError> {
         let inner = &*self.inner;
         let msg_type = request.msg_type();
+        let deadline = taskio::now() + inner.call_timeout;
+        let timed_out = |tag| RpcError::TimedOut {
+            msg_type,
+            tag,
+            after: inner.call_timeout,
+        };
         while inner.in_flight.get() >= inner.queue_depth && inner.broken.borrow().is_none() {
-            inner.slot_free.sleep();
+            if !inner.slot_free.sleep_until(deadline) {
+                return Err(timed_out(TAG_NONE));
+            }
         }
         if let Some(why) = inner.broken.borrow().clone() {
             return Err(lost(inner, why));
         }
-        inner.in_flight.set(inner.in_flight.get() + 1);
-        let r = self.call_in_slot(request, msg_type);
-        inner.in_flight.set(inner.in_flight.get() - 1);
-        inner.slot_free.wakeup();
-        r
-    }
-
-    fn call_in_slot(&self, request: Request<'_>, msg_type: MsgType) -> Result<Reply, RpcError> {
-        let inner = &*self.inner;
-        let mut tag = inner.next_tag.get();
-        if tag == TAG_NONE {
-            tag = 2;
-        }
-        inner.next_tag.set(tag + 1);
+        let mut slot = Slot::take(inner);
+        let tag = inner.next_tag.get();
+        // Tags run 2.. (1 is HELLO's) and never reach TAG_NONE in practice; wrap
+        // anyway rather than send it.
+        inner
+            .next_tag
+            .set(if tag + 1 == TAG_NONE { 2 } else { tag + 1 });
         inner.pending.borrow_mut().insert(
             tag,
             Pending {
                 reply: None,
                 waiter: None,
+                expect: Expect::of(&request),
             },
         );
+        slot.tag = Some(tag);
         let sent = {
             let mut out = inner.writer.lock();
+            if let Some(why) = inner.broken.borrow().clone() {
+                return Err(lost(inner, why));
+            }
+            let left = deadline.saturating_duration_since(taskio::now());
+            if left.is_zero() {
+                return Err(timed_out(tag));
+            }
+            // A server that stops reading cannot hold the call past its deadline;
+            // a frame cut short by the timeout breaks the connection below.
+            inner.stream.set_write_timeout(Some(left));
             let m = Message {
                 tag,
                 body: Body::Request(request),
@@ -272,13 +280,12 @@ impl Client {
             send_message(&inner.stream, inner.version, &m, &mut out)
         };
         if let Err(e) = sent {
-            inner.pending.borrow_mut().remove(&tag);
             if e.closes_connection() {
                 fail_all(inner, &e.to_string());
+                let _ = inner.stream.shutdown(std::net::Shutdown::Both);
             }
             return Err(e);
         }
-        let deadline = inner.call_timeout.map(|t| taskio::now() + t);
         loop {
             {
                 let mut pending = inner.pending.borrow_mut();
@@ -287,31 +294,50 @@ impl Client {
                 };
                 if let Some(r) = p.reply.take() {
                     pending.remove(&tag);
+                    slot.tag = None;
                     return r;
                 }
                 p.waiter = Some(TaskRef::current());
             }
-            let woken = match deadline {
-                None => {
-                    park(WaitReason::Io("rpc call"));
-                    true
-                }
-                Some(d) => park_until(WaitReason::Io("rpc call"), d),
-            };
-            if !woken {
-                inner.pending.borrow_mut().remove(&tag);
-                let mut expired = inner.expired.borrow_mut();
-                if expired.len() >= EXPIRED_TAGS_MAX {
-                    expired.pop_front();
-                }
-                expired.push_back(tag);
-                return Err(RpcError::TimedOut {
-                    msg_type,
-                    tag,
-                    after: inner.call_timeout.unwrap_or_default(),
-                });
+            if !park_until(WaitReason::Io("rpc call"), deadline) {
+                return Err(timed_out(tag));
             }
         }
+    }
+}
+
+/// A call's in-flight slot and its pending tag, given back however the call ends:
+/// returned, timed out, or unwound (its task torn down with a crashed node or its
+/// runtime). A tag given back unanswered is remembered as expired, so that its late
+/// response is dropped instead of taken for a protocol violation.
+struct Slot<'a> {
+    inner: &'a Inner,
+    tag: Option<u64>,
+}
+
+impl<'a> Slot<'a> {
+    fn take(inner: &'a Inner) -> Slot<'a> {
+        inner.in_flight.set(inner.in_flight.get() + 1);
+        Slot { inner, tag: None }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let inner = self.inner;
+        let unanswered = self
+            .tag
+            .and_then(|tag| inner.pending.borrow_mut().remove(&tag))
+            .is_some_and(|p| p.reply.is_none());
+        if let (true, Some(tag)) = (unanswered, self.tag) {
+            let mut expired = inner.expired.borrow_mut();
+            if expired.len() >= EXPIRED_TAGS_MAX {
+                expired.pop_front();
+            }
+            expired.push_back(tag);
+        }
+        inner.in_flight.set(inner.in_flight.get() - 1);
+        inner.slot_free.wakeup();
     }
 }
 
@@ -379,6 +405,15 @@ fn read_responses(inner: Rc<Inner>, mut reader: FrameReader, frame_timeout: Dura
             crate::decode_payload(&header, frame.get(HEADER_LEN..).unwrap_or_default()).map(|_| ());
         let mut pending = inner.pending.borrow_mut();
         if let Some(p) = pending.get_mut(&header.tag) {
+            if let Some(what) = p.expect.mismatch(&header) {
+                // The server answered something else than was asked: nothing it
+                // sends on this connection can be trusted.
+                p.reply = Some(Err(RpcError::Protocol { what: what.clone() }));
+                drop(pending);
+                fail_all(&inner, &what);
+                let _ = inner.stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
             p.reply = Some(payload_ok.map(|()| Reply { header, frame }));
             if let Some(w) = p.waiter.take() {
                 w.wake();

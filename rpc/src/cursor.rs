@@ -131,6 +131,19 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A name of `len` bytes, outside 1..=NAME_LEN_MAX: a bad name, so a value the message
+/// does not allow (INVALID_ARGUMENT), not a payload that fails its layout.
+const _: () = assert!(NAME_LEN_MAX == 64, "name_len_error's text says 64");
+
+pub(crate) fn name_len_error(msg_type: MsgType, field: &'static str, len: usize) -> RpcError {
+    RpcError::InvalidArgument {
+        msg_type,
+        field,
+        got: len as u64,
+        why: "a name is 1..=64 bytes",
+    }
+}
+
 /// A name: 1..=NAME_LEN_MAX bytes of printable ASCII (0x21..=0x7E).
 pub(crate) fn check_name<'a>(
     msg_type: MsgType,
@@ -138,13 +151,7 @@ pub(crate) fn check_name<'a>(
     s: &'a [u8],
 ) -> Result<&'a str, RpcError> {
     if s.is_empty() || s.len() > NAME_LEN_MAX {
-        return Err(RpcError::BadLength {
-            msg_type,
-            field,
-            got: s.len() as u64,
-            min: 1,
-            max: NAME_LEN_MAX as u64,
-        });
+        return Err(name_len_error(msg_type, field, s.len()));
     }
     if let Some(b) = s.iter().find(|b| !b.is_ascii_graphic()) {
         return Err(RpcError::InvalidArgument {

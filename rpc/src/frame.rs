@@ -43,12 +43,32 @@ impl FrameReader {
         frame_timeout: Duration,
         into: &mut Vec<u8>,
     ) -> Result<RawHeader, RpcError> {
+        let first = self.read_first_byte(stream, idle)?;
+        self.read_rest(stream, first, frame_timeout, into)
+    }
+
+    /// Waits up to `idle` for the first byte of the next frame. A wait that times out
+    /// is `RpcError::Io` whose source has kind `TimedOut` (see
+    /// `is_idle_timeout`); the stream may be read again.
+    pub fn read_first_byte(&mut self, stream: &TcpStream, idle: Duration) -> Result<u8, RpcError> {
+        let mut first = [0u8; 1];
+        stream.set_read_timeout(Some(idle));
+        stream.read_exact(&mut first).map_err(io("read header"))?;
+        Ok(first[0])
+    }
+
+    /// Reads the rest of the frame whose first byte was `first` into `into` (see
+    /// [`FrameReader::read_raw`]), within `frame_timeout`.
+    pub fn read_rest(
+        &mut self,
+        stream: &TcpStream,
+        first: u8,
+        frame_timeout: Duration,
+        into: &mut Vec<u8>,
+    ) -> Result<RawHeader, RpcError> {
         into.clear();
         into.resize(HEADER_LEN, 0);
-        stream.set_read_timeout(Some(idle));
-        stream
-            .read_exact(&mut into[..1])
-            .map_err(io("read header"))?;
+        into[0] = first;
         stream.set_read_timeout(Some(frame_timeout));
         stream
             .read_exact(&mut into[1..HEADER_LEN])
@@ -97,6 +117,18 @@ impl FrameReader {
         let msg = crate::decode_payload(&header, &self.buf[HEADER_LEN..])?;
         Ok((header, msg))
     }
+}
+
+/// Whether `e` is a wait for the first byte of a frame that timed out (nothing of
+/// the frame was read).
+pub(crate) fn is_idle_timeout(e: &RpcError) -> bool {
+    matches!(
+        e,
+        RpcError::Io {
+            op: "read header",
+            source: taskio::IoError::TimedOut { done: 0, .. },
+        }
+    )
 }
 
 /// Encodes `msg` into `out` (reused) and writes it.

@@ -7,19 +7,24 @@
 //! what they mean is `dtm`'s and `vssd`'s business.
 //!
 //! `PROTOCOL.md` beside this crate is the single source of truth for the wire; this
-//! code follows it. What is here so far is the codec:
+//! code follows it:
 //! - [`limits`]: every number of the wire, with their relations asserted;
 //! - [`Header`] / [`RawHeader`]: the fixed 56-byte header and its checks;
 //! - [`MsgType`], [`Status`]: the type and status codes;
 //! - [`Message`], [`Request`], [`Response`]: typed bodies of every message,
 //!   decoded without copying their data;
 //! - [`encode_frame`], [`decode_header`], [`decode_payload`], [`decode_frame`]:
-//!   framing with both CRC32Cs;
-//! - [`auth`]: the HELLO challenge-response (HMAC-SHA256);
+//!   framing with both CRC32Cs; [`FrameReader`] / [`send_message`] on a stream;
+//! - [`auth`]: the HELLO challenge-response (HMAC-SHA256), and the handshake of
+//!   both sides in one module (`hello.rs`);
+//! - [`session`]: one connection served by tasks of the current runtime
+//!   ([`serve_connection`]) and a listener serving one session per connection
+//!   ([`serve_listener`]): the same code on the real driver and the simulator;
+//! - [`server`]: the thread hosting on top ([`Server`]: an acceptor thread and
+//!   session runtimes that connections are handed to);
+//! - [`client`]: the pipelined [`Client`];
 //! - [`RpcError`]: what went wrong, the status to answer with, and whether the
 //!   connection must close.
-//!
-//! Not built yet: the session server and the pipelined client of the `[rpc]` issue.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
@@ -31,10 +36,12 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod header;
+mod hello;
 pub mod limits;
 mod msg;
 mod msg_type;
 pub mod server;
+pub mod session;
 mod status;
 
 pub use client::{Client, ClientConfig, Reply};
@@ -52,5 +59,6 @@ pub use msg::{
     RECOVER_FLAG_MORE, Request, Response, VssdInfo,
 };
 pub use msg_type::MsgType;
-pub use server::{Server, ServerConfig, Service, SessionInfo};
+pub use server::{Handoff, Host, HostConfig, Server, ServerConfig};
+pub use session::{Service, SessionConfig, SessionInfo, serve_connection, serve_listener};
 pub use status::Status;

@@ -44,6 +44,10 @@ pub const IN_DOUBT_PER_REPLY_MAX: usize = 4096;
 /// Largest queue depth (requests in flight per session) a server may advertise.
 pub const QUEUE_DEPTH_MAX: u32 = 1024;
 
+/// HELLO frames a server reads on one connection before a session opens (a refused
+/// one, the challenge's two, and a few tries with fields fixed); one more closes it.
+pub const HELLO_FRAMES_MAX: u32 = 8;
+
 /// Bytes of a HELLO nonce (client's and server's).
 pub const NONCE_LEN: usize = 32;
 /// Bytes of a HELLO proof: one HMAC-SHA256.

@@ -1,63 +1,256 @@
-//! The session server (the seed's "CVA overall architecture", server side).
+//! Thread hosting of sessions: a thin layer on top of "serve one connection".
 //!
-//! An acceptor thread takes connections and hands each, through taskio's `Remote`,
-//! to one of a bounded set of session threads, each running its own taskio runtime;
-//! over the limit a client gets an ERROR frame (BUSY) and a closed connection. In a
-//! session: after HELLO (version, queue depth, optional HMAC challenge-response), one
-//! reader task reads frames into pooled buffers and queues them; `queue_depth` handler
-//! tasks call the [`Service`] and write responses under a `QLock` on the socket. A
-//! request beyond the queue depth is answered BUSY at once, so memory stays bounded
-//! by `queue_depth` frames. A session that ends (client gone, bad framing) frees all
-//! it held; the server goes on.
+//! [`Host`] is generic over what serving a connection means: an acceptor thread
+//! takes connections (blocking std `accept`, no runtime) and hands each, as a
+//! [`Handoff`] (a plain fd plus the bytes already read from it) through taskio's
+//! `Remote`, to one of a bounded set of runtime threads, each with its own taskio
+//! runtime, where the per-thread serve function runs it as a task. Today each
+//! runtime serves one connection at a time (so `runtimes` bounds the sessions);
+//! over the limit a client gets ERROR(TAG_NONE, BUSY) and a closed connection. The
+//! same layer is meant for `cdev` (hand a connection to the runtime of the device it
+//! opened) and the NBD export.
+//!
+//! [`Server`] is the rpc server on top: [`Host`] with
+//! [`serve_connection`] as the serve function (HELLO, reader
+//! task, handler tasks: see [`crate::session`]). A session that ends (client gone,
+//! bad framing) frees all it held; the server goes on.
 
-use std::cell::Cell;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use taskio::net::TcpStream;
-use taskio::remote::{Inbox, Remote, remote};
-use taskio::{Builder, Channel, Config, IoConfig, Pool, QLock, Runtime};
+use taskio::remote::{Inbox, Remote, RemoteSendError, remote};
+use taskio::{Builder, Config, IoConfig, IoError, Runtime};
 
 use crate::error::RpcError;
-use crate::frame::{FrameReader, send_message};
-use crate::limits::{DATA_LEN_MAX, QUEUE_DEPTH_MAX, VERSION_MAX, VERSION_MIN};
-use crate::msg::{Body, Hello, HelloReply, Message, Request, Response};
+use crate::limits::VERSION_MIN;
+use crate::msg::Message;
+use crate::session::{REFUSE_WRITE_TIMEOUT, Service, SessionConfig, serve_connection};
 use crate::status::Status;
-use crate::{Header, MsgType, auth};
 
-/// What a session knows of its client, for the service.
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    pub peer: SocketAddr,
-    pub client_name: String,
-    pub version: u16,
-    pub authenticated: bool,
+/// A connection on its way from the thread that accepted it to the runtime that
+/// will serve it: a plain fd, and what was already read from it (a handshake an
+/// acceptor looked at; nothing, for rpc's own acceptor).
+#[derive(Debug)]
+pub struct Handoff {
+    pub stream: std::net::TcpStream,
+    pub already_read: Vec<u8>,
 }
 
-/// What an upper crate plugs into the server: one instance per session, on the
-/// session's thread.
-pub trait Service {
-    /// Answers one request (never HELLO: the session does that). Runs in a handler
-    /// task and may pseudo-block. Data a response carries (READ) goes in `scratch`,
-    /// which the response may borrow. A failure is `Response::Error`.
-    fn handle<'s>(
-        &self,
-        session: &SessionInfo,
-        header: &Header,
-        request: Request<'_>,
-        scratch: &'s mut Vec<u8>,
-    ) -> Response<'s>;
+impl Handoff {
+    /// The connection as a stream of the current runtime; its reads return
+    /// `already_read` first.
+    pub fn adopt(self) -> Result<TcpStream, IoError> {
+        TcpStream::from_std_with_read(self.stream, self.already_read)
+    }
+}
+
+/// Settings of a [`Host`].
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub addr: SocketAddr,
+    /// Runtime threads; each serves one connection at a time, so this is also the
+    /// number of connections served at once. More are refused (BUSY).
+    pub runtimes: usize,
+    /// Settings of each runtime (stall detector, stacks) and its I/O.
+    pub runtime: Config,
+    pub io: IoConfig,
+}
+
+/// Poison-proof lock: a thread that panicked holding one of these left nothing
+/// half-done (each critical section is one push, pop or store).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the acceptor and the runtime threads share.
+struct Shared {
+    stop: AtomicBool,
+    /// Runtimes with no connection.
+    free: Mutex<Vec<usize>>,
+    /// The connection each runtime serves now (a clone, to shut it down on stop).
+    serving: Vec<Mutex<Option<std::net::TcpStream>>>,
+}
+
+/// Running acceptor and runtime threads; `stop` (or drop) ends them and joins.
+pub struct Host {
+    local: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+    runtimes: Vec<JoinHandle<()>>,
+}
+
+impl Host {
+    /// Binds `config.addr` and starts the acceptor and the runtime threads. On each
+    /// runtime thread `make_serve` builds, once, the function that serves one
+    /// connection there; it runs in a task of that runtime, and the runtime takes
+    /// its next connection when it returns.
+    pub fn start<G, F>(config: HostConfig, make_serve: F) -> Result<Host, RpcError>
+    where
+        G: Fn(TcpStream) + 'static,
+        F: Fn() -> G + Send + Sync + 'static,
+    {
+        assert!(config.runtimes > 0, "a host needs at least one runtime");
+        let setup = |what| move |source| RpcError::Setup { what, source };
+        let listener = TcpListener::bind(config.addr).map_err(setup("bind"))?;
+        let local = listener.local_addr().map_err(setup("local_addr"))?;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            free: Mutex::new((0..config.runtimes).rev().collect()),
+            serving: (0..config.runtimes).map(|_| Mutex::new(None)).collect(),
+        });
+        let make_serve = Arc::new(make_serve);
+        let mut remotes = Vec::with_capacity(config.runtimes);
+        let mut runtimes = Vec::with_capacity(config.runtimes);
+        for i in 0..config.runtimes {
+            // One connection at a time: a queue of one.
+            let (tx, inbox) = remote::<Handoff>(1).map_err(|source| RpcError::Io {
+                op: "remote",
+                source,
+            })?;
+            remotes.push(tx);
+            let (config, shared, make_serve) = (config.clone(), shared.clone(), make_serve.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("rpc-session-{i}"))
+                .spawn(move || runtime_thread(i, &config, inbox, shared, make_serve))
+                .map_err(setup("spawn runtime thread"))?;
+            runtimes.push(t);
+        }
+        let s = shared.clone();
+        let acceptor = std::thread::Builder::new()
+            .name("rpc-acceptor".into())
+            .spawn(move || acceptor(listener, remotes, &s))
+            .map_err(setup("spawn acceptor"))?;
+        Ok(Host {
+            local,
+            shared,
+            acceptor: Some(acceptor),
+            runtimes,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Stops accepting, ends every connection (their sockets are shut down), joins.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        // Wake the acceptor out of accept().
+        let _ = std::net::TcpStream::connect_timeout(&self.local, Duration::from_secs(1));
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        for slot in &self.shared.serving {
+            if let Some(s) = lock(slot).as_ref() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        for t in self.runtimes.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if self.acceptor.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+fn acceptor(listener: TcpListener, remotes: Vec<Remote<Handoff>>, shared: &Shared) {
+    for conn in listener.incoming() {
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        let Ok(stream) = conn else {
+            continue; // a client that gave up before we accepted it
+        };
+        let Some(i) = lock(&shared.free).pop() else {
+            refuse(stream, Status::Busy, "session limit reached");
+            continue;
+        };
+        if let Ok(clone) = stream.try_clone() {
+            *lock(&shared.serving[i]) = Some(clone);
+        }
+        let handoff = Handoff {
+            stream,
+            already_read: Vec::new(),
+        };
+        if let Err(e) = remotes[i].send(handoff) {
+            // The runtime thread is gone (it failed to start its runtime).
+            let (RemoteSendError::Full { value, .. } | RemoteSendError::Closed(value)) = e;
+            refuse(
+                value.stream,
+                Status::ShuttingDown,
+                "session thread unavailable",
+            );
+        }
+    }
+    // Dropping the remotes closes every inbox: idle runtime threads end.
+    drop(remotes);
+}
+
+/// Writes a connection-level ERROR frame (best effort, bounded) and closes: the
+/// acceptor has no runtime, so this is plain std I/O.
+fn refuse(mut stream: std::net::TcpStream, status: Status, reason: &str) {
+    use std::io::Write;
+    let mut out = Vec::new();
+    let m = Message::connection_error(status, reason);
+    if crate::encode_frame(VERSION_MIN, &m, &mut out).is_ok() {
+        let _ = stream.set_write_timeout(Some(REFUSE_WRITE_TIMEOUT));
+        let _ = stream.write_all(&out);
+    }
+}
+
+fn runtime_thread<G, F>(
+    index: usize,
+    config: &HostConfig,
+    inbox: Inbox<Handoff>,
+    shared: Arc<Shared>,
+    make_serve: Arc<F>,
+) where
+    G: Fn(TcpStream) + 'static,
+    F: Fn() -> G + Send + Sync + 'static,
+{
+    let Ok(mut rt) = Runtime::with_io(config.runtime.clone(), config.io.clone()) else {
+        return; // the acceptor learns it when a send fails
+    };
+    let _ = rt.run(move || {
+        let serve = Rc::new(make_serve());
+        while let Ok(Some(handoff)) = inbox.recv() {
+            if let Ok(stream) = handoff.adopt() {
+                // A task of its own, so that a panic in it ends that connection
+                // alone; the runtime goes on with the next one.
+                let serve = serve.clone();
+                let served = Builder::new()
+                    .name(format!("rpc-serve-{index}"))
+                    .spawn(move || serve(stream));
+                if let Ok(h) = served {
+                    let _ = h.join();
+                }
+            }
+            *lock(&shared.serving[index]) = None;
+            lock(&shared.free).push(index);
+        }
+    });
 }
 
 /// Settings of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub addr: SocketAddr,
-    /// Sessions served at once (one thread each); more clients are refused.
+    /// Sessions served at once (one runtime thread each); more clients are refused.
     pub sessions_max: usize,
     /// Requests one session may have in flight (handler tasks per session).
     pub queue_depth: u32,
@@ -70,6 +263,8 @@ pub struct ServerConfig {
     pub frame_timeout: Duration,
     /// How long a session may stay silent between requests.
     pub idle_timeout: Duration,
+    /// How long an idle session waits before it gives its buffers back.
+    pub idle_shrink_after: Duration,
     /// Settings of each session thread's runtime (stall detector, stacks).
     pub runtime: Config,
     pub io: IoConfig,
@@ -77,28 +272,47 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn new(addr: SocketAddr) -> ServerConfig {
+        let session = SessionConfig::default();
         ServerConfig {
             addr,
             sessions_max: 16,
-            queue_depth: 32,
-            secret: None,
-            server_name: "cva".into(),
-            frame_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(600),
+            queue_depth: session.queue_depth,
+            secret: session.secret,
+            server_name: session.server_name,
+            frame_timeout: session.frame_timeout,
+            idle_timeout: session.idle_timeout,
+            idle_shrink_after: session.idle_shrink_after,
             runtime: Config::default(),
             io: IoConfig::default(),
         }
     }
+
+    /// The settings of each session of this server.
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            queue_depth: self.queue_depth,
+            secret: self.secret.clone(),
+            server_name: self.server_name.clone(),
+            frame_timeout: self.frame_timeout,
+            idle_timeout: self.idle_timeout,
+            idle_shrink_after: self.idle_shrink_after,
+        }
+    }
+
+    /// The hosting of this server's sessions.
+    pub fn host(&self) -> HostConfig {
+        HostConfig {
+            addr: self.addr,
+            runtimes: self.sessions_max,
+            runtime: self.runtime.clone(),
+            io: self.io.clone(),
+        }
+    }
 }
 
-/// A running server; `stop` (or drop) ends it and joins its threads.
+/// A running rpc server: a [`Host`] whose runtimes serve rpc sessions.
 pub struct Server {
-    local: SocketAddr,
-    stop: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
-    sessions: Vec<JoinHandle<()>>,
-    /// The stream each session thread serves now (to shut it down on stop).
-    serving: Arc<Vec<Mutex<Option<std::net::TcpStream>>>>,
+    host: Host,
 }
 
 impl Server {
@@ -109,512 +323,25 @@ impl Server {
         S: Service + 'static,
         F: Fn() -> S + Send + Sync + 'static,
     {
-        if let Some(secret) = &config.secret {
-            auth::check_secret(secret)?;
-        }
         assert!(config.sessions_max > 0, "sessions_max must be at least 1");
-        assert!(
-            (1..=QUEUE_DEPTH_MAX).contains(&config.queue_depth),
-            "queue_depth {} out of 1..={QUEUE_DEPTH_MAX}",
-            config.queue_depth
-        );
-        let listener = TcpListener::bind(config.addr).map_err(|source| RpcError::Setup {
-            what: "bind",
-            source,
-        })?;
-        let local = listener.local_addr().map_err(|source| RpcError::Setup {
-            what: "local_addr",
-            source,
-        })?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let free: Arc<Mutex<Vec<usize>>> =
-            Arc::new(Mutex::new((0..config.sessions_max).rev().collect()));
-        let serving: Arc<Vec<Mutex<Option<std::net::TcpStream>>>> =
-            Arc::new((0..config.sessions_max).map(|_| Mutex::new(None)).collect());
+        let session = config.session();
+        session.check()?;
         let make_service = Arc::new(make_service);
-        let mut remotes = Vec::with_capacity(config.sessions_max);
-        let mut sessions = Vec::with_capacity(config.sessions_max);
-        for i in 0..config.sessions_max {
-            let (tx, inbox) = remote::<std::net::TcpStream>(1).map_err(|e| RpcError::Io {
-                op: "remote",
-                source: e,
-            })?;
-            remotes.push(tx);
-            let (config, free, make_service, serving) = (
-                config.clone(),
-                free.clone(),
-                make_service.clone(),
-                serving.clone(),
-            );
-            let t = std::thread::Builder::new()
-                .name(format!("rpc-session-{i}"))
-                .spawn(move || {
-                    session_thread(i, config, inbox, free, serving, move || make_service())
-                })
-                .map_err(|source| RpcError::Setup {
-                    what: "spawn session thread",
-                    source,
-                })?;
-            sessions.push(t);
-        }
-        let (stop2, serving2) = (stop.clone(), serving.clone());
-        let acceptor = std::thread::Builder::new()
-            .name("rpc-acceptor".into())
-            .spawn(move || acceptor(listener, remotes, free, stop2, serving2))
-            .map_err(|source| RpcError::Setup {
-                what: "spawn acceptor",
-                source,
-            })?;
-        Ok(Server {
-            local,
-            stop,
-            acceptor: Some(acceptor),
-            sessions,
-            serving,
-        })
+        let host = Host::start(config.host(), move || {
+            let (session, make_service) = (session.clone(), make_service.clone());
+            move |stream| {
+                let _ = serve_connection(stream, &session, make_service());
+            }
+        })?;
+        Ok(Server { host })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.host.local_addr()
     }
 
     /// Stops accepting, ends every session (their sockets are shut down), joins.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wake the acceptor out of accept().
-        let _ = std::net::TcpStream::connect_timeout(&self.local, Duration::from_secs(1));
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
-        for slot in self.serving.iter() {
-            if let Some(s) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
-        }
-        for t in self.sessions.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.acceptor.is_some() {
-            self.shutdown();
-        }
-    }
-}
-
-fn acceptor(
-    listener: TcpListener,
-    remotes: Vec<Remote<std::net::TcpStream>>,
-    free: Arc<Mutex<Vec<usize>>>,
-    stop: Arc<AtomicBool>,
-    serving: Arc<Vec<Mutex<Option<std::net::TcpStream>>>>,
-) {
-    for conn in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
-            break;
-        }
-        let Ok(stream) = conn else {
-            continue; // a client that gave up before we accepted it
-        };
-        let slot = free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let Some(i) = slot else {
-            refuse(stream, Status::Busy, "session limit reached");
-            continue;
-        };
-        if let Ok(clone) = stream.try_clone() {
-            *serving[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(clone);
-        }
-        if let Err(e) = remotes[i].send(stream) {
-            // The session thread is gone (it failed to start its runtime).
-            let stream = match e {
-                taskio::remote::RemoteSendError::Full { value, .. } => value,
-                taskio::remote::RemoteSendError::Closed(value) => value,
-            };
-            refuse(stream, Status::ShuttingDown, "session thread unavailable");
-        }
-    }
-    // Dropping the remotes closes every inbox: idle session threads end.
-    drop(remotes);
-}
-
-/// Writes a connection-level ERROR frame (best effort, bounded) and closes.
-fn refuse(mut stream: std::net::TcpStream, status: Status, reason: &str) {
-    use std::io::Write;
-    let mut out = Vec::new();
-    if crate::encode_frame(
-        VERSION_MIN,
-        &Message::connection_error(status, reason),
-        &mut out,
-    )
-    .is_ok()
-    {
-        let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-        let _ = stream.write_all(&out);
-    }
-}
-
-fn session_thread<S: Service + 'static>(
-    index: usize,
-    config: ServerConfig,
-    inbox: Inbox<std::net::TcpStream>,
-    free: Arc<Mutex<Vec<usize>>>,
-    serving: Arc<Vec<Mutex<Option<std::net::TcpStream>>>>,
-    make_service: impl Fn() -> S + 'static,
-) {
-    let rt = Runtime::with_io(config.runtime.clone(), config.io.clone());
-    let Ok(mut rt) = rt else {
-        return; // the acceptor learns it when a send fails
-    };
-    let _ = rt.run(move || {
-        while let Ok(Some(stream)) = inbox.recv() {
-            if let Ok(stream) = TcpStream::from_std(stream) {
-                let service = make_service();
-                let _ = serve(&config, Rc::new(stream), service);
-            }
-            *serving[index].lock().unwrap_or_else(|p| p.into_inner()) = None;
-            free.lock().unwrap_or_else(|p| p.into_inner()).push(index);
-        }
-    });
-}
-
-/// HELLO: version, optional challenge-response. Returns the session's identity.
-fn hello(
-    config: &ServerConfig,
-    stream: &TcpStream,
-    reader: &mut FrameReader,
-) -> Result<SessionInfo, RpcError> {
-    let server_nonce = auth::nonce();
-    let mut out = Vec::new();
-    let mut asked_proof = false;
-    loop {
-        let read = reader.read(stream, config.idle_timeout.min(config.frame_timeout));
-        let (header, msg) = match read {
-            Ok(frame) => frame,
-            Err(e) => {
-                // Bad framing before HELLO is told like everywhere else (an HTTP
-                // client hitting the port learns why it is closed).
-                if !matches!(e, RpcError::ConnectionLost { .. }) {
-                    let status = closing_status(&e);
-                    let reason = e.to_string();
-                    let _ = send_message(
-                        stream,
-                        VERSION_MIN,
-                        &Message::connection_error(status, &reason),
-                        &mut out,
-                    );
-                }
-                return Err(e);
-            }
-        };
-        let hello: Hello<'_> = match msg.body {
-            Body::Request(Request::Hello(h)) => h,
-            _ => {
-                // Nothing is served before HELLO (and its proof, when asked).
-                let _ = send_message(
-                    stream,
-                    VERSION_MIN,
-                    &Message::connection_error(Status::AuthRequired, "HELLO first"),
-                    &mut out,
-                );
-                return Err(RpcError::Protocol {
-                    what: format!("{} before HELLO", header.msg_type.name()),
-                });
-            }
-        };
-        let lo = hello.version_min.max(VERSION_MIN);
-        let hi = hello.version_max.min(VERSION_MAX);
-        if lo > hi {
-            let _ = send_message(
-                stream,
-                VERSION_MIN,
-                &Message::error_reply(&header.raw(), Status::BadVersion, "no common version"),
-                &mut out,
-            );
-            return Err(RpcError::BadVersion {
-                got: hello.version_max,
-                min: VERSION_MIN,
-                max: VERSION_MAX,
-            });
-        }
-        let reply = |proof| HelloReply {
-            version: hi,
-            queue_depth: config.queue_depth,
-            data_len_max: DATA_LEN_MAX,
-            server_nonce,
-            proof,
-            server_name: &config.server_name,
-        };
-        let (authenticated, server_proof) = match (&config.secret, hello.proof) {
-            (None, _) => (false, None),
-            (Some(_), None) if !asked_proof => {
-                asked_proof = true;
-                let m = Message {
-                    tag: header.tag,
-                    body: Body::Response(Response::HelloAuthRequired(reply(None))),
-                };
-                send_message(stream, VERSION_MIN, &m, &mut out)?;
-                continue;
-            }
-            (Some(_), None) => {
-                let _ = send_message(
-                    stream,
-                    VERSION_MIN,
-                    &Message::error_reply(&header.raw(), Status::AuthFailed, "no proof"),
-                    &mut out,
-                );
-                return Err(RpcError::AuthFailed { who: "client" });
-            }
-            (Some(secret), Some(proof)) => {
-                if !asked_proof
-                    || auth::verify(
-                        secret,
-                        &server_nonce,
-                        &hello.client_nonce,
-                        hello.client_name,
-                        &proof,
-                    )
-                    .is_err()
-                {
-                    let _ = send_message(
-                        stream,
-                        VERSION_MIN,
-                        &Message::error_reply(&header.raw(), Status::AuthFailed, "bad proof"),
-                        &mut out,
-                    );
-                    return Err(RpcError::AuthFailed { who: "client" });
-                }
-                (
-                    true,
-                    Some(auth::prove_server(
-                        secret,
-                        &server_nonce,
-                        &hello.client_nonce,
-                        hello.client_name,
-                    )),
-                )
-            }
-        };
-        let m = Message {
-            tag: header.tag,
-            body: Body::Response(Response::Hello(reply(server_proof))),
-        };
-        send_message(stream, VERSION_MIN, &m, &mut out)?;
-        return Ok(SessionInfo {
-            peer: stream.peer_addr(),
-            client_name: hello.client_name.to_string(),
-            version: hi,
-            authenticated,
-        });
-    }
-}
-
-/// A request waiting for a handler: its frame (header + payload) in a pooled buffer.
-struct Queued {
-    header: Header,
-    frame: taskio::PoolItem<Vec<u8>>,
-}
-
-/// Serves one connection until it ends. Everything it allocates is dropped on return.
-fn serve<S: Service + 'static>(
-    config: &ServerConfig,
-    stream: Rc<TcpStream>,
-    service: S,
-) -> Result<(), RpcError> {
-    stream.set_write_timeout(Some(config.frame_timeout));
-    let mut reader = FrameReader::new();
-    let info = Rc::new(hello(config, &stream, &mut reader)?);
-    let depth = config.queue_depth as usize;
-    let queue: Rc<Channel<Queued>> = Rc::new(Channel::new(depth));
-    // One frame buffer per request in flight, plus the one being read.
-    let frames = Pool::new(depth + 1, Vec::new);
-    let in_flight = Rc::new(Cell::new(0usize));
-    let writer = Rc::new(QLock::new(Vec::new()));
-    let service = Rc::new(service);
-    let mut handlers = Vec::with_capacity(depth);
-    for i in 0..depth {
-        let (queue, stream, writer, service, info, in_flight) = (
-            queue.clone(),
-            stream.clone(),
-            writer.clone(),
-            service.clone(),
-            info.clone(),
-            in_flight.clone(),
-        );
-        let version = info.version;
-        let h = Builder::new()
-            .name(format!("rpc-handler-{i}"))
-            .spawn(move || {
-                let mut scratch = Vec::new();
-                while let Ok(q) = queue.recv() {
-                    let reply = answer(&*service, &info, &q, &mut scratch);
-                    let sent = {
-                        let mut out = writer.lock();
-                        send_message(&stream, version, &reply, &mut out)
-                    };
-                    drop(q);
-                    in_flight.set(in_flight.get() - 1);
-                    if sent.is_err() {
-                        queue.close();
-                        break;
-                    }
-                }
-            });
-        match h {
-            Ok(h) => handlers.push(h),
-            Err(_) => break, // fewer handlers: still correct, just less parallel
-        }
-    }
-    let result = read_requests(
-        config,
-        &stream,
-        &info,
-        &mut reader,
-        &queue,
-        &frames,
-        &in_flight,
-        &writer,
-        handlers.len(),
-    );
-    queue.close();
-    for h in handlers {
-        let _ = h.join();
-    }
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-fn read_requests(
-    config: &ServerConfig,
-    stream: &TcpStream,
-    info: &SessionInfo,
-    reader: &mut FrameReader,
-    queue: &Channel<Queued>,
-    frames: &Pool<Vec<u8>>,
-    in_flight: &Cell<usize>,
-    writer: &QLock<Vec<u8>>,
-    depth: usize,
-) -> Result<(), RpcError> {
-    loop {
-        let mut frame = frames.get();
-        let raw = match reader.read_raw(
-            stream,
-            config.idle_timeout,
-            config.frame_timeout,
-            &mut frame,
-        ) {
-            Ok(raw) => raw,
-            Err(e) => {
-                if !matches!(e, RpcError::ConnectionLost { .. }) {
-                    say_closing(stream, info.version, writer, &e);
-                }
-                return Err(e);
-            }
-        };
-        let header = match raw.validate() {
-            Ok(h) if h.response => Err(RpcError::BadFlags {
-                msg_type: h.msg_type.code(),
-                got: raw.flags,
-            }),
-            Ok(h) if h.msg_type == MsgType::Hello => {
-                let mut out = writer.lock();
-                send_message(
-                    stream,
-                    info.version,
-                    &Message::error_reply(&raw, Status::BadSequence, "HELLO twice"),
-                    &mut out,
-                )?;
-                continue;
-            }
-            other => other,
-        };
-        let header = match header {
-            Ok(h) => h,
-            Err(e) => {
-                if e.closes_connection() {
-                    say_closing(stream, info.version, writer, &e);
-                    return Err(e);
-                }
-                let reason = e.to_string();
-                let mut out = writer.lock();
-                send_message(
-                    stream,
-                    info.version,
-                    &Message::error_reply(&raw, e.status(), &reason),
-                    &mut out,
-                )?;
-                continue;
-            }
-        };
-        if in_flight.get() >= depth {
-            let mut out = writer.lock();
-            send_message(
-                stream,
-                info.version,
-                &Message::error_reply(&raw, Status::Busy, "queue depth exceeded"),
-                &mut out,
-            )?;
-            continue;
-        }
-        in_flight.set(in_flight.get() + 1);
-        if queue.try_send(Queued { header, frame }).is_err() {
-            in_flight.set(in_flight.get() - 1);
-            return Ok(()); // handlers gone: the session is ending
-        }
-    }
-}
-
-/// The status a closing ERROR frame gives for `e` (a read that timed out is TIMEOUT).
-fn closing_status(e: &RpcError) -> Status {
-    match e {
-        RpcError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
-            Status::Timeout
-        }
-        e => e.status(),
-    }
-}
-
-/// Tells the client why the session closes (best effort: it may be gone).
-fn say_closing(stream: &TcpStream, version: u16, writer: &QLock<Vec<u8>>, e: &RpcError) {
-    let reason = e.to_string();
-    let mut out = writer.lock();
-    let _ = send_message(
-        stream,
-        version,
-        &Message::connection_error(closing_status(e), &reason),
-        &mut out,
-    );
-}
-
-/// Decodes a queued request and asks the service.
-fn answer<'s, S: Service>(
-    service: &S,
-    info: &SessionInfo,
-    q: &'s Queued,
-    scratch: &'s mut Vec<u8>,
-) -> Message<'s> {
-    let payload = q.frame.get(crate::HEADER_LEN..).unwrap_or_default();
-    match crate::decode_payload(&q.header, payload) {
-        Ok(Message {
-            tag,
-            body: Body::Request(req),
-        }) => Message {
-            tag,
-            body: Body::Response(service.handle(info, &q.header, req, scratch)),
-        },
-        Ok(_) => Message::error_reply(&q.header.raw(), Status::BadType, "not a request"),
-        Err(e) => {
-            let status = e.status();
-            scratch.clear();
-            scratch.extend_from_slice(e.to_string().as_bytes());
-            let reason = std::str::from_utf8(scratch).unwrap_or("bad payload");
-            Message::error_reply(&q.header.raw(), status, reason)
-        }
+    pub fn stop(self) {
+        self.host.stop();
     }
 }

@@ -306,7 +306,7 @@ fn read_length_and_range_are_checked() {
     };
     assert!(matches!(
         body_err(read, b""),
-        RpcError::BadLength {
+        RpcError::InvalidArgument {
             field: "length",
             ..
         }
@@ -315,7 +315,7 @@ fn read_length_and_range_are_checked() {
         length: DATA_LEN_MAX + 1,
         ..read
     };
-    assert!(matches!(body_err(read, b""), RpcError::BadLength { .. }));
+    assert!(matches!(body_err(read, b""), RpcError::TooLarge { .. }));
     let read = Header {
         length: 2,
         offset: u64::MAX - 1,
@@ -388,7 +388,10 @@ fn names_are_checked() {
     assert!(matches!(body_err(open, &p), RpcError::BadLength { .. }));
     // Empty name.
     let p = vec![0, 0, 0, 0, 0, 0, 0, 0];
-    assert!(matches!(body_err(open, &p), RpcError::BadLength { .. }));
+    assert!(matches!(
+        body_err(open, &p),
+        RpcError::InvalidArgument { field: "name", .. }
+    ));
     // Reserved flag bit.
     let mut p = vec![2, 0, 0, 0, 1, 0, 0, 0];
     p.push(b'a');
@@ -558,4 +561,277 @@ fn error_reason_must_be_utf8() {
     let v = forge(h, "disk on fire".as_bytes());
     let (_, m, _) = decode_frame(&v).unwrap();
     assert_eq!(m.status(), Status::IoError);
+}
+
+// ---- where the server and PROTOCOL.md once disagreed (issue 16) ----------------
+//
+// A probe written from PROTOCOL.md alone found five answers of the server that the
+// spec did not give; each is pinned here, as the spec now says.
+
+/// "READ: `length` (1..=DATA_LEN_MAX ...) ... TOO_LARGE" and "data over
+/// `data_len_max`" is TOO_LARGE: a client learns to split, and the session goes on.
+#[test]
+fn a_read_longer_than_data_len_max_is_too_large() {
+    let read = Header {
+        handle: 1,
+        length: DATA_LEN_MAX + 1,
+        ..request_header(MsgType::Read)
+    };
+    let v = forge(read, b"");
+    let err = expect(&v, Status::TooLarge, false);
+    assert!(
+        matches!(err, RpcError::TooLarge { len, max, .. } if len == u64::from(DATA_LEN_MAX) + 1 && max == u64::from(DATA_LEN_MAX)),
+        "{err}"
+    );
+    answerable(&v, &err);
+    let vssd_read = Header {
+        handle: 1,
+        length: u32::MAX,
+        ..request_header(MsgType::VssdRead)
+    };
+    expect(&forge(vssd_read, &[0; 8]), Status::TooLarge, false);
+}
+
+/// READ's and DISCARD's ranges start at 1; a field value the message does not allow
+/// is INVALID_ARGUMENT (BAD_LENGTH is for a payload that does not fit its layout).
+#[test]
+fn a_read_or_discard_of_length_zero_is_an_invalid_argument() {
+    for (msg_type, payload) in [
+        (MsgType::Read, &[][..]),
+        (MsgType::Discard, &[][..]),
+        (MsgType::VssdRead, &[0u8; 8][..]),
+    ] {
+        let h = Header {
+            handle: 1,
+            length: 0,
+            ..request_header(msg_type)
+        };
+        let v = forge(h, payload);
+        let err = expect(&v, Status::InvalidArgument, false);
+        assert!(
+            matches!(
+                err,
+                RpcError::InvalidArgument {
+                    field: "length",
+                    got: 0,
+                    ..
+                }
+            ),
+            "{msg_type}: {err}"
+        );
+        answerable(&v, &err);
+    }
+}
+
+/// A name is 1..=64 bytes; an empty one is a bad name: INVALID_ARGUMENT.
+#[test]
+fn an_empty_name_is_an_invalid_argument() {
+    let open = forge(request_header(MsgType::DeviceOpen), &[0; 8]);
+    let err = expect(&open, Status::InvalidArgument, false);
+    assert!(
+        matches!(
+            err,
+            RpcError::InvalidArgument {
+                field: "name",
+                got: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let vssd_open = forge(request_header(MsgType::VssdOpen), &[0; 16]);
+    expect(&vssd_open, Status::InvalidArgument, false);
+    let mut hello = vec![0u8; 72];
+    hello[0] = 1;
+    hello[2] = 1;
+    expect(
+        &forge(request_header(MsgType::Hello), &hello),
+        Status::InvalidArgument,
+        false,
+    );
+}
+
+/// A server on 127.0.0.1 whose service answers PING; the test talks raw frames.
+mod raw {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use rpc::limits::HEADER_LEN;
+    use rpc::{Header, Request, Response, Server, ServerConfig, Service, SessionInfo};
+    use rpc::{decode_header, decode_payload};
+
+    struct Echo;
+
+    impl Service for Echo {
+        fn handle<'s>(
+            &self,
+            _session: &SessionInfo,
+            _header: &Header,
+            request: Request<'_>,
+            scratch: &'s mut Vec<u8>,
+        ) -> Response<'s> {
+            match request {
+                Request::Ping { data } => {
+                    scratch.clear();
+                    scratch.extend_from_slice(data);
+                    Response::Ping { data: scratch }
+                }
+                other => Response::Error {
+                    msg_type: other.msg_type(),
+                    status: rpc::Status::NotSupported,
+                    reason: "echo serves PING",
+                },
+            }
+        }
+    }
+
+    pub fn server() -> Server {
+        Server::start(ServerConfig::new("127.0.0.1:0".parse().unwrap()), || Echo).unwrap()
+    }
+
+    /// Bound of every read of the test.
+    const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+    pub fn connect(addr: SocketAddr) -> TcpStream {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s
+    }
+
+    pub fn send(s: &mut TcpStream, bytes: &[u8]) {
+        s.write_all(bytes).unwrap();
+    }
+
+    /// The next frame, or None when the server closed the connection (EOF or reset)
+    /// before its first byte.
+    pub fn next(s: &mut TcpStream) -> Option<(Header, Vec<u8>)> {
+        let mut head = [0u8; HEADER_LEN];
+        let mut got = 0;
+        while got < HEADER_LEN {
+            match s.read(&mut head[got..]) {
+                Ok(0) if got == 0 => return None,
+                Ok(0) => panic!("closed mid-header ({got} of {HEADER_LEN})"),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset && got == 0 => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        let header = decode_header(&head).unwrap();
+        let mut payload = vec![0; header.payload_len as usize];
+        s.read_exact(&mut payload).unwrap();
+        decode_payload(&header, &payload).unwrap();
+        Some((header, payload))
+    }
+}
+
+fn hello_frame(tag: u64, versions: (u16, u16)) -> Vec<u8> {
+    let mut v = Vec::new();
+    let m = Message {
+        tag,
+        body: Body::Request(Request::Hello(rpc::Hello {
+            version_min: versions.0,
+            version_max: versions.1,
+            client_nonce: [3; 32],
+            proof: None,
+            client_name: "probe",
+        })),
+    };
+    encode_frame(1, &m, &mut v).unwrap();
+    v
+}
+
+/// "Past step 1 the tag and `payload_len` are trustworthy, so these failures are
+/// answered under the request's tag and the connection goes on": a HELLO with a bad
+/// field too. Its answer is an error of type HELLO under its tag, and a sound HELLO
+/// on the same connection then opens the session.
+#[test]
+fn a_hello_with_a_bad_field_is_answered_under_its_tag_and_the_connection_stays() {
+    let server = raw::server();
+    let mut s = raw::connect(server.local_addr());
+    let sound = hello_frame(1, (1, 1));
+    let payload = &sound[HEADER_LEN..];
+    let bad_payload = |at: usize, byte: u8| {
+        let mut p = payload.to_vec();
+        p[at] = byte;
+        p
+    };
+    let hello_header = |tag: u64| Header {
+        tag,
+        ..request_header(MsgType::Hello)
+    };
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("reserved bits", bad_payload(6, 1)),
+        ("proof_present 2", bad_payload(4, 2)),
+        ("a proof without the flag", bad_payload(40, 1)),
+        ("a space in the name", bad_payload(72, b' ')),
+        ("version_max < version_min", {
+            let mut p = bad_payload(0, 2);
+            p[2] = 1;
+            p
+        }),
+    ];
+    for (i, (what, p)) in cases.iter().enumerate() {
+        let tag = 10 + i as u64;
+        raw::send(&mut s, &forge(hello_header(tag), p));
+        let (h, _) = raw::next(&mut s).unwrap_or_else(|| panic!("{what}: closed"));
+        assert_eq!(h.tag, tag, "{what}: answered on another tag: {h:?}");
+        assert_eq!(h.msg_type, MsgType::Hello, "{what}: {h:?}");
+        assert_eq!(h.status, Status::InvalidArgument, "{what}: {h:?}");
+    }
+    raw::send(&mut s, &sound);
+    let (h, _) = raw::next(&mut s).expect("the sound HELLO is answered");
+    assert_eq!((h.tag, h.status), (1, Status::Ok), "{h:?}");
+    let mut ping = Vec::new();
+    let m = Message {
+        tag: 2,
+        body: Body::Request(Request::Ping { data: b"in" }),
+    };
+    encode_frame(1, &m, &mut ping).unwrap();
+    raw::send(&mut s, &ping);
+    let (h, _) = raw::next(&mut s).expect("the PING is answered");
+    assert_eq!((h.tag, h.status), (2, Status::Ok), "{h:?}");
+    server.stop();
+}
+
+/// "fewer than 56 header bytes, then EOF | Truncated { part: Header } | — | close
+/// (nothing sent)", before HELLO and on an open session alike; the same for EOF
+/// inside a payload.
+#[test]
+fn a_truncated_frame_then_eof_is_closed_with_nothing_sent() {
+    let server = raw::server();
+    let addr = server.local_addr();
+    let ping = {
+        let mut v = Vec::new();
+        let m = Message {
+            tag: 5,
+            body: Body::Request(Request::Ping { data: b"cut short" }),
+        };
+        encode_frame(1, &m, &mut v).unwrap();
+        v
+    };
+    for opened in [false, true] {
+        for cut in [1, 20, HEADER_LEN - 1, HEADER_LEN + 3] {
+            let mut s = raw::connect(addr);
+            if opened {
+                raw::send(&mut s, &hello_frame(1, (1, 1)));
+                let (h, _) = raw::next(&mut s).expect("HELLO answered");
+                assert_eq!(h.status, Status::Ok);
+            }
+            let frame = if opened {
+                &ping
+            } else {
+                &hello_frame(1, (1, 1))
+            };
+            raw::send(&mut s, &frame[..cut]);
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            if let Some((h, p)) = raw::next(&mut s) {
+                panic!(
+                    "opened {opened}, cut {cut}: sent {h:?} ({}) before the close",
+                    String::from_utf8_lossy(&p)
+                );
+            }
+        }
+    }
+    server.stop();
 }

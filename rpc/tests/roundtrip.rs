@@ -192,7 +192,7 @@ fn encoder_refuses_what_the_wire_cannot_carry() {
             name: &long_name,
             read_only: false
         })),
-        RpcError::BadLength { .. }
+        RpcError::InvalidArgument { field: "name", .. }
     ));
     assert!(matches!(
         encode_err(Body::Request(Request::DeviceOpen {

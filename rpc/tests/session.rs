@@ -512,7 +512,7 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) {
 
 fn client_config() -> ClientConfig {
     ClientConfig {
-        call_timeout: Some(IO_TIMEOUT),
+        call_timeout: IO_TIMEOUT,
         ..ClientConfig::default()
     }
 }
@@ -1429,7 +1429,7 @@ fn a_call_without_an_answer_times_out_and_the_connection_goes_on() {
     let sh = shared.clone();
     in_runtime(move || {
         let cfg = ClientConfig {
-            call_timeout: Some(call_timeout),
+            call_timeout,
             ..ClientConfig::default()
         };
         let c = Rc::new(Client::connect(addr, &cfg).unwrap());
@@ -1596,7 +1596,7 @@ fn a_response_to_a_tag_never_sent_closes_the_client_connection() {
     });
     in_runtime(move || {
         let cfg = ClientConfig {
-            call_timeout: Some(Duration::from_secs(2)),
+            call_timeout: Duration::from_secs(2),
             ..ClientConfig::default()
         };
         let c = Rc::new(Client::connect(addr, &cfg).unwrap());

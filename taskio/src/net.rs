@@ -285,6 +285,27 @@ impl TcpStream {
         Ok(TcpStream::from_fd(stream.into_raw_fd(), peer))
     }
 
+    /// Adopts a connected std stream handed over between runtimes together with the
+    /// bytes its previous owner already read from it (an acceptor that read a
+    /// handshake): reads return those bytes first, then what the socket has.
+    pub fn from_std_with_read(
+        stream: std::net::TcpStream,
+        already_read: Vec<u8>,
+    ) -> Result<TcpStream, IoError> {
+        let s = TcpStream::from_std(stream)?;
+        let end = already_read.len();
+        let mut data = already_read;
+        // The read-ahead buffer is never shorter than READ_AHEAD_BYTES: a recv that
+        // fills less of it than that is taken to have emptied the socket.
+        data.resize(end.max(READ_AHEAD_BYTES), 0);
+        *s.ahead.borrow_mut() = ReadAhead {
+            data,
+            start: 0,
+            end,
+        };
+        Ok(s)
+    }
+
     fn from_fd(fd: RawFd, peer: SocketAddr) -> TcpStream {
         TcpStream {
             fd,

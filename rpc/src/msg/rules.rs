@@ -51,13 +51,24 @@ pub(super) fn range(h: &Header) -> Result<(u64, u32), RpcError> {
     Ok((h.offset, h.length))
 }
 
+/// A header `length` that is a field of the request (READ, DISCARD, VSSD_READ): below
+/// `min` is a value the message does not allow (INVALID_ARGUMENT), over `max` is more
+/// data than one request may ask for (TOO_LARGE, so the client splits), PROTOCOL.md
+/// "Status codes".
 pub(super) fn length_in(h: &Header, min: u32, max: u32) -> Result<u32, RpcError> {
-    if h.length < min || h.length > max {
-        return Err(RpcError::BadLength {
-            msg_type: h.msg_type,
+    if h.length < min {
+        return Err(invalid(
+            h.msg_type,
+            "length",
+            u64::from(h.length),
+            "below the least length of this message",
+        ));
+    }
+    if h.length > max {
+        return Err(RpcError::TooLarge {
+            msg_type: h.msg_type.code(),
             field: "length",
-            got: u64::from(h.length),
-            min: u64::from(min),
+            len: u64::from(h.length),
             max: u64::from(max),
         });
     }
@@ -116,13 +127,7 @@ pub(super) fn power_of_two(r: &Reader<'_>, field: &'static str, v: u32) -> Resul
 pub(super) fn name_len(t: MsgType, field: &'static str, name: &str) -> Result<u8, RpcError> {
     match u8::try_from(name.len()) {
         Ok(n) if (1..=NAME_LEN_MAX).contains(&name.len()) => Ok(n),
-        _ => Err(RpcError::BadLength {
-            msg_type: t,
-            field,
-            got: name.len() as u64,
-            min: 1,
-            max: NAME_LEN_MAX as u64,
-        }),
+        _ => Err(crate::cursor::name_len_error(t, field, name.len())),
     }
 }
 

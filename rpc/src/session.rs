@@ -1,0 +1,457 @@
+//! One rpc session as a unit of taskio tasks (the seed's "CVA overall architecture",
+//! server side), on whatever runtime calls it: the real driver or the simulator.
+//!
+//! [`serve_connection`] serves one connection on the calling task's runtime: HELLO
+//! (`hello.rs`), then one reader task (the caller) that reads each request
+//! frame into a pooled buffer and queues it, and `queue_depth` handler tasks that
+//! take requests off the queue, call the [`Service`] and write the responses under a
+//! `QLock` on the socket. A request beyond the queue depth is answered BUSY at once,
+//! so memory stays bounded by `queue_depth + 1` frames. Every error reply of the
+//! session goes out through one function, `Session::refuse`. A session that ends
+//! (client gone, bad framing) frees all it held.
+//!
+//! Memory: a busy session holds up to `queue_depth + 1` frame buffers, `queue_depth`
+//! scratch buffers (READ data) and a write buffer, each up to FRAME_LEN_MAX. Once it
+//! has had nothing in flight for `idle_shrink_after`, it gives them back down to
+//! [`SESSION_IDLE_BUFFER_BYTES_MAX`] (about 12 KiB, whatever its depth; before, an
+//! idle session kept `(depth + 1) x 1 MiB`), plus the socket's read-ahead and its
+//! tasks' stacks (a page or so each while they sleep).
+//!
+//! [`serve_listener`] runs one such session per accepted connection as tasks of the
+//! same runtime, up to `sessions_max`. Which OS thread a session runs on is the
+//! business of the hosting layer above ([`crate::server`]); nothing here knows.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use taskio::net::{TcpListener, TcpStream};
+use taskio::{Builder, Channel, Pool, PoolItem, QLock};
+
+use crate::error::RpcError;
+use crate::frame::{FrameReader, is_idle_timeout, send_message};
+use crate::header::{Header, RawHeader};
+use crate::hello::{ServerSide, closing_status, is_told};
+use crate::limits::{FRAME_LEN_MAX, HEADER_LEN, PING_LEN_MAX, QUEUE_DEPTH_MAX, VERSION_MIN};
+use crate::msg::{Body, Message, Request, Response};
+use crate::msg_type::MsgType;
+use crate::status::Status;
+
+/// What a session knows of its client, for the service.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub peer: SocketAddr,
+    pub client_name: String,
+    pub version: u16,
+    pub authenticated: bool,
+}
+
+/// What an upper crate plugs into a session: one instance per session, on the
+/// session's runtime.
+pub trait Service {
+    /// Answers one request (never HELLO: the session does that). Runs in a handler
+    /// task and may pseudo-block. Data a response carries (READ) goes in `scratch`,
+    /// which the response may borrow. A failure is `Response::Error`.
+    fn handle<'s>(
+        &self,
+        session: &SessionInfo,
+        header: &Header,
+        request: Request<'_>,
+        scratch: &'s mut Vec<u8>,
+    ) -> Response<'s>;
+}
+
+/// Settings of one session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Requests the session serves at once (its handler tasks), 1..=QUEUE_DEPTH_MAX.
+    pub queue_depth: u32,
+    /// When set, HELLO must prove knowledge of it (HMAC-SHA256).
+    pub secret: Option<Vec<u8>>,
+    pub server_name: String,
+    /// How long a started frame may take to arrive completely, and a response frame
+    /// to be written: a client that does not read its responses loses its session
+    /// instead of holding it.
+    pub frame_timeout: Duration,
+    /// How long a session may stay silent between requests.
+    pub idle_timeout: Duration,
+    /// How long a session with nothing in flight waits before it gives back its
+    /// buffers, down to SESSION_IDLE_BUFFER_BYTES_MAX.
+    pub idle_shrink_after: Duration,
+}
+
+/// Bytes an idle session keeps in one buffer it keeps warm: a frame of the
+/// largest PING, so that small requests after an idle spell allocate nothing.
+pub const IDLE_BUFFER_KEEP_BYTES: usize = HEADER_LEN + PING_LEN_MAX;
+/// Frame buffers an idle session keeps warm (the frame pool's low watermark when
+/// idle); the others are emptied.
+pub const FRAMES_WARM_IDLE: usize = 1;
+/// Handler scratch buffers an idle session keeps warm.
+pub const SCRATCHES_WARM_IDLE: usize = 1;
+/// The bound on the frame, scratch and write buffers of a session that has been idle
+/// for `idle_shrink_after`, whatever its queue depth (a busy session holds up to
+/// `(2 x queue_depth + 2) x` a frame of up to FRAME_LEN_MAX). The socket's read-ahead
+/// (taskio's READ_AHEAD_BYTES) and the tasks' stacks come on top.
+pub const SESSION_IDLE_BUFFER_BYTES_MAX: usize =
+    (FRAMES_WARM_IDLE + SCRATCHES_WARM_IDLE + 1) * IDLE_BUFFER_KEEP_BYTES;
+const _: () = assert!(IDLE_BUFFER_KEEP_BYTES <= FRAME_LEN_MAX);
+const _: () = assert!(FRAMES_WARM_IDLE >= 1 && SCRATCHES_WARM_IDLE >= 1);
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            queue_depth: 32,
+            secret: None,
+            server_name: "cva".into(),
+            frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            idle_shrink_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Refuses what no session could run with (a short secret); asserts the rest.
+    pub fn check(&self) -> Result<(), RpcError> {
+        if let Some(secret) = &self.secret {
+            crate::auth::check_secret(secret)?;
+        }
+        assert!(
+            (1..=QUEUE_DEPTH_MAX).contains(&self.queue_depth),
+            "queue_depth {} out of 1..={QUEUE_DEPTH_MAX}",
+            self.queue_depth
+        );
+        // The reader looks for idleness every `idle_shrink_after` while handlers
+        // are busy: zero would make that a spin.
+        assert!(
+            !self.idle_shrink_after.is_zero(),
+            "idle_shrink_after must be more than zero"
+        );
+        Ok(())
+    }
+}
+
+/// A request waiting for a handler: its frame (header + payload) in a pooled buffer.
+struct Queued {
+    header: Header,
+    frame: PoolItem<Vec<u8>>,
+}
+
+/// Why the reader does not queue a frame.
+enum Refusal {
+    /// Answered under the request's tag; the session goes on.
+    Answer(Status, String),
+    /// The session ends (told first when the spec says so).
+    Close(RpcError),
+}
+
+/// Everything one session shares between its reader and its handlers.
+struct Session<S> {
+    config: SessionConfig,
+    stream: TcpStream,
+    info: SessionInfo,
+    service: S,
+    queue: Channel<Queued>,
+    /// One frame buffer per request in flight, plus the one being read.
+    frames: Pool<Vec<u8>>,
+    /// One scratch buffer per handler (the data of a READ's response).
+    scratches: Pool<Vec<u8>>,
+    /// Requests queued or being handled; at `handlers` a new one is answered BUSY.
+    in_flight: Cell<usize>,
+    /// Handler tasks that started.
+    handlers: Cell<usize>,
+    /// The socket's writing side and its encode buffer.
+    writer: QLock<Vec<u8>>,
+}
+
+/// Serves one connection on the current runtime until it ends: HELLO, then requests.
+/// Returns why it ended (a client that leaves is `ConnectionLost`); everything the
+/// session allocated is freed on return.
+pub fn serve_connection<S: Service + 'static>(
+    stream: TcpStream,
+    config: &SessionConfig,
+    service: S,
+) -> Result<(), RpcError> {
+    config.check()?;
+    stream.set_write_timeout(Some(config.frame_timeout));
+    let mut reader = FrameReader::new();
+    let side = ServerSide {
+        queue_depth: config.queue_depth,
+        secret: config.secret.as_deref(),
+        server_name: &config.server_name,
+        timeout: config.idle_timeout.min(config.frame_timeout),
+    };
+    let accepted = crate::hello::server(&stream, &mut reader, &side)?;
+    let depth = config.queue_depth as usize;
+    let session = Rc::new(Session {
+        config: config.clone(),
+        info: SessionInfo {
+            peer: stream.peer_addr(),
+            client_name: accepted.client_name,
+            version: accepted.version,
+            authenticated: accepted.authenticated,
+        },
+        stream,
+        service,
+        queue: Channel::new(depth),
+        frames: Pool::new(depth + 1, Vec::new),
+        scratches: Pool::new(depth, Vec::new),
+        in_flight: Cell::new(0),
+        handlers: Cell::new(0),
+        writer: QLock::new(Vec::new()),
+    });
+    let mut handlers = Vec::with_capacity(depth);
+    for i in 0..depth {
+        let s = session.clone();
+        match Builder::new()
+            .name(format!("rpc-handler-{i}"))
+            .spawn(move || s.handle_requests())
+        {
+            Ok(h) => handlers.push(h),
+            Err(_) => break, // fewer handlers: still correct, just less parallel
+        }
+    }
+    session.handlers.set(handlers.len());
+    let result = session.read_requests(&mut reader);
+    session.queue.close();
+    for h in handlers {
+        let _ = h.join();
+    }
+    result
+}
+
+impl<S: Service> Session<S> {
+    /// The reader: frames in, requests queued, bad ones refused.
+    fn read_requests(&self, reader: &mut FrameReader) -> Result<(), RpcError> {
+        loop {
+            let first = match self.first_byte(reader) {
+                Ok(b) => b,
+                Err(e) => return Err(self.close(e)),
+            };
+            let mut frame = self.frames.get();
+            let raw = match reader.read_rest(
+                &self.stream,
+                first,
+                self.config.frame_timeout,
+                &mut frame,
+            ) {
+                Ok(raw) => raw,
+                Err(e) => return Err(self.close(e)),
+            };
+            match self.admit(&raw) {
+                Ok(header) => {
+                    self.in_flight.set(self.in_flight.get() + 1);
+                    if self.queue.try_send(Queued { header, frame }).is_err() {
+                        self.in_flight.set(self.in_flight.get() - 1);
+                        return Ok(()); // handlers gone: the session is ending
+                    }
+                }
+                Err(Refusal::Answer(status, reason)) => self.refuse(&raw, status, &reason)?,
+                Err(Refusal::Close(e)) => return Err(self.close(e)),
+            }
+        }
+    }
+
+    /// Waits for the first byte of the next request, up to `idle_timeout`; once
+    /// `idle_shrink_after` has passed with nothing in flight, gives the session's
+    /// buffers back (`shrink_idle`).
+    fn first_byte(&self, reader: &mut FrameReader) -> Result<u8, RpcError> {
+        let idle_end = taskio::now() + self.config.idle_timeout;
+        let mut shrunk = false;
+        loop {
+            let left = idle_end.saturating_duration_since(taskio::now());
+            let wait = if shrunk {
+                left
+            } else {
+                left.min(self.config.idle_shrink_after)
+            };
+            match reader.read_first_byte(&self.stream, wait) {
+                Err(e) if is_idle_timeout(&e) && !shrunk && wait < left => {
+                    // Handlers still busy are not idle: look again later.
+                    if self.in_flight.get() == 0 {
+                        self.shrink_idle();
+                        shrunk = true;
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Gives back the memory of an idle session's buffers, down to
+    /// SESSION_IDLE_BUFFER_BYTES_MAX: the frame and scratch pools keep their warm
+    /// few at IDLE_BUFFER_KEEP_BYTES and empty the others; the write buffer keeps
+    /// IDLE_BUFFER_KEEP_BYTES.
+    fn shrink_idle(&self) {
+        for (pool, warm) in [
+            (&self.frames, FRAMES_WARM_IDLE),
+            (&self.scratches, SCRATCHES_WARM_IDLE),
+        ] {
+            // Every free buffer out of the pool (a bounded loop: its capacity), then
+            // back, shrunk.
+            let mut taken = Vec::with_capacity(pool.capacity());
+            while let Some(b) = pool.try_get() {
+                taken.push(b);
+            }
+            for (i, b) in taken.iter_mut().enumerate() {
+                b.clear();
+                b.shrink_to(if i < warm { IDLE_BUFFER_KEEP_BYTES } else { 0 });
+            }
+        }
+        if let Some(mut out) = self.writer.try_lock() {
+            out.clear();
+            out.shrink_to(IDLE_BUFFER_KEEP_BYTES);
+        }
+    }
+
+    /// Whether a frame whose framing is sound may be queued.
+    fn admit(&self, raw: &RawHeader) -> Result<Header, Refusal> {
+        let header = match raw.validate() {
+            Ok(h) => h,
+            Err(e) if e.closes_connection() => return Err(Refusal::Close(e)),
+            Err(e) => return Err(Refusal::Answer(e.status(), e.to_string())),
+        };
+        if header.response {
+            let e = RpcError::BadFlags {
+                msg_type: raw.msg_type,
+                got: raw.flags,
+            };
+            return Err(Refusal::Answer(e.status(), e.to_string()));
+        }
+        if header.msg_type == MsgType::Hello {
+            return Err(Refusal::Answer(Status::BadSequence, "HELLO twice".into()));
+        }
+        if self.in_flight.get() >= self.handlers.get() {
+            let reason = "queue depth exceeded".into();
+            return Err(Refusal::Answer(Status::Busy, reason));
+        }
+        Ok(header)
+    }
+
+    /// A handler: requests off the queue, answers back, until the queue closes or
+    /// the socket fails.
+    fn handle_requests(&self) {
+        while let Ok(q) = self.queue.recv() {
+            // Never waits: a handler holds at most one, and there is one each.
+            let mut scratch = self.scratches.get();
+            let sent = self.answer(&q, &mut scratch);
+            drop(scratch);
+            drop(q);
+            self.in_flight.set(self.in_flight.get() - 1);
+            if sent.is_err() {
+                self.queue.close();
+                break;
+            }
+        }
+    }
+
+    /// Decodes a queued request, asks the service, sends its response.
+    fn answer(&self, q: &Queued, scratch: &mut Vec<u8>) -> Result<(), RpcError> {
+        let payload = q.frame.get(HEADER_LEN..).unwrap_or_default();
+        let request = match crate::decode_payload(&q.header, payload) {
+            Ok(Message {
+                body: Body::Request(req),
+                ..
+            }) => req,
+            Ok(_) => {
+                let raw = q.header.raw();
+                return self.refuse(&raw, Status::BadType, "not a request");
+            }
+            Err(e) => return self.refuse(&q.header.raw(), e.status(), &e.to_string()),
+        };
+        let response: Response<'_> = self.service.handle(&self.info, &q.header, request, scratch);
+        self.send(&Message {
+            tag: q.header.tag,
+            body: Body::Response(response),
+        })
+    }
+
+    /// Sends one frame under the writer's lock.
+    fn send(&self, m: &Message<'_>) -> Result<(), RpcError> {
+        let mut out = self.writer.lock();
+        send_message(&self.stream, self.info.version, m, &mut out)
+    }
+
+    /// The one place an error reply of a session is sent: `status` under the tag of
+    /// `request`, nothing executed; the session goes on.
+    fn refuse(&self, request: &RawHeader, status: Status, reason: &str) -> Result<(), RpcError> {
+        self.send(&Message::error_reply(request, status, reason))
+    }
+
+    /// The session ends on `e`: tells the client why when the spec says so (best
+    /// effort: it may be gone) and gives `e` back.
+    fn close(&self, e: RpcError) -> RpcError {
+        if is_told(&e) {
+            let reason = e.to_string();
+            let _ = self.send(&Message::connection_error(closing_status(&e), &reason));
+        }
+        e
+    }
+}
+
+/// How long a refusal (BUSY at the session limit) may take to be written: a
+/// client that does not read gets a closed connection instead.
+pub(crate) const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Tells a connection that will not be served why (ERROR, TAG_NONE), then drops it.
+pub(crate) fn refuse_connection(stream: TcpStream, status: Status, reason: &str) {
+    stream.set_write_timeout(Some(REFUSE_WRITE_TIMEOUT));
+    let mut out = Vec::new();
+    let m = Message::connection_error(status, reason);
+    let _ = send_message(&stream, VERSION_MIN, &m, &mut out);
+}
+
+/// Accepts connections on `listener` and serves each with [`serve_connection`] as
+/// tasks of the current runtime, `sessions_max` at once; a connection over the limit
+/// gets ERROR(TAG_NONE, BUSY) and is closed. `make_service` makes each session's
+/// service. Returns only when accepting fails.
+pub fn serve_listener<S, F>(
+    listener: &TcpListener,
+    config: &SessionConfig,
+    sessions_max: usize,
+    make_service: F,
+) -> Result<(), RpcError>
+where
+    S: Service + 'static,
+    F: Fn() -> S,
+{
+    config.check()?;
+    assert!(sessions_max > 0, "sessions_max must be at least 1");
+    let live = Rc::new(Cell::new(0usize));
+    loop {
+        let (stream, _) = listener.accept().map_err(|source| RpcError::Io {
+            op: "accept",
+            source,
+        })?;
+        if live.get() >= sessions_max {
+            refuse_connection(stream, Status::Busy, "session limit reached");
+            continue;
+        }
+        let (config, service) = (config.clone(), make_service());
+        let slot = Live::take(&live);
+        // When the runtime is at its task limit the closure, the connection and
+        // the slot are dropped: that session never starts.
+        let _ = Builder::new().name("rpc-session").spawn(move || {
+            let _slot = slot;
+            let _ = serve_connection(stream, &config, service);
+        });
+    }
+}
+
+/// One of `serve_listener`'s session slots, given back when its session ends however
+/// it ends (returned, panicked, unwound).
+struct Live(Rc<Cell<usize>>);
+
+impl Live {
+    fn take(live: &Rc<Cell<usize>>) -> Live {
+        live.set(live.get() + 1);
+        Live(live.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
