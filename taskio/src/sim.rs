@@ -26,8 +26,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 pub use crate::driver::sim::{DiskFault, Faults, SimConfig};
-use crate::driver::sim::{Node, SimDriver, SimState};
+use crate::driver::sim::{Node, STREAM_SCHED, SimDriver, SimState};
 use crate::error::RunError;
+use crate::rand::Rng;
 use crate::sched::{Config, Runtime, core};
 use crate::task::{Builder, sleep};
 use crate::timer::Instant;
@@ -56,7 +57,7 @@ impl Sim {
             },
             Box::new(driver),
         );
-        rt.set_sched_seed(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x0123_4567);
+        rt.set_sched_rng(Rng::stream(seed, STREAM_SCHED));
         Sim { rt, state }
     }
 

@@ -36,6 +36,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use taskio::file::OpenOptions;
+use taskio::rand::Rng;
 use taskio::sim::SimHandle;
 use taskio::{AlignedBuf, QLock, sleep, spawn};
 use vssd::layout::{FormatParams, LOG_BYTES_MIN};
@@ -147,17 +148,6 @@ impl World {
 
     fn backing(&self, line: u64) -> u64 {
         self.backing.borrow().get(&line).copied().unwrap_or(0)
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
     }
 }
 
@@ -313,8 +303,7 @@ fn boot(w: &Rc<World>) {
     }
     for t in 0..TASKS {
         let (w2, v, locks) = (w.clone(), v.clone(), locks.clone());
-        let mut rng =
-            Rng(((w.seed << 8) | (boot << 4) | t).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::stream(w.seed, (boot << 8) | t);
         let spawned = spawn(move || {
             let w = w2;
             loop {
