@@ -338,6 +338,14 @@ impl Core {
         }
     }
 
+    /// Whether the running task is being cancelled (its node crashed or stopped; it
+    /// unwinds, or is about to). False in the scheduler context.
+    pub(crate) fn current_cancelled(&self) -> bool {
+        let t = self.current.get();
+        // SAFETY: as in `current_task`.
+        !t.is_null() && unsafe { &*t }.cancelled.get()
+    }
+
     /// Ends every task of `node` (a simulated crash): a task that never ran is
     /// dropped; one that is suspended is made ready with `cancelled` set and unwinds
     /// when it next runs. The running task must not belong to `node`.

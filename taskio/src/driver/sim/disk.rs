@@ -3,19 +3,50 @@
 
 use super::*;
 
+/// One version of a sector in a disk's volatile cache: what one write put there.
+#[derive(Clone)]
+pub(super) struct Version {
+    /// The write's id (given at completion, increasing).
+    write: u64,
+    /// The sector's index within its write (for tears).
+    index: u64,
+    data: Box<[u8; SECTOR]>,
+}
+
 /// One simulated disk file: the durable image and the volatile cache over it.
+///
+/// The cache keeps every version of a sector that is not durable yet, oldest first,
+/// because a flush makes durable only the writes that completed before it was
+/// issued: a newer version of the same sector must stay volatile (and may still be
+/// lost in a crash) while the older one becomes durable.
 #[derive(Default, Clone)]
 pub(crate) struct Disk {
     pub(super) durable: Vec<u8>,
-    /// sector -> (write id, index of the sector within its write, contents)
-    pub(super) cache: BTreeMap<u64, (u64, u64, Box<[u8; SECTOR]>)>,
+    /// sector -> its cached versions, in increasing write id.
+    pub(super) cache: BTreeMap<u64, Vec<Version>>,
     pub(super) len: u64,
+}
+
+/// A write in flight at a crash: its id (given at the crash), offset and bytes.
+pub(super) struct InFlight {
+    pub(super) write: u64,
+    pub(super) offset: u64,
+    pub(super) data: Vec<u8>,
+}
+
+/// What a crash did to one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Whole,
+    Dropped,
+    /// Some sectors kept, others not (any subset, not only a prefix).
+    Torn,
 }
 
 impl Disk {
     pub(super) fn sector_view(&self, sector: u64) -> [u8; SECTOR] {
-        if let Some((_, _, data)) = self.cache.get(&sector) {
-            return **data;
+        if let Some(v) = self.cache.get(&sector).and_then(|vs| vs.last()) {
+            return *v.data;
         }
         let mut out = [0u8; SECTOR];
         let start = sector as usize * SECTOR;
@@ -53,7 +84,7 @@ impl Disk {
         out
     }
 
-    pub(super) fn write_durable(&mut self, offset: u64, data: &[u8]) {
+    fn write_durable(&mut self, offset: u64, data: &[u8]) {
         let end = offset as usize + data.len();
         if self.durable.len() < end {
             self.durable.resize(end, 0);
@@ -61,7 +92,8 @@ impl Disk {
         self.durable[offset as usize..end].copy_from_slice(data);
     }
 
-    /// A write into the cache (or straight to the durable image when `durable`).
+    /// A completed write `id` into the cache (or straight to the durable image when
+    /// `durable`, which supersedes every cached version of its sectors).
     pub(super) fn write(&mut self, id: u64, offset: u64, data: &[u8], durable: bool) {
         self.len = self.len.max(offset + data.len() as u64);
         if data.is_empty() {
@@ -80,43 +112,118 @@ impl Disk {
                 self.cache.remove(&sector);
                 self.write_durable(s_start, &contents);
             } else {
-                self.cache
-                    .insert(sector, (id, index as u64, Box::new(contents)));
+                let versions = self.cache.entry(sector).or_default();
+                debug_assert!(versions.last().is_none_or(|v| v.write < id));
+                versions.push(Version {
+                    write: id,
+                    index: index as u64,
+                    data: Box::new(contents),
+                });
             }
         }
     }
 
-    pub(super) fn flush(&mut self) {
-        let cache = std::mem::take(&mut self.cache);
-        for (sector, (_, _, data)) in cache {
+    /// A flush issued when the next write id was `barrier`: the newest version of
+    /// each sector among the writes below `barrier` becomes durable; the versions of
+    /// later writes stay cached. Returns how many writes stayed cached that way.
+    pub(super) fn flush(&mut self, barrier: u64) -> u64 {
+        let mut excluded = BTreeSet::new();
+        let mut emptied = Vec::new();
+        let mut durable = Vec::new();
+        for (sector, versions) in self.cache.iter_mut() {
+            let below = versions.partition_point(|v| v.write < barrier);
+            if below > 0 {
+                durable.push((*sector, versions[below - 1].data.clone()));
+                versions.drain(..below);
+            }
+            excluded.extend(versions.iter().map(|v| v.write));
+            if versions.is_empty() {
+                emptied.push(*sector);
+            }
+        }
+        for sector in emptied {
+            self.cache.remove(&sector);
+        }
+        for (sector, data) in durable {
             self.write_durable(sector * SECTOR as u64, &data[..]);
         }
+        excluded.len() as u64
     }
 
-    /// A power loss: each cached write is kept, dropped, or torn (a prefix of its
-    /// sectors kept), at random; then the cache is gone.
-    pub(super) fn crash(&mut self, rng: &mut Rng, trace: &mut u64) {
-        let cache = std::mem::take(&mut self.cache);
-        let mut fate: BTreeMap<u64, u64> = BTreeMap::new(); // write id -> sectors kept
-        for (_, (id, _, _)) in cache.iter() {
-            if fate.contains_key(id) {
-                continue;
-            }
-            let keep = match rng.below(4) {
-                0 | 1 => u64::MAX,
-                2 => 0,
-                _ => rng.below(64),
-            };
-            fate.insert(*id, keep);
-            mix(trace, &[*id, keep]);
+    /// A power loss. The writes still in flight are added to the cache as the newest
+    /// writes (their buffers are read now); then each cached write is kept whole,
+    /// dropped, or torn to a random subset of its sectors, and what is kept reaches
+    /// the durable image in write order. Then the cache is gone.
+    pub(super) fn crash(
+        &mut self,
+        in_flight: Vec<InFlight>,
+        rng: &mut Rng,
+        trace: &mut u64,
+        stats: &mut SimStats,
+    ) {
+        let landing: BTreeSet<u64> = in_flight.iter().map(|w| w.write).collect();
+        for w in in_flight {
+            self.write(w.write, w.offset, &w.data, false);
         }
-        for (sector, (id, index, data)) in cache {
-            if index < fate[&id] {
-                self.write_durable(sector * SECTOR as u64, &data[..]);
+        let cache = std::mem::take(&mut self.cache);
+        // write id -> its fate, and for a tear the indexes of the sectors kept.
+        let mut fates: BTreeMap<u64, (Fate, BTreeSet<u64>)> = BTreeMap::new();
+        let mut sectors_of: BTreeMap<u64, u64> = BTreeMap::new();
+        for versions in cache.values() {
+            for v in versions {
+                let n = sectors_of.entry(v.write).or_default();
+                *n = (*n).max(v.index + 1);
+            }
+        }
+        for (&write, &sectors) in &sectors_of {
+            let fate = match rng.below(4) {
+                0 | 1 => Fate::Whole,
+                2 => Fate::Dropped,
+                _ => Fate::Torn,
+            };
+            let kept: BTreeSet<u64> = match fate {
+                Fate::Torn => (0..sectors).filter(|_| rng.chance(0.5)).collect(),
+                _ => BTreeSet::new(),
+            };
+            // A tear that kept every sector or none is not one.
+            let fate = match fate {
+                Fate::Torn if kept.len() as u64 == sectors => Fate::Whole,
+                Fate::Torn if kept.is_empty() => Fate::Dropped,
+                other => other,
+            };
+            mix(trace, &[0x7ea2, write, fate as u64, kept.len() as u64]);
+            match fate {
+                Fate::Whole => stats.crash_writes_whole += 1,
+                Fate::Dropped => stats.crash_writes_dropped += 1,
+                Fate::Torn => stats.crash_writes_torn += 1,
+            }
+            if landing.contains(&write) && (fate == Fate::Whole || !kept.is_empty()) {
+                stats.in_flight_writes_landed += 1;
+            }
+            fates.insert(write, (fate, kept));
+        }
+        for (sector, versions) in cache {
+            for v in versions {
+                let keep = match &fates[&v.write] {
+                    (Fate::Whole, _) => true,
+                    (Fate::Dropped, _) => false,
+                    (Fate::Torn, kept) => kept.contains(&v.index),
+                };
+                if keep {
+                    self.write_durable(sector * SECTOR as u64, &v.data[..]);
+                }
             }
         }
         // What was only in the cache is gone, and with it any length it added.
         self.len = self.durable.len() as u64;
+    }
+
+    /// A clean stop of the node's process: writes in flight complete into the cache
+    /// (the kernel finishes a dead process's I/O); nothing is lost.
+    pub(super) fn settle(&mut self, in_flight: Vec<InFlight>) {
+        for w in in_flight {
+            self.write(w.write, w.offset, &w.data, false);
+        }
     }
 }
 
@@ -133,14 +240,23 @@ impl SimState {
     }
 
     /// Performs a file operation on the disk image; returns bytes or -errno.
-    pub(super) fn execute(&mut self, op: &FileOp, node: u32, path: &Path, dsync: bool) -> i64 {
+    pub(super) fn execute(
+        &mut self,
+        op: &FileOp,
+        node: u32,
+        path: &Path,
+        dsync: bool,
+        barrier: u64,
+    ) -> i64 {
         let iocb = op.iocb();
         let key = (node, path.to_path_buf());
         let kind = op.kind();
         match kind {
             FileOpKind::Fsync | FileOpKind::Fdatasync => {
                 if let Some(d) = self.disks.get_mut(&key) {
-                    d.flush();
+                    let excluded = d.flush(barrier);
+                    self.sim_stats.flush_excluded_writes += excluded;
+                    mix(&mut self.trace, &[0xf1, barrier, excluded]);
                 }
                 0
             }

@@ -15,6 +15,9 @@ pub(super) enum EvKind {
         epoch: u64,
         path: PathBuf,
         dsync: bool,
+        /// The next write id when it was submitted: a flush covers the writes
+        /// below it (those completed before it was issued).
+        barrier: u64,
     },
 }
 
@@ -85,6 +88,7 @@ impl SimState {
                 epoch,
                 path,
                 dsync,
+                barrier,
             } => {
                 mix(&mut self.trace, &[3, ev.at, node as u64]);
                 self.file_ops -= 1;
@@ -94,7 +98,7 @@ impl SimState {
                     // reached the disk.
                     -(libc::EIO as i64)
                 } else {
-                    self.execute(&op, node, &path, dsync)
+                    self.execute(&op, node, &path, dsync, barrier)
                 };
                 mix(&mut self.trace, &[res as u64]);
                 op.complete(res);

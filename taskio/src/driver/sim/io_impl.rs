@@ -8,6 +8,7 @@ impl Io for SimDriver {
         let node = node_now();
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
+        s.refuse_dead()?;
         let mut addr = s.own_addr(node, addr);
         if addr.ip() != s.node_ip(node) {
             return Err(err(libc::EADDRNOTAVAIL));
@@ -60,6 +61,7 @@ impl Io for SimDriver {
         let node = node_now();
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
+        s.refuse_dead()?;
         let b_addr = s.own_addr(node, addr);
         let port = s.ephemeral_port();
         let a_addr = SocketAddr::new(s.node_ip(node), port);
@@ -85,6 +87,7 @@ impl Io for SimDriver {
                 reset: false,
                 established: false,
                 refused: false,
+                silent: false,
             },
         );
         let lat = latency(&mut s.rng, s.config.net_latency);
@@ -181,6 +184,7 @@ impl Io for SimDriver {
     fn send(&mut self, fd: RawFd, buf: &[u8]) -> io::Result<usize> {
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
+        s.refuse_dead()?;
         let (id, side) = s.stream(fd)?;
         let reset_now = s.rng.chance(s.config.faults.net_reset);
         let lat = latency(&mut s.rng, s.config.net_latency);
@@ -199,6 +203,7 @@ impl Io for SimDriver {
             return Err(err(libc::ECONNRESET));
         }
         let peer = c.peer_fd(side);
+        let silent = c.silent;
         let pipe = c.outbound(side);
         if pipe.fin {
             return Err(err(libc::EPIPE));
@@ -208,15 +213,22 @@ impl Io for SimDriver {
             return Err(err(libc::EAGAIN));
         }
         let n = room.min(buf.len());
+        // Over a silently cut connection the bytes fill the sender's buffer (no
+        // acknowledgement ever frees it) and never arrive.
+        pipe.bytes += n;
+        s.stats.bytes_written += n as u64;
+        if silent {
+            s.sim_stats.silent_chunks_dropped += 1;
+            mix(&mut s.trace, &[0x5d, fd as u64, n as u64]);
+            return Ok(n);
+        }
         let at = (now + lat).max(pipe.last_at);
         pipe.last_at = at;
-        pipe.bytes += n;
         pipe.chunks.push_back((at, buf[..n].to_vec()));
         if let Some(peer) = peer {
             s.at(at, EvKind::Ready(peer, Interest::Read));
         }
         mix(&mut s.trace, &[6, fd as u64, n as u64, at]);
-        s.stats.bytes_written += n as u64;
         Ok(n)
     }
 
@@ -227,22 +239,10 @@ impl Io for SimDriver {
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
         let (id, side) = s.stream(fd)?;
-        let lat = latency(&mut s.rng, s.config.net_latency);
-        let now = s.now;
-        let Some(c) = s.conns.get_mut(&id) else {
+        if !s.conns.contains_key(&id) {
             return Err(err(libc::ENOTCONN));
-        };
-        let peer = c.peer_fd(side);
-        let pipe = c.outbound(side);
-        if !pipe.fin {
-            pipe.fin = true;
-            let at = (now + lat).max(pipe.last_at);
-            pipe.last_at = at;
-            pipe.chunks.push_back((at, Vec::new()));
-            if let Some(peer) = peer {
-                s.at(at, EvKind::Ready(peer, Interest::Read));
-            }
         }
+        s.send_fin(id, side);
         Ok(())
     }
 
@@ -322,6 +322,7 @@ impl Io for SimDriver {
         let node = node_now();
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
+        s.refuse_dead()?;
         let key = (node, path.to_path_buf());
         if !s.disks.contains_key(&key) {
             if flags & libc::O_CREAT == 0 {
@@ -369,6 +370,7 @@ impl Io for SimDriver {
 
     fn set_file_len(&mut self, fd: RawFd, len: u64) -> io::Result<()> {
         let mut s = self.state.borrow_mut();
+        s.refuse_dead()?;
         let key = s.file_key(fd)?;
         let d = s.disks.entry(key).or_default();
         // Metadata changes are durable at once in this model.
@@ -381,6 +383,7 @@ impl Io for SimDriver {
     fn submit(&mut self, op: Rc<FileOp>) -> io::Result<()> {
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
+        s.refuse_dead()?;
         let fd = op.iocb().aio_fildes as RawFd;
         let (node, path, dsync) = match s.fds.get(&fd) {
             Some(SimFd::File { node, path, dsync }) => (*node, path.clone(), *dsync),
@@ -406,6 +409,7 @@ impl Io for SimDriver {
                 epoch,
                 path,
                 dsync,
+                barrier: s.next_write,
             },
         );
         Ok(())

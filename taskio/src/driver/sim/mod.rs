@@ -9,16 +9,31 @@
 //! next event or deadline, so an hour of simulated traffic takes as long as its
 //! events take to process.
 //!
-//! Disks: a write lands in the device's volatile cache, sector by sector (512 bytes,
-//! newest wins); fsync/fdatasync move the file's cached sectors to the durable image,
-//! a RWF_DSYNC or O_DSYNC write goes to the durable image itself. A node crash keeps
-//! each cached write, drops it, or tears it at a sector boundary (keeps a prefix of
-//! its sectors), at random.
+//! It is as unkind as real disks and networks, on by default, every choice seeded,
+//! mixed into the trace hash and counted in [`SimStats`]:
 //!
-//! Network: a connection is two ordered pipes of chunks, each chunk delivered after a
-//! random latency (never before the chunk ahead of it). A partition between two
-//! nodes resets the connections that cross it and refuses new ones; a crash resets
-//! every connection of the node.
+//! - Disks: a write lands in the device's volatile cache when it completes, sector
+//!   by sector (512 bytes), each write with an increasing id; a sector keeps every
+//!   cached version. An fsync/fdatasync makes durable only the writes that completed
+//!   before it was *issued* (the newest such version of each sector); a write that
+//!   completes while the flush is in flight stays volatile. A RWF_DSYNC or O_DSYNC
+//!   write goes to the durable image itself. A crash takes every cached write and
+//!   every write still in flight (its buffer is read at the crash) and keeps it
+//!   whole, drops it, or tears it to a random subset of its sectors (not only a
+//!   prefix), applied in write order; the operations in flight then complete with
+//!   EIO. A stop instead lets them complete and keeps the cache.
+//! - Network: a connection is two ordered pipes of chunks, each chunk delivered
+//!   after a random latency (never before the chunk ahead of it). A partition either
+//!   resets the connections that cross it and refuses new ones, or is silent: what
+//!   crosses is dropped, no one is told, connects never complete, so only timeouts
+//!   notice (see [`PartitionKind`]; `partition` without a kind draws one). A crash
+//!   resets every connection of the node.
+//! - A crashed node's tasks unwind when they next run; any I/O they try meanwhile
+//!   (a destructor that writes) is refused and never touches the node's disks.
+//!
+//! Parts: `disk` (the disk model and file operations), `net` (connections,
+//! partitions), `events` (the event queue and `park`), `io_impl` (the [`Io`]
+//! calls); the generator is [`crate::rand::Rng`].
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -40,7 +55,7 @@ use super::{Interest, IoStats};
 use crate::rand::Rng;
 use crate::task::TaskRef;
 use crate::timer::Instant;
-use disk::Disk;
+use disk::{Disk, InFlight, segments};
 use events::{Ev, EvKind};
 use net::{Conn, Pipe, Side};
 
@@ -98,6 +113,45 @@ pub enum DiskFault {
     ReadError,
     WriteError,
     CorruptRead,
+}
+
+/// How a partition cuts the network between two nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionKind {
+    /// The connections that cross it reset at once; new ones are refused.
+    Reset,
+    /// Nothing crosses it and nobody is told: chunks in flight and every chunk sent
+    /// later over a crossing connection are dropped, that connection never delivers
+    /// again (even after a heal, as a TCP connection whose retransmissions timed
+    /// out), and connects across it never complete. Only timeouts notice.
+    Silent,
+}
+
+/// What the simulator's unkindness did, counted so that a test can tell that a
+/// fault it relies on really happened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Writes (cached, or in flight) that a crash kept whole, dropped, or tore to a
+    /// proper subset of their sectors.
+    pub crash_writes_whole: u64,
+    pub crash_writes_dropped: u64,
+    pub crash_writes_torn: u64,
+    /// Writes in flight at a crash, and how many of them reached the disk (whole or
+    /// torn).
+    pub in_flight_writes_at_crash: u64,
+    pub in_flight_writes_landed: u64,
+    /// Writes that a flush left volatile because they completed after it was issued
+    /// (summed over flushes).
+    pub flush_excluded_writes: u64,
+    pub partitions_reset: u64,
+    pub partitions_silent: u64,
+    /// Chunks (data or end of stream) a silent partition dropped, and connects it
+    /// swallowed.
+    pub silent_chunks_dropped: u64,
+    pub silent_connects_lost: u64,
+    /// I/O calls refused to a task of a crashed or stopped node (a destructor that
+    /// runs while the task unwinds).
+    pub dead_io_refused: u64,
 }
 
 /// A latency drawn uniformly from `lo..=hi`, in nanoseconds.
@@ -167,11 +221,13 @@ pub(crate) struct SimState {
     pub(crate) disks: BTreeMap<(u32, PathBuf), Disk>,
     /// Exclusive file locks: (node, path) -> the fd holding it.
     locks: BTreeMap<(u32, PathBuf), RawFd>,
-    partitions: BTreeSet<(u32, u32)>,
+    /// (lower node, higher node) -> how the network between them is cut.
+    partitions: BTreeMap<(u32, u32), PartitionKind>,
     injected: BTreeMap<(u32, PathBuf), VecDeque<DiskFault>>,
     file_ops: usize,
     slot_waiters: VecDeque<TaskRef>,
     stats: IoStats,
+    pub(crate) sim_stats: SimStats,
 }
 
 fn interest_key(i: Interest) -> u8 {
@@ -211,11 +267,12 @@ impl SimState {
             }],
             disks: BTreeMap::new(),
             locks: BTreeMap::new(),
-            partitions: BTreeSet::new(),
+            partitions: BTreeMap::new(),
             injected: BTreeMap::new(),
             file_ops: 0,
             slot_waiters: VecDeque::new(),
             stats: IoStats::default(),
+            sim_stats: SimStats::default(),
         }
     }
 
@@ -238,10 +295,13 @@ impl SimState {
         list.iter().filter(|t| t.wake_ref()).count() > 0
     }
 
-    /// A node crash: its connections reset, its listeners and files closed, its
-    /// disks lose or tear what was not flushed.
+    /// A node crash (`lose_cache`) or stop: its connections reset, its listeners and
+    /// files closed. In a crash its disks keep, drop or tear each write not flushed
+    /// and each write still in flight; in a stop every write in flight completes and
+    /// nothing is lost.
     pub(crate) fn crash_node(&mut self, node: u32, lose_cache: bool) {
         let n = &mut self.nodes[node as usize];
+        let epoch = n.epoch;
         n.alive = false;
         n.epoch += 1;
         mix(&mut self.trace, &[4, self.now, node as u64]);
@@ -254,22 +314,91 @@ impl SimState {
         for fd in fds {
             self.close_fd(fd, true);
         }
-        if lose_cache {
-            let keys: Vec<(u32, PathBuf)> = self
-                .disks
-                .keys()
-                .filter(|(n, _)| *n == node)
-                .cloned()
-                .collect();
-            let SimState {
-                disks, rng, trace, ..
-            } = self;
-            for k in keys {
-                if let Some(d) = disks.get_mut(&k) {
-                    d.crash(rng, trace);
+        let mut in_flight = self.writes_in_flight(node, epoch);
+        let keys: Vec<(u32, PathBuf)> = self
+            .disks
+            .keys()
+            .filter(|(n, _)| *n == node)
+            .cloned()
+            .collect();
+        let SimState {
+            disks,
+            rng,
+            trace,
+            sim_stats,
+            ..
+        } = self;
+        for k in keys {
+            let writes = in_flight.remove(&k.1).unwrap_or_default();
+            if let Some(d) = disks.get_mut(&k) {
+                if lose_cache {
+                    d.crash(writes, rng, trace, sim_stats);
+                } else {
+                    d.settle(writes);
                 }
             }
         }
+    }
+
+    /// The writes of `node`'s boot `epoch` still in flight, per file, in the order
+    /// they would have completed, each with a write id given now. Their operations
+    /// will complete later with an error (the epoch check), never touching a disk.
+    fn writes_in_flight(&mut self, node: u32, epoch: u64) -> BTreeMap<PathBuf, Vec<InFlight>> {
+        let mut ops: Vec<(u64, u64, Rc<FileOp>, PathBuf)> = self
+            .events
+            .iter()
+            .filter_map(|Reverse(ev)| match &ev.kind {
+                EvKind::FileDone {
+                    op,
+                    node: n,
+                    epoch: e,
+                    path,
+                    ..
+                } if *n == node
+                    && *e == epoch
+                    && matches!(op.kind(), FileOpKind::Write | FileOpKind::WriteV) =>
+                {
+                    Some((ev.at, ev.seq, op.clone(), path.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        ops.sort_by_key(|(at, seq, _, _)| (*at, *seq));
+        let mut out: BTreeMap<PathBuf, Vec<InFlight>> = BTreeMap::new();
+        for (_, _, op, path) in ops {
+            let mut data = Vec::new();
+            for (ptr, len) in segments(&op) {
+                // SAFETY: the operation has not completed, so it still holds its
+                // buffers (`FileOp::complete` releases them); nothing writes to a
+                // write's buffer while it is in flight.
+                data.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr, len) });
+            }
+            let write = self.next_write;
+            self.next_write += 1;
+            self.sim_stats.in_flight_writes_at_crash += 1;
+            mix(&mut self.trace, &[0x1f, write, data.len() as u64]);
+            out.entry(path).or_default().push(InFlight {
+                write,
+                offset: op.iocb().aio_offset as u64,
+                data,
+            });
+        }
+        out
+    }
+
+    /// Refuses I/O to a task of a crashed or stopped node: a task being unwound (its
+    /// destructors run, perhaps after the node restarted), or any task of a node that
+    /// is down. Such a task must never touch the node's disks or network, not even
+    /// those of its next boot.
+    fn refuse_dead(&mut self) -> io::Result<()> {
+        let core = crate::sched::core();
+        let node = core.current_node();
+        if node == 0 || (self.nodes[node as usize].alive && !core.current_cancelled()) {
+            return Ok(());
+        }
+        self.sim_stats.dead_io_refused += 1;
+        mix(&mut self.trace, &[0xd1e0, node as u64]);
+        Err(err(libc::EIO))
     }
 
     /// The disk behind file descriptor `fd`.

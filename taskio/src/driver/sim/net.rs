@@ -32,6 +32,8 @@ pub(super) struct Conn {
     pub(super) reset: bool,
     pub(super) established: bool,
     pub(super) refused: bool,
+    /// Cut by a silent partition: it never delivers anything again.
+    pub(super) silent: bool,
 }
 
 impl Conn {
@@ -66,8 +68,8 @@ impl SimState {
         self.nodes.iter().position(|n| n.ip == ip).map(|i| i as u32)
     }
 
-    pub(super) fn partitioned(&self, a: u32, b: u32) -> bool {
-        self.partitions.contains(&(a.min(b), a.max(b)))
+    pub(super) fn partitioned(&self, a: u32, b: u32) -> Option<PartitionKind> {
+        self.partitions.get(&(a.min(b), a.max(b))).copied()
     }
 
     /// Maps loopback and unspecified addresses to the node's own address.
@@ -120,8 +122,15 @@ impl SimState {
             Some(SimFd::Listener { node, .. }) => Some((l, *node)),
             _ => None,
         });
+        let cut = target.and_then(|(_, node)| self.partitioned(a_node, node));
+        if cut == Some(PartitionKind::Silent) {
+            // The SYN is lost: the connect never completes; only its timeout ends it.
+            self.sim_stats.silent_connects_lost += 1;
+            mix(&mut self.trace, &[0x5c, id]);
+            return 0;
+        }
         let ok = match target {
-            Some((_, node)) => self.nodes[node as usize].alive && !self.partitioned(a_node, node),
+            Some((_, node)) => self.nodes[node as usize].alive && cut.is_none(),
             None => false,
         };
         let mut woken = 0;
@@ -159,20 +168,9 @@ impl SimState {
             Some(SimFd::Stream { conn, side, .. }) => {
                 if reset {
                     self.reset_conn(conn);
-                } else if let Some(c) = self.conns.get_mut(&conn) {
+                } else {
                     // Orderly close: the peer reads what was sent, then end of stream.
-                    let now = self.now;
-                    let lat = latency(&mut self.rng, self.config.net_latency);
-                    let pipe = c.outbound(side);
-                    if !pipe.fin {
-                        pipe.fin = true;
-                        let at = (now + lat).max(pipe.last_at);
-                        pipe.last_at = at;
-                        pipe.chunks.push_back((at, Vec::new()));
-                        if let Some(peer) = c.peer_fd(side) {
-                            self.at(at, EvKind::Ready(peer, Interest::Read));
-                        }
-                    }
+                    self.send_fin(conn, side);
                 }
                 if let Some(c) = self.conns.get_mut(&conn) {
                     match side {
@@ -189,8 +187,49 @@ impl SimState {
         }
     }
 
-    pub(crate) fn partition(&mut self, a: u32, b: u32) {
-        self.partitions.insert((a.min(b), a.max(b)));
+    /// Queues the end of stream of `side` of connection `id` (once), behind what it
+    /// sent; a silently cut connection drops it.
+    pub(super) fn send_fin(&mut self, id: u64, side: Side) {
+        let now = self.now;
+        let lat = latency(&mut self.rng, self.config.net_latency);
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let silent = c.silent;
+        let peer = c.peer_fd(side);
+        let pipe = c.outbound(side);
+        if pipe.fin {
+            return;
+        }
+        pipe.fin = true;
+        if silent {
+            self.sim_stats.silent_chunks_dropped += 1;
+            return;
+        }
+        let at = (now + lat).max(pipe.last_at);
+        pipe.last_at = at;
+        pipe.chunks.push_back((at, Vec::new()));
+        if let Some(peer) = peer {
+            self.at(at, EvKind::Ready(peer, Interest::Read));
+        }
+    }
+
+    /// Cuts the network between `a` and `b` (`kind` None: a seeded choice of reset
+    /// or silent, half and half) until `heal`.
+    pub(crate) fn partition(&mut self, a: u32, b: u32, kind: Option<PartitionKind>) {
+        let kind = kind.unwrap_or_else(|| {
+            if self.rng.chance(0.5) {
+                PartitionKind::Silent
+            } else {
+                PartitionKind::Reset
+            }
+        });
+        mix(&mut self.trace, &[0x9a, a as u64, b as u64, kind as u64]);
+        match kind {
+            PartitionKind::Reset => self.sim_stats.partitions_reset += 1,
+            PartitionKind::Silent => self.sim_stats.partitions_silent += 1,
+        }
+        self.partitions.insert((a.min(b), a.max(b)), kind);
         let crossing: Vec<u64> = self
             .conns
             .iter()
@@ -198,8 +237,34 @@ impl SimState {
             .map(|(id, _)| *id)
             .collect();
         for id in crossing {
-            self.reset_conn(id);
+            match kind {
+                PartitionKind::Reset => self.reset_conn(id),
+                PartitionKind::Silent => self.silence_conn(id),
+            }
         }
+    }
+
+    /// A connection cut by a silent partition: what is in flight is lost (what has
+    /// arrived stays readable), and nothing it carries later arrives. Nobody is
+    /// woken: only timeouts notice.
+    fn silence_conn(&mut self, id: u64) {
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.reset || c.silent {
+            return;
+        }
+        c.silent = true;
+        let mut dropped = 0;
+        for pipe in [&mut c.to_a, &mut c.to_b] {
+            // Their bytes stay counted: the sender's buffer is never acknowledged.
+            let before = pipe.chunks.len();
+            pipe.chunks.retain(|(at, _)| *at <= now);
+            dropped += (before - pipe.chunks.len()) as u64;
+        }
+        self.sim_stats.silent_chunks_dropped += dropped;
+        mix(&mut self.trace, &[0x51, id, dropped]);
     }
 
     pub(crate) fn heal(&mut self, a: u32, b: u32) {
