@@ -336,3 +336,31 @@ fn a_task_of_a_crashed_node_writes_nothing_while_it_unwinds() {
         );
     }
 }
+
+#[test]
+fn a_stop_lets_the_writes_in_flight_complete_and_loses_nothing() {
+    for seed in 0..20 {
+        let mut sim = Sim::new(SimConfig::new(seed));
+        let view = sim
+            .run(move |h| {
+                let submitting = Rc::new(Cell::new(false));
+                let s2 = submitting.clone();
+                let n = h.add_node("d", ip(), move || {
+                    let f = OpenOptions::new().create(true).open("/d").unwrap();
+                    s2.set(true);
+                    let _ = f.pwrite(&block(7, SECTORS), 0);
+                });
+                wait_for(&submitting);
+                h.stop(n);
+                h.disk_view(n, "/d").unwrap()
+            })
+            .unwrap();
+        assert_eq!(view.len(), SECTORS * SECTOR, "seed {seed}");
+        assert!(view.iter().all(|&b| b == 7), "seed {seed}");
+        let st = sim.stats();
+        assert_eq!(
+            st.in_flight_writes_at_crash, 0,
+            "seed {seed}: a stop is no crash"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! `tdrv sim taskio`: the simulator's own scenario (a replicated key-value store with
-//! partitions and crashes) holds its invariant over 1,000 seeds, the deliberately broken variant
-//! (acknowledging before fdatasync) is caught, and a failing seed replays exactly.
+//! partitions and crashes) holds its invariant over 1,000 seeds, the deliberately
+//! broken variant (acknowledging before fdatasync) is caught, and a failing seed
+//! replays exactly.
 
 mod common;
 

@@ -162,6 +162,7 @@ impl Disk {
         stats: &mut SimStats,
     ) {
         let landing: BTreeSet<u64> = in_flight.iter().map(|w| w.write).collect();
+        stats.in_flight_writes_at_crash += landing.len() as u64;
         for w in in_flight {
             self.write(w.write, w.offset, &w.data, false);
         }

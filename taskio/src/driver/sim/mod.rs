@@ -375,7 +375,6 @@ impl SimState {
             }
             let write = self.next_write;
             self.next_write += 1;
-            self.sim_stats.in_flight_writes_at_crash += 1;
             mix(&mut self.trace, &[0x1f, write, data.len() as u64]);
             out.entry(path).or_default().push(InFlight {
                 write,
