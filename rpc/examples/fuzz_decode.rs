@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rpc::fuzzing::{check, seeds, with_sound_framing};
 use rpc::limits::{DATA_LEN_MAX, HEADER_LEN, PAYLOAD_LEN_MAX};
 use rpc::{MsgType, RawHeader, decode_frame, forge, header_bytes};
+use taskio::rand::Rng;
 
 /// Most inputs kept in the working pool.
 const POOL_MAX: usize = 4096;
@@ -29,26 +30,6 @@ const POOL_MAX: usize = 4096;
 const INPUT_LEN_MAX: usize = 4096;
 /// Mutations stacked on one input, at most.
 const STACK_MAX: u64 = 6;
-
-/// SplitMix64: small, fast, and the same sequence for the same seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
 
 const INTERESTING_U32: &[u32] = &[
     0,
@@ -74,30 +55,30 @@ const INTERESTING_U32: &[u32] = &[
 
 fn mutate(rng: &mut Rng, v: &mut Vec<u8>, pool: &[Vec<u8>]) {
     let len = v.len();
-    match rng.below(11) {
+    match rng.index(11) {
         0 if len > 0 => {
-            let i = rng.below(len);
-            v[i] ^= 1 << rng.below(8);
+            let i = rng.index(len);
+            v[i] ^= 1 << rng.index(8);
         }
         1 if len > 0 => {
-            let i = rng.below(len);
-            v[i] = rng.next() as u8;
+            let i = rng.index(len);
+            v[i] = rng.next_u64() as u8;
         }
         2 if len > 0 => {
-            let i = rng.below(len);
-            v[i] = [0u8, 1, 0x7F, 0x80, 0xFF][rng.below(5)];
+            let i = rng.index(len);
+            v[i] = [0u8, 1, 0x7F, 0x80, 0xFF][rng.index(5)];
         }
         3 if len >= 4 => {
             // An interesting u32 at a random, often 4-aligned, offset.
-            let mut i = rng.below(len - 3);
-            if rng.below(2) == 0 {
+            let mut i = rng.index(len - 3);
+            if rng.index(2) == 0 {
                 i &= !3;
             }
-            let x = INTERESTING_U32[rng.below(INTERESTING_U32.len())];
+            let x = INTERESTING_U32[rng.index(INTERESTING_U32.len())];
             v[i..i + 4].copy_from_slice(&x.to_le_bytes());
         }
         4 if len >= 2 => {
-            let i = rng.below(len - 1) & !1;
+            let i = rng.index(len - 1) & !1;
             let x = [
                 0u16,
                 1,
@@ -110,26 +91,26 @@ fn mutate(rng: &mut Rng, v: &mut Vec<u8>, pool: &[Vec<u8>]) {
                 0x28,
                 0x8000,
                 u16::MAX,
-            ][rng.below(11)];
+            ][rng.index(11)];
             v[i..i + 2].copy_from_slice(&x.to_le_bytes());
         }
         5 => {
-            let i = rng.below(len + 1);
-            let n = 1 + rng.below(16);
-            let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let i = rng.index(len + 1);
+            let n = 1 + rng.index(16);
+            let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             v.splice(i..i, bytes);
         }
         6 if len > 0 => {
-            let i = rng.below(len);
-            let n = 1 + rng.below((len - i).min(32));
+            let i = rng.index(len);
+            let n = 1 + rng.index((len - i).min(32));
             v.drain(i..i + n);
         }
-        7 if len > 0 => v.truncate(rng.below(len)),
+        7 if len > 0 => v.truncate(rng.index(len)),
         8 if !pool.is_empty() => {
             // Splice: our head, another input's tail.
-            let other = &pool[rng.below(pool.len())];
-            let cut = rng.below(len + 1);
-            let from = rng.below(other.len() + 1);
+            let other = &pool[rng.index(pool.len())];
+            let cut = rng.index(len + 1);
+            let from = rng.index(other.len() + 1);
             v.truncate(cut);
             v.extend_from_slice(&other[from..]);
         }
@@ -278,7 +259,7 @@ fn main() -> ExitCode {
     let mut pool = load_corpus(&corpus_dir);
     let corpus_len = pool.len();
     let mut seen: HashSet<(bool, u16, u16, bool, bool)> = pool.iter().map(|v| outcome(v)).collect();
-    let mut rng = Rng(args.seed);
+    let mut rng = Rng::new(args.seed);
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     println!(
         "fuzz_decode: seed {} ({corpus_len} corpus inputs), {}",
@@ -299,8 +280,8 @@ fn main() -> ExitCode {
             _ => {}
         }
         iter += 1;
-        let mut input = pool[rng.below(pool.len())].clone();
-        for _ in 0..=rng.below(STACK_MAX as usize) {
+        let mut input = pool[rng.index(pool.len())].clone();
+        for _ in 0..=rng.index(STACK_MAX as usize) {
             mutate(&mut rng, &mut input, &pool);
         }
         if let Err(msg) = run_one(&input) {
@@ -321,7 +302,7 @@ fn main() -> ExitCode {
             if pool.len() < POOL_MAX {
                 pool.push(input);
             } else {
-                let i = rng.below(POOL_MAX - corpus_len) + corpus_len;
+                let i = rng.index(POOL_MAX - corpus_len) + corpus_len;
                 pool[i] = input;
             }
         }

@@ -32,6 +32,7 @@ use rpc::{
     RpcError, Server, ServerConfig, Service, SessionInfo, Status, auth, decode_header,
     decode_payload, encode_frame, forge as f,
 };
+use taskio::rand::Rng;
 use taskio::{Config, IoConfig, Runtime, spawn};
 
 /// Bound of any single wait of the test on a socket (read or write).
@@ -1326,22 +1327,6 @@ fn ended_sessions_free_their_threads() {
 
 // ---- the pipelined client ----------------------------------------------------------
 
-/// xorshift64*, for repeatable mixes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// 64 callers on one connection, each with its own mix of PINGs (0..=4096 bytes),
 /// WRITEs (up to 64 KiB, checked by the service) and READs (up to 64 KiB, checked
 /// here): every answer is its own request's.
@@ -1359,7 +1344,7 @@ fn sixty_four_callers_with_mixed_sizes_get_their_own_answers() {
             .map(|caller| {
                 let (c, writes) = (c.clone(), writes.clone());
                 spawn(move || {
-                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (caller + 1));
+                    let mut rng = Rng::stream(0x5e55_1011, caller);
                     for call in 0..CALLS {
                         let offset = rng.below(1 << 30);
                         let len = rng.below(IO_LEN_MAX) + 1;

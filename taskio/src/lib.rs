@@ -13,7 +13,9 @@
 //!   runtime never run at the same time: [`Rendez`], [`QLock`], [`RwLock`],
 //!   [`Channel`] with [`select`], [`Barrier`], [`Pool`];
 //! - the [`Driver`] seam between the scheduler and the OS, and the timer-only
-//!   [`SleepDriver`].
+//!   [`SleepDriver`];
+//! - [`rand::Rng`], the one seeded generator of the simulator and of every
+//!   scenario, benchmark and test that wants repeatable randomness.
 //!
 //! What it must never do: share mutable state between runtimes, move a task between
 //! threads, abort the process on an operating error, or block the thread while a task
@@ -27,6 +29,7 @@ mod error;
 pub mod file;
 pub mod net;
 mod overflow;
+pub mod rand;
 pub mod remote;
 mod runq;
 mod sched;

@@ -27,6 +27,7 @@ use crate::context;
 use crate::driver::{Driver, Io, IoConfig, IoStats, Reactor, SleepDriver};
 use crate::error::{DeadlockTask, IoError, RunError};
 use crate::overflow;
+use crate::rand::Rng;
 use crate::runq::RunQueue;
 use crate::stack::StackPool;
 use crate::stall::{DEFAULT_STALL_THRESHOLD, StallSink, StallState, Watchdog};
@@ -225,7 +226,7 @@ pub(crate) struct Core {
     pub(crate) stall: Arc<StallState>,
     /// Under simulation: the seeded generator that picks which ready task runs
     /// next (None: FIFO), and a hash of the picks for determinism checks.
-    sched_rng: Cell<Option<u64>>,
+    sched_rng: RefCell<Option<Rng>>,
     sched_trace: Cell<u64>,
 }
 
@@ -297,9 +298,11 @@ impl Core {
         } else {
             self.round_left.set(left - 1);
         }
-        let next = match self.sched_rng.get() {
-            None => self.ready.pop_front()?,
-            Some(_) => self.pop_random()?,
+        let seeded = self.sched_rng.borrow().is_some();
+        let next = if seeded {
+            self.pop_random()?
+        } else {
+            self.ready.pop_front()?
         };
         // SAFETY: tasks in the ready queue are alive (held by the task table).
         let t = unsafe { next.as_ref() };
@@ -320,14 +323,7 @@ impl Core {
         if len == 0 {
             return None;
         }
-        let mut x = self.sched_rng.get().unwrap_or(1);
-        // xorshift64*: deterministic, fast, good enough to shuffle a run queue.
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.sched_rng.set(Some(x));
-        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        let i = (r % len as u64) as usize;
+        let i = self.sched_rng.borrow_mut().as_mut()?.index(len);
         self.ready.swap_front(i);
         let next = self.ready.pop_front()?;
         // SAFETY: alive while in the ready queue.
@@ -339,8 +335,8 @@ impl Core {
     }
 
     /// Seeds the scheduler's choice of the next ready task (simulation).
-    pub(crate) fn set_sched_seed(&self, seed: u64) {
-        self.sched_rng.set(Some(seed | 1));
+    pub(crate) fn set_sched_rng(&self, rng: Rng) {
+        *self.sched_rng.borrow_mut() = Some(rng);
         self.sched_trace.set(0xcbf2_9ce4_8422_2325);
     }
 
@@ -357,6 +353,14 @@ impl Core {
             // SAFETY: as in `current_task`.
             unsafe { &*t }.node.get()
         }
+    }
+
+    /// Whether the running task is being cancelled (its node crashed or stopped; it
+    /// unwinds, or is about to). False in the scheduler context.
+    pub(crate) fn current_cancelled(&self) -> bool {
+        let t = self.current.get();
+        // SAFETY: as in `current_task`.
+        !t.is_null() && unsafe { &*t }.cancelled.get()
     }
 
     /// Ends every task of `node` (a simulated crash): a task that never ran is
@@ -733,7 +737,7 @@ impl Runtime {
             tearing_down: Cell::new(false),
             cancelling: Cell::new(0),
             stall: Arc::new(StallState::default()),
-            sched_rng: Cell::new(None),
+            sched_rng: RefCell::new(None),
             sched_trace: Cell::new(0),
         });
         Runtime {
@@ -771,8 +775,8 @@ impl Runtime {
         }
     }
 
-    pub(crate) fn set_sched_seed(&self, seed: u64) {
-        self.core.set_sched_seed(seed);
+    pub(crate) fn set_sched_rng(&self, rng: Rng) {
+        self.core.set_sched_rng(rng);
     }
 
     pub(crate) fn sched_trace(&self) -> u64 {

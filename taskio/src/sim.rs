@@ -25,9 +25,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-pub use crate::driver::sim::{DiskFault, Faults, SimConfig};
-use crate::driver::sim::{Node, SimDriver, SimState};
+pub use crate::driver::sim::{DiskFault, Faults, PartitionKind, SimConfig, SimStats};
+use crate::driver::sim::{Node, STREAM_SCHED, SimDriver, SimState};
 use crate::error::RunError;
+use crate::rand::Rng;
 use crate::sched::{Config, Runtime, core};
 use crate::task::{Builder, sleep};
 use crate::timer::Instant;
@@ -56,7 +57,7 @@ impl Sim {
             },
             Box::new(driver),
         );
-        rt.set_sched_seed(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x0123_4567);
+        rt.set_sched_rng(Rng::stream(seed, STREAM_SCHED));
         Sim { rt, state }
     }
 
@@ -91,6 +92,11 @@ impl Sim {
     /// The durable contents of a node's file (what any crash keeps).
     pub fn disk_durable(&self, node: NodeId, path: impl AsRef<Path>) -> Option<Vec<u8>> {
         self.handle().disk_durable(node, path)
+    }
+
+    /// What the simulator's faults did so far.
+    pub fn stats(&self) -> SimStats {
+        self.handle().stats()
     }
 }
 
@@ -141,15 +147,18 @@ impl SimHandle {
         }
     }
 
-    /// Crashes `node`: its tasks end at once, its connections reset, its disks keep,
-    /// drop or tear each write that was not flushed.
+    /// Crashes `node`: its tasks end at once (they unwind when next run, and any I/O
+    /// their destructors try is refused), its connections reset, its disks keep,
+    /// drop or tear (any subset of its sectors) each write that was not flushed and
+    /// each write still in flight.
     pub fn crash(&self, node: NodeId) {
         assert!(node != 0, "the controller cannot crash");
         self.state.borrow_mut().crash_node(node, true);
         core().cancel_node(node);
     }
 
-    /// Stops `node` like a crash, but its disks keep everything written.
+    /// Stops `node` like a crash, but its disks keep everything written, the writes
+    /// in flight included (the kernel completes a dead process's I/O).
     pub fn stop(&self, node: NodeId) {
         assert!(node != 0, "the controller cannot stop");
         self.state.borrow_mut().crash_node(node, false);
@@ -171,10 +180,27 @@ impl SimHandle {
         self.state.borrow().nodes[node as usize].alive
     }
 
+    /// Cuts the network between `a` and `b` until `heal`, resetting or silent (a
+    /// seeded choice, half and half: see [`PartitionKind`]).
+    pub fn partition(&self, a: NodeId, b: NodeId) {
+        self.state.borrow_mut().partition(a, b, None);
+    }
+
     /// Cuts the network between `a` and `b`: their connections reset, new ones are
     /// refused, until `heal`.
-    pub fn partition(&self, a: NodeId, b: NodeId) {
-        self.state.borrow_mut().partition(a, b);
+    pub fn partition_reset(&self, a: NodeId, b: NodeId) {
+        self.state
+            .borrow_mut()
+            .partition(a, b, Some(PartitionKind::Reset));
+    }
+
+    /// Cuts the network between `a` and `b` without telling anyone: what crosses is
+    /// dropped, the connections that crossed never deliver again, connects across
+    /// never complete; only timeouts notice. New connections work after `heal`.
+    pub fn partition_silent(&self, a: NodeId, b: NodeId) {
+        self.state
+            .borrow_mut()
+            .partition(a, b, Some(PartitionKind::Silent));
     }
 
     pub fn heal(&self, a: NodeId, b: NodeId) {
@@ -204,6 +230,11 @@ impl SimHandle {
 
     pub fn now(&self) -> Instant {
         self.state.borrow().now()
+    }
+
+    /// What the simulator's faults did so far.
+    pub fn stats(&self) -> SimStats {
+        self.state.borrow().sim_stats
     }
 
     /// A seeded random number for the controller's own choices (part of the trace).

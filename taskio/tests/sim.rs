@@ -1,5 +1,5 @@
-//! The simulation driver itself: determinism, virtual time, flush semantics, torn
-//! writes, partitions, crash and restart, injected and seeded faults.
+//! The simulation driver itself: determinism, virtual time, flush semantics,
+//! resetting partitions, crash and restart, injected and seeded faults.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -139,33 +139,6 @@ fn flushed_and_durable_writes_survive_every_crash() {
 }
 
 #[test]
-fn unflushed_writes_are_kept_dropped_or_torn_at_sector_boundaries() {
-    let (mut kept, mut dropped, mut torn) = (0, 0, 0);
-    for seed in 0..200 {
-        let d = crash_after_write(seed, false, false);
-        let sevens = d.iter().take_while(|&&b| b == 7).count();
-        assert_eq!(
-            sevens % 512,
-            0,
-            "seed {seed}: tear inside a sector ({sevens} bytes)"
-        );
-        assert!(
-            d[sevens..].iter().all(|&b| b == 0),
-            "seed {seed}: bytes never written"
-        );
-        match sevens {
-            4096 => kept += 1,
-            0 => dropped += 1,
-            _ => torn += 1,
-        }
-    }
-    assert!(
-        kept > 0 && dropped > 0 && torn > 0,
-        "kept {kept} dropped {dropped} torn {torn}"
-    );
-}
-
-#[test]
 fn partition_resets_connections_and_refuses_new_ones_until_healed() {
     let mut sim = Sim::new(SimConfig::new(3));
     let outcome = Rc::new(RefCell::new(Vec::<String>::new()));
@@ -203,7 +176,7 @@ fn partition_resets_connections_and_refuses_new_ones_until_healed() {
             o2.borrow_mut().push("healed".into());
         });
         assert!(h.run_until(Duration::from_secs(1), || o.borrow().len() == 1));
-        h.partition(a, b);
+        h.partition_reset(a, b);
         sleep(Duration::from_secs(1));
         h.heal(a, b);
         assert!(h.run_until(Duration::from_secs(10), || o.borrow().len() == 4));
@@ -341,5 +314,97 @@ fn seeded_fault_rates_produce_errors_deterministically() {
     assert!(
         (5..=40).contains(&e1),
         "about 20% of 100 writes failed: {e1}"
+    );
+}
+
+#[test]
+fn silent_partition_drops_what_crosses_so_only_timeouts_notice() {
+    let mut sim = Sim::new(SimConfig::new(4));
+    let outcome = Rc::new(RefCell::new(Vec::<String>::new()));
+    let o = outcome.clone();
+    sim.run(move |h| {
+        let a = h.add_node("a", srv().ip(), || {
+            let l = net::listen(srv()).unwrap();
+            loop {
+                let (s, _) = l.accept().unwrap();
+                spawn(move || {
+                    let mut b = [0u8; 1];
+                    while s.read_exact(&mut b).is_ok() {
+                        let _ = s.write_all(&b);
+                    }
+                })
+                .unwrap();
+            }
+        });
+        let o2 = o.clone();
+        let b = h.add_node("b", "10.0.0.2".parse().unwrap(), move || {
+            let c = net::connect(srv(), Some(Duration::from_secs(1))).unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut r = [0u8; 1];
+            c.write_all(&[1]).unwrap();
+            c.read_exact(&mut r).unwrap();
+            o2.borrow_mut().push("echoed".into());
+            // The controller cuts the network silently now.
+            sleep(Duration::from_millis(100));
+            let sent = c.write_all(&[2]).map_err(|e| e.kind());
+            o2.borrow_mut().push(format!("send: {sent:?}"));
+            let e = c.read_exact(&mut r).unwrap_err();
+            o2.borrow_mut().push(format!("read: {:?}", e.kind()));
+            let e = net::connect(srv(), Some(Duration::from_millis(100))).unwrap_err();
+            o2.borrow_mut().push(format!("connect: {:?}", e.kind()));
+            sleep(Duration::from_secs(2));
+            // Healed: the old connection stays dead, a new one works.
+            let e = c.read_exact(&mut r).unwrap_err();
+            o2.borrow_mut()
+                .push(format!("old after heal: {:?}", e.kind()));
+            let c = net::connect(srv(), Some(Duration::from_secs(1))).unwrap();
+            c.write_all(&[3]).unwrap();
+            c.read_exact(&mut r).unwrap();
+            o2.borrow_mut().push(format!("healed: {}", r[0]));
+        });
+        assert!(h.run_until(Duration::from_secs(1), || o.borrow().len() == 1));
+        h.partition_silent(a, b);
+        sleep(Duration::from_secs(1));
+        h.heal(a, b);
+        assert!(h.run_until(Duration::from_secs(10), || o.borrow().len() == 6));
+    })
+    .unwrap();
+    let out = outcome.borrow();
+    assert_eq!(
+        *out,
+        [
+            "echoed",
+            "send: Ok(())",
+            "read: TimedOut",
+            "connect: TimedOut",
+            "old after heal: TimedOut",
+            "healed: 3",
+        ]
+    );
+    let st = sim.stats();
+    assert_eq!((st.partitions_silent, st.partitions_reset), (1, 0));
+    assert!(st.silent_chunks_dropped >= 1, "{st:?}");
+    assert_eq!(st.silent_connects_lost, 1, "{st:?}");
+}
+
+#[test]
+fn partition_without_a_kind_is_a_seeded_choice_of_both() {
+    let kinds: Vec<(u64, u64)> = (0..16)
+        .map(|seed| {
+            let mut sim = Sim::new(SimConfig::new(seed));
+            sim.run(|h| {
+                let a = h.add_node("a", srv().ip(), || {});
+                let b = h.add_node("b", "10.0.0.2".parse().unwrap(), || {});
+                h.partition(a, b);
+            })
+            .unwrap();
+            let st = sim.stats();
+            (st.partitions_reset, st.partitions_silent)
+        })
+        .collect();
+    assert!(kinds.iter().all(|&(r, s)| r + s == 1));
+    assert!(
+        kinds.contains(&(1, 0)) && kinds.contains(&(0, 1)),
+        "{kinds:?}"
     );
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use taskio::file::{File, OpenOptions};
+use taskio::rand::Rng;
 use taskio::sim::{Sim, SimConfig};
 use taskio::{Rendez, sleep};
 use vssd::VssdError;
@@ -47,17 +48,10 @@ fn total_bytes() -> u64 {
     params(DEV, 1).geometry().unwrap().total_bytes()
 }
 
-/// `len` bytes of a xorshift stream picked by `seed`.
+/// `len` bytes of the seeded generator's stream picked by `seed`.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0u8; len];
+    Rng::new(seed).fill(&mut out);
     out
 }
 

@@ -6,6 +6,7 @@ use std::panic::resume_unwind;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
+use taskio::rand::Rng;
 use taskio::{Config, IoConfig, RunError, Runtime, RuntimeStats};
 
 /// How long one test body may take before it counts as hung. Each should finish in
@@ -70,18 +71,11 @@ pub fn io_ok<T: Send + 'static>(main: impl FnOnce() -> T + Send + 'static) -> T 
     }
 }
 
-/// `len` bytes of a xorshift stream picked by `seed`: no period a misplaced chunk
+/// `len` bytes of the seeded generator's stream picked by `seed`: no period a misplaced chunk
 /// could hide in, and a different stream for every seed.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0u8; len];
+    Rng::new(seed).fill(&mut out);
     out
 }
 

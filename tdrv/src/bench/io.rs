@@ -21,6 +21,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use taskio::file::OpenOptions;
+use taskio::rand::Rng;
 use taskio::{AlignedBuf, Config, IoConfig, IoError, Runtime, net, spawn};
 
 use super::{Figure, Plan};
@@ -32,7 +33,7 @@ const MSG: usize = 64;
 /// The default file sizes: full and quick runs.
 const FILE_FULL: u64 = 1 << 30;
 const FILE_QUICK: u64 = 64 << 20;
-/// Seed of the offsets' xorshift (each task adds its index).
+/// Seed of the offsets' generator (each task draws its own stream).
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// What one sample of one variant measures.
@@ -397,24 +398,6 @@ fn sample(setup: &mut Setup, v: &Variant, dur: Duration) -> Result<Sample, Strin
     }
 }
 
-/// A simple seeded xorshift64 for the offsets (also `bench vssd`'s lines).
-pub(super) struct XorShift(u64);
-
-impl XorShift {
-    pub(super) fn new(seed: u64) -> XorShift {
-        XorShift(seed.max(1))
-    }
-
-    pub(super) fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
-
 /// User plus system CPU time of the whole process (every thread) so far.
 pub(super) fn cpu_time() -> Duration {
     // SAFETY: all-zero is a valid rusage, and getrusage writes into the one passed.
@@ -510,11 +493,11 @@ fn aio_sample(
             if write {
                 buf.fill(0x5a ^ i as u8);
             }
-            let mut rng = XorShift::new(SEED.wrapping_add(i as u64));
+            let mut rng = Rng::stream(SEED, i as u64);
             let mut lat = Vec::with_capacity(64 * 1024);
             let mut start = Instant::now();
             while start < deadline {
-                let offset = (rng.next() % blocks) * BLOCK;
+                let offset = rng.below(blocks) * BLOCK;
                 if write {
                     file.pwrite(&buf, offset)?;
                 } else {
@@ -823,13 +806,11 @@ pub(super) fn fill_file(path: &Path, bytes: u64) -> Result<(), String> {
     }
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(err)?;
-    let mut rng = XorShift::new(SEED);
+    let mut rng = Rng::new(SEED);
     let mut chunk = vec![0u8; 1 << 20];
     let mut left = bytes;
     while left > 0 {
-        for w in chunk.chunks_exact_mut(8) {
-            w.copy_from_slice(&rng.next().to_le_bytes());
-        }
+        rng.fill(&mut chunk);
         let n = left.min(chunk.len() as u64) as usize;
         f.write_all(&chunk[..n]).map_err(err)?;
         left -= n as u64;

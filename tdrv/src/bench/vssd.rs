@@ -25,12 +25,11 @@ use std::time::{Duration, Instant};
 use ::vssd::layout::{FormatParams, random_uuid};
 use ::vssd::{Options, Vssd, format};
 use taskio::file::{File, OpenOptions};
+use taskio::rand::Rng;
 use taskio::remote::remote;
 use taskio::{AlignedBuf, Config, IoConfig, IoError, Runtime, spawn};
 
-use super::io::{
-    Measured, Sample, XorShift, fill_file, fio_available, fio_sample, lat_ns, tasks_sample,
-};
+use super::io::{Measured, Sample, fill_file, fio_available, fio_sample, lat_ns, tasks_sample};
 use super::{Figure, Plan};
 
 /// Bytes per cache line, and per fio block.
@@ -48,7 +47,7 @@ const _: () = assert!(LINES_FULL.is_multiple_of(QD as u64));
 const _: () = assert!(LINES_QUICK.is_multiple_of(QD as u64));
 /// The cache device the bench's vSSD belongs to (a rerun reformats it without force).
 const DEVICE_ID: &str = "tdrv-bench";
-/// Seed of the lines' xorshift (each task adds its index).
+/// Seed of the lines' generator (each task draws its own stream).
 const SEED: u64 = 0x2545_f491_4f6c_dd1d;
 /// The reach: write qd 32 at least this many times fio's qd 32 random writes,
 const REACH_WRITE_PEER: f64 = 0.6;
@@ -363,11 +362,11 @@ fn write_sample(
             let mut buf = AlignedBuf::new(LINE as usize);
             buf.set_len(LINE as usize);
             buf.fill(0x5a ^ task as u8);
-            let mut rng = XorShift::new(SEED.wrapping_add(task as u64));
+            let mut rng = Rng::stream(SEED, task as u64);
             let mut lat = Vec::with_capacity(64 * 1024);
             let mut start = Instant::now();
             while start < deadline {
-                let line = (rng.next() % lines_per_task) * qd as u64 + task as u64;
+                let line = rng.below(lines_per_task) * qd as u64 + task as u64;
                 let tran = tran_next.get();
                 tran_next.set(tran + 1);
                 vssd.writep1(tran, line, &buf)
@@ -440,11 +439,11 @@ fn read_sample(vssd: &Vssd, qd: usize, dur: Duration) -> Result<Sample, String> 
         let vssd = vssd.clone();
         move || -> Result<Vec<u32>, String> {
             let mut buf = AlignedBuf::new(LINE as usize);
-            let mut rng = XorShift::new(SEED.wrapping_add(0x100 + task as u64));
+            let mut rng = Rng::stream(SEED, 0x100 + task as u64);
             let mut lat = Vec::with_capacity(64 * 1024);
             let mut start = Instant::now();
             while start < deadline {
-                let line = rng.next() % lines;
+                let line = rng.below(lines);
                 let hit = vssd
                     .read_into(line, &mut buf)
                     .map_err(|e| format!("read of line {line}: {e}"))?;

@@ -4,9 +4,11 @@
 //! Two replica nodes keep an append-only log file of PUT records (key, value, CRC)
 //! and serve PUT and GET over TCP. A client node writes unique keys to both replicas
 //! and counts a PUT acknowledged by a replica once that replica answered OK. The
-//! controller crashes one replica at a random instant (power loss: unflushed writes
-//! kept, dropped or torn), restarts it, and checks the invariant: a restarted replica
-//! returns every value it acknowledged.
+//! controller partitions the client from one replica for a while (resetting or
+//! silent, a seeded choice: the client's read and write timeouts end its waits and
+//! it reconnects after the heal), then crashes one replica at a random instant (power
+//! loss: unflushed writes and writes in flight kept, dropped or torn), restarts it,
+//! and checks the invariant: a restarted replica returns every value it acknowledged.
 //!
 //! The correct replica makes each record durable (fdatasync) before answering; the
 //! `--buggy` one answers first, and the simulator finds seeds where a crash loses an
@@ -32,6 +34,8 @@ const OP_PUT: u8 = 1;
 const OP_GET: u8 = 2;
 const REPLY_OK: u8 = 0;
 const REPLY_MISSING: u8 = 1;
+/// The client's bound on a connect, and on each read and write of a call.
+const CLIENT_TIMEOUT: Duration = Duration::from_millis(200);
 
 fn record(key: u64, value: u64) -> [u8; RECORD] {
     let mut r = [0u8; RECORD];
@@ -136,7 +140,11 @@ fn client(replicas: [SocketAddr; 2], acked: Acked, next_key: Rc<Cell<u64>>) {
         let value = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         for (i, addr) in replicas.iter().enumerate() {
             if conns[i].is_none() {
-                conns[i] = net::connect(*addr, Some(Duration::from_millis(200))).ok();
+                conns[i] = net::connect(*addr, Some(CLIENT_TIMEOUT)).ok();
+                if let Some(c) = &conns[i] {
+                    c.set_read_timeout(Some(CLIENT_TIMEOUT));
+                    c.set_write_timeout(Some(CLIENT_TIMEOUT));
+                }
             }
             let Some(c) = &conns[i] else {
                 continue;
@@ -174,6 +182,12 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
         let client_node = h.add_node("client", client_ip, move || {
             client(addrs, a2.clone(), k2.clone())
         });
+        // Cut the client from one replica for a while (resetting or silent).
+        sleep(Duration::from_millis(h.random(200)));
+        let cut = nodes[h.random(2) as usize];
+        h.partition(client_node, cut);
+        sleep(Duration::from_millis(h.random(300)));
+        h.heal(client_node, cut);
         // Let traffic run, crash one replica at a random instant, restart it.
         sleep(Duration::from_millis(50 + h.random(450)));
         let victim = h.random(2) as usize;
@@ -216,6 +230,16 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
     SeedRun {
         trace,
         failure,
-        detail: format!("{} acknowledged writes checked", checked.get()),
+        detail: {
+            let st = sim.stats();
+            format!(
+                "{} acknowledged writes checked; {} silent and {} resetting partitions, {} chunks and {} connects lost silently",
+                checked.get(),
+                st.partitions_silent,
+                st.partitions_reset,
+                st.silent_chunks_dropped,
+                st.silent_connects_lost
+            )
+        },
     }
 }

@@ -11,8 +11,13 @@
 //!
 //! One seed in eight lets each boot run long enough for the log to wrap.
 //!
-//! The controller crashes the node at random instants (unflushed writes kept,
-//! dropped or torn at sector boundaries) and restarts it. Each boot reopens the vSSD,
+//! The controller crashes the node at three random instants and restarts it; one
+//! crash in three strikes again soon after its restart, half the time during the
+//! reopen (recovery and its checks), half the time within 3 ms after it. The
+//! simulator is as unkind as a real disk: at each crash every unflushed write and
+//! every write still in flight is kept whole, dropped, or torn to any subset of its
+//! sectors, and an fsync covers only the writes completed before it was issued.
+//! Each boot reopens the vSSD,
 //! resolves the in-doubt trans by the DTM's rule (the coordinator's decision if it
 //! made one, else commit: with one vSSD, prepared everywhere is prepared here), and
 //! checks, for every line, what a client would read (the cache, or the backing store
@@ -36,6 +41,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use taskio::file::OpenOptions;
+use taskio::rand::Rng;
 use taskio::sim::SimHandle;
 use taskio::{AlignedBuf, QLock, sleep, spawn};
 use vssd::layout::{FormatParams, LOG_BYTES_MIN};
@@ -50,6 +56,15 @@ const CACHE_LINES: u64 = 16;
 const DATA_LINES: u64 = 40;
 const TASKS: u64 = 6;
 const CRASHES: u64 = 3;
+/// One crash in this many strikes again soon after its restart: during the reopen
+/// (recovery, the checks) or just after it.
+const DOUBLE_CRASH_ONE_IN: u64 = 3;
+/// The second crash of a double crash comes within this many microseconds of the
+/// restart, or of the end of its recovery.
+const DOUBLE_CRASH_MICROS: u64 = 3_000;
+/// Polls (10 us of virtual time each) the controller waits for a restarted node to
+/// boot or recover before it fails the seed.
+const BOOT_WAIT_POLLS_MAX: u64 = 1_000_000;
 
 /// Each 8-byte word names the line, the version id and the word's index.
 fn word(line: u64, id: u64, i: usize) -> u64 {
@@ -108,6 +123,12 @@ struct World {
     durable_decision: RefCell<BTreeSet<u64>>,
     next_id: Cell<u64>,
     boots: Cell<u64>,
+    /// The last boot that finished its recovery and checks.
+    recovered: Cell<u64>,
+    /// Crashes that struck soon after a restart, and those of them that struck
+    /// before the boot had recovered and checked.
+    double_crashes: Cell<u64>,
+    double_during_recovery: Cell<u64>,
     formatted: Cell<bool>,
     trace: bool,
     /// `--buggy`: acknowledge writes before writep1 returns.
@@ -147,17 +168,6 @@ impl World {
 
     fn backing(&self, line: u64) -> u64 {
         self.backing.borrow().get(&line).copied().unwrap_or(0)
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
     }
 }
 
@@ -292,6 +302,7 @@ fn boot(w: &Rc<World>) {
         }
     }
     v.assert_invariants();
+    w.recovered.set(boot);
     let locks: Rc<Vec<QLock<()>>> = Rc::new((0..DATA_LINES).map(|_| QLock::new(())).collect());
     // The destager: keeps dirty lines below half the cache, so writers waiting for
     // room (each holding its own line's lock) always get it.
@@ -318,8 +329,7 @@ fn boot(w: &Rc<World>) {
     }
     for t in 0..TASKS {
         let (w2, v, locks) = (w.clone(), v.clone(), locks.clone());
-        let mut rng =
-            Rng(((w.seed << 8) | (boot << 4) | t).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::stream(w.seed, (boot << 8) | t);
         let spawned = spawn(move || {
             let w = w2;
             loop {
@@ -477,6 +487,22 @@ fn step(w: &World, v: &Vssd, rng: &mut Rng, line: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Sleeps in steps of 10 us of virtual time until `done` holds; false (the seed
+/// failed) if a boot failed or none came.
+fn wait_for_boot(w: &World, done: impl Fn() -> bool) -> bool {
+    for _ in 0..BOOT_WAIT_POLLS_MAX {
+        if w.failure.borrow().is_some() {
+            return false;
+        }
+        if done() {
+            return true;
+        }
+        sleep(Duration::from_micros(10));
+    }
+    w.fail(format!("boot {} did not come up", w.boots.get()));
+    false
+}
+
 /// Runs one seed of the torture.
 pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
     let mut sim = super::simulator(seed);
@@ -493,16 +519,36 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
     let result = sim.run(move |h: &SimHandle| {
         let w3 = w2.clone();
         let node = h.add_node("ssd", "10.0.0.1".parse().expect("ip"), move || boot(&w3));
-        for crash in 1..=CRASHES {
+        for _ in 0..CRASHES {
             sleep(Duration::from_micros(500 + h.random(boot_micros)));
             if w2.failure.borrow().is_some() {
                 return;
             }
             h.crash(node);
+            let booted = w2.boots.get();
             h.restart(node);
-            // The boot checks before it runs again.
-            while w2.boots.get() <= crash && w2.failure.borrow().is_none() {
-                sleep(Duration::from_micros(100));
+            if h.random(DOUBLE_CRASH_ONE_IN) == 0 {
+                // Crash again during the reopen, or (half the time) soon after it.
+                if h.random(2) == 0 {
+                    let recovered =
+                        || w2.boots.get() > booted && w2.recovered.get() == w2.boots.get();
+                    if !wait_for_boot(&w2, recovered) {
+                        return;
+                    }
+                }
+                sleep(Duration::from_micros(h.random(DOUBLE_CRASH_MICROS)));
+                w2.double_crashes.set(w2.double_crashes.get() + 1);
+                if w2.recovered.get() < w2.boots.get() || w2.boots.get() == booted {
+                    w2.double_during_recovery
+                        .set(w2.double_during_recovery.get() + 1);
+                }
+                h.crash(node);
+                h.restart(node);
+            }
+            // The last restart boots before the next crash may strike.
+            let before = w2.boots.get();
+            if !wait_for_boot(&w2, || w2.boots.get() > before) {
+                return;
             }
         }
         sleep(Duration::from_micros(500 + h.random(5_000)));
@@ -513,12 +559,15 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
         Ok(()) => world.failure.borrow().clone(),
     };
     let [checkpoints, evictions, waits, blocks] = world.counts();
+    let st = sim.stats();
     SeedRun {
         trace: sim.trace_hash(),
         failure,
         detail: format!(
-            "{} boots, {} ops, {} line checks after crashes, {} in doubt, {} torn prepares aborted, {} checkpoints, {} evictions, {} waits for room, {} log blocks",
+            "{} boots, {} double crashes ({} during recovery), {} ops, {} line checks after crashes, {} in doubt, {} torn prepares aborted, {} checkpoints, {} evictions, {} waits for room, {} log blocks; disk: {} writes torn, {} in flight at crashes ({} landed), {} left volatile by a flush",
             world.boots.get(),
+            world.double_crashes.get(),
+            world.double_during_recovery.get(),
             world.ops.get(),
             world.checked.get(),
             world.in_doubt.get(),
@@ -527,6 +576,10 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
             evictions,
             waits,
             blocks,
+            st.crash_writes_torn,
+            st.in_flight_writes_at_crash,
+            st.in_flight_writes_landed,
+            st.flush_excluded_writes,
         ),
     }
 }

@@ -7,31 +7,7 @@
 //!   never seen before (a backup, a table scan, a VM booting), the pattern that
 //!   flushes an LRU cache.
 
-/// SplitMix64 (Steele, Lea, Flood): a tiny, fast, well-mixed generator; enough
-/// for traces, not for anything secret.
-#[derive(Clone, Debug)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1), 53 bits.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
+use taskio::rand::Rng;
 
 /// Zipf over `keys` lines: line `k` (0-based) is drawn with probability
 /// proportional to `1 / (k + 1)^alpha`, so line 0 is the hottest.
@@ -47,7 +23,7 @@ pub struct Zipf {
     mass: f64,
     /// 1 / (1 - alpha), for alpha != 1.
     q: f64,
-    rng: SplitMix64,
+    rng: Rng,
 }
 
 impl Zipf {
@@ -66,7 +42,7 @@ impl Zipf {
             alpha,
             mass,
             q,
-            rng: SplitMix64::new(seed),
+            rng: Rng::new(seed),
         }
     }
 
