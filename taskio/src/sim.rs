@@ -209,9 +209,22 @@ impl SimHandle {
 
     /// Makes the next matching operation on `node`'s file `path` fail as `fault`.
     pub fn inject(&self, node: NodeId, path: impl AsRef<Path>, fault: DiskFault) {
+        self.inject_at(node, path, fault, 0..u64::MAX);
+    }
+
+    /// Makes the next matching operation on `node`'s file `path` that touches a byte
+    /// of `bytes` fail as `fault` (operations elsewhere in the file pass).
+    pub fn inject_at(
+        &self,
+        node: NodeId,
+        path: impl AsRef<Path>,
+        fault: DiskFault,
+        bytes: std::ops::Range<u64>,
+    ) {
+        assert!(bytes.start < bytes.end, "inject_at: empty range {bytes:?}");
         self.state
             .borrow_mut()
-            .inject(node, path.as_ref().to_path_buf(), fault);
+            .inject(node, path.as_ref().to_path_buf(), fault, bytes);
     }
 
     /// The durable contents of a node's file (what any crash keeps).

@@ -364,3 +364,33 @@ fn a_stop_lets_the_writes_in_flight_complete_and_loses_nothing() {
         );
     }
 }
+
+/// `inject_at` aims a fault at a byte range: writes elsewhere pass, the first write
+/// that touches the range fails, and the one after it passes again.
+#[test]
+fn an_injected_fault_strikes_only_the_range_it_is_aimed_at() {
+    let results = Rc::new(RefCell::new(Vec::new()));
+    let armed = Rc::new(Cell::new(false));
+    let (r2, a2) = (results.clone(), armed.clone());
+    Sim::new(SimConfig::new(3))
+        .run(move |h: &SimHandle| {
+            let (r3, a3) = (r2.clone(), a2.clone());
+            h.add_node("n", ip(), move || {
+                let f = OpenOptions::new().create(true).open("/f").unwrap();
+                wait_for(&a3);
+                let buf = block(7, 1);
+                for offset in [0u64, 4096, 8192, 4096] {
+                    r3.borrow_mut()
+                        .push((offset, f.pwrite(&buf, offset).is_ok()));
+                }
+            });
+            h.inject_at(1, "/f", taskio::sim::DiskFault::WriteError, 4096..4608);
+            a2.set(true);
+            assert!(h.run_until(Duration::from_secs(1), || r2.borrow().len() == 4));
+        })
+        .unwrap();
+    assert_eq!(
+        *results.borrow(),
+        [(0, true), (4096, false), (8192, true), (4096, true)]
+    );
+}

@@ -229,15 +229,21 @@ impl Disk {
 }
 
 impl SimState {
+    /// The first injected fault of a kind in `want` whose byte range overlaps the
+    /// operation's `len` bytes at `offset`, taken off the queue.
     pub(super) fn take_fault(
         &mut self,
         node: u32,
         path: &Path,
         want: &[DiskFault],
+        (offset, len): (u64, u64),
     ) -> Option<DiskFault> {
         let q = self.injected.get_mut(&(node, path.to_path_buf()))?;
-        let i = q.iter().position(|f| want.contains(f))?;
-        q.remove(i)
+        let end = offset.saturating_add(len.max(1));
+        let i = q
+            .iter()
+            .position(|(f, r)| want.contains(f) && r.start < end && offset < r.end)?;
+        q.remove(i).map(|(f, _)| f)
     }
 
     /// Performs a file operation on the disk image; returns bytes or -errno.
@@ -262,15 +268,19 @@ impl SimState {
                 0
             }
             FileOpKind::Read | FileOpKind::ReadV => {
-                let injected =
-                    self.take_fault(node, path, &[DiskFault::ReadError, DiskFault::CorruptRead]);
+                let segs = segments(op);
+                let total: usize = segs.iter().map(|s| s.1).sum();
+                let injected = self.take_fault(
+                    node,
+                    path,
+                    &[DiskFault::ReadError, DiskFault::CorruptRead],
+                    (iocb.aio_offset as u64, total as u64),
+                );
                 if injected == Some(DiskFault::ReadError)
                     || self.rng.chance(self.config.faults.disk_read_error)
                 {
                     return -(libc::EIO as i64);
                 }
-                let segs = segments(op);
-                let total: usize = segs.iter().map(|s| s.1).sum();
                 let Some(disk) = self.disks.get(&key) else {
                     return -(libc::EBADF as i64);
                 };
@@ -298,12 +308,19 @@ impl SimState {
                 done as i64
             }
             FileOpKind::Write | FileOpKind::WriteV => {
-                let injected = self.take_fault(node, path, &[DiskFault::WriteError]);
+                let segs = segments(op);
+                let total: u64 = segs.iter().map(|s| s.1 as u64).sum();
+                let injected = self.take_fault(
+                    node,
+                    path,
+                    &[DiskFault::WriteError],
+                    (iocb.aio_offset as u64, total),
+                );
                 if injected.is_some() || self.rng.chance(self.config.faults.disk_write_error) {
                     return -(libc::EIO as i64);
                 }
                 let mut data = Vec::new();
-                for (ptr, len) in segments(op) {
+                for (ptr, len) in segs {
                     // SAFETY: as for reads; the kernel (here: we) only reads the buffer.
                     data.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr, len) });
                 }

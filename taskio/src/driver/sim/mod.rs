@@ -40,6 +40,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr};
+use std::ops::Range;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -106,6 +107,9 @@ impl SimConfig {
         }
     }
 }
+
+/// A fault waiting for the next operation that touches its byte range.
+type Injected = (DiskFault, Range<u64>);
 
 /// A fault injected on demand into the next matching disk operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +227,7 @@ pub(crate) struct SimState {
     locks: BTreeMap<(u32, PathBuf), RawFd>,
     /// (lower node, higher node) -> how the network between them is cut.
     partitions: BTreeMap<(u32, u32), PartitionKind>,
-    injected: BTreeMap<(u32, PathBuf), VecDeque<DiskFault>>,
+    injected: BTreeMap<(u32, PathBuf), VecDeque<Injected>>,
     file_ops: usize,
     slot_waiters: VecDeque<TaskRef>,
     stats: IoStats,
@@ -415,11 +419,12 @@ impl SimState {
         }
     }
 
-    pub(crate) fn inject(&mut self, node: u32, path: PathBuf, fault: DiskFault) {
+    /// Queues `fault` for the next matching operation whose bytes overlap `bytes`.
+    pub(crate) fn inject(&mut self, node: u32, path: PathBuf, fault: DiskFault, bytes: Range<u64>) {
         self.injected
             .entry((node, path))
             .or_default()
-            .push_back(fault);
+            .push_back((fault, bytes));
     }
 }
 
