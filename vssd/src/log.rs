@@ -20,9 +20,12 @@
 //! # Why write + fdatasync, and what recovery must check
 //!
 //! The fdatasync (a device cache flush) makes durable the log blocks *and* every
-//! write completed before it, such as the payloads whose PREPAREs the blocks carry
-//! (writep1 writes its payload, then appends). One flush per group commit is the
-//! cost. An RWF_DSYNC write would not do: a device with FUA makes that write alone
+//! write completed before it was issued, such as the payloads whose PREPAREs the
+//! blocks carry. writep1 appends its PREPARE, declares its payload write
+//! ([`LogWriter::payload_write`]) and writes the payload: the log write starts at
+//! once, in flight together with the payload's, and the writer issues the flush only
+//! once both ended (one trip to the disk and one flush, as a plain write +
+//! fdatasync). One flush per group commit is the cost. An RWF_DSYNC write would not do: a device with FUA makes that write alone
 //! durable. The price: a crash may keep log blocks that were never flushed and drop
 //! the payloads of their PREPAREs. Such a PREPARE's writep1 never returned (it waits
 //! for the flush), so no COMMIT follows it; recovery reads each in-doubt payload
@@ -121,6 +124,27 @@ struct Filling {
     seq_first: u64,
     blocks: u64,
     records: u64,
+    /// Payload writes in flight that PREPAREs of this buffer depend on: its blocks
+    /// are written at once, but flushed only when this is zero.
+    payloads: Rc<Cell<u32>>,
+}
+
+/// A payload write that a PREPARE in the log depends on (see
+/// [`LogWriter::payload_write`]): while it lives, the flush of the log write holding
+/// the PREPARE waits. Drop it when the payload write has ended, done or failed.
+pub struct PayloadWrite {
+    pending: Rc<Cell<u32>>,
+    inner: Rc<Inner>,
+}
+
+impl Drop for PayloadWrite {
+    fn drop(&mut self) {
+        let left = self.pending.get() - 1;
+        self.pending.set(left);
+        if left == 0 {
+            self.inner.payloads.wakeup_all();
+        }
+    }
 }
 
 struct Inner {
@@ -157,6 +181,8 @@ struct Inner {
     work: Rendez,
     /// Waiters for durability.
     durable: Rendez,
+    /// Writers waiting for the payload writes of their buffer before the flush.
+    payloads: Rendez,
     /// Appenders waiting for a buffer or for room in the log.
     room: Rendez,
     stats: Cell<LogStats>,
@@ -206,6 +232,7 @@ impl LogWriter {
             background: Background::default(),
             work: Rendez::new(),
             durable: Rendez::new(),
+            payloads: Rendez::new(),
             room: Rendez::new(),
             stats: Cell::new(LogStats::default()),
         });
@@ -276,6 +303,33 @@ impl LogWriter {
         let pos = inner.append_at(record, seq);
         inner.count(|s| s.records_appended += 1);
         Ok(pos)
+    }
+
+    /// Declares a payload write that the record at `pos`, just appended (no park
+    /// since), depends on: the log write holding `pos` starts at once, so that it and
+    /// the payload write are in flight together, but its flush waits until the
+    /// returned value is dropped, so the one fdatasync covers both (module doc).
+    ///
+    /// # Panics
+    /// If `pos` is not in the buffer being filled (a park since its append).
+    pub fn payload_write(&self, pos: RecordPos) -> PayloadWrite {
+        let inner = &self.inner;
+        let filling = inner.filling.borrow();
+        let pending = match filling.as_ref() {
+            Some(f) if (f.seq_first..f.seq_first + f.blocks).contains(&pos.seq) => {
+                f.payloads.clone()
+            }
+            _ => panic!("payload write for log record {pos:?}, no longer in the filling buffer"),
+        };
+        pending.set(pending.get() + 1);
+        if inner.wanted.get() < pos.seq {
+            inner.wanted.set(pos.seq);
+            inner.work.wakeup();
+        }
+        PayloadWrite {
+            pending,
+            inner: self.inner.clone(),
+        }
     }
 
     /// Parks until an append may find room again (a buffer was taken or written,
@@ -473,6 +527,7 @@ impl Inner {
             seq_first: self.seq_next.get(),
             blocks: 0,
             records: 0,
+            payloads: Rc::new(Cell::new(0)),
         });
         if filling.records == 0 {
             // The first record waiting: the writer arms its lazy deadline.
@@ -562,11 +617,14 @@ fn writer_loop(inner: &Inner) {
         let offset = inner.log_offset + inner.ring.offset_bytes(filling.seq_first);
         assert!(filling.blocks <= inner.ring.blocks_until_wrap(filling.seq_first));
         assert!(filling.seq_first >= inner.durable_end.get());
-        // One flush: these blocks and every payload completed before (module doc).
-        let written = inner
-            .file
-            .pwrite(&filling.buf, offset)
-            .and_then(|()| inner.file.fdatasync());
+        // One flush: these blocks and every payload completed before it is issued
+        // (module doc), so it waits for the payload writes the PREPAREs depend on.
+        let written = inner.file.pwrite(&filling.buf, offset).and_then(|()| {
+            while filling.payloads.get() > 0 {
+                inner.payloads.sleep();
+            }
+            inner.file.fdatasync()
+        });
         filling.buf.set_len(LOG_BUFFER_BYTES);
         match written {
             Ok(()) => {

@@ -129,7 +129,7 @@ fn write_errors_fail_the_call_then_the_vssd_and_a_reopen_keeps_acknowledged_writ
                 while s3.get() < 2 {
                     sleep(Duration::from_micros(100));
                 }
-                // The next write is the payload's: only this writep1 fails.
+                // The next payload write fails: only this writep1 fails.
                 let e = v.writep1(12, 11, &payload(11, 12)).unwrap_err();
                 l3.borrow_mut().push(e.to_string());
                 v.writep1(21, 20, &payload(20, 21)).unwrap();
@@ -139,18 +139,23 @@ fn write_errors_fail_the_call_then_the_vssd_and_a_reopen_keeps_acknowledged_writ
                 while s3.get() < 4 {
                     sleep(Duration::from_micros(100));
                 }
-                // The next write is the log's: the vSSD stops.
+                // The next log write fails: the vSSD stops.
                 let e = v.invalidate(3).unwrap_err();
                 l3.borrow_mut().push(e.to_string());
                 let e = v.read(0).unwrap_err();
                 assert!(matches!(e, VssdError::Unusable { .. }), "{e}");
                 l3.borrow_mut().push(e.to_string());
             });
+            // The payload and its PREPARE's log write may be in flight together: aim
+            // each fault at its region.
+            let g = params().geometry().unwrap();
+            let data = g.data_offset()..g.total_bytes();
+            let log = g.log_offset()..g.log_offset() + g.log_bytes();
             assert!(h.run_until(Duration::from_secs(5), || s2.get() == 1));
-            h.inject(n, DEV, DiskFault::WriteError);
+            h.inject_at(n, DEV, DiskFault::WriteError, data);
             s2.set(2);
             assert!(h.run_until(Duration::from_secs(5), || s2.get() == 3));
-            h.inject(n, DEV, DiskFault::WriteError);
+            h.inject_at(n, DEV, DiskFault::WriteError, log);
             s2.set(4);
             assert!(h.run_until(Duration::from_secs(5), || l2.borrow().len() == 3));
             h.crash(n);
