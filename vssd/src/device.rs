@@ -226,7 +226,7 @@ impl Vssd {
             log,
             map: RefCell::new(rebuilt.map),
             phase1: RefCell::new(HashMap::new()),
-            outcomes: RefCell::new(Outcomes::default()),
+            outcomes: RefCell::new(rebuilt.outcomes),
             filling: RefCell::new(HashMap::new()),
             damaged: RefCell::new(HashMap::new()),
             trans: TranIds::new(rebuilt.tran_high),

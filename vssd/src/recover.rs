@@ -9,7 +9,8 @@
 //! 4. the checks a recovered map must pass (no payload longer than a line);
 //! 5. the scrub past the end of the log ([`scrub_after_recovery`], rule 5 of
 //!    [`crate::record`]), before the log writer starts at that end;
-//! 6. the vSSD started, then the in-doubt trans, each with its payload checked
+//! 6. the vSSD started (knowing the outcomes of the trans the replayed log resolved,
+//!    [`crate::TranOutcome`]), then the in-doubt trans, each with its payload checked
 //!    ([`Payload`]), returned in [`Recovered`] for the DTM to resolve
 //!    ([`Vssd::resolve`], [`Vssd::resolve_repaired`]); with [`Options::sole_copy`]
 //!    those whose payload is damaged are aborted instead.
@@ -19,12 +20,14 @@ use taskio::file::File;
 
 use crate::checkpoint;
 use crate::checkpoint::Snapshot;
-use crate::device::{Options, Vssd};
+use crate::device::{Options, Resolution, Vssd};
 use crate::epoch::Membership;
 use crate::error::VssdError;
 use crate::layout::{Geometry, LOG_SEQ_FIRST, Repair, open_superblock, write_superblock};
 use crate::log::LOG_BUFFER_BYTES;
+use crate::log::RecordPos;
 use crate::map::{CacheMap, Entry, MapError, Prepared, State, TRAN_FIRST, parts_complete};
+use crate::outcome::Outcomes;
 use crate::record::{
     BlockEnd, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogRing, Record, decode_block,
 };
@@ -111,6 +114,8 @@ pub(crate) struct Rebuilt {
     /// Every tran id handed out or prepared before the crash is below this.
     pub tran_high: u64,
     pub membership: Membership,
+    /// The outcomes of the trans the replayed log resolved; older ids forgotten.
+    pub outcomes: Outcomes,
 }
 
 /// Recovers the vSSD on `file` and starts it: [`Vssd::open`]'s body (module doc).
@@ -138,9 +143,13 @@ pub(crate) fn open(
     };
     let scan = recover_scan(&file, &geometry, seed, seq_start)?;
     let mut records = 0;
-    for (_, block) in &scan.blocks {
-        for r in block {
-            replay.apply(r);
+    for (seq, block) in &scan.blocks {
+        for (index, r) in block.iter().enumerate() {
+            let pos = RecordPos {
+                seq: *seq,
+                index: index as u32,
+            };
+            replay.apply_at(r, pos);
             records += 1;
         }
     }
@@ -148,6 +157,7 @@ pub(crate) fn open(
     let tran_high = replay.tran_high();
     let membership = replay.membership().clone();
     let incomplete: Vec<u64> = replay.incomplete().collect();
+    let outcomes = Outcomes::recovered(replay.resolved(), tran_high);
     let mut map = replay
         .finish(geometry.slot_count(), geometry.lines())
         .map_err(|e| VssdError::Corrupt {
@@ -180,6 +190,7 @@ pub(crate) fn open(
         ck_seq: seq_start,
         tran_high,
         membership,
+        outcomes,
     };
     let vssd = Vssd::start(file, superblock, rebuilt, options)?;
     let (kept, damaged_aborted) = match check_in_doubt(&vssd, in_doubt, options.sole_copy) {
@@ -434,6 +445,9 @@ pub struct Replay {
     /// Every tran id handed out or prepared so far is below this.
     tran_high: u64,
     membership: Membership,
+    /// The COMMITs and ABORTs applied by [`Replay::apply_at`] that resolved a
+    /// prepared tran, in log order, with their positions.
+    resolved: Vec<(u64, Resolution, RecordPos)>,
 }
 
 impl Default for Replay {
@@ -459,6 +473,7 @@ impl Replay {
             prepared: std::collections::BTreeMap::new(),
             tran_high,
             membership: Membership::default(),
+            resolved: Vec::new(),
         };
         for (tran, p) in prepared {
             replay.prepare(tran, p);
@@ -517,6 +532,27 @@ impl Replay {
     /// below this (at least [`TRAN_FIRST`]).
     pub fn tran_high(&self) -> u64 {
         self.tran_high
+    }
+
+    /// [`Replay::apply`] of the record at `pos` of the log, remembering it when it
+    /// resolves a prepared tran ([`Replay::resolved`]).
+    pub fn apply_at(&mut self, record: &Record, pos: RecordPos) {
+        let resolution = match *record {
+            Record::Commit { tran } => Some((tran, Resolution::Commit)),
+            Record::Abort { tran } => Some((tran, Resolution::Abort)),
+            _ => None,
+        }
+        .filter(|&(tran, _)| self.prepared.get(&tran).is_some_and(|v| parts_complete(v)));
+        self.apply(record);
+        if let Some((tran, resolution)) = resolution {
+            self.resolved.push((tran, resolution, pos));
+        }
+    }
+
+    /// The trans the records given to [`Replay::apply_at`] resolved, in log order,
+    /// with the positions of their COMMIT or ABORT.
+    pub fn resolved(&self) -> &[(u64, Resolution, RecordPos)] {
+        &self.resolved
     }
 
     /// Applies one record of the log, in log order.

@@ -721,15 +721,19 @@ fn a_stale_destage_mark_never_cleans_a_newer_version() {
     run_io(move || {
         let (v, _) = open(&path);
         assert_eq!(read_tran(&v, 3), Some((6, State::Dirty)));
-        // After a reopen the vSSD remembers no outcome, but the line's version says
-        // tran 6 wrote it: a tran id not above it (a DTM reusing ids) is refused, or
-        // the stale mark of version 6's destage below would clean the newer data.
+        // After a reopen the replayed log says tran 6 committed: its id again is
+        // refused.
         let e = v.writep1(6, 3, &payload(3, 66)).unwrap_err();
         assert!(
-            e.to_string().contains("line 3") && e.to_string().contains("version 6"),
+            e.to_string().contains("tran 6: the tran is committed"),
             "{e}"
         );
+        // Tran 4 was never used (forgotten, not resolved), but the line's version
+        // says tran 6 wrote it: a tran id not above it (a DTM reusing ids) is
+        // refused, or the stale mark of version 6's destage below would clean the
+        // newer data.
         let e = v.writep1(4, 3, &payload(3, 4)).unwrap_err();
+        assert!(e.to_string().contains("line 3"), "{e}");
         assert!(e.to_string().contains("version 6"), "{e}");
         assert!(v.mark_clean(3, 6).unwrap().0);
         assert_eq!(read_tran(&v, 3), Some((6, State::Clean)));
@@ -855,6 +859,89 @@ fn a_multi_line_tran_is_written_resolved_and_recovered_as_one() {
         assert!(rec.in_doubt.is_empty(), "{rec:?}");
         assert_eq!(read_lines(&v, 12, 5, 1000), vec![Some(4); 5]);
         assert_eq!(read_lines(&v, 30, 32, 0), vec![None; 32]);
+        v.close();
+    });
+}
+
+/// A DTM retrying a COMMIT or ABORT after the vSSD restarted: the outcome of every
+/// tran resolved in the log recovery replays is known again (the retry is
+/// idempotent, the other way is refused), a tran resolved before the checkpoint is
+/// forgotten (never unknown: nothing of it is pending), an id never seen is unknown.
+#[test]
+fn outcomes_of_the_replayed_log_survive_a_restart() {
+    let dir = TempDir::new("outcome-restart");
+    let path = formatted(&dir, 16);
+    let p = path.clone();
+    run_io(move || {
+        let (v, _) = open(&p);
+        for tran in 1..=5 {
+            v.writep1(tran, tran, &payload(tran, tran)).unwrap();
+        }
+        v.resolve(1, Resolution::Commit).unwrap();
+        v.resolve(2, Resolution::Abort).unwrap();
+        v.checkpoint().unwrap();
+        v.resolve(4, Resolution::Commit).unwrap();
+        v.resolve(5, Resolution::Abort).unwrap();
+        v.close();
+    });
+    let p = path.clone();
+    run_io(move || {
+        let (v, rec) = open(&p);
+        assert_eq!(
+            rec.in_doubt.iter().map(|d| d.tran).collect::<Vec<_>>(),
+            vec![3]
+        );
+        assert_eq!(v.tran_outcome(3), TranOutcome::Prepared);
+        assert_eq!(v.tran_outcome(4), TranOutcome::Committed);
+        assert_eq!(v.tran_outcome(5), TranOutcome::Aborted);
+        assert_eq!(v.tran_outcome(1), TranOutcome::Forgotten);
+        assert_eq!(v.tran_outcome(2), TranOutcome::Forgotten);
+        assert_eq!(v.tran_outcome(1000), TranOutcome::Unknown);
+        // Retries: idempotent, nothing logged.
+        let appended = v.stats().log.records_appended;
+        v.resolve(4, Resolution::Commit).unwrap();
+        v.resolve(5, Resolution::Abort).unwrap();
+        assert_eq!(v.stats().log.records_appended, appended);
+        // The other way round, or a forgotten one: an error naming its outcome.
+        let e = v.abort(4).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VssdError::TranResolved {
+                    tran: 4,
+                    outcome: TranOutcome::Committed,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = v.commit(5).unwrap_err();
+        assert!(e.to_string().contains("the tran is aborted"), "{e}");
+        let e = v.commit(1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VssdError::TranResolved {
+                    tran: 1,
+                    outcome: TranOutcome::Forgotten,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A resolved id is not prepared again.
+        let e = v.writep1(4, 9, &payload(9, 4)).unwrap_err();
+        assert!(e.to_string().contains("the tran is committed"), "{e}");
+        assert_eq!(read_tran(&v, 4), Some((4, State::Dirty)));
+        v.resolve(3, Resolution::Commit).unwrap();
+        v.checkpoint().unwrap();
+        v.close();
+    });
+    run_io(move || {
+        // The checkpoint took them: forgotten now.
+        let (v, _) = open(&path);
+        assert_eq!(v.tran_outcome(3), TranOutcome::Forgotten);
+        assert_eq!(v.tran_outcome(4), TranOutcome::Forgotten);
         v.close();
     });
 }
