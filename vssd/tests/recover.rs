@@ -476,3 +476,79 @@ fn replay_keeps_a_multi_line_tran_only_with_all_its_parts() {
     let map = r.finish(64, 32).unwrap();
     assert_eq!(map.prepared(2).map(<[Prepared]>::len), Some(4));
 }
+
+/// A tran whose last PREPARE did not reach the log (its writep1 never returned):
+/// recovery drops it whole, lists it, frees its slots; the DTM may retry the same
+/// tran id, and the next recovery keeps the retry (its part 0 starts afresh).
+#[test]
+fn a_tran_with_a_prepare_missing_is_dropped_and_may_be_retried() {
+    use vssd::layout::LOG_SEQ_FIRST;
+    use vssd::record::{LOG_BLOCK_SIZE, LogBlockWriter, LogRing, Record};
+    use vssd::recover::recover_scan;
+    let dir = TempDir::new("incomplete");
+    let path = formatted(&dir);
+    let p = path.clone();
+    let (block, offset) = run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        v.writep1(7, 3, &payload_lines(3, 3, 7)).unwrap();
+        let (seed, g) = (v.superblock().crc_seed(), *v.geometry());
+        v.close();
+        // The log as recovery will read it, without tran 7's last PREPARE.
+        let scan = recover_scan(&open_dev(&p), &g, seed, LOG_SEQ_FIRST).unwrap();
+        let last = |r: &Record| {
+            matches!(
+                r,
+                Record::Prepare {
+                    tran: 7,
+                    part: 2,
+                    ..
+                }
+            )
+        };
+        let (seq, records) = scan
+            .blocks
+            .iter()
+            .find(|(_, rs)| rs.iter().any(last))
+            .expect("the PREPARE is in the log");
+        assert!(matches!(records.last(), Some(r) if last(r)), "{records:?}");
+        let mut w = LogBlockWriter::new(vec![0u8; LOG_BLOCK_SIZE], *seq, seed);
+        for r in &records[..records.len() - 1] {
+            w.append(r).unwrap();
+        }
+        let ring = LogRing::new(g.log_blocks()).unwrap();
+        (w.seal(), g.log_offset() + ring.offset_bytes(*seq))
+    });
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&block, offset).unwrap();
+    f.sync_all().unwrap();
+    let p = path.clone();
+    run_io(move || {
+        let (v, rec) = open(&p, Options::default());
+        assert_eq!(rec.incomplete, vec![7], "{rec:?}");
+        assert!(rec.in_doubt.is_empty(), "{rec:?}");
+        for line in 3..6 {
+            assert!(v.read(line).unwrap().is_none(), "line {line}");
+        }
+        let s = v.stats().map;
+        assert_eq!((s.prepared, s.slots_free), (0, v.geometry().slot_count()));
+        v.assert_invariants();
+        // Not pending here: a retry of the same id is allowed.
+        assert_eq!(v.tran_outcome(7), vssd::TranOutcome::Forgotten);
+        v.writep1(7, 3, &payload_lines(3, 3, 7)).unwrap();
+        v.resolve(7, Resolution::Commit).unwrap();
+        v.close();
+    });
+    run_io(move || {
+        let (v, rec) = open(&path, Options::default());
+        assert!(
+            rec.incomplete.is_empty() && rec.in_doubt.is_empty(),
+            "{rec:?}"
+        );
+        for line in 3..6 {
+            let (hit, buf) = v.read(line).unwrap().expect("the retry committed");
+            assert_eq!((hit.version, &buf[..]), (7, &payload(line, 7)[..]));
+        }
+        assert_eq!(v.tran_outcome(7), vssd::TranOutcome::Committed);
+        v.close();
+    });
+}
