@@ -640,10 +640,11 @@ impl Vssd {
         self.wait_durable(pos.expect("EPOCH appended"))
     }
 
-    /// Commits `tran`: its slot becomes the line's dirty version, the old version's
-    /// slot is released. The COMMIT rides on a later log write; wait on the returned
-    /// position for it to be durable. Committing a tran committed lately returns the
-    /// same position (a retry); one aborted is an error naming its outcome.
+    /// Commits `tran`: the slot of each of its lines becomes the line's dirty version,
+    /// the old versions' slots are released. The COMMIT rides on a later log write;
+    /// wait on the returned position for it to be durable. Committing a tran
+    /// committed lately (since open or in the log recovery replayed) returns the
+    /// position of its COMMIT (a retry); one aborted is an error naming its outcome.
     pub fn commit(&self, tran: u64) -> Result<RecordPos, VssdError> {
         if let Some(d) = self.inner.damaged.borrow().get(&tran)
             && let Payload::Damaged { line, slot, reason } = d.payload
@@ -660,7 +661,7 @@ impl Vssd {
         self.decide(tran, Resolution::Commit)
     }
 
-    /// Aborts `tran`: its slot is released, the line keeps its current version.
+    /// Aborts `tran`: its slots are released, its lines keep their current versions.
     /// Idempotent like [`Vssd::commit`].
     pub fn abort(&self, tran: u64) -> Result<RecordPos, VssdError> {
         let pos = self.decide(tran, Resolution::Abort)?;
@@ -718,7 +719,8 @@ impl Vssd {
     }
 
     /// What this vSSD knows of `tran` (for the DTM's recovery): prepared here,
-    /// committed or aborted here lately, forgotten or unknown ([`TranOutcome`]).
+    /// committed or aborted here lately (since open or in the log recovery replayed),
+    /// forgotten or unknown ([`TranOutcome`]).
     pub fn tran_outcome(&self, tran: u64) -> TranOutcome {
         if self.inner.phase1.borrow().contains_key(&tran)
             || self.inner.map.borrow().prepared(tran).is_some()
