@@ -19,7 +19,7 @@
 //! | --- | --- | --- |
 //! | 0 | 8 | magic `"CVA-CKPT"` |
 //! | 8 | 4 | CRC32C of bytes 0..8 then 12..4096 |
-//! | 12 | 4 | version (2) |
+//! | 12 | 4 | version (3) |
 //! | 16 | 8 | `seq`: the first log block the checkpoint does not cover |
 //! | 24 | 1 | which region: 0 = A, 1 = B (catches a misdirected write) |
 //! | 25 | 7 | zero |
@@ -39,7 +39,7 @@
 //! | offset | bytes | field |
 //! | --- | --- | --- |
 //! | 0 | 8 | line |
-//! | 8 | 8 | slot |
+//! | 8 | 8 | slot; for a prepared entry: 8 slot u32, 12 `part` u16, 14 `parts` u16 (which of its tran's lines, of how many) |
 //! | 16 | 8 | version (the tran that wrote it; for a prepared entry, the tran) |
 //! | 24 | 4 | payload CRC32C |
 //! | 28 | 1 | state: 1 clean, 2 dirty, 3 prepared |
@@ -75,11 +75,12 @@ use crate::record::EPOCH_MEMBERS_MAX;
 
 const HEADER_MAGIC: [u8; 8] = *b"CVA-CKPT";
 const ENTRY_MAGIC: [u8; 4] = *b"CVAE";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Where the header's member ids start.
 const HEADER_MEMBERS: usize = 72;
 const _: () = assert!(HEADER_MEMBERS + 8 * EPOCH_MEMBERS_MAX <= BLOCK);
 const STATE_PREPARED: u8 = 3;
+const _: () = assert!(crate::record::TRAN_PARTS_MAX <= u16::MAX as u32);
 /// Entry blocks written or read by one I/O (256 KiB).
 const IO_BLOCKS: usize = 64;
 const BLOCK: usize = BLOCK_BYTES as usize;
@@ -93,6 +94,9 @@ pub struct Snapshot {
     /// The first log block not covered: replay starts here.
     pub seq: u64,
     pub entries: Vec<(u64, Entry)>,
+    /// The lines of the prepared trans whose PREPAREs are before `seq`, by tran then
+    /// part: a tran whose writep1 was appending its PREPAREs when the log was cut has
+    /// its first parts here and the rest in the log after `seq`.
     pub prepared: Vec<(u64, Prepared)>,
     /// Every tran id handed out or prepared before `seq` is below this.
     pub tran_high: u64,
@@ -158,11 +162,13 @@ pub fn write(
             };
             (line, e.slot, e.version, e.crc, state, e.len)
         })
-        .chain(
-            snap.prepared
-                .iter()
-                .map(|&(tran, p)| (p.line, p.slot, tran, p.crc, STATE_PREPARED, p.len)),
-        );
+        .chain(snap.prepared.iter().map(|&(tran, p)| {
+            let slot = u32::try_from(p.slot).expect("slot numbers fit u32 (map)");
+            let part = u16::try_from(p.part).expect("TRAN_PARTS_MAX fits u16");
+            let parts = u16::try_from(p.parts).expect("TRAN_PARTS_MAX fits u16");
+            let packed = u64::from(slot) | u64::from(part) << 32 | u64::from(parts) << 48;
+            (p.line, packed, tran, p.crc, STATE_PREPARED, p.len)
+        }));
     let mut buf = AlignedBuf::new(IO_BLOCKS * BLOCK);
     let mut block = 0;
     while block < blocks {
@@ -369,9 +375,11 @@ pub fn read_newest(
                         version,
                         Prepared {
                             line,
-                            slot,
+                            slot: slot & u64::from(u32::MAX),
                             crc: c,
                             len,
+                            part: (slot >> 32) as u32 & u32::from(u16::MAX),
+                            parts: (slot >> 48) as u32,
                         },
                     )),
                 }

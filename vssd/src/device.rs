@@ -33,7 +33,7 @@
 //!
 //! | call | returns when |
 //! | --- | --- |
-//! | `writep1` | payload and PREPARE durable (the log flushes the payloads before it writes their PREPAREs) |
+//! | `writep1` | the payload and PREPARE of each of its lines durable (the log flushes the payloads before it writes their PREPAREs) |
 //! | `commit`, `abort`, `mark_clean` | the record is in the log buffer; [`Vssd::wait_durable`] on the returned position waits for it |
 //! | `invalidate`, `invalidate_range` | the INVALIDATEs, and every slot release before them, are durable (a DISCARD acknowledged never comes back) |
 //! | `insert_clean` | the payload is written; not logged (a crash forgets the fill unless a checkpoint took it) |
@@ -66,7 +66,8 @@ use crate::log::{LogStats, LogWriter, RecordPos};
 use crate::map::{CacheMap, Counts, Entry, MapError, State};
 use crate::outcome::{Outcomes, TranOutcome};
 use crate::record::Record;
-use crate::recover::{Damage, InDoubt, Payload, Rebuilt, Recovered};
+use crate::record::TRAN_BYTES_MAX;
+use crate::recover::{InDoubt, Payload, Rebuilt, Recovered};
 use crate::tran::TranIds;
 
 /// The DTM's decision on an in-doubt tran.
@@ -126,15 +127,15 @@ struct Inner {
     superblock: Superblock,
     log: Rc<LogWriter>,
     map: RefCell<CacheMap>,
-    /// tran -> whether its PREPARE is appended, while its writep1 runs.
-    phase1: RefCell<HashMap<u64, bool>>,
+    /// tran -> how many of its PREPAREs are appended, while its writep1 runs.
+    phase1: RefCell<HashMap<u64, u32>>,
     /// The outcomes of the trans resolved lately, for retries and queries.
     outcomes: RefCell<Outcomes>,
     /// line -> the slot a fill is writing.
     filling: RefCell<HashMap<u64, u64>>,
     /// Trans recovery left in doubt with a damaged payload, until resolved: a plain
     /// commit of one is refused.
-    damaged: RefCell<HashMap<u64, (InDoubt, Damage)>>,
+    damaged: RefCell<HashMap<u64, InDoubt>>,
     trans: TranIds,
     /// The membership epoch, as of the records appended so far.
     membership: RefCell<Membership>,
@@ -164,6 +165,15 @@ pub struct Vssd {
 
 fn round_up(len: usize) -> usize {
     len.next_multiple_of(ALIGN)
+}
+
+/// `bytes` in a new buffer writable with O_DIRECT, zero padded to [`ALIGN`].
+fn aligned_copy(bytes: &[u8]) -> AlignedBuf {
+    let mut copy = AlignedBuf::new(round_up(bytes.len()));
+    copy.set_len(round_up(bytes.len()));
+    copy[..bytes.len()].copy_from_slice(bytes);
+    copy[bytes.len()..].fill(0);
+    copy
 }
 
 impl Vssd {
@@ -216,7 +226,7 @@ impl Vssd {
             log,
             map: RefCell::new(rebuilt.map),
             phase1: RefCell::new(HashMap::new()),
-            outcomes: RefCell::new(Outcomes::default()),
+            outcomes: RefCell::new(rebuilt.outcomes),
             filling: RefCell::new(HashMap::new()),
             damaged: RefCell::new(HashMap::new()),
             trans: TranIds::new(rebuilt.tran_high),
@@ -401,29 +411,65 @@ impl Vssd {
         if payload.len().is_multiple_of(ALIGN) {
             return Ok(payload);
         }
-        let mut copy = AlignedBuf::new(round_up(payload.len()));
-        copy.set_len(round_up(payload.len()));
-        copy[..payload.len()].copy_from_slice(payload);
-        copy[payload.len()..].fill(0);
-        Ok(padded.insert(copy))
+        Ok(padded.insert(aligned_copy(payload)))
     }
 
-    /// Phase 1 of `tran` on `line`: the payload in a free slot (never the line's
-    /// current one) and a PREPARE, both durable on return. Waits for room, never
-    /// fails for want of it. One tran per line at a time: the DTM serialises writes
-    /// to a line ([`MapError::LinePrepared`] otherwise).
+    /// The most lines one tran may hold on this vSSD: [`TRAN_BYTES_MAX`] (the
+    /// largest write a DTM sends) of this vSSD's lines, and at most half its line
+    /// capacity. A writep1 takes all its slots at once or waits holding none, so
+    /// writers never deadlock on each other; the half keeps one tran from needing
+    /// the whole cache (it would wait for every other line to be destaged and
+    /// evicted), leaving the rest to the other writers meanwhile.
     ///
-    /// A tran holds one line. A write of several lines made of one tran per line is
-    /// not atomic across a crash (some lines may be there, others not): a disk makes
-    /// no multi-block write atomic, and this vSSD does not yet tie several lines to
-    /// one COMMIT.
+    /// Atomic writes of several lines are this vSSD's promise, not the disk's (no
+    /// disk makes a multi-block write atomic): up to this many lines, after a crash
+    /// either every line of a tran shows its data or none does.
+    pub fn tran_lines_max(&self) -> u64 {
+        let by_bytes = u64::from(TRAN_BYTES_MAX / self.inner.geometry.line_size());
+        by_bytes.min(self.inner.geometry.lines() / 2).max(1)
+    }
+
+    /// Phase 1 of `tran` on `line` and the lines after it: `payload` holds
+    /// ⌈len / line size⌉ consecutive lines, at most [`Vssd::tran_lines_max`] (the
+    /// last may be short; a one-line payload may be shorter than a line). Each line's
+    /// payload goes to a free slot (never the line's current one) and gets a PREPARE
+    /// (part `i` of `n`), all durable on return. Waits for room (all slots at once),
+    /// never fails for want of it. One tran per line at a time: the DTM serialises
+    /// writes to a line ([`MapError::LinePrepared`] otherwise).
+    ///
+    /// One COMMIT or ABORT resolves the tran's lines together. After a crash either
+    /// every line of it is there or none is: recovery keeps a tran only with all its
+    /// PREPAREs durable ([`crate::recover::Replay`]), and marks it damaged as a whole
+    /// if any of its payloads is ([`Vssd::resolve_repaired`] then takes all of it).
+    /// One line costs what it always did: one payload write, one PREPARE.
     pub fn writep1(&self, tran: u64, line: u64, payload: &AlignedBuf) -> Result<(), VssdError> {
         const OP: &str = "writep1";
         self.check_usable(OP)?;
+        let line_size = self.inner.geometry.line_size() as usize;
+        let n = payload.len().div_ceil(line_size);
+        let max = self.tran_lines_max();
+        if payload.is_empty() || n as u64 > max {
+            return Err(VssdError::PayloadLen {
+                op: OP,
+                line,
+                len: payload.len(),
+                max: (max * line_size as u64) as u32,
+            });
+        }
+        let chunks: Vec<&[u8]> = payload.chunks(line_size).collect();
+        let parts: Vec<(u32, u32)> = chunks
+            .iter()
+            .map(|c| (c.len() as u32, crc32c::crc32c(c)))
+            .collect();
+        // One line writes the caller's buffer; several, an aligned copy of each.
         let mut padded = None;
-        let data = self.direct_payload(OP, line, payload, &mut padded)?;
-        let len = payload.len() as u32;
-        let crc = crc32c::crc32c(payload);
+        let copies: Vec<AlignedBuf>;
+        let data: Vec<&AlignedBuf> = if n == 1 {
+            vec![self.direct_payload(OP, line, payload, &mut padded)?]
+        } else {
+            copies = chunks.iter().map(|c| aligned_copy(c)).collect();
+            copies.iter().collect()
+        };
         if self.inner.phase1.borrow().contains_key(&tran) {
             return Err(self.map_error(OP, MapError::TranPrepared { tran, line }));
         }
@@ -438,21 +484,21 @@ impl Vssd {
             });
         }
         self.inner.trans.saw(tran);
-        let slot = self
-            .alloc(OP, |map| map.prepare(tran, line, len, crc), true)?
+        let slots = self
+            .alloc(OP, |map| map.prepare_lines(tran, line, &parts), true)?
             .expect("writep1 waits for a slot");
-        self.inner.phase1.borrow_mut().insert(tran, false);
-        let result = self.writep1_io(tran, line, slot, data, len, crc);
-        let appended = self.inner.phase1.borrow_mut().remove(&tran) == Some(true);
+        self.inner.phase1.borrow_mut().insert(tran, 0);
+        let result = self.writep1_io(tran, line, &slots, &data, &parts);
+        let appended = self.inner.phase1.borrow_mut().remove(&tran).unwrap_or(0);
         if let Err(e) = result {
-            if !appended {
-                // No record names the slot: it is free again at once.
+            if appended == 0 {
+                // No record names the slots: they are free again at once.
                 let _ = self.inner.map.borrow_mut().abort(tran, 0);
                 self.inner.space.wakeup_all();
             } else if !self.inner.log.is_failed() {
-                // The PREPARE is logged but the payload write failed: abort, so the
-                // slot comes back once the ABORT is durable. (If the log failed, its
-                // state is unknown until recovery, which aborts a torn payload.)
+                // PREPAREs are logged but a payload write failed: abort, so the
+                // slots come back once the ABORT is durable. (If the log failed, its
+                // state is unknown until recovery, which finds the payload damaged.)
                 let _ = self.abort(tran);
             }
             return Err(e);
@@ -461,69 +507,89 @@ impl Vssd {
         Ok(())
     }
 
+    /// The payloads to their slots and the PREPAREs (part order), then the wait for
+    /// the last one's durability, whose flush covers the payloads (log module doc).
     fn writep1_io(
         &self,
         tran: u64,
-        line: u64,
-        slot: u64,
-        data: &AlignedBuf,
-        len: u32,
-        crc: u32,
+        first: u64,
+        slots: &[u64],
+        data: &[&AlignedBuf],
+        parts: &[(u32, u32)],
     ) -> Result<(), VssdError> {
-        let record = Record::Prepare {
-            tran,
-            line,
-            slot,
-            payload_crc: crc,
-            len,
+        let write_payloads = || -> Result<(), VssdError> {
+            for (&slot, buf) in slots.iter().zip(data) {
+                let offset = self.inner.geometry.slot_offset(slot);
+                self.inner
+                    .file
+                    .pwrite(buf, offset)
+                    .map_err(|source| VssdError::Io {
+                        op: "writep1 payload write",
+                        path: self.path_buf(),
+                        source,
+                    })?;
+            }
+            Ok(())
         };
-        let offset = self.inner.geometry.slot_offset(slot);
-        let write_payload = || {
-            self.inner
-                .file
-                .pwrite(data, offset)
-                .map_err(|source| VssdError::Io {
-                    op: "writep1 payload write",
-                    path: self.path_buf(),
-                    source,
-                })
-        };
-        // Alone (the only writep1 in flight), the PREPARE's log write and the payload
-        // write go to the disk together and the flush waits for both (log module
-        // doc): one trip, as a plain write + fdatasync. A crash may keep the PREPARE
-        // without its payload: this writep1 has not returned, and recovery aborts a
-        // tran whose payload fails its CRC. With others in flight the group commit
+        // A lone one-line writep1 (the only one in flight) sends its PREPARE's log
+        // write and its payload write to the disk together, and the flush waits for
+        // both (log module doc): one trip, as a plain write + fdatasync. A crash may
+        // keep the PREPARE without its payload: this writep1 has not returned, and
+        // recovery finds the payload damaged. With others in flight the group commit
         // already shares each flush, and payload-first spreads the PREPAREs over the
         // log writers as the payloads complete; prepared together, they would all
         // wait for the slowest payload and one flush, in lock step (measured at 32
-        // writers: 32 writes per flush and half the rate).
-        let alone = self.inner.phase1.borrow().len() == 1;
+        // writers: 32 writes per flush and half the rate). Several lines' PREPAREs
+        // may park between their appends (log room), so they go payload-first too.
+        let alone = slots.len() == 1 && self.inner.phase1.borrow().len() == 1;
         if !alone {
-            write_payload()?;
+            write_payloads()?;
         }
-        let ((), pos) = self.logged("writep1", &record, |_, _| {
-            self.inner.phase1.borrow_mut().insert(tran, true);
-            Ok(((), Some(record.clone())))
-        })?;
-        let pos = pos.expect("PREPARE appended");
+        let n = slots.len() as u32;
+        let mut last = None;
+        for (i, (&slot, &(len, crc))) in slots.iter().zip(parts).enumerate() {
+            let record = Record::Prepare {
+                tran,
+                line: first + i as u64,
+                slot,
+                payload_crc: crc,
+                len,
+                part: i as u32,
+                parts: n,
+            };
+            // Counted appended where it is placed: a checkpoint cut between two
+            // parts keeps the ones before it.
+            let ((), pos) = self.logged("writep1", &record, |_, _| {
+                *self
+                    .inner
+                    .phase1
+                    .borrow_mut()
+                    .get_mut(&tran)
+                    .expect("in phase 1") += 1;
+                Ok(((), Some(record.clone())))
+            })?;
+            last = pos;
+        }
+        let last = last.expect("PREPAREs appended");
         if alone {
-            let payload_write = self.inner.log.payload_write(pos);
-            let written = write_payload();
+            // No park since the append: the PREPARE is still in the filling buffer.
+            let payload_write = self.inner.log.payload_write(last);
+            let written = write_payloads();
             drop(payload_write);
             written?;
         }
-        self.inner.log.wait_durable(pos)
+        self.inner.log.wait_durable(last)
     }
 
-    /// A slot from `take`, after making room: evicting clean lines, waiting for
+    /// A slot (or the slots) from `take`, after making room: evicting clean lines, waiting for
     /// releases to become durable, and (if `wait`) for destage, commits and aborts.
     /// `None` when there is no room and `wait` is false.
-    fn alloc(
+    fn alloc<T>(
         &self,
         op: &'static str,
-        mut take: impl FnMut(&mut CacheMap) -> Result<u64, MapError>,
+        mut take: impl FnMut(&mut CacheMap) -> Result<T, MapError>,
         wait: bool,
-    ) -> Result<Option<u64>, VssdError> {
+    ) -> Result<Option<T>, VssdError> {
         let mut waited = false;
         loop {
             self.check_usable(op)?;
@@ -603,25 +669,28 @@ impl Vssd {
         self.wait_durable(pos.expect("EPOCH appended"))
     }
 
-    /// Commits `tran`: its slot becomes the line's dirty version, the old version's
-    /// slot is released. The COMMIT rides on a later log write; wait on the returned
-    /// position for it to be durable. Committing a tran committed lately returns the
-    /// same position (a retry); one aborted is an error naming its outcome.
+    /// Commits `tran`: the slot of each of its lines becomes the line's dirty version,
+    /// the old versions' slots are released. The COMMIT rides on a later log write;
+    /// wait on the returned position for it to be durable. Committing a tran
+    /// committed lately (since open or in the log recovery replayed) returns the
+    /// position of its COMMIT (a retry); one aborted is an error naming its outcome.
     pub fn commit(&self, tran: u64) -> Result<RecordPos, VssdError> {
-        if let Some(&(d, reason)) = self.inner.damaged.borrow().get(&tran) {
+        if let Some(d) = self.inner.damaged.borrow().get(&tran)
+            && let Payload::Damaged { line, slot, reason } = d.payload
+        {
             return Err(VssdError::Damaged {
                 op: "commit",
                 path: self.path_buf(),
                 tran,
-                line: d.line,
-                slot: d.slot,
+                line,
+                slot,
                 reason,
             });
         }
         self.decide(tran, Resolution::Commit)
     }
 
-    /// Aborts `tran`: its slot is released, the line keeps its current version.
+    /// Aborts `tran`: its slots are released, its lines keep their current versions.
     /// Idempotent like [`Vssd::commit`].
     pub fn abort(&self, tran: u64) -> Result<RecordPos, VssdError> {
         let pos = self.decide(tran, Resolution::Abort)?;
@@ -679,7 +748,8 @@ impl Vssd {
     }
 
     /// What this vSSD knows of `tran` (for the DTM's recovery): prepared here,
-    /// committed or aborted here lately, forgotten or unknown ([`TranOutcome`]).
+    /// committed or aborted here lately (since open or in the log recovery replayed),
+    /// forgotten or unknown ([`TranOutcome`]).
     pub fn tran_outcome(&self, tran: u64) -> TranOutcome {
         if self.inner.phase1.borrow().contains_key(&tran)
             || self.inner.map.borrow().prepared(tran).is_some()
@@ -691,51 +761,71 @@ impl Vssd {
 
     /// Commits an in-doubt tran whose payload recovery found damaged
     /// ([`Payload::Damaged`]) with `payload`, the tran's data fetched from another
-    /// copy (a replica): it must be what the PREPARE describes (its length and
-    /// CRC32C), is written durably to the tran's slot, then the tran is committed
-    /// durably.
+    /// copy (a replica): all its lines, as writep1 took them. Each line's part must be
+    /// what its PREPARE describes (length and CRC32C); all are written durably to the
+    /// tran's slots, then the tran is committed durably.
     pub fn resolve_repaired(&self, tran: u64, payload: &AlignedBuf) -> Result<(), VssdError> {
         const OP: &str = "resolve_repaired";
         self.check_usable(OP)?;
-        let Some((d, _)) = self.inner.damaged.borrow().get(&tran).copied() else {
+        let Some(d) = self.inner.damaged.borrow().get(&tran).cloned() else {
             return Err(VssdError::Repair {
                 path: self.path_buf(),
                 tran,
                 why: "it is not an in-doubt tran with a damaged payload".to_string(),
             });
         };
-        let crc = crc32c::crc32c(payload);
-        if payload.len() != d.len as usize || crc != d.crc {
+        let line_size = self.inner.geometry.line_size() as usize;
+        let chunks: Vec<&[u8]> = payload.chunks(line_size).collect();
+        if payload.len() as u64 != d.payload_len() || chunks.len() != d.parts.len() {
             return Err(VssdError::Repair {
                 path: self.path_buf(),
                 tran,
                 why: format!(
-                    "the payload for line {} has {} bytes and CRC32C {crc:#010x}, its PREPARE says {} bytes and {:#010x}",
-                    d.line,
+                    "the payload has {} bytes, its {} PREPAREs from line {} say {}",
                     payload.len(),
-                    d.len,
-                    d.crc
+                    d.parts.len(),
+                    d.line(),
+                    d.payload_len()
                 ),
             });
         }
-        let mut padded = None;
-        let data = self.direct_payload(OP, d.line, payload, &mut padded)?;
-        self.inner
-            .file
-            .pwrite_durable(data, self.inner.geometry.slot_offset(d.slot))
-            .map_err(|source| VssdError::Io {
-                op: "resolve_repaired payload write",
-                path: self.path_buf(),
-                source,
-            })?;
+        for (p, chunk) in d.parts.iter().zip(&chunks) {
+            let crc = crc32c::crc32c(chunk);
+            if chunk.len() != p.len as usize || crc != p.crc {
+                return Err(VssdError::Repair {
+                    path: self.path_buf(),
+                    tran,
+                    why: format!(
+                        "the payload for line {} has {} bytes and CRC32C {crc:#010x}, its PREPARE says {} bytes and {:#010x}",
+                        p.line,
+                        chunk.len(),
+                        p.len,
+                        p.crc
+                    ),
+                });
+            }
+        }
+        for (p, chunk) in d.parts.iter().zip(&chunks) {
+            self.inner
+                .file
+                .pwrite_durable(
+                    &aligned_copy(chunk),
+                    self.inner.geometry.slot_offset(p.slot),
+                )
+                .map_err(|source| VssdError::Io {
+                    op: "resolve_repaired payload write",
+                    path: self.path_buf(),
+                    source,
+                })?;
+        }
         self.inner.damaged.borrow_mut().remove(&tran);
         self.resolve(tran, Resolution::Commit)
     }
 
     /// Recovery found `d`'s payload damaged and leaves it to the caller.
-    pub(crate) fn mark_damaged(&self, d: InDoubt, reason: Damage) {
-        assert_eq!(d.payload, Payload::Damaged { reason });
-        self.inner.damaged.borrow_mut().insert(d.tran, (d, reason));
+    pub(crate) fn mark_damaged(&self, d: InDoubt) {
+        assert!(matches!(d.payload, Payload::Damaged { .. }), "{d:?}");
+        self.inner.damaged.borrow_mut().insert(d.tran, d);
     }
 
     pub(crate) fn count_damaged_aborted(&self) {
@@ -1059,10 +1149,12 @@ impl Vssd {
                     .into_iter()
                     .filter(|(line, e)| filling.get(line) != Some(&e.slot))
                     .collect(),
+                // A tran whose writep1 runs: only the parts whose PREPAREs are
+                // appended (before `seq`); the rest follow in the log.
                 prepared: map
                     .prepared_all()
                     .into_iter()
-                    .filter(|(tran, _)| phase1.get(tran) != Some(&false))
+                    .filter(|(tran, p)| phase1.get(tran).is_none_or(|&n| p.part < n))
                     .collect(),
                 tran_high: inner.trans.high(),
                 membership: inner.membership.borrow().clone(),

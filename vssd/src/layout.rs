@@ -107,7 +107,7 @@ pub const LOG_OFFSET: u64 = SUPERBLOCK_COPIES * SUPERBLOCK_BYTES;
 /// The superblock's magic: the first 8 bytes of both copies.
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"CVA-VSSD";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Offset of the format version (u32, little-endian) in a superblock, in every version.
 pub const SUPERBLOCK_VERSION_OFFSET: usize = 8;
 /// Offset of the CRC32C (u32, little-endian) in a superblock, in every version; it

@@ -15,8 +15,9 @@
 //!
 //! [`Vssd`] is the vSSD: [`format()`] makes one, [`Vssd::open`] recovers it (newest
 //! checkpoint, log replay, in-doubt trans returned to the DTM), and its calls are the
-//! seed's: [`Vssd::writep1`] (payload in a free slot, PREPARE durable by group
-//! commit), [`Vssd::commit`] / [`Vssd::abort`] / [`Vssd::resolve`] (idempotent;
+//! seed's: [`Vssd::writep1`] (a tran of one or several consecutive lines, up to
+//! [`Vssd::tran_lines_max`]: each payload in a free slot, its PREPARE durable by group
+//! commit; after a crash all the tran's lines or none), [`Vssd::commit`] / [`Vssd::abort`] / [`Vssd::resolve`] (idempotent;
 //! [`Vssd::tran_outcome`] tells what became of a tran), [`Vssd::read`] (CRC32C
 //! checked), [`Vssd::insert_clean`], [`Vssd::mark_clean`], [`Vssd::invalidate`] /
 //! [`Vssd::invalidate_range`], [`Vssd::dirty_range`] and [`Vssd::wait_dirty_changed`]

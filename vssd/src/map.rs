@@ -26,7 +26,7 @@
 //!
 //! | call | the caller | slots |
 //! | --- | --- | --- |
-//! | [`CacheMap::prepare`] | writes the payload to the slot, appends PREPARE, waits for both | free -> prepared |
+//! | [`CacheMap::prepare`], [`CacheMap::prepare_lines`] (a tran of several lines: a slot each, all or none) | writes the payloads to the slots, appends the PREPAREs, waits for them | free -> prepared |
 //! | [`CacheMap::commit`] (COMMIT's seq) | appends COMMIT | prepared -> current; old current -> freeing |
 //! | [`CacheMap::abort`] (ABORT's seq) | appends ABORT | prepared -> freeing |
 //! | [`CacheMap::insert_clean`] | writes the payload; no record | free -> current |
@@ -104,7 +104,8 @@
 //! - per slot, 1 + 1/16 slots per line: the role byte, a 4-byte free-stack entry
 //!   and a 16-byte freeing-queue entry (seq, slot), 22.3 bytes per line;
 //! - the prepared trans: two hash maps with room for one tran per spare slot,
-//!   about 6 bytes per line.
+//!   about 6 bytes per line; each prepared tran keeps its lines in a vector of its
+//!   own (32 bytes a line and one allocation, only while it is prepared).
 //!
 //! About 120 to 175 bytes per line of capacity: measured 149.8 at 2^12 and 2^16
 //! lines (test `ram_per_line`, with a counting allocator; [`CacheMap::heap_bytes`]
@@ -180,14 +181,31 @@ impl Stored {
 }
 
 const _: () = assert!(size_of::<Stored>() == 24);
+const _: () = assert!(size_of::<Prepared>() == 32); // the memory figure of the module doc
 
-/// A prepared tran: its payload is in `slot`, not yet the line's version.
+/// One line of a prepared tran: its payload is in `slot`, not yet the line's
+/// version. A tran of `parts` lines has one per line, `part` 0..`parts`, on lines
+/// `first..first + parts` in order (a one-line tran: part 0 of 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Prepared {
     pub line: u64,
     pub slot: u64,
     pub crc: u32,
     pub len: u32,
+    pub part: u32,
+    pub parts: u32,
+}
+
+/// Whether `parts` are all the lines of one tran, in order: part `i` at index `i` on
+/// line `first + i`, each saying the same count.
+pub fn parts_complete(parts: &[Prepared]) -> bool {
+    let Some(first) = parts.first() else {
+        return false;
+    };
+    parts.len() == first.parts as usize
+        && parts.iter().enumerate().all(|(i, p)| {
+            p.part as usize == i && p.parts == first.parts && p.line == first.line + i as u64
+        })
 }
 
 /// What a commit did: `slot` is now `line`'s version; `slot_old` (if any) is freeing.
@@ -210,6 +228,7 @@ pub struct Evicted {
 pub struct Counts {
     pub lines_dirty: u64,
     pub lines_clean: u64,
+    /// Lines (slots) of prepared trans.
     pub prepared: u64,
     pub slots_free: u64,
     pub slots_freeing: u64,
@@ -242,6 +261,14 @@ pub enum MapError {
         "prepare tran {tran} on line {line}: the line holds version {version}, a tran id must be above it"
     )]
     TranOld { tran: u64, line: u64, version: u64 },
+    /// A tran of 0 lines, or of more than [`crate::record::TRAN_PARTS_MAX`].
+    #[error("prepare tran {tran} on line {line}: {parts} lines, allowed 1..={max}")]
+    Parts {
+        tran: u64,
+        line: u64,
+        parts: usize,
+        max: u32,
+    },
     /// `tran` is prepared already.
     #[error("prepare tran {tran} on line {line}: the tran is prepared already")]
     TranPrepared { tran: u64, line: u64 },
@@ -291,8 +318,10 @@ enum Role {
 pub struct CacheMap {
     lines_max: u64,
     entries: HashMap<u64, Stored>,
-    /// tran -> its prepared version.
-    prepared: HashMap<u64, Prepared>,
+    /// tran -> its prepared lines, in part order.
+    prepared: HashMap<u64, Vec<Prepared>>,
+    /// Slots held by prepared trans (their lines).
+    prepared_slots: usize,
     /// line -> the tran prepared on it (invariant 2).
     prepared_lines: HashMap<u64, u64>,
     evictor: Evictor,
@@ -342,6 +371,7 @@ impl CacheMap {
             lines_max: lines,
             entries: HashMap::with_capacity(lines as usize),
             prepared: HashMap::with_capacity(spare),
+            prepared_slots: 0,
             prepared_lines: HashMap::with_capacity(spare),
             evictor: Evictor::new(lines),
             roles: vec![Role::Free; slots],
@@ -392,6 +422,18 @@ impl CacheMap {
             if tran == 0 {
                 return Err(MapError::TranZero { op: "restore" });
             }
+            let parts_so_far = map.prepared.get(&tran).map_or(0, Vec::len);
+            let first_line = map.prepared.get(&tran).map_or(p.line, |v| v[0].line);
+            if p.part as usize != parts_so_far
+                || p.part >= p.parts
+                || p.line != first_line + u64::from(p.part)
+            {
+                return Err(MapError::Restore {
+                    why: "a tran's lines out of order",
+                    line: p.line,
+                    slot: p.slot,
+                });
+            }
             map.check_line("restore", p.line)?;
             map.check_len("restore", p.line, p.len)?;
             let bad = |why| MapError::Restore {
@@ -402,7 +444,7 @@ impl CacheMap {
             if p.slot >= slot_count || map.roles[p.slot as usize] != Role::Free {
                 return Err(bad("slot out of range or used twice"));
             }
-            if map.prepared.contains_key(&tran) || map.prepared_lines.contains_key(&p.line) {
+            if map.prepared_lines.contains_key(&p.line) {
                 return Err(bad("two prepared trans on one line, or one tran twice"));
             }
             if !map.evictor.contains(p.line) {
@@ -412,8 +454,16 @@ impl CacheMap {
                 map.evictor.insert(p.line);
             }
             map.roles[p.slot as usize] = Role::Prepared;
-            map.prepared.insert(tran, p);
+            map.prepared.entry(tran).or_default().push(p);
+            map.prepared_slots += 1;
             map.prepared_lines.insert(p.line, tran);
+        }
+        if let Some((_, parts)) = map.prepared.iter().find(|(_, v)| !parts_complete(v)) {
+            return Err(MapError::Restore {
+                why: "a tran with lines missing",
+                line: parts[0].line,
+                slot: parts[0].slot,
+            });
         }
         map.free.retain(|&s| map.roles[s as usize] == Role::Free);
         Ok(map)
@@ -452,9 +502,17 @@ impl CacheMap {
 
     /// Room for a slot and, if `line` is neither cached nor prepared, for the line.
     fn check_room(&self, line: u64) -> Result<(), MapError> {
-        let line_new = !self.evictor.contains(line);
-        if self.free.is_empty() || (line_new && self.evictor.is_full()) {
-            return Err(self.full(line));
+        self.check_room_lines(line, 1)
+    }
+
+    /// Room for `n` slots and for those of lines `first..first + n` that are neither
+    /// cached nor prepared.
+    fn check_room_lines(&self, first: u64, n: u64) -> Result<(), MapError> {
+        let lines_new = (first..first + n)
+            .filter(|&l| !self.evictor.contains(l))
+            .count() as u64;
+        if (self.free.len() as u64) < n || self.evictor.len() + lines_new > self.lines_max {
+            return Err(self.full(first));
         }
         Ok(())
     }
@@ -487,65 +545,108 @@ impl CacheMap {
 
     /// Phase 1 of `tran` on `line`: a free slot for its payload (never the line's
     /// current slot). The caller writes the payload there and logs PREPARE(tran,
-    /// line, slot, crc, len).
+    /// line, slot, crc, len, part 0 of 1). [`CacheMap::prepare_lines`] of one line.
     pub fn prepare(&mut self, tran: u64, line: u64, len: u32, crc: u32) -> Result<u64, MapError> {
+        Ok(self.prepare_lines(tran, line, &[(len, crc)])?[0])
+    }
+
+    /// Phase 1 of `tran` on lines `first..first + parts.len()`, `parts` giving each
+    /// line's payload (length, CRC32C): a free slot for each (never a line's current
+    /// slot), all or none: a writer never holds slots while it waits for more, so
+    /// writers cannot deadlock on each other. The caller writes the payloads and logs
+    /// one PREPARE per line, part 0 first.
+    pub fn prepare_lines(
+        &mut self,
+        tran: u64,
+        first: u64,
+        parts: &[(u32, u32)],
+    ) -> Result<Vec<u64>, MapError> {
         if tran == 0 {
             return Err(MapError::TranZero { op: "prepare" });
         }
-        self.check_line("prepare", line)?;
-        self.check_len("prepare", line, len)?;
+        let n = parts.len();
+        if n == 0 || n > crate::record::TRAN_PARTS_MAX as usize {
+            return Err(MapError::Parts {
+                tran,
+                line: first,
+                parts: n,
+                max: crate::record::TRAN_PARTS_MAX,
+            });
+        }
+        self.check_line("prepare", first.saturating_add(n as u64 - 1))?;
+        for (i, &(len, _)) in parts.iter().enumerate() {
+            self.check_len("prepare", first + i as u64, len)?;
+        }
         if self.prepared.contains_key(&tran) {
-            return Err(MapError::TranPrepared { tran, line });
+            return Err(MapError::TranPrepared { tran, line: first });
         }
-        if let Some(&tran_other) = self.prepared_lines.get(&line) {
-            return Err(MapError::LinePrepared {
-                tran,
-                line,
-                tran_other,
-            });
+        for line in first..first + n as u64 {
+            if let Some(&tran_other) = self.prepared_lines.get(&line) {
+                return Err(MapError::LinePrepared {
+                    tran,
+                    line,
+                    tran_other,
+                });
+            }
+            if let Some(e) = self.entries.get(&line)
+                && e.version != VERSION_CLEAN_INSERT
+                && e.version >= tran
+            {
+                return Err(MapError::TranOld {
+                    tran,
+                    line,
+                    version: e.version,
+                });
+            }
         }
-        if let Some(e) = self.entries.get(&line)
-            && e.version != VERSION_CLEAN_INSERT
-            && e.version >= tran
-        {
-            return Err(MapError::TranOld {
-                tran,
-                line,
-                version: e.version,
-            });
-        }
-        self.check_room(line)?;
-        if self.evictor.contains(line) {
-            self.evictor.touch(line);
-        } else {
-            self.evictor.insert(line);
-        }
-        let slot = self.alloc(Role::Prepared);
-        debug_assert!(
-            self.entries
-                .get(&line)
-                .is_none_or(|e| u64::from(e.slot) != slot)
-        );
-        self.prepared.insert(
-            tran,
-            Prepared {
+        self.check_room_lines(first, n as u64)?;
+        let mut slots = Vec::with_capacity(n);
+        let mut prepared = Vec::with_capacity(n);
+        for (i, &(len, crc)) in parts.iter().enumerate() {
+            let line = first + i as u64;
+            if self.evictor.contains(line) {
+                self.evictor.touch(line);
+            } else {
+                self.evictor.insert(line);
+            }
+            let slot = self.alloc(Role::Prepared);
+            debug_assert!(
+                self.entries
+                    .get(&line)
+                    .is_none_or(|e| u64::from(e.slot) != slot)
+            );
+            prepared.push(Prepared {
                 line,
                 slot,
                 crc,
                 len,
-            },
-        );
-        self.prepared_lines.insert(line, tran);
-        Ok(slot)
+                part: i as u32,
+                parts: n as u32,
+            });
+            self.prepared_lines.insert(line, tran);
+            slots.push(slot);
+        }
+        self.prepared_slots += n;
+        self.prepared.insert(tran, prepared);
+        Ok(slots)
     }
 
-    /// `tran` committed, its COMMIT record at `seq`: its slot is the line's dirty
-    /// version; the old version's slot is freeing until `seq` is durable.
-    pub fn commit(&mut self, tran: u64, seq: u64) -> Result<Committed, MapError> {
-        let p = self
+    /// `tran` committed, its COMMIT record at `seq`: the slot of each of its lines is
+    /// the line's dirty version; the old versions' slots are freeing until `seq` is
+    /// durable. What it did to each line, in line order.
+    pub fn commit(&mut self, tran: u64, seq: u64) -> Result<Vec<Committed>, MapError> {
+        let parts = self
             .prepared
             .remove(&tran)
             .ok_or(MapError::UnknownTran { op: "commit", tran })?;
+        self.prepared_slots -= parts.len();
+        Ok(parts
+            .into_iter()
+            .map(|p| self.commit_line(tran, p, seq))
+            .collect())
+    }
+
+    fn commit_line(&mut self, tran: u64, p: Prepared, seq: u64) -> Committed {
         let removed = self.prepared_lines.remove(&p.line);
         assert_eq!(removed, Some(tran), "line {} prepared index", p.line);
         assert_eq!(self.roles[p.slot as usize], Role::Prepared);
@@ -567,26 +668,30 @@ impl CacheMap {
             e.slot
         });
         self.index_add(p.line, State::Dirty);
-        Ok(Committed {
+        Committed {
             line: p.line,
             slot: p.slot,
             slot_old,
-        })
+        }
     }
 
-    /// `tran` aborted, its ABORT record at `seq`: its slot is freeing until then.
-    pub fn abort(&mut self, tran: u64, seq: u64) -> Result<Prepared, MapError> {
-        let p = self
+    /// `tran` aborted, its ABORT record at `seq`: its slots are freeing until then.
+    /// Its lines, in line order.
+    pub fn abort(&mut self, tran: u64, seq: u64) -> Result<Vec<Prepared>, MapError> {
+        let parts = self
             .prepared
             .remove(&tran)
             .ok_or(MapError::UnknownTran { op: "abort", tran })?;
-        let removed = self.prepared_lines.remove(&p.line);
-        assert_eq!(removed, Some(tran), "line {} prepared index", p.line);
-        if !self.entries.contains_key(&p.line) {
-            self.evictor.remove(p.line);
+        self.prepared_slots -= parts.len();
+        for p in &parts {
+            let removed = self.prepared_lines.remove(&p.line);
+            assert_eq!(removed, Some(tran), "line {} prepared index", p.line);
+            if !self.entries.contains_key(&p.line) {
+                self.evictor.remove(p.line);
+            }
+            self.release(p.slot, seq);
         }
-        self.release(p.slot, seq);
-        Ok(p)
+        Ok(parts)
     }
 
     fn index(&mut self, state: State) -> &mut BTreeSet<u64> {
@@ -643,9 +748,9 @@ impl CacheMap {
         self.prepared_lines.get(&line).copied()
     }
 
-    /// The prepared version of `tran`, if prepared.
-    pub fn prepared(&self, tran: u64) -> Option<Prepared> {
-        self.prepared.get(&tran).copied()
+    /// The prepared lines of `tran`, in line order, if prepared.
+    pub fn prepared(&self, tran: u64) -> Option<&[Prepared]> {
+        self.prepared.get(&tran).map(Vec::as_slice)
     }
 
     /// A miss filled from the backing store: a free slot that becomes `line`'s
@@ -812,7 +917,7 @@ impl CacheMap {
         Counts {
             lines_dirty: self.dirty.len() as u64,
             lines_clean: self.clean.len() as u64,
-            prepared: self.prepared.len() as u64,
+            prepared: self.prepared_slots as u64,
             slots_free: self.free.len() as u64,
             slots_freeing: (self.freeing.len() + self.held.len()) as u64,
         }
@@ -839,10 +944,14 @@ impl CacheMap {
         v
     }
 
-    /// Prepared trans ordered by tran, for a checkpoint.
+    /// The lines of every prepared tran, ordered by tran then part, for a checkpoint.
     pub fn prepared_all(&self) -> Vec<(u64, Prepared)> {
-        let mut v: Vec<(u64, Prepared)> = self.prepared.iter().map(|(&t, &p)| (t, p)).collect();
-        v.sort_unstable_by_key(|&(t, _)| t);
+        let mut v: Vec<(u64, Prepared)> = self
+            .prepared
+            .iter()
+            .flat_map(|(&t, parts)| parts.iter().map(move |&p| (t, p)))
+            .collect();
+        v.sort_unstable_by_key(|&(t, p)| (t, p.part));
         v
     }
 
@@ -889,7 +998,11 @@ impl CacheMap {
         );
         assert_eq!(
             role_count[Role::Prepared as usize],
-            self.prepared.len() as u64
+            self.prepared_slots as u64
+        );
+        assert_eq!(
+            self.prepared.values().map(Vec::len).sum::<usize>(),
+            self.prepared_slots
         );
         assert_eq!(
             role_count[Role::Freeing as usize],
@@ -919,8 +1032,13 @@ impl CacheMap {
             assert!(!other.contains(&line), "line {line} indexed twice");
         }
         assert_eq!(self.dirty.len() + self.clean.len(), self.entries.len());
-        assert_eq!(self.prepared.len(), self.prepared_lines.len());
-        for (&tran, p) in &self.prepared {
+        assert_eq!(self.prepared_slots, self.prepared_lines.len());
+        for (&tran, p) in self
+            .prepared
+            .iter()
+            .flat_map(|(t, v)| v.iter().map(move |p| (t, p)))
+        {
+            assert!(parts_complete(&self.prepared[&tran]), "tran {tran} parts");
             assert_eq!(self.roles[p.slot as usize], Role::Prepared, "tran {tran}");
             assert_eq!(self.prepared_lines.get(&p.line), Some(&tran));
             assert!(

@@ -1,13 +1,18 @@
 //! What this vSSD knows of a tran's outcome, for COMMIT/ABORT retried by the DTM
 //! (idempotent, rpc/PROTOCOL.md) and for the DTM's recovery ([`TranOutcome`]).
 //!
-//! The vSSD remembers the last [`OUTCOMES_MAX`] trans it committed or aborted since
-//! it was opened, each with its record's position (a retried COMMIT waits for the same
-//! record). Older outcomes are forgotten, oldest first; `forgotten_max`, the highest
-//! tran id forgotten so far, is the low-water under which an answer is
-//! [`TranOutcome::Forgotten`] rather than [`TranOutcome::Unknown`]: every tran
-//! resolved since open with an id above it is still remembered (had it been
-//! forgotten, `forgotten_max` would be at least its id).
+//! The vSSD remembers the last [`OUTCOMES_MAX`] trans it committed or aborted, each
+//! with its record's position (a retried COMMIT waits for the same record): those
+//! the log replayed at open resolved ([`Outcomes::recovered`]), then those resolved
+//! since. Older outcomes are forgotten, oldest first; `forgotten_max` is the
+//! low-water at or under which an answer is [`TranOutcome::Forgotten`] rather than
+//! [`TranOutcome::Unknown`]. At open it is just below the recovered tran-id
+//! high-water (every id handed out or prepared before is below that; those resolved
+//! before the replayed log, in the checkpoint's past, are not remembered); later it
+//! is raised to every id forgotten. So every tran with an id above it that was
+//! resolved here is still remembered (had it been forgotten, `forgotten_max` would
+//! be at least its id), and a DTM retrying a COMMIT after a restart finds the outcome
+//! of every tran the replayed log resolved.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -19,24 +24,25 @@ use crate::log::RecordPos;
 pub const OUTCOMES_MAX: usize = 1 << 16;
 const _: () = assert!(OUTCOMES_MAX > 0);
 
-/// A tran's outcome as this vSSD knows it (since it was opened: trans resolved before
-/// a crash or a close are not remembered across it, except the in-doubt ones that
-/// recovery returns, which are prepared).
+/// A tran's outcome as this vSSD knows it: since it was opened, and from the log
+/// recovery replayed (trans resolved before the checkpoint it started from are
+/// forgotten; the in-doubt ones recovery returns are prepared).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TranOutcome {
     /// Prepared here (its writep1 may still run), neither committed nor aborted.
     Prepared,
-    /// Committed here since open.
+    /// Committed here (since open or in the replayed log).
     Committed,
-    /// Aborted here since open.
+    /// Aborted here (since open or in the replayed log).
     Aborted,
     /// Not prepared here, no outcome remembered, and the id is at or below the
-    /// highest one whose outcome was forgotten: committed or aborted here since open
-    /// more than [`OUTCOMES_MAX`] resolutions ago, or never prepared here. Either way
-    /// nothing of it is pending here.
+    /// low-water: resolved here before the replayed log or more than
+    /// [`OUTCOMES_MAX`] resolutions ago, or never prepared here (a writep1 that never
+    /// returned, an id handed out and not used). Either way nothing of it is pending
+    /// here.
     Forgotten,
-    /// Not prepared here and not resolved here since open (the id is above every
-    /// forgotten one): this vSSD has not seen the tran since it was opened.
+    /// Not prepared here and not resolved here (the id is above the low-water): this
+    /// vSSD has never seen the tran.
     Unknown,
 }
 
@@ -47,9 +53,9 @@ impl fmt::Display for TranOutcome {
             TranOutcome::Committed => "committed",
             TranOutcome::Aborted => "aborted",
             TranOutcome::Forgotten => {
-                "resolved long ago or never prepared here (its outcome is not remembered)"
+                "forgotten (resolved long ago or never prepared here: nothing of it is pending)"
             }
-            TranOutcome::Unknown => "unknown here since open",
+            TranOutcome::Unknown => "unknown (never seen here)",
         })
     }
 }
@@ -64,6 +70,28 @@ pub(crate) struct Outcomes {
 }
 
 impl Outcomes {
+    /// The outcomes at open: `resolved`, the trans the replayed log resolved in log
+    /// order (the last resolution of an id wins: one forgotten by a full table may
+    /// have been prepared and resolved again), over a low-water just below
+    /// `tran_high`, the recovered high-water of tran ids.
+    pub(crate) fn recovered(resolved: &[(u64, Resolution, RecordPos)], tran_high: u64) -> Outcomes {
+        let mut outcomes = Outcomes {
+            forgotten_max: tran_high.checked_sub(1).filter(|&m| m > 0),
+            ..Outcomes::default()
+        };
+        let last: HashMap<u64, usize> = resolved
+            .iter()
+            .enumerate()
+            .map(|(i, &(tran, _, _))| (tran, i))
+            .collect();
+        for (i, &(tran, resolution, pos)) in resolved.iter().enumerate() {
+            if last[&tran] == i {
+                outcomes.record(tran, resolution, pos);
+            }
+        }
+        outcomes
+    }
+
     /// `tran` was resolved by the record at `pos`; forgets the oldest outcome when
     /// [`OUTCOMES_MAX`] are remembered.
     pub(crate) fn record(&mut self, tran: u64, resolution: Resolution, pos: RecordPos) {
@@ -100,6 +128,25 @@ impl Outcomes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovered_outcomes_keep_the_last_resolution_over_a_low_water() {
+        let o = Outcomes::recovered(
+            &[
+                (5, Resolution::Abort, pos(1)),
+                (7, Resolution::Commit, pos(2)),
+                (5, Resolution::Commit, pos(3)),
+            ],
+            10,
+        );
+        assert_eq!(o.get(5), Some((Resolution::Commit, pos(3))));
+        assert_eq!(o.outcome_unprepared(7), TranOutcome::Committed);
+        assert_eq!(o.outcome_unprepared(6), TranOutcome::Forgotten);
+        assert_eq!(o.outcome_unprepared(9), TranOutcome::Forgotten);
+        assert_eq!(o.outcome_unprepared(10), TranOutcome::Unknown);
+        let fresh = Outcomes::recovered(&[], 1);
+        assert_eq!(fresh.outcome_unprepared(1), TranOutcome::Unknown);
+    }
 
     fn pos(seq: u64) -> RecordPos {
         RecordPos { seq, index: 0 }

@@ -17,7 +17,7 @@
 //!
 //! | kind | body (offset within the body: field) | body bytes | record bytes |
 //! | --- | --- | --- | --- |
-//! | PREPARE | 0 `tran` u64, 8 `line` u64, 16 `slot` u64, 24 `payload_crc` u32, 28 `len` u32 | 32 | 40 |
+//! | PREPARE | 0 `tran` u64, 8 `line` u64, 16 `slot` u64, 24 `payload_crc` u32, 28 `len` u32, 32 `part` u32, 36 `parts` u32 | 40 | 48 |
 //! | COMMIT | 0 `tran` u64 | 8 | 16 |
 //! | ABORT | 0 `tran` u64 | 8 | 16 |
 //! | CLEAN | 0 `line` u64, 8 `version` u64 | 16 | 24 |
@@ -25,6 +25,13 @@
 //! | EPOCH | 0 `epoch` u64, 8 `member_count` u8, 9 reserved 7 bytes of 0, 16 `member_count` x u64 member ids | 16 + 8 n | 24 + 8 n, n <= [`EPOCH_MEMBERS_MAX`] |
 //! | CHECKPOINT | 0 `seq` u64, 8 `which` u8 (0 = A, 1 = B), 9 reserved 7 bytes of 0 | 16 | 24 |
 //! | TRAN_HIGH | 0 `tran_high` u64 | 8 | 16 |
+//!
+//! A tran of several consecutive lines ([`crate::Vssd::writep1`]) logs one PREPARE per
+//! line, `part` 0..`parts` in line order (`line` is the tran's first line + `part`),
+//! appended in that order; a one-line tran is `part` 0 of 1 (no extra record). Recovery
+//! keeps a tran only once all its `parts` PREPAREs are replayed: the log's durable
+//! prefix may end among them, and then its writep1 never returned. `parts` is at most
+//! [`TRAN_PARTS_MAX`].
 //!
 //! Why a CRC per record when the block has one: DESIGN.md asks every record to carry
 //! its own, and it makes a record checkable on its own: the writer encodes each record
@@ -55,7 +62,7 @@
 //! A record never spans two blocks: one that does not fit in the space left starts the
 //! next block. Since every record is 8-aligned and at most [`RECORD_LEN_MAX`] bytes, a
 //! block sealed because it is full wastes at most [`BLOCK_WASTE_LEN_MAX`] bytes (144 of
-//! 4064, 3.5 %; 24 bytes when the block holds only PREPAREs). A block sealed early
+//! 4064, 3.5 %; 32 bytes when the block holds only PREPAREs). A block sealed early
 //! because a group commit flushes it wastes the rest: that trade of space for latency
 //! is the log writer's.
 //!
@@ -121,7 +128,7 @@ pub const LOG_SECTOR_SIZE: usize = 512;
 /// The first four bytes of every log block: `b"CVAL"` read as a little-endian u32.
 pub const LOG_BLOCK_MAGIC: u32 = u32::from_le_bytes(*b"CVAL");
 /// The log block format this build writes and reads.
-pub const LOG_BLOCK_VERSION: u16 = 2;
+pub const LOG_BLOCK_VERSION: u16 = 3;
 /// Bytes of the block header before the first record.
 pub const BLOCK_HEADER_LEN: usize = 32;
 /// Bytes of a block that records may fill.
@@ -135,12 +142,19 @@ pub const RECORD_ALIGN: usize = 8;
 pub const EPOCH_MEMBERS_MAX: usize = 16;
 /// Largest payload a PREPARE may describe: the largest cache line (64 KiB).
 pub const PAYLOAD_LEN_MAX: u32 = 64 * 1024;
+/// Most bytes one tran writes: the largest write a DTM sends (rpc's `DATA_LEN_MAX`,
+/// 1 MiB; `vssd` does not import `rpc`, so the figure is repeated here).
+pub const TRAN_BYTES_MAX: u32 = 1024 * 1024;
+/// Most lines (PREPAREs) one tran holds: [`TRAN_BYTES_MAX`] of the smallest lines.
+/// A vSSD's own limit is lower for larger lines and small caches
+/// ([`crate::Vssd::tran_lines_max`]).
+pub const TRAN_PARTS_MAX: u32 = TRAN_BYTES_MAX / crate::layout::LINE_SIZE_MIN;
 /// `which` of a CHECKPOINT record naming checkpoint region A.
 pub const CHECKPOINT_A: u8 = 0;
 /// `which` of a CHECKPOINT record naming checkpoint region B.
 pub const CHECKPOINT_B: u8 = 1;
 
-const PREPARE_BODY_LEN: usize = 32;
+const PREPARE_BODY_LEN: usize = 40;
 const TRAN_BODY_LEN: usize = 8; // COMMIT, ABORT
 const CLEAN_BODY_LEN: usize = 16;
 const INVALIDATE_BODY_LEN: usize = 8;
@@ -178,6 +192,12 @@ const _: () = assert!(RECORD_LEN_MAX <= BLOCK_RECORDS_LEN_MAX); // any record fi
 const _: () = assert!(EPOCH_BODY_LEN_MAX <= u16::MAX as usize);
 const _: () = assert!(EPOCH_MEMBERS_MAX <= u8::MAX as usize);
 const _: () = assert!(PREPARE_BODY_LEN.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(TRAN_PARTS_MAX >= 1);
+// A tran's PREPAREs fit one log write, so they are appended together.
+const _: () = assert!(
+    TRAN_PARTS_MAX as usize * (RECORD_HEADER_LEN + PREPARE_BODY_LEN)
+        <= (LOG_WRITE_BLOCKS_MAX as usize / 2) * (BLOCK_RECORDS_LEN_MAX - BLOCK_WASTE_LEN_MAX)
+);
 const _: () = assert!(TRAN_BODY_LEN.is_multiple_of(RECORD_ALIGN));
 const _: () = assert!(CLEAN_BODY_LEN.is_multiple_of(RECORD_ALIGN));
 const _: () = assert!(INVALIDATE_BODY_LEN.is_multiple_of(RECORD_ALIGN));
@@ -247,6 +267,10 @@ pub enum Record {
         payload_crc: u32,
         /// Payload bytes, 1..=[`PAYLOAD_LEN_MAX`].
         len: u32,
+        /// Which of the tran's lines this is (`line` is its first line + `part`).
+        part: u32,
+        /// Lines the tran holds, 1..=[`TRAN_PARTS_MAX`]; `part < parts`.
+        parts: u32,
     },
     /// `tran` committed: its slot is the line's version.
     Commit { tran: u64 },
@@ -304,6 +328,10 @@ pub enum RecordFault {
     /// A CHECKPOINT naming neither region A nor B.
     #[error("CHECKPOINT record names region {got}, expected 0 (A) or 1 (B)")]
     Which { got: u8 },
+    /// A PREPARE whose `part` is not below its `parts`, or `parts` of 0 or above
+    /// [`TRAN_PARTS_MAX`].
+    #[error("PREPARE record part {part} of {parts}, allowed parts 1..={max} and part < parts")]
+    Part { part: u32, parts: u32, max: u32 },
     /// A PREPARE payload length of 0 or above [`PAYLOAD_LEN_MAX`].
     #[error("PREPARE record payload length {got}, allowed 1..={max}")]
     PayloadLen { got: u32, max: u32 },
@@ -329,11 +357,20 @@ impl Record {
     /// this first; [`Record::encode`] asserts it.
     pub fn validate(&self) -> Result<(), RecordFault> {
         match self {
-            Record::Prepare { len, .. } => {
+            Record::Prepare {
+                len, part, parts, ..
+            } => {
                 if *len == 0 || *len > PAYLOAD_LEN_MAX {
                     return Err(RecordFault::PayloadLen {
                         got: *len,
                         max: PAYLOAD_LEN_MAX,
+                    });
+                }
+                if *parts == 0 || *parts > TRAN_PARTS_MAX || part >= parts {
+                    return Err(RecordFault::Part {
+                        part: *part,
+                        parts: *parts,
+                        max: TRAN_PARTS_MAX,
                     });
                 }
             }
@@ -408,12 +445,16 @@ impl Record {
                 slot,
                 payload_crc,
                 len,
+                part,
+                parts,
             } => {
                 put.u64(*tran);
                 put.u64(*line);
                 put.u64(*slot);
                 put.u32(*payload_crc);
                 put.u32(*len);
+                put.u32(*part);
+                put.u32(*parts);
             }
             Record::Commit { tran } | Record::Abort { tran } => put.u64(*tran),
             Record::Clean { line, version } => {
@@ -492,12 +533,16 @@ impl Record {
                 let slot = get.u64()?;
                 let payload_crc = get.u32()?;
                 let len = get.u32()?;
+                let part = get.u32()?;
+                let parts = get.u32()?;
                 Record::Prepare {
                     tran,
                     line,
                     slot,
                     payload_crc,
                     len,
+                    part,
+                    parts,
                 }
             }
             RecordKind::Commit => Record::Commit { tran: get.u64()? },
@@ -1070,13 +1115,17 @@ mod tests {
             slot: 0x2122232425262728,
             payload_crc: 0x31323334,
             len: 4096,
+            part: 3,
+            parts: 7,
         });
-        check_header(&b, 1, 32);
+        check_header(&b, 1, 40);
         assert_eq!(b[8..16], 0x0102030405060708u64.to_le_bytes());
         assert_eq!(b[16..24], 0x1112131415161718u64.to_le_bytes());
         assert_eq!(b[24..32], 0x2122232425262728u64.to_le_bytes());
         assert_eq!(b[32..36], 0x31323334u32.to_le_bytes());
         assert_eq!(b[36..40], 4096u32.to_le_bytes());
+        assert_eq!(b[40..44], 3u32.to_le_bytes());
+        assert_eq!(b[44..48], 7u32.to_le_bytes());
 
         for (record, kind) in [
             (Record::Commit { tran: 77 }, 2),
@@ -1153,6 +1202,8 @@ mod tests {
                 slot: 1,
                 payload_crc: 1,
                 len,
+                part: 0,
+                parts: 1,
             };
             assert_eq!(
                 prepare.validate(),
@@ -1162,6 +1213,39 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn prepare_parts_out_of_range_are_refused() {
+        for (part, parts) in [(0, 0), (1, 1), (5, 3), (0, TRAN_PARTS_MAX + 1)] {
+            let prepare = Record::Prepare {
+                tran: 1,
+                line: 1,
+                slot: 1,
+                payload_crc: 1,
+                len: 1,
+                part,
+                parts,
+            };
+            assert_eq!(
+                prepare.validate(),
+                Err(RecordFault::Part {
+                    part,
+                    parts,
+                    max: TRAN_PARTS_MAX
+                })
+            );
+        }
+        let last = Record::Prepare {
+            tran: 1,
+            line: 1,
+            slot: 1,
+            payload_crc: 1,
+            len: 1,
+            part: TRAN_PARTS_MAX - 1,
+            parts: TRAN_PARTS_MAX,
+        };
+        assert_eq!(last.validate(), Ok(()));
     }
 
     #[test]
@@ -1216,6 +1300,8 @@ mod tests {
             slot: 3,
             payload_crc: 4,
             len: 512,
+            part: 0,
+            parts: 1,
         });
         b[36..40].copy_from_slice(&0u32.to_le_bytes());
         fix_crc(&mut b);

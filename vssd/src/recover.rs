@@ -9,7 +9,8 @@
 //! 4. the checks a recovered map must pass (no payload longer than a line);
 //! 5. the scrub past the end of the log ([`scrub_after_recovery`], rule 5 of
 //!    [`crate::record`]), before the log writer starts at that end;
-//! 6. the vSSD started, then the in-doubt trans, each with its payload checked
+//! 6. the vSSD started (knowing the outcomes of the trans the replayed log resolved,
+//!    [`crate::TranOutcome`]), then the in-doubt trans, each with its payload checked
 //!    ([`Payload`]), returned in [`Recovered`] for the DTM to resolve
 //!    ([`Vssd::resolve`], [`Vssd::resolve_repaired`]); with [`Options::sole_copy`]
 //!    those whose payload is damaged are aborted instead.
@@ -19,38 +20,57 @@ use taskio::file::File;
 
 use crate::checkpoint;
 use crate::checkpoint::Snapshot;
-use crate::device::{Options, Vssd};
+use crate::device::{Options, Resolution, Vssd};
 use crate::epoch::Membership;
 use crate::error::VssdError;
 use crate::layout::{Geometry, LOG_SEQ_FIRST, Repair, open_superblock, write_superblock};
 use crate::log::LOG_BUFFER_BYTES;
-use crate::map::{CacheMap, Entry, MapError, Prepared, State, TRAN_FIRST};
+use crate::log::RecordPos;
+use crate::map::{CacheMap, Entry, MapError, Prepared, State, TRAN_FIRST, parts_complete};
+use crate::outcome::Outcomes;
 use crate::record::{
     BlockEnd, LOG_BLOCK_SIZE, LOG_WRITE_BLOCKS_MAX, LogRing, Record, decode_block,
 };
 
 /// A tran recovery found prepared with neither COMMIT nor ABORT: the DTM decides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InDoubt {
     pub tran: u64,
-    pub line: u64,
-    pub slot: u64,
-    pub len: u32,
-    pub crc: u32,
-    /// What recovery read in the slot.
+    /// Its lines in line order (part `i` on line `parts[0].line + i`), every one
+    /// of them: a tran whose PREPAREs are not all durable is not in doubt (its
+    /// writep1 never returned), recovery drops it ([`Recovered::incomplete`]).
+    pub parts: Vec<Prepared>,
+    /// What recovery read in its slots.
     pub payload: Payload,
 }
 
-/// What recovery found in the slot of an in-doubt tran.
+impl InDoubt {
+    /// Its first line.
+    pub fn line(&self) -> u64 {
+        self.parts[0].line
+    }
+
+    /// Its payload bytes, all lines together.
+    pub fn payload_len(&self) -> u64 {
+        self.parts.iter().map(|p| u64::from(p.len)).sum()
+    }
+}
+
+/// What recovery found in the slots of an in-doubt tran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Payload {
-    /// The payload its PREPARE describes.
+    /// The payloads its PREPAREs describe.
     Intact,
-    /// Not that payload. Either the crash tore it (the log block with its PREPARE
+    /// Not those payloads: the one of `line` (the first damaged line; the tran is
+    /// damaged as a whole, committed only with all its data). Either the crash tore it (the log block with its PREPARE
     /// survived, the payload did not: its writep1 never returned) or it was damaged
     /// after its writep1 returned, when the DTM may have acknowledged the write.
     /// Recovery cannot tell the two apart: the caller decides (see [`Vssd::open`]).
-    Damaged { reason: Damage },
+    Damaged {
+        line: u64,
+        slot: u64,
+        reason: Damage,
+    },
 }
 
 /// Why an in-doubt payload is damaged.
@@ -69,6 +89,9 @@ pub struct Recovered {
     /// In-doubt trans with a damaged payload that recovery aborted because the
     /// vSSD holds the only copy ([`Options::sole_copy`]).
     pub damaged_aborted: Vec<InDoubt>,
+    /// Trans dropped because fewer of their PREPAREs than their lines were durable:
+    /// their writep1 never returned, and none of their lines is there.
+    pub incomplete: Vec<u64>,
     /// The checkpoint recovery started from: (region, seq), if any.
     pub checkpoint: Option<(u8, u64)>,
     /// Log blocks replayed after it, and records in them.
@@ -91,6 +114,8 @@ pub(crate) struct Rebuilt {
     /// Every tran id handed out or prepared before the crash is below this.
     pub tran_high: u64,
     pub membership: Membership,
+    /// The outcomes of the trans the replayed log resolved; older ids forgotten.
+    pub outcomes: Outcomes,
 }
 
 /// Recovers the vSSD on `file` and starts it: [`Vssd::open`]'s body (module doc).
@@ -118,15 +143,21 @@ pub(crate) fn open(
     };
     let scan = recover_scan(&file, &geometry, seed, seq_start)?;
     let mut records = 0;
-    for (_, block) in &scan.blocks {
-        for r in block {
-            replay.apply(r);
+    for (seq, block) in &scan.blocks {
+        for (index, r) in block.iter().enumerate() {
+            let pos = RecordPos {
+                seq: *seq,
+                index: index as u32,
+            };
+            replay.apply_at(r, pos);
             records += 1;
         }
     }
     let path = file.path().to_path_buf();
     let tran_high = replay.tran_high();
     let membership = replay.membership().clone();
+    let incomplete: Vec<u64> = replay.incomplete().collect();
+    let outcomes = Outcomes::recovered(replay.resolved(), tran_high);
     let mut map = replay
         .finish(geometry.slot_count(), geometry.lines())
         .map_err(|e| VssdError::Corrupt {
@@ -141,18 +172,17 @@ pub(crate) fn open(
     check_payload_lens(&map, &geometry, &path)?;
     scrub_after_recovery(&file, &geometry, scan.seq_end, seq_start)?;
     map.durable(scan.seq_end - 1);
-    let in_doubt: Vec<InDoubt> = map
-        .prepared_all()
-        .into_iter()
-        .map(|(tran, p)| InDoubt {
-            tran,
-            line: p.line,
-            slot: p.slot,
-            len: p.len,
-            crc: p.crc,
-            payload: Payload::Intact, // until read
-        })
-        .collect();
+    let mut in_doubt: Vec<InDoubt> = Vec::new();
+    for (tran, p) in map.prepared_all() {
+        match in_doubt.last_mut() {
+            Some(d) if d.tran == tran => d.parts.push(p),
+            _ => in_doubt.push(InDoubt {
+                tran,
+                parts: vec![p],
+                payload: Payload::Intact, // until read
+            }),
+        }
+    }
     let rebuilt = Rebuilt {
         map,
         seq_end: scan.seq_end,
@@ -160,6 +190,7 @@ pub(crate) fn open(
         ck_seq: seq_start,
         tran_high,
         membership,
+        outcomes,
     };
     let vssd = Vssd::start(file, superblock, rebuilt, options)?;
     let (kept, damaged_aborted) = match check_in_doubt(&vssd, in_doubt, options.sole_copy) {
@@ -172,6 +203,7 @@ pub(crate) fn open(
     let recovered = Recovered {
         in_doubt: kept,
         damaged_aborted,
+        incomplete,
         checkpoint: loaded.map(|l| (l.which, l.snapshot.seq)),
         blocks_replayed: scan.blocks.len() as u64,
         records_replayed: records,
@@ -226,32 +258,46 @@ fn check_in_doubt(
     let mut aborted = Vec::new();
     let mut kept = Vec::new();
     for mut d in in_doubt {
-        let got = vssd.read_slot(
-            "recovery read of a prepared payload",
-            d.slot,
-            d.len,
-            &mut buf,
-        )?;
-        if got == d.crc {
+        let mut damaged = None;
+        for p in &d.parts {
+            let got = vssd.read_slot(
+                "recovery read of a prepared payload",
+                p.slot,
+                p.len,
+                &mut buf,
+            )?;
+            if got != p.crc {
+                let reason = Damage::Checksum { got, want: p.crc };
+                damaged = Some(Payload::Damaged {
+                    line: p.line,
+                    slot: p.slot,
+                    reason,
+                });
+                break;
+            }
+        }
+        let Some(payload) = damaged else {
             kept.push(d);
             continue;
-        }
-        let reason = Damage::Checksum { got, want: d.crc };
-        d.payload = Payload::Damaged { reason };
+        };
+        d.payload = payload;
         if !sole_copy {
-            vssd.mark_damaged(d, reason);
+            vssd.mark_damaged(d.clone());
             kept.push(d);
             continue;
         }
+        let Payload::Damaged { line, slot, reason } = payload else {
+            unreachable!("damaged above");
+        };
         tracing::warn!(
             path = %vssd.path().display(),
             tran = d.tran,
-            line = d.line,
-            slot = d.slot,
-            "vssd recovery aborts in-doubt tran {} of line {} (slot {}): its payload is damaged ({reason}) and no other copy exists",
+            line,
+            slot,
+            "vssd recovery aborts in-doubt tran {} of line {} ({} lines): its payload for line {line} (slot {slot}) is damaged ({reason}) and no other copy exists",
             d.tran,
-            d.line,
-            d.slot
+            d.line(),
+            d.parts.len(),
         );
         vssd.abort(d.tran)?;
         vssd.count_damaged_aborted();
@@ -378,13 +424,30 @@ pub fn scrub_after_recovery(
 /// (eviction included), no replayed version can land on such a line's slot.
 /// A COMMIT or ABORT of a tran that is not prepared cannot follow an exact
 /// checkpoint and a log prefix; it is skipped, never trusted to invent a version.
+///
+/// # Trans of several lines
+///
+/// A tran's PREPAREs come in part order (`part` 0..`parts`), appended together; the
+/// durable prefix of the log may end among them, and a checkpoint may be cut among
+/// them (it keeps the parts before its seq). Replay gathers them by tran: part 0
+/// starts the tran afresh (a writep1 the DTM retried with the same id after a crash
+/// that lost the first try), each next part must follow the last one gathered (any
+/// other drops the tran: it cannot come from this vSSD's writes). A tran is prepared
+/// once all its parts are there; one with parts missing at the end of the log is
+/// [`Replay::incomplete`]: its writep1 never returned, and [`Replay::finish`] leaves
+/// it out, its slots free. A COMMIT of an incomplete tran cannot be (a commit waits
+/// for writep1 to return) and is skipped.
 #[derive(Clone, Debug)]
 pub struct Replay {
     entries: std::collections::BTreeMap<u64, Entry>,
-    prepared: std::collections::BTreeMap<u64, Prepared>,
+    /// tran -> its parts gathered so far, in part order.
+    prepared: std::collections::BTreeMap<u64, Vec<Prepared>>,
     /// Every tran id handed out or prepared so far is below this.
     tran_high: u64,
     membership: Membership,
+    /// The COMMITs and ABORTs applied by [`Replay::apply_at`] that resolved a
+    /// prepared tran, in log order, with their positions.
+    resolved: Vec<(u64, Resolution, RecordPos)>,
 }
 
 impl Default for Replay {
@@ -401,18 +464,53 @@ impl Replay {
         prepared: impl IntoIterator<Item = (u64, Prepared)>,
     ) -> Replay {
         let entries: std::collections::BTreeMap<u64, Entry> = entries.into_iter().collect();
-        let prepared: std::collections::BTreeMap<u64, Prepared> = prepared.into_iter().collect();
-        let versions = entries.values().map(|e| e.version);
-        let tran_high = versions
-            .chain(prepared.keys().copied())
-            .map(|tran| tran.saturating_add(1))
+        let tran_high = entries
+            .values()
+            .map(|e| e.version.saturating_add(1))
             .fold(TRAN_FIRST, u64::max);
-        Replay {
+        let mut replay = Replay {
             entries,
-            prepared,
+            prepared: std::collections::BTreeMap::new(),
             tran_high,
             membership: Membership::default(),
+            resolved: Vec::new(),
+        };
+        for (tran, p) in prepared {
+            replay.prepare(tran, p);
         }
+        replay
+    }
+
+    /// One PREPARE (or a checkpoint's prepared line): gathered with its tran's
+    /// parts (type doc).
+    fn prepare(&mut self, tran: u64, p: Prepared) {
+        self.raise_tran_high(tran.saturating_add(1));
+        if p.part == 0 {
+            self.prepared.insert(tran, vec![p]);
+            return;
+        }
+        let follows = self
+            .prepared
+            .get(&tran)
+            .and_then(|v| v.last())
+            .is_some_and(|last| {
+                last.part + 1 == p.part
+                    && last.parts == p.parts
+                    && last.line.checked_add(1) == Some(p.line)
+            });
+        if follows {
+            self.prepared.get_mut(&tran).expect("follows").push(p);
+        } else {
+            self.prepared.remove(&tran);
+        }
+    }
+
+    /// The trans with parts missing: their writep1 never returned.
+    pub fn incomplete(&self) -> impl Iterator<Item = u64> + '_ {
+        self.prepared
+            .iter()
+            .filter(|(_, v)| !parts_complete(v))
+            .map(|(&t, _)| t)
     }
 
     /// Starts from a checkpoint read from disk.
@@ -436,6 +534,27 @@ impl Replay {
         self.tran_high
     }
 
+    /// [`Replay::apply`] of the record at `pos` of the log, remembering it when it
+    /// resolves a prepared tran ([`Replay::resolved`]).
+    pub fn apply_at(&mut self, record: &Record, pos: RecordPos) {
+        let resolution = match *record {
+            Record::Commit { tran } => Some((tran, Resolution::Commit)),
+            Record::Abort { tran } => Some((tran, Resolution::Abort)),
+            _ => None,
+        }
+        .filter(|&(tran, _)| self.prepared.get(&tran).is_some_and(|v| parts_complete(v)));
+        self.apply(record);
+        if let Some((tran, resolution)) = resolution {
+            self.resolved.push((tran, resolution, pos));
+        }
+    }
+
+    /// The trans the records given to [`Replay::apply_at`] resolved, in log order,
+    /// with the positions of their COMMIT or ABORT.
+    pub fn resolved(&self) -> &[(u64, Resolution, RecordPos)] {
+        &self.resolved
+    }
+
     /// Applies one record of the log, in log order.
     pub fn apply(&mut self, record: &Record) {
         match *record {
@@ -445,26 +564,31 @@ impl Replay {
                 slot,
                 payload_crc,
                 len,
+                part,
+                parts,
             } => {
                 let p = Prepared {
                     line,
                     slot,
                     crc: payload_crc,
                     len,
+                    part,
+                    parts,
                 };
-                self.prepared.insert(tran, p);
-                self.raise_tran_high(tran.saturating_add(1));
+                self.prepare(tran, p);
             }
             Record::Commit { tran } => {
-                if let Some(p) = self.prepared.remove(&tran) {
-                    let e = Entry {
-                        slot: p.slot,
-                        version: tran,
-                        crc: p.crc,
-                        len: p.len,
-                        state: State::Dirty,
-                    };
-                    self.entries.insert(p.line, e);
+                if self.prepared.get(&tran).is_some_and(|v| parts_complete(v)) {
+                    for p in self.prepared.remove(&tran).expect("complete") {
+                        let e = Entry {
+                            slot: p.slot,
+                            version: tran,
+                            crc: p.crc,
+                            len: p.len,
+                            state: State::Dirty,
+                        };
+                        self.entries.insert(p.line, e);
+                    }
                 }
             }
             Record::Abort { tran } => {
@@ -494,9 +618,13 @@ impl Replay {
         }
     }
 
-    /// The in-doubt trans (prepared, neither committed nor aborted), by tran.
+    /// The lines of the in-doubt trans (prepared, all their parts there, neither
+    /// committed nor aborted), by tran then part.
     pub fn in_doubt(&self) -> impl Iterator<Item = (u64, Prepared)> + '_ {
-        self.prepared.iter().map(|(&t, &p)| (t, p))
+        self.prepared
+            .iter()
+            .filter(|(_, v)| parts_complete(v))
+            .flat_map(|(&t, v)| v.iter().map(move |&p| (t, p)))
     }
 
     /// The membership epoch after the records applied so far.
@@ -507,6 +635,7 @@ impl Replay {
     /// The rebuilt map, every slot not current or prepared free; an error if the
     /// state is not one a map can hold (a corrupt checkpoint or log).
     pub fn finish(self, slot_count: u64, lines: u64) -> Result<CacheMap, MapError> {
-        CacheMap::restore(slot_count, lines, self.entries, self.prepared)
+        let prepared: Vec<(u64, Prepared)> = self.in_doubt().collect();
+        CacheMap::restore(slot_count, lines, self.entries, prepared)
     }
 }

@@ -26,7 +26,7 @@ fn open(path: &Path) -> File {
     OpenOptions::new().open(path).unwrap()
 }
 
-/// 300 entries (3 entry blocks) and 2 prepared trans at `seq`, a tran high-water
+/// 300 entries (3 entry blocks) and 2 prepared trans (one of them partly) at `seq`, a tran high-water
 /// mark and a membership of the most members.
 fn snapshot(seq: u64) -> Snapshot {
     Snapshot {
@@ -55,8 +55,12 @@ fn snapshot(seq: u64) -> Snapshot {
                     slot: 300,
                     crc: 1,
                     len: 100,
+                    part: 0,
+                    parts: 1,
                 },
             ),
+            // The first two lines of a tran of 256 whose writep1 was appending
+            // its PREPAREs when the log was cut: a checkpoint keeps its parts.
             (
                 seq + 6,
                 Prepared {
@@ -64,6 +68,19 @@ fn snapshot(seq: u64) -> Snapshot {
                     slot: 301,
                     crc: 2,
                     len: 4096,
+                    part: 0,
+                    parts: 256,
+                },
+            ),
+            (
+                seq + 6,
+                Prepared {
+                    line: 9,
+                    slot: 302,
+                    crc: 3,
+                    len: 4096,
+                    part: 1,
+                    parts: 256,
                 },
             ),
         ],

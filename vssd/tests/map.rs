@@ -286,6 +286,8 @@ fn run(lines: u64, spare: u64, ops: Vec<Op>, snap_at: usize) -> Result<(), TestC
                         slot,
                         payload_crc: crc,
                         len,
+                        part: 0,
+                        parts: 1,
                     });
                 }
             }
@@ -311,6 +313,8 @@ fn run(lines: u64, spare: u64, ops: Vec<Op>, snap_at: usize) -> Result<(), TestC
                 };
                 let (line, slot, crc, len) = model.prepared.remove(&tran).unwrap();
                 let c = map.commit(tran, model.seq).expect("prepared tran commits");
+                prop_assert_eq!(c.len(), 1);
+                let c = c[0];
                 log.push(Record::Commit { tran });
                 prop_assert_eq!(c.line, line);
                 prop_assert_eq!(c.slot, slot);
@@ -336,6 +340,8 @@ fn run(lines: u64, spare: u64, ops: Vec<Op>, snap_at: usize) -> Result<(), TestC
                 };
                 let (line, slot, _, _) = model.prepared.remove(&tran).unwrap();
                 let p = map.abort(tran, model.seq).expect("prepared tran aborts");
+                prop_assert_eq!(p.len(), 1);
+                let p = p[0];
                 log.push(Record::Abort { tran });
                 prop_assert_eq!((p.line, p.slot), (line, slot));
                 model.release(slot);
@@ -489,7 +495,7 @@ fn old_slot_waits_for_durability() {
     map.commit(1, 5).unwrap();
     let s2 = map.prepare(2, 10, 4096, 2).unwrap();
     assert_ne!(s1, s2);
-    let c = map.commit(2, 6).unwrap();
+    let c = map.commit(2, 6).unwrap()[0];
     assert_eq!(c.slot_old, Some(s1));
     assert!(!map.is_free(s1));
     map.durable(5);
@@ -562,6 +568,8 @@ fn replay_from_an_exact_checkpoint_keeps_the_commit() {
         slot: s1,
         payload_crc: 11,
         len: 4096,
+        part: 0,
+        parts: 1,
     });
     map.commit(1, 1).unwrap();
     log.push(Record::Commit { tran: 1 });
@@ -572,6 +580,8 @@ fn replay_from_an_exact_checkpoint_keeps_the_commit() {
         slot: s2,
         payload_crc: 22,
         len: 4096,
+        part: 0,
+        parts: 1,
     });
     // The exact checkpoint: here, covering the three records above.
     let exact = (map.entries(), map.prepared_all(), log.len());

@@ -9,7 +9,7 @@ use vssd::record::{
     BLOCK_HEADER_LEN, BLOCK_RECORDS_LEN_MAX, BLOCK_WASTE_LEN_MAX, BlockEnd, CHECKPOINT_A,
     CHECKPOINT_B, EPOCH_MEMBERS_MAX, LOG_BLOCK_SIZE, LOG_BLOCKS_IN_FLIGHT_MAX, LOG_BLOCKS_MAX,
     LOG_BLOCKS_MIN, LOG_SECTOR_SIZE, LogBlockWriter, LogRing, PAYLOAD_LEN_MAX, RECORD_ALIGN,
-    RECORD_LEN_MAX, RECORDS_PER_BLOCK_MAX, Record, RecordFault, decode_block,
+    RECORD_LEN_MAX, RECORDS_PER_BLOCK_MAX, Record, RecordFault, TRAN_PARTS_MAX, decode_block,
 };
 
 fn arb_record() -> impl Strategy<Value = Record> {
@@ -19,14 +19,19 @@ fn arb_record() -> impl Strategy<Value = Record> {
             any::<u64>(),
             any::<u64>(),
             any::<u32>(),
-            1..=PAYLOAD_LEN_MAX
+            1..=PAYLOAD_LEN_MAX,
+            (1..=TRAN_PARTS_MAX).prop_flat_map(|parts| (0..parts, Just(parts)))
         )
-            .prop_map(|(tran, line, slot, payload_crc, len)| Record::Prepare {
-                tran,
-                line,
-                slot,
-                payload_crc,
-                len
+            .prop_map(|(tran, line, slot, payload_crc, len, (part, parts))| {
+                Record::Prepare {
+                    tran,
+                    line,
+                    slot,
+                    payload_crc,
+                    len,
+                    part,
+                    parts,
+                }
             }),
         any::<u64>().prop_map(|tran| Record::Commit { tran }),
         any::<u64>().prop_map(|tran| Record::Abort { tran }),
@@ -253,6 +258,8 @@ fn every_single_byte_change_of_a_full_block_is_detected() {
                 slot: i * 13,
                 payload_crc: i as u32,
                 len: 4096,
+                part: (i % 3) as u32,
+                parts: 3,
             },
             1 => Record::Commit { tran: i },
             2 => Record::Clean {

@@ -115,7 +115,7 @@ fn a_damaged_in_doubt_payload_is_returned_for_repair_or_aborted_when_sole_copy()
         v.close();
         assert_eq!(rec.in_doubt.len(), 2);
         assert!(rec.in_doubt.iter().all(|d| d.payload == Payload::Intact));
-        (rec.in_doubt[0].slot, rec.in_doubt[1].slot)
+        (rec.in_doubt[0].parts[0].slot, rec.in_doubt[1].parts[0].slot)
     });
     damage_slot(&path, slots.0);
     damage_slot(&path, slots.1);
@@ -127,14 +127,19 @@ fn a_damaged_in_doubt_payload_is_returned_for_repair_or_aborted_when_sole_copy()
         let trans: Vec<(u64, u64, u64)> = rec
             .in_doubt
             .iter()
-            .map(|d| (d.tran, d.line, d.slot))
+            .map(|d| (d.tran, d.line(), d.parts[0].slot))
             .collect();
         assert_eq!(trans, vec![(7, 3, slots.0), (8, 4, slots.1)], "{rec:?}");
         for d in &rec.in_doubt {
             match d.payload {
                 Payload::Damaged {
+                    line,
+                    slot,
                     reason: Damage::Checksum { want, .. },
-                } => assert_eq!(want, d.crc),
+                } => {
+                    assert_eq!((line, slot), (d.line(), d.parts[0].slot));
+                    assert_eq!(want, d.parts[0].crc);
+                }
                 Payload::Intact => panic!("tran {} intact", d.tran),
             }
         }
@@ -175,7 +180,7 @@ fn a_damaged_in_doubt_payload_is_returned_for_repair_or_aborted_when_sole_copy()
             let aborted: Vec<(u64, u64)> = rec
                 .damaged_aborted
                 .iter()
-                .map(|d| (d.tran, d.line))
+                .map(|d| (d.tran, d.line()))
                 .collect();
             assert_eq!(aborted, vec![(8, 4)]);
             assert_eq!(v.stats().damaged_aborted, 1);
@@ -341,6 +346,209 @@ fn the_epoch_is_durable_kept_by_checkpoints_and_never_goes_back() {
         let (v, rec) = open(&p, Options::default());
         assert_eq!(rec.records_replayed, 0, "{rec:?}");
         assert_eq!((v.epoch(), v.members()), (4, vec![20, 30]));
+        v.close();
+    });
+}
+
+/// `n` lines of tran `tran` from `first` as one payload.
+fn payload_lines(first: u64, n: u64, tran: u64) -> AlignedBuf {
+    let mut b = AlignedBuf::new(n as usize * LINE as usize);
+    b.set_len(n as usize * LINE as usize);
+    for i in 0..n {
+        b[i as usize * LINE as usize..][..LINE as usize].copy_from_slice(&payload(first + i, tran));
+    }
+    b
+}
+
+/// One damaged line makes its whole multi-line tran damaged: a plain commit is
+/// refused, a repair takes the payload of every line (a part of it is refused).
+#[test]
+fn a_damaged_line_of_a_multi_line_tran_needs_the_whole_payload_to_repair() {
+    let dir = TempDir::new("damaged-multi");
+    let path = formatted(&dir);
+    let p = path.clone();
+    let slot = run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        v.writep1(7, 3, &payload_lines(3, 4, 7)).unwrap();
+        v.close();
+        let (v, rec) = open(&p, Options::default());
+        v.close();
+        assert_eq!(rec.in_doubt.len(), 1);
+        rec.in_doubt[0].parts[2].slot
+    });
+    damage_slot(&path, slot);
+    run_io(move || {
+        let (v, rec) = open(&path, Options::default());
+        assert_eq!(rec.in_doubt.len(), 1, "{rec:?}");
+        let d = &rec.in_doubt[0];
+        assert_eq!(d.parts.len(), 4);
+        assert!(
+            matches!(d.payload, Payload::Damaged { line: 5, slot: s, .. } if s == slot),
+            "{d:?}"
+        );
+        let e = v.resolve(7, Resolution::Commit).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VssdError::Damaged {
+                    tran: 7,
+                    line: 5,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The damaged line alone, or three lines, are not the tran's payload.
+        let e = v.resolve_repaired(7, &payload(5, 7)).unwrap_err();
+        assert!(matches!(e, VssdError::Repair { tran: 7, .. }), "{e}");
+        let e = v.resolve_repaired(7, &payload_lines(3, 3, 7)).unwrap_err();
+        assert!(matches!(e, VssdError::Repair { tran: 7, .. }), "{e}");
+        v.resolve_repaired(7, &payload_lines(3, 4, 7)).unwrap();
+        for line in 3..7 {
+            let (hit, buf) = v.read(line).unwrap().expect("committed");
+            assert_eq!((hit.version, &buf[..]), (7, &payload(line, 7)[..]));
+        }
+        v.close();
+    });
+}
+
+/// Replay keeps a tran only with all its PREPAREs: a log ending among them drops it
+/// (its writep1 never returned), a checkpoint cut among them keeps the first parts
+/// and the log the rest, a retry of the same tran id starts afresh at part 0.
+#[test]
+fn replay_keeps_a_multi_line_tran_only_with_all_its_parts() {
+    use vssd::map::Prepared;
+    use vssd::record::Record;
+    use vssd::recover::Replay;
+    let prepare = |tran, part, parts| Record::Prepare {
+        tran,
+        line: 100 + u64::from(part),
+        slot: u64::from(part) + 10 * tran,
+        payload_crc: 1,
+        len: LINE,
+        part,
+        parts,
+    };
+    let prepared = |tran: u64, part: u32, parts| Prepared {
+        line: 100 + u64::from(part),
+        slot: u64::from(part) + 10 * tran,
+        crc: 1,
+        len: LINE,
+        part,
+        parts,
+    };
+    // The log ends after 2 of 3 PREPAREs: dropped.
+    let mut r = Replay::default();
+    r.apply(&prepare(1, 0, 3));
+    r.apply(&prepare(1, 1, 3));
+    assert_eq!(r.incomplete().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(r.in_doubt().count(), 0);
+    // A COMMIT cannot complete it (none can follow an incomplete writep1).
+    r.apply(&Record::Commit { tran: 1 });
+    let map = r.clone().finish(64, 32).unwrap();
+    assert_eq!(map.prepared_all(), vec![]);
+    assert!(map.lookup(100).is_none());
+    assert_eq!(map.counts().slots_free, 64);
+    // A retry of tran 1 after the crash: part 0 starts afresh.
+    for part in 0..2 {
+        r.apply(&prepare(1, part, 2));
+    }
+    assert_eq!(r.incomplete().count(), 0);
+    assert_eq!(
+        r.in_doubt().collect::<Vec<_>>(),
+        vec![(1, prepared(1, 0, 2)), (1, prepared(1, 1, 2))]
+    );
+    r.apply(&Record::Commit { tran: 1 });
+    let map = r.finish(64, 32).unwrap();
+    assert_eq!(map.lookup(101).map(|e| e.version), Some(1));
+    // A checkpoint with the first 2 of 4 parts, the log with the rest.
+    let mut r = Replay::new([], [(2, prepared(2, 0, 4)), (2, prepared(2, 1, 4))]);
+    assert_eq!(r.incomplete().collect::<Vec<_>>(), vec![2]);
+    r.apply(&prepare(2, 2, 4));
+    r.apply(&prepare(2, 3, 4));
+    assert_eq!(r.incomplete().count(), 0);
+    assert_eq!(r.in_doubt().count(), 4);
+    // A part out of order cannot come from this vSSD: the tran is dropped.
+    r.apply(&prepare(3, 0, 3));
+    r.apply(&prepare(3, 2, 3));
+    assert_eq!(r.in_doubt().count(), 4);
+    assert_eq!(r.incomplete().count(), 0);
+    let map = r.finish(64, 32).unwrap();
+    assert_eq!(map.prepared(2).map(<[Prepared]>::len), Some(4));
+}
+
+/// A tran whose last PREPARE did not reach the log (its writep1 never returned):
+/// recovery drops it whole, lists it, frees its slots; the DTM may retry the same
+/// tran id, and the next recovery keeps the retry (its part 0 starts afresh).
+#[test]
+fn a_tran_with_a_prepare_missing_is_dropped_and_may_be_retried() {
+    use vssd::layout::LOG_SEQ_FIRST;
+    use vssd::record::{LOG_BLOCK_SIZE, LogBlockWriter, LogRing, Record};
+    use vssd::recover::recover_scan;
+    let dir = TempDir::new("incomplete");
+    let path = formatted(&dir);
+    let p = path.clone();
+    let (block, offset) = run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        v.writep1(7, 3, &payload_lines(3, 3, 7)).unwrap();
+        let (seed, g) = (v.superblock().crc_seed(), *v.geometry());
+        v.close();
+        // The log as recovery will read it, without tran 7's last PREPARE.
+        let scan = recover_scan(&open_dev(&p), &g, seed, LOG_SEQ_FIRST).unwrap();
+        let last = |r: &Record| {
+            matches!(
+                r,
+                Record::Prepare {
+                    tran: 7,
+                    part: 2,
+                    ..
+                }
+            )
+        };
+        let (seq, records) = scan
+            .blocks
+            .iter()
+            .find(|(_, rs)| rs.iter().any(last))
+            .expect("the PREPARE is in the log");
+        assert!(matches!(records.last(), Some(r) if last(r)), "{records:?}");
+        let mut w = LogBlockWriter::new(vec![0u8; LOG_BLOCK_SIZE], *seq, seed);
+        for r in &records[..records.len() - 1] {
+            w.append(r).unwrap();
+        }
+        let ring = LogRing::new(g.log_blocks()).unwrap();
+        (w.seal(), g.log_offset() + ring.offset_bytes(*seq))
+    });
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&block, offset).unwrap();
+    f.sync_all().unwrap();
+    let p = path.clone();
+    run_io(move || {
+        let (v, rec) = open(&p, Options::default());
+        assert_eq!(rec.incomplete, vec![7], "{rec:?}");
+        assert!(rec.in_doubt.is_empty(), "{rec:?}");
+        for line in 3..6 {
+            assert!(v.read(line).unwrap().is_none(), "line {line}");
+        }
+        let s = v.stats().map;
+        assert_eq!((s.prepared, s.slots_free), (0, v.geometry().slot_count()));
+        v.assert_invariants();
+        // Not pending here: a retry of the same id is allowed.
+        assert_eq!(v.tran_outcome(7), vssd::TranOutcome::Forgotten);
+        v.writep1(7, 3, &payload_lines(3, 3, 7)).unwrap();
+        v.resolve(7, Resolution::Commit).unwrap();
+        v.close();
+    });
+    run_io(move || {
+        let (v, rec) = open(&path, Options::default());
+        assert!(
+            rec.incomplete.is_empty() && rec.in_doubt.is_empty(),
+            "{rec:?}"
+        );
+        for line in 3..6 {
+            let (hit, buf) = v.read(line).unwrap().expect("the retry committed");
+            assert_eq!((hit.version, &buf[..]), (7, &payload(line, 7)[..]));
+        }
+        assert_eq!(v.tran_outcome(7), vssd::TranOutcome::Committed);
         v.close();
     });
 }

@@ -144,8 +144,10 @@ fn bad_calls_get_clear_errors_and_change_nothing() {
         let (v, _) = open(&path);
         let e = v.commit(42).unwrap_err();
         assert!(format!("{e}").contains("tran 42"), "{e}");
-        let mut big = AlignedBuf::new(2 * LINE as usize);
-        big.set_len(2 * LINE as usize);
+        // More lines than one tran may hold.
+        let too_many = (v.tran_lines_max() + 1) as usize * LINE as usize;
+        let mut big = AlignedBuf::new(too_many);
+        big.set_len(too_many);
         let e = v.writep1(1, 1, &big).unwrap_err();
         assert!(matches!(e, VssdError::PayloadLen { .. }), "{e}");
         v.writep1(1, 1, &payload(1, 1)).unwrap();
@@ -719,15 +721,19 @@ fn a_stale_destage_mark_never_cleans_a_newer_version() {
     run_io(move || {
         let (v, _) = open(&path);
         assert_eq!(read_tran(&v, 3), Some((6, State::Dirty)));
-        // After a reopen the vSSD remembers no outcome, but the line's version says
-        // tran 6 wrote it: a tran id not above it (a DTM reusing ids) is refused, or
-        // the stale mark of version 6's destage below would clean the newer data.
+        // After a reopen the replayed log says tran 6 committed: its id again is
+        // refused.
         let e = v.writep1(6, 3, &payload(3, 66)).unwrap_err();
         assert!(
-            e.to_string().contains("line 3") && e.to_string().contains("version 6"),
+            e.to_string().contains("tran 6: the tran is committed"),
             "{e}"
         );
+        // Tran 4 was never used (forgotten, not resolved), but the line's version
+        // says tran 6 wrote it: a tran id not above it (a DTM reusing ids) is
+        // refused, or the stale mark of version 6's destage below would clean the
+        // newer data.
         let e = v.writep1(4, 3, &payload(3, 4)).unwrap_err();
+        assert!(e.to_string().contains("line 3"), "{e}");
         assert!(e.to_string().contains("version 6"), "{e}");
         assert!(v.mark_clean(3, 6).unwrap().0);
         assert_eq!(read_tran(&v, 3), Some((6, State::Clean)));
@@ -738,6 +744,204 @@ fn a_stale_destage_mark_never_cleans_a_newer_version() {
         v.writep1(2, 4, &payload(4, 2)).unwrap();
         v.commit(2).unwrap();
         assert_eq!(read_tran(&v, 4), Some((2, State::Dirty)));
+        v.close();
+    });
+}
+
+/// `n` lines of tran `tran` from `first` as one payload (the last `short` bytes
+/// shorter: a tran's last line may be short).
+fn payload_lines(first: u64, n: u64, tran: u64, short: usize) -> AlignedBuf {
+    let len = n as usize * LINE as usize - short;
+    let mut b = AlignedBuf::new(n as usize * LINE as usize);
+    b.set_len(len);
+    for i in 0..n {
+        let part = payload(first + i, tran);
+        let at = i as usize * LINE as usize;
+        let end = (at + LINE as usize).min(len);
+        b[at..end].copy_from_slice(&part[..end - at]);
+    }
+    b
+}
+
+/// Reads `n` lines from `first`: each line's version, `None` for a miss; checks the
+/// bytes of a hit of a tran written by [`payload_lines`] with `short` bytes less.
+fn read_lines(v: &Vssd, first: u64, n: u64, short: usize) -> Vec<Option<u64>> {
+    (first..first + n)
+        .map(|line| {
+            let (hit, buf) = v.read(line).unwrap()?;
+            let want = payload(line, hit.version);
+            let len = if line == first + n - 1 {
+                LINE as usize - short
+            } else {
+                LINE as usize
+            };
+            assert_eq!(&buf[..], &want[..len], "line {line}");
+            Some(hit.version)
+        })
+        .collect()
+}
+
+/// A tran of several consecutive lines: one writep1, one COMMIT or ABORT for all of
+/// them, recovered whole (in doubt with every line, committed with every line), a
+/// checkpoint keeps it, and its limit is stated.
+#[test]
+fn a_multi_line_tran_is_written_resolved_and_recovered_as_one() {
+    let dir = TempDir::new("multi");
+    let path = formatted(&dir, 64);
+    let p = path.clone();
+    run_io(move || {
+        let (v, _) = open(&p);
+        // 1 MiB of 4 KiB lines is 256, but at most half of the 64 lines.
+        assert_eq!(v.tran_lines_max(), 32);
+        v.writep1(1, 10, &payload_lines(10, 4, 1, 0)).unwrap();
+        assert_eq!(read_lines(&v, 10, 4, 0), vec![None; 4], "prepared: unseen");
+        assert_eq!(v.stats().map.prepared, 4);
+        // Every line of the tran is prepared: another tran on one of them waits its turn.
+        let e = v.writep1(2, 12, &payload(12, 2)).unwrap_err();
+        assert!(format!("{e}").contains("prepared on it"), "{e}");
+        let e = v.writep1(2, 8, &payload_lines(8, 3, 2, 0)).unwrap_err();
+        assert!(format!("{e}").contains("line 10"), "{e}");
+        let pos = v.commit(1).unwrap();
+        v.wait_durable(pos).unwrap();
+        assert_eq!(read_lines(&v, 10, 4, 0), vec![Some(1); 4]);
+        assert_eq!(v.dirty_count(), 4);
+        // Aborted: none of its lines changes.
+        v.writep1(3, 12, &payload_lines(12, 3, 3, 0)).unwrap();
+        v.abort(3).unwrap();
+        assert_eq!(read_lines(&v, 10, 4, 0), vec![Some(1); 4]);
+        assert_eq!(read_lines(&v, 14, 1, 0), vec![None]);
+        // Over committed lines and new ones, the last line short; left in doubt.
+        v.writep1(4, 12, &payload_lines(12, 5, 4, 1000)).unwrap();
+        // And one across a checkpoint: the checkpoint keeps its lines.
+        v.writep1(5, 30, &payload_lines(30, 32, 5, 0)).unwrap();
+        v.checkpoint().unwrap();
+        v.assert_invariants();
+        v.close();
+    });
+    let p = path.clone();
+    run_io(move || {
+        let (v, rec) = open(&p);
+        assert!(rec.incomplete.is_empty(), "{rec:?}");
+        let trans: Vec<(u64, Vec<u64>, u64)> = rec
+            .in_doubt
+            .iter()
+            .map(|d| {
+                (
+                    d.tran,
+                    d.parts.iter().map(|p| p.line).collect(),
+                    d.payload_len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            trans,
+            vec![
+                (4, (12..17).collect(), 5 * u64::from(LINE) - 1000),
+                (5, (30..62).collect(), 32 * u64::from(LINE)),
+            ]
+        );
+        assert!(
+            rec.in_doubt
+                .iter()
+                .all(|d| d.payload == vssd::Payload::Intact)
+        );
+        assert_eq!(read_lines(&v, 10, 4, 0), vec![Some(1); 4]);
+        v.resolve(4, Resolution::Commit).unwrap();
+        v.resolve(5, Resolution::Abort).unwrap();
+        assert_eq!(read_lines(&v, 10, 2, 0), vec![Some(1); 2]);
+        assert_eq!(read_lines(&v, 12, 5, 1000), vec![Some(4); 5]);
+        assert_eq!(read_lines(&v, 30, 32, 0), vec![None; 32]);
+        v.assert_invariants();
+        v.close();
+    });
+    run_io(move || {
+        let (v, rec) = open(&path);
+        assert!(rec.in_doubt.is_empty(), "{rec:?}");
+        assert_eq!(read_lines(&v, 12, 5, 1000), vec![Some(4); 5]);
+        assert_eq!(read_lines(&v, 30, 32, 0), vec![None; 32]);
+        v.close();
+    });
+}
+
+/// A DTM retrying a COMMIT or ABORT after the vSSD restarted: the outcome of every
+/// tran resolved in the log recovery replays is known again (the retry is
+/// idempotent, the other way is refused), a tran resolved before the checkpoint is
+/// forgotten (never unknown: nothing of it is pending), an id never seen is unknown.
+#[test]
+fn outcomes_of_the_replayed_log_survive_a_restart() {
+    let dir = TempDir::new("outcome-restart");
+    let path = formatted(&dir, 16);
+    let p = path.clone();
+    run_io(move || {
+        let (v, _) = open(&p);
+        for tran in 1..=5 {
+            v.writep1(tran, tran, &payload(tran, tran)).unwrap();
+        }
+        v.resolve(1, Resolution::Commit).unwrap();
+        v.resolve(2, Resolution::Abort).unwrap();
+        v.checkpoint().unwrap();
+        v.resolve(4, Resolution::Commit).unwrap();
+        v.resolve(5, Resolution::Abort).unwrap();
+        v.close();
+    });
+    let p = path.clone();
+    run_io(move || {
+        let (v, rec) = open(&p);
+        assert_eq!(
+            rec.in_doubt.iter().map(|d| d.tran).collect::<Vec<_>>(),
+            vec![3]
+        );
+        assert_eq!(v.tran_outcome(3), TranOutcome::Prepared);
+        assert_eq!(v.tran_outcome(4), TranOutcome::Committed);
+        assert_eq!(v.tran_outcome(5), TranOutcome::Aborted);
+        assert_eq!(v.tran_outcome(1), TranOutcome::Forgotten);
+        assert_eq!(v.tran_outcome(2), TranOutcome::Forgotten);
+        assert_eq!(v.tran_outcome(1000), TranOutcome::Unknown);
+        // Retries: idempotent, nothing logged.
+        let appended = v.stats().log.records_appended;
+        v.resolve(4, Resolution::Commit).unwrap();
+        v.resolve(5, Resolution::Abort).unwrap();
+        assert_eq!(v.stats().log.records_appended, appended);
+        // The other way round, or a forgotten one: an error naming its outcome.
+        let e = v.abort(4).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VssdError::TranResolved {
+                    tran: 4,
+                    outcome: TranOutcome::Committed,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = v.commit(5).unwrap_err();
+        assert!(e.to_string().contains("the tran is aborted"), "{e}");
+        let e = v.commit(1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VssdError::TranResolved {
+                    tran: 1,
+                    outcome: TranOutcome::Forgotten,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A resolved id is not prepared again.
+        let e = v.writep1(4, 9, &payload(9, 4)).unwrap_err();
+        assert!(e.to_string().contains("the tran is committed"), "{e}");
+        assert_eq!(read_tran(&v, 4), Some((4, State::Dirty)));
+        v.resolve(3, Resolution::Commit).unwrap();
+        v.checkpoint().unwrap();
+        v.close();
+    });
+    run_io(move || {
+        // The checkpoint took them: forgotten now.
+        let (v, _) = open(&path);
+        assert_eq!(v.tran_outcome(3), TranOutcome::Forgotten);
+        assert_eq!(v.tran_outcome(4), TranOutcome::Forgotten);
         v.close();
     });
 }
