@@ -34,8 +34,12 @@
 //!   what they own leaks, but the locks it holds are released
 //!   (`sync::release_abandoned`). The cost of abandoning a task mid-unwind is that
 //!   std's count stays raised: `std::thread::panicking()` is true on this thread for
-//!   good, std mutex guards dropped on it poison their mutexes, and later cancels on
-//!   it are all deferred as doubtful.
+//!   good, and std mutex guards taken before and dropped after poison their mutexes.
+//! - A run that starts with the count raised (after such an abandonment, or from a
+//!   destructor during a panic) cannot tell a task that may be unwinding from one
+//!   that is not: a cancelled task that switched away while the count was raised is
+//!   then abandoned when it next runs (and made ready for that), as before these
+//!   rules, so that a crashed node's tasks still end.
 //! - While a task is parked mid-unwind, `std::thread::panicking()` is true in every
 //!   task of the thread: a std mutex guard taken before and dropped then poisons.
 
@@ -249,6 +253,9 @@ pub(crate) struct Core {
     /// A cancelled task was left to run on because it may be unwinding from its own
     /// panic: retry (`retry_deferred_cancels`) once no unwind is in progress.
     cancels_deferred: Cell<bool>,
+    /// std's panic count was raised when this run started: `panicking()` says
+    /// nothing about this run's tasks (see the module's notes).
+    unwinding_outside: Cell<bool>,
     pub(crate) stall: Arc<StallState>,
     /// Under simulation: the seeded generator that picks which ready task runs
     /// next (None: FIFO), and a hash of the picks for determinism checks.
@@ -429,7 +436,7 @@ impl Core {
                 continue;
             }
             self.cancelling.set(self.cancelling.get() + 1);
-            if t.unwind_now() == Unwind::No {
+            if t.unwind_now() == Unwind::No || self.unwinding_outside.get() {
                 if t.force_ready() {
                     self.ready.push_back(NonNull::from(&*t));
                 }
@@ -529,6 +536,11 @@ impl Core {
             // A destructor waited during the unwind and its wait has ended: the
             // unwind goes on.
             Unwind::Cancelled => {}
+            // Doubtful, and no run of this thread will ever know better.
+            Unwind::Maybe if self.unwinding_outside.get() => {
+                crate::sync::release_abandoned(task);
+                self.exit_current(task);
+            }
             // Perhaps in a destructor of its own panic's unwind, where a second unwind
             // would abort the process: it runs on, and is cancelled when it next
             // resumes with no unwind in progress (its unwind, if it is one, ends the
@@ -819,6 +831,7 @@ impl Runtime {
             tearing_down: Cell::new(false),
             cancelling: Cell::new(0),
             cancels_deferred: Cell::new(false),
+            unwinding_outside: Cell::new(false),
             stall: Arc::new(StallState::default()),
             sched_rng: RefCell::new(None),
             sched_trace: Cell::new(0),
@@ -840,6 +853,7 @@ impl Runtime {
     {
         let core: &Core = &self.core;
         let _enter = Enter::new(core);
+        core.unwinding_outside.set(std::thread::panicking());
         let _watchdog = core.config.stall_threshold.and_then(|threshold| {
             Watchdog::start(
                 core.stall.clone(),

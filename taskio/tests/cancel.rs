@@ -259,3 +259,57 @@ fn a_task_that_parked_during_anothers_unwind_is_cancelled_once_it_ends() {
     assert!(dropped, "b's destructors never ran");
     assert!(!panicking);
 }
+
+/// Waits for ever in its destructor: teardown abandons its task mid-unwind.
+struct WaitsForeverOnDrop;
+
+impl Drop for WaitsForeverOnDrop {
+    fn drop(&mut self) {
+        Rendez::new().sleep();
+        unreachable!("nobody wakes this Rendez");
+    }
+}
+
+#[test]
+fn after_a_run_that_left_the_thread_panicking_a_crashed_nodes_tasks_still_end() {
+    let (left_panicking, second, dropped) = on_own_thread(|| {
+        // A system task stuck in a destructor at teardown is abandoned mid-unwind:
+        // std's count of this thread stays raised for good.
+        taskio::Runtime::new()
+            .run(|| {
+                taskio::Builder::new()
+                    .system(true)
+                    .spawn(|| {
+                        let _stuck = WaitsForeverOnDrop;
+                        Rendez::new().sleep();
+                    })
+                    .expect("spawn");
+                taskio::yield_now();
+            })
+            .expect("first run");
+        let left_panicking = std::thread::panicking();
+        // `panicking()` now tells nothing about the tasks of a run on this thread:
+        // a crashed node's task is still ended (abandoned, as it cannot be told
+        // from one unwinding from its own panic), not left parked for ever.
+        let dropped = Rc::new(Cell::new(false));
+        let out = dropped.clone();
+        let mut sim = Sim::new(SimConfig::new(9));
+        let second = sim.run(move |h| {
+            let holding = Rc::new(Cell::new(false));
+            let node = add_flag_node(h, "10.0.0.1", &out, &holding);
+            assert!(h.run_until(WAIT_LIMIT, || holding.get()), "never held");
+            h.crash(node);
+        });
+        (
+            left_panicking,
+            second.map_err(|e| e.to_string()),
+            dropped.get(),
+        )
+    });
+    assert!(
+        left_panicking,
+        "the first run did not abandon a task mid-unwind"
+    );
+    assert_eq!(second, Ok(()), "the crashed node's task did not end");
+    assert!(!dropped, "an abandoned task's destructors ran");
+}
