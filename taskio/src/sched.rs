@@ -536,7 +536,8 @@ impl Core {
             // A destructor waited during the unwind and its wait has ended: the
             // unwind goes on.
             Unwind::Cancelled => {}
-            // Doubtful, and no run of this thread will ever know better.
+            // Doubtful, and nothing in this run can settle it (the count was raised
+            // before the run began): abandoned, as teardown would, so that it ends.
             Unwind::Maybe if self.unwinding_outside.get() => {
                 crate::sync::release_abandoned(task);
                 self.exit_current(task);
