@@ -67,6 +67,11 @@ use crate::timer::{Instant, TimerHeap};
 /// 64 switches are about a microsecond.
 const MIN_ROUND_SWITCHES: usize = 64;
 
+/// How many times teardown resumes a task that yields (during its unwind) before
+/// abandoning it: a yield waits for nothing, so resuming it is safe, but a destructor
+/// that yields in a loop must not hold teardown for ever.
+const TEARDOWN_RESUMES_MAX: u32 = 1024;
+
 thread_local! {
     static CORE: Cell<*const Core> = const { Cell::new(ptr::null()) };
 }
@@ -704,11 +709,42 @@ impl Core {
         out
     }
 
+    /// Resumes `task` (suspended, not parked mid-unwind) from the scheduler context
+    /// until it ends; a task that yields is resumed again (up to
+    /// `TEARDOWN_RESUMES_MAX` times), one that parks is abandoned.
+    fn unwind_at_teardown(&self, task: &Rc<Task>) {
+        for resumes in 1..=TEARDOWN_RESUMES_MAX {
+            task.state.set(State::Running);
+            self.current.set(Rc::as_ptr(task));
+            // Counted like `pick_next`'s: a resumed `yield_now` counts on it.
+            self.switches.set(self.switches.get() + 1);
+            // SAFETY: the task is suspended (not running: we are the scheduler) and
+            // its stack is mapped; it runs until it ends, yields or parks, and each
+            // switches back to `sched_ctx` (`pick_next` hands nothing out now).
+            unsafe { context::switch(self.sched_ctx.as_ptr(), task.ctx.get()) };
+            self.reap_dead();
+            match task.state.get() {
+                State::Done => return,
+                State::Ready if resumes < TEARDOWN_RESUMES_MAX => {
+                    // It yielded (it waits for nothing): mid-unwind, the unwind goes
+                    // on; otherwise (it ran on as perhaps unwinding, see
+                    // `cancel_current`) it is cancelled if it now can be.
+                    let p = Rc::as_ptr(task);
+                    self.ready.retain(|q| !ptr::eq(q.as_ptr(), p));
+                }
+                _ => break,
+            }
+        }
+        // A destructor blocked: the task is abandoned here, and the guards in its
+        // remaining frames will never drop.
+        crate::sync::release_abandoned(task);
+    }
+
     /// Ends every task still alive (system tasks, or all of them after a deadlock):
     /// a task that never ran has its closure dropped; a suspended one is resumed with
     /// a `Cancelled` unwind, running the destructors on its stack. A task parked while
-    /// it may be unwinding, or that parks again during this unwind, is abandoned (see
-    /// the module's notes for what that costs).
+    /// it may be unwinding, or that parks during this unwind (a yield is no park), is
+    /// abandoned (see the module's notes for what that costs).
     fn teardown(&self) {
         self.tearing_down.set(true);
         self.ready.clear();
@@ -732,18 +768,7 @@ impl Core {
                     // happen), and a `Cancelled` unwind could abort. Abandoned.
                     crate::sync::release_abandoned(&task);
                 } else {
-                    task.state.set(State::Running);
-                    self.current.set(Rc::as_ptr(&task));
-                    // SAFETY: the task is suspended (not running: we are the
-                    // scheduler) and its stack is mapped; it runs until it ends or
-                    // is abandoned, and both switch back to `sched_ctx`.
-                    unsafe { context::switch(self.sched_ctx.as_ptr(), task.ctx.get()) };
-                    self.reap_dead();
-                    if task.state.get() != State::Done {
-                        // A destructor blocked: the task is abandoned here, and the
-                        // guards in its remaining frames will never drop.
-                        crate::sync::release_abandoned(&task);
-                    }
+                    self.unwind_at_teardown(&task);
                 }
                 task.state.set(State::Done);
                 // An abandoned task still holds its stack: unmap it here.

@@ -313,3 +313,68 @@ fn after_a_run_that_left_the_thread_panicking_a_crashed_nodes_tasks_still_end() 
     assert_eq!(second, Ok(()), "the crashed node's task did not end");
     assert!(!dropped, "an abandoned task's destructors ran");
 }
+
+/// Yields a few times in its destructor, then records that it went on.
+struct YieldsOnDrop(Rc<Cell<bool>>);
+
+/// How many times a `YieldsOnDrop` yields.
+const DROP_YIELDS: u32 = 3;
+
+impl Drop for YieldsOnDrop {
+    fn drop(&mut self) {
+        for _ in 0..DROP_YIELDS {
+            taskio::yield_now();
+        }
+        self.0.set(true);
+    }
+}
+
+#[test]
+fn teardown_finishes_the_unwind_of_a_system_task_whose_destructor_yields() {
+    let (finished, panicking) = on_own_thread(|| {
+        let finished = Rc::new(Cell::new(false));
+        let f = finished.clone();
+        taskio::Runtime::new()
+            .run(move || {
+                taskio::Builder::new()
+                    .system(true)
+                    .spawn(move || {
+                        let _yields = YieldsOnDrop(f);
+                        Rendez::new().sleep();
+                    })
+                    .expect("spawn");
+                // Let it park; then main ends and teardown unwinds it.
+                taskio::yield_now();
+            })
+            .expect("run");
+        (finished.get(), std::thread::panicking())
+    });
+    assert!(finished, "the destructor was abandoned at a yield");
+    assert!(!panicking, "the thread was left panicking after the run");
+}
+
+#[test]
+fn teardown_lets_a_system_task_finish_the_unwind_of_its_own_panic() {
+    let (finished, panicking) = on_own_thread(|| {
+        let finished = Rc::new(Cell::new(false));
+        let f = finished.clone();
+        taskio::Runtime::new()
+            .run(move || {
+                taskio::Builder::new()
+                    .system(true)
+                    .spawn(move || {
+                        let _yields = YieldsOnDrop(f);
+                        panic!("the system task's own bug");
+                    })
+                    .expect("spawn");
+                // Let it panic and yield in its destructor; then main ends and
+                // teardown resumes it mid-unwind, where a `Cancelled` unwind would
+                // abort the process.
+                taskio::yield_now();
+            })
+            .expect("run");
+        (finished.get(), std::thread::panicking())
+    });
+    assert!(finished, "the destructor was abandoned at a yield");
+    assert!(!panicking, "the thread was left panicking after the run");
+}
