@@ -28,9 +28,10 @@
 //! - A destructor that waits during a `Cancelled` unwind waits like any other code and
 //!   is woken by what it waits on, never forced: the unwind then reaches the task's
 //!   `catch_unwind`, which lowers the thread's count again.
-//! - Only teardown abandons a task: one parked mid-unwind (or perhaps) that nothing
-//!   can wake any more (the run deadlocked, or only system tasks are left), or one
-//!   that parks again while teardown unwinds it. Its remaining frames never run and
+//! - Teardown abandons a task parked mid-unwind (or perhaps) that nothing can wake
+//!   any more (the run deadlocked, or only system tasks are left), and one that parks
+//!   while teardown unwinds it (one that yields is resumed again); apart from the
+//!   next rule, nothing else abandons a task. Its remaining frames never run and
 //!   what they own leaks, but the locks it holds are released
 //!   (`sync::release_abandoned`). The cost of abandoning a task mid-unwind is that
 //!   std's count stays raised: `std::thread::panicking()` is true on this thread for
@@ -38,8 +39,8 @@
 //! - A run that starts with the count raised (after such an abandonment, or from a
 //!   destructor during a panic) cannot tell a task that may be unwinding from one
 //!   that is not: a cancelled task that switched away while the count was raised is
-//!   then abandoned when it next runs (and made ready for that), as before these
-//!   rules, so that a crashed node's tasks still end.
+//!   then abandoned when it next runs (and made ready for that), so that a crashed
+//!   node's tasks still end.
 //! - While a task is parked mid-unwind, `std::thread::panicking()` is true in every
 //!   task of the thread: a std mutex guard taken before and dropped then poisons.
 
