@@ -15,6 +15,34 @@
 //!
 //! A task that ends cannot free the stack it runs on: it leaves itself in `dead` and
 //! the next context to run (`after_switch`) recycles its stack and drops it.
+//!
+//! A cancelled task (its simulated node crashed or stopped; every task at teardown)
+//! is ended by unwinding it with a `Cancelled` panic when it next runs, so that its
+//! destructors run. The rules, because std counts panics in progress per thread and
+//! this thread runs many stacks (see `task::Unwind`):
+//! - The unwind is started only in a task known not to be unwinding already: one that
+//!   switched away while no unwind was in progress on the thread, or any task when
+//!   none is in progress now. A task that may be unwinding from its own panic is left
+//!   to run on (a crashed node's I/O is refused) and is cancelled once no unwind is in
+//!   progress: a panic escaping a destructor that runs during an unwind aborts.
+//! - A destructor that waits during a `Cancelled` unwind waits like any other code and
+//!   is woken by what it waits on, never forced: the unwind then reaches the task's
+//!   `catch_unwind`, which lowers the thread's count again.
+//! - Teardown abandons a task parked mid-unwind (or perhaps) that nothing can wake
+//!   any more (the run deadlocked, or only system tasks are left), and one that parks
+//!   while teardown unwinds it (one that yields is resumed again); apart from the
+//!   next rule, nothing else abandons a task. Its remaining frames never run and
+//!   what they own leaks, but the locks it holds are released
+//!   (`sync::release_abandoned`). The cost of abandoning a task mid-unwind is that
+//!   std's count stays raised: `std::thread::panicking()` is true on this thread for
+//!   good, and std mutex guards taken before and dropped after poison their mutexes.
+//! - A run that starts with the count raised (after such an abandonment, or from a
+//!   destructor during a panic) cannot tell a task that may be unwinding from one
+//!   that is not: a cancelled task that switched away while the count was raised is
+//!   then abandoned when it next runs (and made ready for that), so that a crashed
+//!   node's tasks still end.
+//! - While a task is parked mid-unwind, `std::thread::panicking()` is true in every
+//!   task of the thread: a std mutex guard taken before and dropped then poisons.
 
 use std::cell::{Cell, RefCell};
 use std::panic::resume_unwind;
@@ -31,7 +59,7 @@ use crate::rand::Rng;
 use crate::runq::RunQueue;
 use crate::stack::StackPool;
 use crate::stall::{DEFAULT_STALL_THRESHOLD, StallSink, StallState, Watchdog};
-use crate::task::{Builder, Cancelled, State, Task, spawn_on};
+use crate::task::{Builder, Cancelled, State, Task, Unwind, spawn_on};
 use crate::timer::{Instant, TimerHeap};
 
 /// A round (between two ticks of timers and I/O polling) is as many switches as
@@ -39,6 +67,11 @@ use crate::timer::{Instant, TimerHeap};
 /// and a driver call, too much to pay on every switch of two ping-ponging tasks.
 /// 64 switches are about a microsecond.
 const MIN_ROUND_SWITCHES: usize = 64;
+
+/// How many times teardown resumes a task that yields (during its unwind) before
+/// abandoning it: a yield waits for nothing, so resuming it is safe, but a destructor
+/// that yields in a loop must not hold teardown for ever.
+const TEARDOWN_RESUMES_MAX: u32 = 1024;
 
 thread_local! {
     static CORE: Cell<*const Core> = const { Cell::new(ptr::null()) };
@@ -221,8 +254,14 @@ pub(crate) struct Core {
     pub(crate) next_id: Cell<u64>,
     live_user: Cell<usize>,
     pub(crate) tearing_down: Cell<bool>,
-    /// Tasks marked `cancelled` that have not unwound yet.
+    /// Tasks marked `cancelled` that have not ended yet.
     cancelling: Cell<usize>,
+    /// A cancelled task was left to run on because it may be unwinding from its own
+    /// panic: retry (`retry_deferred_cancels`) once no unwind is in progress.
+    cancels_deferred: Cell<bool>,
+    /// std's panic count was raised when this run started: `panicking()` says
+    /// nothing about this run's tasks (see the module's notes).
+    unwinding_outside: Cell<bool>,
     pub(crate) stall: Arc<StallState>,
     /// Under simulation: the seeded generator that picks which ready task runs
     /// next (None: FIFO), and a hash of the picks for determinism checks.
@@ -364,8 +403,9 @@ impl Core {
     }
 
     /// Ends every task of `node` (a simulated crash): a task that never ran is
-    /// dropped; one that is suspended is made ready with `cancelled` set and unwinds
-    /// when it next runs. The running task must not belong to `node`.
+    /// dropped; one that is suspended is marked `cancelled` and, unless it may be
+    /// unwinding already (its cancel is then deferred), made ready to unwind when it
+    /// next runs. The running task must not belong to `node`.
     pub(crate) fn cancel_node(&self, node: u32) {
         assert_ne!(
             self.current_node(),
@@ -402,10 +442,39 @@ impl Core {
                 continue;
             }
             self.cancelling.set(self.cancelling.get() + 1);
-            if t.force_ready() {
-                self.ready.push_back(NonNull::from(&*t));
+            if t.unwind_now() == Unwind::No || self.unwinding_outside.get() {
+                if t.force_ready() {
+                    self.ready.push_back(NonNull::from(&*t));
+                }
+            } else {
+                // It may be parked in a destructor of its own unwind: forcing it out
+                // of that wait would return from a wait whose event did not happen.
+                self.cancels_deferred.set(true);
             }
         }
+    }
+
+    /// Once no unwind is in progress on the thread, no suspended task is unwinding:
+    /// every cancelled task whose cancel was deferred is settled to `Unwind::No` and
+    /// made ready, to unwind when it next runs. Returns whether one was made ready.
+    #[cold]
+    #[inline(never)]
+    fn retry_deferred_cancels(&self) -> bool {
+        if std::thread::panicking() {
+            return false;
+        }
+        self.cancels_deferred.set(false);
+        let mut readied = false;
+        for t in self.tasks.borrow().iter() {
+            if !t.cancelled.get() || t.state.get() == State::Done {
+                continue;
+            }
+            if t.unwind_now() == Unwind::No && t.force_ready() {
+                self.ready.push_back(NonNull::from(&**t));
+                readied = true;
+            }
+        }
+        readied
     }
 
     #[cold]
@@ -413,6 +482,9 @@ impl Core {
     fn new_round(&self) {
         // A tick error (the driver failing) surfaces when the scheduler parks.
         let _ = self.tick();
+        if self.cancels_deferred.get() {
+            self.retry_deferred_cancels();
+        }
         self.round_left
             .set(self.ready.len().max(MIN_ROUND_SWITCHES));
     }
@@ -422,6 +494,7 @@ impl Core {
     /// scheduler, and returns when `me` is resumed.
     #[inline(always)]
     pub(crate) fn switch_from(&self, me: &Task) {
+        me.note_switch_away();
         let resume = match self.pick_next() {
             Some(next) if ptr::eq(next.as_ptr(), me) => return,
             // SAFETY: alive while in the ready queue, as in `pick_next`.
@@ -461,15 +534,26 @@ impl Core {
         if !(self.tearing_down.get() || task.cancelled.get()) {
             return;
         }
-        if std::thread::panicking() {
-            // A destructor blocked while the task was being unwound: give up on it;
-            // its stack is recycled without the rest of the unwind (what the
-            // remaining frames owned leaks), but the locks it holds are released:
-            // the guards in those frames will never drop.
-            crate::sync::release_abandoned(task);
-            self.exit_current(task);
+        match task.unwind_now() {
+            Unwind::No => {
+                task.unwind.set(Unwind::Cancelled);
+                resume_unwind(Box::new(Cancelled));
+            }
+            // A destructor waited during the unwind and its wait has ended: the
+            // unwind goes on.
+            Unwind::Cancelled => {}
+            // Doubtful, and nothing in this run can settle it (the count was raised
+            // before the run began): abandoned, as teardown would, so that it ends.
+            Unwind::Maybe if self.unwinding_outside.get() => {
+                crate::sync::release_abandoned(task);
+                self.exit_current(task);
+            }
+            // Perhaps in a destructor of its own panic's unwind, where a second unwind
+            // would abort the process: it runs on, and is cancelled when it next
+            // resumes with no unwind in progress (its unwind, if it is one, ends the
+            // task first).
+            Unwind::Maybe => self.cancels_deferred.set(true),
         }
-        resume_unwind(Box::new(Cancelled));
     }
 
     /// Ends the running task: it leaves itself in `dead` for the next context.
@@ -477,6 +561,10 @@ impl Core {
         me.state.set(State::Done);
         if me.cancelled.get() {
             self.cancelling.set(self.cancelling.get() - 1);
+        }
+        // Its unwind, if it unwound, has just ended: perhaps the last in progress.
+        if self.cancels_deferred.get() {
+            self.retry_deferred_cancels();
         }
         if me.is_named() {
             self.stall.forget_task(me.id().0);
@@ -582,6 +670,9 @@ impl Core {
                 continue;
             }
             // Nothing ready.
+            if self.cancels_deferred.get() && self.retry_deferred_cancels() {
+                continue;
+            }
             let now = self.now();
             if self.timers.borrow_mut().fire(now) > 0 {
                 continue;
@@ -619,9 +710,42 @@ impl Core {
         out
     }
 
+    /// Resumes `task` (suspended, not parked mid-unwind) from the scheduler context
+    /// until it ends; a task that yields is resumed again (up to
+    /// `TEARDOWN_RESUMES_MAX` times), one that parks is abandoned.
+    fn unwind_at_teardown(&self, task: &Rc<Task>) {
+        for resumes in 1..=TEARDOWN_RESUMES_MAX {
+            task.state.set(State::Running);
+            self.current.set(Rc::as_ptr(task));
+            // Counted like `pick_next`'s: a resumed `yield_now` counts on it.
+            self.switches.set(self.switches.get() + 1);
+            // SAFETY: the task is suspended (not running: we are the scheduler) and
+            // its stack is mapped; it runs until it ends, yields or parks, and each
+            // switches back to `sched_ctx` (`pick_next` hands nothing out now).
+            unsafe { context::switch(self.sched_ctx.as_ptr(), task.ctx.get()) };
+            self.reap_dead();
+            match task.state.get() {
+                State::Done => return,
+                State::Ready if resumes < TEARDOWN_RESUMES_MAX => {
+                    // It yielded (it waits for nothing): mid-unwind, the unwind goes
+                    // on; otherwise (it ran on as perhaps unwinding, see
+                    // `cancel_current`) it is cancelled if it now can be.
+                    let p = Rc::as_ptr(task);
+                    self.ready.retain(|q| !ptr::eq(q.as_ptr(), p));
+                }
+                _ => break,
+            }
+        }
+        // A destructor blocked: the task is abandoned here, and the guards in its
+        // remaining frames will never drop.
+        crate::sync::release_abandoned(task);
+    }
+
     /// Ends every task still alive (system tasks, or all of them after a deadlock):
     /// a task that never ran has its closure dropped; a suspended one is resumed with
-    /// a `Cancelled` unwind, running the destructors on its stack.
+    /// a `Cancelled` unwind, running the destructors on its stack. A task parked while
+    /// it may be unwinding, or that parks during this unwind (a yield is no park), is
+    /// abandoned (see the module's notes for what that costs).
     fn teardown(&self) {
         self.tearing_down.set(true);
         self.ready.clear();
@@ -639,19 +763,13 @@ impl Core {
                     // no current task, so a destructor that tries to block panics
                     // instead of switching from the wrong stack).
                     drop(body);
+                } else if task.state.get() == State::Blocked && task.unwind_now() != Unwind::No {
+                    // Parked mid-unwind, or perhaps: resuming it would return from a
+                    // wait whose event did not happen (and nothing is left to make it
+                    // happen), and a `Cancelled` unwind could abort. Abandoned.
+                    crate::sync::release_abandoned(&task);
                 } else {
-                    task.state.set(State::Running);
-                    self.current.set(Rc::as_ptr(&task));
-                    // SAFETY: the task is suspended (not running: we are the
-                    // scheduler) and its stack is mapped; it runs until it ends or
-                    // is abandoned, and both switch back to `sched_ctx`.
-                    unsafe { context::switch(self.sched_ctx.as_ptr(), task.ctx.get()) };
-                    self.reap_dead();
-                    if task.state.get() != State::Done {
-                        // A destructor blocked: the task is abandoned here, and the
-                        // guards in its remaining frames will never drop.
-                        crate::sync::release_abandoned(&task);
-                    }
+                    self.unwind_at_teardown(&task);
                 }
                 task.state.set(State::Done);
                 // An abandoned task still holds its stack: unmap it here.
@@ -662,6 +780,9 @@ impl Core {
         self.timers.borrow_mut().clear();
         self.stall.forget_all();
         self.live_user.set(0);
+        // Every task has ended or been abandoned (an abandoned one never decrements).
+        self.cancelling.set(0);
+        self.cancels_deferred.set(false);
         self.round_left.set(0);
         self.tearing_down.set(false);
     }
@@ -736,6 +857,8 @@ impl Runtime {
             live_user: Cell::new(0),
             tearing_down: Cell::new(false),
             cancelling: Cell::new(0),
+            cancels_deferred: Cell::new(false),
+            unwinding_outside: Cell::new(false),
             stall: Arc::new(StallState::default()),
             sched_rng: RefCell::new(None),
             sched_trace: Cell::new(0),
@@ -757,6 +880,7 @@ impl Runtime {
     {
         let core: &Core = &self.core;
         let _enter = Enter::new(core);
+        core.unwinding_outside.set(std::thread::panicking());
         let _watchdog = core.config.stall_threshold.and_then(|threshold| {
             Watchdog::start(
                 core.stall.clone(),

@@ -147,10 +147,10 @@ impl SimHandle {
         }
     }
 
-    /// Crashes `node`: its tasks end at once (they unwind when next run, and any I/O
-    /// their destructors try is refused), its connections reset, its disks keep,
-    /// drop or tear (any subset of its sectors) each write that was not flushed and
-    /// each write still in flight.
+    /// Crashes `node`: its tasks end (they unwind when next run, a destructor that
+    /// waits meanwhile waits as usual, and any I/O their destructors try is refused),
+    /// its connections reset, its disks keep, drop or tear (any subset of its
+    /// sectors) each write that was not flushed and each write still in flight.
     pub fn crash(&self, node: NodeId) {
         assert!(node != 0, "the controller cannot crash");
         self.state.borrow_mut().crash_node(node, true);

@@ -75,6 +75,26 @@ impl fmt::Display for WaitReason {
     }
 }
 
+/// What the runtime knows of a task's unwinding, as of its last switch away.
+///
+/// std counts panics in progress per thread, and this thread runs many stacks: while
+/// any task is parked mid-unwind, `std::thread::panicking()` is true in every task.
+/// So a task's own state is recorded when it switches away (only it ran since its
+/// last resume, and a suspended task cannot start an unwind); it decides whether the
+/// runtime may start a `Cancelled` unwind in it, which is safe only in a task that is
+/// not unwinding already (a panic escaping a destructor run by an unwind aborts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unwind {
+    /// Not unwinding: it switched away while no unwind was in progress on the thread,
+    /// or it has not run yet.
+    No,
+    /// Perhaps unwinding from its own panic: it switched away while some unwind was in
+    /// progress on the thread (its own, or another task's: the count cannot tell).
+    Maybe,
+    /// Unwinding with `Cancelled`: the runtime started it (`Core::cancel_current`).
+    Cancelled,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
     /// In the ready queue (or just yielded and about to be put back there).
@@ -108,8 +128,10 @@ pub(crate) struct Task {
     pub(crate) slot: Cell<usize>,
     /// The simulated node the task belongs to (0 outside a simulation).
     pub(crate) node: Cell<u32>,
-    /// Set when the task must unwind the next time it runs (its node crashed).
+    /// Set when the task must end (its node crashed or stopped): it unwinds the next
+    /// time it runs and is not unwinding already (see `Core::cancel_current`).
     pub(crate) cancelled: Cell<bool>,
+    pub(crate) unwind: Cell<Unwind>,
     /// The locks this task holds (see `sync::held`), released if it is abandoned.
     pub(crate) held: RefCell<Vec<crate::sync::HeldLock>>,
 }
@@ -168,6 +190,27 @@ impl Task {
             }
             _ => false,
         }
+    }
+
+    /// Records, as the task switches away, whether it may be unwinding (see `Unwind`).
+    #[inline(always)]
+    pub(crate) fn note_switch_away(&self) {
+        if self.unwind.get() != Unwind::Cancelled {
+            let maybe = std::thread::panicking();
+            self.unwind
+                .set(if maybe { Unwind::Maybe } else { Unwind::No });
+        }
+    }
+
+    /// What is known of the suspended (or just resumed) task's unwinding now. With no
+    /// unwind in progress on the thread, it is not unwinding either: a `Maybe` is
+    /// settled to `No`, so that an unwind another task starts before this one resumes
+    /// does not make it doubtful again.
+    pub(crate) fn unwind_now(&self) -> Unwind {
+        if self.unwind.get() == Unwind::Maybe && !std::thread::panicking() {
+            self.unwind.set(Unwind::No);
+        }
+        self.unwind.get()
     }
 
     pub(crate) fn drop_locals(&self) {
@@ -558,6 +601,7 @@ where
                 slot: Cell::new(usize::MAX),
                 node: Cell::new(0),
                 cancelled: Cell::new(false),
+                unwind: Cell::new(Unwind::No),
                 held: RefCell::new(Vec::new()),
             })
         }
@@ -576,6 +620,7 @@ where
     unsafe { *task.name.get() = b.name.map(String::into_boxed_str) };
     task.system.set(b.system);
     task.cancelled.set(false);
+    task.unwind.set(Unwind::No);
     // A guard that outlived its task keeps the block (its `Rc`) from reuse until it
     // is dropped, and that drop removes its entry: a reused block holds nothing.
     debug_assert!(task.held.borrow().is_empty());

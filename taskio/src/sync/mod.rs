@@ -19,10 +19,11 @@ use crate::task::{Task, TaskRef, WaitReason, park};
 
 /// One lock a task holds, and how to release it should the task be abandoned.
 ///
-/// A task is abandoned when a destructor blocks while the runtime unwinds it (its
-/// node crashed, or the runtime is tearing down): its remaining frames never run, so
-/// the guards in them would never drop and their locks would stay taken, a deadlock
-/// for whoever takes them next. Each lock a task takes is recorded on the task; the
+/// A task is abandoned by the runtime's teardown when it is parked mid-unwind with
+/// nothing left to wake it (the run deadlocked, or only system tasks are left), or
+/// when it parks again while teardown unwinds it (see `sched`): its remaining frames
+/// never run, so the guards in them would never drop and their locks would stay
+/// taken, a deadlock for whoever takes them next. Each lock a task takes is recorded on the task; the
 /// guard's drop removes the record; an abandoned task's records are released for it.
 pub(crate) struct HeldLock {
     lock: *const (),

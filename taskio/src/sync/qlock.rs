@@ -83,8 +83,8 @@ unsafe fn release_hold<T>(lock: *const ()) {
 }
 
 /// Holds the lock; unlocks (handing over to the next waiter) on drop. A guard
-/// belongs to the task that took the lock: if that task is abandoned (a destructor
-/// blocked while it was unwound), the lock is released for it.
+/// belongs to the task that took the lock: if that task is abandoned (teardown gave
+/// up on it mid-unwind: see `sync::HeldLock`), the lock is released for it.
 pub struct QLockGuard<'a, T> {
     lock: &'a QLock<T>,
     holder: Holder,

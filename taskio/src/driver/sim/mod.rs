@@ -28,8 +28,10 @@
 //!   crosses is dropped, no one is told, connects never complete, so only timeouts
 //!   notice (see [`PartitionKind`]; `partition` without a kind draws one). A crash
 //!   resets every connection of the node.
-//! - A crashed node's tasks unwind when they next run; any I/O they try meanwhile
-//!   (a destructor that writes) is refused and never touches the node's disks.
+//! - A crashed node's tasks unwind when they next run (one that may be unwinding
+//!   from its own panic runs on until no unwind is in progress: see `sched`); any I/O
+//!   they try meanwhile (a destructor that writes) is refused and never touches the
+//!   node's disks.
 //!
 //! Parts: `disk` (the disk model and file operations), `net` (connections,
 //! partitions), `events` (the event queue and `park`), `io_impl` (the [`Io`]
