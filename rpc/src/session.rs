@@ -3,15 +3,18 @@
 //!
 //! [`serve_connection`] serves one connection on the calling task's runtime: HELLO
 //! (`hello.rs`), then one reader task (the caller) that reads each request
-//! frame into a pooled buffer and queues it, and `queue_depth` handler tasks that
-//! take requests off the queue, call the [`Service`] and write the responses under a
-//! `QLock` on the socket. A request beyond the queue depth is answered BUSY at once,
+//! frame into a pooled buffer and queues it, `queue_depth` handler tasks that
+//! take requests off the queue, call the [`Service`] and push the responses to the
+//! session's gathering output (`FrameOut`), and one writer task that writes all the
+//! responses pushed since its last write with one `write_all`. A request beyond the queue depth is answered BUSY at once,
 //! so memory stays bounded by `queue_depth + 1` frames. Every error reply of the
 //! session goes out through one function, `Session::refuse`. A session that ends
 //! (client gone, bad framing) frees all it held.
 //!
 //! Memory: a busy session holds up to `queue_depth + 1` frame buffers, `queue_depth`
-//! scratch buffers (READ data) and a write buffer, each up to FRAME_LEN_MAX. Once it
+//! scratch buffers (READ data), each up to FRAME_LEN_MAX, and two write buffers (the
+//! batch being written and the frames gathered for the next), each up to
+//! WRITE_GATHER_BYTES_MAX plus a frame. Once it
 //! has had nothing in flight for `idle_shrink_after`, it gives them back down to
 //! [`SESSION_IDLE_BUFFER_BYTES_MAX`] (about 12 KiB, whatever its depth; before, an
 //! idle session kept `(depth + 1) x 1 MiB`), plus the socket's read-ahead and its
@@ -27,10 +30,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use taskio::net::{TcpListener, TcpStream};
-use taskio::{Builder, Channel, Pool, PoolItem, QLock};
+use taskio::{Builder, Channel, Pool, PoolItem};
 
 use crate::error::RpcError;
-use crate::frame::{FrameReader, is_idle_timeout, send_message};
+use crate::frame::{FrameOut, FrameReader, is_idle_timeout, send_message};
 use crate::header::{Header, RawHeader};
 use crate::hello::{ServerSide, closing_status, is_told};
 use crate::limits::{FRAME_LEN_MAX, HEADER_LEN, PING_LEN_MAX, QUEUE_DEPTH_MAX, VERSION_MIN};
@@ -161,8 +164,8 @@ struct Session<S> {
     in_flight: Cell<usize>,
     /// Handler tasks that started.
     handlers: Cell<usize>,
-    /// The socket's writing side and its encode buffer.
-    writer: QLock<Vec<u8>>,
+    /// The socket's writing side: responses gathered for the writer task.
+    out: FrameOut,
 }
 
 /// Serves one connection on the current runtime until it ends: HELLO, then requests.
@@ -199,8 +202,22 @@ pub fn serve_connection<S: Service + 'static>(
         scratches: Pool::new(depth, Vec::new),
         in_flight: Cell::new(0),
         handlers: Cell::new(0),
-        writer: QLock::new(Vec::new()),
+        out: FrameOut::new(),
     });
+    let s = session.clone();
+    let writer = Builder::new()
+        .name("rpc-writer")
+        .spawn(move || {
+            if s.out.run(&s.stream).is_err() {
+                // The responses cannot go out: end the session (the reader's read
+                // fails, the handlers see the queue closed).
+                s.queue.close();
+                let _ = s.stream.shutdown(std::net::Shutdown::Both);
+            }
+        })
+        .map_err(|e| RpcError::Protocol {
+            what: format!("cannot start the session's writer task: {e}"),
+        })?;
     let mut handlers = Vec::with_capacity(depth);
     for i in 0..depth {
         let s = session.clone();
@@ -218,6 +235,9 @@ pub fn serve_connection<S: Service + 'static>(
     for h in handlers {
         let _ = h.join();
     }
+    // Every response pushed (and the closing reason) goes out before the end.
+    session.out.close();
+    let _ = writer.join();
     result
 }
 
@@ -281,8 +301,8 @@ impl<S: Service> Session<S> {
 
     /// Gives back the memory of an idle session's buffers, down to
     /// SESSION_IDLE_BUFFER_BYTES_MAX: the frame and scratch pools keep their warm
-    /// few at IDLE_BUFFER_KEEP_BYTES and empty the others; the write buffer keeps
-    /// IDLE_BUFFER_KEEP_BYTES.
+    /// few at IDLE_BUFFER_KEEP_BYTES and empty the others; the output keeps
+    /// IDLE_BUFFER_KEEP_BYTES for the frames it gathers and empties its other buffer.
     fn shrink_idle(&self) {
         for (pool, warm) in [
             (&self.frames, FRAMES_WARM_IDLE),
@@ -299,10 +319,7 @@ impl<S: Service> Session<S> {
                 b.shrink_to(if i < warm { IDLE_BUFFER_KEEP_BYTES } else { 0 });
             }
         }
-        if let Some(mut out) = self.writer.try_lock() {
-            out.clear();
-            out.shrink_to(IDLE_BUFFER_KEEP_BYTES);
-        }
+        self.out.shrink(IDLE_BUFFER_KEEP_BYTES);
     }
 
     /// Whether a frame whose framing is sound may be queued.
@@ -367,10 +384,10 @@ impl<S: Service> Session<S> {
         })
     }
 
-    /// Sends one frame under the writer's lock.
+    /// Pushes one frame to the writer task (waiting for room, bounded by the
+    /// writer's write timeout, frame_timeout).
     fn send(&self, m: &Message<'_>) -> Result<(), RpcError> {
-        let mut out = self.writer.lock();
-        send_message(&self.stream, self.info.version, m, &mut out)
+        self.out.push(self.info.version, m, None).map(|_| ())
     }
 
     /// The one place an error reply of a session is sent: `status` under the tag of
