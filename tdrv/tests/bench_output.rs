@@ -143,14 +143,15 @@ fn rpc_quick_bench_prints_table_then_json_lines() {
             "rpc_write_4k",
             "rpc_write_4k_mbps",
             "peer_tcp_floor_64b",
-            "peer_tcp_floor_64b_xthread"
+            "peer_tcp_floor_64b_xthread",
+            "rpc_session_burst_200"
         ]
     );
     for (name, unit) in &figures {
-        let want = if name == "rpc_write_4k_mbps" {
-            "MB/s"
-        } else {
-            "ops/s"
+        let want = match name.as_str() {
+            "rpc_write_4k_mbps" => "MB/s",
+            "rpc_session_burst_200" => "ms",
+            _ => "ops/s",
         };
         assert_eq!(unit, want, "unit of {name}");
     }

@@ -11,6 +11,11 @@
 //! - `rpc_write_4k` (and `rpc_write_4k_mbps`, the same samples in MB/s of data):
 //!   WRITE requests of 4 KiB, 32 callers.
 //!
+//! - `rpc_session_burst_200`: how long a new session waits for the answers to its
+//!   HELLO and a PING while 200 other connections open at once (each sending its
+//!   HELLO, none waiting), on a server of 201 session threads of its own, started
+//!   afresh for each sample.
+//!
 //! The server runs in this process (`Server::start` on 127.0.0.1:0: its acceptor and
 //! session threads, the service answering PING with its data and WRITE with success,
 //! dropping the data); the client in a taskio runtime on the bench thread, over one
@@ -131,6 +136,15 @@ impl Service for BenchService {
 }
 
 pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
+    let mut figures = calls_figures(plan)?;
+    if Figure::wanted(plan, BURST_FIGURE) {
+        figures.push(burst_figure(plan)?);
+    }
+    Ok(figures)
+}
+
+/// The figures of calls on one connection and their floors, measured interleaved.
+fn calls_figures(plan: &Plan) -> Result<Vec<Figure>, String> {
     let variants: Vec<&Variant> = VARIANTS
         .iter()
         .filter(|v| {
@@ -377,4 +391,112 @@ fn figures(plan: &Plan, measured: &[Measured]) -> Vec<Figure> {
         }
     }
     out
+}
+
+/// The session burst's figure.
+const BURST_FIGURE: &str = "rpc_session_burst_200";
+/// Connections opened together in the burst.
+const BURST: usize = 200;
+/// The issue's bound on the new session's wait, for the table.
+const BURST_REACH_MS: f64 = 50.0;
+/// How long the burst's reads may wait before the sample fails (the new session
+/// never answered).
+const BURST_IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn burst_figure(plan: &Plan) -> Result<Figure, String> {
+    let samples = if plan.quick { 3 } else { 7 };
+    eprintln!("tdrv bench rpc: {BURST_FIGURE}");
+    let ms: Vec<f64> = (0..samples)
+        .map(|_| burst_sample().map_err(|e| format!("{BURST_FIGURE}: {e}")))
+        .collect::<Result<_, _>>()?;
+    let f = Figure {
+        name: BURST_FIGURE,
+        unit: "ms",
+        samples: ms,
+        target: Some("<= 50"),
+        reference: None,
+    };
+    let median = f.median();
+    Ok(Figure {
+        reference: Some(format!(
+            "new session's HELLO + PING under {BURST} connections opening at once \
+             (reach <= {BURST_REACH_MS} ms: {})",
+            met(median <= BURST_REACH_MS)
+        )),
+        ..f
+    })
+}
+
+/// One burst on a fresh server: the new session's wait in ms.
+fn burst_sample() -> Result<f64, String> {
+    use std::io::{Read, Write};
+    let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
+    let frame = |tag: u64, request: Request<'_>| -> Result<Vec<u8>, String> {
+        let mut v = Vec::new();
+        let m = rpc::Message {
+            tag,
+            body: rpc::Body::Request(request),
+        };
+        rpc::encode_frame(rpc::limits::VERSION_MIN, &m, &mut v).map_err(|e| e.to_string())?;
+        Ok(v)
+    };
+    let hello = |name: &str| {
+        frame(
+            1,
+            Request::Hello(rpc::Hello {
+                version_min: rpc::limits::VERSION_MIN,
+                version_max: rpc::limits::VERSION_MIN,
+                client_nonce: [7; rpc::limits::NONCE_LEN],
+                proof: None,
+                client_name: name,
+            }),
+        )
+    };
+    // The answer's header, its payload read and dropped.
+    let answer = |s: &mut std::net::TcpStream| -> Result<Header, String> {
+        let mut head = [0u8; rpc::HEADER_LEN];
+        s.read_exact(&mut head).map_err(io("read an answer"))?;
+        let h = rpc::decode_header(&head).map_err(|e| e.to_string())?;
+        let mut payload = vec![0; h.payload_len as usize];
+        s.read_exact(&mut payload).map_err(io("read an answer"))?;
+        Ok(h)
+    };
+    let mut config = ServerConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    config.sessions_max = BURST + 1;
+    config.server_name = "tdrv-bench-burst".into();
+    let server = Server::start(config, || BenchService).map_err(|e| format!("server: {e}"))?;
+    let addr = server.local_addr();
+    let mut burst = Vec::with_capacity(BURST);
+    for i in 0..BURST {
+        let mut c = std::net::TcpStream::connect(addr).map_err(io("connect"))?;
+        c.write_all(&hello(&format!("burst-{i}"))?)
+            .map_err(io("write HELLO"))?;
+        burst.push(c);
+    }
+    let start = Instant::now();
+    let mut c = std::net::TcpStream::connect(addr).map_err(io("connect"))?;
+    c.set_read_timeout(Some(BURST_IO_TIMEOUT))
+        .map_err(io("read timeout"))?;
+    let mut both = hello("new")?;
+    both.extend(frame(2, Request::Ping { data: b"new" })?);
+    c.write_all(&both).map_err(io("write HELLO + PING"))?;
+    for tag in [1, 2] {
+        let h = answer(&mut c)?;
+        if (h.tag, h.status) != (tag, Status::Ok) {
+            return Err(format!("the new session's request {tag} answered {h:?}"));
+        }
+    }
+    let took = start.elapsed();
+    for b in &mut burst {
+        b.set_read_timeout(Some(BURST_IO_TIMEOUT))
+            .map_err(io("read timeout"))?;
+        let h = answer(b)?;
+        if (h.tag, h.status) != (1, Status::Ok) {
+            return Err(format!("a burst HELLO answered {h:?}"));
+        }
+    }
+    drop(burst);
+    drop(c);
+    server.stop();
+    Ok(took.as_secs_f64() * 1e3)
 }
