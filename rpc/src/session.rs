@@ -3,7 +3,9 @@
 //!
 //! [`serve_connection`] serves one connection on the calling task's runtime: HELLO
 //! (`hello.rs`), then one reader task (the caller) that reads each request
-//! frame into a pooled buffer and queues it, `queue_depth` handler tasks that
+//! frame into a pooled buffer and queues it, up to `queue_depth` handler tasks
+//! (started as requests in flight need them, so that opening a session costs no
+//! `queue_depth` task stacks: a burst of new sessions stays cheap) that
 //! take requests off the queue, call the [`Service`] and push the responses to the
 //! session's gathering output (`FrameOut`), and one writer task that writes all the
 //! responses pushed since its last write with one `write_all`. A request beyond the queue depth is answered BUSY at once,
@@ -160,10 +162,11 @@ struct Session<S> {
     frames: Pool<Vec<u8>>,
     /// One scratch buffer per handler (the data of a READ's response).
     scratches: Pool<Vec<u8>>,
-    /// Requests queued or being handled; at `handlers` a new one is answered BUSY.
+    /// Requests queued or being handled; at `queue_depth` a new one is answered BUSY.
     in_flight: Cell<usize>,
-    /// Handler tasks that started.
-    handlers: Cell<usize>,
+    /// Handler tasks that started (as many as requests were ever in flight at once,
+    /// up to `queue_depth`); they live until the session ends.
+    handlers: std::cell::RefCell<Vec<taskio::JoinHandle<()>>>,
     /// The socket's writing side: responses gathered for the writer task.
     out: FrameOut,
 }
@@ -201,7 +204,7 @@ pub fn serve_connection<S: Service + 'static>(
         frames: Pool::new(depth + 1, Vec::new),
         scratches: Pool::new(depth, Vec::new),
         in_flight: Cell::new(0),
-        handlers: Cell::new(0),
+        handlers: std::cell::RefCell::new(Vec::new()),
         out: FrameOut::new(),
     });
     let s = session.clone();
@@ -218,20 +221,9 @@ pub fn serve_connection<S: Service + 'static>(
         .map_err(|e| RpcError::Protocol {
             what: format!("cannot start the session's writer task: {e}"),
         })?;
-    let mut handlers = Vec::with_capacity(depth);
-    for i in 0..depth {
-        let s = session.clone();
-        match Builder::new()
-            .name(format!("rpc-handler-{i}"))
-            .spawn(move || s.handle_requests())
-        {
-            Ok(h) => handlers.push(h),
-            Err(_) => break, // fewer handlers: still correct, just less parallel
-        }
-    }
-    session.handlers.set(handlers.len());
     let result = session.read_requests(&mut reader);
     session.queue.close();
+    let handlers = std::mem::take(&mut *session.handlers.borrow_mut());
     for h in handlers {
         let _ = h.join();
     }
@@ -243,7 +235,10 @@ pub fn serve_connection<S: Service + 'static>(
 
 impl<S: Service> Session<S> {
     /// The reader: frames in, requests queued, bad ones refused.
-    fn read_requests(&self, reader: &mut FrameReader) -> Result<(), RpcError> {
+    fn read_requests(self: &Rc<Self>, reader: &mut FrameReader) -> Result<(), RpcError>
+    where
+        S: 'static,
+    {
         loop {
             let first = match self.first_byte(reader) {
                 Ok(b) => b,
@@ -261,6 +256,11 @@ impl<S: Service> Session<S> {
             };
             match self.admit(&raw) {
                 Ok(header) => {
+                    if !self.handler_for(self.in_flight.get() + 1) {
+                        let reason = "no handler task could be started";
+                        self.refuse(&raw, Status::Busy, reason)?;
+                        continue;
+                    }
                     self.in_flight.set(self.in_flight.get() + 1);
                     if self.queue.try_send(Queued { header, frame }).is_err() {
                         self.in_flight.set(self.in_flight.get() - 1);
@@ -271,6 +271,27 @@ impl<S: Service> Session<S> {
                 Err(Refusal::Close(e)) => return Err(self.close(e)),
             }
         }
+    }
+
+    /// Whether a handler will take a request when `in_flight` are queued or being
+    /// handled: one more is started when every started one has one; when that
+    /// fails (the runtime's task limit) the started ones will, if there are any.
+    fn handler_for(self: &Rc<Self>, in_flight: usize) -> bool
+    where
+        S: 'static,
+    {
+        let mut handlers = self.handlers.borrow_mut();
+        if in_flight <= handlers.len() {
+            return true;
+        }
+        let s = self.clone();
+        if let Ok(h) = Builder::new()
+            .name(format!("rpc-handler-{}", handlers.len()))
+            .spawn(move || s.handle_requests())
+        {
+            handlers.push(h);
+        }
+        !handlers.is_empty()
     }
 
     /// Waits for the first byte of the next request, up to `idle_timeout`; once
@@ -339,7 +360,7 @@ impl<S: Service> Session<S> {
         if header.msg_type == MsgType::Hello {
             return Err(Refusal::Answer(Status::BadSequence, "HELLO twice".into()));
         }
-        if self.in_flight.get() >= self.handlers.get() {
+        if self.in_flight.get() >= self.config.queue_depth as usize {
             let reason = "queue depth exceeded".into();
             return Err(Refusal::Answer(Status::Busy, reason));
         }
