@@ -95,11 +95,11 @@ fn io_quick_bench_prints_table_then_json_lines() {
     std::fs::remove_dir_all(&dir).expect("remove temp dir");
     for want in [
         "aio_randread_4k_qd1",
-        "aio_randread_4k_qd1_nopoll",
+        "aio_randread_4k_qd1_poll50us",
         "aio_randread_4k_qd32",
         "aio_randwrite_4k_qd32",
         "tcp_echo_64b_1conn",
-        "tcp_echo_64b_1conn_nopoll",
+        "tcp_echo_64b_1conn_poll50us",
         "tcp_echo_64b_16conn",
         "peer_tcp_floor_64b",
         "tcp_echo_64b_1conn_xthread",

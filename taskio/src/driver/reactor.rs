@@ -13,10 +13,12 @@
 //!   eventfd registered in the same epoll set, so one epoll_wait sleeps for everything.
 //! - Timers are the scheduler's: `park` sleeps until the next deadline with
 //!   epoll_pwait2 (nanosecond timeout).
-//! - Parking: waking a halted vCPU costs latency at queue depth 1 (the issue quotes
-//!   ~30 us for this VM; `tdrv bench io` measured ~3 us of p50 here).
-//!   `IoConfig::poll_before_park` spins on the AIO completion ring (and epoll) for a
-//!   bounded time before blocking, when file I/O is in flight.
+//! - Parking: blocks in epoll at once by default. `IoConfig::poll_before_park`, when
+//!   set, spins on the AIO completion ring (and epoll) for a bounded time before
+//!   blocking, when file I/O is in flight: waking a halted vCPU costs latency at
+//!   queue depth 1, but the spin holds a CPU that another runtime (or the kernel's
+//!   work for this one) may need, and on the 2-vCPU machine it is measured on it
+//!   loses (see DEFAULT_POLL_BEFORE_PARK).
 //!
 //! The fd table (the seed's ContextContainer) is a vector indexed by fd, bounded by
 //! `IoConfig::max_fds`.
@@ -61,9 +63,14 @@ impl Default for IoConfig {
     }
 }
 
-/// Default bounded poll before blocking while file I/O is in flight (see `tdrv bench
-/// io`: at qd1 it gave 1.03-1.19x the reads per second, at twice the CPU per read).
-pub const DEFAULT_POLL_BEFORE_PARK: Duration = Duration::from_micros(50);
+/// Default bounded poll before blocking while file I/O is in flight: none. A poll must
+/// show it wins where it runs, and on the shared 2-vCPU machine of `tdrv bench io` a
+/// 50 us poll did not: at qd1 (`aio_randread_4k_qd1` against its `_poll50us` variant,
+/// three runs) 1.52x, 1.32x and 0.99x the reads per second without it, and 1.4-2.4x
+/// the CPU per read with it (p99 4 ms with it, 0.4-3.3 ms without). An earlier
+/// measurement gave the poll 1.03-1.19x the reads at twice the CPU: it depends on
+/// idle CPUs, which a runtime cannot count on.
+pub const DEFAULT_POLL_BEFORE_PARK: Duration = Duration::ZERO;
 
 #[derive(Default)]
 struct FdSlot {
