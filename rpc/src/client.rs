@@ -2,11 +2,11 @@
 //! connection at once; each request gets a tag and is pushed to the connection's
 //! gathering output, whose writer task writes every request pushed since its last
 //! write at once (one send for the callers a read of responses made ready
-//! together); a reader task routes each response to its caller by tag. In-flight calls are bounded by the server's queue depth
-//! (told at HELLO): a caller beyond it waits. A connection failure fails every
-//! waiting call with the error, and every later call at once. Every call has a
-//! timeout; a response is checked against its request (type, READ length), and a
-//! caller that unwinds gives its slot back.
+//! together); a reader task routes each response to its caller by tag. In-flight
+//! calls are bounded by the server's queue depth (told at HELLO): a caller beyond it
+//! waits. A connection failure fails every waiting call with the error, and every
+//! later call at once. Every call has a timeout; a response is checked against its
+//! request (type, READ length), and a caller that unwinds gives its slot back.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

@@ -5,22 +5,23 @@
 //! (`hello.rs`), then one reader task (the caller) that reads each request
 //! frame into a pooled buffer and queues it, up to `queue_depth` handler tasks
 //! (started as requests in flight need them, so that opening a session costs no
-//! `queue_depth` task stacks: a burst of new sessions stays cheap) that
-//! take requests off the queue, call the [`Service`] and push the responses to the
+//! `queue_depth` task stacks: a burst of new sessions stays cheap) that take
+//! requests off the queue, call the [`Service`] and push the responses to the
 //! session's gathering output (`FrameOut`), and one writer task that writes all the
-//! responses pushed since its last write with one `write_all`. A request beyond the queue depth is answered BUSY at once,
-//! so memory stays bounded by `queue_depth + 1` frames. Every error reply of the
+//! responses pushed since its last write with one `write_all`. A request beyond the
+//! queue depth is answered BUSY at once, so memory stays bounded by
+//! `queue_depth + 1` frames. Every error reply of the
 //! session goes out through one function, `Session::refuse`. A session that ends
 //! (client gone, bad framing) frees all it held.
 //!
 //! Memory: a busy session holds up to `queue_depth + 1` frame buffers, `queue_depth`
 //! scratch buffers (READ data), each up to FRAME_LEN_MAX, and two write buffers (the
 //! batch being written and the frames gathered for the next), each up to
-//! WRITE_GATHER_BYTES_MAX plus a frame. Once it
-//! has had nothing in flight for `idle_shrink_after`, it gives them back down to
-//! [`SESSION_IDLE_BUFFER_BYTES_MAX`] (about 12 KiB, whatever its depth; before, an
-//! idle session kept `(depth + 1) x 1 MiB`), plus the socket's read-ahead and its
-//! tasks' stacks (a page or so each while they sleep).
+//! WRITE_GATHER_BYTES_MAX plus a frame. Once it has had nothing in flight for
+//! `idle_shrink_after`, it gives them back down to [`SESSION_IDLE_BUFFER_BYTES_MAX`]
+//! (about 12 KiB, whatever its depth; before, an idle session kept
+//! `(depth + 1) x 1 MiB`), plus the socket's read-ahead and its tasks' stacks (a
+//! page or so each while they sleep).
 //!
 //! [`serve_listener`] runs one such session per accepted connection as tasks of the
 //! same runtime, up to `sessions_max`. Which OS thread a session runs on is the
