@@ -1,10 +1,12 @@
 //! The pipelined client (the seed's rpc client side): many tasks call one
-//! connection at once; each request gets a tag, a reader task routes each response
-//! to its caller by tag. In-flight calls are bounded by the server's queue depth
-//! (told at HELLO): a caller beyond it waits. A connection failure fails every
-//! waiting call with the error, and every later call at once. Every call has a
-//! timeout; a response is checked against its request (type, READ length), and a
-//! caller that unwinds gives its slot back.
+//! connection at once; each request gets a tag and is pushed to the connection's
+//! gathering output, whose writer task writes every request pushed since its last
+//! write at once (one send for the callers a read of responses made ready
+//! together); a reader task routes each response to its caller by tag. In-flight
+//! calls are bounded by the server's queue depth (told at HELLO): a caller beyond it
+//! waits. A connection failure fails every waiting call with the error, and every
+//! later call at once. Every call has a timeout; a response is checked against its
+//! request (type, READ length), and a caller that unwinds gives its slot back.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -13,11 +15,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use taskio::net::{self, TcpStream};
-use taskio::{Builder, QLock, Rendez, TaskRef, WaitReason, park_until};
+use taskio::{Builder, Rendez, TaskRef, WaitReason, park_until};
 
 use crate::MsgType;
 use crate::error::RpcError;
-use crate::frame::{FrameReader, send_message};
+use crate::frame::{FrameOut, FrameReader};
 use crate::header::Header;
 use crate::limits::{HEADER_LEN, TAG_NONE};
 use crate::msg::{Body, Message, Request, Response};
@@ -127,7 +129,8 @@ struct Inner {
     peer: SocketAddr,
     version: u16,
     queue_depth: usize,
-    writer: QLock<Vec<u8>>,
+    /// Requests gathered for the writer task.
+    out: FrameOut,
     pending: RefCell<BTreeMap<u64, Pending>>,
     next_tag: Cell<u64>,
     in_flight: Cell<usize>,
@@ -179,7 +182,7 @@ impl Client {
             peer,
             version,
             queue_depth: (queue_depth as usize).max(1),
-            writer: QLock::new(Vec::new()),
+            out: FrameOut::new(),
             pending: RefCell::new(BTreeMap::new()),
             next_tag: Cell::new(2),
             in_flight: Cell::new(0),
@@ -188,6 +191,22 @@ impl Client {
             call_timeout: config.call_timeout,
             expired: RefCell::new(std::collections::VecDeque::new()),
         });
+        // A request's write may take as long as a call: longer, the server is not
+        // reading, and the connection breaks (every call in flight fails).
+        inner.stream.set_write_timeout(Some(config.call_timeout));
+        let w = inner.clone();
+        Builder::new()
+            .name("rpc-client-writer")
+            .system(true)
+            .spawn(move || {
+                if let Err(e) = w.out.run(&w.stream) {
+                    fail_all(&w, &e.to_string());
+                    let _ = w.stream.shutdown(std::net::Shutdown::Both);
+                }
+            })
+            .map_err(|e| RpcError::Protocol {
+                what: format!("cannot start the writer task: {e}"),
+            })?;
         let r = inner.clone();
         let frame_timeout = config.frame_timeout;
         // A system task: an idle connection does not keep its runtime alive.
@@ -261,30 +280,19 @@ impl Client {
             },
         );
         slot.tag = Some(tag);
-        let sent = {
-            let mut out = inner.writer.lock();
-            if let Some(why) = inner.broken.borrow().clone() {
-                return Err(lost(inner, why));
-            }
-            let left = deadline.saturating_duration_since(taskio::now());
-            if left.is_zero() {
-                return Err(timed_out(tag));
-            }
-            // A server that stops reading cannot hold the call past its deadline;
-            // a frame cut short by the timeout breaks the connection below.
-            inner.stream.set_write_timeout(Some(left));
-            let m = Message {
-                tag,
-                body: Body::Request(request),
-            };
-            send_message(&inner.stream, inner.version, &m, &mut out)
+        let m = Message {
+            tag,
+            body: Body::Request(request),
         };
-        if let Err(e) = sent {
-            if e.closes_connection() {
-                fail_all(inner, &e.to_string());
-                let _ = inner.stream.shutdown(std::net::Shutdown::Both);
-            }
-            return Err(e);
+        // A server that stops reading cannot hold the call past its deadline: the
+        // wait for room ends with it, and the wait for the response below.
+        match inner.out.push(inner.version, &m, Some(deadline)) {
+            Ok(true) => {}
+            Ok(false) => return Err(timed_out(tag)),
+            // The writer failed: it broke the connection and failed the calls.
+            Err(RpcError::ConnectionLost { why, .. }) => return Err(lost(inner, why)),
+            // Not encodable: nothing was sent, the connection goes on.
+            Err(e) => return Err(e),
         }
         loop {
             {
@@ -343,8 +351,10 @@ impl Drop for Slot<'_> {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // Ends the reader task (its read fails) and so the connection.
+        // Ends the reader task (its read fails) and so the connection, and the
+        // writer task.
         let _ = self.inner.stream.shutdown(std::net::Shutdown::Both);
+        self.inner.out.close();
     }
 }
 

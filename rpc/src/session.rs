@@ -3,19 +3,25 @@
 //!
 //! [`serve_connection`] serves one connection on the calling task's runtime: HELLO
 //! (`hello.rs`), then one reader task (the caller) that reads each request
-//! frame into a pooled buffer and queues it, and `queue_depth` handler tasks that
-//! take requests off the queue, call the [`Service`] and write the responses under a
-//! `QLock` on the socket. A request beyond the queue depth is answered BUSY at once,
-//! so memory stays bounded by `queue_depth + 1` frames. Every error reply of the
+//! frame into a pooled buffer and queues it, up to `queue_depth` handler tasks
+//! (started as requests in flight need them, so that opening a session costs no
+//! `queue_depth` task stacks: a burst of new sessions stays cheap) that take
+//! requests off the queue, call the [`Service`] and push the responses to the
+//! session's gathering output (`FrameOut`), and one writer task that writes all the
+//! responses pushed since its last write with one `write_all`. A request beyond the
+//! queue depth is answered BUSY at once, so memory stays bounded by
+//! `queue_depth + 1` frames. Every error reply of the
 //! session goes out through one function, `Session::refuse`. A session that ends
 //! (client gone, bad framing) frees all it held.
 //!
 //! Memory: a busy session holds up to `queue_depth + 1` frame buffers, `queue_depth`
-//! scratch buffers (READ data) and a write buffer, each up to FRAME_LEN_MAX. Once it
-//! has had nothing in flight for `idle_shrink_after`, it gives them back down to
-//! [`SESSION_IDLE_BUFFER_BYTES_MAX`] (about 12 KiB, whatever its depth; before, an
-//! idle session kept `(depth + 1) x 1 MiB`), plus the socket's read-ahead and its
-//! tasks' stacks (a page or so each while they sleep).
+//! scratch buffers (READ data), each up to FRAME_LEN_MAX, and two write buffers (the
+//! batch being written and the frames gathered for the next), each up to
+//! WRITE_GATHER_BYTES_MAX plus a frame. Once it has had nothing in flight for
+//! `idle_shrink_after`, it gives them back down to [`SESSION_IDLE_BUFFER_BYTES_MAX`]
+//! (about 12 KiB, whatever its depth; before, an idle session kept
+//! `(depth + 1) x 1 MiB`), plus the socket's read-ahead and its tasks' stacks (a
+//! page or so each while they sleep).
 //!
 //! [`serve_listener`] runs one such session per accepted connection as tasks of the
 //! same runtime, up to `sessions_max`. Which OS thread a session runs on is the
@@ -27,10 +33,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use taskio::net::{TcpListener, TcpStream};
-use taskio::{Builder, Channel, Pool, PoolItem, QLock};
+use taskio::{Builder, Channel, Pool, PoolItem};
 
 use crate::error::RpcError;
-use crate::frame::{FrameReader, is_idle_timeout, send_message};
+use crate::frame::{FrameOut, FrameReader, is_idle_timeout, send_message};
 use crate::header::{Header, RawHeader};
 use crate::hello::{ServerSide, closing_status, is_told};
 use crate::limits::{FRAME_LEN_MAX, HEADER_LEN, PING_LEN_MAX, QUEUE_DEPTH_MAX, VERSION_MIN};
@@ -157,12 +163,13 @@ struct Session<S> {
     frames: Pool<Vec<u8>>,
     /// One scratch buffer per handler (the data of a READ's response).
     scratches: Pool<Vec<u8>>,
-    /// Requests queued or being handled; at `handlers` a new one is answered BUSY.
+    /// Requests queued or being handled; at `queue_depth` a new one is answered BUSY.
     in_flight: Cell<usize>,
-    /// Handler tasks that started.
-    handlers: Cell<usize>,
-    /// The socket's writing side and its encode buffer.
-    writer: QLock<Vec<u8>>,
+    /// Handler tasks that started (as many as requests were ever in flight at once,
+    /// up to `queue_depth`); they live until the session ends.
+    handlers: std::cell::RefCell<Vec<taskio::JoinHandle<()>>>,
+    /// The socket's writing side: responses gathered for the writer task.
+    out: FrameOut,
 }
 
 /// Serves one connection on the current runtime until it ends: HELLO, then requests.
@@ -198,32 +205,41 @@ pub fn serve_connection<S: Service + 'static>(
         frames: Pool::new(depth + 1, Vec::new),
         scratches: Pool::new(depth, Vec::new),
         in_flight: Cell::new(0),
-        handlers: Cell::new(0),
-        writer: QLock::new(Vec::new()),
+        handlers: std::cell::RefCell::new(Vec::new()),
+        out: FrameOut::new(),
     });
-    let mut handlers = Vec::with_capacity(depth);
-    for i in 0..depth {
-        let s = session.clone();
-        match Builder::new()
-            .name(format!("rpc-handler-{i}"))
-            .spawn(move || s.handle_requests())
-        {
-            Ok(h) => handlers.push(h),
-            Err(_) => break, // fewer handlers: still correct, just less parallel
-        }
-    }
-    session.handlers.set(handlers.len());
+    let s = session.clone();
+    let writer = Builder::new()
+        .name("rpc-writer")
+        .spawn(move || {
+            if s.out.run(&s.stream).is_err() {
+                // The responses cannot go out: end the session (the reader's read
+                // fails, the handlers see the queue closed).
+                s.queue.close();
+                let _ = s.stream.shutdown(std::net::Shutdown::Both);
+            }
+        })
+        .map_err(|e| RpcError::Protocol {
+            what: format!("cannot start the session's writer task: {e}"),
+        })?;
     let result = session.read_requests(&mut reader);
     session.queue.close();
+    let handlers = std::mem::take(&mut *session.handlers.borrow_mut());
     for h in handlers {
         let _ = h.join();
     }
+    // Every response pushed (and the closing reason) goes out before the end.
+    session.out.close();
+    let _ = writer.join();
     result
 }
 
 impl<S: Service> Session<S> {
     /// The reader: frames in, requests queued, bad ones refused.
-    fn read_requests(&self, reader: &mut FrameReader) -> Result<(), RpcError> {
+    fn read_requests(self: &Rc<Self>, reader: &mut FrameReader) -> Result<(), RpcError>
+    where
+        S: 'static,
+    {
         loop {
             let first = match self.first_byte(reader) {
                 Ok(b) => b,
@@ -241,6 +257,11 @@ impl<S: Service> Session<S> {
             };
             match self.admit(&raw) {
                 Ok(header) => {
+                    if !self.handler_for(self.in_flight.get() + 1) {
+                        let reason = "no handler task could be started";
+                        self.refuse(&raw, Status::Busy, reason)?;
+                        continue;
+                    }
                     self.in_flight.set(self.in_flight.get() + 1);
                     if self.queue.try_send(Queued { header, frame }).is_err() {
                         self.in_flight.set(self.in_flight.get() - 1);
@@ -251,6 +272,27 @@ impl<S: Service> Session<S> {
                 Err(Refusal::Close(e)) => return Err(self.close(e)),
             }
         }
+    }
+
+    /// Whether a handler will take a request when `in_flight` are queued or being
+    /// handled: one more is started when every started one has one; when that
+    /// fails (the runtime's task limit) the started ones will, if there are any.
+    fn handler_for(self: &Rc<Self>, in_flight: usize) -> bool
+    where
+        S: 'static,
+    {
+        let mut handlers = self.handlers.borrow_mut();
+        if in_flight <= handlers.len() {
+            return true;
+        }
+        let s = self.clone();
+        if let Ok(h) = Builder::new()
+            .name(format!("rpc-handler-{}", handlers.len()))
+            .spawn(move || s.handle_requests())
+        {
+            handlers.push(h);
+        }
+        !handlers.is_empty()
     }
 
     /// Waits for the first byte of the next request, up to `idle_timeout`; once
@@ -281,8 +323,8 @@ impl<S: Service> Session<S> {
 
     /// Gives back the memory of an idle session's buffers, down to
     /// SESSION_IDLE_BUFFER_BYTES_MAX: the frame and scratch pools keep their warm
-    /// few at IDLE_BUFFER_KEEP_BYTES and empty the others; the write buffer keeps
-    /// IDLE_BUFFER_KEEP_BYTES.
+    /// few at IDLE_BUFFER_KEEP_BYTES and empty the others; the output keeps
+    /// IDLE_BUFFER_KEEP_BYTES for the frames it gathers and empties its other buffer.
     fn shrink_idle(&self) {
         for (pool, warm) in [
             (&self.frames, FRAMES_WARM_IDLE),
@@ -299,10 +341,7 @@ impl<S: Service> Session<S> {
                 b.shrink_to(if i < warm { IDLE_BUFFER_KEEP_BYTES } else { 0 });
             }
         }
-        if let Some(mut out) = self.writer.try_lock() {
-            out.clear();
-            out.shrink_to(IDLE_BUFFER_KEEP_BYTES);
-        }
+        self.out.shrink(IDLE_BUFFER_KEEP_BYTES);
     }
 
     /// Whether a frame whose framing is sound may be queued.
@@ -322,7 +361,7 @@ impl<S: Service> Session<S> {
         if header.msg_type == MsgType::Hello {
             return Err(Refusal::Answer(Status::BadSequence, "HELLO twice".into()));
         }
-        if self.in_flight.get() >= self.handlers.get() {
+        if self.in_flight.get() >= self.config.queue_depth as usize {
             let reason = "queue depth exceeded".into();
             return Err(Refusal::Answer(Status::Busy, reason));
         }
@@ -367,10 +406,10 @@ impl<S: Service> Session<S> {
         })
     }
 
-    /// Sends one frame under the writer's lock.
+    /// Pushes one frame to the writer task (waiting for room, bounded by the
+    /// writer's write timeout, frame_timeout).
     fn send(&self, m: &Message<'_>) -> Result<(), RpcError> {
-        let mut out = self.writer.lock();
-        send_message(&self.stream, self.info.version, m, &mut out)
+        self.out.push(self.info.version, m, None).map(|_| ())
     }
 
     /// The one place an error reply of a session is sent: `status` under the tag of

@@ -204,3 +204,46 @@ fn instant_arithmetic() {
     assert_eq!((a + Duration::MAX).as_nanos(), u64::MAX);
     assert!(Instant::monotonic() <= Instant::monotonic());
 }
+
+/// The real driver leaves far deadlines (100 ms or more) to a timerfd it arms only
+/// when a deadline comes earlier than the one it holds. A read with a 30 s timeout
+/// parks with the timer armed 30 s ahead (when the echo thread answers after the
+/// runtime parked, as it does but for a race that only makes the test weaker); a
+/// 150 ms sleep after it must re-arm it earlier, and fires before the 30 s; a near
+/// sleep and another far one after the timer fired still fire. Bounds are "no
+/// earlier than the deadline" and "before the 30 s", never how soon.
+#[test]
+fn far_deadlines_fire_in_order_with_the_real_driver() {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("local_addr");
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).expect("read");
+        s.write_all(&b).expect("write");
+        // Until the client closes.
+        let _ = s.read(&mut b);
+    });
+    let mut rt = taskio::Runtime::with_io(taskio::Config::default(), taskio::IoConfig::default())
+        .expect("runtime");
+    rt.run(move || {
+        let far = Duration::from_secs(30);
+        let t0 = Instant::monotonic();
+        let s = taskio::net::connect(addr, Some(Duration::from_secs(5))).expect("connect");
+        s.set_read_timeout(Some(far));
+        s.write_all(&[7]).expect("write");
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).expect("echo");
+        assert_eq!(b, [7]);
+        for ms in [150u64, 2, 120] {
+            let deadline = Instant::monotonic() + Duration::from_millis(ms);
+            sleep_until(deadline);
+            let now = Instant::monotonic();
+            assert!(now >= deadline, "a {ms} ms sleep woke before its deadline");
+            assert!(now - t0 < far, "a {ms} ms sleep waited for the 30 s timer");
+        }
+    })
+    .expect("run");
+    echo.join().expect("echo thread");
+}

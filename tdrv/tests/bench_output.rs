@@ -95,13 +95,15 @@ fn io_quick_bench_prints_table_then_json_lines() {
     std::fs::remove_dir_all(&dir).expect("remove temp dir");
     for want in [
         "aio_randread_4k_qd1",
-        "aio_randread_4k_qd1_nopoll",
+        "aio_randread_4k_qd1_poll50us",
         "aio_randread_4k_qd32",
         "aio_randwrite_4k_qd32",
         "tcp_echo_64b_1conn",
-        "tcp_echo_64b_1conn_nopoll",
+        "tcp_echo_64b_1conn_poll50us",
         "tcp_echo_64b_16conn",
         "peer_tcp_floor_64b",
+        "tcp_echo_64b_1conn_xthread",
+        "peer_tcp_floor_64b_xthread",
     ] {
         let unit = figures
             .iter()
@@ -109,6 +111,10 @@ fn io_quick_bench_prints_table_then_json_lines() {
             .map(|(_, u)| u.as_str());
         assert_eq!(unit, Some("ops/s"), "figure {want} in {figures:?}");
     }
+    assert!(
+        stdout.contains("x the cross-thread floor (reach >= 0.8x"),
+        "the xthread reach in {stdout}"
+    );
     // The file given is the one used, at its own size.
     assert!(
         stdout.contains(&format!("file: {path} (4 MiB)")),
@@ -120,7 +126,7 @@ fn io_quick_bench_prints_table_then_json_lines() {
 fn io_bench_only_selects_figures() {
     let (figures, _) = run_bench(&["bench", "io", "--quick", "--only", "peer_tcp_floor"]);
     let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["peer_tcp_floor_64b"]);
+    assert_eq!(names, ["peer_tcp_floor_64b", "peer_tcp_floor_64b_xthread"]);
 }
 
 /// `bench rpc --quick`: the three rpc figures in ops/s, the WRITE figure again in MB/s,
@@ -136,20 +142,23 @@ fn rpc_quick_bench_prints_table_then_json_lines() {
             "rpc_ping_pipelined",
             "rpc_write_4k",
             "rpc_write_4k_mbps",
-            "peer_tcp_floor_64b"
+            "peer_tcp_floor_64b",
+            "peer_tcp_floor_64b_xthread",
+            "rpc_session_burst_200"
         ]
     );
     for (name, unit) in &figures {
-        let want = if name == "rpc_write_4k_mbps" {
-            "MB/s"
-        } else {
-            "ops/s"
+        let want = match name.as_str() {
+            "rpc_write_4k_mbps" => "MB/s",
+            "rpc_session_burst_200" => "ms",
+            _ => "ops/s",
         };
         assert_eq!(unit, want, "unit of {name}");
     }
     for ratio in [
-        "x the floor's round trip (reach <= 1.25x",
-        "x rpc_ping_1conn's rate (reach >= 4x",
+        "x the cross-thread floor's rate (reach >= 0.7x",
+        "x its (reach <= 2x",
+        "x rpc_ping_1conn's rate (reach >= 8x",
         "lat p50",
     ] {
         assert!(stdout.contains(ratio), "{ratio:?} in {stdout}");

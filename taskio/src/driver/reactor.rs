@@ -12,11 +12,18 @@
 //! - File I/O goes through kernel AIO ([`super::aio`]); completions are signalled on an
 //!   eventfd registered in the same epoll set, so one epoll_wait sleeps for everything.
 //! - Timers are the scheduler's: `park` sleeps until the next deadline with
-//!   epoll_pwait2 (nanosecond timeout).
-//! - Parking: waking a halted vCPU costs latency at queue depth 1 (the issue quotes
-//!   ~30 us for this VM; `tdrv bench io` measured ~3 us of p50 here).
-//!   `IoConfig::poll_before_park` spins on the AIO completion ring (and epoll) for a
-//!   bounded time before blocking, when file I/O is in flight.
+//!   epoll_pwait2 (nanosecond timeout) when it is near (within FAR_DEADLINE). A far
+//!   deadline (an idle or I/O timeout, which moves on with every read and rarely
+//!   fires) is left to a timerfd in the epoll set, armed only when the deadline comes
+//!   earlier than the one it holds: a park then arms no kernel timer at all (one
+//!   per park cost 5-8% of the CPU of an rpc round trip, `tdrv bench rpc`), and the
+//!   timerfd may wake the scheduler early, which finds nothing due and parks again.
+//! - Parking: blocks in epoll at once by default. `IoConfig::poll_before_park`, when
+//!   set, spins on the AIO completion ring (and epoll) for a bounded time before
+//!   blocking, when file I/O is in flight: waking a halted vCPU costs latency at
+//!   queue depth 1, but the spin holds a CPU that another runtime (or the kernel's
+//!   work for this one) may need, and on the 2-vCPU machine it is measured on it
+//!   loses (see DEFAULT_POLL_BEFORE_PARK).
 //!
 //! The fd table (the seed's ContextContainer) is a vector indexed by fd, bounded by
 //! `IoConfig::max_fds`.
@@ -37,6 +44,10 @@ use crate::timer::Instant;
 const BLKGETSIZE64: libc::Ioctl = 0x8008_1272;
 /// epoll token of the AIO eventfd (socket tokens are their fd).
 const AIO_TOKEN: u64 = u64::MAX;
+/// epoll token of the far-deadline timerfd.
+const TIMER_TOKEN: u64 = u64::MAX - 1;
+/// A deadline at least this far is waited for with the timerfd (see the module doc).
+const FAR_DEADLINE: Duration = Duration::from_millis(100);
 /// Events taken from the kernel per epoll_wait.
 const EPOLL_BATCH: usize = 64;
 
@@ -61,9 +72,14 @@ impl Default for IoConfig {
     }
 }
 
-/// Default bounded poll before blocking while file I/O is in flight (see `tdrv bench
-/// io`: at qd1 it gave 1.03-1.19x the reads per second, at twice the CPU per read).
-pub const DEFAULT_POLL_BEFORE_PARK: Duration = Duration::from_micros(50);
+/// Default bounded poll before blocking while file I/O is in flight: none. A poll must
+/// show it wins where it runs, and on the shared 2-vCPU machine of `tdrv bench io` a
+/// 50 us poll did not: at qd1 (`aio_randread_4k_qd1` against its `_poll50us` variant,
+/// three runs) 1.52x, 1.32x and 0.99x the reads per second without it, and 1.4-2.4x
+/// the CPU per read with it (p99 4 ms with it, 0.4-3.3 ms without). An earlier
+/// measurement gave the poll 1.03-1.19x the reads at twice the CPU: it depends on
+/// idle CPUs, which a runtime cannot count on.
+pub const DEFAULT_POLL_BEFORE_PARK: Duration = Duration::ZERO;
 
 #[derive(Default)]
 struct FdSlot {
@@ -86,6 +102,10 @@ pub struct Reactor {
     aio: AioQueue,
     _aio_eventfd: OwnedFd,
     epfd: OwnedFd,
+    /// The far-deadline timer (CLOCK_MONOTONIC, absolute), and when it is armed to
+    /// fire (None: disarmed or fired).
+    timerfd: OwnedFd,
+    timer_armed: Option<Instant>,
     fds: Vec<FdSlot>,
     max_fds: usize,
     fd_waiters: usize,
@@ -134,7 +154,31 @@ impl Reactor {
                 &mut ev,
             )
         })?;
+        // SAFETY: timerfd_create has no memory preconditions; the result is checked.
+        let tfd = cvt(unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        })?;
+        // SAFETY: `tfd` is a fresh fd that nothing else owns.
+        let timerfd = unsafe { OwnedFd::from_raw_fd(tfd) };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: TIMER_TOKEN,
+        };
+        // SAFETY: both fds are open and `ev` is a valid epoll_event.
+        cvt(unsafe {
+            libc::epoll_ctl(
+                epfd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                timerfd.as_raw_fd(),
+                &mut ev,
+            )
+        })?;
         Ok(Reactor {
+            timerfd,
+            timer_armed: None,
             epfd,
             _aio_eventfd: aio_eventfd,
             aio,
@@ -207,6 +251,22 @@ impl Reactor {
             if token == AIO_TOKEN {
                 continue; // reaped below
             }
+            if token == TIMER_TOKEN {
+                // Fired: read it to clear its level; the scheduler fires what is due.
+                let mut expirations = 0u64;
+                // SAFETY: `expirations` is a live u64, the 8 bytes a timerfd read
+                // writes. EAGAIN (already read) changes nothing.
+                unsafe {
+                    libc::read(
+                        self.timerfd.as_raw_fd(),
+                        (&mut expirations as *mut u64).cast(),
+                        std::mem::size_of::<u64>(),
+                    )
+                };
+                self.timer_armed = None;
+                handled += 1;
+                continue;
+            }
             handled += 1;
             let bits = ev.events as i32;
             let Some(slot) = self.fds.get_mut(token as usize) else {
@@ -234,6 +294,36 @@ impl Reactor {
             self.stats.polls_empty += 1;
         }
         Ok(handled)
+    }
+
+    /// Makes sure the timerfd fires no later than `deadline`: arms it when it is
+    /// disarmed or set later (a timer set earlier only wakes the scheduler early).
+    fn arm_far(&mut self, deadline: Instant) -> io::Result<()> {
+        if self.timer_armed.is_some_and(|armed| armed <= deadline) {
+            return Ok(());
+        }
+        let nanos = deadline.as_nanos();
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (nanos / 1_000_000_000) as libc::time_t,
+                tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: `spec` is a valid itimerspec; a null old value is allowed.
+        cvt(unsafe {
+            libc::timerfd_settime(
+                self.timerfd.as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        })?;
+        self.timer_armed = Some(deadline);
+        Ok(())
     }
 
     /// Spins on the AIO ring and epoll until something happens or `until` passes.
@@ -290,7 +380,15 @@ impl Driver for Reactor {
             }
         }
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::monotonic()));
-        self.poll(timeout)?;
+        match (deadline, timeout) {
+            (Some(d), Some(t)) if t >= FAR_DEADLINE => {
+                self.arm_far(d)?;
+                self.poll(None)?;
+            }
+            _ => {
+                self.poll(timeout)?;
+            }
+        }
         Ok(())
     }
 

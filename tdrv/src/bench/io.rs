@@ -6,8 +6,12 @@
 //!   tasks each doing I/O in a loop), beside fio with libaio and the same parameters;
 //! - TCP echo of 64-byte messages over loopback, client and server tasks on the same
 //!   runtime, beside the floor of a reactor-less non-blocking ping-pong in one thread;
+//! - TCP echo against an echo thread outside the runtime, beside the cross-thread
+//!   floor (`peer_tcp_floor_64b_xthread`: two plain threads, best of blocking and
+//!   epoll), the floor that matters to a real client, always in another thread;
 //! - the parking choice: the qd1 AIO and 1-connection TCP figures again with
-//!   `IoConfig::poll_before_park` zero (block in epoll at once) instead of the default.
+//!   `IoConfig::poll_before_park` 50 us (spin before blocking while file I/O is in
+//!   flight) instead of the default (zero: block in epoll at once).
 //!
 //! Each sample runs for a fixed time; figures are operations per second, with the
 //! latency percentiles and the CPU time per operation in the table.
@@ -33,6 +37,9 @@ const MSG: usize = 64;
 /// The default file sizes: full and quick runs.
 const FILE_FULL: u64 = 1 << 30;
 const FILE_QUICK: u64 = 64 << 20;
+/// `poll_before_park` of the `_poll50us` variants: the poll the default does without
+/// must show here that it would win.
+const POLL_ALTERNATIVE: Duration = Duration::from_micros(50);
 /// Seed of the offsets' generator (each task draws its own stream).
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -49,15 +56,17 @@ enum Work {
     TcpXThread,
     /// Reactor-less non-blocking ping-pong in one thread.
     Floor,
+    /// Two plain threads ping-ponging over loopback (best of blocking and epoll).
+    FloorXThread,
 }
 
 /// Which runtime a taskio variant runs on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Parking {
-    /// `IoConfig::default()` (poll before park, 50 us).
+    /// `IoConfig::default()` (no poll before park).
     Default,
-    /// `poll_before_park: Duration::ZERO`.
-    NoPoll,
+    /// `poll_before_park: POLL_ALTERNATIVE`.
+    Poll,
 }
 
 struct Variant {
@@ -72,7 +81,7 @@ struct Group {
 }
 
 fn groups() -> Vec<Group> {
-    use Parking::{Default as Dflt, NoPoll};
+    use Parking::{Default as Dflt, Poll};
     let v = |name, work, parking| Variant {
         name,
         work,
@@ -90,12 +99,12 @@ fn groups() -> Vec<Group> {
                     Dflt,
                 ),
                 v(
-                    "aio_randread_4k_qd1_nopoll",
+                    "aio_randread_4k_qd1_poll50us",
                     Work::Aio {
                         write: false,
                         qd: 1,
                     },
-                    NoPoll,
+                    Poll,
                 ),
                 v(
                     "peer_aio_randread_4k_qd1",
@@ -150,7 +159,7 @@ fn groups() -> Vec<Group> {
         Group {
             variants: vec![
                 v("tcp_echo_64b_1conn", Work::Tcp { conns: 1 }, Dflt),
-                v("tcp_echo_64b_1conn_nopoll", Work::Tcp { conns: 1 }, NoPoll),
+                v("tcp_echo_64b_1conn_poll50us", Work::Tcp { conns: 1 }, Poll),
                 v("peer_tcp_floor_64b", Work::Floor, Dflt),
             ],
         },
@@ -161,10 +170,11 @@ fn groups() -> Vec<Group> {
             variants: vec![
                 v("tcp_echo_64b_1conn_xthread", Work::TcpXThread, Dflt),
                 v(
-                    "tcp_echo_64b_1conn_xthread_nopoll",
+                    "tcp_echo_64b_1conn_xthread_poll50us",
                     Work::TcpXThread,
-                    NoPoll,
+                    Poll,
                 ),
+                v("peer_tcp_floor_64b_xthread", Work::FloorXThread, Dflt),
             ],
         },
     ]
@@ -215,7 +225,7 @@ struct Setup {
     file_bytes: u64,
     fio: bool,
     default_rt: Runtime,
-    nopoll_rt: Runtime,
+    poll_rt: Runtime,
 }
 
 pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
@@ -258,7 +268,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
         file_bytes,
         fio,
         default_rt: runtime(None)?,
-        nopoll_rt: runtime(Some(Duration::ZERO))?,
+        poll_rt: runtime(Some(POLL_ALTERNATIVE))?,
     };
 
     let mut measured: Vec<Measured> = Vec::new();
@@ -313,6 +323,27 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
     Ok(figures(&measured))
 }
 
+/// The cross-thread floor's name (both benches).
+pub(super) const XTHREAD_FLOOR: &str = "peer_tcp_floor_64b_xthread";
+/// The reach of the issue: one connection against an echo thread at least this
+/// fraction of the cross-thread floor's rate.
+const REACH_XTHREAD: f64 = 0.8;
+
+pub(super) fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+/// "; cpu N.NNx the floor's" of `m` over `floor`, when both have a CPU figure.
+pub(super) fn cpu_ratio(m: &Measured, floor: &Measured) -> String {
+    match (
+        m.median_of(|s| s.cpu_us_per_op),
+        floor.median_of(|s| s.cpu_us_per_op),
+    ) {
+        (Some(c), Some(f)) if f > 0.0 => format!("; cpu {:.2}x the floor's", c / f),
+        _ => String::new(),
+    }
+}
+
 /// Turns the measurements into figures, with the details and ratios for the table.
 fn figures(measured: &[Measured]) -> Vec<Figure> {
     let find = |name: &str| measured.iter().find(|m| m.name == name);
@@ -344,21 +375,34 @@ fn figures(measured: &[Measured]) -> Vec<Figure> {
                 "aio_randread_4k_qd1" | "aio_randread_4k_qd32" | "aio_randwrite_4k_qd32" => {
                     detail += &ratio(m, &format!("peer_{}", m.name), "fio");
                 }
-                "aio_randread_4k_qd1_nopoll" => {
-                    detail += &ratio(m, "aio_randread_4k_qd1", "poll 50us");
+                "aio_randread_4k_qd1_poll50us" => {
+                    detail += &ratio(m, "aio_randread_4k_qd1", "no poll");
+                    detail += &ratio(m, "peer_aio_randread_4k_qd1", "fio");
                 }
                 "tcp_echo_64b_1conn" | "tcp_echo_64b_16conn" => {
                     detail += &ratio(m, "peer_tcp_floor_64b", "floor");
                 }
-                "tcp_echo_64b_1conn_nopoll" => {
-                    detail += &ratio(m, "tcp_echo_64b_1conn", "poll 50us");
+                "tcp_echo_64b_1conn_poll50us" => {
+                    detail += &ratio(m, "tcp_echo_64b_1conn", "no poll");
                     detail += &ratio(m, "peer_tcp_floor_64b", "floor");
                 }
                 "tcp_echo_64b_1conn_xthread" => {
                     detail += "; echo by a blocking thread";
+                    if let Some(f) = find(XTHREAD_FLOOR).filter(|f| f.ops() > 0.0) {
+                        let r = m.ops() / f.ops();
+                        detail += &format!(
+                            "; {r:.2}x the cross-thread floor (reach >= {REACH_XTHREAD}x: {})",
+                            met(r >= REACH_XTHREAD)
+                        );
+                        detail += &cpu_ratio(m, f);
+                    }
                 }
-                "tcp_echo_64b_1conn_xthread_nopoll" => {
-                    detail += &ratio(m, "tcp_echo_64b_1conn_xthread", "poll 50us");
+                "tcp_echo_64b_1conn_xthread_poll50us" => {
+                    detail += &ratio(m, "tcp_echo_64b_1conn_xthread", "no poll");
+                    detail += &ratio(m, XTHREAD_FLOOR, "the cross-thread floor");
+                }
+                XTHREAD_FLOOR => {
+                    detail += "; two threads, plain libc read/write, best of blocking and epoll";
                 }
                 "peer_tcp_floor_64b" => {
                     detail += "; one thread, non-blocking write/read spin, no reactor";
@@ -381,7 +425,7 @@ fn sample(setup: &mut Setup, v: &Variant, dur: Duration) -> Result<Sample, Strin
     let blocks = setup.file_bytes / BLOCK;
     let rt = match v.parking {
         Parking::Default => &mut setup.default_rt,
-        Parking::NoPoll => &mut setup.nopoll_rt,
+        Parking::Poll => &mut setup.poll_rt,
     };
     match v.work {
         Work::Aio { write, qd } => {
@@ -395,6 +439,7 @@ fn sample(setup: &mut Setup, v: &Variant, dur: Duration) -> Result<Sample, Strin
         Work::TcpXThread => tcp_xthread_sample(rt, dur),
         Work::Fio { write, qd } => fio_sample(&setup.file, setup.file_bytes, write, qd, dur, &[]),
         Work::Floor => floor_sample(dur),
+        Work::FloorXThread => floor_xthread_sample(dur),
     }
 }
 
@@ -657,6 +702,178 @@ pub(super) fn floor_sample(dur: Duration) -> Result<Sample, String> {
     let elapsed = t0.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
     Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+}
+
+/// How the cross-thread floor's threads wait for their peer.
+#[derive(Clone, Copy)]
+enum FloorWait {
+    /// Blocking sockets: read(2) sleeps in the kernel.
+    Blocking,
+    /// Non-blocking sockets, each thread sleeping in its own epoll_wait(2) on EAGAIN.
+    Epoll,
+}
+
+/// The floor that matters to a real client, which is always in another thread or
+/// process than its server: two plain threads (no runtime) ping-ponging 64 B over
+/// one loopback connection with plain libc read/write, half the sample blocking,
+/// half with epoll; the better half is the sample.
+pub(super) fn floor_xthread_sample(dur: Duration) -> Result<Sample, String> {
+    let blocking = floor_xthread_run(FloorWait::Blocking, dur / 2)?;
+    let epoll = floor_xthread_run(FloorWait::Epoll, dur / 2)?;
+    Ok(if blocking.ops_per_s >= epoll.ops_per_s {
+        blocking
+    } else {
+        epoll
+    })
+}
+
+fn floor_xthread_run(wait: FloorWait, dur: Duration) -> Result<Sample, String> {
+    let err = |what: &str, e: std::io::Error| format!("cross-thread floor {what}: {e}");
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| err("bind", e))?;
+    let addr = l.local_addr().map_err(|e| err("local_addr", e))?;
+    let a = std::net::TcpStream::connect(addr).map_err(|e| err("connect", e))?;
+    let (b, _) = l.accept().map_err(|e| err("accept", e))?;
+    for s in [&a, &b] {
+        s.set_nodelay(true).map_err(|e| err("nodelay", e))?;
+    }
+    let echo = std::thread::Builder::new()
+        .name("tdrv-floor-echo".into())
+        .spawn(move || -> std::io::Result<()> {
+            let end = PlainEnd::new(&b, wait)?;
+            let mut buf = [0u8; MSG];
+            while end.read_full(&mut buf)? {
+                end.write_full(&buf)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| err("spawn", e))?;
+    let measured = (|| -> std::io::Result<Sample> {
+        let end = PlainEnd::new(&a, wait)?;
+        let msg = [9u8; MSG];
+        let mut back = [0u8; MSG];
+        let mut lat = Vec::with_capacity(256 * 1024);
+        let cpu0 = cpu_time();
+        let t0 = Instant::now();
+        let deadline = t0 + dur;
+        let mut start = t0;
+        while start < deadline {
+            end.write_full(&msg)?;
+            if !end.read_full(&mut back)? {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let end = Instant::now();
+            lat.push(lat_ns(end - start));
+            start = end;
+        }
+        let elapsed = t0.elapsed();
+        let cpu = cpu_time().saturating_sub(cpu0);
+        Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+    })();
+    // The echo thread sees the end of stream and ends.
+    let _ = a.shutdown(std::net::Shutdown::Both);
+    let sample = measured.map_err(|e| err("client", e))?;
+    echo.join()
+        .map_err(|_| "cross-thread floor: echo thread panicked".to_string())?
+        .map_err(|e| err("echo", e))?;
+    Ok(sample)
+}
+
+/// One end of the cross-thread floor: a socket read and written with libc calls,
+/// waiting for its peer as `FloorWait` says.
+struct PlainEnd {
+    fd: std::os::fd::RawFd,
+    /// `FloorWait::Epoll`'s epoll instance (level-triggered, EPOLLIN).
+    epoll: Option<std::os::fd::OwnedFd>,
+}
+
+impl PlainEnd {
+    fn new(s: &std::net::TcpStream, wait: FloorWait) -> std::io::Result<PlainEnd> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let fd = s.as_raw_fd();
+        let epoll = match wait {
+            FloorWait::Blocking => None,
+            FloorWait::Epoll => {
+                s.set_nonblocking(true)?;
+                // SAFETY: epoll_create1 has no memory preconditions; checked below.
+                let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+                if ep < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: `ep` is a fresh fd that nothing else owns.
+                let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+                let mut ev = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: 0,
+                };
+                // SAFETY: both fds are open and `ev` is a valid epoll_event.
+                let rc =
+                    unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Some(ep)
+            }
+        };
+        Ok(PlainEnd { fd, epoll })
+    }
+
+    /// Reads all of `buf`; false at the end of stream before its first byte.
+    fn read_full(&self, buf: &mut [u8]) -> std::io::Result<bool> {
+        let mut done = 0;
+        while done < buf.len() {
+            // SAFETY: the tail of `buf` is valid for writes of its length.
+            let n =
+                unsafe { libc::read(self.fd, buf[done..].as_mut_ptr().cast(), buf.len() - done) };
+            match n {
+                0 if done == 0 => return Ok(false),
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n if n > 0 => done += n as usize,
+                _ => self.wait_after(std::io::Error::last_os_error(), true)?,
+            }
+        }
+        Ok(true)
+    }
+
+    fn write_full(&self, buf: &[u8]) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            // SAFETY: the tail of `buf` is valid for reads of its length.
+            let n = unsafe { libc::write(self.fd, buf[done..].as_ptr().cast(), buf.len() - done) };
+            if n >= 0 {
+                done += n as usize;
+            } else {
+                self.wait_after(std::io::Error::last_os_error(), false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failed call: EINTR retries, EAGAIN of a read sleeps in epoll, of a
+    /// write yields the thread (64 B into an empty socket buffer, one message in
+    /// flight, never finds it full: only a safety net), the rest fails.
+    fn wait_after(&self, e: std::io::Error, reading: bool) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        match (e.kind(), &self.epoll) {
+            (std::io::ErrorKind::Interrupted, _) => Ok(()),
+            (std::io::ErrorKind::WouldBlock, Some(_)) if !reading => {
+                std::thread::yield_now();
+                Ok(())
+            }
+            (std::io::ErrorKind::WouldBlock, Some(ep)) => {
+                let mut ev = libc::epoll_event { events: 0, u64: 0 };
+                // SAFETY: `ev` has room for the one event asked for.
+                let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), &mut ev, 1, -1) };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(e),
+        }
+    }
 }
 
 fn spin_write(s: &mut std::net::TcpStream, mut buf: &[u8]) -> std::io::Result<()> {

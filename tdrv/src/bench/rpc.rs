@@ -1,13 +1,20 @@
 //! `tdrv bench rpc`: the rpc crate's session server and pipelined client over
-//! loopback, beside `bench io`'s syscall floor (`peer_tcp_floor_64b`, the same code)
-//! measured sample by sample in the same run (interleaved, so that drift of the
-//! machine hits both alike):
+//! loopback, beside `bench io`'s floors (`peer_tcp_floor_64b` and
+//! `peer_tcp_floor_64b_xthread`, the same code) measured sample by sample in the
+//! same run (interleaved, so that drift of the machine hits both alike). The
+//! cross-thread floor is the one the reach is measured against: client and server
+//! run on different runtimes (threads), as every real client does.
 //!
 //! - `rpc_ping_1conn`: one caller task, PING with 8 bytes of data: a 64-byte frame
 //!   each way, the floor's message size;
 //! - `rpc_ping_pipelined`: 64 caller tasks on the same connection;
 //! - `rpc_write_4k` (and `rpc_write_4k_mbps`, the same samples in MB/s of data):
-//!   WRITE requests of 4 KiB, 16 callers.
+//!   WRITE requests of 4 KiB, 32 callers.
+//!
+//! - `rpc_session_burst_200`: how long a new session waits for the answers to its
+//!   HELLO and a PING while 200 other connections open at once (each sending its
+//!   HELLO, none waiting), on a server of 201 session threads of its own, started
+//!   afresh for each sample.
 //!
 //! The server runs in this process (`Server::start` on 127.0.0.1:0: its acceptor and
 //! session threads, the service answering PING with its data and WRITE with success,
@@ -28,7 +35,9 @@ use rpc::{
 use taskio::remote::remote;
 use taskio::{Config, IoConfig, Runtime};
 
-use super::io::{Measured, Sample, floor_sample, lat_ns, tasks_sample};
+use super::io::{
+    Measured, Sample, XTHREAD_FLOOR, floor_sample, floor_xthread_sample, lat_ns, met, tasks_sample,
+};
 use super::{Figure, Plan};
 
 /// PING data: 8 bytes, so that header (56) + data is the floor's 64-byte message.
@@ -38,14 +47,17 @@ const WRITE_LEN: usize = 4096;
 /// Callers of the pipelined PING figure.
 const PIPELINED_CALLERS: usize = 64;
 /// Callers of the WRITE figure.
-const WRITE_CALLERS: usize = 16;
+const WRITE_CALLERS: usize = 32;
 /// The server's queue depth: every pipelined caller can have its call in flight.
 const QUEUE_DEPTH: u32 = PIPELINED_CALLERS as u32;
-/// The reach of the issue: one caller's round trip within this many floor round trips.
-const REACH_1CONN: f64 = 1.25;
+/// The reach of the issue: one caller's calls per second at least this fraction of
+/// the cross-thread floor's round trips per second...
+const REACH_1CONN: f64 = 0.7;
+/// ... at most this many times the floor's CPU time per round trip.
+const REACH_1CONN_CPU: f64 = 2.0;
 /// The reach of the issue: pipelined calls per second at least this many times one
 /// caller's.
-const REACH_PIPELINED: f64 = 4.0;
+const REACH_PIPELINED: f64 = 8.0;
 
 /// What one sample of one variant measures.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,6 +68,8 @@ enum Work {
     Write { callers: usize },
     /// `bench io`'s reactor-less non-blocking ping-pong in one thread.
     Floor,
+    /// `bench io`'s cross-thread floor: two plain threads ping-ponging.
+    FloorXThread,
 }
 
 struct Variant {
@@ -64,7 +78,7 @@ struct Variant {
 }
 
 /// Every variant, measured interleaved, sample by sample.
-const VARIANTS: [Variant; 4] = [
+const VARIANTS: [Variant; 5] = [
     Variant {
         name: "rpc_ping_1conn",
         work: Work::Ping { callers: 1 },
@@ -84,6 +98,10 @@ const VARIANTS: [Variant; 4] = [
     Variant {
         name: "peer_tcp_floor_64b",
         work: Work::Floor,
+    },
+    Variant {
+        name: XTHREAD_FLOOR,
+        work: Work::FloorXThread,
     },
 ];
 
@@ -118,6 +136,15 @@ impl Service for BenchService {
 }
 
 pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
+    let mut figures = calls_figures(plan)?;
+    if Figure::wanted(plan, BURST_FIGURE) {
+        figures.push(burst_figure(plan)?);
+    }
+    Ok(figures)
+}
+
+/// The figures of calls on one connection and their floors, measured interleaved.
+fn calls_figures(plan: &Plan) -> Result<Vec<Figure>, String> {
     let variants: Vec<&Variant> = VARIANTS
         .iter()
         .filter(|v| {
@@ -137,7 +164,8 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
     let names: Vec<&str> = variants.iter().map(|v| v.name).collect();
     eprintln!("tdrv bench rpc: {}", names.join(", "));
 
-    let server = if variants.iter().any(|v| v.work != Work::Floor) {
+    let is_floor = |w: Work| matches!(w, Work::Floor | Work::FloorXThread);
+    let server = if variants.iter().any(|v| !is_floor(v.work)) {
         let mut config = ServerConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         config.sessions_max = 1;
         config.queue_depth = QUEUE_DEPTH;
@@ -171,7 +199,8 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
                 None => None,
             };
             let one = |work: Work, dur: Duration| match (work, &client) {
-                (Work::Floor, _) => floor_beside(dur),
+                (Work::Floor, _) => floor_beside(dur, floor_sample),
+                (Work::FloorXThread, _) => floor_beside(dur, floor_xthread_sample),
                 (_, Some(c)) => calls(c, work, dur),
                 (_, None) => unreachable!("a call variant without a server"),
             };
@@ -205,16 +234,19 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
     Ok(figures(plan, &measured))
 }
 
-/// The floor on a thread of its own while this runtime waits for its sample in an
-/// inbox, parked in epoll: run in a task, the floor's spin would hold the runtime (and
-/// trip its stall detector) for the whole sample.
-fn floor_beside(dur: Duration) -> Result<Sample, String> {
+/// A floor on a thread of its own while this runtime waits for its sample in an
+/// inbox, parked in epoll: run in a task, the floor's spin (or its blocking calls)
+/// would hold the runtime (and trip its stall detector) for the whole sample.
+fn floor_beside(
+    dur: Duration,
+    floor: fn(Duration) -> Result<Sample, String>,
+) -> Result<Sample, String> {
     let (tx, inbox) = remote::<Result<Sample, String>>(1).map_err(|e| format!("remote: {e}"))?;
     let floor = std::thread::Builder::new()
         .name("tdrv-floor".into())
         .spawn(move || {
             // The inbox waits for this one value: the send cannot find it full.
-            let _ = tx.send(floor_sample(dur));
+            let _ = tx.send(floor(dur));
         })
         .map_err(|e| format!("spawn the floor thread: {e}"))?;
     let sample = inbox.recv().map_err(|e| format!("floor inbox: {e}"))?;
@@ -230,7 +262,7 @@ fn calls(client: &Rc<Client>, work: Work, dur: Duration) -> Result<Sample, Strin
     let (callers, write) = match work {
         Work::Ping { callers } => (callers, false),
         Work::Write { callers } => (callers, true),
-        Work::Floor => unreachable!("the floor makes no calls"),
+        Work::Floor | Work::FloorXThread => unreachable!("a floor makes no calls"),
     };
     tasks_sample(callers, dur, |i, deadline| {
         let c = client.clone();
@@ -275,9 +307,8 @@ fn calls(client: &Rc<Client>, work: Work, dur: Duration) -> Result<Sample, Strin
 /// Turns the measurements into figures, with the details and the reach for the table.
 fn figures(plan: &Plan, measured: &[Measured]) -> Vec<Figure> {
     let find = |name: &str| measured.iter().find(|m| m.name == name && m.ops() > 0.0);
-    let floor = find("peer_tcp_floor_64b");
+    let floor = find(XTHREAD_FLOOR);
     let one = find("rpc_ping_1conn");
-    let met = |ok: bool| if ok { "met" } else { "NOT met" };
     let mut out = Vec::new();
     for m in measured {
         let mut detail = String::new();
@@ -290,18 +321,26 @@ fn figures(plan: &Plan, measured: &[Measured]) -> Vec<Figure> {
         let mut target = None;
         match m.name {
             "rpc_ping_1conn" => {
-                target = Some("<= 1.25x");
+                target = Some(">= 0.7x");
                 if let Some(f) = floor {
-                    // Time per round trip over the floor's: the inverse of the rates.
-                    let r = f.ops() / m.ops();
+                    let r = m.ops() / f.ops();
+                    let cpu = match (
+                        m.median_of(|s| s.cpu_us_per_op),
+                        f.median_of(|s| s.cpu_us_per_op),
+                    ) {
+                        (Some(c), Some(fc)) if fc > 0.0 => c / fc,
+                        _ => f64::INFINITY,
+                    };
                     detail += &format!(
-                        "; {r:.2}x the floor's round trip (reach <= {REACH_1CONN}x: {})",
-                        met(r <= REACH_1CONN)
+                        "; {r:.2}x the cross-thread floor's rate (reach >= {REACH_1CONN}x: {}), \
+                         cpu {cpu:.2}x its (reach <= {REACH_1CONN_CPU}x: {})",
+                        met(r >= REACH_1CONN),
+                        met(cpu <= REACH_1CONN_CPU)
                     );
                 }
             }
             "rpc_ping_pipelined" => {
-                target = Some(">= 4x");
+                target = Some(">= 8x");
                 if let Some(o) = one {
                     let r = m.ops() / o.ops();
                     detail += &format!(
@@ -310,16 +349,19 @@ fn figures(plan: &Plan, measured: &[Measured]) -> Vec<Figure> {
                     );
                 }
                 if let Some(f) = floor {
-                    detail += &format!("; {:.2}x the floor's rate", m.ops() / f.ops());
+                    detail += &format!("; {:.2}x the cross-thread floor's rate", m.ops() / f.ops());
                 }
             }
             "rpc_write_4k" => {
                 if let Some(f) = floor {
-                    detail += &format!("; {:.2}x the floor's rate", m.ops() / f.ops());
+                    detail += &format!("; {:.2}x the cross-thread floor's rate", m.ops() / f.ops());
                 }
             }
             "peer_tcp_floor_64b" => {
                 detail += "; one thread, non-blocking write/read spin, no reactor";
+            }
+            XTHREAD_FLOOR => {
+                detail += "; two threads, plain libc read/write, best of blocking and epoll";
             }
             _ => {}
         }
@@ -349,4 +391,112 @@ fn figures(plan: &Plan, measured: &[Measured]) -> Vec<Figure> {
         }
     }
     out
+}
+
+/// The session burst's figure.
+const BURST_FIGURE: &str = "rpc_session_burst_200";
+/// Connections opened together in the burst.
+const BURST: usize = 200;
+/// The issue's bound on the new session's wait, for the table.
+const BURST_REACH_MS: f64 = 50.0;
+/// How long the burst's reads may wait before the sample fails (the new session
+/// never answered).
+const BURST_IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn burst_figure(plan: &Plan) -> Result<Figure, String> {
+    let samples = if plan.quick { 3 } else { 7 };
+    eprintln!("tdrv bench rpc: {BURST_FIGURE}");
+    let ms: Vec<f64> = (0..samples)
+        .map(|_| burst_sample().map_err(|e| format!("{BURST_FIGURE}: {e}")))
+        .collect::<Result<_, _>>()?;
+    let f = Figure {
+        name: BURST_FIGURE,
+        unit: "ms",
+        samples: ms,
+        target: Some("<= 50"),
+        reference: None,
+    };
+    let median = f.median();
+    Ok(Figure {
+        reference: Some(format!(
+            "new session's HELLO + PING under {BURST} connections opening at once \
+             (reach <= {BURST_REACH_MS} ms: {})",
+            met(median <= BURST_REACH_MS)
+        )),
+        ..f
+    })
+}
+
+/// One burst on a fresh server: the new session's wait in ms.
+fn burst_sample() -> Result<f64, String> {
+    use std::io::{Read, Write};
+    let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
+    let frame = |tag: u64, request: Request<'_>| -> Result<Vec<u8>, String> {
+        let mut v = Vec::new();
+        let m = rpc::Message {
+            tag,
+            body: rpc::Body::Request(request),
+        };
+        rpc::encode_frame(rpc::limits::VERSION_MIN, &m, &mut v).map_err(|e| e.to_string())?;
+        Ok(v)
+    };
+    let hello = |name: &str| {
+        frame(
+            1,
+            Request::Hello(rpc::Hello {
+                version_min: rpc::limits::VERSION_MIN,
+                version_max: rpc::limits::VERSION_MIN,
+                client_nonce: [7; rpc::limits::NONCE_LEN],
+                proof: None,
+                client_name: name,
+            }),
+        )
+    };
+    // The answer's header, its payload read and dropped.
+    let answer = |s: &mut std::net::TcpStream| -> Result<Header, String> {
+        let mut head = [0u8; rpc::HEADER_LEN];
+        s.read_exact(&mut head).map_err(io("read an answer"))?;
+        let h = rpc::decode_header(&head).map_err(|e| e.to_string())?;
+        let mut payload = vec![0; h.payload_len as usize];
+        s.read_exact(&mut payload).map_err(io("read an answer"))?;
+        Ok(h)
+    };
+    let mut config = ServerConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    config.sessions_max = BURST + 1;
+    config.server_name = "tdrv-bench-burst".into();
+    let server = Server::start(config, || BenchService).map_err(|e| format!("server: {e}"))?;
+    let addr = server.local_addr();
+    let mut burst = Vec::with_capacity(BURST);
+    for i in 0..BURST {
+        let mut c = std::net::TcpStream::connect(addr).map_err(io("connect"))?;
+        c.write_all(&hello(&format!("burst-{i}"))?)
+            .map_err(io("write HELLO"))?;
+        burst.push(c);
+    }
+    let start = Instant::now();
+    let mut c = std::net::TcpStream::connect(addr).map_err(io("connect"))?;
+    c.set_read_timeout(Some(BURST_IO_TIMEOUT))
+        .map_err(io("read timeout"))?;
+    let mut both = hello("new")?;
+    both.extend(frame(2, Request::Ping { data: b"new" })?);
+    c.write_all(&both).map_err(io("write HELLO + PING"))?;
+    for tag in [1, 2] {
+        let h = answer(&mut c)?;
+        if (h.tag, h.status) != (tag, Status::Ok) {
+            return Err(format!("the new session's request {tag} answered {h:?}"));
+        }
+    }
+    let took = start.elapsed();
+    for b in &mut burst {
+        b.set_read_timeout(Some(BURST_IO_TIMEOUT))
+            .map_err(io("read timeout"))?;
+        let h = answer(b)?;
+        if (h.tag, h.status) != (1, Status::Ok) {
+            return Err(format!("a burst HELLO answered {h:?}"));
+        }
+    }
+    drop(burst);
+    drop(c);
+    server.stop();
+    Ok(took.as_secs_f64() * 1e3)
 }
