@@ -2,12 +2,17 @@
 //!
 //! One node holds a vSSD on its simulated disk (16 lines of cache for 40 lines of
 //! data, so eviction and backpressure run; the smallest log, so it wraps over
-//! checkpoints). Six tasks run random operations, one line at a time each (a
-//! per-line lock, as the cache device holds): write (writep1, then the coordinator's
-//! decision, commit or abort, sometimes waited durable), read, fill after a miss,
-//! destage (copy to the backing store, then mark_clean), discard (a tombstone to the
-//! backing store, then invalidate) and checkpoints. The backing store lives outside
-//! the node: it survives crashes.
+//! checkpoints). Six tasks run random operations, each under the locks of the lines
+//! it touches (taken in line order; the DTM serialises writes per line): write of
+//! one line, or of 2 or 3 consecutive lines in one tran (writep1 with an id from
+//! `next_tran_id`, then the coordinator's decision, commit or abort, sometimes
+//! waited durable, sometimes retried both ways), read, fill after a miss, destage
+//! (copy to the backing store, then mark_clean), discard of one line or a range (a
+//! tombstone to the backing store, then `invalidate_range`; some ranges reach far
+//! past the data lines, where nothing is cached), a new membership epoch, and
+//! checkpoints. A destager walks `dirty_range` in line order and destages when
+//! `dirty_count` reaches half the cache. The backing store lives outside the node:
+//! it survives crashes.
 //!
 //! One seed in eight lets each boot run long enough for the log to wrap.
 //!
@@ -20,16 +25,30 @@
 //! Each boot reopens the vSSD,
 //! resolves the in-doubt trans by the DTM's rule (the coordinator's decision if it
 //! made one, else commit: with one vSSD, prepared everywhere is prepared here), and
-//! checks, for every line, what a client would read (the cache, or the backing store
-//! on a miss):
-//! - it is the newest acknowledged version (a write whose writep1 returned and whose
-//!   decision was commit, or a discard that returned), or a newer one in flight;
-//! - never an aborted write, and never bytes no write produced (every payload names
-//!   its line and version in each of its 8-byte words);
-//! - the in-doubt set holds no tran whose COMMIT or ABORT was durable.
+//! checks:
+//! - for every line, what a client would read (the cache, or the backing store on a
+//!   miss) is the newest acknowledged version (a write whose writep1 returned and
+//!   whose decision was commit, or a discard that returned), or a newer one in
+//!   flight; never an aborted write, and never bytes no write produced (every
+//!   payload names its line and version in each of its 8-byte words); and a version
+//!   the backing store lacks is cached dirty;
+//! - a tran undecided at the crash shows on all its lines or on none; an in-doubt
+//!   tran has exactly the lines it was written on; none whose COMMIT or ABORT was
+//!   durable is in doubt;
+//! - the next id is above every id handed out before the crash;
+//! - the trans resolved lately are committed or aborted as decided (or forgotten),
+//!   their decision retried is idempotent (refused if forgotten), the other refused;
+//! - the membership epoch is the last one acknowledged, or the one being set at the
+//!   crash, never an older one.
 //!
 //! While the node runs, every read under the line's lock must return exactly the
-//! newest acknowledged version.
+//! newest acknowledged version (and a version the backing store lacks must be
+//! cached dirty); a discarded range must be uncached, having dropped at least its
+//! dirty lines and at most its cached ones; a decision retried returns the same
+//! record, the other one is refused; an older epoch, or the same epoch with other
+//! members, is refused; the destager's walk must be in line order, agree with
+//! `dirty_count`, each line's entry, the dirty generation and the test's model of
+//! the dirty lines.
 //!
 //! `--buggy` acknowledges each write to its client before writep1 returns (a DTM that
 //! replies before phase 1 is durable): the torture finds seeds where a crash loses an
@@ -679,6 +698,8 @@ fn trace(w: &World, what: std::fmt::Arguments<'_>) {
 /// One random operation of a worker task, with the locks of the lines it touches
 /// (taken in line order: no deadlock).
 fn task_step(w: &World, v: &Vssd, b: &BootState, rng: &mut Rng) -> Result<(), String> {
+    // In 100: 6 multi-line writes, 3 range discards over data lines, 2 range
+    // discards mostly past them, 1 new epoch; the rest one line at a time.
     let r = rng.below(100);
     if r >= 12 {
         let line = rng.below(DATA_LINES);
@@ -688,15 +709,15 @@ fn task_step(w: &World, v: &Vssd, b: &BootState, rng: &mut Rng) -> Result<(), St
     if r == 11 {
         return set_epoch(w, v, rng);
     }
-    // A multi-line operation, unless enough of them run already.
+    // A multi-line operation, unless enough of them run already (a fallback to one
+    // line still counts, as the bound only needs to be an upper one).
     let lines = if b.multi.get() < MULTI_OPS_MAX {
         2 + rng.below(OP_LINES_MAX - 1)
     } else {
         1
     };
     let (first, count) = match r {
-        0..6 => (rng.below(DATA_LINES - lines + 1), lines),
-        6..9 => (rng.below(DATA_LINES - lines + 1), lines),
+        0..9 => (rng.below(DATA_LINES - lines + 1), lines),
         // A range mostly past the data lines: never cached, so no record.
         _ => {
             let data = rng.below(lines + 1);
