@@ -78,10 +78,14 @@ fn count(summary: &str, what: &str) -> u64 {
 }
 
 /// The seeds of the torture really crash twice, during a recovery and after one, and
-/// the simulator really lands and tears writes that were in flight at the crashes.
+/// the simulator really lands and tears writes that were in flight at the crashes;
+/// the workload really writes multi-line trans, some cut short by crashes (kept
+/// whole by recovery, or dropped), discards ranges, retries decisions and sets
+/// epochs.
 #[test]
 fn seeds_crash_twice_during_and_after_recovery_and_land_writes_in_flight() {
     let (mut double, mut during, mut in_flight, mut landed, mut torn) = (0, 0, 0, 0, 0);
+    let (mut multi, mut cut, mut whole, mut ranges, mut retried, mut epochs) = (0, 0, 0, 0, 0, 0);
     for seed in 0..12 {
         let (code, out, err) = tdrv(&["torture", "vssd", "--seed", &seed.to_string()]);
         assert_eq!(code, 0, "{out}\n{err}");
@@ -90,6 +94,12 @@ fn seeds_crash_twice_during_and_after_recovery_and_land_writes_in_flight() {
         in_flight += count(&out, " in flight at crashes");
         landed += count(&out, " landed");
         torn += count(&out, " writes torn");
+        multi += count(&out, " multi-line trans");
+        cut += count(&out, " cut short by a crash");
+        whole += count(&out, " of them kept whole");
+        ranges += count(&out, " range discards");
+        retried += count(&out, " decisions retried");
+        epochs += count(&out, " epochs set");
     }
     assert!(
         during > 0 && double > during,
@@ -100,4 +110,12 @@ fn seeds_crash_twice_during_and_after_recovery_and_land_writes_in_flight() {
         "{in_flight} in flight, {landed} landed"
     );
     assert!(torn > 0);
+    assert!(
+        multi > cut && cut > whole && whole > 0,
+        "{multi} multi-line trans, {cut} cut short, {whole} kept whole"
+    );
+    assert!(
+        ranges > 0 && retried > 0 && epochs > 0,
+        "{ranges} range discards, {retried} retried, {epochs} epochs"
+    );
 }
