@@ -23,6 +23,7 @@
 //! - [`server`]: the thread hosting on top ([`Server`]: an acceptor thread and
 //!   session runtimes that connections are handed to);
 //! - [`client`]: the pipelined [`Client`];
+//! - [`echo`]: a service that echoes, for tests, benchmarks and simulations;
 //! - [`RpcError`]: what went wrong, the status to answer with, and whether the
 //!   connection must close.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod client;
 mod codec;
 mod cursor;
+pub mod echo;
 mod error;
 mod frame;
 #[doc(hidden)]

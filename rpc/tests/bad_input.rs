@@ -657,34 +657,10 @@ mod raw {
     use std::net::{SocketAddr, TcpStream};
     use std::time::Duration;
 
+    use rpc::echo::Echo;
     use rpc::limits::HEADER_LEN;
-    use rpc::{Header, Request, Response, Server, ServerConfig, Service, SessionInfo};
+    use rpc::{Header, Server, ServerConfig};
     use rpc::{decode_header, decode_payload};
-
-    struct Echo;
-
-    impl Service for Echo {
-        fn handle<'s>(
-            &self,
-            _session: &SessionInfo,
-            _header: &Header,
-            request: Request<'_>,
-            scratch: &'s mut Vec<u8>,
-        ) -> Response<'s> {
-            match request {
-                Request::Ping { data } => {
-                    scratch.clear();
-                    scratch.extend_from_slice(data);
-                    Response::Ping { data: scratch }
-                }
-                other => Response::Error {
-                    msg_type: other.msg_type(),
-                    status: rpc::Status::NotSupported,
-                    reason: "echo serves PING",
-                },
-            }
-        }
-    }
 
     pub fn server() -> Server {
         Server::start(ServerConfig::new("127.0.0.1:0".parse().unwrap()), || Echo).unwrap()

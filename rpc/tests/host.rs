@@ -1,44 +1,20 @@
 //! The thread hosting layer: generic over serving one connection, and a connection
 //! handed between threads as a plain fd plus what was already read from it.
 
+use rpc::echo::Echo;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use rpc::limits::{HEADER_LEN, TAG_NONE};
 use rpc::{
-    Body, Handoff, Header, Host, HostConfig, Message, MsgType, Request, Response, SessionConfig,
-    SessionInfo, Status, decode_header, encode_frame, serve_connection,
+    Body, Handoff, Header, Host, HostConfig, Message, MsgType, Request, SessionConfig, Status,
+    decode_header, encode_frame, serve_connection,
 };
 use taskio::{Config, IoConfig, Runtime};
 
 /// Bound of every blocking read of the test.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-
-struct Echo;
-
-impl rpc::Service for Echo {
-    fn handle<'s>(
-        &self,
-        _session: &SessionInfo,
-        _header: &Header,
-        request: Request<'_>,
-        scratch: &'s mut Vec<u8>,
-    ) -> Response<'s> {
-        match request {
-            Request::Ping { data } => {
-                scratch.clear();
-                scratch.extend_from_slice(data);
-                Response::Ping { data: scratch }
-            }
-            other => Response::Error {
-                msg_type: other.msg_type(),
-                status: Status::NotSupported,
-                reason: "echo serves PING",
-            },
-        }
-    }
-}
 
 fn frame(tag: u64, request: Request<'_>) -> Vec<u8> {
     let mut v = Vec::new();

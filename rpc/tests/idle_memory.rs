@@ -5,6 +5,7 @@
 //! this test binary; the raw client on the test thread allocates everything it uses
 //! before the first measure, so what moves is the server's.
 
+use rpc::echo::Echo;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,8 +15,7 @@ use std::time::{Duration, Instant};
 use rpc::limits::{DATA_LEN_MAX, FRAME_LEN_MAX, HEADER_LEN};
 use rpc::session::SESSION_IDLE_BUFFER_BYTES_MAX;
 use rpc::{
-    Body, Header, Message, Request, Response, Server, ServerConfig, SessionInfo, Status,
-    decode_header, encode_frame,
+    Body, Header, Message, Request, Server, ServerConfig, Status, decode_header, encode_frame,
 };
 
 struct Counting;
@@ -56,38 +56,6 @@ const SHRINK_WITHIN: Duration = Duration::from_secs(5);
 /// small bookkeeping: timers, wait lists).
 const SLACK_BYTES: usize = 16 * 1024;
 
-/// PING echoes, WRITE succeeds, READ answers its length of bytes.
-struct Sink;
-
-impl rpc::Service for Sink {
-    fn handle<'s>(
-        &self,
-        _session: &SessionInfo,
-        _header: &Header,
-        request: Request<'_>,
-        scratch: &'s mut Vec<u8>,
-    ) -> Response<'s> {
-        match request {
-            Request::Ping { data } => {
-                scratch.clear();
-                scratch.extend_from_slice(data);
-                Response::Ping { data: scratch }
-            }
-            Request::Write { .. } => Response::Write,
-            Request::Read { length, .. } => {
-                scratch.clear();
-                scratch.resize(length as usize, 7);
-                Response::Read { data: scratch }
-            }
-            other => Response::Error {
-                msg_type: other.msg_type(),
-                status: Status::NotSupported,
-                reason: "sink",
-            },
-        }
-    }
-}
-
 fn frame(tag: u64, request: Request<'_>) -> Vec<u8> {
     let mut v = Vec::new();
     encode_frame(
@@ -117,7 +85,7 @@ fn an_idle_session_gives_its_buffers_back_down_to_the_stated_bound() {
     config.sessions_max = 1;
     config.queue_depth = QUEUE_DEPTH;
     config.idle_shrink_after = IDLE_SHRINK_AFTER;
-    let server = Server::start(config, || Sink).unwrap();
+    let server = Server::start(config, || Echo).unwrap();
     let mut s = TcpStream::connect(server.local_addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // Everything the client needs, made before the first measure.

@@ -3,6 +3,7 @@
 //! `rpc_session_burst_200` of `tdrv bench rpc`; here the bound is a wait that fails
 //! only when the new session is not answered at all).
 
+use rpc::echo::Echo;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -11,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use rpc::limits::HEADER_LEN;
 use rpc::{
-    Body, Header, Message, Request, Response, Server, ServerConfig, SessionInfo, Status,
-    decode_header, encode_frame,
+    Body, Header, Message, Request, Server, ServerConfig, Status, decode_header, encode_frame,
 };
 
 /// Connections opened together.
@@ -20,31 +20,6 @@ const BURST: usize = 200;
 /// How long the new session may take to be answered before the test fails: far
 /// above any answer, so that only a session never answered fails it.
 const ANSWER_WITHIN: Duration = Duration::from_secs(20);
-
-struct Echo;
-
-impl rpc::Service for Echo {
-    fn handle<'s>(
-        &self,
-        _session: &SessionInfo,
-        _header: &Header,
-        request: Request<'_>,
-        scratch: &'s mut Vec<u8>,
-    ) -> Response<'s> {
-        match request {
-            Request::Ping { data } => {
-                scratch.clear();
-                scratch.extend_from_slice(data);
-                Response::Ping { data: scratch }
-            }
-            other => Response::Error {
-                msg_type: other.msg_type(),
-                status: Status::NotSupported,
-                reason: "echo serves PING",
-            },
-        }
-    }
-}
 
 fn frame(tag: u64, request: Request<'_>) -> Vec<u8> {
     let mut v = Vec::new();

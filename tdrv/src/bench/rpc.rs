@@ -24,14 +24,12 @@
 //! calls per second, with latency percentiles, CPU time per call (the whole process:
 //! client and server) and the ratios of the reach in the table.
 
+use rpc::echo::Echo;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use rpc::{
-    Client, ClientConfig, Header, Request, Response, Server, ServerConfig, Service, SessionInfo,
-    Status,
-};
+use rpc::{Client, ClientConfig, Header, Request, Response, Server, ServerConfig, Status};
 use taskio::remote::remote;
 use taskio::{Config, IoConfig, Runtime};
 
@@ -108,33 +106,6 @@ const VARIANTS: [Variant; 5] = [
 /// The second figure of `rpc_write_4k`'s samples.
 const WRITE_MBPS: &str = "rpc_write_4k_mbps";
 
-/// The bench's service: PING echoes its data, WRITE succeeds and drops its data.
-struct BenchService;
-
-impl Service for BenchService {
-    fn handle<'s>(
-        &self,
-        _session: &SessionInfo,
-        _header: &Header,
-        request: Request<'_>,
-        scratch: &'s mut Vec<u8>,
-    ) -> Response<'s> {
-        match request {
-            Request::Ping { data } => {
-                scratch.clear();
-                scratch.extend_from_slice(data);
-                Response::Ping { data: scratch }
-            }
-            Request::Write { .. } => Response::Write,
-            other => Response::Error {
-                msg_type: other.msg_type(),
-                status: Status::NotSupported,
-                reason: "the bench serves PING and WRITE",
-            },
-        }
-    }
-}
-
 pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
     let mut figures = calls_figures(plan)?;
     if Figure::wanted(plan, BURST_FIGURE) {
@@ -170,7 +141,7 @@ fn calls_figures(plan: &Plan) -> Result<Vec<Figure>, String> {
         config.sessions_max = 1;
         config.queue_depth = QUEUE_DEPTH;
         config.server_name = "tdrv-bench".into();
-        Some(Server::start(config, || BenchService).map_err(|e| format!("rpc server: {e}"))?)
+        Some(Server::start(config, || Echo).map_err(|e| format!("rpc server: {e}"))?)
     } else {
         None
     };
@@ -464,7 +435,7 @@ fn burst_sample() -> Result<f64, String> {
     let mut config = ServerConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
     config.sessions_max = BURST + 1;
     config.server_name = "tdrv-bench-burst".into();
-    let server = Server::start(config, || BenchService).map_err(|e| format!("server: {e}"))?;
+    let server = Server::start(config, || Echo).map_err(|e| format!("server: {e}"))?;
     let addr = server.local_addr();
     let mut burst = Vec::with_capacity(BURST);
     for i in 0..BURST {
