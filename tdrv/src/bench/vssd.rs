@@ -195,7 +195,10 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
         device_id: DEVICE_ID.to_string(),
         // Never the previous format's uuid: format refuses to reuse one.
         uuid: random_uuid().map_err(|e| format!("random uuid: {e}"))?,
-        force: false,
+        // The bench's own scratch file may hold a vSSD of an older format version
+        // (a build before a format change): it is the bench's, so it is reformatted.
+        // A `--file` never is: a vSSD there that this build cannot use is refused.
+        force: plan.file.is_none(),
     };
     let geometry = params
         .geometry()
