@@ -64,6 +64,10 @@ use net::{Conn, Pipe, Side};
 pub const SECTOR: usize = 512;
 /// Bytes a connection's pipe holds in flight before the writer must wait.
 const PIPE_BYTES_MAX: usize = 256 * 1024;
+/// The latency of a hand-off's wake-up between two "threads" of a node (a
+/// `Remote` signalling its `Inbox`), drawn uniformly: another thread's wake-up.
+const NOTIFY_LATENCY_NS: (u64, u64) = (1_000, 20_000);
+const _: () = assert!(NOTIFY_LATENCY_NS.0 > 0 && NOTIFY_LATENCY_NS.0 <= NOTIFY_LATENCY_NS.1);
 /// File operations in flight per runtime (as the real driver's AIO depth).
 const FILE_OPS_MAX: usize = 256;
 /// The streams of a simulation's seed (see [`Rng::stream`]): the driver's choices
@@ -179,6 +183,11 @@ enum SimFd {
         path: PathBuf,
         dsync: bool,
     },
+    /// A notifier's event (see `driver::notify`): readable while `pending`.
+    Event {
+        node: u32,
+        pending: bool,
+    },
 }
 
 impl SimFd {
@@ -186,7 +195,8 @@ impl SimFd {
         match self {
             SimFd::Listener { node, .. }
             | SimFd::Stream { node, .. }
-            | SimFd::File { node, .. } => *node,
+            | SimFd::File { node, .. }
+            | SimFd::Event { node, .. } => *node,
         }
     }
 }

@@ -183,7 +183,7 @@ impl SimState {
                 }
             }
             Some(SimFd::File { node, path, .. }) => self.unlock((node, path), fd),
-            None => {}
+            Some(SimFd::Event { .. }) | None => {}
         }
     }
 
