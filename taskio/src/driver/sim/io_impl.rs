@@ -229,6 +229,8 @@ impl Io for SimDriver {
             s.at(at, EvKind::Ready(peer, Interest::Read));
         }
         mix(&mut s.trace, &[6, fd as u64, n as u64, at]);
+        s.mangle_sent(id, side);
+        // The sender sent `n` bytes, whatever the wire did to them.
         Ok(n)
     }
 

@@ -123,6 +123,17 @@ pub enum DiskFault {
     CorruptRead,
 }
 
+/// A fault injected on demand into the next chunk of bytes one node sends another
+/// (a bad frame on the wire: a middlebox or NIC bug, memory corruption).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetFault {
+    /// One byte of the chunk, at a seeded place, is changed.
+    Corrupt,
+    /// A seeded tail of the chunk (at least one byte) is lost; the stream goes on
+    /// with the next chunk.
+    Truncate,
+}
+
 /// How a partition cuts the network between two nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartitionKind {
@@ -157,6 +168,9 @@ pub struct SimStats {
     /// swallowed.
     pub silent_chunks_dropped: u64,
     pub silent_connects_lost: u64,
+    /// Chunks an injected [`NetFault`] corrupted or truncated.
+    pub net_chunks_corrupted: u64,
+    pub net_chunks_truncated: u64,
     /// I/O calls refused to a task of a crashed or stopped node (a destructor that
     /// runs while the task unwinds).
     pub dead_io_refused: u64,
@@ -238,6 +252,8 @@ pub(crate) struct SimState {
     /// (lower node, higher node) -> how the network between them is cut.
     partitions: BTreeMap<(u32, u32), PartitionKind>,
     injected: BTreeMap<(u32, PathBuf), VecDeque<Injected>>,
+    /// (sending node, receiving node) -> faults for its next chunks, in order.
+    net_injected: BTreeMap<(u32, u32), VecDeque<NetFault>>,
     file_ops: usize,
     slot_waiters: VecDeque<TaskRef>,
     stats: IoStats,
@@ -283,6 +299,7 @@ impl SimState {
             locks: BTreeMap::new(),
             partitions: BTreeMap::new(),
             injected: BTreeMap::new(),
+            net_injected: BTreeMap::new(),
             file_ops: 0,
             slot_waiters: VecDeque::new(),
             stats: IoStats::default(),
