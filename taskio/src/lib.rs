@@ -42,7 +42,7 @@ mod timer;
 
 pub use buf::{ALIGN, AlignedBuf};
 pub use driver::aio::{FileOp, FileOpKind};
-pub use driver::{Driver, Interest, Io, IoConfig, IoStats, Reactor, SleepDriver};
+pub use driver::{Driver, Interest, Io, IoConfig, IoStats, Notifier, Reactor, SleepDriver};
 pub use error::{DeadlockTask, IoError, JoinError, RunError, SpawnError};
 pub use sched::{Config, Runtime, RuntimeStats};
 pub use stall::{DEFAULT_STALL_THRESHOLD, StallReport, StallSink};

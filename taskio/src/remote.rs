@@ -1,28 +1,35 @@
 //! Cross-thread hand-off: a [`Remote`] lets another OS thread give values to a
 //! runtime and wake it; the runtime's tasks take them from the matching [`Inbox`]
-//! (pseudo-blocking). A bounded queue behind a mutex plus an eventfd that the
-//! runtime's reactor watches. The sender learns at once when the queue is full or
-//! the inbox is gone; nothing waits across threads.
+//! (pseudo-blocking). A bounded queue behind a mutex plus a [`Notifier`] that the
+//! runtime's driver watches: an eventfd on the real reactor, an in-memory event under
+//! the simulator. The sender learns at once when the queue is full or the inbox is
+//! gone; nothing waits across threads.
 //!
 //! This is how the server's acceptor thread gives a new connection to a session
 //! thread. It is the only place in taskio where threads share state, and the state is
 //! the queue of this one channel (no global).
+//!
+//! Under the simulator the runtimes of one node are modelled as groups of tasks of
+//! the one simulated runtime: a "thread" is the set of tasks that use one `Inbox`,
+//! and a hand-off between groups wakes the receiver after a seeded latency (the
+//! simulator's `notify`), so the interleaving of the groups is part of the seed. The
+//! groups do not run in parallel; what can happen between two threads is modelled
+//! by which task the seeded scheduler picks and when the wake-up lands. The
+//! channel must then be made on the simulation's thread, by one of its tasks.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::driver::Interest;
+use crate::driver::{Interest, Notifier};
 use crate::error::IoError;
 use crate::sched::core;
 
 struct Shared<T> {
     queue: Mutex<VecDeque<T>>,
     capacity: usize,
-    eventfd: OwnedFd,
+    notifier: Notifier,
     inbox_gone: AtomicBool,
     /// Set by `close`, or when the last `Remote` is dropped.
     senders_gone: AtomicBool,
@@ -37,10 +44,7 @@ impl<T> Shared<T> {
     }
 
     fn signal(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a live u64 to our eventfd. It can fail only if
-        // the counter would overflow (then a wakeup is pending anyway).
-        unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        self.notifier.signal();
     }
 }
 
@@ -84,22 +88,26 @@ pub struct Inbox<T> {
 }
 
 /// A channel from other threads into a runtime, holding at most `capacity` values.
+/// Its wake-up is made by the driver of the runtime that calls this (an eventfd
+/// outside any runtime, or on the real reactor; an in-memory event under the
+/// simulator), so the inbox belongs to a runtime of that kind.
 pub fn remote<T: Send>(capacity: usize) -> Result<(Remote<T>, Inbox<T>), IoError> {
     assert!(capacity > 0, "remote capacity must be at least 1");
-    // SAFETY: eventfd has no memory preconditions; the result is checked.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(IoError::Setup {
-            op: "eventfd",
-            source: io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: `fd` is a fresh fd nothing else owns.
-    let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let made = if crate::sched::is_running() {
+        core()
+            .with_io("remote", |io| io.notifier())
+            .unwrap_or_else(|_| Notifier::eventfd())
+    } else {
+        Notifier::eventfd()
+    };
+    let notifier = made.map_err(|source| IoError::Setup {
+        op: "remote notifier",
+        source,
+    })?;
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
         capacity,
-        eventfd,
+        notifier,
         inbox_gone: AtomicBool::new(false),
         senders_gone: AtomicBool::new(false),
         senders: AtomicUsize::new(1),
@@ -163,7 +171,7 @@ impl<T> Inbox<T> {
     /// Takes the next value, parking until one arrives; None once a sender has
     /// called `close` and the queue is empty.
     pub fn recv(&self) -> Result<Option<T>, IoError> {
-        let fd = self.shared.eventfd.as_raw_fd();
+        let fd = self.shared.notifier.fd();
         loop {
             if let Some(v) = self.try_recv() {
                 return Ok(Some(v));
@@ -173,9 +181,7 @@ impl<T> Inbox<T> {
             }
             // Reset the counter, then look again: a value queued between the first
             // look and the reset has had its signal consumed here.
-            let mut count: u64 = 0;
-            // SAFETY: reading 8 bytes into a live u64 from our non-blocking eventfd.
-            unsafe { libc::read(fd, (&mut count as *mut u64).cast(), 8) };
+            self.shared.notifier.clear();
             if let Some(v) = self.try_recv() {
                 return Ok(Some(v));
             }
@@ -192,8 +198,8 @@ impl<T> Drop for Inbox<T> {
     fn drop(&mut self) {
         self.shared.inbox_gone.store(true, Ordering::Release);
         if crate::sched::is_running() {
-            // Forget the fd in the reactor before the eventfd closes with the last Arc.
-            let fd = self.shared.eventfd.as_raw_fd();
+            // Forget the fd in the driver before the notifier closes with the last Arc.
+            let fd = self.shared.notifier.fd();
             let _ = core().with_io("remote drop", |io| io.forget(fd));
         }
         // Values still queued are dropped with the last reference.

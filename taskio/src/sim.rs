@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-pub use crate::driver::sim::{DiskFault, Faults, PartitionKind, SimConfig, SimStats};
+pub use crate::driver::sim::{DiskFault, Faults, NetFault, PartitionKind, SimConfig, SimStats};
 use crate::driver::sim::{Node, STREAM_SCHED, SimDriver, SimState};
 use crate::error::RunError;
 use crate::rand::Rng;
@@ -225,6 +225,12 @@ impl SimHandle {
         self.state
             .borrow_mut()
             .inject(node, path.as_ref().to_path_buf(), fault, bytes);
+    }
+
+    /// Makes the next chunk of bytes `from` sends `to` (over any connection) arrive
+    /// damaged as `fault`; several queue up, each for the next chunk.
+    pub fn inject_net(&self, from: NodeId, to: NodeId, fault: NetFault) {
+        self.state.borrow_mut().inject_net(from, to, fault);
     }
 
     /// The durable contents of a node's file (what any crash keeps).

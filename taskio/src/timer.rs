@@ -106,15 +106,19 @@ impl TimerHeap {
     }
 
     pub(crate) fn arm(&mut self, deadline: Instant, task: TaskRef) {
+        // Compact before the push: the task arming has not parked yet, so its own
+        // entry would look stale (`is_current_wait` is false until it blocks) and
+        // be dropped, and its wait would never time out.
+        let len = self.heap.len() + 1;
+        if len >= COMPACT_MIN_ENTRIES && len.is_power_of_two() {
+            self.compact();
+        }
         self.seq += 1;
         self.heap.push(Reverse(Entry {
             deadline,
             seq: self.seq,
             task,
         }));
-        if self.heap.len() >= COMPACT_MIN_ENTRIES && self.heap.len().is_power_of_two() {
-            self.compact();
-        }
     }
 
     /// Earliest deadline of a live timer, dropping stale entries found on top.

@@ -408,3 +408,61 @@ fn partition_without_a_kind_is_a_seeded_choice_of_both() {
         "{kinds:?}"
     );
 }
+
+/// An injected net fault damages the next chunk from one node to the other (one
+/// byte changed, or a tail lost) and nothing else: the chunks around it and the
+/// other direction arrive intact.
+#[test]
+fn injected_net_faults_corrupt_or_truncate_the_next_chunk_only() {
+    use taskio::sim::NetFault;
+    const CHUNK: usize = 64;
+    let mut sim = Sim::new(SimConfig::new(5));
+    let got = Rc::new(RefCell::new(Vec::<Vec<u8>>::new()));
+    let g2 = got.clone();
+    sim.run(move |h| {
+        let g3 = g2.clone();
+        let a = h.add_node("a", srv().ip(), move || {
+            let l = net::listen(srv()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            let mut buf = [0u8; CHUNK];
+            // Read each chunk as it comes: a truncated one is short.
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => g3.borrow_mut().push(buf[..n].to_vec()),
+                }
+            }
+        });
+        let b = h.add_node("b", "10.0.0.2".parse().unwrap(), move || {
+            let c = net::connect(srv(), Some(Duration::from_secs(1))).unwrap();
+            for i in 0..3u8 {
+                c.write_all(&[i + 1; CHUNK]).unwrap();
+                // Far apart, so that each chunk is read alone.
+                sleep(Duration::from_millis(10));
+            }
+        });
+        h.inject_net(a, b, NetFault::Corrupt); // the other direction: never used
+        h.inject_net(b, a, NetFault::Corrupt);
+        h.inject_net(b, a, NetFault::Truncate);
+        h.run_until(Duration::from_secs(1), || {
+            !h.is_alive(b) || g2.borrow().len() >= 3
+        });
+        sleep(Duration::from_millis(100));
+    })
+    .unwrap();
+    let got = got.borrow();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].len(), CHUNK);
+    assert_eq!(
+        got[0].iter().filter(|&&x| x != 1).count(),
+        1,
+        "one byte changed"
+    );
+    assert!(
+        got[1].len() < CHUNK && got[1].iter().all(|&x| x == 2),
+        "a tail lost"
+    );
+    assert_eq!(got[2], vec![3u8; CHUNK], "the next chunk intact");
+    let st = sim.stats();
+    assert_eq!((st.net_chunks_corrupted, st.net_chunks_truncated), (1, 1));
+}

@@ -247,3 +247,29 @@ fn far_deadlines_fire_in_order_with_the_real_driver() {
     .expect("run");
     echo.join().expect("echo thread");
 }
+
+/// Stale timer entries (waits that ended before their deadline) are compacted away
+/// when the heap grows to a power of two from 1,024 entries; the entry being armed
+/// then belongs to a task that is about to park, and must survive the compaction.
+/// (Found by `tdrv sim rpc`: a caller's think-time sleep never returned.)
+#[test]
+fn a_sleep_armed_when_stale_timers_are_compacted_still_fires() {
+    /// Enough stale entries that the sleep's own brings the heap to 1,024.
+    const STALE: usize = 1023;
+    let slept = Rc::new(RefCell::new(false));
+    let s2 = slept.clone();
+    run(move || {
+        let far = taskio::now() + Duration::from_secs(3600);
+        let rendez = Rc::new(taskio::Rendez::new());
+        for _ in 0..STALE {
+            let r = rendez.clone();
+            let sleeper = spawn(move || r.sleep_until(far)).unwrap();
+            yield_now(); // the sleeper arms its timer and parks
+            assert!(rendez.wakeup(), "the sleeper waits");
+            assert!(sleeper.join().unwrap(), "woken, not timed out");
+        }
+        sleep(Duration::from_millis(1));
+        *s2.borrow_mut() = true;
+    });
+    assert!(*slept.borrow());
+}

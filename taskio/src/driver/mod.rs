@@ -9,9 +9,12 @@
 //! socket call that may say `WouldBlock`, interest in readiness, submission of a file
 //! operation) on which `net` and `file` build their pseudo-blocking calls. The real
 //! driver ([`Reactor`]: epoll + eventfd + kernel AIO) passes them to the kernel; the
-//! simulation answers them from memory.
+//! simulation answers them from memory. A [`Notifier`] is the wake-up one runtime
+//! gives another (`remote`): made by the receiving runtime's driver, so that a
+//! hand-off between runtimes goes through this seam too.
 
 pub(crate) mod aio;
+pub(crate) mod notify;
 mod reactor;
 pub(crate) mod sim;
 
@@ -21,6 +24,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
+pub use notify::Notifier;
 pub use reactor::{IoConfig, Reactor};
 
 use crate::task::TaskRef;
@@ -109,6 +113,18 @@ pub trait Io {
     fn submit_slots(&self) -> usize;
     /// Wakes `task` when a file operation completes (a slot frees up).
     fn wait_slot(&mut self, task: TaskRef);
+    /// A wake-up another runtime (a `Remote`) gives this one: a kernel eventfd,
+    /// unless the driver keeps its own events (the simulator).
+    fn notifier(&mut self) -> io::Result<Notifier> {
+        Notifier::eventfd()
+    }
+    /// Signals the driver's own event `fd` (a [`Notifier::in_driver`]): its waiters
+    /// wake. Drivers without their own events never see this call.
+    fn notify(&mut self, _fd: RawFd) {}
+    /// Consumes the pending signal of the driver's own event `fd`.
+    fn notify_clear(&mut self, _fd: RawFd) {}
+    /// Gives back the driver's own event `fd`.
+    fn notify_close(&mut self, _fd: RawFd) {}
     /// Counts bytes moved by `net`/`file` calls built on this driver.
     fn count_bytes(&mut self, read: u64, written: u64);
     fn stats(&self) -> IoStats;

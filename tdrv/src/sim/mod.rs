@@ -4,6 +4,7 @@
 //! trace hash on the last line.
 
 mod kv;
+mod rpc;
 mod vssd;
 
 use std::time::Instant;
@@ -24,22 +25,28 @@ pub struct Options {
     pub buggy: bool,
 }
 
-/// The simulator every scenario runs on: seeded, with rare disk latency spikes.
-fn simulator(seed: u64) -> taskio::sim::Sim {
+/// The settings every scenario starts from: seeded, with rare disk latency spikes.
+fn simulator_config(seed: u64) -> taskio::sim::SimConfig {
     let mut config = taskio::sim::SimConfig::new(seed);
     config.faults = taskio::sim::Faults {
         disk_latency_spike: 0.01,
         ..taskio::sim::Faults::default()
     };
-    taskio::sim::Sim::new(config)
+    config
+}
+
+/// The simulator of a scenario that keeps [`simulator_config`] as it is.
+fn simulator(seed: u64) -> taskio::sim::Sim {
+    taskio::sim::Sim::new(simulator_config(seed))
 }
 
 /// The scenario of `tdrv CMD AREA` (CMD: sim or torture).
 fn scenario(cmd: &str, area: &str) -> Result<fn(u64, Options) -> SeedRun, String> {
     match (cmd, area) {
         ("sim", "taskio") => Ok(kv::run_seed),
+        ("sim", "rpc") => Ok(rpc::run_seed),
         ("torture", "vssd") => Ok(vssd::run_seed),
-        ("sim", other) => Err(format!("unknown sim area {other:?} (known: taskio)")),
+        ("sim", other) => Err(format!("unknown sim area {other:?} (known: taskio, rpc)")),
         (_, other) => Err(format!("unknown torture area {other:?} (known: vssd)")),
     }
 }

@@ -121,7 +121,7 @@ impl Io for SimDriver {
                 let c = s.conns.get(conn).ok_or_else(|| err(libc::ENOTCONN))?;
                 Ok(if *side == Side::A { c.a_addr } else { c.b_addr })
             }
-            Some(SimFd::File { .. }) => Err(err(libc::ENOTSOCK)),
+            Some(SimFd::File { .. } | SimFd::Event { .. }) => Err(err(libc::ENOTSOCK)),
             None => Err(err(libc::EBADF)),
         }
     }
@@ -229,6 +229,8 @@ impl Io for SimDriver {
             s.at(at, EvKind::Ready(peer, Interest::Read));
         }
         mix(&mut s.trace, &[6, fd as u64, n as u64, at]);
+        s.mangle_sent(id, side);
+        // The sender sent `n` bytes, whatever the wire did to them.
         Ok(n)
     }
 
@@ -291,6 +293,7 @@ impl Io for SimDriver {
                 },
             },
             Some(SimFd::Listener { backlog, .. }) => !backlog.is_empty(),
+            Some(SimFd::Event { pending, .. }) => *pending && interest == Interest::Read,
             _ => false,
         };
         if ready_now {
@@ -421,6 +424,43 @@ impl Io for SimDriver {
 
     fn wait_slot(&mut self, task: TaskRef) {
         self.state.borrow_mut().slot_waiters.push_back(task);
+    }
+
+    fn notifier(&mut self) -> io::Result<crate::driver::Notifier> {
+        let node = node_now();
+        let mut s = self.state.borrow_mut();
+        s.refuse_dead()?;
+        let fd = s.alloc_fd(SimFd::Event {
+            node,
+            pending: false,
+        });
+        Ok(crate::driver::Notifier::in_driver(fd))
+    }
+
+    fn notify(&mut self, fd: RawFd) {
+        let mut guard = self.state.borrow_mut();
+        let s = &mut *guard;
+        let Some(SimFd::Event { pending, .. }) = s.fds.get_mut(&fd) else {
+            return; // its node crashed: no one is left to wake
+        };
+        *pending = true;
+        let (lo, hi) = NOTIFY_LATENCY_NS;
+        let at = s.now + s.rng.between(lo, hi);
+        mix(&mut s.trace, &[0x707, fd as u64, at]);
+        s.at(at, EvKind::Ready(fd, Interest::Read));
+    }
+
+    fn notify_clear(&mut self, fd: RawFd) {
+        if let Some(SimFd::Event { pending, .. }) = self.state.borrow_mut().fds.get_mut(&fd) {
+            *pending = false;
+        }
+    }
+
+    fn notify_close(&mut self, fd: RawFd) {
+        let mut s = self.state.borrow_mut();
+        if matches!(s.fds.get(&fd), Some(SimFd::Event { .. })) {
+            s.close_fd(fd, false);
+        }
     }
 
     fn count_bytes(&mut self, _read: u64, _written: u64) {

@@ -66,6 +66,10 @@ use net::{Conn, Pipe, Side};
 pub const SECTOR: usize = 512;
 /// Bytes a connection's pipe holds in flight before the writer must wait.
 const PIPE_BYTES_MAX: usize = 256 * 1024;
+/// The latency of a hand-off's wake-up between two "threads" of a node (a
+/// `Remote` signalling its `Inbox`), drawn uniformly: another thread's wake-up.
+const NOTIFY_LATENCY_NS: (u64, u64) = (1_000, 20_000);
+const _: () = assert!(NOTIFY_LATENCY_NS.0 > 0 && NOTIFY_LATENCY_NS.0 <= NOTIFY_LATENCY_NS.1);
 /// File operations in flight per runtime (as the real driver's AIO depth).
 const FILE_OPS_MAX: usize = 256;
 /// The streams of a simulation's seed (see [`Rng::stream`]): the driver's choices
@@ -121,6 +125,17 @@ pub enum DiskFault {
     CorruptRead,
 }
 
+/// A fault injected on demand into the next chunk of bytes one node sends another
+/// (a bad frame on the wire: a middlebox or NIC bug, memory corruption).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetFault {
+    /// One byte of the chunk, at a seeded place, is changed.
+    Corrupt,
+    /// A seeded tail of the chunk (at least one byte) is lost; the stream goes on
+    /// with the next chunk.
+    Truncate,
+}
+
 /// How a partition cuts the network between two nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartitionKind {
@@ -155,6 +170,9 @@ pub struct SimStats {
     /// swallowed.
     pub silent_chunks_dropped: u64,
     pub silent_connects_lost: u64,
+    /// Chunks an injected [`NetFault`] corrupted or truncated.
+    pub net_chunks_corrupted: u64,
+    pub net_chunks_truncated: u64,
     /// I/O calls refused to a task of a crashed or stopped node (a destructor that
     /// runs while the task unwinds).
     pub dead_io_refused: u64,
@@ -181,6 +199,11 @@ enum SimFd {
         path: PathBuf,
         dsync: bool,
     },
+    /// A notifier's event (see `driver::notify`): readable while `pending`.
+    Event {
+        node: u32,
+        pending: bool,
+    },
 }
 
 impl SimFd {
@@ -188,7 +211,8 @@ impl SimFd {
         match self {
             SimFd::Listener { node, .. }
             | SimFd::Stream { node, .. }
-            | SimFd::File { node, .. } => *node,
+            | SimFd::File { node, .. }
+            | SimFd::Event { node, .. } => *node,
         }
     }
 }
@@ -230,6 +254,8 @@ pub(crate) struct SimState {
     /// (lower node, higher node) -> how the network between them is cut.
     partitions: BTreeMap<(u32, u32), PartitionKind>,
     injected: BTreeMap<(u32, PathBuf), VecDeque<Injected>>,
+    /// (sending node, receiving node) -> faults for its next chunks, in order.
+    net_injected: BTreeMap<(u32, u32), VecDeque<NetFault>>,
     file_ops: usize,
     slot_waiters: VecDeque<TaskRef>,
     stats: IoStats,
@@ -275,6 +301,7 @@ impl SimState {
             locks: BTreeMap::new(),
             partitions: BTreeMap::new(),
             injected: BTreeMap::new(),
+            net_injected: BTreeMap::new(),
             file_ops: 0,
             slot_waiters: VecDeque::new(),
             stats: IoStats::default(),

@@ -183,7 +183,7 @@ impl SimState {
                 }
             }
             Some(SimFd::File { node, path, .. }) => self.unlock((node, path), fd),
-            None => {}
+            Some(SimFd::Event { .. }) | None => {}
         }
     }
 
@@ -269,5 +269,71 @@ impl SimState {
 
     pub(crate) fn heal(&mut self, a: u32, b: u32) {
         self.partitions.remove(&(a.min(b), a.max(b)));
+    }
+}
+
+impl SimState {
+    /// Queues `fault` for the next chunk `from` sends `to`.
+    pub(crate) fn inject_net(&mut self, from: u32, to: u32, fault: NetFault) {
+        self.net_injected
+            .entry((from, to))
+            .or_default()
+            .push_back(fault);
+    }
+
+    /// Applies the next fault injected between the ends of connection `id` to the
+    /// chunk `side` just queued (the last of its outbound pipe).
+    pub(super) fn mangle_sent(&mut self, id: u64, side: Side) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        let key = match side {
+            Side::A => (c.a_node, c.b_node),
+            Side::B => (c.b_node, c.a_node),
+        };
+        let Some(fault) = self
+            .net_injected
+            .get_mut(&key)
+            .and_then(VecDeque::pop_front)
+        else {
+            return;
+        };
+        let SimState {
+            conns,
+            rng,
+            trace,
+            sim_stats,
+            ..
+        } = self;
+        let Some(pipe) = conns.get_mut(&id).map(|c| c.outbound(side)) else {
+            return;
+        };
+        let Some((_, chunk)) = pipe.chunks.back_mut() else {
+            return;
+        };
+        assert!(
+            !chunk.is_empty(),
+            "a data chunk is never empty (that is a FIN)"
+        );
+        match fault {
+            NetFault::Corrupt => {
+                let at = rng.index(chunk.len());
+                chunk[at] ^= 1 + rng.below(255) as u8;
+                sim_stats.net_chunks_corrupted += 1;
+                mix(trace, &[0xbad, id, at as u64]);
+            }
+            NetFault::Truncate => {
+                let keep = rng.index(chunk.len());
+                let lost = chunk.len() - keep;
+                chunk.truncate(keep);
+                pipe.bytes -= lost;
+                if keep == 0 {
+                    // An empty chunk would read as the end of stream.
+                    pipe.chunks.pop_back();
+                }
+                sim_stats.net_chunks_truncated += 1;
+                mix(trace, &[0xc07, id, lost as u64]);
+            }
+        }
     }
 }
