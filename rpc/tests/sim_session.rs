@@ -43,26 +43,15 @@ struct Echo;
 impl rpc::Service for Echo {
     fn handle<'s>(
         &self,
-        _session: &SessionInfo,
-        _header: &Header,
+        session: &SessionInfo,
+        header: &Header,
         request: Request<'_>,
         scratch: &'s mut Vec<u8>,
     ) -> Response<'s> {
-        match request {
-            Request::Ping { data } => {
-                if data == SLOW {
-                    sleep(SLOW_FOR);
-                }
-                scratch.clear();
-                scratch.extend_from_slice(data);
-                Response::Ping { data: scratch }
-            }
-            other => Response::Error {
-                msg_type: other.msg_type(),
-                status: rpc::Status::NotSupported,
-                reason: "echo serves PING",
-            },
+        if matches!(&request, Request::Ping { data } if *data == SLOW) {
+            sleep(SLOW_FOR);
         }
+        rpc::echo::Echo.handle(session, header, request, scratch)
     }
 }
 
