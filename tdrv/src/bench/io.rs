@@ -512,6 +512,29 @@ where
     Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
 }
 
+/// Times back-to-back round trips of `one` for `dur`: the sample (rate, latency
+/// percentiles, CPU per op). `lat_cap` is the latency vector's initial capacity.
+pub(super) fn round_trips_sample<E>(
+    dur: Duration,
+    lat_cap: usize,
+    mut one: impl FnMut() -> Result<(), E>,
+) -> Result<Sample, E> {
+    let mut lat = Vec::with_capacity(lat_cap);
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + dur;
+    let mut start = t0;
+    while start < deadline {
+        one()?;
+        let end = Instant::now();
+        lat.push(lat_ns(end - start));
+        start = end;
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+}
+
 pub(super) fn lat_ns(d: Duration) -> u32 {
     u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
 }
@@ -643,21 +666,10 @@ fn tcp_xthread_sample(rt: &mut Runtime, dur: Duration) -> Result<Sample, String>
             let s = net::connect(addr, Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
             let msg = [3u8; MSG];
             let mut back = [0u8; MSG];
-            let mut lat = Vec::with_capacity(64 * 1024);
-            let cpu0 = cpu_time();
-            let t0 = Instant::now();
-            let deadline = t0 + dur;
-            let mut start = t0;
-            while start < deadline {
+            round_trips_sample(dur, 64 * 1024, || {
                 s.write_all(&msg).map_err(|e| e.to_string())?;
-                s.read_exact(&mut back).map_err(|e| e.to_string())?;
-                let end = Instant::now();
-                lat.push(lat_ns(end - start));
-                start = end;
-            }
-            let elapsed = t0.elapsed();
-            let cpu = cpu_time().saturating_sub(cpu0);
-            Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+                s.read_exact(&mut back).map_err(|e| e.to_string())
+            })
         })
         .map_err(|e| e.to_string());
     // The client's stream is closed when `run` returns: the echo thread sees EOF. If
@@ -685,23 +697,12 @@ pub(super) fn floor_sample(dur: Duration) -> Result<Sample, String> {
     }
     let msg = [7u8; MSG];
     let mut buf = [0u8; MSG];
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let deadline = t0 + dur;
-    let mut lat = Vec::with_capacity(256 * 1024);
-    let mut start = t0;
-    while start < deadline {
+    round_trips_sample(dur, 256 * 1024, || {
         spin_write(&mut a, &msg).map_err(|e| err("write A", e))?;
         spin_read(&mut b, &mut buf).map_err(|e| err("read B", e))?;
         spin_write(&mut b, &buf).map_err(|e| err("write B", e))?;
-        spin_read(&mut a, &mut buf).map_err(|e| err("read A", e))?;
-        let end = Instant::now();
-        lat.push(lat_ns(end - start));
-        start = end;
-    }
-    let elapsed = t0.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
-    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+        spin_read(&mut a, &mut buf).map_err(|e| err("read A", e))
+    })
 }
 
 /// How the cross-thread floor's threads wait for their peer.
@@ -751,23 +752,13 @@ fn floor_xthread_run(wait: FloorWait, dur: Duration) -> Result<Sample, String> {
         let end = PlainEnd::new(&a, wait)?;
         let msg = [9u8; MSG];
         let mut back = [0u8; MSG];
-        let mut lat = Vec::with_capacity(256 * 1024);
-        let cpu0 = cpu_time();
-        let t0 = Instant::now();
-        let deadline = t0 + dur;
-        let mut start = t0;
-        while start < deadline {
+        round_trips_sample(dur, 256 * 1024, || {
             end.write_full(&msg)?;
             if !end.read_full(&mut back)? {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            let end = Instant::now();
-            lat.push(lat_ns(end - start));
-            start = end;
-        }
-        let elapsed = t0.elapsed();
-        let cpu = cpu_time().saturating_sub(cpu0);
-        Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+            Ok(())
+        })
     })();
     // The echo thread sees the end of stream and ends.
     let _ = a.shutdown(std::net::Shutdown::Both);
