@@ -3,6 +3,8 @@
 //!
 //! Renders the seed's dtm.c. It must never acknowledge a write before every replica
 //! of the device's epoch holds it durably.
-//!
-//! Not built yet: this crate is an empty place in the workspace until its issue.
 #![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod replica;
+
+pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
