@@ -3,8 +3,23 @@
 //!
 //! Renders the seed's dtm.c. It must never acknowledge a write before every replica
 //! of the device's epoch holds it durably.
+//!
+//! Its parts: [`replica`] (the seam to one replica vSSD), [`dtm`] (the DTM of one
+//! device: writes, the loss policy, reads, clean and discard), `lock` (range locks
+//! and write slots), `commit` (lazy batched COMMITs), [`resync`] (a returning replica
+//! brought up to date), [`config`] and [`error`].
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod commit;
+pub mod config;
+pub mod dtm;
+pub mod error;
+mod lock;
 pub mod replica;
+pub mod resync;
 
+pub use config::{Backing, DtmConfig, LossPolicy};
+pub use dtm::{Dtm, DtmStats, Written};
+pub use error::DtmError;
 pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
+pub use resync::ResyncProgress;

@@ -1,0 +1,331 @@
+//! Resync: a stale replica that returns is brought up to date while writes go on,
+//! then made a member in a new epoch.
+//!
+//! 1. It joins as a *syncing* target (under the membership gate, so no write is in
+//!    phase 1 with the old set): from then on every write goes to it too, and its
+//!    failure fails no write (it only ends the resync).
+//! 2. A walk over the primary's dirty lines and the replica's, in line order, in
+//!    batches ([`RESYNC_BATCH_LINES`] of each listing): a line dirty on the primary
+//!    at a version the replica does not hold dirty is copied to it at that same
+//!    version (a run of consecutive lines of one tran goes as one tran, as it was
+//!    written); a line dirty on the replica that the primary does not hold dirty is
+//!    dropped there. Each line is checked again, and handled, under its range lock,
+//!    so no write of it is in flight meanwhile; lines whose listed versions agree are
+//!    skipped without one. Every line dirtied after the join was written to the
+//!    replica too; every write that began before the join had finished phase 1 and
+//!    committed on the primary (the gate), so the walk sees its version.
+//! 3. A new epoch (epoch + 1) with the members and the replica, recorded in the
+//!    replica first, then in every member; the replica becomes a member.
+//!
+//! Progress ([`ResyncProgress`]): lines of the listings examined against the
+//! primary's dirty count at the start (a moving target: writes go on).
+//!
+//! Not handled: a tran of several lines whose dirty lines on the primary are no
+//! longer consecutive (a later write replaced one in the middle) and that the
+//! replica lacks: its second run is refused by the replica (the tran is resolved
+//! there after the first) and the resync fails with that error.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use taskio::AlignedBuf;
+use vssd::map::State;
+
+use crate::config::{MEMBERS_MAX, RESYNC_BATCH_LINES};
+use crate::dtm::{Inner, Member, fan_out};
+use crate::error::DtmError;
+use crate::replica::{Replica, ReplicaError};
+
+/// How far a resync got.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResyncProgress {
+    /// The replica's member id.
+    pub member: u64,
+    /// Lines examined so far, and the primary's dirty lines when it began.
+    pub lines_done: u64,
+    pub lines_total: u64,
+    /// Lines copied to the replica, and dirty lines dropped from it.
+    pub lines_copied: u64,
+    pub lines_dropped: u64,
+    /// The epoch it joined, once it did.
+    pub joined_epoch: Option<u64>,
+}
+
+impl Inner {
+    fn resync_error(&self, replica: &dyn Replica, why: String) -> DtmError {
+        DtmError::Resync {
+            device: self.device.clone(),
+            replica: replica.name().to_string(),
+            why,
+        }
+    }
+
+    fn replica_failed(&self, replica: &dyn Replica, e: ReplicaError) -> DtmError {
+        self.resync_error(replica, e.to_string())
+    }
+
+    fn is_syncing(&self, member: u64) -> bool {
+        self.view.borrow().syncing.iter().any(|m| m.id() == member)
+    }
+
+    fn progress(&self, f: impl FnOnce(&mut ResyncProgress)) {
+        if let Some(p) = self.resync.borrow_mut().as_mut() {
+            f(p);
+        }
+    }
+
+    pub(crate) fn resync(&self, replica: Rc<dyn Replica>) -> Result<ResyncProgress, DtmError> {
+        const OP: &str = "resync";
+        self.check_up(OP)?;
+        let member = replica.member();
+        {
+            let _gate = self.change.write();
+            let view = self.view.borrow();
+            let why = if self.resync.borrow().is_some() {
+                Some("another resync is running".to_string())
+            } else if view
+                .members
+                .iter()
+                .chain(&view.syncing)
+                .any(|m| m.id() == member)
+            {
+                Some(format!("member id {member} is in use"))
+            } else if view.members.len() >= MEMBERS_MAX {
+                Some(format!("the epoch has {MEMBERS_MAX} members already"))
+            } else {
+                None
+            };
+            drop(view);
+            if let Some(why) = why {
+                return Err(DtmError::Unfit {
+                    op: OP,
+                    device: self.device.clone(),
+                    replica: replica.name().to_string(),
+                    why,
+                });
+            }
+            crate::dtm::check_fit(
+                OP,
+                &self.device,
+                self.line_size,
+                self.lines,
+                replica.as_ref(),
+            )?;
+            let committer = self.start_committer(OP, &replica)?;
+            let mut view = self.view.borrow_mut();
+            view.syncing.push(Member {
+                replica: replica.clone(),
+                committer: Some(committer),
+            });
+            view.refresh_tran_lines_max(&self.primary);
+            *self.resync.borrow_mut() = Some(ResyncProgress {
+                member,
+                lines_total: self.primary.dirty_count(),
+                ..ResyncProgress::default()
+            });
+        }
+        let result = self
+            .resync_walk(&replica)
+            .and_then(|()| self.resync_join(&replica));
+        let progress = self
+            .resync
+            .borrow_mut()
+            .take()
+            .expect("the resync's progress");
+        if let Err(e) = result {
+            let _ = self.lose(&[member], OP);
+            return Err(e);
+        }
+        self.count(|s| {
+            s.resyncs += 1;
+            s.resync_lines_copied += progress.lines_copied;
+            s.resync_lines_dropped += progress.lines_dropped;
+        });
+        Ok(progress)
+    }
+
+    /// Step 2 of the module documentation.
+    fn resync_walk(&self, y: &Rc<dyn Replica>) -> Result<(), DtmError> {
+        let mut from = 0u64;
+        // Bounded: `from` moves forward each round.
+        while from < self.lines {
+            self.check_up("resync")?;
+            if !self.is_syncing(y.member()) {
+                return Err(self.resync_error(y.as_ref(), "it failed a write".to_string()));
+            }
+            let ours = self.primary.dirty_range(from, RESYNC_BATCH_LINES);
+            let theirs = y
+                .dirty(from, RESYNC_BATCH_LINES)
+                .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+            // Up to where both listings are complete.
+            let mut end = self.lines;
+            for listing in [&ours, &theirs] {
+                if listing.len() >= RESYNC_BATCH_LINES {
+                    end = end.min(listing.last().expect("a full listing").0 + 1);
+                }
+            }
+            assert!(end > from, "a resync batch that does not move");
+            let mut lines: BTreeMap<u64, (Option<u64>, Option<u64>)> = BTreeMap::new();
+            for &(line, v) in ours.iter().filter(|(l, _)| *l < end) {
+                lines.entry(line).or_default().0 = Some(v);
+            }
+            for &(line, v) in theirs.iter().filter(|(l, _)| *l >= from && *l < end) {
+                lines.entry(line).or_default().1 = Some(v);
+            }
+            let lines: Vec<(u64, Option<u64>, Option<u64>)> =
+                lines.into_iter().map(|(l, (p, r))| (l, p, r)).collect();
+            let mut i = 0;
+            // Bounded: each round handles at least one line.
+            while i < lines.len() {
+                let (line, ours, theirs) = lines[i];
+                if ours.is_some() && ours == theirs {
+                    self.progress(|p| p.lines_done += 1);
+                    i += 1;
+                    continue;
+                }
+                // A run of consecutive lines at the same version, all to copy.
+                let mut run = 1;
+                if let Some(v) = ours {
+                    let run_max =
+                        y.info().tran_lines_max.min(self.primary.tran_lines_max()) as usize;
+                    while i + run < lines.len()
+                        && run < run_max
+                        && lines[i + run].0 == line + run as u64
+                        && lines[i + run].1 == Some(v)
+                        && lines[i + run].2 != Some(v)
+                    {
+                        run += 1;
+                    }
+                }
+                let handled = self.resync_run(y, line, run as u64)?;
+                self.progress(|p| p.lines_done += handled);
+                i += handled as usize;
+            }
+            from = end;
+        }
+        Ok(())
+    }
+
+    /// Under the range lock of `first..first + count`: makes `first` (and the lines
+    /// after it that the primary holds dirty at its version) agree on the replica.
+    /// Returns how many lines it handled (at least one).
+    fn resync_run(&self, y: &Rc<dyn Replica>, first: u64, count: u64) -> Result<u64, DtmError> {
+        let _lock = self.lock_range("resync", first, count)?;
+        let version_of = |line: u64| {
+            self.primary
+                .lookup(line)
+                .filter(|e| e.state == State::Dirty)
+                .map(|e| e.version)
+        };
+        let theirs = y
+            .dirty(first, 1)
+            .map_err(|e| self.replica_failed(y.as_ref(), e))?
+            .first()
+            .filter(|&&(l, _)| l == first)
+            .map(|&(_, v)| v);
+        let Some(v) = version_of(first) else {
+            if theirs.is_some() {
+                y.invalidate(first, 1)
+                    .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+                self.progress(|p| p.lines_dropped += 1);
+            }
+            return Ok(1);
+        };
+        if theirs == Some(v) {
+            return Ok(1);
+        }
+        // The lines still at `v`, read whole (a short line only last).
+        let ls = self.line_size as usize;
+        let mut payload = AlignedBuf::new(count as usize * ls);
+        payload.set_len(count as usize * ls);
+        let mut buf = AlignedBuf::new(ls);
+        let mut len = 0;
+        let mut n = 0;
+        while n < count && version_of(first + n) == Some(v) {
+            let hit = self
+                .primary
+                .read_into(first + n, &mut buf)
+                .map_err(|source| DtmError::Vssd {
+                    op: "resync read",
+                    device: self.device.clone(),
+                    source: Box::new(source),
+                })?;
+            let Some(hit) = hit.filter(|h| h.version == v) else {
+                break;
+            };
+            payload[len..len + buf.len()].copy_from_slice(&buf);
+            len += buf.len();
+            n += 1;
+            if (hit.len as usize) < ls {
+                break; // a short line ends a tran
+            }
+        }
+        if n == 0 {
+            return Ok(1); // dropped meanwhile: nothing to copy
+        }
+        payload.set_len(len);
+        self.copy_tran(y, v, first, &payload)?;
+        self.progress(|p| p.lines_copied += n);
+        Ok(n)
+    }
+
+    /// Writes `payload` to the replica as tran `version` and commits it there, so
+    /// its lines hold the primary's version.
+    fn copy_tran(
+        &self,
+        y: &Rc<dyn Replica>,
+        version: u64,
+        first: u64,
+        payload: &AlignedBuf,
+    ) -> Result<(), DtmError> {
+        y.writep1(version, first, payload)
+            .and_then(|()| y.commit(&[version]))
+            .map_err(|e| self.replica_failed(y.as_ref(), e))
+    }
+
+    /// Step 3 of the module documentation.
+    fn resync_join(&self, y: &Rc<dyn Replica>) -> Result<(), DtmError> {
+        const OP: &str = "resync";
+        let gate = self.change.write();
+        self.check_up(OP)?;
+        if !self.is_syncing(y.member()) {
+            return Err(self.resync_error(y.as_ref(), "it failed a write".to_string()));
+        }
+        let (members, epoch) = {
+            let view = self.view.borrow();
+            (view.members.clone(), view.epoch + 1)
+        };
+        let mut ids: Vec<u64> = members.iter().map(Member::id).collect();
+        ids.push(y.member());
+        y.set_epoch(epoch, &ids)
+            .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+        let set_ids = ids.clone();
+        let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
+        let results = fan_out(&targets, move |r| r.set_epoch(epoch, &set_ids));
+        {
+            let mut view = self.view.borrow_mut();
+            let i = view
+                .syncing
+                .iter()
+                .position(|m| m.id() == y.member())
+                .expect("checked syncing above");
+            let joined = view.syncing.remove(i);
+            view.members.push(joined);
+            view.epoch = epoch;
+            view.refresh_tran_lines_max(&self.primary);
+        }
+        self.count(|s| s.epoch_changes += 1);
+        self.progress(|p| p.joined_epoch = Some(epoch));
+        drop(gate);
+        let failures: Vec<(u64, ReplicaError)> = members
+            .iter()
+            .zip(results)
+            .filter_map(|(m, r)| r.err().map(|e| (m.id(), e)))
+            .collect();
+        if failures.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(device = %self.device, ?failures, "members failed the resync's epoch");
+        self.settle(OP, failures)
+    }
+}
