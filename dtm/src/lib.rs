@@ -4,7 +4,8 @@
 //! Renders the seed's dtm.c. It must never acknowledge a write before every replica
 //! of the device's epoch holds it durably.
 //!
-//! Its parts: [`replica`] (the seam to one replica vSSD), [`dtm`] (the DTM of one
+//! Its parts: [`replica`] (the seam to one replica vSSD), [`local`] (a replica on
+//! this runtime's vSSD), [`dtm`] (the DTM of one
 //! device: writes, the loss policy, reads, clean and discard), `lock` (range locks
 //! and write slots), `commit` (lazy batched COMMITs), [`resync`] (a returning replica
 //! brought up to date), [`config`] and [`error`].
@@ -14,6 +15,7 @@ mod commit;
 pub mod config;
 pub mod dtm;
 pub mod error;
+pub mod local;
 mod lock;
 pub mod replica;
 pub mod resync;
@@ -21,5 +23,6 @@ pub mod resync;
 pub use config::{Backing, DtmConfig, LossPolicy};
 pub use dtm::{Dtm, DtmStats, Written};
 pub use error::DtmError;
+pub use local::LocalReplica;
 pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
 pub use resync::ResyncProgress;
