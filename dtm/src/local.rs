@@ -225,10 +225,14 @@ impl Replica for LocalReplica {
     fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
         const OP: &str = "set_epoch";
         self.fence(OP)?;
-        self.vssd
-            .set_epoch(epoch, members)
-            .map_err(|e| self.failed(OP, e))?;
-        self.epoch.set(self.epoch.get().max(epoch));
+        // The opening moves first: the vSSD is at the new epoch as soon as its record
+        // is placed, and the calls of this opening made while the record becomes
+        // durable (a lazy COMMIT) must not find themselves stale.
+        let before = self.epoch.replace(self.epoch.get().max(epoch));
+        if let Err(e) = self.vssd.set_epoch(epoch, members) {
+            self.epoch.set(before);
+            return Err(self.failed(OP, e));
+        }
         Ok(())
     }
 
