@@ -1,6 +1,10 @@
 //! Resync: a stale replica that returns is brought up to date while writes go on,
 //! then made a member in a new epoch.
 //!
+//! 0. Its in-doubt trans (prepared there before it was lost, never resolved: a
+//!    replica cut off keeps its vSSD open) are resolved by what the primary knows:
+//!    committed there, or still the version of one of its lines -> committed;
+//!    otherwise aborted. The walk then fixes every line either way.
 //! 1. It joins as a *syncing* target (under the membership gate, so no write is in
 //!    phase 1 with the old set): from then on every write goes to it too, and its
 //!    failure fails no write (it only ends the resync).
@@ -20,7 +24,8 @@
 //! Progress ([`ResyncProgress`]): lines of the listings examined against the
 //! primary's dirty count at the start (a moving target: writes go on).
 //!
-//! Not handled: a tran of several lines whose dirty lines on the primary are no
+//! Not handled: an in-doubt tran damaged on the replica that the primary still holds
+//! (aborted there, its later copy is refused); a tran of several lines whose dirty lines on the primary are no
 //! longer consecutive (a later write replaced one in the middle) and that the
 //! replica lacks: its second run is refused by the replica (the tran is resolved
 //! there after the first) and the resync fails with that error.
@@ -29,6 +34,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use taskio::AlignedBuf;
+use vssd::TranOutcome;
 use vssd::map::State;
 
 use crate::config::{MEMBERS_MAX, RESYNC_BATCH_LINES};
@@ -78,6 +84,7 @@ impl Inner {
         const OP: &str = "resync";
         self.check_up(OP)?;
         let member = replica.member();
+        self.resolve_in_doubt(&replica)?;
         {
             let _gate = self.change.write();
             let view = self.view.borrow();
@@ -142,6 +149,35 @@ impl Inner {
             s.resync_lines_dropped += progress.lines_dropped;
         });
         Ok(progress)
+    }
+
+    /// Step 0 of the module documentation.
+    fn resolve_in_doubt(&self, y: &Rc<dyn Replica>) -> Result<(), DtmError> {
+        let mut after = 0;
+        // Bounded: `after` rises with each page.
+        loop {
+            let (page, more) = y
+                .in_doubt(after, RESYNC_BATCH_LINES)
+                .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+            for d in &page {
+                let committed_here = match self.primary.tran_outcome(d.tran) {
+                    TranOutcome::Committed => true,
+                    TranOutcome::Prepared | TranOutcome::Aborted => false,
+                    _ => (d.line..d.line + u64::from(d.line_count))
+                        .any(|l| self.primary.lookup(l).is_some_and(|e| e.version == d.tran)),
+                };
+                let resolved = if committed_here && !d.damaged {
+                    y.commit(&[d.tran])
+                } else {
+                    y.abort(d.tran)
+                };
+                resolved.map_err(|e| self.replica_failed(y.as_ref(), e))?;
+            }
+            match page.last() {
+                Some(last) if more => after = last.tran,
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// Step 2 of the module documentation.
