@@ -5,8 +5,12 @@
 //! of the device's epoch holds it durably.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod copy;
+pub mod error;
 pub mod local;
 pub mod replica;
 
+pub use copy::{Copied, copy_line};
+pub use error::DtmError;
 pub use local::LocalReplica;
 pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
