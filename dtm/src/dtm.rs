@@ -154,9 +154,17 @@ impl View {
 /// Why the DTM stopped taking writes.
 #[derive(Clone, Debug)]
 enum Down {
-    Fenced { replica: String, replica_epoch: u64 },
-    TooFew { have: usize },
-    Stopped { why: String },
+    Fenced {
+        replica: String,
+        replica_epoch: u64,
+    },
+    TooFew {
+        members: Vec<u64>,
+        reachable: Vec<u64>,
+    },
+    Stopped {
+        why: String,
+    },
     Closed,
 }
 
@@ -285,32 +293,20 @@ impl Dtm {
             }
         }
         if matches!(config.policy, LossPolicy::Degrade) && members.len() < config.min_replicas {
+            let ids: Vec<u64> = members.iter().map(|r| r.member()).collect();
             return Err(DtmError::TooFewReplicas {
                 op: OP,
-                device,
                 epoch,
-                have: members.len(),
+                members: ids.clone(),
+                reachable: ids,
                 min: config.min_replicas,
             });
         }
         let member_ids: Vec<u64> = members.iter().map(|r| r.member()).collect();
         let set_ids = member_ids.clone();
         for result in fan_out(&members, move |r| r.set_epoch(epoch, &set_ids)) {
-            if let Err(source) = result {
-                if let ReplicaErrorKind::StaleEpoch { replica_epoch } = source.kind {
-                    return Err(DtmError::Fenced {
-                        op: OP,
-                        device,
-                        replica: source.replica,
-                        epoch,
-                        replica_epoch,
-                    });
-                }
-                return Err(DtmError::Replica {
-                    op: OP,
-                    device,
-                    source,
-                });
+            if let Err(e) = result {
+                return Err(DtmError::from_replica(e, epoch));
             }
         }
         let replicas_wanted = members.len();
@@ -622,16 +618,15 @@ impl Inner {
                 replica_epoch,
             } => DtmError::Fenced {
                 op,
-                device,
                 replica,
-                epoch,
                 replica_epoch,
-            },
-            Down::TooFew { have } => DtmError::TooFewReplicas {
-                op,
-                device,
                 epoch,
-                have,
+            },
+            Down::TooFew { members, reachable } => DtmError::TooFewReplicas {
+                op,
+                epoch,
+                members,
+                reachable,
                 min: self.config.min_replicas,
             },
             Down::Stopped { why } => DtmError::Stopped { op, device, why },
@@ -898,11 +893,7 @@ impl Inner {
             if m == primary {
                 return Err(self.stop(op, format!("the primary refused: {source}")));
             }
-            return Err(DtmError::Replica {
-                op,
-                device: self.device.clone(),
-                source,
-            });
+            return Err(DtmError::Replica(source));
         }
         Ok(())
     }
@@ -961,7 +952,8 @@ impl Inner {
                 && survivors.len() < self.config.min_replicas
             {
                 self.go_down(Down::TooFew {
-                    have: survivors.len(),
+                    members: ids(&self.view.borrow().members),
+                    reachable: ids(&survivors),
                 });
                 return Err(self.check_up(op).expect_err("down"));
             }

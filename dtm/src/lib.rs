@@ -5,14 +5,16 @@
 //! of the device's epoch holds it durably.
 //!
 //! Its parts: [`replica`] (the seam to one replica vSSD), [`local`] (a replica on
-//! this runtime's vSSD), [`dtm`] (the DTM of one
-//! device: writes, the loss policy, reads, clean and discard), `lock` (range locks
-//! and write slots), `commit` (lazy batched COMMITs), [`resync`] (a returning replica
-//! brought up to date), [`config`] and [`error`].
+//! this runtime's vSSD), [`copy`] (one dirty line copied between replicas at its
+//! version), [`dtm`] (the DTM of one device: writes, the loss policy, reads, clean
+//! and discard), `lock` (range locks and write slots), `commit` (lazy batched
+//! COMMITs), [`resync`] (a returning replica brought up to date), [`config`] and
+//! [`error`].
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod commit;
 pub mod config;
+pub mod copy;
 pub mod dtm;
 pub mod error;
 pub mod local;
@@ -21,6 +23,7 @@ pub mod replica;
 pub mod resync;
 
 pub use config::{Backing, DtmConfig, LossPolicy};
+pub use copy::{Copied, copy_line};
 pub use dtm::{Dtm, DtmStats, Written};
 pub use error::DtmError;
 pub use local::LocalReplica;
