@@ -11,11 +11,11 @@
 //! 2. A walk over the primary's dirty lines and the replica's, in line order, in
 //!    batches ([`RESYNC_BATCH_LINES`] of each listing): a line dirty on the primary
 //!    at a version the replica does not hold dirty is copied to it at that same
-//!    version (a run of consecutive lines of one tran goes as one tran, as it was
-//!    written); a line dirty on the replica that the primary does not hold dirty is
-//!    dropped there. Each line is checked again, and handled, under its range lock,
-//!    so no write of it is in flight meanwhile; lines whose listed versions agree are
-//!    skipped without one. Every line dirtied after the join was written to the
+//!    version ([`copy_line`]: a tran's lines one at a time, so a tran whose middle
+//!    line was written again since is copied too); a line dirty on the replica that
+//!    the primary does not hold dirty is dropped there. Each such line is checked
+//!    again, and handled, under its range lock, so no write of it is in flight
+//!    meanwhile; lines whose listed versions agree are skipped without one. Every line dirtied after the join was written to the
 //!    replica too; every write that began before the join had finished phase 1 and
 //!    committed on the primary (the gate), so the walk sees its version.
 //! 3. A new epoch (epoch + 1) with the members and the replica, recorded in the
@@ -25,19 +25,16 @@
 //! primary's dirty count at the start (a moving target: writes go on).
 //!
 //! Not handled: an in-doubt tran damaged on the replica that the primary still holds
-//! (aborted there, its later copy is refused); a tran of several lines whose dirty lines on the primary are no
-//! longer consecutive (a later write replaced one in the middle) and that the
-//! replica lacks: its second run is refused by the replica (the tran is resolved
-//! there after the first) and the resync fails with that error.
+//! (aborted there, so its copy is refused as a conflict and the resync fails).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use taskio::AlignedBuf;
 use vssd::TranOutcome;
 use vssd::map::State;
 
 use crate::config::{MEMBERS_MAX, RESYNC_BATCH_LINES};
+use crate::copy::{Copied, copy_line};
 use crate::dtm::{Inner, Member, fan_out};
 use crate::error::DtmError;
 use crate::replica::{Replica, ReplicaError};
@@ -182,6 +179,8 @@ impl Inner {
 
     /// Step 2 of the module documentation.
     fn resync_walk(&self, y: &Rc<dyn Replica>) -> Result<(), DtmError> {
+        let primary = self.view.borrow().members[0].replica.clone();
+        let primary = primary.as_ref();
         let mut from = 0u64;
         // Bounded: `from` moves forward each round.
         while from < self.lines {
@@ -208,115 +207,53 @@ impl Inner {
             for &(line, v) in theirs.iter().filter(|(l, _)| *l >= from && *l < end) {
                 lines.entry(line).or_default().1 = Some(v);
             }
-            let lines: Vec<(u64, Option<u64>, Option<u64>)> =
-                lines.into_iter().map(|(l, (p, r))| (l, p, r)).collect();
-            let mut i = 0;
-            // Bounded: each round handles at least one line.
-            while i < lines.len() {
-                let (line, ours, theirs) = lines[i];
-                if ours.is_some() && ours == theirs {
-                    self.progress(|p| p.lines_done += 1);
-                    i += 1;
-                    continue;
+            for (line, (ours, theirs)) in lines {
+                if ours.is_none() || ours != theirs {
+                    self.resync_line(primary, y, line)?;
                 }
-                // A run of consecutive lines at the same version, all to copy.
-                let mut run = 1;
-                if let Some(v) = ours {
-                    let run_max =
-                        y.info().tran_lines_max.min(self.primary.tran_lines_max()) as usize;
-                    while i + run < lines.len()
-                        && run < run_max
-                        && lines[i + run].0 == line + run as u64
-                        && lines[i + run].1 == Some(v)
-                        && lines[i + run].2 != Some(v)
-                    {
-                        run += 1;
-                    }
-                }
-                let handled = self.resync_run(y, line, run as u64)?;
-                self.progress(|p| p.lines_done += handled);
-                i += handled as usize;
+                self.progress(|p| p.lines_done += 1);
             }
             from = end;
         }
         Ok(())
     }
 
-    /// Under the range lock of `first..first + count`: makes `first` (and the lines
-    /// after it that the primary holds dirty at its version) agree on the replica.
-    /// Returns how many lines it handled (at least one).
-    fn resync_run(&self, y: &Rc<dyn Replica>, first: u64, count: u64) -> Result<u64, DtmError> {
-        let _lock = self.lock_range("resync", first, count)?;
-        let version_of = |line: u64| {
-            self.primary
-                .lookup(line)
-                .filter(|e| e.state == State::Dirty)
-                .map(|e| e.version)
-        };
+    /// Under `line`'s range lock: makes the replica agree with the primary on it
+    /// (the listings were a hint, taken without the lock).
+    fn resync_line(
+        &self,
+        primary: &dyn Replica,
+        y: &Rc<dyn Replica>,
+        line: u64,
+    ) -> Result<(), DtmError> {
+        let _lock = self.lock_range("resync", line, 1)?;
+        let ours = self
+            .primary
+            .lookup(line)
+            .filter(|e| e.state == State::Dirty)
+            .map(|e| e.version);
         let theirs = y
-            .dirty(first, 1)
+            .dirty(line, 1)
             .map_err(|e| self.replica_failed(y.as_ref(), e))?
             .first()
-            .filter(|&&(l, _)| l == first)
+            .filter(|&&(l, _)| l == line)
             .map(|&(_, v)| v);
-        let Some(v) = version_of(first) else {
-            if theirs.is_some() {
-                y.invalidate(first, 1)
+        match ours {
+            None if theirs.is_some() => {
+                y.invalidate(line, 1)
                     .map_err(|e| self.replica_failed(y.as_ref(), e))?;
                 self.progress(|p| p.lines_dropped += 1);
             }
-            return Ok(1);
-        };
-        if theirs == Some(v) {
-            return Ok(1);
-        }
-        // The lines still at `v`, read whole (a short line only last).
-        let ls = self.line_size as usize;
-        let mut payload = AlignedBuf::new(count as usize * ls);
-        payload.set_len(count as usize * ls);
-        let mut buf = AlignedBuf::new(ls);
-        let mut len = 0;
-        let mut n = 0;
-        while n < count && version_of(first + n) == Some(v) {
-            let hit = self
-                .primary
-                .read_into(first + n, &mut buf)
-                .map_err(|source| DtmError::Vssd {
-                    op: "resync read",
-                    device: self.device.clone(),
-                    source: Box::new(source),
-                })?;
-            let Some(hit) = hit.filter(|h| h.version == v) else {
-                break;
-            };
-            payload[len..len + buf.len()].copy_from_slice(&buf);
-            len += buf.len();
-            n += 1;
-            if (hit.len as usize) < ls {
-                break; // a short line ends a tran
+            Some(v) if theirs != Some(v) => {
+                let copied = copy_line(primary, y.as_ref(), line, v)
+                    .map_err(|e| self.resync_error(y.as_ref(), e.to_string()))?;
+                if matches!(copied, Copied::Written | Copied::Committed) {
+                    self.progress(|p| p.lines_copied += 1);
+                }
             }
+            _ => {}
         }
-        if n == 0 {
-            return Ok(1); // dropped meanwhile: nothing to copy
-        }
-        payload.set_len(len);
-        self.copy_tran(y, v, first, &payload)?;
-        self.progress(|p| p.lines_copied += n);
-        Ok(n)
-    }
-
-    /// Writes `payload` to the replica as tran `version` and commits it there, so
-    /// its lines hold the primary's version.
-    fn copy_tran(
-        &self,
-        y: &Rc<dyn Replica>,
-        version: u64,
-        first: u64,
-        payload: &AlignedBuf,
-    ) -> Result<(), DtmError> {
-        y.writep1(version, first, payload)
-            .and_then(|()| y.commit(&[version]))
-            .map_err(|e| self.replica_failed(y.as_ref(), e))
+        Ok(())
     }
 
     /// Step 3 of the module documentation.

@@ -738,3 +738,28 @@ fn resync_while_writing(seed: u64) {
     dtm.quiesce().unwrap();
     assert_eq!(held(&reps[2], 63).unwrap().0, tran);
 }
+
+#[test]
+fn a_tran_whose_middle_line_was_overwritten_is_resynced() {
+    let dir = TempDir::new("resync-split");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 2, 64);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        dtm.write(8, &payload(8, 1, 1)).unwrap();
+        dtm.quiesce().unwrap();
+        reps[1].set(Mode::Unreachable, None);
+        // While it is away: one tran of lines 0..3, then line 1 again; the primary
+        // holds 0 and 2 at the first tran's version, 1 at the second's.
+        let v = dtm.write(0, &payload(0, 3, 2)).unwrap().tran().unwrap();
+        let w = dtm.write(1, &payload(1, 1, 3)).unwrap().tran().unwrap();
+        assert_eq!(dtm.members(), vec![1]);
+        reps[1].set(Mode::Healthy, None);
+        let progress = dtm.resync(reps[1].flaky.clone()).unwrap();
+        assert_eq!(progress.lines_copied, 3, "{progress:?}");
+        dtm.quiesce().unwrap();
+        let dirty = assert_agree(&[&reps[0], &reps[1]]);
+        assert_eq!(dirty[..3], [(0, v), (1, w), (2, v)]);
+        assert_eq!(dtm.members(), vec![1, 2]);
+    });
+}
