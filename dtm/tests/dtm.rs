@@ -763,3 +763,110 @@ fn a_tran_whose_middle_line_was_overwritten_is_resynced() {
         assert_eq!(dtm.members(), vec![1, 2]);
     });
 }
+
+#[test]
+fn a_lock_wait_is_bounded() {
+    const WAIT_MAX: Duration = Duration::from_millis(500);
+    const STALL: Duration = Duration::from_secs(2);
+    run_sim(1, || {
+        let reps = open_reps(Path::new("/"), 3, 64);
+        let config = DtmConfig {
+            wait_max: WAIT_MAX,
+            ..DtmConfig::default()
+        };
+        let dtm = start(&reps, config).unwrap();
+        // Acknowledged; its lazy COMMIT to replica 2 stalls, holding line 3's lock.
+        reps[1].set(Mode::Stall(STALL), Some("commit"));
+        dtm.write(3, &payload(3, 1, 1)).unwrap();
+        let t0 = now();
+        let e = dtm.write(3, &payload(3, 1, 2)).unwrap_err();
+        let waited = now() - t0;
+        assert!(
+            matches!(
+                e,
+                DtmError::Busy {
+                    what: "the range lock",
+                    first: 3,
+                    end: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(waited >= WAIT_MAX && waited < STALL, "{waited:?}");
+        // A write of another line is not held up meanwhile.
+        dtm.write(4, &payload(4, 1, 3)).unwrap();
+        // The stalled commit times out: replica 2 is dropped, the line written again.
+        // (Each quiesce waits WAIT_MAX at most: enough of them cover the stall.)
+        let quiesced = (0..STALL.as_millis() / WAIT_MAX.as_millis() + 2)
+            .find(|_| dtm.quiesce().is_ok())
+            .is_some();
+        assert!(quiesced);
+        assert_eq!(dtm.members(), vec![1, 3]);
+        dtm.write(3, &payload(3, 1, 4)).unwrap();
+    });
+}
+
+/// Replicas 1 and 2 in epoch `EPOCH + 1`, replica 3 dropped with lines 0..20
+/// written while it was away.
+fn lose_third(reps: &[Rep]) -> Dtm {
+    let config = DtmConfig {
+        min_replicas: 2,
+        ..DtmConfig::default()
+    };
+    let dtm = start(reps, config).unwrap();
+    reps[2].set(Mode::Unreachable, None);
+    for line in 0..20 {
+        dtm.write(line, &payload(line, 1, 1)).unwrap();
+    }
+    assert_eq!(dtm.members(), vec![1, 2]);
+    dtm
+}
+
+#[test]
+fn a_resync_that_fails_leaves_the_replica_out() {
+    run_sim(2, || {
+        let reps = open_reps(Path::new("/"), 3, 64);
+        let dtm = lose_third(&reps);
+        reps[2].set(Mode::Unreachable, Some("copy_in"));
+        let e = dtm.resync(reps[2].flaky.clone()).unwrap_err();
+        assert!(matches!(e, DtmError::Resync { .. }), "{e}");
+        assert_eq!((dtm.members(), dtm.syncing()), (vec![1, 2], vec![]));
+        assert_eq!(dtm.epoch(), EPOCH + 1);
+        assert!(dtm.resync_progress().is_none());
+        let tran = dtm.write(30, &payload(30, 1, 2)).unwrap().tran().unwrap();
+        dtm.quiesce().unwrap();
+        assert_eq!(held(&reps[1], 30).unwrap().0, tran);
+        assert_eq!(held(&reps[2], 30), None, "no longer a target");
+    });
+}
+
+#[test]
+fn a_syncing_replica_that_fails_a_write_fails_its_resync_not_the_write() {
+    run_sim(3, || {
+        let reps = open_reps(Path::new("/"), 3, 64);
+        let dtm = lose_third(&reps);
+        // Its copies succeed; the writes it receives as a syncing target fail.
+        reps[2].set(Mode::Unreachable, Some("writep1"));
+        let writer = {
+            let dtm = dtm.clone();
+            spawn(move || {
+                // Bounded: the resync's copies take longer than a few writes.
+                (0..50)
+                    .map(|i| dtm.write(40, &payload(40, 1, 100 + i)).map(drop))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+        };
+        let e = dtm.resync(reps[2].flaky.clone()).unwrap_err();
+        assert!(
+            matches!(&e, DtmError::Resync { why, .. } if why.contains("failed a write")),
+            "{e}"
+        );
+        let written = writer.join().unwrap();
+        assert!(written.iter().all(Result::is_ok), "{written:?}");
+        assert_eq!((dtm.members(), dtm.syncing()), (vec![1, 2], vec![]));
+        dtm.quiesce().unwrap();
+        assert_agree(&[&reps[0], &reps[1]]);
+    });
+}
