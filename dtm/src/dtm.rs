@@ -792,16 +792,21 @@ impl Inner {
             let aborts = fan_out(&aborting, move |r| r.abort(tran));
             drop(gate);
             self.count(|s| s.aborts += 1);
+            // A member's failure applies the policy; a syncing replica's ends its
+            // resync only.
             let mut failures: Vec<(u64, ReplicaError)> = Vec::new();
-            for (m, r) in members.iter().chain(&syncing).zip(results) {
-                if let Err(e) = r {
-                    failures.push((m.id(), e));
+            let mut syncing_failed = Vec::new();
+            let aborted = prepared.iter().zip(aborts).map(|(&i, r)| (i, r));
+            let called = results.into_iter().enumerate();
+            for (i, r) in called.chain(aborted) {
+                match r {
+                    Ok(()) => {}
+                    Err(e) if i < members.len() => failures.push((targets[i].member(), e)),
+                    Err(_) => syncing_failed.push(targets[i].member()),
                 }
             }
-            for (&i, r) in prepared.iter().zip(aborts) {
-                if let Err(e) = r {
-                    failures.push((targets[i].member(), e));
-                }
+            if !syncing_failed.is_empty() {
+                let _ = self.lose(&syncing_failed, OP);
             }
             self.settle(OP, failures)?;
             self.count(|s| s.retries += 1);
@@ -888,11 +893,9 @@ impl Inner {
         if !lost.is_empty() {
             self.lose(&lost, op)?;
         }
-        let primary = self.view.borrow().members[0].id();
-        if let Some((m, source)) = failures.into_iter().find(|(_, e)| !e.kind.is_loss()) {
-            if m == primary {
-                return Err(self.stop(op, format!("the primary refused: {source}")));
-            }
+        if let Some((_, source)) = failures.into_iter().find(|(_, e)| !e.kind.is_loss()) {
+            // A refusal (a bug of the caller, or two deciders): this call fails, the
+            // members stay.
             return Err(DtmError::Replica(source));
         }
         Ok(())
