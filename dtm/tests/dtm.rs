@@ -22,6 +22,10 @@ use vssd::map::State;
 use vssd::{Options, TranOutcome, Vssd, format};
 
 const LINE: usize = 4096;
+/// Lines of each test vSSD: room for every line a test writes and the trans in
+/// flight besides (nothing destages here, and a full vSSD makes a writep1 wait for
+/// room for ever).
+const VSSD_LINES: u64 = 256;
 const DEVICE: &str = "dev";
 
 // ---------------------------------------------------------------------------------
@@ -72,6 +76,9 @@ enum Mode {
     /// Every call (or only `only`'s) parks this long, then times out, as a remote
     /// replica's call timeout would end it.
     Stall(Duration),
+    /// As `Stall`, after doing the call: a remote call that timed out after the
+    /// replica did it.
+    DoneThenStall(Duration),
 }
 
 /// A LocalReplica that fails or stalls on demand.
@@ -79,19 +86,28 @@ struct Flaky {
     inner: LocalReplica,
     mode: Cell<Mode>,
     only: Cell<Option<&'static str>>,
-    calls: Cell<u64>,
 }
 
 impl Flaky {
-    fn fault(&self, op: &'static str) -> Result<(), ReplicaError> {
-        self.calls.set(self.calls.get() + 1);
-        if self.only.get().is_some_and(|o| o != op) {
-            return Ok(());
-        }
-        let kind = match self.mode.get() {
-            Mode::Healthy => return Ok(()),
+    /// `f` (the inner replica's call), or the fault the mode says.
+    fn call<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> Result<T, ReplicaError>,
+    ) -> Result<T, ReplicaError> {
+        let mode = match self.only.get() {
+            Some(only) if only != op => Mode::Healthy,
+            _ => self.mode.get(),
+        };
+        let kind = match mode {
+            Mode::Healthy => return f(),
             Mode::Unreachable => ReplicaErrorKind::Unreachable("test fault".into()),
             Mode::Stall(d) => {
+                sleep(d);
+                ReplicaErrorKind::Timeout
+            }
+            Mode::DoneThenStall(d) => {
+                let _ = f();
                 sleep(d);
                 ReplicaErrorKind::Timeout
             }
@@ -115,56 +131,43 @@ impl Replica for Flaky {
         self.inner.info()
     }
     fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.fault("writep1")?;
-        self.inner.writep1(tran, line, data)
+        self.call("writep1", || self.inner.writep1(tran, line, data))
     }
     fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
-        self.fault("commit")?;
-        self.inner.commit(trans)
+        self.call("commit", || self.inner.commit(trans))
     }
     fn abort(&self, tran: u64) -> Result<(), ReplicaError> {
-        self.fault("abort")?;
-        self.inner.abort(tran)
+        self.call("abort", || self.inner.abort(tran))
     }
     fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<u64>, ReplicaError> {
-        self.fault("read")?;
-        self.inner.read(line, buf)
+        self.call("read", || self.inner.read(line, buf))
     }
     fn read_prepared(&self, tran: u64) -> Result<AlignedBuf, ReplicaError> {
-        self.fault("read_prepared")?;
-        self.inner.read_prepared(tran)
+        self.call("read_prepared", || self.inner.read_prepared(tran))
     }
     fn repair(&self, tran: u64, payload: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.fault("repair")?;
-        self.inner.repair(tran, payload)
+        self.call("repair", || self.inner.repair(tran, payload))
     }
     fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.fault("copy_in")?;
-        self.inner.copy_in(version, line, data)
+        self.call("copy_in", || self.inner.copy_in(version, line, data))
     }
     fn clean(&self, line: u64, version: u64) -> Result<bool, ReplicaError> {
-        self.fault("clean")?;
-        self.inner.clean(line, version)
+        self.call("clean", || self.inner.clean(line, version))
     }
     fn invalidate(&self, first: u64, count: u64) -> Result<u64, ReplicaError> {
-        self.fault("invalidate")?;
-        self.inner.invalidate(first, count)
+        self.call("invalidate", || self.inner.invalidate(first, count))
     }
     fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
-        self.fault("set_epoch")?;
-        self.inner.set_epoch(epoch, members)
+        self.call("set_epoch", || self.inner.set_epoch(epoch, members))
     }
     fn outcome(&self, tran: u64) -> Result<TranOutcome, ReplicaError> {
-        self.fault("outcome")?;
-        self.inner.outcome(tran)
+        self.call("outcome", || self.inner.outcome(tran))
     }
     fn in_doubt(&self, after: u64, max: usize) -> Result<(Vec<InDoubtTran>, bool), ReplicaError> {
-        self.fault("in_doubt")?;
-        self.inner.in_doubt(after, max)
+        self.call("in_doubt", || self.inner.in_doubt(after, max))
     }
     fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError> {
-        self.fault("dirty")?;
-        self.inner.dirty(from, max)
+        self.call("dirty", || self.inner.dirty(from, max))
     }
 }
 
@@ -204,7 +207,6 @@ fn open_rep(path: &Path, member: u64, lines: u64) -> Rep {
         inner: LocalReplica::new(vssd.clone(), member, name, 0),
         mode: Cell::new(Mode::Healthy),
         only: Cell::new(None),
-        calls: Cell::new(0),
     });
     Rep { vssd, flaky }
 }
@@ -279,7 +281,7 @@ fn a_write_lands_on_every_replica_at_one_version() {
     let dir = TempDir::new("lands");
     let path = dir.path.clone();
     run_io(move || {
-        let reps = open_reps(&path, 3, 64);
+        let reps = open_reps(&path, 3, VSSD_LINES);
         let dtm = start(&reps, DtmConfig::default()).unwrap();
         assert_eq!(dtm.members(), vec![1, 2, 3]);
         for r in &reps {
@@ -384,7 +386,7 @@ fn overlapping_writes_from_many_tasks_agree_on_real_files() {
     let dir = TempDir::new("overlap");
     let path = dir.path.clone();
     run_io(move || {
-        let reps = open_reps(&path, 3, 64);
+        let reps = open_reps(&path, 3, VSSD_LINES);
         let dtm = start(&reps, DtmConfig::default()).unwrap();
         overlapping_writes(1, &reps, &dtm);
     });
@@ -394,7 +396,7 @@ fn overlapping_writes_from_many_tasks_agree_on_real_files() {
 fn overlapping_writes_agree_under_the_simulator() {
     for seed in 0..8 {
         run_sim(seed, move || {
-            let reps = open_reps(Path::new("/"), 3, 64);
+            let reps = open_reps(Path::new("/"), 3, VSSD_LINES);
             let config = DtmConfig {
                 commit_batch_max: 4,
                 writes_in_flight_max: 8,
@@ -414,7 +416,7 @@ fn a_lost_replica_is_dropped_and_the_write_acknowledged_by_the_survivors() {
     let dir = TempDir::new("degrade");
     let path = dir.path.clone();
     run_io(move || {
-        let reps = open_reps(&path, 3, 64);
+        let reps = open_reps(&path, 3, VSSD_LINES);
         let config = DtmConfig {
             min_replicas: 2,
             ..DtmConfig::default()
@@ -468,7 +470,7 @@ fn a_stalled_replica_holds_a_write_no_longer_than_its_timeout() {
     const STALL: Duration = Duration::from_secs(2);
     for seed in 0..4 {
         run_sim(seed, move || {
-            let reps = open_reps(Path::new("/"), 3, 64);
+            let reps = open_reps(Path::new("/"), 3, VSSD_LINES);
             let dtm = start(&reps, DtmConfig::default()).unwrap();
             dtm.write(1, &payload(1, 1, 1)).unwrap();
             reps[1].set(Mode::Stall(STALL), Some("writep1"));
@@ -499,7 +501,7 @@ fn a_replica_that_fails_its_lazy_commit_is_dropped() {
     let dir = TempDir::new("commitloss");
     let path = dir.path.clone();
     run_io(move || {
-        let reps = open_reps(&path, 3, 64);
+        let reps = open_reps(&path, 3, VSSD_LINES);
         let dtm = start(&reps, DtmConfig::default()).unwrap();
         reps[1].set(Mode::Unreachable, Some("commit"));
         // Acknowledged: prepared everywhere, committed on the primary.
@@ -522,7 +524,7 @@ fn a_stale_epoch_fences_the_dtm() {
     let dir = TempDir::new("fence");
     let path = dir.path.clone();
     run_io(move || {
-        let reps = open_reps(&path, 3, 64);
+        let reps = open_reps(&path, 3, VSSD_LINES);
         let dtm = start(&reps, DtmConfig::default()).unwrap();
         let before = dtm.write(4, &payload(4, 1, 1)).unwrap().tran().unwrap();
         dtm.quiesce().unwrap();
@@ -568,7 +570,7 @@ fn short_of_replicas_write_through_writes_the_backing_store() {
     let dir = TempDir::new("through");
     let path = dir.path.clone();
     run_io(move || {
-        let reps = open_reps(&path, 2, 64);
+        let reps = open_reps(&path, 2, VSSD_LINES);
         let backing = Rc::new(MemBacking::default());
         let config = DtmConfig {
             min_replicas: 2,
@@ -604,7 +606,7 @@ fn clean_and_discard_reach_every_replica() {
     let dir = TempDir::new("clean");
     let path = dir.path.clone();
     run_io(move || {
-        let reps = open_reps(&path, 3, 64);
+        let reps = open_reps(&path, 3, VSSD_LINES);
         let dtm = start(&reps, DtmConfig::default()).unwrap();
         let tran = dtm.write(0, &payload(0, 4, 1)).unwrap().tran().unwrap();
         dtm.quiesce().unwrap();
@@ -635,7 +637,7 @@ fn a_returning_replica_is_resynced_while_writes_go_on() {
 
 fn resync_while_writing(seed: u64) {
     const LINES: u64 = 64;
-    let reps = open_reps(Path::new("/"), 3, LINES);
+    let reps = open_reps(Path::new("/"), 3, VSSD_LINES);
     let config = DtmConfig {
         min_replicas: 2,
         ..DtmConfig::default()
@@ -744,7 +746,7 @@ fn a_tran_whose_middle_line_was_overwritten_is_resynced() {
     let dir = TempDir::new("resync-split");
     let path = dir.path.clone();
     run_io(move || {
-        let reps = open_reps(&path, 2, 64);
+        let reps = open_reps(&path, 2, VSSD_LINES);
         let dtm = start(&reps, DtmConfig::default()).unwrap();
         dtm.write(8, &payload(8, 1, 1)).unwrap();
         dtm.quiesce().unwrap();
@@ -769,7 +771,7 @@ fn a_lock_wait_is_bounded() {
     const WAIT_MAX: Duration = Duration::from_millis(500);
     const STALL: Duration = Duration::from_secs(2);
     run_sim(1, || {
-        let reps = open_reps(Path::new("/"), 3, 64);
+        let reps = open_reps(Path::new("/"), 3, VSSD_LINES);
         let config = DtmConfig {
             wait_max: WAIT_MAX,
             ..DtmConfig::default()
@@ -826,7 +828,7 @@ fn lose_third(reps: &[Rep]) -> Dtm {
 #[test]
 fn a_resync_that_fails_leaves_the_replica_out() {
     run_sim(2, || {
-        let reps = open_reps(Path::new("/"), 3, 64);
+        let reps = open_reps(Path::new("/"), 3, VSSD_LINES);
         let dtm = lose_third(&reps);
         reps[2].set(Mode::Unreachable, Some("copy_in"));
         let e = dtm.resync(reps[2].flaky.clone()).unwrap_err();
@@ -844,7 +846,7 @@ fn a_resync_that_fails_leaves_the_replica_out() {
 #[test]
 fn a_syncing_replica_that_fails_a_write_fails_its_resync_not_the_write() {
     run_sim(3, || {
-        let reps = open_reps(Path::new("/"), 3, 64);
+        let reps = open_reps(Path::new("/"), 3, VSSD_LINES);
         let dtm = lose_third(&reps);
         // Its copies succeed; the writes it receives as a syncing target fail.
         reps[2].set(Mode::Unreachable, Some("writep1"));
@@ -869,4 +871,147 @@ fn a_syncing_replica_that_fails_a_write_fails_its_resync_not_the_write() {
         dtm.quiesce().unwrap();
         assert_agree(&[&reps[0], &reps[1]]);
     });
+}
+
+/// Seeded faults on the replicas (unreachable, stalled, timed out after doing the
+/// call; on every call or on one kind) while writers write and the fault task
+/// resyncs what was dropped: at the end every line holds its last acknowledged write
+/// (the writes that failed were aborted everywhere) and every member agrees.
+#[test]
+fn seeded_faults_keep_every_acknowledged_write_and_the_members_agreeing() {
+    for seed in 0..24 {
+        run_sim(seed, move || faults_seed(seed));
+    }
+}
+
+fn faults_seed(seed: u64) {
+    const LINES: u64 = 32;
+    const WRITERS: u64 = 4;
+    const WRITES: u64 = 40;
+    const FAULTS: u64 = 6;
+    const STALL: Duration = Duration::from_millis(50);
+    let reps = Rc::new(open_reps(Path::new("/"), 3, VSSD_LINES));
+    let config = DtmConfig {
+        min_replicas: 2,
+        wait_max: Duration::from_secs(5),
+        ..DtmConfig::default()
+    };
+    let dtm = start(&reps, config).unwrap();
+    // Each acknowledged tran's first line, line count and tag.
+    type Acked = BTreeMap<u64, (u64, u64, u64)>;
+    let acked: Rc<RefCell<Acked>> = Rc::default();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|t| {
+            let (dtm, acked) = (dtm.clone(), acked.clone());
+            spawn(move || {
+                let mut rng = Rng::new(seed << 8 | t);
+                let mut failed = 0;
+                for w in 0..WRITES {
+                    let first = rng.below(LINES - 2);
+                    let n = 1 + rng.below(3);
+                    let tag = t << 32 | w;
+                    match dtm.write(first, &payload(first, n, tag)) {
+                        Ok(Written::Tran(tran)) => {
+                            acked.borrow_mut().insert(tran, (first, n, tag));
+                        }
+                        Ok(Written::Through) => unreachable!("no write-through here"),
+                        Err(_) => failed += 1,
+                    }
+                    // Pacing in virtual time, so the faults fall among the writes.
+                    sleep(Duration::from_millis(rng.below(4)));
+                }
+                failed
+            })
+            .unwrap()
+        })
+        .collect();
+    let faults = {
+        let (dtm, reps) = (dtm.clone(), reps.clone());
+        spawn(move || {
+            let mut rng = Rng::new(!seed);
+            let mut resynced = 0;
+            for _ in 0..FAULTS {
+                sleep(Duration::from_millis(rng.below(30)));
+                // The replicas dropped so far (healthy again) come back first.
+                for (i, r) in reps.iter().enumerate().skip(1) {
+                    if !dtm.members().contains(&(i as u64 + 1)) && dtm.down().is_none() {
+                        resynced += u64::from(dtm.resync(r.flaky.clone()).is_ok());
+                    }
+                }
+                let victim = 1 + rng.below(2) as usize;
+                let mode = match rng.below(3) {
+                    0 => Mode::Unreachable,
+                    1 => Mode::Stall(STALL),
+                    _ => Mode::DoneThenStall(STALL),
+                };
+                let only = [None, Some("writep1"), Some("commit")][rng.below(3) as usize];
+                reps[victim].set(mode, only);
+                sleep(Duration::from_millis(rng.below(30)));
+                reps[victim].set(Mode::Healthy, None);
+            }
+            resynced
+        })
+        .unwrap()
+    };
+    let failed: u64 = writers.into_iter().map(|h| h.join().unwrap()).sum();
+    let resynced = faults.join().unwrap();
+    // Healed: every replica answers; once the lazy commits begun under a fault
+    // have ended (a loss among them drops a member), the dropped ones come back.
+    for r in reps.iter() {
+        r.set(Mode::Healthy, None);
+    }
+    dtm.quiesce().unwrap();
+    for (i, r) in reps.iter().enumerate().skip(1) {
+        if !dtm.members().contains(&(i as u64 + 1)) && dtm.down().is_none() {
+            dtm.resync(r.flaky.clone()).unwrap();
+        }
+    }
+    dtm.quiesce().unwrap();
+    let members = dtm.members();
+    let live: Vec<&Rep> = reps
+        .iter()
+        .filter(|r| members.contains(&r.flaky.member()))
+        .collect();
+    assert_eq!(live[0].flaky.member(), 1);
+    if dtm.down().is_none() {
+        assert_agree(&live);
+        let mut sorted = members.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            [1, 2, 3],
+            "seed {seed}: the resynced ones rejoin last"
+        );
+    } else {
+        // Stopped short of replicas: the lazy COMMITs that failed are left to
+        // recovery, which commits what every member prepared.
+        for r in &live[1..] {
+            for (line, version) in reps[0].vssd.dirty_lines() {
+                let there = held(r, line).map(|(v, _, _)| v);
+                assert!(
+                    there == Some(version) || r.vssd.tran_outcome(version) == TranOutcome::Prepared,
+                    "seed {seed}: line {line} at {version} on the primary, {there:?} on {}",
+                    r.flaky.name()
+                );
+            }
+        }
+    }
+    let acked = acked.borrow();
+    assert_eq!(acked.len() as u64 + failed, WRITERS * WRITES);
+    for line in 0..LINES {
+        let last = acked
+            .iter()
+            .filter(|(_, (f, n, _))| (*f..f + n).contains(&line))
+            .map(|(&tran, &(_, _, tag))| (tran, tag))
+            .next_back();
+        let held = held(&reps[0], line).map(|(v, _, bytes)| (v, bytes));
+        let want = last.map(|(tran, tag)| (tran, line_bytes(line, tag)));
+        assert_eq!(held, want, "seed {seed} line {line}");
+    }
+    eprintln!(
+        "seed {seed}: {} acknowledged, {failed} failed, {resynced} resyncs amid faults, epoch {}, {:?}",
+        acked.len(),
+        dtm.epoch(),
+        dtm.down().map(|e| e.to_string())
+    );
 }
