@@ -902,7 +902,7 @@ fn faults_seed(seed: u64) {
     let acked: Rc<RefCell<Acked>> = Rc::default();
     let writers: Vec<_> = (0..WRITERS)
         .map(|t| {
-            let (dtm, acked) = (dtm.clone(), acked.clone());
+            let (dtm, acked, reps) = (dtm.clone(), acked.clone(), reps.clone());
             spawn(move || {
                 let mut rng = Rng::new(seed << 8 | t);
                 let mut failed = 0;
@@ -912,6 +912,18 @@ fn faults_seed(seed: u64) {
                     let tag = t << 32 | w;
                     match dtm.write(first, &payload(first, n, tag)) {
                         Ok(Written::Tran(tran)) => {
+                            // Acknowledged: on every member of the epoch now, prepared
+                            // at least (no park since the write returned).
+                            for m in dtm.members() {
+                                let outcome = reps[m as usize - 1].vssd.tran_outcome(tran);
+                                assert!(
+                                    matches!(
+                                        outcome,
+                                        TranOutcome::Prepared | TranOutcome::Committed
+                                    ),
+                                    "seed {seed}: tran {tran} {outcome:?} on member {m}"
+                                );
+                            }
                             acked.borrow_mut().insert(tran, (first, n, tag));
                         }
                         Ok(Written::Through) => unreachable!("no write-through here"),
