@@ -8,9 +8,11 @@
 pub mod copy;
 pub mod error;
 pub mod local;
+pub mod recovery;
 pub mod replica;
 
 pub use copy::{Copied, copy_line};
 pub use error::DtmError;
 pub use local::LocalReplica;
+pub use recovery::{Recovery, recover};
 pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
