@@ -8,7 +8,7 @@
 //!
 //! The fence: a replica is opened at an epoch; once the replica's vSSD has moved to a
 //! newer epoch (another primary took the device over), every call on the old opening
-//! fails with [`ReplicaError::StaleEpoch`], so a cut-off primary can never have a
+//! fails with [`ReplicaErrorKind::StaleEpoch`], so a cut-off primary can never have a
 //! write acknowledged by it again.
 
 use taskio::AlignedBuf;
