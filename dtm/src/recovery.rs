@@ -236,7 +236,15 @@ fn collect_in_doubt(replicas: &[&dyn Replica]) -> Result<InDoubtMap, DtmError> {
             let Some(last) = page.last() else {
                 break;
             };
-            assert!(last.tran > after, "in_doubt after {after} listed {last:?}");
+            if page.first().is_some_and(|d| d.tran <= after)
+                || page.windows(2).any(|w| w[0].tran >= w[1].tran)
+            {
+                return Err(DtmError::BadAnswer {
+                    op: "in_doubt",
+                    replica: r.name().to_string(),
+                    why: format!("trans after {after} listed out of order: {page:?}"),
+                });
+            }
             after = last.tran;
             for d in page {
                 all.entry(d.tran).or_default().push((i, d));
@@ -385,12 +393,24 @@ fn names(replicas: &[&dyn Replica], holders: &[(usize, InDoubtTran)]) -> String 
 /// most [`DIRTY_PAGE`] lines per replica.
 fn reconcile(replicas: &[&dyn Replica], recovery: &mut Recovery) -> Result<(), DtmError> {
     let mut from = 0;
-    // Bounded: each window moves `from` past at least one listed line, or is the last.
+    // Bounded: each window moves `from` past at least one listed line (listings are
+    // checked to start at `from`), or is the last.
     loop {
-        let pages = replicas
-            .iter()
-            .map(|r| r.dirty(from, DIRTY_PAGE))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut pages = Vec::with_capacity(replicas.len());
+        for r in replicas {
+            let page = r.dirty(from, DIRTY_PAGE)?;
+            if page.first().is_some_and(|&(line, _)| line < from)
+                || page.windows(2).any(|w| w[0].0 >= w[1].0)
+                || page.len() > DIRTY_PAGE
+            {
+                return Err(DtmError::BadAnswer {
+                    op: "dirty",
+                    replica: r.name().to_string(),
+                    why: format!("dirty lines from {from} listed out of order: {page:?}"),
+                });
+            }
+            pages.push(page);
+        }
         // Lines up to the end of the shortest full page are listed by every replica
         // that holds them dirty.
         let end = pages

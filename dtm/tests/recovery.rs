@@ -313,3 +313,41 @@ fn a_primary_whose_replicas_moved_to_a_newer_epoch_is_fenced() {
         }
     });
 }
+
+/// Replicas that disagree on their epoch's members are not one device's; a member
+/// that fails during recovery fails it (the caller reopens what it can and retries).
+#[test]
+fn disagreeing_members_are_refused_and_a_failing_member_fails_the_recovery() {
+    let dir = TempDir::new("rec-errors");
+    let paths = device(&dir);
+    let p = paths.clone();
+    run_io(move || {
+        let r = open_all(&p, &ALL);
+        r[0].vssd().set_epoch(5, &[1, 2]).unwrap();
+        r[1].vssd().set_epoch(5, &[1, 2, 3]).unwrap();
+        close(&r);
+    });
+    let p = paths.clone();
+    run_io(move || {
+        let r = open_all(&p, &ALL);
+        let e = recover(&dyns(&r), &ALL, 1).unwrap_err();
+        assert!(
+            matches!(&e, DtmError::Mismatch { why, .. } if why.contains("epoch 5")),
+            "{e}"
+        );
+        r[0].vssd().set_epoch(6, &ALL).unwrap();
+        r[1].vssd().set_epoch(6, &ALL).unwrap();
+        r[2].vssd().set_epoch(6, &ALL).unwrap();
+        close(&r);
+    });
+    run_io(move || {
+        let r = open_all(&paths, &ALL);
+        r[1].vssd().close();
+        let e = recover(&dyns(&r), &ALL, 2).unwrap_err();
+        assert!(
+            matches!(&e, DtmError::Replica(re) if re.kind.is_loss() && re.op == "set_epoch"),
+            "{e}"
+        );
+        close(&r);
+    });
+}
