@@ -8,8 +8,8 @@
 //! this runtime's vSSD), [`copy`] (one dirty line copied between replicas at its
 //! version), [`dtm`] (the DTM of one device: writes, the loss policy, reads, clean
 //! and discard), `lock` (range locks and write slots), `commit` (lazy batched
-//! COMMITs), [`resync`] (a returning replica brought up to date), [`config`] and
-//! [`error`].
+//! COMMITs), [`resync`] (a returning replica brought up to date), [`recovery`] (the
+//! in-doubt trans of every replica resolved at open), [`config`] and [`error`].
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod commit;
@@ -19,6 +19,7 @@ pub mod dtm;
 pub mod error;
 pub mod local;
 mod lock;
+pub mod recovery;
 pub mod replica;
 pub mod resync;
 
@@ -27,5 +28,6 @@ pub use copy::{Copied, copy_line};
 pub use dtm::{Dtm, DtmStats, Written};
 pub use error::DtmError;
 pub use local::LocalReplica;
+pub use recovery::{Recovery, recover};
 pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
 pub use resync::ResyncProgress;

@@ -127,7 +127,7 @@ impl Replica for Flaky {
     fn name(&self) -> &str {
         self.inner.name()
     }
-    fn info(&self) -> &ReplicaInfo {
+    fn info(&self) -> ReplicaInfo {
         self.inner.info()
     }
     fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
