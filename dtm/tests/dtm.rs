@@ -1027,3 +1027,51 @@ fn faults_seed(seed: u64) {
         dtm.down().map(|e| e.to_string())
     );
 }
+
+/// A primary stops with lazy COMMITs still on their way; recovery over new openings
+/// of the replicas commits what every member prepared, and a new DTM at the
+/// recovered epoch goes on from there.
+#[test]
+fn a_new_dtm_goes_on_after_recovery() {
+    run_sim(4, || {
+        let reps = open_reps(Path::new("/"), 3, VSSD_LINES);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        reps[1].set(Mode::Stall(Duration::from_secs(1)), Some("commit"));
+        let trans: Vec<u64> = (0..10)
+            .map(|i| dtm.write(i, &payload(i, 1, 1)).unwrap().tran().unwrap())
+            .collect();
+        dtm.close();
+        assert!(matches!(
+            dtm.write(20, &payload(20, 1, 2)),
+            Err(DtmError::Closed { .. })
+        ));
+        assert_eq!(reps[1].vssd.tran_outcome(trans[9]), TranOutcome::Prepared);
+        drop(dtm);
+        // Takeover: the same vSSDs, opened again.
+        let opened: Vec<Rc<dyn Replica>> = reps
+            .iter()
+            .map(|r| {
+                let name = format!("{} again", r.flaky.name());
+                let local =
+                    LocalReplica::new(r.vssd.clone(), r.flaky.member(), name, r.vssd.epoch());
+                Rc::new(local) as Rc<dyn Replica>
+            })
+            .collect();
+        let recovered = dtm::recover(&opened, &[1, 2, 3], 2).unwrap();
+        assert!(recovered.committed > 0, "{recovered:?}");
+        assert_eq!(recovered.epoch, EPOCH + 1);
+        let dtm = Dtm::start(
+            reps[0].vssd.clone(),
+            recovered.members,
+            recovered.epoch,
+            DtmConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(reps[1].vssd.tran_outcome(trans[9]), TranOutcome::Committed);
+        let tran = dtm.write(3, &payload(3, 1, 3)).unwrap().tran().unwrap();
+        assert!(tran > trans[9], "tran ids are never reused");
+        dtm.quiesce().unwrap();
+        let dirty = assert_agree(&[&reps[0], &reps[1], &reps[2]]);
+        assert_eq!(dirty.len(), 10);
+    });
+}
