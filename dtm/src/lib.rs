@@ -25,7 +25,7 @@ pub mod resync;
 
 pub use config::{Backing, DtmConfig, LossPolicy};
 pub use copy::{Copied, copy_line};
-pub use dtm::{Dtm, DtmStats, Written};
+pub use dtm::{Dtm, DtmStats, LineLock, Written};
 pub use error::DtmError;
 pub use local::LocalReplica;
 pub use recovery::{Recovery, recover};

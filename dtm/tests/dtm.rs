@@ -1075,3 +1075,38 @@ fn a_new_dtm_goes_on_after_recovery() {
         assert_eq!(dirty.len(), 10);
     });
 }
+
+#[test]
+fn held_lines_keep_writes_of_them_out() {
+    run_sim(5, || {
+        let reps = open_reps(Path::new("/"), 2, VSSD_LINES);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        let v = dtm.write(5, &payload(5, 1, 1)).unwrap().tran().unwrap();
+        dtm.quiesce().unwrap();
+        // A destage: hold the line, "copy" its version out, clean it.
+        let held_lines = dtm.lock_lines(5, 1).unwrap();
+        let writer = {
+            let dtm = dtm.clone();
+            spawn(move || dtm.write(5, &payload(5, 1, 2)).unwrap().tran().unwrap()).unwrap()
+        };
+        // Other lines are written meanwhile (each parks: the writer runs, and waits);
+        // a few would do for the writer to finish, were the line not held.
+        for i in 0..50 {
+            dtm.write(6 + i % 8, &payload(6 + i % 8, 1, 3)).unwrap();
+        }
+        assert!(!writer.is_finished(), "a write of a held line went on");
+        assert_eq!(held(&reps[0], 5).unwrap().0, v);
+        assert!(dtm.clean(5, v).unwrap());
+        drop(held_lines);
+        let w = writer.join().unwrap();
+        dtm.quiesce().unwrap();
+        for r in &reps {
+            assert_eq!(held(r, 5).unwrap().0, w);
+            assert_eq!(held(r, 5).unwrap().1, State::Dirty);
+        }
+        assert!(
+            dtm.lock_lines(VSSD_LINES - 1, 2).is_err(),
+            "past the device"
+        );
+    });
+}
