@@ -459,6 +459,12 @@ fn a_lost_replica_is_dropped_and_the_write_acknowledged_by_the_survivors() {
         let e = dtm.write(7, &payload(7, 1, 4)).unwrap_err();
         assert!(matches!(e, DtmError::TooFewReplicas { .. }), "{e}");
         assert!(dtm.down().is_some());
+        let mut buf = AlignedBuf::new(LINE);
+        let hit = dtm.read(2, &mut buf).unwrap().unwrap();
+        assert_eq!(
+            hit.version, tran,
+            "a DTM stopped short of replicas still reads"
+        );
         assert_eq!(held(&reps[0], 2).unwrap().0, tran);
         assert_eq!(held(&reps[0], 7), None);
         assert_eq!(dtm.epoch(), EPOCH + 1, "no epoch below min_replicas");
@@ -542,6 +548,9 @@ fn a_stale_epoch_fences_the_dtm() {
         }
         let e = dtm.write(9, &payload(9, 1, 3)).unwrap_err();
         assert!(matches!(e, DtmError::Fenced { .. }), "{e}");
+        let mut buf = AlignedBuf::new(LINE);
+        let e = dtm.read(4, &mut buf).unwrap_err();
+        assert!(matches!(e, DtmError::Fenced { .. }), "reads too: {e}");
         assert_eq!(held(&reps[0], 9), None);
         assert_eq!(dtm.members(), vec![1, 2, 3], "a fence drops nobody");
     });
