@@ -1119,3 +1119,23 @@ fn held_lines_keep_writes_of_them_out() {
         );
     });
 }
+
+#[test]
+fn a_member_is_not_resynced() {
+    let dir = TempDir::new("resync-member");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 2, VSSD_LINES);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        // A write in flight: prepared on both, not committed yet.
+        let tran = reps[0].vssd.next_tran_id().unwrap();
+        for r in &reps {
+            r.vssd.writep1(tran, 9, &payload(9, 1, 1)).unwrap();
+        }
+        let e = dtm.resync(reps[1].flaky.clone()).unwrap_err();
+        assert!(matches!(e, DtmError::Unfit { .. }), "{e}");
+        assert_eq!(reps[1].vssd.tran_outcome(tran), TranOutcome::Prepared);
+        assert!(dtm.resync_progress().is_none());
+        assert_eq!(dtm.members(), vec![1, 2]);
+    });
+}
