@@ -593,6 +593,7 @@ fn short_of_replicas_write_through_writes_the_backing_store() {
         ));
         assert!(!dtm.writing_through());
         assert!(backing.bytes.borrow().is_empty());
+        dtm.quiesce().unwrap();
         reps[1].set(Mode::Unreachable, None);
         assert_eq!(dtm.write(5, &payload(5, 1, 2)).unwrap(), Written::Through);
         assert!(dtm.writing_through());
@@ -607,6 +608,20 @@ fn short_of_replicas_write_through_writes_the_backing_store() {
         assert_eq!(held(&reps[0], 6).unwrap().2, line_bytes(6, 1));
         assert_eq!(dtm.write(9, &payload(9, 1, 3)).unwrap(), Written::Through);
         assert_eq!(dtm.stats().written_through, 2);
+        // The lost replica returns: resynced, it drops the line it still held dirty
+        // at the version written through over, and the device caches again.
+        assert_eq!(held(&reps[1], 5).unwrap().2, line_bytes(5, 1));
+        reps[1].set(Mode::Healthy, None);
+        let progress = dtm.resync(reps[1].flaky.clone()).unwrap();
+        assert_eq!(progress.lines_dropped, 1, "{progress:?}");
+        assert!(!dtm.writing_through());
+        assert_eq!(held(&reps[1], 5), None);
+        assert!(matches!(
+            dtm.write(5, &payload(5, 1, 4)).unwrap(),
+            Written::Tran(_)
+        ));
+        dtm.quiesce().unwrap();
+        assert_agree(&[&reps[0], &reps[1]]);
     });
 }
 
