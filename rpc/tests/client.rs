@@ -128,7 +128,10 @@ fn a_read_answered_with_another_length_is_a_protocol_error_that_closes() {
             let (h, _) = read_frame(s).expect("the READ");
             let data = [9u8; 4];
             let body = if vssd {
-                Response::VssdRead { data: &data }
+                Response::VssdRead {
+                    version: 1,
+                    data: &data,
+                }
             } else {
                 Response::Read { data: &data }
             };
