@@ -5,6 +5,8 @@
 //! of the device's epoch holds it durably.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod local;
 pub mod replica;
 
+pub use local::LocalReplica;
 pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};

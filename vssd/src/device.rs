@@ -759,6 +759,91 @@ impl Vssd {
         self.inner.outcomes.borrow().outcome_unprepared(tran)
     }
 
+    /// Up to `max` in-doubt trans with ids above `after`, in increasing id order:
+    /// prepared here, writep1 returned, neither committed nor aborted. Those recovery
+    /// returned at open and those prepared since (a peer's vSSD stays open while the
+    /// primary that prepared a tran there dies), each with its lines; the payload is
+    /// [`Payload::Damaged`] for one recovery found damaged and not repaired yet,
+    /// [`Payload::Intact`] otherwise (not read again: [`Vssd::read_prepared`] checks
+    /// it). O(prepared trans) per call.
+    pub fn in_doubt(&self, after: u64, max: usize) -> Vec<InDoubt> {
+        let map = self.inner.map.borrow();
+        let phase1 = self.inner.phase1.borrow();
+        let mut trans: Vec<u64> = map
+            .prepared_trans()
+            .filter(|&t| t > after && !phase1.contains_key(&t))
+            .collect();
+        trans.sort_unstable();
+        trans.truncate(max);
+        let damaged = self.inner.damaged.borrow();
+        trans
+            .into_iter()
+            .map(|tran| InDoubt {
+                tran,
+                parts: map.prepared(tran).expect("listed as prepared").to_vec(),
+                payload: damaged.get(&tran).map_or(Payload::Intact, |d| d.payload),
+            })
+            .collect()
+    }
+
+    /// The payload of in-doubt `tran` (prepared, its writep1 returned), all its lines
+    /// as writep1 took them, each checked against its PREPARE's CRC32C: the copy a
+    /// replica holding it intact gives to repair another's damaged one
+    /// ([`Vssd::resolve_repaired`]). A damaged line is [`VssdError::Damaged`], never
+    /// data; a tran not prepared here is [`VssdError::TranResolved`] with its outcome.
+    pub fn read_prepared(&self, tran: u64) -> Result<AlignedBuf, VssdError> {
+        const OP: &str = "read_prepared";
+        self.check_usable(OP)?;
+        if self.inner.phase1.borrow().contains_key(&tran) {
+            return Err(VssdError::TranBusy { op: OP, tran });
+        }
+        // Pinned: a commit or abort meanwhile releases the slots, but none is handed
+        // out again before the reads end.
+        let parts = {
+            let mut map = self.inner.map.borrow_mut();
+            let Some(parts) = map.prepared(tran).map(<[_]>::to_vec) else {
+                drop(map);
+                return Err(VssdError::TranResolved {
+                    op: OP,
+                    tran,
+                    outcome: self.tran_outcome(tran),
+                });
+            };
+            for p in &parts {
+                map.pin(p.slot);
+            }
+            parts
+        };
+        let line_size = self.inner.geometry.line_size() as usize;
+        let total: usize = parts.iter().map(|p| p.len as usize).sum();
+        let mut payload = AlignedBuf::new(round_up(total));
+        payload.set_len(total);
+        let mut buf = AlignedBuf::new(line_size);
+        let mut read = || -> Result<(), VssdError> {
+            for (i, p) in parts.iter().enumerate() {
+                let got = self.read_slot("read_prepared payload", p.slot, p.len, &mut buf)?;
+                if got != p.crc {
+                    return Err(VssdError::Damaged {
+                        op: OP,
+                        path: self.path_buf(),
+                        tran,
+                        line: p.line,
+                        slot: p.slot,
+                        reason: crate::recover::Damage::Checksum { got, want: p.crc },
+                    });
+                }
+                let at = i * line_size;
+                payload[at..at + p.len as usize].copy_from_slice(&buf);
+            }
+            Ok(())
+        };
+        let result = read();
+        for p in &parts {
+            self.unpin(p.slot);
+        }
+        result.map(|()| payload)
+    }
+
     /// Commits an in-doubt tran whose payload recovery found damaged
     /// ([`Payload::Damaged`]) with `payload`, the tran's data fetched from another
     /// copy (a replica): all its lines, as writep1 took them. Each line's part must be

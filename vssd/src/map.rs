@@ -753,6 +753,11 @@ impl CacheMap {
         self.prepared.get(&tran).map(Vec::as_slice)
     }
 
+    /// The ids of the prepared trans, in no order.
+    pub fn prepared_trans(&self) -> impl Iterator<Item = u64> + '_ {
+        self.prepared.keys().copied()
+    }
+
     /// A miss filled from the backing store: a free slot that becomes `line`'s
     /// clean version ([`VERSION_CLEAN_INSERT`]). No record: a crash forgets it. The
     /// caller must write the payload before any reader can look the line up.

@@ -552,3 +552,79 @@ fn a_tran_with_a_prepare_missing_is_dropped_and_may_be_retried() {
         v.close();
     });
 }
+
+/// `in_doubt` lists the trans prepared and unresolved, from recovery and since open,
+/// in id order and paged, with recovery's damage; `read_prepared` gives back the
+/// whole payload of an intact one and refuses a damaged or unprepared one.
+#[test]
+fn in_doubt_lists_prepared_trans_and_read_prepared_checks_their_payload() {
+    let dir = TempDir::new("in-doubt-list");
+    let path = formatted(&dir);
+    let p = path.clone();
+    let slot = run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        v.writep1(7, 3, &payload_lines(3, 3, 7)).unwrap();
+        v.writep1(9, 10, &payload(10, 9)).unwrap();
+        v.close();
+        let (v, rec) = open(&p, Options::default());
+        v.close();
+        rec.in_doubt[1].parts[0].slot
+    });
+    damage_slot(&path, slot);
+    run_io(move || {
+        let (v, rec) = open(&path, Options::default());
+        assert_eq!(rec.in_doubt.len(), 2, "{rec:?}");
+        // One prepared since open, one committed since open (not listed).
+        v.writep1(12, 20, &payload(20, 12)).unwrap();
+        v.writep1(13, 21, &payload(21, 13)).unwrap();
+        v.resolve(13, Resolution::Commit).unwrap();
+        let listed: Vec<(u64, u64, usize, bool)> = v
+            .in_doubt(0, 10)
+            .iter()
+            .map(|d| {
+                let damaged = matches!(d.payload, Payload::Damaged { .. });
+                (d.tran, d.line(), d.parts.len(), damaged)
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            vec![(7, 3, 3, false), (9, 10, 1, true), (12, 20, 1, false)]
+        );
+        let page: Vec<u64> = v.in_doubt(7, 1).iter().map(|d| d.tran).collect();
+        assert_eq!(page, vec![9]);
+        assert!(v.in_doubt(12, 10).is_empty());
+
+        let got = v.read_prepared(7).unwrap();
+        assert_eq!(&got[..], &payload_lines(3, 3, 7)[..]);
+        let e = v.read_prepared(9).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VssdError::Damaged {
+                    tran: 9,
+                    line: 10,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = v.read_prepared(13).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VssdError::TranResolved {
+                    tran: 13,
+                    outcome: vssd::TranOutcome::Committed,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The copy read from one vSSD repairs the damage on another.
+        v.resolve_repaired(9, &payload(10, 9)).unwrap();
+        v.resolve(7, Resolution::Abort).unwrap();
+        let left: Vec<u64> = v.in_doubt(0, 10).iter().map(|d| d.tran).collect();
+        assert_eq!(left, vec![12]);
+        v.close();
+    });
+}

@@ -1,0 +1,262 @@
+//! [`LocalReplica`]: the [`Replica`] seam over a `vssd::Vssd` on this runtime (the
+//! primary's own vSSD, and the vSSD a peer's `ReplicaService` serves).
+//!
+//! # The fence
+//!
+//! A `LocalReplica` is opened at an epoch. Before every call it compares it with the
+//! vSSD's: once the vSSD is at a newer epoch (another opening moved it, i.e. another
+//! primary took the device over), the call fails with
+//! [`ReplicaErrorKind::StaleEpoch`] and does nothing. [`Replica::set_epoch`] through
+//! this opening moves the opening along with the vSSD.
+//!
+//! A writep1 parks for its I/O, so the epoch is checked again when it returns: if it
+//! moved meanwhile, this opening aborts the tran it just prepared and fails with
+//! `StaleEpoch`. So a writep1 of an old epoch never succeeds after the vSSD's
+//! `set_epoch` returned: a new primary that moved every member to its epoch before
+//! listing the in-doubt trans (crate::recovery) can be sure no old primary gets a
+//! prepare acknowledged behind its back.
+//!
+//! # In-doubt trans
+//!
+//! [`Replica::in_doubt`] lists what the vSSD holds prepared ([`Vssd::in_doubt`]),
+//! not the list its recovery returned at open: a vSSD that stays open (a peer's)
+//! may hold trans prepared since by a primary that died.
+
+use std::cell::Cell;
+
+use taskio::AlignedBuf;
+use vssd::map::MapError;
+use vssd::{Payload, TranOutcome, Vssd, VssdError};
+
+use crate::replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
+
+/// One replica vSSD on this runtime. See the module documentation.
+pub struct LocalReplica {
+    vssd: Vssd,
+    member: u64,
+    name: String,
+    info: ReplicaInfo,
+    /// The epoch this opening belongs to.
+    epoch: Cell<u64>,
+}
+
+impl LocalReplica {
+    /// `vssd` (opened, its recovery's in-doubt trans left unresolved: they are listed
+    /// by [`Replica::in_doubt`]) as member `member`, named `name` in errors, opened at
+    /// `epoch`: every call fails with `StaleEpoch` once the vSSD is at a newer one.
+    pub fn new(vssd: Vssd, member: u64, name: impl Into<String>, epoch: u64) -> LocalReplica {
+        let info = ReplicaInfo {
+            line_size: vssd.geometry().line_size(),
+            lines: vssd.geometry().lines(),
+            epoch: vssd.epoch(),
+            members: vssd.members(),
+            tran_lines_max: vssd.tran_lines_max(),
+        };
+        LocalReplica {
+            vssd,
+            member,
+            name: name.into(),
+            info,
+            epoch: Cell::new(epoch),
+        }
+    }
+
+    /// The vSSD under it.
+    pub fn vssd(&self) -> &Vssd {
+        &self.vssd
+    }
+
+    /// The epoch this opening belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.get()
+    }
+
+    fn error(&self, op: &'static str, kind: ReplicaErrorKind) -> ReplicaError {
+        ReplicaError {
+            op,
+            replica: self.name.clone(),
+            kind,
+        }
+    }
+
+    /// `StaleEpoch` once the vSSD moved past this opening's epoch.
+    fn fence(&self, op: &'static str) -> Result<(), ReplicaError> {
+        let replica_epoch = self.vssd.epoch();
+        if replica_epoch > self.epoch.get() {
+            return Err(self.error(op, ReplicaErrorKind::StaleEpoch { replica_epoch }));
+        }
+        Ok(())
+    }
+
+    /// A vSSD error as the DTM sees it.
+    fn failed(&self, op: &'static str, e: VssdError) -> ReplicaError {
+        let kind = kind_of(&e, self.vssd.epoch());
+        self.error(op, kind)
+    }
+}
+
+/// The kind of a vSSD error: closed or failed -> unreachable, disk -> I/O, not
+/// prepared here -> not found, a request the vSSD will not honour -> refused. A
+/// refused epoch older than the vSSD's (`vssd_epoch`) is a stale epoch.
+fn kind_of(e: &VssdError, vssd_epoch: u64) -> ReplicaErrorKind {
+    let text = e.to_string();
+    match e {
+        VssdError::Unusable { .. } => ReplicaErrorKind::Unreachable(text),
+        VssdError::Map {
+            source: MapError::UnknownTran { .. },
+            ..
+        } => ReplicaErrorKind::NotFound(text),
+        VssdError::Epoch { epoch, .. } if *epoch < vssd_epoch => ReplicaErrorKind::StaleEpoch {
+            replica_epoch: vssd_epoch,
+        },
+        VssdError::Map { .. }
+        | VssdError::Epoch { .. }
+        | VssdError::Repair { .. }
+        | VssdError::Damaged { .. }
+        | VssdError::TranBusy { .. }
+        | VssdError::TranResolved { .. }
+        | VssdError::PayloadLen { .. }
+        | VssdError::Refused { .. }
+        | VssdError::BadGeometry { .. }
+        | VssdError::WrongDevice { .. } => ReplicaErrorKind::Refused(text),
+        VssdError::Io { .. }
+        | VssdError::Payload { .. }
+        | VssdError::Checksum { .. }
+        | VssdError::Corrupt { .. }
+        | VssdError::NotAVssd { .. }
+        | VssdError::Version { .. }
+        | VssdError::TooSmall { .. } => ReplicaErrorKind::Io(text),
+    }
+}
+
+impl Replica for LocalReplica {
+    fn member(&self) -> u64 {
+        self.member
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn info(&self) -> &ReplicaInfo {
+        &self.info
+    }
+
+    fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
+        const OP: &str = "writep1";
+        self.fence(OP)?;
+        self.vssd
+            .writep1(tran, line, data)
+            .map_err(|e| self.failed(OP, e))?;
+        if let Err(stale) = self.fence(OP) {
+            // The epoch moved while it ran: its primary is fenced off, and the tran
+            // must not look acknowledged to it nor stay prepared here. Should the
+            // abort fail, the vSSD failed: recovery finds the tran in doubt on this
+            // member only, and aborts it.
+            let _ = self.vssd.abort(tran);
+            return Err(stale);
+        }
+        Ok(())
+    }
+
+    fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
+        const OP: &str = "commit";
+        self.fence(OP)?;
+        for &tran in trans {
+            self.vssd.commit(tran).map_err(|e| self.failed(OP, e))?;
+        }
+        Ok(())
+    }
+
+    fn abort(&self, tran: u64) -> Result<(), ReplicaError> {
+        const OP: &str = "abort";
+        self.fence(OP)?;
+        self.vssd.abort(tran).map_err(|e| self.failed(OP, e))?;
+        Ok(())
+    }
+
+    fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<u64>, ReplicaError> {
+        const OP: &str = "read";
+        self.fence(OP)?;
+        let hit = self
+            .vssd
+            .read_into(line, buf)
+            .map_err(|e| self.failed(OP, e))?;
+        Ok(hit.map(|h| h.version))
+    }
+
+    fn read_prepared(&self, tran: u64) -> Result<AlignedBuf, ReplicaError> {
+        const OP: &str = "read_prepared";
+        self.fence(OP)?;
+        self.vssd.read_prepared(tran).map_err(|e| match e {
+            VssdError::TranResolved { .. } => {
+                self.error(OP, ReplicaErrorKind::NotFound(e.to_string()))
+            }
+            e => self.failed(OP, e),
+        })
+    }
+
+    fn repair(&self, tran: u64, payload: &AlignedBuf) -> Result<(), ReplicaError> {
+        const OP: &str = "repair";
+        self.fence(OP)?;
+        self.vssd
+            .resolve_repaired(tran, payload)
+            .map_err(|e| self.failed(OP, e))
+    }
+
+    fn clean(&self, line: u64, version: u64) -> Result<bool, ReplicaError> {
+        const OP: &str = "clean";
+        self.fence(OP)?;
+        let (clean, _) = self
+            .vssd
+            .mark_clean(line, version)
+            .map_err(|e| self.failed(OP, e))?;
+        Ok(clean)
+    }
+
+    fn invalidate(&self, first: u64, count: u64) -> Result<u64, ReplicaError> {
+        const OP: &str = "invalidate";
+        self.fence(OP)?;
+        self.vssd
+            .invalidate_range(first, count)
+            .map_err(|e| self.failed(OP, e))
+    }
+
+    fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
+        const OP: &str = "set_epoch";
+        self.fence(OP)?;
+        self.vssd
+            .set_epoch(epoch, members)
+            .map_err(|e| self.failed(OP, e))?;
+        self.epoch.set(self.epoch.get().max(epoch));
+        Ok(())
+    }
+
+    fn outcome(&self, tran: u64) -> Result<TranOutcome, ReplicaError> {
+        self.fence("outcome")?;
+        Ok(self.vssd.tran_outcome(tran))
+    }
+
+    fn in_doubt(&self, after: u64, max: usize) -> Result<(Vec<InDoubtTran>, bool), ReplicaError> {
+        self.fence("in_doubt")?;
+        let mut listed = self.vssd.in_doubt(after, max.saturating_add(1));
+        let more = listed.len() > max;
+        listed.truncate(max);
+        let trans = listed
+            .into_iter()
+            .map(|d| InDoubtTran {
+                tran: d.tran,
+                line: d.line(),
+                line_count: d.parts.len() as u32,
+                payload_len: d.payload_len() as u32,
+                damaged: matches!(d.payload, Payload::Damaged { .. }),
+            })
+            .collect();
+        Ok((trans, more))
+    }
+
+    fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError> {
+        self.fence("dirty")?;
+        Ok(self.vssd.dirty_range(from, max))
+    }
+}
