@@ -6,7 +6,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod local;
+pub mod peer;
+pub mod remote;
 pub mod replica;
 
 pub use local::LocalReplica;
+pub use peer::{ReplicaService, Vssds};
+pub use remote::RemoteReplica;
 pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
