@@ -10,7 +10,8 @@
 //!
 //! Handles belong to the session (one `ReplicaService` per session); the session
 //! drops its service when it ends, and with it every opening it held. A session
-//! holds at most [`HANDLES_PER_SESSION_MAX`].
+//! holds at most [`HANDLES_PER_SESSION_MAX`]. PING is echoed (liveness); any other
+//! type is NOT_SUPPORTED.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -270,7 +271,16 @@ impl rpc::Service for ReplicaService {
                     Err(e) => error_response(t, &e, scratch),
                 }
             }
-            _ => refuse(t, Status::NotSupported, "a replica peer serves VSSD_* only"),
+            Request::Ping { data } => {
+                scratch.clear();
+                scratch.extend_from_slice(data);
+                Response::Ping { data: scratch }
+            }
+            _ => refuse(
+                t,
+                Status::NotSupported,
+                "a replica peer serves VSSD_* and PING",
+            ),
         }
     }
 }
@@ -333,7 +343,7 @@ fn aligned(data: &[u8]) -> AlignedBuf {
 }
 
 /// A vSSD's outcome as the wire says it.
-pub fn state_of(o: TranOutcome) -> TranState {
+pub(crate) fn state_of(o: TranOutcome) -> TranState {
     match o {
         TranOutcome::Prepared => TranState::Prepared,
         TranOutcome::Committed => TranState::Committed,
@@ -344,7 +354,7 @@ pub fn state_of(o: TranOutcome) -> TranState {
 }
 
 /// The wire's outcome as a vSSD's.
-pub fn outcome_of(s: TranState) -> TranOutcome {
+pub(crate) fn outcome_of(s: TranState) -> TranOutcome {
     match s {
         TranState::Prepared => TranOutcome::Prepared,
         TranState::Committed => TranOutcome::Committed,

@@ -10,10 +10,14 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use dtm::peer::HANDLES_PER_SESSION_MAX;
 use dtm::{
     LocalReplica, RemoteReplica, Replica, ReplicaError, ReplicaErrorKind, ReplicaService, Vssds,
 };
-use rpc::{ClientConfig, Header, Request, Response, SessionConfig, SessionInfo, serve_listener};
+use rpc::{
+    Client, ClientConfig, Header, Request, Response, SessionConfig, SessionInfo, Status,
+    serve_listener,
+};
 use support::{LINE, TempDir, damage_slot, formatted, in_doubt_slot, open_vssd, payload, run_io};
 use taskio::{AlignedBuf, Builder, Rendez};
 use vssd::TranOutcome;
@@ -421,6 +425,102 @@ fn a_call_to_a_peer_that_stops_answering_times_out_within_its_timeout() {
         assert_eq!(release.wakeup_all(), 1, "the stalled handler");
         assert_eq!(remote.outcome(5).unwrap(), TranOutcome::Committed);
         drop(remote);
+        served.close();
+    });
+}
+
+/// A `ReplicaService` that says, when its session drops it, how many handles it
+/// still held (and wakes `ended`).
+struct Counted {
+    inner: ReplicaService,
+    held_at_end: Rc<Cell<Option<usize>>>,
+    ended: Rc<Rendez>,
+}
+
+impl rpc::Service for Counted {
+    fn handle<'s>(
+        &self,
+        session: &SessionInfo,
+        header: &Header,
+        request: Request<'_>,
+        scratch: &'s mut Vec<u8>,
+    ) -> Response<'s> {
+        self.inner.handle(session, header, request, scratch)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.held_at_end.set(Some(self.inner.handles()));
+        self.ended.wakeup_all();
+    }
+}
+
+/// Handles on the raw wire: a session holds at most HANDLES_PER_SESSION_MAX (one
+/// more is BUSY), a closed handle is NO_DEVICE, PING is answered, another type is
+/// NOT_SUPPORTED, and the session's end drops its service with its handles.
+#[test]
+fn handles_belong_to_their_session_and_are_bounded() {
+    let dir = TempDir::new("remote-handles");
+    let path = formatted(&dir, "served");
+    run_io(move || {
+        let served = open_vssd(&path);
+        let vssds = Vssds::new();
+        vssds.insert(VSSD, served.clone());
+        let held_at_end = Rc::new(Cell::new(None));
+        let ended = Rc::new(Rendez::new());
+        let addr = {
+            let (held_at_end, ended) = (held_at_end.clone(), ended.clone());
+            serve(move || Counted {
+                inner: ReplicaService::new(vssds.clone()),
+                held_at_end: held_at_end.clone(),
+                ended: ended.clone(),
+            })
+        };
+        let c = Client::connect(addr, &config(CALL_TIMEOUT)).unwrap();
+        let open = |c: &Client| {
+            let reply = c
+                .call(Request::VssdOpen {
+                    name: VSSD,
+                    epoch: 0,
+                })
+                .unwrap();
+            match reply.response().unwrap() {
+                Response::VssdOpen { handle, .. } => Ok(handle),
+                Response::Error { status, .. } => Err(status),
+                other => panic!("{other:?}"),
+            }
+        };
+        let handles: Vec<u64> = (0..HANDLES_PER_SESSION_MAX)
+            .map(|_| open(&c).unwrap())
+            .collect();
+        assert_eq!(open(&c), Err(Status::Busy));
+        let reply = c.call(Request::VssdClose { handle: handles[0] }).unwrap();
+        assert_eq!(reply.status(), Status::Ok);
+        let reply = c
+            .call(Request::VssdAbort {
+                handle: handles[0],
+                tran: 1,
+            })
+            .unwrap();
+        assert_eq!(reply.status(), Status::NoDevice);
+        let reply = c.call(Request::VssdClose { handle: handles[0] }).unwrap();
+        assert_eq!(reply.status(), Status::NoDevice);
+        assert!(open(&c).is_ok(), "a closed handle's room is free again");
+        let reply = c.call(Request::Ping { data: b"alive" }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::Ping { data: b"alive" });
+        let reply = c.call(Request::Flush { handle: 1 }).unwrap();
+        assert_eq!(reply.status(), Status::NotSupported);
+        assert_eq!(held_at_end.get(), None);
+        drop(c);
+        // The session ends once it reads the connection's close.
+        if held_at_end.get().is_none() {
+            assert!(
+                ended.sleep_until(taskio::now() + CALL_TIMEOUT),
+                "session ended"
+            );
+        }
+        assert_eq!(held_at_end.get(), Some(HANDLES_PER_SESSION_MAX));
         served.close();
     });
 }
