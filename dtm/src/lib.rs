@@ -5,11 +5,15 @@
 //! of the device's epoch holds it durably.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod copy;
+pub mod error;
 pub mod local;
 pub mod peer;
 pub mod remote;
 pub mod replica;
 
+pub use copy::{Copied, copy_line};
+pub use error::DtmError;
 pub use local::LocalReplica;
 pub use peer::{ReplicaService, Vssds};
 pub use remote::RemoteReplica;

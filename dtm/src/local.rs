@@ -7,7 +7,9 @@
 //! vSSD's: once the vSSD is at a newer epoch (another opening moved it, i.e. another
 //! primary took the device over), the call fails with
 //! [`ReplicaErrorKind::StaleEpoch`] and does nothing. [`Replica::set_epoch`] through
-//! this opening moves the opening along with the vSSD.
+//! this opening moves the opening along with the vSSD, from the opening's epoch only
+//! ([`Vssd::set_epoch_from`]): of two primaries moving the vSSD from one epoch, one
+//! wins and the other is told `StaleEpoch`, even if both ask for the same members.
 //!
 //! A writep1 parks for its I/O, so the epoch is checked again when it returns: if it
 //! moved meanwhile, this opening aborts the tran it just prepared and fails with
@@ -26,7 +28,7 @@ use std::cell::Cell;
 
 use taskio::AlignedBuf;
 use vssd::map::MapError;
-use vssd::{Payload, TranOutcome, Vssd, VssdError};
+use vssd::{Payload, Resolution, TranOutcome, Vssd, VssdError};
 
 use crate::replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
 
@@ -88,17 +90,37 @@ impl LocalReplica {
         Ok(())
     }
 
+    /// Phase 1 of `tran` by `prepare`, fenced before and after: if the epoch moved
+    /// while it ran, its primary is fenced off, and the tran must neither look
+    /// acknowledged to it nor stay prepared here: it is aborted. (Should the abort
+    /// fail, the vSSD failed: recovery finds the tran in doubt on this member only,
+    /// and aborts it.)
+    fn prepare(
+        &self,
+        op: &'static str,
+        tran: u64,
+        prepare: impl FnOnce() -> Result<(), VssdError>,
+    ) -> Result<(), ReplicaError> {
+        self.fence(op)?;
+        prepare().map_err(|e| self.failed(op, e))?;
+        if let Err(stale) = self.fence(op) {
+            let _ = self.vssd.abort(tran);
+            return Err(stale);
+        }
+        Ok(())
+    }
+
     /// A vSSD error as the DTM sees it.
     fn failed(&self, op: &'static str, e: VssdError) -> ReplicaError {
-        let kind = kind_of(&e, self.vssd.epoch());
+        let kind = kind_of(&e);
         self.error(op, kind)
     }
 }
 
 /// The kind of a vSSD error: closed or failed -> unreachable, disk -> I/O, not
-/// prepared here -> not found, a request the vSSD will not honour -> refused. A
-/// refused epoch older than the vSSD's (`vssd_epoch`) is a stale epoch.
-fn kind_of(e: &VssdError, vssd_epoch: u64) -> ReplicaErrorKind {
+/// prepared here -> not found, a request the vSSD will not honour -> refused (a stale
+/// epoch is the fence's to say).
+fn kind_of(e: &VssdError) -> ReplicaErrorKind {
     let text = e.to_string();
     match e {
         VssdError::Unusable { .. } => ReplicaErrorKind::Unreachable(text),
@@ -106,9 +128,6 @@ fn kind_of(e: &VssdError, vssd_epoch: u64) -> ReplicaErrorKind {
             source: MapError::UnknownTran { .. },
             ..
         } => ReplicaErrorKind::NotFound(text),
-        VssdError::Epoch { epoch, .. } if *epoch < vssd_epoch => ReplicaErrorKind::StaleEpoch {
-            replica_epoch: vssd_epoch,
-        },
         VssdError::Map { .. }
         | VssdError::Epoch { .. }
         | VssdError::Repair { .. }
@@ -143,20 +162,15 @@ impl Replica for LocalReplica {
     }
 
     fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
-        const OP: &str = "writep1";
-        self.fence(OP)?;
+        self.prepare("writep1", tran, || self.vssd.writep1(tran, line, data))
+    }
+
+    fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
+        const OP: &str = "copy_in";
+        self.prepare(OP, version, || self.vssd.writep1_copy(version, line, data))?;
         self.vssd
-            .writep1(tran, line, data)
-            .map_err(|e| self.failed(OP, e))?;
-        if let Err(stale) = self.fence(OP) {
-            // The epoch moved while it ran: its primary is fenced off, and the tran
-            // must not look acknowledged to it nor stay prepared here. Should the
-            // abort fail, the vSSD failed: recovery finds the tran in doubt on this
-            // member only, and aborts it.
-            let _ = self.vssd.abort(tran);
-            return Err(stale);
-        }
-        Ok(())
+            .resolve(version, Resolution::Commit)
+            .map_err(|e| self.failed(OP, e))
     }
 
     fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
@@ -225,10 +239,17 @@ impl Replica for LocalReplica {
     fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
         const OP: &str = "set_epoch";
         self.fence(OP)?;
+        let from = self.epoch.get();
+        if from == epoch && self.vssd.epoch() == epoch && self.vssd.members() == members {
+            return Ok(()); // a retry: this opening is there already
+        }
         self.vssd
-            .set_epoch(epoch, members)
-            .map_err(|e| self.failed(OP, e))?;
-        self.epoch.set(self.epoch.get().max(epoch));
+            .set_epoch_from(from, epoch, members)
+            .map_err(|e| match self.fence(OP) {
+                Err(stale) => stale, // another opening moved it meanwhile
+                Ok(()) => self.failed(OP, e),
+            })?;
+        self.epoch.set(epoch);
         Ok(())
     }
 

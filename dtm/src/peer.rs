@@ -171,6 +171,15 @@ impl ReplicaService {
                 r.repair(tran, &aligned(data))?;
                 Response::VssdRepair
             }
+            Request::VssdCopyIn {
+                version,
+                line,
+                data,
+                ..
+            } => {
+                r.copy_in(version, line, &aligned(data))?;
+                Response::VssdCopyIn
+            }
             Request::VssdClean { line, version, .. } => Response::VssdClean {
                 cleaned: r.clean(line, version)?,
             },
@@ -250,7 +259,8 @@ impl rpc::Service for ReplicaService {
             | Request::VssdOutcome { .. }
             | Request::VssdDirty { .. }
             | Request::VssdReadPrepared { .. }
-            | Request::VssdRepair { .. } => {
+            | Request::VssdRepair { .. }
+            | Request::VssdCopyIn { .. } => {
                 let Some(r) = self.opening(header.handle) else {
                     return refuse(t, Status::NoDevice, "no such vSSD handle");
                 };

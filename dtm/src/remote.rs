@@ -165,7 +165,8 @@ impl RemoteReplica {
             | Response::VssdCommit
             | Response::VssdAbort
             | Response::VssdEpoch
-            | Response::VssdRepair => Ok(()),
+            | Response::VssdRepair
+            | Response::VssdCopyIn => Ok(()),
             other => Err(self.unexpected(op, &other)),
         }
     }
@@ -279,6 +280,18 @@ impl Replica for RemoteReplica {
                 handle: self.handle,
                 tran,
                 data: payload,
+            },
+        )
+    }
+
+    fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
+        self.call_done(
+            "copy_in",
+            Request::VssdCopyIn {
+                handle: self.handle,
+                version,
+                line,
+                data,
             },
         )
     }

@@ -115,6 +115,14 @@ pub trait Replica {
     /// Commits in-doubt `tran`, whose payload is damaged here, with `payload` from
     /// another replica.
     fn repair(&self, tran: u64, payload: &AlignedBuf) -> Result<(), ReplicaError>;
+    /// Writes `data` as the committed version `version` of `line` and the lines after
+    /// it (whole lines, the last may be short; at most `tran_lines_max`), durable on
+    /// return: a copy of what another replica of the device holds (resync,
+    /// reconciliation after recovery: [`crate::copy::copy_line`]). `version` may be a
+    /// tran committed here already (another of its lines copied before, or lines it
+    /// wrote here and dropped since); refused if it was aborted here, or if a line
+    /// holds `version` or newer (a line's versions only grow).
+    fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError>;
     /// Marks `line` clean if `version` is still its current version (the destage
     /// copied that version to the backing store). Whether it did.
     fn clean(&self, line: u64, version: u64) -> Result<bool, ReplicaError>;

@@ -123,6 +123,13 @@ fn a_newer_epoch_fences_the_older_opening_off() {
         stale(new.in_doubt(0, 1).unwrap_err());
         stale(new.dirty(0, 1).unwrap_err());
         stale(new.set_epoch(1, &[1]).unwrap_err());
+        // The same move as the winner's is no exception: one primary per epoch.
+        stale(new.set_epoch(1, &[1, 2]).unwrap_err());
+        assert_eq!(new.epoch(), 0);
+        // A repeat by the winner is harmless; another membership there is refused.
+        old.set_epoch(1, &[1, 2]).unwrap();
+        let e = old.set_epoch(1, &[1]).unwrap_err();
+        assert!(matches!(e.kind, ReplicaErrorKind::Refused(_)), "{e}");
         assert_eq!(v.tran_outcome(5), TranOutcome::Prepared);
         assert_eq!(v.tran_outcome(6), TranOutcome::Unknown);
         // A takeover: `new` reopened at the vSSD's epoch moves it on; `old` is out.

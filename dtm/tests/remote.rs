@@ -155,6 +155,22 @@ fn script(r: &dyn Replica) -> Vec<String> {
     log("set_epoch older", said(r.set_epoch(2, &[1])));
     log("writep1 8 at 3", said(r.writep1(8, 2, &payload(2, 1, 8))));
     log("commit 8", said(r.commit(&[8])));
+    log("copy_in 8", said(r.copy_in(8, 30, &payload(30, 1, 8))));
+    log(
+        "copy_in aborted 7",
+        said(r.copy_in(7, 31, &payload(31, 1, 7))),
+    );
+    log("copy_in 50", said(r.copy_in(50, 32, &payload(32, 1, 50))));
+    log("read 32", said(r.read(32, &mut buf)));
+    log(
+        "read 32 data",
+        format!("{}", buf[..] == payload(32, 1, 50)[..]),
+    );
+    log(
+        "copy_in older 40",
+        said(r.copy_in(40, 32, &payload(32, 1, 40))),
+    );
+    log("outcome 50", said(r.outcome(50)));
     out
 }
 
@@ -179,7 +195,8 @@ fn every_method_answers_over_the_wire_as_it_does_locally() {
             "read 30: ok None",
             "clean: ok true",
             "invalidate: ok 3",
-            "set_epoch older: stale 3",
+            "set_epoch older: refused",
+            "read 32: ok Some(50)",
             "commit 8: ok ()",
         ] {
             assert!(want.iter().any(|l| l == anchor), "{anchor} in {want:#?}");
@@ -249,7 +266,8 @@ fn a_newer_epoch_fences_the_older_opening_off_across_the_wire() {
         let addr = serve_vssds(&vssds);
         let first = RemoteReplica::open(addr, VSSD, 0, 1, &config(CALL_TIMEOUT)).unwrap();
         first.writep1(5, 1, &payload(1, 1, 5)).unwrap();
-        let second = RemoteReplica::open(addr, VSSD, 1, 2, &config(CALL_TIMEOUT)).unwrap();
+        // A takeover: opened at the replica's epoch, moved on.
+        let second = RemoteReplica::open(addr, VSSD, 0, 2, &config(CALL_TIMEOUT)).unwrap();
         assert_eq!(second.info().epoch, 0, "the replica's epoch as opened");
         second.set_epoch(1, &[2, 3]).unwrap();
 
@@ -266,6 +284,7 @@ fn a_newer_epoch_fences_the_older_opening_off_across_the_wire() {
         stale(first.read(1, &mut line_buf()).unwrap_err());
         stale(first.read_prepared(5).unwrap_err());
         stale(first.repair(5, &payload(1, 1, 5)).unwrap_err());
+        stale(first.copy_in(5, 3, &payload(3, 1, 5)).unwrap_err());
         stale(first.clean(1, 5).unwrap_err());
         stale(first.invalidate(0, 64).unwrap_err());
         stale(first.set_epoch(1, &[1]).unwrap_err());

@@ -275,6 +275,15 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             },
         ),
         (
+            "vssd_copy_in",
+            Request::VssdCopyIn {
+                handle: 2,
+                version: 90,
+                line: 7,
+                data: DATA,
+            },
+        ),
+        (
             "vssd_repair",
             Request::VssdRepair {
                 handle: 2,
@@ -394,6 +403,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             Response::VssdReadPrepared { data: DATA },
         ),
         ("vssd_repair", Response::VssdRepair),
+        ("vssd_copy_in", Response::VssdCopyIn),
         (
             "vssd_writep1-stale_epoch",
             Response::StaleEpoch {

@@ -92,6 +92,8 @@ msg_types! {
     VssdReadPrepared = 0x002C, "VSSD_READ_PREPARED";
     /// Commit an in-doubt transaction with its payload from another replica.
     VssdRepair = 0x002D, "VSSD_REPAIR";
+    /// Write a copy of committed lines from another replica, committed at once.
+    VssdCopyIn = 0x002E, "VSSD_COPY_IN";
 }
 
 impl MsgType {
@@ -130,7 +132,8 @@ impl MsgType {
                 | MsgType::VssdCommit
                 | MsgType::VssdAbort
                 | MsgType::VssdEpoch
-                | MsgType::VssdRepair => 0,
+                | MsgType::VssdRepair
+                | MsgType::VssdCopyIn => 0,
             };
             if ok > REASON_LEN_MAX {
                 ok
@@ -145,7 +148,9 @@ impl MsgType {
                 MsgType::DeviceOpen => DEVICE_OPEN_REQ_FIXED_LEN + NAME_LEN_MAX,
                 MsgType::Write => DATA_LEN_MAX as usize,
                 MsgType::VssdOpen => VSSD_OPEN_REQ_FIXED_LEN + NAME_LEN_MAX,
-                MsgType::VssdWritep1 => WRITEP1_PREFIX_LEN + DATA_LEN_MAX as usize,
+                MsgType::VssdWritep1 | MsgType::VssdCopyIn => {
+                    WRITEP1_PREFIX_LEN + DATA_LEN_MAX as usize
+                }
                 MsgType::VssdRepair => REPAIR_PREFIX_LEN + DATA_LEN_MAX as usize,
                 MsgType::VssdCommit => COMMIT_REQ_LEN_MAX,
                 MsgType::VssdEpoch => EPOCH_REQ_LEN_MAX,

@@ -110,6 +110,15 @@ fn largest_data_round_trips() {
             tag: 6,
             body: Body::Response(Response::VssdReadPrepared { data: &data }),
         },
+        Message {
+            tag: 7,
+            body: Body::Request(Request::VssdCopyIn {
+                handle: 1,
+                version: 9,
+                line: 3,
+                data: &data,
+            }),
+        },
     ];
     for m in &msgs {
         let mut buf = Vec::new();

@@ -443,14 +443,42 @@ impl Vssd {
     /// if any of its payloads is ([`Vssd::resolve_repaired`] then takes all of it).
     /// One line costs what it always did: one payload write, one PREPARE.
     pub fn writep1(&self, tran: u64, line: u64, payload: &AlignedBuf) -> Result<(), VssdError> {
-        const OP: &str = "writep1";
-        self.check_usable(OP)?;
+        self.prepare(false, tran, line, payload)
+    }
+
+    /// [`Vssd::writep1`] of a copy: `tran` is the version another replica of the
+    /// device holds for these lines (resync, reconciliation after recovery), and may
+    /// be a tran this vSSD committed already (another line of a
+    /// multi-line tran copied before, lines the tran wrote here and dropped since).
+    /// A plain writep1 refuses such an id, which would make a retried COMMIT or
+    /// ABORT ambiguous: the copier commits at once, and a retried COMMIT of the tran
+    /// commits the copy as it should. A line's versions still only grow
+    /// ([`MapError::TranOld`]).
+    pub fn writep1_copy(
+        &self,
+        tran: u64,
+        line: u64,
+        payload: &AlignedBuf,
+    ) -> Result<(), VssdError> {
+        self.prepare(true, tran, line, payload)
+    }
+
+    /// [`Vssd::writep1`], or with `copy` [`Vssd::writep1_copy`].
+    fn prepare(
+        &self,
+        copy: bool,
+        tran: u64,
+        line: u64,
+        payload: &AlignedBuf,
+    ) -> Result<(), VssdError> {
+        let op = if copy { "writep1_copy" } else { "writep1" };
+        self.check_usable(op)?;
         let line_size = self.inner.geometry.line_size() as usize;
         let n = payload.len().div_ceil(line_size);
         let max = self.tran_lines_max();
         if payload.is_empty() || n as u64 > max {
             return Err(VssdError::PayloadLen {
-                op: OP,
+                op,
                 line,
                 len: payload.len(),
                 max: (max * line_size as u64) as u32,
@@ -465,27 +493,28 @@ impl Vssd {
         let mut padded = None;
         let copies: Vec<AlignedBuf>;
         let data: Vec<&AlignedBuf> = if n == 1 {
-            vec![self.direct_payload(OP, line, payload, &mut padded)?]
+            vec![self.direct_payload(op, line, payload, &mut padded)?]
         } else {
             copies = chunks.iter().map(|c| aligned_copy(c)).collect();
             copies.iter().collect()
         };
         if self.inner.phase1.borrow().contains_key(&tran) {
-            return Err(self.map_error(OP, MapError::TranPrepared { tran, line }));
+            return Err(self.map_error(op, MapError::TranPrepared { tran, line }));
         }
         // Tran ids are unique per device: a resolved one again would make a retried
-        // COMMIT or ABORT ambiguous.
+        // COMMIT or ABORT ambiguous (a copy's is meant: see writep1_copy).
         let outcome = self.inner.outcomes.borrow().outcome_unprepared(tran);
-        if matches!(outcome, TranOutcome::Committed | TranOutcome::Aborted) {
-            return Err(VssdError::TranResolved {
-                op: OP,
-                tran,
-                outcome,
-            });
+        let refused = match outcome {
+            TranOutcome::Committed => !copy,
+            TranOutcome::Aborted => true, // a copy is of a committed version
+            _ => false,
+        };
+        if refused {
+            return Err(VssdError::TranResolved { op, tran, outcome });
         }
         self.inner.trans.saw(tran);
         let slots = self
-            .alloc(OP, |map| map.prepare_lines(tran, line, &parts), true)?
+            .alloc(op, |map| map.prepare_lines(tran, line, &parts), true)?
             .expect("writep1 waits for a slot");
         self.inner.phase1.borrow_mut().insert(tran, 0);
         let result = self.writep1_io(tran, line, &slots, &data, &parts);
@@ -648,6 +677,19 @@ impl Vssd {
     /// epoch with other members, more than [`crate::record::EPOCH_MEMBERS_MAX`]
     /// members. The same epoch and members again is harmless.
     pub fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), VssdError> {
+        self.move_epoch(None, epoch, members)
+    }
+
+    /// [`Vssd::set_epoch`] from epoch `from` only: refused, changing nothing, if the
+    /// vSSD is at another epoch when the record is placed. Two primaries that both
+    /// move a vSSD from `from` to `epoch` with the same members cannot both succeed
+    /// (with `set_epoch` the second would be the harmless repeat): the check and
+    /// the change are one step, with no park between them.
+    pub fn set_epoch_from(&self, from: u64, epoch: u64, members: &[u64]) -> Result<(), VssdError> {
+        self.move_epoch(Some(from), epoch, members)
+    }
+
+    fn move_epoch(&self, from: Option<u64>, epoch: u64, members: &[u64]) -> Result<(), VssdError> {
         let record = Record::Epoch {
             epoch,
             members: members.to_vec(),
@@ -662,7 +704,16 @@ impl Vssd {
         }
         // Checked and changed where the record is placed: epochs go up in log order.
         let ((), pos) = self.logged("set_epoch", &record, |_, _| {
-            let advanced = self.inner.membership.borrow_mut().advance(epoch, members);
+            let mut membership = self.inner.membership.borrow_mut();
+            if let Some(from) = from
+                && membership.epoch != from
+            {
+                return Err(refused(format!(
+                    "the vSSD is at epoch {}, not {from}: another opening moved it",
+                    membership.epoch
+                )));
+            }
+            let advanced = membership.advance(epoch, members);
             advanced.map_err(refused)?;
             Ok(((), Some(record.clone())))
         })?;

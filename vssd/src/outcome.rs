@@ -115,11 +115,16 @@ impl Outcomes {
     /// [`OUTCOMES_MAX`] are remembered.
     pub(crate) fn record(&mut self, tran: u64, resolution: Resolution, pos: RecordPos) {
         let entry = &mut self.table[slot(tran)];
-        if let Some((old, old_resolution, old_pos)) = *entry {
-            assert!(
-                old != tran,
-                "tran {tran} resolved twice: {old_resolution:?} at {old_pos:?} then {resolution:?}"
-            );
+        if let Some((old, old_resolution, _)) = *entry {
+            if old == tran {
+                // Resolved again: a copy of another of its lines
+                // (`Vssd::writep1_copy`). Committed once, it stays committed (an
+                // aborted copy leaves the lines committed before).
+                if !(old_resolution == Resolution::Commit && resolution == Resolution::Abort) {
+                    *entry = Some((tran, resolution, pos));
+                }
+                return;
+            }
             // Forgotten: ids up to it answer Forgotten from now on.
             self.forgotten_max = Some(self.forgotten_max.map_or(old, |m| m.max(old)));
         }

@@ -329,14 +329,23 @@ fn the_epoch_is_durable_kept_by_checkpoints_and_never_goes_back() {
         let e = v.set_epoch(9, &[7; 17]).unwrap_err();
         assert!(matches!(e, VssdError::Epoch { .. }), "{e}");
         assert_eq!((v.epoch(), v.members()), (3, vec![10, 20]));
+        // From a given epoch only: a second mover from 3 is refused even with the
+        // same members, and changes nothing.
+        v.set_epoch_from(3, 4, &[10, 20]).unwrap();
+        let e = v.set_epoch_from(3, 4, &[10, 20]).unwrap_err();
+        assert!(
+            matches!(e, VssdError::Epoch { epoch: 4, .. }) && e.to_string().contains("not 3"),
+            "{e}"
+        );
+        assert_eq!((v.epoch(), v.members()), (4, vec![10, 20]));
         v.close();
     });
     // From the log.
     let p = path.clone();
     run_io(move || {
         let (v, _) = open(&p, Options::default());
-        assert_eq!((v.epoch(), v.members()), (3, vec![10, 20]));
-        v.set_epoch(4, &[20, 30]).unwrap();
+        assert_eq!((v.epoch(), v.members()), (4, vec![10, 20]));
+        v.set_epoch(5, &[20, 30]).unwrap();
         v.checkpoint().unwrap();
         v.close();
     });
@@ -345,7 +354,7 @@ fn the_epoch_is_durable_kept_by_checkpoints_and_never_goes_back() {
     run_io(move || {
         let (v, rec) = open(&p, Options::default());
         assert_eq!(rec.records_replayed, 0, "{rec:?}");
-        assert_eq!((v.epoch(), v.members()), (4, vec![20, 30]));
+        assert_eq!((v.epoch(), v.members()), (5, vec![20, 30]));
         v.close();
     });
 }
@@ -625,6 +634,59 @@ fn in_doubt_lists_prepared_trans_and_read_prepared_checks_their_payload() {
         v.resolve(7, Resolution::Abort).unwrap();
         let left: Vec<u64> = v.in_doubt(0, 10).iter().map(|d| d.tran).collect();
         assert_eq!(left, vec![12]);
+        v.close();
+    });
+}
+
+/// `writep1_copy` takes a tran id resolved here already (another line of it copied
+/// before), which a plain writep1 refuses; a line's versions still only grow, and
+/// the copies come back after a restart.
+#[test]
+fn a_copy_may_reuse_a_committed_tran_id_on_other_lines() {
+    let dir = TempDir::new("copy-id");
+    let path = formatted(&dir);
+    let p = path.clone();
+    run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        v.writep1(7, 3, &payload(3, 7)).unwrap();
+        v.resolve(7, Resolution::Commit).unwrap();
+        let e = v.writep1(7, 5, &payload(5, 7)).unwrap_err();
+        assert!(matches!(e, VssdError::TranResolved { tran: 7, .. }), "{e}");
+        v.writep1_copy(7, 5, &payload(5, 7)).unwrap();
+        v.resolve(7, Resolution::Commit).unwrap();
+        v.writep1(9, 6, &payload(6, 9)).unwrap();
+        v.resolve(9, Resolution::Commit).unwrap();
+        let e = v.writep1_copy(7, 6, &payload(6, 7)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VssdError::Map {
+                    source: vssd::map::MapError::TranOld {
+                        tran: 7,
+                        line: 6,
+                        version: 9
+                    },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A copy aborted leaves the lines committed before: the tran stays committed.
+        v.writep1_copy(7, 8, &payload(8, 7)).unwrap();
+        v.resolve(7, Resolution::Abort).unwrap();
+        assert_eq!(v.tran_outcome(7), vssd::TranOutcome::Committed);
+        v.writep1(10, 11, &payload(11, 10)).unwrap();
+        v.resolve(10, Resolution::Abort).unwrap();
+        let e = v.writep1_copy(10, 11, &payload(11, 10)).unwrap_err();
+        assert!(matches!(e, VssdError::TranResolved { tran: 10, .. }), "{e}");
+        v.close();
+    });
+    run_io(move || {
+        let (v, rec) = open(&path, Options::default());
+        assert!(rec.in_doubt.is_empty(), "{rec:?}");
+        assert_eq!(v.dirty_lines(), vec![(3, 7), (5, 7), (6, 9)]);
+        let (_, buf) = v.read(5).unwrap().expect("the copy");
+        assert_eq!(&buf[..], &payload(5, 7)[..]);
         v.close();
     });
 }

@@ -245,6 +245,14 @@ pub enum Request<'a> {
         handle: u64,
         tran: u64,
     },
+    /// Writes `data` as the committed version `version` of `line` and the lines
+    /// after it (a copy from another replica), durably.
+    VssdCopyIn {
+        handle: u64,
+        version: u64,
+        line: u64,
+        data: &'a [u8],
+    },
     /// Commits in-doubt `tran` with `data`, its payload from another replica.
     VssdRepair {
         handle: u64,
@@ -313,6 +321,7 @@ pub enum Response<'a> {
         data: &'a [u8],
     },
     VssdRepair,
+    VssdCopyIn,
     /// Status STALE_EPOCH (any type): the replica is at `epoch`, newer than the
     /// handle's or the opener's. The epoch travels in the header's `offset`.
     StaleEpoch {

@@ -42,6 +42,7 @@ impl<'a> Request<'a> {
             Request::VssdDirty { .. } => MsgType::VssdDirty,
             Request::VssdReadPrepared { .. } => MsgType::VssdReadPrepared,
             Request::VssdRepair { .. } => MsgType::VssdRepair,
+            Request::VssdCopyIn { .. } => MsgType::VssdCopyIn,
         }
     }
 
@@ -108,6 +109,12 @@ impl<'a> Request<'a> {
             Request::VssdWritep1 {
                 handle,
                 tran,
+                line,
+                data,
+            }
+            | Request::VssdCopyIn {
+                handle,
+                version: tran,
                 line,
                 data,
             } => {
@@ -319,17 +326,30 @@ impl<'a> Request<'a> {
                     handle: open_handle(h)?,
                 }
             }
-            MsgType::VssdWritep1 => {
+            MsgType::VssdWritep1 | MsgType::VssdCopyIn => {
                 unused(h, true, false, true)?;
                 let handle = open_handle(h)?;
-                let tran = r.u64("tran")?;
+                let tran = r.u64(if t == MsgType::VssdCopyIn {
+                    "version"
+                } else {
+                    "tran"
+                })?;
                 let line = r.u64("line")?;
                 let data = data_rest(h, &mut r)?;
-                Request::VssdWritep1 {
-                    handle,
-                    tran,
-                    line,
-                    data,
+                if t == MsgType::VssdCopyIn {
+                    Request::VssdCopyIn {
+                        handle,
+                        version: tran,
+                        line,
+                        data,
+                    }
+                } else {
+                    Request::VssdWritep1 {
+                        handle,
+                        tran,
+                        line,
+                        data,
+                    }
                 }
             }
             MsgType::VssdCommit => {

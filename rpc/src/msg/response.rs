@@ -47,6 +47,7 @@ impl<'a> Response<'a> {
             Response::VssdDirty { .. } => MsgType::VssdDirty,
             Response::VssdReadPrepared { .. } => MsgType::VssdReadPrepared,
             Response::VssdRepair => MsgType::VssdRepair,
+            Response::VssdCopyIn => MsgType::VssdCopyIn,
             Response::Error { msg_type, .. } | Response::StaleEpoch { msg_type, .. } => *msg_type,
         }
     }
@@ -157,7 +158,8 @@ impl<'a> Response<'a> {
             | Response::VssdCommit
             | Response::VssdAbort
             | Response::VssdEpoch
-            | Response::VssdRepair => f,
+            | Response::VssdRepair
+            | Response::VssdCopyIn => f,
             Response::Stat { counters } => {
                 if counters.len() > STAT_COUNTERS_MAX {
                     return Err(RpcError::TooMany {
@@ -439,7 +441,8 @@ impl<'a> Response<'a> {
             | MsgType::VssdCommit
             | MsgType::VssdAbort
             | MsgType::VssdEpoch
-            | MsgType::VssdRepair => {
+            | MsgType::VssdRepair
+            | MsgType::VssdCopyIn => {
                 unused(h, false, false, false)?;
                 match t {
                     MsgType::DeviceClose => Response::DeviceClose,
@@ -451,7 +454,8 @@ impl<'a> Response<'a> {
                     MsgType::VssdCommit => Response::VssdCommit,
                     MsgType::VssdAbort => Response::VssdAbort,
                     MsgType::VssdEpoch => Response::VssdEpoch,
-                    _ => Response::VssdRepair,
+                    MsgType::VssdRepair => Response::VssdRepair,
+                    _ => Response::VssdCopyIn,
                 }
             }
             MsgType::Stat => {

@@ -55,7 +55,7 @@ pub struct Parts {
 
 /// How many kinds [`build`] knows: every request, every response, and errors
 /// (a plain one, a connection one, a STALE_EPOCH one).
-pub const KINDS: usize = 23 + 24 + 3;
+pub const KINDS: usize = 24 + 25 + 3;
 
 pub fn name() -> impl Strategy<Value = String> {
     "[!-~]{1,64}"
@@ -408,6 +408,13 @@ pub fn build(kind: usize, p: &Parts) -> Message<'_> {
             epoch: p.b,
             reason: &p.reason,
         }),
+        50 => Body::Request(Request::VssdCopyIn {
+            handle: h,
+            version: p.a,
+            line: p.b,
+            data: &p.data,
+        }),
+        51 => Body::Response(Response::VssdCopyIn),
         _ => panic!("kind {kind} out of range"),
     };
     let tag = if kind == 48 {

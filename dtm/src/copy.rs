@@ -1,0 +1,86 @@
+//! [`copy_line`]: one dirty line brought from one replica to another at the same
+//! version, for recovery's reconciliation (crate::recovery) and the core's resync.
+//!
+//! The version stays the line's version on both replicas, so a destage's
+//! `clean(line, version)` cleans it everywhere: the copy is written with the version
+//! as its tran id ([`Replica::copy_in`]: prepare + commit, durable). What `to` may
+//! already know of that tran id decides what is done:
+//!
+//! | `to`'s outcome of the version | done |
+//! | --- | --- |
+//! | prepared (in doubt, or a write whose commit is on its way) | committed there: the same tran, the same data (tran ids are unique per device) |
+//! | aborted | nothing: a [`DtmError::TranConflict`] (`from` holds it committed) |
+//! | committed, forgotten, unknown | the line copied, unless `to` holds that version or a newer one already |
+//!
+//! A tran committed on `to` whose line `to` does not hold (destaged and evicted, or
+//! dropped by a DISCARD that never completed) is copied again: one more destage of
+//! the same data at worst. The caller keeps writes to the line out while it copies
+//! (the core's range lock; recovery runs before any write).
+
+use taskio::AlignedBuf;
+use vssd::TranOutcome;
+
+use crate::error::DtmError;
+use crate::replica::Replica;
+
+/// What [`copy_line`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copied {
+    /// `to` lacked the version: the line was written there.
+    Written,
+    /// `to` held the tran prepared: it was committed there.
+    Committed,
+    /// `to` holds the line at `version` (the one asked, or newer) already: nothing done.
+    Current { version: u64 },
+    /// `from` no longer holds the line at the version asked (a newer write, or the
+    /// line cleaned and evicted): nothing done; `found` is what it holds.
+    Moved { found: Option<u64> },
+}
+
+/// Brings `line` at `version` from `from` to `to`. See the module documentation.
+pub fn copy_line(
+    from: &dyn Replica,
+    to: &dyn Replica,
+    line: u64,
+    version: u64,
+) -> Result<Copied, DtmError> {
+    const OP: &str = "copy_line";
+    let line_size = from.info().line_size;
+    if to.info().line_size != line_size {
+        return Err(DtmError::Mismatch {
+            op: OP,
+            replica: to.name().to_string(),
+            other: from.name().to_string(),
+            why: format!("lines of {} bytes against {line_size}", to.info().line_size),
+        });
+    }
+    match to.outcome(version)? {
+        TranOutcome::Prepared => {
+            to.commit(&[version])?;
+            return Ok(Copied::Committed);
+        }
+        TranOutcome::Aborted => {
+            return Err(DtmError::TranConflict {
+                op: OP,
+                tran: version,
+                replica: to.name().to_string(),
+                outcome: TranOutcome::Aborted,
+                other: from.name().to_string(),
+                other_outcome: TranOutcome::Committed,
+            });
+        }
+        TranOutcome::Committed | TranOutcome::Forgotten | TranOutcome::Unknown => {}
+    }
+    let mut buf = AlignedBuf::new(line_size as usize);
+    if let Some(held) = to.read(line, &mut buf)?
+        && held >= version
+    {
+        return Ok(Copied::Current { version: held });
+    }
+    match from.read(line, &mut buf)? {
+        Some(found) if found == version => {}
+        found => return Ok(Copied::Moved { found }),
+    }
+    to.copy_in(version, line, &buf)?;
+    Ok(Copied::Written)
+}

@@ -1,0 +1,85 @@
+//! The one error type of `dtm`: each variant names the operation, the object
+//! (replica, tran, line, epoch) and the value that was wrong. A plain enum: each part
+//! of the DTM adds the variants it needs.
+
+use vssd::TranOutcome;
+
+use crate::replica::{ReplicaError, ReplicaErrorKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DtmError {
+    /// A replica call failed (its kind says whether the replica is lost).
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    /// A replica is at a newer epoch than this DTM's: another primary took the device
+    /// over, and this one must stop.
+    #[error(
+        "{op}: replica {replica} is at epoch {replica_epoch}, past this primary's {epoch}: another primary took the device over"
+    )]
+    Fenced {
+        op: &'static str,
+        replica: String,
+        replica_epoch: u64,
+        epoch: u64,
+    },
+    /// Fewer members of the newest epoch are reachable than the device needs.
+    #[error(
+        "{op}: {} of the {} members {members:?} of epoch {epoch} reachable ({reachable:?}), at least {min} needed",
+        reachable.len(),
+        members.len()
+    )]
+    TooFewReplicas {
+        op: &'static str,
+        epoch: u64,
+        members: Vec<u64>,
+        reachable: Vec<u64>,
+        min: usize,
+    },
+    /// Replicas of one epoch that say different things of its membership, or replicas
+    /// of one device with different geometry: they are not one device's.
+    #[error("{op}: replicas {replica} and {other} differ: {why}")]
+    Mismatch {
+        op: &'static str,
+        replica: String,
+        other: String,
+        why: String,
+    },
+    /// Two replicas resolved one tran in opposite ways: a bug, or two deciders.
+    #[error(
+        "{op} of tran {tran}: {outcome} on replica {replica}, {other_outcome} on replica {other}"
+    )]
+    TranConflict {
+        op: &'static str,
+        tran: u64,
+        replica: String,
+        outcome: TranOutcome,
+        other: String,
+        other_outcome: TranOutcome,
+    },
+    /// A line that changed on a replica while nothing may write it.
+    #[error(
+        "{op} of line {line}: replica {replica} holds version {found:?}, {version} was listed a moment ago"
+    )]
+    LineMoved {
+        op: &'static str,
+        line: u64,
+        replica: String,
+        version: u64,
+        found: Option<u64>,
+    },
+}
+
+impl DtmError {
+    /// `e` as this DTM at `epoch` sees it: a stale epoch is [`DtmError::Fenced`].
+    pub fn from_replica(e: ReplicaError, epoch: u64) -> DtmError {
+        match e.kind {
+            ReplicaErrorKind::StaleEpoch { replica_epoch } => DtmError::Fenced {
+                op: e.op,
+                replica: e.replica,
+                replica_epoch,
+                epoch,
+            },
+            _ => DtmError::Replica(e),
+        }
+    }
+}
