@@ -56,6 +56,13 @@ pub enum DtmError {
         other: String,
         other_outcome: TranOutcome,
     },
+    /// A replica's answer that breaks the seam's contract (a listing out of order).
+    #[error("{op} on replica {replica}: {why}")]
+    BadAnswer {
+        op: &'static str,
+        replica: String,
+        why: String,
+    },
     /// A line that changed on a replica while nothing may write it.
     #[error(
         "{op} of line {line}: replica {replica} holds version {found:?}, {version} was listed a moment ago"

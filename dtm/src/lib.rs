@@ -9,6 +9,7 @@ pub mod copy;
 pub mod error;
 pub mod local;
 pub mod peer;
+pub mod recovery;
 pub mod remote;
 pub mod replica;
 
@@ -16,5 +17,6 @@ pub use copy::{Copied, copy_line};
 pub use error::DtmError;
 pub use local::LocalReplica;
 pub use peer::{ReplicaService, Vssds};
+pub use recovery::{Recovery, recover};
 pub use remote::RemoteReplica;
 pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};

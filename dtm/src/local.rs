@@ -24,7 +24,7 @@
 //! not the list its recovery returned at open: a vSSD that stays open (a peer's)
 //! may hold trans prepared since by a primary that died.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 
 use taskio::AlignedBuf;
 use vssd::map::MapError;
@@ -37,9 +37,9 @@ pub struct LocalReplica {
     vssd: Vssd,
     member: u64,
     name: String,
-    info: ReplicaInfo,
-    /// The epoch this opening belongs to.
-    epoch: Cell<u64>,
+    /// The geometry, and the epoch and members as of the opening: kept current by
+    /// `set_epoch` through it.
+    info: RefCell<ReplicaInfo>,
 }
 
 impl LocalReplica {
@@ -58,8 +58,7 @@ impl LocalReplica {
             vssd,
             member,
             name: name.into(),
-            info,
-            epoch: Cell::new(epoch),
+            info: RefCell::new(ReplicaInfo { epoch, ..info }),
         }
     }
 
@@ -70,7 +69,7 @@ impl LocalReplica {
 
     /// The epoch this opening belongs to.
     pub fn epoch(&self) -> u64 {
-        self.epoch.get()
+        self.info.borrow().epoch
     }
 
     fn error(&self, op: &'static str, kind: ReplicaErrorKind) -> ReplicaError {
@@ -84,7 +83,7 @@ impl LocalReplica {
     /// `StaleEpoch` once the vSSD moved past this opening's epoch.
     fn fence(&self, op: &'static str) -> Result<(), ReplicaError> {
         let replica_epoch = self.vssd.epoch();
-        if replica_epoch > self.epoch.get() {
+        if replica_epoch > self.epoch() {
             return Err(self.error(op, ReplicaErrorKind::StaleEpoch { replica_epoch }));
         }
         Ok(())
@@ -157,8 +156,8 @@ impl Replica for LocalReplica {
         &self.name
     }
 
-    fn info(&self) -> &ReplicaInfo {
-        &self.info
+    fn info(&self) -> ReplicaInfo {
+        self.info.borrow().clone()
     }
 
     fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
@@ -239,7 +238,7 @@ impl Replica for LocalReplica {
     fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
         const OP: &str = "set_epoch";
         self.fence(OP)?;
-        let from = self.epoch.get();
+        let from = self.epoch();
         if from == epoch && self.vssd.epoch() == epoch && self.vssd.members() == members {
             return Ok(()); // a retry: this opening is there already
         }
@@ -249,7 +248,9 @@ impl Replica for LocalReplica {
                 Err(stale) => stale, // another opening moved it meanwhile
                 Ok(()) => self.failed(OP, e),
             })?;
-        self.epoch.set(epoch);
+        let mut info = self.info.borrow_mut();
+        info.epoch = epoch;
+        info.members = members.to_vec();
         Ok(())
     }
 

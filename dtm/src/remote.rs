@@ -11,6 +11,7 @@
 //! IO_ERROR and NO_SPACE, and an answer that arrived damaged, are `Io`; anything
 //! else the peer refused, and a request this side cannot encode, is `Refused`.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 
 use rpc::limits::{COMMIT_TRANS_MAX, DIRTY_PER_REPLY_MAX, IN_DOUBT_PER_REPLY_MAX};
@@ -27,7 +28,8 @@ pub struct RemoteReplica {
     handle: u64,
     member: u64,
     name: String,
-    info: ReplicaInfo,
+    /// Updated by `set_epoch`: the opening then belongs to that epoch.
+    info: RefCell<ReplicaInfo>,
 }
 
 impl RemoteReplica {
@@ -54,13 +56,13 @@ impl RemoteReplica {
             handle: 0,
             member,
             name,
-            info: ReplicaInfo {
+            info: RefCell::new(ReplicaInfo {
                 line_size: 0,
                 lines: 0,
                 epoch: 0,
                 members: Vec::new(),
                 tran_lines_max: 0,
-            },
+            }),
         };
         let reply = r.call(OP, Request::VssdOpen { name: vssd, epoch })?;
         let (handle, info) = match r.response(OP, &reply)? {
@@ -69,7 +71,7 @@ impl RemoteReplica {
         };
         let per_write = u64::from(r.client.data_len_max() / info.line_size).max(1);
         r.handle = handle;
-        r.info = ReplicaInfo {
+        *r.info.get_mut() = ReplicaInfo {
             line_size: info.line_size,
             lines: info.line_count,
             epoch: info.epoch,
@@ -181,8 +183,8 @@ impl Replica for RemoteReplica {
         &self.name
     }
 
-    fn info(&self) -> &ReplicaInfo {
-        &self.info
+    fn info(&self) -> ReplicaInfo {
+        self.info.borrow().clone()
     }
 
     fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
@@ -223,18 +225,18 @@ impl Replica for RemoteReplica {
 
     fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<u64>, ReplicaError> {
         const OP: &str = "read";
+        let line_size = self.info.borrow().line_size;
         assert!(
-            buf.capacity() >= self.info.line_size as usize,
-            "read into a buffer of {} bytes, lines are {}",
+            buf.capacity() >= line_size as usize,
+            "read into a buffer of {} bytes, lines are {line_size}",
             buf.capacity(),
-            self.info.line_size
         );
         let reply = self.call(
             OP,
             Request::VssdRead {
                 handle: self.handle,
                 line,
-                length: self.info.line_size,
+                length: line_size,
             },
         )?;
         match self.response(OP, &reply) {
@@ -341,7 +343,12 @@ impl Replica for RemoteReplica {
                 epoch,
                 members: members.to_vec(),
             },
-        )
+        )?;
+        // The opening now belongs to that epoch (as a LocalReplica's does).
+        let mut info = self.info.borrow_mut();
+        info.epoch = epoch;
+        info.members = members.to_vec();
+        Ok(())
     }
 
     fn outcome(&self, tran: u64) -> Result<TranOutcome, ReplicaError> {

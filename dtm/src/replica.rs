@@ -8,7 +8,7 @@
 //!
 //! The fence: a replica is opened at an epoch; once the replica's vSSD has moved to a
 //! newer epoch (another primary took the device over), every call on the old opening
-//! fails with [`ReplicaError::StaleEpoch`], so a cut-off primary can never have a
+//! fails with [`ReplicaErrorKind::StaleEpoch`], so a cut-off primary can never have a
 //! write acknowledged by it again.
 
 use taskio::AlignedBuf;
@@ -94,8 +94,10 @@ pub trait Replica {
     fn member(&self) -> u64;
     /// For errors and logs.
     fn name(&self) -> &str;
-    /// Geometry and epoch as of the opening.
-    fn info(&self) -> &ReplicaInfo;
+    /// Geometry as of the opening; epoch and members as of the opening, or of the
+    /// last `set_epoch` through it (recovery reads the epoch of a replica it
+    /// recovered before from here).
+    fn info(&self) -> ReplicaInfo;
 
     /// Phase 1 of `tran` on `line` and the lines after it (whole lines, the last may
     /// be short; at most `tran_lines_max` lines): durable on return.

@@ -21,7 +21,7 @@ fn writes_commit_read_clean_and_invalidate_through_the_seam() {
     run_io(move || {
         let r = replica(&path, 1);
         assert_eq!(r.member(), 1);
-        let info = r.info().clone();
+        let info = r.info();
         assert_eq!((info.line_size, info.lines, info.epoch), (LINE, 64, 0));
         assert!(info.members.is_empty());
         assert!(info.tran_lines_max >= 2);

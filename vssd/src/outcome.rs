@@ -19,7 +19,6 @@
 //! be at least its id), and a DTM retrying a COMMIT after a restart finds the outcome
 //! of every tran the replayed log resolved.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use crate::device::Resolution;
@@ -89,24 +88,18 @@ fn slot(tran: u64) -> usize {
 }
 
 impl Outcomes {
-    /// The outcomes at open: `resolved`, the trans the replayed log resolved in log
-    /// order (the last resolution of an id wins: one forgotten by a full table may
-    /// have been prepared and resolved again), over a low-water just below
-    /// `tran_high`, the recovered high-water of tran ids.
+    /// The outcomes at open: `resolved`, the trans the replayed log resolved, recorded
+    /// in log order as they were when the vSSD ran (an id resolved again, a copy's,
+    /// or one forgotten by a full table and prepared again, ends as
+    /// [`Outcomes::record`] leaves it), over a low-water just below `tran_high`, the
+    /// recovered high-water of tran ids.
     pub(crate) fn recovered(resolved: &[(u64, Resolution, RecordPos)], tran_high: u64) -> Outcomes {
         let mut outcomes = Outcomes {
             forgotten_max: tran_high.checked_sub(1).filter(|&m| m > 0),
             ..Outcomes::default()
         };
-        let last: HashMap<u64, usize> = resolved
-            .iter()
-            .enumerate()
-            .map(|(i, &(tran, _, _))| (tran, i))
-            .collect();
-        for (i, &(tran, resolution, pos)) in resolved.iter().enumerate() {
-            if last[&tran] == i {
-                outcomes.record(tran, resolution, pos);
-            }
+        for &(tran, resolution, pos) in resolved {
+            outcomes.record(tran, resolution, pos);
         }
         outcomes
     }
@@ -169,6 +162,15 @@ mod tests {
         assert_eq!(o.outcome_unprepared(6), TranOutcome::Forgotten);
         assert_eq!(o.outcome_unprepared(9), TranOutcome::Forgotten);
         assert_eq!(o.outcome_unprepared(10), TranOutcome::Unknown);
+        // A copy of a committed tran aborted later leaves it committed.
+        let copied = Outcomes::recovered(
+            &[
+                (5, Resolution::Commit, pos(1)),
+                (5, Resolution::Abort, pos(2)),
+            ],
+            10,
+        );
+        assert_eq!(copied.get(5), Some((Resolution::Commit, pos(1))));
         let fresh = Outcomes::recovered(&[], 1);
         assert_eq!(fresh.outcome_unprepared(1), TranOutcome::Unknown);
     }

@@ -685,8 +685,36 @@ fn a_copy_may_reuse_a_committed_tran_id_on_other_lines() {
         let (v, rec) = open(&path, Options::default());
         assert!(rec.in_doubt.is_empty(), "{rec:?}");
         assert_eq!(v.dirty_lines(), vec![(3, 7), (5, 7), (6, 9)]);
+        // The log's COMMIT then ABORT (the aborted copy) of 7 leave it committed.
+        assert_eq!(v.tran_outcome(7), vssd::TranOutcome::Committed);
         let (_, buf) = v.read(5).unwrap().expect("the copy");
         assert_eq!(&buf[..], &payload(5, 7)[..]);
+        v.close();
+    });
+}
+
+/// A tran whose writep1 has not returned is not in doubt yet (its commit would be
+/// refused as busy): `in_doubt` lists it only once its writep1 returned.
+#[test]
+fn in_doubt_leaves_out_a_tran_whose_writep1_runs() {
+    let dir = TempDir::new("in-doubt-phase1");
+    let path = formatted(&dir);
+    run_io(move || {
+        let (v, _) = open(&path, Options::default());
+        let v2 = v.clone();
+        let writer = taskio::spawn(move || v2.writep1(7, 3, &payload(3, 7))).unwrap();
+        taskio::yield_now();
+        assert_eq!(
+            v.tran_outcome(7),
+            vssd::TranOutcome::Prepared,
+            "writep1 started"
+        );
+        assert!(v.in_doubt(0, 10).is_empty());
+        let e = v.read_prepared(7).unwrap_err();
+        assert!(matches!(e, VssdError::TranBusy { tran: 7, .. }), "{e}");
+        writer.join().unwrap().unwrap();
+        let listed: Vec<u64> = v.in_doubt(0, 10).iter().map(|d| d.tran).collect();
+        assert_eq!(listed, vec![7]);
         v.close();
     });
 }

@@ -1,0 +1,490 @@
+//! Recovery: the takeover step a primary runs on a cache device before it writes
+//! (issue 12, "Recovery" and "Membership and epochs"). [`recover`] runs it, in this
+//! order:
+//!
+//! 1. **The epoch.** The newest epoch among the replicas that opened, and its
+//!    members (a device never given one, epoch 0, has the configured members). The
+//!    members of that epoch that opened are the *reachable* ones. Opened replicas
+//!    of an older epoch, or not members of the newest, are *stale*: they may lack
+//!    acknowledged writes and are left to the core's resync. Fewer than
+//!    `min_replicas` reachable: refused ([`DtmError::TooFewReplicas`]).
+//! 2. **The fence, first.** Every reachable member moves to epoch + 1 with the
+//!    reachable members ([`Replica::set_epoch`]). Any member at a newer epoch
+//!    already, or moved there meanwhile, means another primary won
+//!    ([`DtmError::Fenced`]). Moving before looking at the trans is what makes the
+//!    decisions below final: once a member is at the new epoch, the old primary
+//!    can neither prepare nor have a prepare acknowledged there
+//!    ([`crate::local`]'s fence), so no tran appears or completes behind recovery's
+//!    back. A recovery that fails after this step leaves the members at epoch + 1
+//!    with their in-doubt trans: the next one resolves them the same way.
+//! 3. **The in-doubt trans** of every reachable member ([`Replica::in_doubt`],
+//!    paged), each resolved on every member that holds it prepared:
+//!    - prepared on *every* reachable member: **committed**. It may have been
+//!      acknowledged: the old primary acknowledges once every member of its epoch
+//!      prepared it. When a member of the epoch is unreachable, a tran prepared
+//!      on all reachable ones may or may not have been acknowledged (it may lack
+//!      the missing member's prepare); committing it is safe either way: it is
+//!      complete on every survivor, and a write not acknowledged may or may not
+//!      appear.
+//!    - prepared on some members and committed on another (its COMMIT went out
+//!      to some members before the primary died: COMMITs ride lazily): committed.
+//!    - prepared on some members and forgotten on another (resolved there before
+//!      a checkpoint, or never prepared there): committed if that member's line
+//!      holds the tran or a newer version (it committed it), aborted otherwise.
+//!    - any other (aborted somewhere, never seen somewhere): **aborted**. It cannot
+//!      have been acknowledged: some reachable member never completed its prepare.
+//!    - a copy whose payload failed its CRC ([`InDoubtTran::damaged`]) is repaired
+//!      with the payload read from a member that holds it intact
+//!      ([`Replica::read_prepared`], [`Replica::repair`]). Damaged everywhere it is
+//!      prepared, it cannot be committed: it is aborted there, counted
+//!      ([`Recovery::damaged_aborted`]) and logged as a warning (a member that
+//!      committed it still holds its lines, which the next step copies).
+//! 4. **Reconciliation.** The dirty lines of the reachable members, walked together
+//!    in line order ([`Replica::dirty`], paged): a member that lacks a line's newest
+//!    version, or holds an older one, gets it from one that holds it
+//!    ([`copy_line`]). After it every member holds the newest version of every line
+//!    dirty on any of them. (A line dirty on one member and clean on another at
+//!    the same version, a CLEAN lost in the crash, is left so: the next destage
+//!    cleans it again.)
+//!
+//! Recovery trusts the newest epoch among the replicas it reaches. With
+//! `min_replicas` above half the configured members, any two takeovers share a
+//! member, which carries the newer epoch; with fewer, a primary that reaches only
+//! members cut off earlier (at an older epoch) recovers that old epoch: a split
+//! brain, for the operator's policy to allow or not.
+//!
+//! For the core: this reasoning needs a line destaged only once the COMMIT of its
+//! version is durable on every member (a destaged version is then never in doubt
+//! anywhere), and recovery must run before any write or destage of the new epoch.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::rc::Rc;
+
+use taskio::AlignedBuf;
+use vssd::TranOutcome;
+
+use crate::copy::{Copied, copy_line};
+use crate::error::DtmError;
+use crate::replica::{InDoubtTran, Replica, ReplicaError};
+
+/// In-doubt trans asked of a replica per call.
+pub const IN_DOUBT_PAGE: usize = 256;
+/// Dirty lines asked of each replica per call while reconciling; lines of one window
+/// (at most this many per replica) are compared at a time.
+pub const DIRTY_PAGE: usize = 1024;
+const _: () = assert!(IN_DOUBT_PAGE > 0 && DIRTY_PAGE > 0);
+
+const OP: &str = "recovery";
+
+/// What [`recover`] did.
+pub struct Recovery {
+    /// The epoch the device is at now (the newest found + 1).
+    pub epoch: u64,
+    /// Its members, in the order they were given (the local one first if it was
+    /// first and is a member).
+    pub members: Vec<Rc<dyn Replica>>,
+    /// Members of the previous epoch that did not open: out of the new one.
+    pub lost: Vec<u64>,
+    /// Replicas that opened but were not members of the newest epoch (or were at an
+    /// older one): out of the new epoch, for the core to resync.
+    pub stale: Vec<u64>,
+    /// In-doubt trans committed, and aborted (each counted once, whatever the
+    /// number of members that held it).
+    pub committed: u64,
+    pub aborted: u64,
+    /// Damaged copies repaired from an intact one (one per member repaired).
+    pub repaired: u64,
+    /// Trans aborted because no member held their payload intact.
+    pub damaged_aborted: u64,
+    /// Lines copied to a member that lacked their newest version (one per member
+    /// and line).
+    pub reconciled: u64,
+}
+
+impl fmt::Debug for Recovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let members: Vec<u64> = self.members.iter().map(|r| r.member()).collect();
+        f.debug_struct("Recovery")
+            .field("epoch", &self.epoch)
+            .field("members", &members)
+            .field("lost", &self.lost)
+            .field("stale", &self.stale)
+            .field("committed", &self.committed)
+            .field("aborted", &self.aborted)
+            .field("repaired", &self.repaired)
+            .field("damaged_aborted", &self.damaged_aborted)
+            .field("reconciled", &self.reconciled)
+            .finish()
+    }
+}
+
+/// Recovers the device whose replicas `opened` are (those that could be opened;
+/// the local one first), `configured` its configured member ids (the members of a
+/// device never given an epoch), needing `min_replicas` members of the newest
+/// epoch reachable. See the module documentation.
+pub fn recover(
+    opened: &[Rc<dyn Replica>],
+    configured: &[u64],
+    min_replicas: usize,
+) -> Result<Recovery, DtmError> {
+    assert!(min_replicas >= 1, "min_replicas of 0");
+    for (i, r) in opened.iter().enumerate() {
+        assert!(
+            opened[..i].iter().all(|o| o.member() != r.member()),
+            "member {} opened twice",
+            r.member()
+        );
+    }
+    let (epoch, members) = newest_epoch(opened, configured)?;
+    let member = |r: &&Rc<dyn Replica>| r.info().epoch == epoch && members.contains(&r.member());
+    let reachable: Vec<&Rc<dyn Replica>> = opened.iter().filter(member).collect();
+    let stale: Vec<u64> = opened
+        .iter()
+        .filter(|r| !member(r))
+        .map(|r| r.member())
+        .collect();
+    let ids: Vec<u64> = reachable.iter().map(|r| r.member()).collect();
+    if reachable.len() < min_replicas {
+        return Err(DtmError::TooFewReplicas {
+            op: OP,
+            epoch,
+            members,
+            reachable: ids,
+            min: min_replicas,
+        });
+    }
+    let mut recovery = Recovery {
+        epoch: epoch + 1,
+        members: reachable.iter().map(|&r| r.clone()).collect(),
+        lost: members
+            .iter()
+            .copied()
+            .filter(|m| !ids.contains(m))
+            .collect(),
+        stale,
+        committed: 0,
+        aborted: 0,
+        repaired: 0,
+        damaged_aborted: 0,
+        reconciled: 0,
+    };
+    let fenced = |e: ReplicaError| DtmError::from_replica(e, recovery.epoch);
+    for r in &reachable {
+        r.set_epoch(recovery.epoch, &ids).map_err(fenced)?;
+    }
+    let replicas: Vec<&dyn Replica> = reachable.iter().map(|r| &***r).collect();
+    resolve_in_doubt(&replicas, &mut recovery).map_err(|e| fenced_at(e, recovery.epoch))?;
+    reconcile(&replicas, &mut recovery).map_err(|e| fenced_at(e, recovery.epoch))?;
+    Ok(recovery)
+}
+
+/// A stale epoch met after the fence: another primary moved past this one.
+fn fenced_at(e: DtmError, epoch: u64) -> DtmError {
+    match e {
+        DtmError::Replica(e) => DtmError::from_replica(e, epoch),
+        e => e,
+    }
+}
+
+/// The newest epoch among `opened` and its members (`configured` for epoch 0).
+fn newest_epoch(
+    opened: &[Rc<dyn Replica>],
+    configured: &[u64],
+) -> Result<(u64, Vec<u64>), DtmError> {
+    let Some(newest) = opened.iter().max_by_key(|r| r.info().epoch) else {
+        return Err(DtmError::TooFewReplicas {
+            op: OP,
+            epoch: 0,
+            members: configured.to_vec(),
+            reachable: Vec::new(),
+            min: 1,
+        });
+    };
+    let epoch = newest.info().epoch;
+    if epoch == 0 {
+        return Ok((0, configured.to_vec()));
+    }
+    let members = newest.info().members;
+    let other = opened
+        .iter()
+        .find(|r| r.info().epoch == epoch && r.info().members != members);
+    if let Some(other) = other {
+        return Err(DtmError::Mismatch {
+            op: OP,
+            replica: other.name().to_string(),
+            other: newest.name().to_string(),
+            why: format!(
+                "epoch {epoch} has members {:?} against {members:?}",
+                other.info().members
+            ),
+        });
+    }
+    Ok((epoch, members))
+}
+
+/// Every in-doubt tran of `replicas` with the members holding it (index, entry).
+type InDoubtMap = BTreeMap<u64, Vec<(usize, InDoubtTran)>>;
+
+fn collect_in_doubt(replicas: &[&dyn Replica]) -> Result<InDoubtMap, DtmError> {
+    let mut all: InDoubtMap = BTreeMap::new();
+    for (i, r) in replicas.iter().enumerate() {
+        let mut after = 0;
+        // Bounded: each page moves `after` past the ids it lists (increasing).
+        loop {
+            let (page, more) = r.in_doubt(after, IN_DOUBT_PAGE)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            if page.first().is_some_and(|d| d.tran <= after)
+                || page.windows(2).any(|w| w[0].tran >= w[1].tran)
+            {
+                return Err(DtmError::BadAnswer {
+                    op: "in_doubt",
+                    replica: r.name().to_string(),
+                    why: format!("trans after {after} listed out of order: {page:?}"),
+                });
+            }
+            after = last.tran;
+            for d in page {
+                all.entry(d.tran).or_default().push((i, d));
+            }
+            if !more {
+                break;
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Step 3 of the module documentation.
+fn resolve_in_doubt(replicas: &[&dyn Replica], recovery: &mut Recovery) -> Result<(), DtmError> {
+    for (tran, holders) in collect_in_doubt(replicas)? {
+        let (first, entry) = &holders[0];
+        if let Some((i, d)) = holders.iter().find(|(_, d)| {
+            (d.line, d.line_count, d.payload_len)
+                != (entry.line, entry.line_count, entry.payload_len)
+        }) {
+            return Err(DtmError::Mismatch {
+                op: OP,
+                replica: replicas[*i].name().to_string(),
+                other: replicas[*first].name().to_string(),
+                why: format!("in-doubt tran {tran}: {d:?} against {entry:?}"),
+            });
+        }
+        if decide_commit(replicas, tran, entry.line, &holders)? {
+            commit_everywhere(replicas, tran, &holders, recovery)?;
+        } else {
+            for &(i, _) in &holders {
+                replicas[i].abort(tran)?;
+            }
+            recovery.aborted += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Whether in-doubt `tran` (first line `line`), prepared on `holders`, is to be
+/// committed: the module documentation's rules.
+fn decide_commit(
+    replicas: &[&dyn Replica],
+    tran: u64,
+    line: u64,
+    holders: &[(usize, InDoubtTran)],
+) -> Result<bool, DtmError> {
+    if holders.len() == replicas.len() {
+        return Ok(true);
+    }
+    let mut committed_on = None;
+    let mut aborted_on = None;
+    let mut forgotten_newer = false;
+    for (i, r) in replicas.iter().enumerate() {
+        if holders.iter().any(|&(h, _)| h == i) {
+            continue;
+        }
+        match r.outcome(tran)? {
+            TranOutcome::Committed => committed_on = Some(i),
+            TranOutcome::Aborted => aborted_on = Some(i),
+            TranOutcome::Forgotten => {
+                let mut buf = AlignedBuf::new(r.info().line_size as usize);
+                forgotten_newer |= r.read(line, &mut buf)?.is_some_and(|v| v >= tran);
+            }
+            // Prepared meanwhile: nothing prepares while the members are fenced.
+            TranOutcome::Prepared | TranOutcome::Unknown => {}
+        }
+    }
+    match (committed_on, aborted_on) {
+        (Some(c), Some(a)) => Err(DtmError::TranConflict {
+            op: OP,
+            tran,
+            replica: replicas[c].name().to_string(),
+            outcome: TranOutcome::Committed,
+            other: replicas[a].name().to_string(),
+            other_outcome: TranOutcome::Aborted,
+        }),
+        (Some(_), None) => Ok(true),
+        (None, Some(_)) => Ok(false),
+        (None, None) => Ok(forgotten_newer),
+    }
+}
+
+/// Commits `tran` on every holder, a damaged copy repaired from an intact one; with
+/// no intact copy, aborts it everywhere.
+fn commit_everywhere(
+    replicas: &[&dyn Replica],
+    tran: u64,
+    holders: &[(usize, InDoubtTran)],
+    recovery: &mut Recovery,
+) -> Result<(), DtmError> {
+    let (damaged, intact): (Vec<_>, Vec<_>) = holders.iter().partition(|(_, d)| d.damaged);
+    if !damaged.is_empty() {
+        if intact.is_empty() {
+            tracing::warn!(
+                tran,
+                line = holders[0].1.line,
+                "dtm recovery aborts in-doubt tran {tran}: its payload is damaged on every member that holds it prepared ({})",
+                names(replicas, holders),
+            );
+            for &(i, _) in holders {
+                replicas[i].abort(tran)?;
+            }
+            recovery.damaged_aborted += 1;
+            return Ok(());
+        }
+        // Read before any intact copy is committed: only a prepared one is read.
+        let payload = read_intact(replicas, tran, &intact)?;
+        for &&(i, _) in &damaged {
+            replicas[i].repair(tran, &payload)?;
+            recovery.repaired += 1;
+        }
+    }
+    for &&(i, _) in &intact {
+        replicas[i].commit(&[tran])?;
+    }
+    recovery.committed += 1;
+    Ok(())
+}
+
+/// The payload of prepared `tran` from the first of `intact` that reads it intact.
+fn read_intact(
+    replicas: &[&dyn Replica],
+    tran: u64,
+    intact: &[&(usize, InDoubtTran)],
+) -> Result<AlignedBuf, DtmError> {
+    let mut failed = None;
+    for &&(i, _) in intact {
+        match replicas[i].read_prepared(tran) {
+            Ok(payload) => return Ok(payload),
+            Err(e) => {
+                tracing::warn!(tran, "dtm recovery: {e}; trying another copy");
+                failed = Some(e);
+            }
+        }
+    }
+    Err(failed.expect("at least one intact copy").into())
+}
+
+fn names(replicas: &[&dyn Replica], holders: &[(usize, InDoubtTran)]) -> String {
+    let names: Vec<&str> = holders.iter().map(|&(i, _)| replicas[i].name()).collect();
+    names.join(", ")
+}
+
+/// Step 4 of the module documentation: the dirty listings walked in windows of at
+/// most [`DIRTY_PAGE`] lines per replica.
+fn reconcile(replicas: &[&dyn Replica], recovery: &mut Recovery) -> Result<(), DtmError> {
+    let mut from = 0;
+    // Bounded: each window moves `from` past at least one listed line (listings are
+    // checked to start at `from`), or is the last.
+    loop {
+        let mut pages = Vec::with_capacity(replicas.len());
+        for r in replicas {
+            let page = r.dirty(from, DIRTY_PAGE)?;
+            if page.first().is_some_and(|&(line, _)| line < from)
+                || page.windows(2).any(|w| w[0].0 >= w[1].0)
+                || page.len() > DIRTY_PAGE
+            {
+                return Err(DtmError::BadAnswer {
+                    op: "dirty",
+                    replica: r.name().to_string(),
+                    why: format!("dirty lines from {from} listed out of order: {page:?}"),
+                });
+            }
+            pages.push(page);
+        }
+        // Lines up to the end of the shortest full page are listed by every replica
+        // that holds them dirty.
+        let end = pages
+            .iter()
+            .filter(|p| p.len() >= DIRTY_PAGE)
+            .filter_map(|p| p.last().map(|&(line, _)| line))
+            .min();
+        let mut lines: BTreeMap<u64, Vec<Option<u64>>> = BTreeMap::new();
+        for (i, page) in pages.iter().enumerate() {
+            for &(line, version) in page.iter().filter(|&&(l, _)| end.is_none_or(|e| l <= e)) {
+                lines
+                    .entry(line)
+                    .or_insert_with(|| vec![None; replicas.len()])[i] = Some(version);
+            }
+        }
+        for (line, versions) in lines {
+            reconcile_line(replicas, line, &versions, recovery)?;
+        }
+        match end {
+            Some(e) if e < u64::MAX => from = e + 1,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Brings the newest dirty version of `line` (`versions`: each replica's dirty
+/// version, if dirty there) to every replica that does not list it. One that holds
+/// a newer version, clean (destaged), is the source instead: the older dirty
+/// versions are stale.
+fn reconcile_line(
+    replicas: &[&dyn Replica],
+    line: u64,
+    versions: &[Option<u64>],
+    recovery: &mut Recovery,
+) -> Result<(), DtmError> {
+    let (mut source, mut newest) = versions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.map(|v| (i, v)))
+        .max_by_key(|&(_, v)| v)
+        .expect("a listed line is dirty somewhere");
+    let mut done = vec![false; replicas.len()];
+    done[source] = true;
+    // Bounded: each pass marks a replica done or moves `newest` up, and restarts
+    // only when it moves.
+    let mut i = 0;
+    while i < replicas.len() {
+        if done[i] || versions[i] == Some(newest) {
+            done[i] = true;
+            i += 1;
+            continue;
+        }
+        match copy_line(replicas[source], replicas[i], line, newest)? {
+            Copied::Written | Copied::Committed => recovery.reconciled += 1,
+            Copied::Current { version } if version > newest => {
+                (source, newest) = (i, version);
+                done = vec![false; replicas.len()];
+                done[source] = true;
+                i = 0;
+                continue;
+            }
+            Copied::Current { .. } => {}
+            Copied::Moved { found } => {
+                return Err(DtmError::LineMoved {
+                    op: OP,
+                    line,
+                    replica: replicas[source].name().to_string(),
+                    version: newest,
+                    found,
+                });
+            }
+        }
+        done[i] = true;
+        i += 1;
+    }
+    Ok(())
+}
