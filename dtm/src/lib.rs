@@ -9,7 +9,9 @@
 //! version), [`dtm`] (the DTM of one device: writes, the loss policy, reads, clean
 //! and discard), `lock` (range locks and write slots), `commit` (lazy batched
 //! COMMITs), [`resync`] (a returning replica brought up to date), [`recovery`] (the
-//! in-doubt trans of every replica resolved at open), [`config`] and [`error`].
+//! in-doubt trans of every replica resolved at open), [`remote`] (a replica on a
+//! peer, over rpc) and [`peer`] (the service that serves it), [`config`] and
+//! [`error`].
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod commit;
@@ -19,7 +21,9 @@ pub mod dtm;
 pub mod error;
 pub mod local;
 mod lock;
+pub mod peer;
 pub mod recovery;
+pub mod remote;
 pub mod replica;
 pub mod resync;
 
@@ -28,6 +32,8 @@ pub use copy::{Copied, copy_line};
 pub use dtm::{Dtm, DtmStats, LineLock, Written};
 pub use error::DtmError;
 pub use local::LocalReplica;
+pub use peer::{ReplicaService, Vssds};
 pub use recovery::{Recovery, recover};
+pub use remote::RemoteReplica;
 pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
 pub use resync::ResyncProgress;
