@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use taskio::net::{self, TcpStream};
-use taskio::{Builder, Rendez, TaskRef, WaitReason, park_until};
+use taskio::{Builder, Deadline, Instant, Rendez, TaskRef, WaitReason, park_until};
 
 use crate::MsgType;
 use crate::error::RpcError;
@@ -250,14 +250,17 @@ impl Client {
     pub fn call(&self, request: Request<'_>) -> Result<Reply, RpcError> {
         let inner = &*self.inner;
         let msg_type = request.msg_type();
-        let deadline = taskio::now() + inner.call_timeout;
+        // Fixed when the call first waits: a call whose reply is never waited for
+        // reads no clock.
+        let deadline = Deadline::after(Some(inner.call_timeout));
+        let due = || deadline.at().unwrap_or(Instant::from_nanos(u64::MAX));
         let timed_out = |tag| RpcError::TimedOut {
             msg_type,
             tag,
             after: inner.call_timeout,
         };
         while inner.in_flight.get() >= inner.queue_depth && inner.broken.borrow().is_none() {
-            if !inner.slot_free.sleep_until(deadline) {
+            if !inner.slot_free.sleep_until(due()) {
                 return Err(timed_out(TAG_NONE));
             }
         }
@@ -286,7 +289,7 @@ impl Client {
         };
         // A server that stops reading cannot hold the call past its deadline: the
         // wait for room ends with it, and the wait for the response below.
-        match inner.out.push(inner.version, &m, Some(deadline)) {
+        match inner.out.push(inner.version, &m, &deadline) {
             Ok(true) => {}
             Ok(false) => return Err(timed_out(tag)),
             // The writer failed: it broke the connection and failed the calls.
@@ -307,7 +310,7 @@ impl Client {
                 }
                 p.waiter = Some(TaskRef::current());
             }
-            if !park_until(WaitReason::Io("rpc call"), deadline) {
+            if !park_until(WaitReason::Io("rpc call"), due()) {
                 return Err(timed_out(tag));
             }
         }

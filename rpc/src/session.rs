@@ -419,23 +419,29 @@ impl<S: Service> Session<S> {
     /// `idle_shrink_after` has passed with nothing in flight, gives the session's
     /// buffers back (`shrink_idle`).
     fn first_byte(&self, reader: &mut FrameReader) -> Result<u8, RpcError> {
-        let idle_end = taskio::now() + self.config.idle_timeout;
-        let mut shrunk = false;
+        let (idle, shrink_after) = (self.config.idle_timeout, self.config.idle_shrink_after);
+        if shrink_after >= idle {
+            return reader.read_first_byte(&self.stream, idle);
+        }
+        // The common case, a request within `idle_shrink_after`, reads no clock
+        // (the read's timeout starts when it first waits).
+        match reader.read_first_byte(&self.stream, shrink_after) {
+            Err(e) if is_idle_timeout(&e) => {}
+            r => return r,
+        }
+        let idle_end = taskio::now() + (idle - shrink_after);
+        // Bounded: each pass waits up to `idle_shrink_after` of what is left, or ends.
         loop {
+            if self.in_flight.get() == 0 {
+                self.shrink_idle();
+                let left = idle_end.saturating_duration_since(taskio::now());
+                return reader.read_first_byte(&self.stream, left);
+            }
+            // Handlers still busy are not idle: look again later.
             let left = idle_end.saturating_duration_since(taskio::now());
-            let wait = if shrunk {
-                left
-            } else {
-                left.min(self.config.idle_shrink_after)
-            };
+            let wait = left.min(shrink_after);
             match reader.read_first_byte(&self.stream, wait) {
-                Err(e) if is_idle_timeout(&e) && !shrunk && wait < left => {
-                    // Handlers still busy are not idle: look again later.
-                    if self.in_flight.get() == 0 {
-                        self.shrink_idle();
-                        shrunk = true;
-                    }
-                }
+                Err(e) if is_idle_timeout(&e) && wait < left => {}
                 r => return r,
             }
         }
@@ -532,7 +538,8 @@ impl<S: Service> Session<S> {
     /// Pushes one frame to the writer task (waiting for room, bounded by the
     /// writer's write timeout, frame_timeout).
     fn send(&self, m: &Message<'_>) -> Result<(), RpcError> {
-        self.out.push(self.info.version, m, None).map(|_| ())
+        let unbounded = taskio::Deadline::after(None);
+        self.out.push(self.info.version, m, &unbounded).map(|_| ())
     }
 
     /// The one place an error reply of a session is sent: `status` under the tag of

@@ -17,7 +17,7 @@ use crate::driver::Interest;
 use crate::error::IoError;
 use crate::sched::core;
 use crate::task::{TaskRef, WaitReason, park, park_until};
-use crate::timer::Instant;
+use crate::timer::{Deadline, Instant};
 
 /// Default backlog of a listening socket.
 pub const LISTEN_BACKLOG: u32 = 1024;
@@ -191,7 +191,7 @@ impl Drop for TcpListener {
 /// whole connect.
 pub fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, IoError> {
     let core = core();
-    let deadline = timeout.map(|t| core.now() + t);
+    let deadline = Deadline::after(timeout);
     let fd = core
         .with_io("connect", |io| io.connect(addr))?
         .map_err(|source| IoError::Addr {
@@ -210,7 +210,7 @@ pub fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream,
                     || e.kind() == io::ErrorKind::WouldBlock =>
             {
                 ensure_registered(fd, &stream.registered, "connect")?;
-                if !wait_ready(fd, Interest::Write, "connect", deadline)? {
+                if !wait_ready(fd, Interest::Write, "connect", deadline.at())? {
                     return Err(IoError::ConnectTimedOut {
                         addr,
                         timeout: timeout.unwrap_or_default(),
@@ -346,12 +346,14 @@ impl TcpStream {
             })
     }
 
-    /// Bounds each read call (`read`, `read_exact`) as a whole; None: no bound.
+    /// Bounds the waiting of each read call (`read`, `read_exact`) as a whole, from
+    /// its first wait (a call that never waits reads no clock); None: no bound.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) {
         self.read_timeout.set(timeout);
     }
 
-    /// Bounds each `write_all` call as a whole; None: no bound.
+    /// Bounds the waiting of each `write_all` call as a whole, from its first wait;
+    /// None: no bound.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) {
         self.write_timeout.set(timeout);
     }
@@ -379,15 +381,15 @@ impl TcpStream {
             return Ok(0);
         }
         let _busy = self.begin("reading", "read")?;
-        let deadline = self.read_timeout.get().map(|t| core().now() + t);
-        self.read_some(buf, "read", deadline, 0, buf.len())
+        let deadline = Deadline::after(self.read_timeout.get());
+        self.read_some(buf, "read", &deadline, 0, buf.len())
     }
 
     fn read_some(
         &self,
         buf: &mut [u8],
         op: &'static str,
-        deadline: Option<Instant>,
+        deadline: &Deadline,
         done: usize,
         want: usize,
     ) -> Result<usize, IoError> {
@@ -454,11 +456,11 @@ impl TcpStream {
                 }
             }
             ensure_registered(self.fd, &self.registered, op)?;
-            if !wait_ready(self.fd, Interest::Read, op, deadline)? {
+            if !wait_ready(self.fd, Interest::Read, op, deadline.at())? {
                 return Err(IoError::TimedOut {
                     op,
                     fd: self.fd,
-                    timeout: self.read_timeout.get().unwrap_or_default(),
+                    timeout: deadline.timeout().unwrap_or_default(),
                     done,
                     want,
                 });
@@ -470,11 +472,11 @@ impl TcpStream {
     /// Reads exactly `buf.len()` bytes (task_netread).
     pub fn read_exact(&self, buf: &mut [u8]) -> Result<(), IoError> {
         let _busy = self.begin("reading", "read_exact")?;
-        let deadline = self.read_timeout.get().map(|t| core().now() + t);
+        let deadline = Deadline::after(self.read_timeout.get());
         let want = buf.len();
         let mut done = 0;
         while done < want {
-            done += self.read_some(&mut buf[done..], "read_exact", deadline, done, want)?;
+            done += self.read_some(&mut buf[done..], "read_exact", &deadline, done, want)?;
         }
         Ok(())
     }
@@ -482,7 +484,7 @@ impl TcpStream {
     /// Writes all of `buf` (task_netwrite).
     pub fn write_all(&self, buf: &[u8]) -> Result<(), IoError> {
         let _busy = self.begin("writing", "write_all")?;
-        let deadline = self.write_timeout.get().map(|t| core().now() + t);
+        let deadline = Deadline::after(self.write_timeout.get());
         let mut done = 0;
         while done < buf.len() {
             let r = core().with_io("write_all", |io| io.send(self.fd, &buf[done..]))?;
@@ -490,11 +492,11 @@ impl TcpStream {
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ensure_registered(self.fd, &self.registered, "write_all")?;
-                    if !wait_ready(self.fd, Interest::Write, "write_all", deadline)? {
+                    if !wait_ready(self.fd, Interest::Write, "write_all", deadline.at())? {
                         return Err(IoError::TimedOut {
                             op: "write_all",
                             fd: self.fd,
-                            timeout: self.write_timeout.get().unwrap_or_default(),
+                            timeout: deadline.timeout().unwrap_or_default(),
                             done,
                             want: buf.len(),
                         });

@@ -348,8 +348,8 @@ impl Driver for Reactor {
     }
 
     fn park(&mut self, deadline: Option<Instant>) -> io::Result<()> {
-        let now = Instant::monotonic();
-        let timeout = deadline.map(|d| d.saturating_duration_since(now));
+        // The clock is read only for a deadline, and once unless a spin ran.
+        let mut timeout = deadline.map(|d| d.saturating_duration_since(Instant::monotonic()));
         if timeout == Some(Duration::ZERO) {
             // A poll between busy tasks: with no socket waiting, the AIO completion
             // ring says all there is to know without a syscall.
@@ -371,15 +371,15 @@ impl Driver for Reactor {
             && self.aio.in_flight() > 0
             && self.aio.syncs_in_flight() == 0
         {
-            let mut until = now + self.poll_before_park;
+            let mut until = Instant::monotonic() + self.poll_before_park;
             if let Some(d) = deadline {
                 until = until.min(d);
             }
             if self.busy_poll(until)? > 0 {
                 return Ok(());
             }
+            timeout = deadline.map(|d| d.saturating_duration_since(Instant::monotonic()));
         }
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::monotonic()));
         match (deadline, timeout) {
             (Some(d), Some(t)) if t >= FAR_DEADLINE => {
                 self.arm_far(d)?;
