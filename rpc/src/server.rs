@@ -2,8 +2,8 @@
 //! thread and one runtime thread per session) with [`serve_handoff`] as the serve
 //! function (HELLO, reader task, handler tasks: see [`crate::session`]). A session
 //! that ends (client gone, bad framing) frees all it held; the server goes on. A
-//! session whose service routes it ([`Service::route`](crate::Service::route))
-//! moves to a [`RuntimeThread`](crate::RuntimeThread) of the embedder's.
+//! session whose service routes it ([`Service::route`]) moves to a
+//! [`RuntimeThread`](crate::RuntimeThread) of the embedder's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
