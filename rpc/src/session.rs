@@ -33,12 +33,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use taskio::net::{TcpListener, TcpStream};
+use taskio::remote::RemoteSendError;
 use taskio::{Builder, Channel, Pool, PoolItem};
 
 use crate::error::RpcError;
 use crate::frame::{FrameOut, FrameReader, is_idle_timeout, send_message};
 use crate::header::{Header, RawHeader};
 use crate::hello::{ServerSide, closing_status, is_told};
+use crate::host::{HandTo, Handoff};
+use crate::ledger::Ledger;
 use crate::limits::{FRAME_LEN_MAX, HEADER_LEN, PING_LEN_MAX, QUEUE_DEPTH_MAX, VERSION_MIN};
 use crate::msg::{Body, Message, Request, Response};
 use crate::msg_type::MsgType;
@@ -51,6 +54,9 @@ pub struct SessionInfo {
     pub client_name: String,
     pub version: u16,
     pub authenticated: bool,
+    /// The queue depth the HELLO reply granted (the client pipelines up to this):
+    /// a session handed to another runtime keeps it.
+    pub queue_depth: u32,
 }
 
 /// What an upper crate plugs into a session: one instance per session, on the
@@ -66,6 +72,30 @@ pub trait Service {
         request: Request<'_>,
         scratch: &'s mut Vec<u8>,
     ) -> Response<'s>;
+
+    /// Whether [`Service::route`] is asked about requests of this type. Those are
+    /// decoded by the session's reader before they are queued, so that the
+    /// session can move before any request after them is read; say true for the
+    /// few types that may move a session (DEVICE_OPEN for `cdev`).
+    fn routes(&self, _msg_type: MsgType) -> bool {
+        false
+    }
+
+    /// Whether the session moves to another runtime before `request` is handled,
+    /// and to which (`cdev`: the runtime of the device DEVICE_OPEN names). Asked
+    /// once nothing else is in flight (every earlier request answered and
+    /// written); on Some the session ends here and its connection, with `request`
+    /// and every byte read after it, goes to that runtime (a [`Handoff`] carrying
+    /// this HELLO), where [`serve_handoff`] goes on without a second HELLO and
+    /// handles `request` first.
+    fn route(
+        &self,
+        _session: &SessionInfo,
+        _header: &Header,
+        _request: &Request<'_>,
+    ) -> Option<HandTo> {
+        None
+    }
 }
 
 /// Settings of one session.
@@ -85,6 +115,9 @@ pub struct SessionConfig {
     /// How long a session with nothing in flight waits before it gives back its
     /// buffers, down to SESSION_IDLE_BUFFER_BYTES_MAX.
     pub idle_shrink_after: Duration,
+    /// Where the session counts the frames and in-flight slots it takes and
+    /// returns (a leak check; None: not counted).
+    pub ledger: Option<Ledger>,
 }
 
 /// Bytes an idle session keeps in one buffer it keeps warm: a frame of the
@@ -113,6 +146,7 @@ impl Default for SessionConfig {
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
             idle_shrink_after: Duration::from_secs(1),
+            ledger: None,
         }
     }
 }
@@ -141,7 +175,86 @@ impl SessionConfig {
 /// A request waiting for a handler: its frame (header + payload) in a pooled buffer.
 struct Queued {
     header: Header,
-    frame: PoolItem<Vec<u8>>,
+    frame: Frame,
+    /// Held until the request is done with, never read.
+    _slot: Slot,
+}
+
+/// Requests queued or being handled (at `queue_depth` a new one is answered BUSY),
+/// counted by their [`Slot`]s.
+struct InFlight {
+    count: Cell<usize>,
+    /// Woken when `count` drops to zero (a reader waiting to move the session).
+    drained: taskio::Rendez,
+    ledger: Option<Ledger>,
+}
+
+impl InFlight {
+    fn get(&self) -> usize {
+        self.count.get()
+    }
+
+    /// A request is queued: one more in flight until its slot drops.
+    fn take(self: &Rc<Self>) -> Slot {
+        self.count.set(self.count.get() + 1);
+        if let Some(l) = &self.ledger {
+            l.slot_taken();
+        }
+        Slot(self.clone())
+    }
+}
+
+/// One request's in-flight slot, given back when it drops however the request
+/// ends: answered, dropped with the queue of an ending session, or with its
+/// handler's task when that panics or unwinds (a crash).
+struct Slot(Rc<InFlight>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let f = &self.0;
+        f.count.set(f.count.get() - 1);
+        if let Some(l) = &f.ledger {
+            l.slot_returned();
+        }
+        if f.count.get() == 0 {
+            f.drained.wakeup_all();
+        }
+    }
+}
+
+/// A request frame's pooled buffer, counted in the session's ledger (if any) from
+/// the pool until it drops back into it.
+struct Frame {
+    buf: PoolItem<Vec<u8>>,
+    ledger: Option<Ledger>,
+}
+
+impl std::ops::Deref for Frame {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Frame {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        if let Some(l) = &self.ledger {
+            l.frame_returned();
+        }
+    }
+}
+
+/// A session that moves: where to, and the frame of the request that moves it
+/// (read again there).
+struct Moving {
+    to: HandTo,
+    frame: Vec<u8>,
 }
 
 /// Why the reader does not queue a frame.
@@ -164,17 +277,21 @@ struct Session<S> {
     /// One scratch buffer per handler (the data of a READ's response).
     scratches: Pool<Vec<u8>>,
     /// Requests queued or being handled; at `queue_depth` a new one is answered BUSY.
-    in_flight: Cell<usize>,
+    in_flight: Rc<InFlight>,
     /// Handler tasks that started (as many as requests were ever in flight at once,
-    /// up to `queue_depth`); they live until the session ends.
+    /// up to `queue_depth`); they live until the session ends, unless one panics
+    /// (a bug of the service: that task ends alone).
     handlers: std::cell::RefCell<Vec<taskio::JoinHandle<()>>>,
+    /// Handler tasks that have not ended (a [`HandlerLive`] each).
+    handlers_live: Cell<usize>,
     /// The socket's writing side: responses gathered for the writer task.
     out: FrameOut,
 }
 
 /// Serves one connection on the current runtime until it ends: HELLO, then requests.
-/// Returns why it ended (a client that leaves is `ConnectionLost`); everything the
-/// session allocated is freed on return.
+/// Returns why it ended (a client that leaves is `ConnectionLost`; a session the
+/// service moved to another runtime is `Ok`); everything the session allocated is
+/// freed on return.
 pub fn serve_connection<S: Service + 'static>(
     stream: TcpStream,
     config: &SessionConfig,
@@ -190,22 +307,62 @@ pub fn serve_connection<S: Service + 'static>(
         timeout: config.idle_timeout.min(config.frame_timeout),
     };
     let accepted = crate::hello::server(&stream, &mut reader, &side)?;
+    let info = SessionInfo {
+        peer: stream.peer_addr(),
+        client_name: accepted.client_name,
+        version: accepted.version,
+        authenticated: accepted.authenticated,
+        queue_depth: config.queue_depth,
+    };
+    serve_session(stream, reader, info, config, service)
+}
+
+/// Serves a connection handed to the current runtime (see [`crate::host`]): one
+/// whose HELLO was negotiated elsewhere goes on without a second one, keeping that
+/// HELLO's queue depth (`config`'s is not used) and reading first the bytes
+/// already read from it; one without a HELLO is served as [`serve_connection`] does.
+pub fn serve_handoff<S: Service + 'static>(
+    handoff: Handoff,
+    config: &SessionConfig,
+    service: S,
+) -> Result<(), RpcError> {
+    let stream = TcpStream::adopt(handoff.stream);
+    let Some(info) = handoff.hello else {
+        return serve_connection(stream, config, service);
+    };
+    let config = SessionConfig {
+        queue_depth: info.queue_depth,
+        ..config.clone()
+    };
+    config.check()?;
+    stream.set_write_timeout(Some(config.frame_timeout));
+    serve_session(stream, FrameReader::new(), *info, &config, service)
+}
+
+/// The session after its HELLO: reader, handlers and writer until it ends or moves.
+fn serve_session<S: Service + 'static>(
+    stream: TcpStream,
+    mut reader: FrameReader,
+    info: SessionInfo,
+    config: &SessionConfig,
+    service: S,
+) -> Result<(), RpcError> {
     let depth = config.queue_depth as usize;
     let session = Rc::new(Session {
         config: config.clone(),
-        info: SessionInfo {
-            peer: stream.peer_addr(),
-            client_name: accepted.client_name,
-            version: accepted.version,
-            authenticated: accepted.authenticated,
-        },
+        info,
         stream,
         service,
         queue: Channel::new(depth),
         frames: Pool::new(depth + 1, Vec::new),
         scratches: Pool::new(depth, Vec::new),
-        in_flight: Cell::new(0),
+        in_flight: Rc::new(InFlight {
+            count: Cell::new(0),
+            drained: taskio::Rendez::new(),
+            ledger: config.ledger.clone(),
+        }),
         handlers: std::cell::RefCell::new(Vec::new()),
+        handlers_live: Cell::new(0),
         out: FrameOut::new(),
     });
     let s = session.clone();
@@ -231,12 +388,20 @@ pub fn serve_connection<S: Service + 'static>(
     // Every response pushed (and the closing reason) goes out before the end.
     session.out.close();
     let _ = writer.join();
-    result
+    let moving = match result {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let Ok(session) = Rc::try_unwrap(session) else {
+        unreachable!("a session's handlers and writer have ended, yet it is shared")
+    };
+    session.hand_over(moving)
 }
 
 impl<S: Service> Session<S> {
     /// The reader: frames in, requests queued, bad ones refused.
-    fn read_requests(self: &Rc<Self>, reader: &mut FrameReader) -> Result<(), RpcError>
+    fn read_requests(self: &Rc<Self>, reader: &mut FrameReader) -> Result<Option<Moving>, RpcError>
     where
         S: 'static,
     {
@@ -245,7 +410,7 @@ impl<S: Service> Session<S> {
                 Ok(b) => b,
                 Err(e) => return Err(self.close(e)),
             };
-            let mut frame = self.frames.get();
+            let mut frame = self.take_frame();
             let raw = match reader.read_rest(
                 &self.stream,
                 first,
@@ -255,67 +420,131 @@ impl<S: Service> Session<S> {
                 Ok(raw) => raw,
                 Err(e) => return Err(self.close(e)),
             };
-            match self.admit(&raw) {
-                Ok(header) => {
-                    if !self.handler_for(self.in_flight.get() + 1) {
-                        let reason = "no handler task could be started";
-                        self.refuse(&raw, Status::Busy, reason)?;
-                        continue;
-                    }
-                    self.in_flight.set(self.in_flight.get() + 1);
-                    if self.queue.try_send(Queued { header, frame }).is_err() {
-                        self.in_flight.set(self.in_flight.get() - 1);
-                        return Ok(()); // handlers gone: the session is ending
-                    }
+            let header = match self.admit(&raw) {
+                Ok(header) => header,
+                Err(Refusal::Answer(status, reason)) => {
+                    self.refuse(&raw, status, &reason)?;
+                    continue;
                 }
-                Err(Refusal::Answer(status, reason)) => self.refuse(&raw, status, &reason)?,
                 Err(Refusal::Close(e)) => return Err(self.close(e)),
+            };
+            if self.service.routes(header.msg_type)
+                && let Some(to) = self.route(&header, &frame)?
+            {
+                return Ok(Some(Moving {
+                    to,
+                    frame: frame.to_vec(),
+                }));
+            }
+            if !self.handler_for(self.in_flight.get() + 1) {
+                let reason = "no handler task could be started";
+                self.refuse(&raw, Status::Busy, reason)?;
+                continue;
+            }
+            let slot = self.in_flight.take();
+            if self
+                .queue
+                .try_send(Queued {
+                    header,
+                    frame,
+                    _slot: slot,
+                })
+                .is_err()
+            {
+                return Ok(None); // handlers gone: the session is ending
             }
         }
     }
 
+    /// Asks the service where a request of a type it routes moves the session,
+    /// once every earlier request has been answered (so that none is answered
+    /// from two runtimes). A request that does not decode is not routed: its
+    /// handler refuses it as any other.
+    fn route(&self, header: &Header, frame: &[u8]) -> Result<Option<HandTo>, RpcError> {
+        let deadline = taskio::now() + self.config.idle_timeout;
+        while self.in_flight.get() > 0 {
+            if !self.in_flight.drained.sleep_until(deadline) {
+                let e = RpcError::Protocol {
+                    what: format!(
+                        "requests still in flight after {:?}: cannot route the session",
+                        self.config.idle_timeout
+                    ),
+                };
+                return Err(self.close(e));
+            }
+        }
+        let payload = frame.get(HEADER_LEN..).unwrap_or_default();
+        Ok(match crate::decode_payload(header, payload) {
+            Ok(Message {
+                body: Body::Request(request),
+                ..
+            }) => self.service.route(&self.info, header, &request),
+            _ => None,
+        })
+    }
+
+    /// A frame buffer from the session's pool (waits while every one is in use:
+    /// at most `queue_depth` are queued or handled, so one is free for the reader).
+    fn take_frame(&self) -> Frame {
+        let buf = self.frames.get();
+        let ledger = self.config.ledger.clone();
+        if let Some(l) = &ledger {
+            l.frame_taken();
+        }
+        Frame { buf, ledger }
+    }
+
     /// Whether a handler will take a request when `in_flight` are queued or being
-    /// handled: one more is started when every started one has one; when that
-    /// fails (the runtime's task limit) the started ones will, if there are any.
+    /// handled: one more is started when every live one has one (a handler that
+    /// panicked is not live); when that fails (the runtime's task limit) the live
+    /// ones will, if there are any.
     fn handler_for(self: &Rc<Self>, in_flight: usize) -> bool
     where
         S: 'static,
     {
-        let mut handlers = self.handlers.borrow_mut();
-        if in_flight <= handlers.len() {
+        if in_flight <= self.handlers_live.get() {
             return true;
         }
-        let s = self.clone();
+        let mut handlers = self.handlers.borrow_mut();
+        // Those that panicked: at most `queue_depth` handles are kept.
+        handlers.retain(|h| !h.is_finished());
+        let live = HandlerLive::count(self);
         if let Ok(h) = Builder::new()
             .name(format!("rpc-handler-{}", handlers.len()))
-            .spawn(move || s.handle_requests())
+            .spawn(move || live.0.handle_requests())
         {
             handlers.push(h);
         }
-        !handlers.is_empty()
+        self.handlers_live.get() > 0
     }
 
     /// Waits for the first byte of the next request, up to `idle_timeout`; once
     /// `idle_shrink_after` has passed with nothing in flight, gives the session's
     /// buffers back (`shrink_idle`).
     fn first_byte(&self, reader: &mut FrameReader) -> Result<u8, RpcError> {
-        let idle_end = taskio::now() + self.config.idle_timeout;
-        let mut shrunk = false;
+        let (idle, shrink_after) = (self.config.idle_timeout, self.config.idle_shrink_after);
+        if shrink_after >= idle {
+            return reader.read_first_byte(&self.stream, idle);
+        }
+        // The common case, a request within `idle_shrink_after`, reads no clock
+        // (the read's timeout starts when it first waits).
+        match reader.read_first_byte(&self.stream, shrink_after) {
+            Err(e) if is_idle_timeout(&e) => {}
+            r => return r,
+        }
+        let idle_end = taskio::now() + (idle - shrink_after);
+        // Bounded: each pass waits up to `idle_shrink_after` of what is left, or ends.
         loop {
+            if self.in_flight.get() == 0 {
+                self.shrink_idle();
+                let left = idle_end.saturating_duration_since(taskio::now());
+                return reader.read_first_byte(&self.stream, left);
+            }
+            // Handlers still busy are not idle: look again later.
             let left = idle_end.saturating_duration_since(taskio::now());
-            let wait = if shrunk {
-                left
-            } else {
-                left.min(self.config.idle_shrink_after)
-            };
+            let wait = left.min(shrink_after);
             match reader.read_first_byte(&self.stream, wait) {
-                Err(e) if is_idle_timeout(&e) && !shrunk && wait < left => {
-                    // Handlers still busy are not idle: look again later.
-                    if self.in_flight.get() == 0 {
-                        self.shrink_idle();
-                        shrunk = true;
-                    }
-                }
+                Err(e) if is_idle_timeout(&e) && wait < left => {}
                 r => return r,
             }
         }
@@ -376,8 +605,8 @@ impl<S: Service> Session<S> {
             let mut scratch = self.scratches.get();
             let sent = self.answer(&q, &mut scratch);
             drop(scratch);
-            drop(q);
-            self.in_flight.set(self.in_flight.get() - 1);
+            drop(q); // its frame and its slot
+
             if sent.is_err() {
                 self.queue.close();
                 break;
@@ -409,13 +638,40 @@ impl<S: Service> Session<S> {
     /// Pushes one frame to the writer task (waiting for room, bounded by the
     /// writer's write timeout, frame_timeout).
     fn send(&self, m: &Message<'_>) -> Result<(), RpcError> {
-        self.out.push(self.info.version, m, None).map(|_| ())
+        let unbounded = taskio::Deadline::after(None);
+        self.out.push(self.info.version, m, &unbounded).map(|_| ())
     }
 
     /// The one place an error reply of a session is sent: `status` under the tag of
     /// `request`, nothing executed; the session goes on.
     fn refuse(&self, request: &RawHeader, status: Status, reason: &str) -> Result<(), RpcError> {
         self.send(&Message::error_reply(request, status, reason))
+    }
+
+    /// Gives the connection to the runtime the service chose: the frame that moves
+    /// it is put back before the bytes read after it, and the HELLO goes along.
+    /// When that runtime cannot take it, the client is told (ERROR, TAG_NONE) and
+    /// the connection closed.
+    fn hand_over(self, moving: Moving) -> Result<(), RpcError> {
+        let mut stream = self.stream.detach();
+        stream.unread(&moving.frame);
+        let handoff = Handoff {
+            stream,
+            hello: Some(Box::new(self.info)),
+        };
+        let (handoff, status, why) = match moving.to.hand(handoff) {
+            Ok(()) => return Ok(()),
+            Err(RemoteSendError::Full { value, .. }) => (value, Status::Busy, "its inbox is full"),
+            Err(RemoteSendError::Closed(value)) => (value, Status::ShuttingDown, "it is gone"),
+        };
+        let e = RpcError::Handoff {
+            to: moving.to.name().to_string(),
+            status,
+            why,
+        };
+        let stream = TcpStream::adopt(handoff.stream);
+        refuse_connection(stream, status, &e.to_string());
+        Err(e)
     }
 
     /// The session ends on `e`: tells the client why when the spec says so (best
@@ -426,6 +682,24 @@ impl<S: Service> Session<S> {
             let _ = self.send(&Message::connection_error(closing_status(&e), &reason));
         }
         e
+    }
+}
+
+/// A handler task counted live in its session from its start until its closure is
+/// dropped: when it returns, panics or unwinds, or never runs.
+struct HandlerLive<S: Service>(Rc<Session<S>>);
+
+impl<S: Service> HandlerLive<S> {
+    fn count(session: &Rc<Session<S>>) -> HandlerLive<S> {
+        session.handlers_live.set(session.handlers_live.get() + 1);
+        HandlerLive(session.clone())
+    }
+}
+
+impl<S: Service> Drop for HandlerLive<S> {
+    fn drop(&mut self) {
+        let live = &self.0.handlers_live;
+        live.set(live.get() - 1);
     }
 }
 
