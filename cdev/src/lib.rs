@@ -3,7 +3,8 @@
 //!
 //! Renders the seed's cdev.c, the only module that creates tasks of its own. It must
 //! never lose an acknowledged write.
-//!
-//! Not built yet: this crate is an empty place in the workspace until its issue; the
-//! `cvad` binary joins with it.
 #![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod config;
+
+pub use config::{CacheMode, DeviceConfig, ReplicaConfig, ReplicaLoss};
