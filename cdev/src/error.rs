@@ -33,7 +33,7 @@ pub enum CdevError {
         device: String,
         path: PathBuf,
         #[source]
-        source: IoError,
+        source: Box<IoError>,
     },
     /// The primary vSSD failed to open, format or serve.
     #[error("{op} on device {device}: vSSD {path}: {source}", path = path.display())]
