@@ -5,9 +5,11 @@
 //! never lose an acknowledged write.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod backing;
 pub mod config;
 pub mod device;
 pub mod error;
+mod gate;
 
 pub use config::{CacheMode, DeviceConfig, ReplicaConfig, ReplicaLoss};
 pub use device::{BLOCK_SIZE, Device, DeviceInfo, OpenOptions};
