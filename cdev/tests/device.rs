@@ -522,3 +522,107 @@ fn idle_destage_and_a_model_of_the_bytes_under_the_simulator() {
             .unwrap();
     }
 }
+
+/// Writers that share lines but never a block: each owns the blocks `b` with
+/// `b % WRITERS == k` of the first `LINES` lines and writes one at a time, so two
+/// writers' read-modify-writes of one line race. Meanwhile the mode changes and
+/// destage runs (low watermarks). Every block must hold its owner's last write.
+#[test]
+fn writers_sharing_lines_under_mode_changes_and_destage_keep_every_block() {
+    const WRITERS: u64 = 4;
+    const LINES: u64 = 32;
+    const OPS: u64 = 150;
+    const BLOCKS: u64 = LINES * LINE / 512;
+    const MODES: [CacheMode; 4] = [
+        CacheMode::WriteBack,
+        CacheMode::WriteThrough,
+        CacheMode::WriteAround,
+        CacheMode::PassThrough,
+    ];
+    for seed in 0..6u64 {
+        Sim::new(SimConfig::new(seed))
+            .run(move |h| {
+                let mut c = config(Path::new(SIM_DIR));
+                c.destage_high_pct = 2;
+                c.destage_low_pct = 1;
+                let dev = Device::open(&c, CREATE).unwrap();
+                let model = std::rc::Rc::new(std::cell::RefCell::new(Model::new()));
+                let mut tasks = Vec::new();
+                for k in 0..WRITERS {
+                    let (dev, model, h) = (dev.clone(), model.clone(), h.clone());
+                    tasks.push(
+                        taskio::spawn(move || {
+                            for i in 0..OPS {
+                                let block = h.random(BLOCKS / WRITERS) * WRITERS + k;
+                                let offset = block * 512;
+                                if h.random(3) == 0 {
+                                    let want = Bytes(model.borrow().at(offset, 512).to_vec());
+                                    assert_eq!(
+                                        read(&dev, offset, 512),
+                                        want,
+                                        "seed {seed} w{k} op {i}"
+                                    );
+                                } else {
+                                    let d = data(offset, 512, seed << 32 | k << 16 | i);
+                                    dev.write(offset, &d).unwrap();
+                                    model.borrow_mut().write(offset, &d);
+                                }
+                            }
+                        })
+                        .unwrap(),
+                    );
+                }
+                let mode_task = {
+                    let (dev, h) = (dev.clone(), h.clone());
+                    taskio::spawn(move || {
+                        for _ in 0..6 {
+                            sleep(Duration::from_millis(h.random(20)));
+                            dev.set_mode(MODES[h.random(4) as usize]).unwrap();
+                        }
+                        dev.set_mode(CacheMode::WriteBack).unwrap();
+                    })
+                    .unwrap()
+                };
+                for t in tasks {
+                    t.join().unwrap();
+                }
+                mode_task.join().unwrap();
+                let want = Bytes(model.borrow().at(0, LINES * LINE).to_vec());
+                assert_eq!(read(&dev, 0, LINES * LINE), want, "seed {seed}");
+                dev.destage_all().unwrap();
+                let on_disk = h.disk_view(0, &c.backing).unwrap();
+                assert_eq!(
+                    Bytes(on_disk[..(LINES * LINE) as usize].to_vec()),
+                    want,
+                    "seed {seed}"
+                );
+                assert!(stat(&dev, "destage.runs") > 0);
+                dev.close().unwrap();
+            })
+            .unwrap();
+    }
+}
+
+/// A backing-store write error during destage: the lines stay dirty (the error is
+/// counted), the next destage writes them.
+#[test]
+fn a_failed_destage_leaves_the_lines_dirty_for_the_next() {
+    Sim::new(SimConfig::new(1))
+        .run(move |h| {
+            let c = config(Path::new(SIM_DIR));
+            let dev = Device::open(&c, CREATE).unwrap();
+            let d = data(0, 4 * LINE, 8);
+            dev.write(0, &d).unwrap();
+            h.inject(0, c.backing.clone(), DiskFault::WriteError);
+            let e = dev.destage_all().unwrap_err();
+            assert_eq!(e.status(), Status::IoError, "{e}");
+            assert_eq!(dev.dirty_lines(), 4);
+            assert_eq!(stat(&dev, "destage.errors"), 1);
+            dev.destage_all().unwrap();
+            assert_eq!(dev.dirty_lines(), 0);
+            let on_disk = h.disk_view(0, &c.backing).unwrap();
+            assert_eq!(Bytes(on_disk[..(4 * LINE) as usize].to_vec()), d);
+            dev.close().unwrap();
+        })
+        .unwrap();
+}
