@@ -13,9 +13,10 @@
 //! - **Writes** hold their lines in the device's [`Gate`] from the read-modify-write
 //!   of their partial lines (the old bytes from the cache, else the backing store)
 //!   to their acknowledgement. Write-back: one `Dtm::write` of the whole lines, on
-//!   every replica when it returns. The other modes write the backing store under the
-//!   DTM's lock of the lines (no destage or fill in between), fdatasync, drop the
-//!   lines from every replica, and write-through caches them clean again. A line
+//!   every replica when it returns. The other modes drop the lines' clean copies
+//!   from every replica, then write the backing store under the DTM's lock of the
+//!   lines (no destage or fill in between), fdatasync, and write-through caches them
+//!   clean again: no crash leaves a cached copy older than the backing store. A line
 //!   dirty in the cache (written back before a mode change, or found by recovery)
 //!   would be undone by its destage: such a write goes through the DTM first and its
 //!   lines are destaged at once.
@@ -725,34 +726,40 @@ impl Inner {
         let dirty = (first..first + n)
             .any(|l| self.vssd.lookup(l).is_some_and(|e| e.state == State::Dirty));
         if dirty {
+            // Through the DTM first: the destage of the older dirty version can then
+            // never land after this write (module documentation).
             self.dtm
                 .write(first, buf)
                 .map_err(|e| self.dtm_error(OP, e))?;
             self.destage_run(OP, first, n)?;
-        } else {
-            let _lock = self
-                .dtm
-                .lock_lines(first, n)
-                .map_err(|e| self.dtm_error(OP, e))?;
-            self.backing.write(first * ls, buf)?;
-            self.backing.flush()?;
-            self.count(|c| c.blocks_written_backing += n * ls / u64::from(BLOCK_SIZE));
-        }
-        if dirty && mode == CacheMode::WriteThrough {
-            self.count(|c| c.write_hits += 1);
+            if mode == CacheMode::WriteThrough {
+                self.count(|c| c.write_hits += 1);
+            } else {
+                self.dtm
+                    .discard(first, n)
+                    .map_err(|e| self.dtm_error(OP, e))?;
+                self.count(|c| c.write_pass_through += 1);
+            }
             return Ok(());
         }
-        // The cache's copies are older than the backing store's now: dropped on
-        // every replica (no write of these lines runs: the gate holds them; a fill
-        // meanwhile reads the new bytes).
+        // The cache's clean copies go first, on every replica, so that no crash
+        // leaves a copy older than the backing store (none is dirty, and none
+        // becomes so: the gate holds the lines).
         self.dtm
             .discard(first, n)
             .map_err(|e| self.dtm_error(OP, e))?;
+        let _lock = self
+            .dtm
+            .lock_lines(first, n)
+            .map_err(|e| self.dtm_error(OP, e))?;
+        // A fill that slipped in before the lock (fills are the primary's only).
+        self.vssd
+            .invalidate_range(first, n)
+            .map_err(|e| self.vssd_error(OP, e))?;
+        self.backing.write(first * ls, buf)?;
+        self.backing.flush()?;
+        self.count(|c| c.blocks_written_backing += n * ls / u64::from(BLOCK_SIZE));
         if mode == CacheMode::WriteThrough {
-            let _lock = self
-                .dtm
-                .lock_lines(first, n)
-                .map_err(|e| self.dtm_error(OP, e))?;
             let mut line_buf = self.line_buf(1);
             for (i, line) in (first..first + n).enumerate() {
                 line_buf.copy_from_slice(&buf[i * ls as usize..][..ls as usize]);
