@@ -438,6 +438,21 @@ impl Dtm {
         })
     }
 
+    /// [`Dtm::lock_lines`] without waiting: `None` when a write, discard, resync or
+    /// lock holds or waits for any of the lines. For a destage, which must not wait
+    /// behind a write that waits for room in the cache only a destage can make: it
+    /// takes other lines meanwhile.
+    pub fn try_lock_lines(&self, first: u64, count: u64) -> Result<Option<LineLock>, DtmError> {
+        let inner = &self.inner;
+        if count == 0 || first >= inner.lines || count > inner.lines - first {
+            return Err(inner.range_error("try_lock_lines", first, count, 0));
+        }
+        Ok(inner
+            .locks
+            .try_lock(first, count)
+            .map(|lock| LineLock { _lock: lock }))
+    }
+
     /// Waits until every acknowledged tran is committed on every member (the lazy
     /// COMMITs sent and answered), at most `wait_max`.
     pub fn quiesce(&self) -> Result<(), DtmError> {

@@ -305,6 +305,24 @@ fn line_numbers_reach_the_device_size_not_the_vssd_capacity() {
 }
 
 #[test]
+fn try_lock_lines_does_not_wait() {
+    let dir = TempDir::new("try-lock");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 1, VSSD_LINES);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        let held = dtm.lock_lines(4, 4).unwrap();
+        assert!(dtm.try_lock_lines(7, 2).unwrap().is_none());
+        assert!(dtm.try_lock_lines(3, 1).unwrap().is_some());
+        let other = dtm.try_lock_lines(8, 2).unwrap().unwrap();
+        drop(other);
+        drop(held);
+        assert!(dtm.try_lock_lines(4, 8).unwrap().is_some());
+        assert!(dtm.try_lock_lines(VSSD_LINES, 1).is_err());
+    });
+}
+
+#[test]
 fn a_write_longer_than_a_tran_is_split() {
     let dir = TempDir::new("split");
     let path = dir.path.clone();
