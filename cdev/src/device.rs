@@ -58,6 +58,8 @@ pub const IDLE_AFTER: Duration = Duration::from_millis(100);
 /// How long the destage task sleeps between looks at the watermarks and the idle
 /// time when nothing wakes it.
 const DESTAGE_POLL: Duration = Duration::from_millis(50);
+/// After a run whose lines were locked, the task waits this long before the next.
+const DESTAGE_BUSY_WAIT: Duration = Duration::from_millis(1);
 /// After a failed destage run (the backing store failed), the task waits this long.
 const DESTAGE_RETRY: Duration = Duration::from_millis(500);
 /// Longest wait of a write for the lines another write holds.
@@ -104,6 +106,17 @@ impl DeviceInfo {
             read_only: self.read_only,
         }
     }
+}
+
+/// How a destage step went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// A run destaged: how many lines it wrote.
+    Wrote(u64),
+    /// The run's lines were locked: left for later.
+    Busy,
+    /// No line is dirty.
+    Clean,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -731,7 +744,7 @@ impl Inner {
             self.dtm
                 .write(first, buf)
                 .map_err(|e| self.dtm_error(OP, e))?;
-            self.destage_run(OP, first, n)?;
+            self.destage_run(OP, first, n, true)?;
             if mode == CacheMode::WriteThrough {
                 self.count(|c| c.write_hits += 1);
             } else {
@@ -776,13 +789,27 @@ impl Inner {
     /// under the DTM's lock of them, the COMMITs made durable, the dirty versions
     /// written to the backing store, fdatasync, then each marked clean on every
     /// replica at the version written. How many lines it wrote.
-    fn destage_run(&self, op: &'static str, first: u64, n: u64) -> Result<u64, CdevError> {
+    ///
+    /// Without `wait`, lines that a write, a discard or a lock holds or waits for
+    /// are left for later (`None`): that write may be waiting for room in the cache,
+    /// which only destaging other lines makes.
+    fn destage_run(
+        &self,
+        op: &'static str,
+        first: u64,
+        n: u64,
+        wait: bool,
+    ) -> Result<Option<u64>, CdevError> {
         let ls = self.line_size;
         assert!(n * ls <= DESTAGE_RUN_BYTES_MAX.max(u64::from(IO_LEN_MAX)));
-        let _lock = self
-            .dtm
-            .lock_lines(first, n)
-            .map_err(|e| self.dtm_error(op, e))?;
+        let locked = if wait {
+            self.dtm.lock_lines(first, n).map(Some)
+        } else {
+            self.dtm.try_lock_lines(first, n)
+        };
+        let Some(_lock) = locked.map_err(|e| self.dtm_error(op, e))? else {
+            return Ok(None);
+        };
         // A destaged version must never be in doubt on any member (recovery's rule).
         self.dtm.flush().map_err(|e| self.dtm_error(op, e))?;
         let mut line_buf = self.line_buf(1);
@@ -805,7 +832,7 @@ impl Inner {
             }
         }
         if segments.is_empty() {
-            return Ok(0);
+            return Ok(Some(0));
         }
         for (s, bytes, _) in &segments {
             let mut out = AlignedBuf::new(bytes.len());
@@ -828,20 +855,25 @@ impl Inner {
             c.destage_lines += lines;
             c.blocks_written_backing += lines * ls / u64::from(BLOCK_SIZE);
         });
-        Ok(lines)
+        Ok(Some(lines))
     }
 
     /// One destage step from `cursor`: the next run of adjacent dirty lines at or
-    /// after it (from line 0 again past the last), destaged. How many lines it wrote;
-    /// 0 when nothing is dirty.
-    fn destage_step(&self, op: &'static str, cursor: &mut u64) -> Result<u64, CdevError> {
+    /// after it (from line 0 again past the last), destaged (without `wait`, left
+    /// for later if any of its lines is locked).
+    fn destage_step(
+        &self,
+        op: &'static str,
+        cursor: &mut u64,
+        wait: bool,
+    ) -> Result<Step, CdevError> {
         let mut listed = self.vssd.dirty_range(*cursor, DESTAGE_LIST_LINES);
         if listed.is_empty() && *cursor > 0 {
             *cursor = 0;
             listed = self.vssd.dirty_range(0, DESTAGE_LIST_LINES);
         }
         let Some(&(first, _)) = listed.first() else {
-            return Ok(0);
+            return Ok(Step::Clean);
         };
         let run_max = DESTAGE_RUN_BYTES_MAX / self.line_size;
         let n = listed
@@ -850,11 +882,14 @@ impl Inner {
             .take_while(|&(i, &(line, _))| line == first + i as u64 && (i as u64) < run_max)
             .count() as u64;
         *cursor = first + n;
-        let result = self.destage_run(op, first, n);
-        if result.is_err() {
-            self.count(|c| c.destage_errors += 1);
+        match self.destage_run(op, first, n, wait) {
+            Ok(Some(lines)) => Ok(Step::Wrote(lines)),
+            Ok(None) => Ok(Step::Busy),
+            Err(e) => {
+                self.count(|c| c.destage_errors += 1);
+                Err(e)
+            }
         }
-        result
     }
 
     /// Destages until no line is dirty. Bounded: every round destages a run or moves
@@ -867,7 +902,7 @@ impl Inner {
             if self.vssd.dirty_count() == 0 {
                 return Ok(());
             }
-            self.destage_step(op, &mut cursor)?;
+            self.destage_step(op, &mut cursor, true)?;
             if round % 64 == 63 {
                 tracing::info!(device = %self.name, dirty = self.vssd.dirty_count(), "destaging");
             }
@@ -986,8 +1021,10 @@ fn destage_loop(weak: &Weak<Inner>, kick: &Rendez) {
                 return;
             }
             if inner.destage_due(&mut active) {
-                match inner.destage_step(OP, &mut cursor) {
-                    Ok(_) => None,
+                match inner.destage_step(OP, &mut cursor, false) {
+                    Ok(Step::Wrote(_)) => None,
+                    Ok(Step::Busy) => Some(DESTAGE_BUSY_WAIT),
+                    Ok(Step::Clean) => Some(DESTAGE_POLL),
                     Err(e) => {
                         tracing::warn!(device = %inner.name, "destage: {e}");
                         Some(DESTAGE_RETRY)
