@@ -1097,9 +1097,11 @@ fn check_config(c: &DeviceConfig) -> Result<(), CdevError> {
     Ok(())
 }
 
-/// The geometry `open` formats a vSSD of `bytes` with: a log of 1/[`LOG_SHARE`] of
-/// it (at least the minimum), and as many lines as fit.
-fn vssd_geometry(c: &DeviceConfig) -> Result<FormatParams, CdevError> {
+/// How `open` formats the device's vSSD of `c.vssd_bytes`: a log of
+/// 1/[`LOG_SHARE`] of it (at least the minimum), and as many lines as fit, under a
+/// new random uuid. A replica vSSD of the device (on a peer) must be formatted with
+/// the same (its `vssd_bytes` is the primary's).
+pub fn vssd_format_params(c: &DeviceConfig) -> Result<FormatParams, CdevError> {
     let log_bytes =
         (c.vssd_bytes / LOG_SHARE / 4096 * 4096).clamp(LOG_BYTES_MIN, vssd::layout::LOG_BYTES_MAX);
     let fits = |lines: u64| {
@@ -1158,7 +1160,7 @@ fn open_vssd(c: &DeviceConfig, create: bool) -> Result<Vssd, CdevError> {
     };
     let (file, created) = open_file(path, create.then_some(c.vssd_bytes)).map_err(io_err)?;
     if created {
-        let params = vssd_geometry(c)?;
+        let params = vssd_format_params(c)?;
         format(&file, &params).map_err(err)?;
         tracing::info!(device = %c.name, path = %path.display(), lines = params.lines, "vSSD formatted");
     }

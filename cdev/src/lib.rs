@@ -12,5 +12,5 @@ pub mod error;
 mod gate;
 
 pub use config::{CacheMode, DeviceConfig, ReplicaConfig, ReplicaLoss};
-pub use device::{BLOCK_SIZE, Device, DeviceInfo, OpenOptions};
+pub use device::{BLOCK_SIZE, Device, DeviceInfo, IO_LEN_MAX, OpenOptions, vssd_format_params};
 pub use error::CdevError;
