@@ -984,6 +984,7 @@ impl Inner {
             ("vssd.evictions", v.evictions),
             ("vssd.checkpoints", v.checkpoints),
             ("vssd.slot_waits", v.slot_waits),
+            ("state.down", u64::from(self.dtm.down().is_some())),
             ("replicas.epoch", self.dtm.epoch()),
             ("replicas.members", self.dtm.members().len() as u64),
             ("replicas.syncing", self.dtm.syncing().len() as u64),

@@ -139,6 +139,11 @@ fn writes_read_back_across_line_boundaries_and_at_block_offsets() {
             (10 * LINE, 2 * LINE),
             (10 * LINE + 512, 512),
             (BACKING_BYTES - 1024, 1024),
+            // The longest I/O, misaligned to lines: split into trans by the DTM.
+            (
+                BACKING_BYTES / 2 + 512,
+                u64::from(rpc::limits::DATA_LEN_MAX),
+            ),
         ];
         for (tag, &(offset, len)) in writes.iter().enumerate() {
             let d = data(offset, len, tag as u64 + 1);
