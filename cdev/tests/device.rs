@@ -100,6 +100,17 @@ fn stat(dev: &Device, name: &str) -> u64 {
         .1
 }
 
+/// Runs `main` under the simulator (seed 0) with the controller's handle.
+fn run_sim<T: 'static>(main: impl FnOnce(&taskio::sim::SimHandle) -> T + 'static) -> T {
+    Sim::new(SimConfig::new(0)).run(main).unwrap()
+}
+
+/// The backing store's bytes as the simulated disk holds them (written, flushed
+/// or not).
+fn sim_backing(h: &taskio::sim::SimHandle, c: &DeviceConfig, offset: u64, len: u64) -> Bytes {
+    Bytes(h.disk_view(0, &c.backing).unwrap()[offset as usize..][..len as usize].to_vec())
+}
+
 fn backing(dir: &Path, offset: u64, len: u64) -> Bytes {
     Bytes(std::fs::read(dir.join("backing")).unwrap()[offset as usize..][..len as usize].to_vec())
 }
@@ -297,10 +308,9 @@ fn each_cache_mode_puts_a_write_where_it_says() {
 
 #[test]
 fn destage_cleans_the_lines_and_the_backing_store_equals_the_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path());
-    let path = dir.path().to_path_buf();
-    run_io(move || {
+    // Under the simulator: no real-time pause makes the idle destage run meanwhile.
+    run_sim(move |h| {
+        let c = config(Path::new(SIM_DIR));
         let dev = Device::open(&c, CREATE).unwrap();
         let mut model = Model::new();
         // Adjacent lines (one run), a gap, lines far apart; one line written twice.
@@ -320,7 +330,7 @@ fn destage_cleans_the_lines_and_the_backing_store_equals_the_writes() {
         assert_eq!(dev.dirty_lines(), 8 + 4 + 1);
         dev.destage_all().unwrap();
         assert_eq!(dev.dirty_lines(), 0);
-        assert_eq!(backing(&path, 0, 400 * LINE), model.at(0, 400 * LINE));
+        assert_eq!(sim_backing(h, &c, 0, 400 * LINE), model.at(0, 400 * LINE));
         assert_eq!(stat(&dev, "destage.lines"), 13);
         assert!(stat(&dev, "destage.runs") <= 3, "adjacent lines in one run");
         // Still cached (clean): a hit.
@@ -354,10 +364,9 @@ fn leaving_write_back_destages_first() {
 
 #[test]
 fn a_write_through_over_a_dirty_line_is_not_undone_by_its_destage() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path());
-    let path = dir.path().to_path_buf();
-    run_io(move || {
+    // Under the simulator: no real-time pause makes the idle destage run meanwhile.
+    run_sim(move |h| {
+        let c = config(Path::new(SIM_DIR));
         let dev = Device::open(&c, CREATE).unwrap();
         dev.write(0, &data(0, 2 * LINE, 1)).unwrap();
         dev.close().unwrap();
@@ -373,13 +382,13 @@ fn a_write_through_over_a_dirty_line_is_not_undone_by_its_destage() {
         // The line written is on the backing store with the older dirty bytes merged;
         // the other stays dirty in the cache.
         assert!(
-            backing(&path, 0, LINE) == want[..LINE as usize],
+            sim_backing(h, &c, 0, LINE) == want[..LINE as usize],
             "line 0 on the backing store"
         );
         assert_eq!(dev.dirty_lines(), 1);
         assert_eq!(read(&dev, 0, 2 * LINE), want);
         dev.destage_all().unwrap();
-        assert_eq!(backing(&path, 0, 2 * LINE), want);
+        assert_eq!(sim_backing(h, &c, 0, 2 * LINE), want);
         dev.close().unwrap();
     });
 }
