@@ -1159,9 +1159,15 @@ fn open_vssd(c: &DeviceConfig, create: bool) -> Result<Vssd, CdevError> {
             source,
         }),
     };
+    // Checked before a file is created: a configuration that cannot make a vSSD
+    // leaves no file behind.
+    let params = if create {
+        Some(vssd_format_params(c)?)
+    } else {
+        None
+    };
     let (file, created) = open_file(path, create.then_some(c.vssd_bytes)).map_err(io_err)?;
-    if created {
-        let params = vssd_format_params(c)?;
+    if let Some(params) = params.filter(|_| created) {
         format(&file, &params).map_err(err)?;
         tracing::info!(device = %c.name, path = %path.display(), lines = params.lines, "vSSD formatted");
     }

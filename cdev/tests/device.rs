@@ -444,16 +444,63 @@ fn stat_names_fit_the_wire() {
 }
 
 #[test]
+fn discard_drops_the_whole_lines_inside_its_range_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        let d = data(0, 3 * LINE, 4);
+        dev.write(0, &d).unwrap();
+        assert_eq!(dev.dirty_lines(), 3);
+        // From the middle of line 0 to the middle of line 2: line 1 only.
+        dev.discard(LINE / 2, 2 * LINE).unwrap();
+        assert_eq!(dev.dirty_lines(), 2);
+        let mut want = d.clone();
+        want[LINE as usize..2 * LINE as usize].fill(0); // the backing store's bytes
+        assert_eq!(read(&dev, 0, 3 * LINE), want);
+        // Inside one line: nothing dropped.
+        dev.discard(512, 1024).unwrap();
+        assert_eq!(dev.dirty_lines(), 2);
+        dev.close().unwrap();
+    });
+}
+
+#[test]
 fn a_missing_file_without_create_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path());
     run_io(move || {
         let e = Device::open(&c, OpenOptions::default()).err().unwrap();
         assert_eq!(e.status(), Status::IoError, "{e}");
-        let mut bad = c.clone();
-        bad.line_size = 3000;
-        let e = Device::open(&bad, CREATE).err().unwrap();
-        assert!(matches!(e, CdevError::Config { .. }), "{e}");
+        let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let replica = |member| cdev::ReplicaConfig {
+            peer,
+            vssd: "r".into(),
+            member,
+        };
+        let bads: [fn(&mut DeviceConfig); 6] = [
+            |b| b.line_size = 3000,
+            |b| b.line_size = 128 << 10,
+            |b| b.name = "has space".into(),
+            |b| b.destage_low_pct = b.destage_high_pct,
+            |b| b.min_replicas = 2,
+            |b| b.vssd_bytes = 4096,
+        ];
+        for (i, bad) in bads.iter().enumerate() {
+            let mut b = c.clone();
+            bad(&mut b);
+            let e = Device::open(&b, CREATE).err().unwrap();
+            assert!(matches!(e, CdevError::Config { .. }), "case {i}: {e}");
+            assert_eq!(e.status(), Status::InvalidArgument);
+        }
+        for members in [vec![0], vec![1, 1]] {
+            let mut b = c.clone();
+            b.replicas = members.into_iter().map(replica).collect();
+            let e = Device::open(&b, CREATE).err().unwrap();
+            assert!(matches!(e, CdevError::Config { .. }), "{e}");
+        }
+        // Nothing refused left a file in the way.
+        Device::open(&c, CREATE).unwrap().close().unwrap();
     });
 }
 
