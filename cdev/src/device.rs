@@ -215,7 +215,25 @@ impl Device {
     /// recovers through the DTM (the local replica, member 0, alone when
     /// `config.replicas` is empty; a `RemoteReplica` for each configured peer that
     /// answers), starts the DTM and the destage task.
+    ///
+    /// The peers are reached with a default client configuration (no secret): see
+    /// [`Device::open_with`].
     pub fn open(config: &DeviceConfig, options: OpenOptions) -> Result<Device, CdevError> {
+        let peers = rpc::ClientConfig {
+            name: format!("cvad-{}", config.name),
+            ..rpc::ClientConfig::default()
+        };
+        Device::open_with(config, options, &peers)
+    }
+
+    /// [`Device::open`], reaching the peers that hold replicas with `peers` (their
+    /// secret, the calls' timeout: a slow replica stalls a write at most that long
+    /// before the loss policy applies).
+    pub fn open_with(
+        config: &DeviceConfig,
+        options: OpenOptions,
+        peers: &rpc::ClientConfig,
+    ) -> Result<Device, CdevError> {
         const OP: &str = "open";
         check_config(config)?;
         let name = config.name.clone();
@@ -233,7 +251,7 @@ impl Device {
             ));
         }
         let vssd = open_vssd(config, options.create)?;
-        let started = start_dtm(config, &vssd, &backing, size / line_size);
+        let started = start_dtm(config, &vssd, &backing, size / line_size, peers);
         let dtm = match started {
             Ok(dtm) => dtm,
             Err(e) => {
@@ -1198,6 +1216,7 @@ fn start_dtm(
     vssd: &Vssd,
     backing: &Rc<BackingStore>,
     device_lines: u64,
+    peers: &rpc::ClientConfig,
 ) -> Result<Dtm, CdevError> {
     const OP: &str = "open";
     let dtm_err = |e: dtm::DtmError| CdevError::Dtm {
@@ -1209,13 +1228,7 @@ fn start_dtm(
     let local = LocalReplica::new(vssd.clone(), 0, c.vssd.display().to_string(), epoch);
     let mut opened: Vec<Rc<dyn Replica>> = vec![Rc::new(local)];
     for r in &c.replicas {
-        match RemoteReplica::open(
-            r.peer,
-            &r.vssd,
-            epoch,
-            r.member,
-            &rpc::ClientConfig::default(),
-        ) {
+        match RemoteReplica::open(r.peer, &r.vssd, epoch, r.member, peers) {
             Ok(remote) => opened.push(Rc::new(remote)),
             Err(e) => {
                 tracing::warn!(device = %c.name, peer = %r.peer, vssd = %r.vssd, "replica not opened: {e}")

@@ -72,14 +72,16 @@ fn writes_land_on_the_peer_replica_and_destage_cleans_it_there() {
         let c = config(&path, addr);
         let served = replica_vssd(&path.join("replica"), &c);
         vssds.insert(REPLICA, served.clone());
-        let dev = Device::open(
-            &c,
-            OpenOptions {
-                create: true,
-                backing_bytes: BACKING_BYTES,
-            },
-        )
-        .unwrap();
+        let peers = rpc::ClientConfig {
+            name: "cdev-test".into(),
+            call_timeout: std::time::Duration::from_secs(10),
+            ..rpc::ClientConfig::default()
+        };
+        let create = OpenOptions {
+            create: true,
+            backing_bytes: BACKING_BYTES,
+        };
+        let dev = Device::open_with(&c, create, &peers).unwrap();
         assert_eq!(stat(&dev, "replicas.members"), 2);
         let d = data(LINE + 512, 3 * LINE, 1);
         dev.write(LINE + 512, &d).unwrap();
