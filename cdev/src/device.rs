@@ -43,6 +43,7 @@ use crate::backing::{BackingStore, open_file};
 use crate::config::{CacheMode, DeviceConfig, ReplicaLoss};
 use crate::error::CdevError;
 use crate::gate::Gate;
+use crate::latency::Histogram;
 
 /// Block size of every device: offsets and lengths are multiples of it.
 pub const BLOCK_SIZE: u32 = 512;
@@ -188,7 +189,12 @@ struct Inner {
     kick: Rc<Rendez>,
     destage: RefCell<Option<JoinHandle<()>>>,
     counters: Cell<Counters>,
+    /// Latencies of the client operations, by [`TIMED`]'s order.
+    latency: RefCell<[Histogram; TIMED.len()]>,
 }
+
+/// The operations whose latencies STAT reports.
+const TIMED: [&str; 4] = ["read", "write", "flush", "discard"];
 
 /// One open cache device (cheap to clone: every clone is the same device).
 #[derive(Clone)]
@@ -281,6 +287,7 @@ impl Device {
             kick: Rc::new(Rendez::new()),
             destage: RefCell::new(None),
             counters: Cell::new(Counters::default()),
+            latency: RefCell::new(Default::default()),
         });
         let weak = Rc::downgrade(&inner);
         let kick = inner.kick.clone();
@@ -322,8 +329,9 @@ impl Device {
         let _req = inner.enter("read")?;
         inner.check_range("read", offset, buf.len() as u64, true)?;
         inner.count(|c| c.reads += 1);
+        let start = now();
         let result = inner.read(offset, buf);
-        inner.count_error(&result);
+        inner.done("read", start, &result);
         result
     }
 
@@ -335,8 +343,9 @@ impl Device {
         let _req = inner.enter("write")?;
         inner.check_range("write", offset, data.len() as u64, true)?;
         inner.count(|c| c.writes += 1);
+        let start = now();
         let result = inner.write(offset, data);
-        inner.count_error(&result);
+        inner.done("write", start, &result);
         result
     }
 
@@ -346,7 +355,10 @@ impl Device {
         let inner = &*self.inner;
         let _req = inner.enter("flush")?;
         inner.count(|c| c.flushes += 1);
-        inner.dtm.flush().map_err(|e| inner.dtm_error("flush", e))
+        let start = now();
+        let result = inner.dtm.flush().map_err(|e| inner.dtm_error("flush", e));
+        inner.done("flush", start, &result);
+        result
     }
 
     /// Drops `len` bytes at `offset` (multiples of [`BLOCK_SIZE`], inside the device)
@@ -364,12 +376,16 @@ impl Device {
         if first >= end {
             return Ok(());
         }
-        let _gate = inner.hold("discard", first, end - first)?;
-        inner
-            .dtm
-            .discard(first, end - first)
-            .map(|_| ())
-            .map_err(|e| inner.dtm_error("discard", e))
+        let start = now();
+        let result = inner.hold("discard", first, end - first).and_then(|_gate| {
+            inner
+                .dtm
+                .discard(first, end - first)
+                .map(|_| ())
+                .map_err(|e| inner.dtm_error("discard", e))
+        });
+        inner.done("discard", start, &result);
+        result
     }
 
     /// The STAT counters: names without spaces, at most 64 bytes, at most
@@ -446,6 +462,16 @@ impl Inner {
         let mut c = self.counters.get();
         f(&mut c);
         self.counters.set(c);
+    }
+
+    /// Counts the end of a client operation `op` (one of [`TIMED`]) begun at `start`.
+    fn done<T>(&self, op: &'static str, start: Instant, result: &Result<T, CdevError>) {
+        let i = TIMED
+            .iter()
+            .position(|&t| t == op)
+            .expect("a timed operation");
+        self.latency.borrow_mut()[i].record(now().saturating_duration_since(start));
+        self.count_error(result);
     }
 
     fn count_error<T>(&self, result: &Result<T, CdevError>) {
@@ -1019,7 +1045,18 @@ impl Inner {
             ("dtm.in_flight", d.in_flight),
             ("mode.changes", c.mode_changes),
         ];
-        out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        let mut out: Vec<(String, u64)> =
+            out.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let latency = self.latency.borrow();
+        for (op, h) in TIMED.iter().zip(latency.iter()) {
+            for (name, per_mille) in [("p50", 500), ("p99", 990), ("p999", 999)] {
+                out.push((
+                    format!("latency.{op}_{name}_us"),
+                    h.percentile_us(per_mille),
+                ));
+            }
+        }
+        out
     }
 }
 

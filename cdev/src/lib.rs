@@ -10,6 +10,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 mod gate;
+mod latency;
 
 pub use config::{CacheMode, DeviceConfig, ReplicaConfig, ReplicaLoss};
 pub use device::{BLOCK_SIZE, Device, DeviceInfo, IO_LEN_MAX, OpenOptions, vssd_format_params};

@@ -568,6 +568,13 @@ fn idle_destage_and_a_model_of_the_bytes_under_the_simulator() {
                 sleep(Duration::from_secs(2));
                 assert_eq!(dev.dirty_lines(), 0, "seed {seed}");
                 assert!(stat(&dev, "destage.runs") > 0);
+                // The simulated disk takes 20..200 µs an operation.
+                let (p50, p99) = (
+                    stat(&dev, "latency.write_p50_us"),
+                    stat(&dev, "latency.write_p99_us"),
+                );
+                assert!(20 <= p50 && p50 <= p99, "{p50} {p99}");
+                assert!(stat(&dev, "latency.read_p999_us") >= 20);
                 let on_disk =
                     Bytes(h.disk_view(0, &c.backing).unwrap()[..(lines * LINE) as usize].to_vec());
                 assert_eq!(on_disk, model.at(0, lines * LINE), "seed {seed}");
