@@ -3,7 +3,15 @@
 //!
 //! Renders the seed's cdev.c, the only module that creates tasks of its own. It must
 //! never lose an acknowledged write.
-//!
-//! Not built yet: this crate is an empty place in the workspace until its issue; the
-//! `cvad` binary joins with it.
 #![deny(unsafe_op_in_unsafe_fn)]
+
+mod backing;
+pub mod config;
+pub mod device;
+pub mod error;
+mod gate;
+mod latency;
+
+pub use config::{CacheMode, DeviceConfig, ReplicaConfig, ReplicaLoss};
+pub use device::{BLOCK_SIZE, Device, DeviceInfo, IO_LEN_MAX, OpenOptions, vssd_format_params};
+pub use error::CdevError;

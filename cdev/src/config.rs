@@ -1,0 +1,98 @@
+//! A cache device's configuration: what `cvad` keeps in its data dir as TOML (one file
+//! per device, unknown keys refused) and what [`crate::device::Device::open`] takes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// How the device treats writes and misses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    /// Writes land on every replica vSSD and are acknowledged; destage copies them to
+    /// the backing store later.
+    #[default]
+    WriteBack,
+    /// Writes go to the backing store (durable) and into the cache as clean lines.
+    WriteThrough,
+    /// Writes go to the backing store; the cache drops the lines they cover.
+    WriteAround,
+    /// The cache is bypassed for reads and writes (lines written are dropped).
+    PassThrough,
+}
+
+/// What the DTM does when a replica is lost (issue [dtm]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaLoss {
+    /// Go on while at least `min_replicas` members acknowledge; epoch + 1.
+    #[default]
+    Degrade,
+    /// While short of replicas, write the backing store synchronously.
+    WriteThrough,
+}
+
+/// A replica of the device's dirty data on a peer cvad.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// The peer cvad's native-protocol address.
+    pub peer: SocketAddr,
+    /// The name of the replica vSSD on that peer.
+    pub vssd: String,
+    /// The member id in epochs (unique in the device; the primary's is 0).
+    pub member: u64,
+}
+
+/// One cache device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The device's name (a protocol name: 1..=64 bytes, no spaces).
+    pub name: String,
+    /// The backing store: a file or block device; its size is the device's size.
+    pub backing: PathBuf,
+    /// The primary vSSD's file and size.
+    pub vssd: PathBuf,
+    pub vssd_bytes: u64,
+    /// Bytes per cache line: a power of two, 4 KiB..=64 KiB.
+    #[serde(default = "default_line_size")]
+    pub line_size: u32,
+    #[serde(default)]
+    pub mode: CacheMode,
+    /// Replicas on peers, besides the primary vSSD.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaConfig>,
+    /// Members that must acknowledge a write (the primary included).
+    #[serde(default = "default_min_replicas")]
+    pub min_replicas: usize,
+    #[serde(default)]
+    pub replica_loss: ReplicaLoss,
+    /// Destage starts when this percentage of the vSSD's lines is dirty and stops
+    /// below `destage_low_pct`; it also runs when the device is idle.
+    #[serde(default = "default_destage_high_pct")]
+    pub destage_high_pct: u8,
+    #[serde(default = "default_destage_low_pct")]
+    pub destage_low_pct: u8,
+    /// A sequential read stream longer than this many bytes bypasses the cache
+    /// (0: never).
+    #[serde(default = "default_seq_cutoff")]
+    pub seq_cutoff_bytes: u64,
+}
+
+fn default_line_size() -> u32 {
+    4096
+}
+fn default_min_replicas() -> usize {
+    1
+}
+fn default_destage_high_pct() -> u8 {
+    50
+}
+fn default_destage_low_pct() -> u8 {
+    10
+}
+fn default_seq_cutoff() -> u64 {
+    1 << 20
+}
