@@ -9,13 +9,14 @@
 //! request (type, READ length), and a caller that unwinds gives its slot back.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use taskio::net::{self, TcpStream};
-use taskio::{Builder, Rendez, TaskRef, WaitReason, park_until};
+use taskio::{Builder, Deadline, Instant, Rendez, TaskRef, WaitReason, park};
 
 use crate::MsgType;
 use crate::error::RpcError;
@@ -69,7 +70,8 @@ impl Reply {
     /// The decoded response (an error status is `Response::Error`).
     pub fn response(&self) -> Result<Response<'_>, RpcError> {
         let payload = self.frame.get(HEADER_LEN..).unwrap_or_default();
-        match crate::decode_payload(&self.header, payload)?.body {
+        // The reader checked the payload before it made this reply.
+        match crate::codec::decode_verified(&self.header, payload)?.body {
             Body::Response(r) => Ok(r),
             Body::Request(_) => Err(RpcError::Protocol {
                 what: "a request where a response was due".into(),
@@ -78,9 +80,39 @@ impl Reply {
     }
 }
 
+/// The hash of a call's tag in the map of pending calls: tags are consecutive
+/// numbers chosen here (no peer picks them), so a multiplication spreads them
+/// enough; SipHash, the default, cost more than the map's work (perf, bench rpc's
+/// pipelined calls).
+#[derive(Default)]
+struct TagHasher(u64);
+
+impl Hasher for TagHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(TAG_HASH_MULTIPLIER);
+        }
+    }
+
+    fn write_u64(&mut self, tag: u64) {
+        self.0 = (self.0 ^ tag).wrapping_mul(TAG_HASH_MULTIPLIER);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// 2^64 / phi, odd: Fibonacci hashing's multiplier.
+const TAG_HASH_MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+
 struct Pending {
     reply: Option<Result<Reply, RpcError>>,
     waiter: Option<TaskRef>,
+    /// When the call gives up waiting for its reply (set when it first waits).
+    deadline: Option<Instant>,
+    /// The watchdog found the deadline passed with no reply.
+    expired: bool,
     /// What the response must be.
     expect: Expect,
 }
@@ -138,16 +170,28 @@ struct Inner {
     queue_depth: usize,
     /// Requests gathered for the writer task.
     out: FrameOut,
-    pending: RefCell<BTreeMap<u64, Pending>>,
+    pending: RefCell<HashMap<u64, Pending, BuildHasherDefault<TagHasher>>>,
     next_tag: Cell<u64>,
     in_flight: Cell<usize>,
     slot_free: Rendez,
     broken: RefCell<Option<String>>,
     call_timeout: Duration,
+    /// The watchdog of the calls' deadlines sleeps here, until the earliest
+    /// deadline of the calls waiting (`watch_until`), or until woken.
+    watch: Rendez,
+    /// The instant the watchdog sleeps until (None: no call waits, it sleeps
+    /// until a call wakes it).
+    watch_until: Cell<Option<Instant>>,
+    /// The client is gone: the watchdog ends.
+    closed: Cell<bool>,
     /// Tags of calls that timed out, whose late responses are dropped (bounded:
     /// the oldest are forgotten first).
     expired: RefCell<std::collections::VecDeque<u64>>,
 }
+
+/// Bytes a reply's buffer is allocated with before its header says its length: a
+/// small response (no data, a short PING) fits; a larger one grows it once.
+const REPLY_ROOM_BYTES: usize = HEADER_LEN + 64;
 
 /// Timed-out tags remembered, so that their late responses are not mistaken for
 /// protocol violations.
@@ -190,12 +234,15 @@ impl Client {
             version,
             queue_depth: (queue_depth as usize).max(1),
             out: FrameOut::new(),
-            pending: RefCell::new(BTreeMap::new()),
+            pending: RefCell::new(HashMap::default()),
             next_tag: Cell::new(2),
             in_flight: Cell::new(0),
             slot_free: Rendez::new(),
             broken: RefCell::new(None),
             call_timeout: config.call_timeout,
+            watch: Rendez::new(),
+            watch_until: Cell::new(None),
+            closed: Cell::new(false),
             expired: RefCell::new(std::collections::VecDeque::new()),
         });
         // A request's write may take as long as a call: longer, the server is not
@@ -213,6 +260,14 @@ impl Client {
             })
             .map_err(|e| RpcError::Protocol {
                 what: format!("cannot start the writer task: {e}"),
+            })?;
+        let d = inner.clone();
+        Builder::new()
+            .name("rpc-client-deadlines")
+            .system(true)
+            .spawn(move || watch_deadlines(&d))
+            .map_err(|e| RpcError::Protocol {
+                what: format!("cannot start the deadline watchdog task: {e}"),
             })?;
         let r = inner.clone();
         let frame_timeout = config.frame_timeout;
@@ -257,14 +312,17 @@ impl Client {
     pub fn call(&self, request: Request<'_>) -> Result<Reply, RpcError> {
         let inner = &*self.inner;
         let msg_type = request.msg_type();
-        let deadline = taskio::now() + inner.call_timeout;
+        // Fixed when the call first waits: a call whose reply is never waited for
+        // reads no clock.
+        let deadline = Deadline::after(Some(inner.call_timeout));
+        let due = || deadline.at().unwrap_or(Instant::from_nanos(u64::MAX));
         let timed_out = |tag| RpcError::TimedOut {
             msg_type,
             tag,
             after: inner.call_timeout,
         };
         while inner.in_flight.get() >= inner.queue_depth && inner.broken.borrow().is_none() {
-            if !inner.slot_free.sleep_until(deadline) {
+            if !inner.slot_free.sleep_until(due()) {
                 return Err(timed_out(TAG_NONE));
             }
         }
@@ -283,6 +341,8 @@ impl Client {
             Pending {
                 reply: None,
                 waiter: None,
+                deadline: None,
+                expired: false,
                 expect: Expect::of(&request),
             },
         );
@@ -293,7 +353,7 @@ impl Client {
         };
         // A server that stops reading cannot hold the call past its deadline: the
         // wait for room ends with it, and the wait for the response below.
-        match inner.out.push(inner.version, &m, Some(deadline)) {
+        match inner.out.push(inner.version, &m, &deadline) {
             Ok(true) => {}
             Ok(false) => return Err(timed_out(tag)),
             // The writer failed: it broke the connection and failed the calls.
@@ -301,8 +361,10 @@ impl Client {
             // Not encodable: nothing was sent, the connection goes on.
             Err(e) => return Err(e),
         }
+        // Bounded: each pass ends the call, or parks until the reply, the
+        // watchdog's expiry or the connection's failure wakes it.
         loop {
-            {
+            let deadline_set = {
                 let mut pending = inner.pending.borrow_mut();
                 let Some(p) = pending.get_mut(&tag) else {
                     return Err(lost(inner, "the call vanished".into()));
@@ -312,11 +374,19 @@ impl Client {
                     slot.tag = None;
                     return r;
                 }
+                if p.expired {
+                    return Err(timed_out(tag));
+                }
                 p.waiter = Some(TaskRef::current());
+                let first_wait = p.deadline.is_none().then(due);
+                p.deadline = p.deadline.or(first_wait);
+                first_wait
+            };
+            if let Some(d) = deadline_set {
+                watch(inner, d);
             }
-            if !park_until(WaitReason::Io("rpc call"), deadline) {
-                return Err(timed_out(tag));
-            }
+            // No timer of its own: the client's watchdog wakes it at its deadline.
+            park(WaitReason::Io("rpc call"));
         }
     }
 }
@@ -362,6 +432,51 @@ impl Drop for Client {
         // writer task.
         let _ = self.inner.stream.shutdown(std::net::Shutdown::Both);
         self.inner.out.close();
+        self.inner.closed.set(true);
+        self.inner.watch.wakeup();
+    }
+}
+
+/// A call waits until `deadline`: the watchdog must wake by then. Deadlines come
+/// in the order calls first wait (one timeout for all), so the watchdog is woken
+/// only when it sleeps with no call waiting.
+fn watch(inner: &Inner, deadline: Instant) {
+    if inner.watch_until.get().is_none_or(|t| deadline < t) {
+        inner.watch_until.set(Some(deadline));
+        inner.watch.wakeup();
+    }
+}
+
+/// The watchdog of the calls' deadlines (one task per client, instead of a timer
+/// per call: arming and reaping a timer for every call cost more than a call's
+/// other work, perf of bench rpc's pipelined calls): sleeps until the earliest
+/// deadline of the calls waiting, then marks those past it expired and wakes
+/// them. Ends when the client is dropped.
+fn watch_deadlines(inner: &Inner) {
+    while !inner.closed.get() {
+        let now = taskio::now();
+        let mut next: Option<Instant> = None;
+        for p in inner.pending.borrow_mut().values_mut() {
+            let Some(d) = p.deadline else { continue };
+            if p.reply.is_some() || p.expired {
+                continue;
+            }
+            if d <= now {
+                p.expired = true;
+                if let Some(w) = p.waiter.take() {
+                    w.wake();
+                }
+            } else {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
+        inner.watch_until.set(next);
+        match next {
+            Some(t) => {
+                inner.watch.sleep_until(t);
+            }
+            None => inner.watch.sleep(),
+        }
     }
 }
 
@@ -391,7 +506,8 @@ fn fail_all(inner: &Inner, why: &str) {
 fn read_responses(inner: Rc<Inner>, mut reader: FrameReader, frame_timeout: Duration) {
     let idle = Duration::from_secs(365 * 24 * 3600);
     loop {
-        let mut frame = Vec::new();
+        // Room for a small response at once (one allocation, not two).
+        let mut frame = Vec::with_capacity(REPLY_ROOM_BYTES);
         let r = reader
             .read_raw(&inner.stream, idle, frame_timeout, &mut frame)
             .and_then(|raw| raw.validate());
@@ -406,10 +522,12 @@ fn read_responses(inner: Rc<Inner>, mut reader: FrameReader, frame_timeout: Dura
             fail_all(&inner, "the server sent a request");
             return;
         }
+        let payload_ok =
+            crate::decode_payload(&header, frame.get(HEADER_LEN..).unwrap_or_default()).map(|_| ());
         if header.tag == TAG_NONE {
             // The server is closing the connection and says why.
             let reply = Reply { header, frame };
-            let why = match reply.response() {
+            let why = match payload_ok.and_then(|()| reply.response()) {
                 Ok(Response::Error { status, reason, .. }) => {
                     format!("server closed the session: {status} ({reason})")
                 }
@@ -418,8 +536,6 @@ fn read_responses(inner: Rc<Inner>, mut reader: FrameReader, frame_timeout: Dura
             fail_all(&inner, &why);
             return;
         }
-        let payload_ok =
-            crate::decode_payload(&header, frame.get(HEADER_LEN..).unwrap_or_default()).map(|_| ());
         let mut pending = inner.pending.borrow_mut();
         if let Some(p) = pending.get_mut(&header.tag) {
             if let Some(what) = p.expect.mismatch(&header) {

@@ -123,6 +123,16 @@ pub fn decode_payload<'a>(header: &Header, payload: &'a [u8]) -> Result<Message<
             want,
         });
     }
+    decode_verified(header, payload)
+}
+
+/// Decodes a payload [`decode_payload`] already checked (its length and CRC), e.g.
+/// when the reader of a frame checked it and the frame's owner decodes it later:
+/// the checksum is not computed twice.
+pub(crate) fn decode_verified<'a>(
+    header: &Header,
+    payload: &'a [u8],
+) -> Result<Message<'a>, RpcError> {
     Ok(Message {
         tag: header.tag,
         body: Body::decode(header, payload)?,

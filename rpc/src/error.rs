@@ -139,6 +139,14 @@ pub enum RpcError {
     /// The peer broke the protocol in a way a decode error does not name.
     #[error("rpc protocol: {what}")]
     Protocol { what: String },
+    /// A connection could not be handed to the runtime a session chose (its inbox
+    /// full, or the runtime gone); the client is told and the connection closed.
+    #[error("rpc hand-off of a connection to runtime {to}: {why}")]
+    Handoff {
+        to: String,
+        status: Status,
+        why: &'static str,
+    },
     /// The server could not start (bind, threads, runtimes).
     #[error("rpc server setup: {what}: {source}")]
     Setup {
@@ -166,7 +174,7 @@ impl RpcError {
                 Status::InvalidArgument
             }
             RpcError::AuthFailed { .. } => Status::AuthFailed,
-            RpcError::Refused { status, .. } => *status,
+            RpcError::Refused { status, .. } | RpcError::Handoff { status, .. } => *status,
             RpcError::TimedOut { .. } => Status::Timeout,
             RpcError::Io { .. }
             | RpcError::ConnectionLost { .. }
@@ -193,6 +201,7 @@ impl RpcError {
             | RpcError::Io { .. }
             | RpcError::ConnectionLost { .. }
             | RpcError::Refused { .. }
+            | RpcError::Handoff { .. }
             | RpcError::Protocol { .. }
             | RpcError::Setup { .. } => true,
             RpcError::TimedOut { .. } => false,

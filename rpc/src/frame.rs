@@ -183,15 +183,15 @@ impl FrameOut {
     }
 
     /// Encodes `msg` after the frames waiting and wakes the writer. Waits for room
-    /// (see WRITE_GATHER_BYTES_MAX) until `deadline` (None: as long as the writer
-    /// takes, itself bounded by the stream's write timeout); Ok(false) when the
-    /// deadline passed first, nothing pushed. Fails when the writer failed or the
+    /// (see WRITE_GATHER_BYTES_MAX) until `deadline` (unbounded: as long as the
+    /// writer takes, itself bounded by the stream's write timeout); Ok(false) when
+    /// the deadline passed first, nothing pushed. Fails when the writer failed or the
     /// output is closing, or the message cannot be encoded (nothing pushed).
     pub(crate) fn push(
         &self,
         version: u16,
         msg: &Message<'_>,
-        deadline: Option<taskio::Instant>,
+        deadline: &taskio::Deadline,
     ) -> Result<bool, RpcError> {
         loop {
             if let Some(why) = self.failed.borrow().as_ref() {
@@ -210,7 +210,7 @@ impl FrameOut {
             if self.pending.borrow().len() < WRITE_GATHER_BYTES_MAX {
                 break;
             }
-            match deadline {
+            match deadline.at() {
                 Some(d) => {
                     if !self.room.sleep_until(d) {
                         return Ok(false);
@@ -387,7 +387,10 @@ mod tests {
                                         data: &data,
                                     }),
                                 };
-                                assert!(out.push(VERSION_MIN, &m, None).unwrap());
+                                assert!(
+                                    out.push(VERSION_MIN, &m, &taskio::Deadline::after(None))
+                                        .unwrap()
+                                );
                                 pushed.borrow_mut().push(tag);
                                 yield_now();
                             }

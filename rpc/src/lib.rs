@@ -20,8 +20,12 @@
 //! - [`session`]: one connection served by tasks of the current runtime
 //!   ([`serve_connection`]) and a listener serving one session per connection
 //!   ([`serve_listener`]): the same code on the real driver and the simulator;
-//! - [`server`]: the thread hosting on top ([`Server`]: an acceptor thread and
-//!   session runtimes that connections are handed to);
+//! - [`host`]: the thread hosting on top, generic over serving one connection: a
+//!   connection handed between runtimes ([`Handoff`]: a plain fd, the bytes
+//!   already read, the HELLO negotiated), runtime inboxes ([`HandTo`],
+//!   [`serve_handed`]), long-lived runtime threads ([`RuntimeThread`]) and an
+//!   acceptor with one runtime thread per session ([`Host`]);
+//! - [`server`]: the rpc server on a [`Host`] ([`Server`]);
 //! - [`client`]: the pipelined [`Client`];
 //! - [`echo`]: a service that echoes, for tests, benchmarks and simulations;
 //! - [`RpcError`]: what went wrong, the status to answer with, and whether the
@@ -39,6 +43,7 @@ mod frame;
 pub mod fuzzing;
 mod header;
 mod hello;
+pub mod host;
 pub mod limits;
 mod msg;
 mod msg_type;
@@ -55,6 +60,10 @@ pub use frame::{FrameReader, send_message};
 #[doc(hidden)]
 pub use header::forge;
 pub use header::{FLAG_RESPONSE, FLAGS_KNOWN, Header, RawHeader, payload_crc};
+pub use host::{
+    HANDOFF_QUEUE_MAX, HandTo, Handoff, Host, HostConfig, RuntimeThread, RuntimeThreadConfig,
+    handoff_inbox, serve_handed,
+};
 pub use limits::HEADER_LEN;
 pub use msg::{
     Body, CLEAN_FLAG_CLEANED, Counter, DEVICE_FLAG_READ_ONLY, DeviceInfo, DirtyLine, Hello,
@@ -62,6 +71,8 @@ pub use msg::{
     TranState, VssdInfo,
 };
 pub use msg_type::MsgType;
-pub use server::{Handoff, Host, HostConfig, Server, ServerConfig};
-pub use session::{Service, SessionConfig, SessionInfo, serve_connection, serve_listener};
+pub use server::{Server, ServerConfig};
+pub use session::{
+    Service, SessionConfig, SessionInfo, serve_connection, serve_handoff, serve_listener,
+};
 pub use status::Status;

@@ -33,12 +33,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use taskio::net::{TcpListener, TcpStream};
+use taskio::remote::RemoteSendError;
 use taskio::{Builder, Channel, Pool, PoolItem};
 
 use crate::error::RpcError;
 use crate::frame::{FrameOut, FrameReader, is_idle_timeout, send_message};
 use crate::header::{Header, RawHeader};
 use crate::hello::{ServerSide, closing_status, is_told};
+use crate::host::{HandTo, Handoff};
 use crate::limits::{FRAME_LEN_MAX, HEADER_LEN, PING_LEN_MAX, QUEUE_DEPTH_MAX, VERSION_MIN};
 use crate::msg::{Body, Message, Request, Response};
 use crate::msg_type::MsgType;
@@ -51,6 +53,9 @@ pub struct SessionInfo {
     pub client_name: String,
     pub version: u16,
     pub authenticated: bool,
+    /// The queue depth the HELLO reply granted (the client pipelines up to this):
+    /// a session handed to another runtime keeps it.
+    pub queue_depth: u32,
 }
 
 /// What an upper crate plugs into a session: one instance per session, on the
@@ -66,6 +71,30 @@ pub trait Service {
         request: Request<'_>,
         scratch: &'s mut Vec<u8>,
     ) -> Response<'s>;
+
+    /// Whether [`Service::route`] is asked about requests of this type. Those are
+    /// decoded by the session's reader before they are queued, so that the
+    /// session can move before any request after them is read; say true for the
+    /// few types that may move a session (DEVICE_OPEN for `cdev`).
+    fn routes(&self, _msg_type: MsgType) -> bool {
+        false
+    }
+
+    /// Whether the session moves to another runtime before `request` is handled,
+    /// and to which (`cdev`: the runtime of the device DEVICE_OPEN names). Asked
+    /// once nothing else is in flight (every earlier request answered and
+    /// written); on Some the session ends here and its connection, with `request`
+    /// and every byte read after it, goes to that runtime (a [`Handoff`] carrying
+    /// this HELLO), where [`serve_handoff`] goes on without a second HELLO and
+    /// handles `request` first.
+    fn route(
+        &self,
+        _session: &SessionInfo,
+        _header: &Header,
+        _request: &Request<'_>,
+    ) -> Option<HandTo> {
+        None
+    }
 }
 
 /// Settings of one session.
@@ -144,6 +173,13 @@ struct Queued {
     frame: PoolItem<Vec<u8>>,
 }
 
+/// A session that moves: where to, and the frame of the request that moves it
+/// (read again there).
+struct Moving {
+    to: HandTo,
+    frame: Vec<u8>,
+}
+
 /// Why the reader does not queue a frame.
 enum Refusal {
     /// Answered under the request's tag; the session goes on.
@@ -165,6 +201,8 @@ struct Session<S> {
     scratches: Pool<Vec<u8>>,
     /// Requests queued or being handled; at `queue_depth` a new one is answered BUSY.
     in_flight: Cell<usize>,
+    /// Woken when `in_flight` drops to zero (a reader waiting to move the session).
+    drained: taskio::Rendez,
     /// Handler tasks that started (as many as requests were ever in flight at once,
     /// up to `queue_depth`); they live until the session ends.
     handlers: std::cell::RefCell<Vec<taskio::JoinHandle<()>>>,
@@ -173,8 +211,9 @@ struct Session<S> {
 }
 
 /// Serves one connection on the current runtime until it ends: HELLO, then requests.
-/// Returns why it ended (a client that leaves is `ConnectionLost`); everything the
-/// session allocated is freed on return.
+/// Returns why it ended (a client that leaves is `ConnectionLost`; a session the
+/// service moved to another runtime is `Ok`); everything the session allocated is
+/// freed on return.
 pub fn serve_connection<S: Service + 'static>(
     stream: TcpStream,
     config: &SessionConfig,
@@ -190,21 +229,57 @@ pub fn serve_connection<S: Service + 'static>(
         timeout: config.idle_timeout.min(config.frame_timeout),
     };
     let accepted = crate::hello::server(&stream, &mut reader, &side)?;
+    let info = SessionInfo {
+        peer: stream.peer_addr(),
+        client_name: accepted.client_name,
+        version: accepted.version,
+        authenticated: accepted.authenticated,
+        queue_depth: config.queue_depth,
+    };
+    serve_session(stream, reader, info, config, service)
+}
+
+/// Serves a connection handed to the current runtime (see [`crate::host`]): one
+/// whose HELLO was negotiated elsewhere goes on without a second one, keeping that
+/// HELLO's queue depth (`config`'s is not used) and reading first the bytes
+/// already read from it; one without a HELLO is served as [`serve_connection`] does.
+pub fn serve_handoff<S: Service + 'static>(
+    handoff: Handoff,
+    config: &SessionConfig,
+    service: S,
+) -> Result<(), RpcError> {
+    let stream = TcpStream::adopt(handoff.stream);
+    let Some(info) = handoff.hello else {
+        return serve_connection(stream, config, service);
+    };
+    let config = SessionConfig {
+        queue_depth: info.queue_depth,
+        ..config.clone()
+    };
+    config.check()?;
+    stream.set_write_timeout(Some(config.frame_timeout));
+    serve_session(stream, FrameReader::new(), *info, &config, service)
+}
+
+/// The session after its HELLO: reader, handlers and writer until it ends or moves.
+fn serve_session<S: Service + 'static>(
+    stream: TcpStream,
+    mut reader: FrameReader,
+    info: SessionInfo,
+    config: &SessionConfig,
+    service: S,
+) -> Result<(), RpcError> {
     let depth = config.queue_depth as usize;
     let session = Rc::new(Session {
         config: config.clone(),
-        info: SessionInfo {
-            peer: stream.peer_addr(),
-            client_name: accepted.client_name,
-            version: accepted.version,
-            authenticated: accepted.authenticated,
-        },
+        info,
         stream,
         service,
         queue: Channel::new(depth),
         frames: Pool::new(depth + 1, Vec::new),
         scratches: Pool::new(depth, Vec::new),
         in_flight: Cell::new(0),
+        drained: taskio::Rendez::new(),
         handlers: std::cell::RefCell::new(Vec::new()),
         out: FrameOut::new(),
     });
@@ -231,12 +306,20 @@ pub fn serve_connection<S: Service + 'static>(
     // Every response pushed (and the closing reason) goes out before the end.
     session.out.close();
     let _ = writer.join();
-    result
+    let moving = match result {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let Ok(session) = Rc::try_unwrap(session) else {
+        unreachable!("a session's handlers and writer have ended, yet it is shared")
+    };
+    session.hand_over(moving)
 }
 
 impl<S: Service> Session<S> {
     /// The reader: frames in, requests queued, bad ones refused.
-    fn read_requests(self: &Rc<Self>, reader: &mut FrameReader) -> Result<(), RpcError>
+    fn read_requests(self: &Rc<Self>, reader: &mut FrameReader) -> Result<Option<Moving>, RpcError>
     where
         S: 'static,
     {
@@ -255,23 +338,60 @@ impl<S: Service> Session<S> {
                 Ok(raw) => raw,
                 Err(e) => return Err(self.close(e)),
             };
-            match self.admit(&raw) {
-                Ok(header) => {
-                    if !self.handler_for(self.in_flight.get() + 1) {
-                        let reason = "no handler task could be started";
-                        self.refuse(&raw, Status::Busy, reason)?;
-                        continue;
-                    }
-                    self.in_flight.set(self.in_flight.get() + 1);
-                    if self.queue.try_send(Queued { header, frame }).is_err() {
-                        self.in_flight.set(self.in_flight.get() - 1);
-                        return Ok(()); // handlers gone: the session is ending
-                    }
+            let header = match self.admit(&raw) {
+                Ok(header) => header,
+                Err(Refusal::Answer(status, reason)) => {
+                    self.refuse(&raw, status, &reason)?;
+                    continue;
                 }
-                Err(Refusal::Answer(status, reason)) => self.refuse(&raw, status, &reason)?,
                 Err(Refusal::Close(e)) => return Err(self.close(e)),
+            };
+            if self.service.routes(header.msg_type)
+                && let Some(to) = self.route(&header, &frame)?
+            {
+                return Ok(Some(Moving {
+                    to,
+                    frame: frame.to_vec(),
+                }));
+            }
+            if !self.handler_for(self.in_flight.get() + 1) {
+                let reason = "no handler task could be started";
+                self.refuse(&raw, Status::Busy, reason)?;
+                continue;
+            }
+            self.in_flight.set(self.in_flight.get() + 1);
+            if self.queue.try_send(Queued { header, frame }).is_err() {
+                self.in_flight.set(self.in_flight.get() - 1);
+                return Ok(None); // handlers gone: the session is ending
             }
         }
+    }
+
+    /// Asks the service where a request of a type it routes moves the session,
+    /// once every earlier request has been answered (so that none is answered
+    /// from two runtimes). A request that does not decode is not routed: its
+    /// handler refuses it as any other.
+    fn route(&self, header: &Header, frame: &[u8]) -> Result<Option<HandTo>, RpcError> {
+        let deadline = taskio::now() + self.config.idle_timeout;
+        while self.in_flight.get() > 0 {
+            if !self.drained.sleep_until(deadline) {
+                let e = RpcError::Protocol {
+                    what: format!(
+                        "requests still in flight after {:?}: cannot route the session",
+                        self.config.idle_timeout
+                    ),
+                };
+                return Err(self.close(e));
+            }
+        }
+        let payload = frame.get(HEADER_LEN..).unwrap_or_default();
+        Ok(match crate::decode_payload(header, payload) {
+            Ok(Message {
+                body: Body::Request(request),
+                ..
+            }) => self.service.route(&self.info, header, &request),
+            _ => None,
+        })
     }
 
     /// Whether a handler will take a request when `in_flight` are queued or being
@@ -299,23 +419,29 @@ impl<S: Service> Session<S> {
     /// `idle_shrink_after` has passed with nothing in flight, gives the session's
     /// buffers back (`shrink_idle`).
     fn first_byte(&self, reader: &mut FrameReader) -> Result<u8, RpcError> {
-        let idle_end = taskio::now() + self.config.idle_timeout;
-        let mut shrunk = false;
+        let (idle, shrink_after) = (self.config.idle_timeout, self.config.idle_shrink_after);
+        if shrink_after >= idle {
+            return reader.read_first_byte(&self.stream, idle);
+        }
+        // The common case, a request within `idle_shrink_after`, reads no clock
+        // (the read's timeout starts when it first waits).
+        match reader.read_first_byte(&self.stream, shrink_after) {
+            Err(e) if is_idle_timeout(&e) => {}
+            r => return r,
+        }
+        let idle_end = taskio::now() + (idle - shrink_after);
+        // Bounded: each pass waits up to `idle_shrink_after` of what is left, or ends.
         loop {
+            if self.in_flight.get() == 0 {
+                self.shrink_idle();
+                let left = idle_end.saturating_duration_since(taskio::now());
+                return reader.read_first_byte(&self.stream, left);
+            }
+            // Handlers still busy are not idle: look again later.
             let left = idle_end.saturating_duration_since(taskio::now());
-            let wait = if shrunk {
-                left
-            } else {
-                left.min(self.config.idle_shrink_after)
-            };
+            let wait = left.min(shrink_after);
             match reader.read_first_byte(&self.stream, wait) {
-                Err(e) if is_idle_timeout(&e) && !shrunk && wait < left => {
-                    // Handlers still busy are not idle: look again later.
-                    if self.in_flight.get() == 0 {
-                        self.shrink_idle();
-                        shrunk = true;
-                    }
-                }
+                Err(e) if is_idle_timeout(&e) && wait < left => {}
                 r => return r,
             }
         }
@@ -378,6 +504,9 @@ impl<S: Service> Session<S> {
             drop(scratch);
             drop(q);
             self.in_flight.set(self.in_flight.get() - 1);
+            if self.in_flight.get() == 0 {
+                self.drained.wakeup_all();
+            }
             if sent.is_err() {
                 self.queue.close();
                 break;
@@ -409,13 +538,40 @@ impl<S: Service> Session<S> {
     /// Pushes one frame to the writer task (waiting for room, bounded by the
     /// writer's write timeout, frame_timeout).
     fn send(&self, m: &Message<'_>) -> Result<(), RpcError> {
-        self.out.push(self.info.version, m, None).map(|_| ())
+        let unbounded = taskio::Deadline::after(None);
+        self.out.push(self.info.version, m, &unbounded).map(|_| ())
     }
 
     /// The one place an error reply of a session is sent: `status` under the tag of
     /// `request`, nothing executed; the session goes on.
     fn refuse(&self, request: &RawHeader, status: Status, reason: &str) -> Result<(), RpcError> {
         self.send(&Message::error_reply(request, status, reason))
+    }
+
+    /// Gives the connection to the runtime the service chose: the frame that moves
+    /// it is put back before the bytes read after it, and the HELLO goes along.
+    /// When that runtime cannot take it, the client is told (ERROR, TAG_NONE) and
+    /// the connection closed.
+    fn hand_over(self, moving: Moving) -> Result<(), RpcError> {
+        let mut stream = self.stream.detach();
+        stream.unread(&moving.frame);
+        let handoff = Handoff {
+            stream,
+            hello: Some(Box::new(self.info)),
+        };
+        let (handoff, status, why) = match moving.to.hand(handoff) {
+            Ok(()) => return Ok(()),
+            Err(RemoteSendError::Full { value, .. }) => (value, Status::Busy, "its inbox is full"),
+            Err(RemoteSendError::Closed(value)) => (value, Status::ShuttingDown, "it is gone"),
+        };
+        let e = RpcError::Handoff {
+            to: moving.to.name().to_string(),
+            status,
+            why,
+        };
+        let stream = TcpStream::adopt(handoff.stream);
+        refuse_connection(stream, status, &e.to_string());
+        Err(e)
     }
 
     /// The session ends on `e`: tells the client why when the spec says so (best

@@ -57,7 +57,7 @@ pub use task::{
     Builder, Current, JoinHandle, TaskId, TaskRef, WaitReason, current, local_set, local_take,
     local_with, now, park, park_until, sleep, sleep_until, spawn, yield_now,
 };
-pub use timer::Instant;
+pub use timer::{Deadline, Instant};
 
 /// Default size of a task's stack: 256 KiB of address space. Only the pages a task
 /// touches become resident (a sleeping task holds about one page), so the figure

@@ -17,7 +17,7 @@ use crate::driver::Interest;
 use crate::error::IoError;
 use crate::sched::core;
 use crate::task::{TaskRef, WaitReason, park, park_until};
-use crate::timer::Instant;
+use crate::timer::{Deadline, Instant};
 
 /// Default backlog of a listening socket.
 pub const LISTEN_BACKLOG: u32 = 1024;
@@ -191,7 +191,7 @@ impl Drop for TcpListener {
 /// whole connect.
 pub fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, IoError> {
     let core = core();
-    let deadline = timeout.map(|t| core.now() + t);
+    let deadline = Deadline::after(timeout);
     let fd = core
         .with_io("connect", |io| io.connect(addr))?
         .map_err(|source| IoError::Addr {
@@ -210,7 +210,7 @@ pub fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream,
                     || e.kind() == io::ErrorKind::WouldBlock =>
             {
                 ensure_registered(fd, &stream.registered, "connect")?;
-                if !wait_ready(fd, Interest::Write, "connect", deadline)? {
+                if !wait_ready(fd, Interest::Write, "connect", deadline.at())? {
                     return Err(IoError::ConnectTimedOut {
                         addr,
                         timeout: timeout.unwrap_or_default(),
@@ -266,44 +266,52 @@ impl TcpStream {
     /// Adopts a connected std stream, e.g. one accepted by another thread and handed
     /// over through a `Remote`: makes it non-blocking, sets TCP_NODELAY.
     pub fn from_std(stream: std::net::TcpStream) -> Result<TcpStream, IoError> {
-        use std::os::fd::IntoRawFd;
-        let peer = stream.peer_addr().map_err(|source| IoError::Fd {
-            op: "adopt stream",
-            fd: -1,
-            source,
-        })?;
-        let setup = stream
-            .set_nonblocking(true)
-            .and_then(|()| stream.set_nodelay(true));
-        if let Err(source) = setup {
-            return Err(IoError::Addr {
-                op: "adopt stream",
-                addr: peer,
-                source,
-            });
-        }
-        Ok(TcpStream::from_fd(stream.into_raw_fd(), peer))
+        Ok(TcpStream::adopt(Detached::from_std(stream, Vec::new())?))
     }
 
-    /// Adopts a connected std stream handed over between runtimes together with the
-    /// bytes its previous owner already read from it (an acceptor that read a
-    /// handshake): reads return those bytes first, then what the socket has.
-    pub fn from_std_with_read(
-        stream: std::net::TcpStream,
-        already_read: Vec<u8>,
-    ) -> Result<TcpStream, IoError> {
-        let s = TcpStream::from_std(stream)?;
+    /// Adopts a stream handed over from another runtime (or thread): it is
+    /// registered with this runtime's driver when it first waits, and its reads
+    /// return the bytes its previous owner had read but not consumed first.
+    pub fn adopt(mut detached: Detached) -> TcpStream {
+        let (fd, peer) = (detached.fd, detached.peer);
+        let already_read = std::mem::take(&mut detached.already_read);
+        std::mem::forget(detached);
+        let s = TcpStream::from_fd(fd, peer);
         let end = already_read.len();
-        let mut data = already_read;
-        // The read-ahead buffer is never shorter than READ_AHEAD_BYTES: a recv that
-        // fills less of it than that is taken to have emptied the socket.
-        data.resize(end.max(READ_AHEAD_BYTES), 0);
-        *s.ahead.borrow_mut() = ReadAhead {
-            data,
-            start: 0,
-            end,
+        if end > 0 {
+            let mut data = already_read;
+            // The read-ahead buffer is never shorter than READ_AHEAD_BYTES: a recv
+            // that fills less of it than that is taken to have emptied the socket.
+            data.resize(end.max(READ_AHEAD_BYTES), 0);
+            *s.ahead.borrow_mut() = ReadAhead {
+                data,
+                start: 0,
+                end,
+            };
+        }
+        s
+    }
+
+    /// Gives the stream up for another runtime: the driver of this one forgets it
+    /// (no readiness of it is watched here any more), and the bytes it had read
+    /// ahead but not handed to a reader go with it. Taking `self` means no task of
+    /// this runtime is reading, writing or waiting on it.
+    pub fn detach(self) -> Detached {
+        if self.registered.get() {
+            // Registered means this runtime has a driver with I/O.
+            let _ = core().with_io("detach", |io| io.forget(self.fd));
+        }
+        let ahead = std::mem::take(&mut *self.ahead.borrow_mut());
+        let mut already_read = ahead.data;
+        already_read.truncate(ahead.end);
+        already_read.drain(..ahead.start);
+        let d = Detached {
+            fd: self.fd,
+            peer: self.peer,
+            already_read,
         };
-        Ok(s)
+        std::mem::forget(self);
+        d
     }
 
     fn from_fd(fd: RawFd, peer: SocketAddr) -> TcpStream {
@@ -338,12 +346,14 @@ impl TcpStream {
             })
     }
 
-    /// Bounds each read call (`read`, `read_exact`) as a whole; None: no bound.
+    /// Bounds the waiting of each read call (`read`, `read_exact`) as a whole, from
+    /// its first wait (a call that never waits reads no clock); None: no bound.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) {
         self.read_timeout.set(timeout);
     }
 
-    /// Bounds each `write_all` call as a whole; None: no bound.
+    /// Bounds the waiting of each `write_all` call as a whole, from its first wait;
+    /// None: no bound.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) {
         self.write_timeout.set(timeout);
     }
@@ -371,15 +381,15 @@ impl TcpStream {
             return Ok(0);
         }
         let _busy = self.begin("reading", "read")?;
-        let deadline = self.read_timeout.get().map(|t| core().now() + t);
-        self.read_some(buf, "read", deadline, 0, buf.len())
+        let deadline = Deadline::after(self.read_timeout.get());
+        self.read_some(buf, "read", &deadline, 0, buf.len())
     }
 
     fn read_some(
         &self,
         buf: &mut [u8],
         op: &'static str,
-        deadline: Option<Instant>,
+        deadline: &Deadline,
         done: usize,
         want: usize,
     ) -> Result<usize, IoError> {
@@ -446,11 +456,11 @@ impl TcpStream {
                 }
             }
             ensure_registered(self.fd, &self.registered, op)?;
-            if !wait_ready(self.fd, Interest::Read, op, deadline)? {
+            if !wait_ready(self.fd, Interest::Read, op, deadline.at())? {
                 return Err(IoError::TimedOut {
                     op,
                     fd: self.fd,
-                    timeout: self.read_timeout.get().unwrap_or_default(),
+                    timeout: deadline.timeout().unwrap_or_default(),
                     done,
                     want,
                 });
@@ -462,11 +472,11 @@ impl TcpStream {
     /// Reads exactly `buf.len()` bytes (task_netread).
     pub fn read_exact(&self, buf: &mut [u8]) -> Result<(), IoError> {
         let _busy = self.begin("reading", "read_exact")?;
-        let deadline = self.read_timeout.get().map(|t| core().now() + t);
+        let deadline = Deadline::after(self.read_timeout.get());
         let want = buf.len();
         let mut done = 0;
         while done < want {
-            done += self.read_some(&mut buf[done..], "read_exact", deadline, done, want)?;
+            done += self.read_some(&mut buf[done..], "read_exact", &deadline, done, want)?;
         }
         Ok(())
     }
@@ -474,7 +484,7 @@ impl TcpStream {
     /// Writes all of `buf` (task_netwrite).
     pub fn write_all(&self, buf: &[u8]) -> Result<(), IoError> {
         let _busy = self.begin("writing", "write_all")?;
-        let deadline = self.write_timeout.get().map(|t| core().now() + t);
+        let deadline = Deadline::after(self.write_timeout.get());
         let mut done = 0;
         while done < buf.len() {
             let r = core().with_io("write_all", |io| io.send(self.fd, &buf[done..]))?;
@@ -482,11 +492,11 @@ impl TcpStream {
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ensure_registered(self.fd, &self.registered, "write_all")?;
-                    if !wait_ready(self.fd, Interest::Write, "write_all", deadline)? {
+                    if !wait_ready(self.fd, Interest::Write, "write_all", deadline.at())? {
                         return Err(IoError::TimedOut {
                             op: "write_all",
                             fd: self.fd,
-                            timeout: self.write_timeout.get().unwrap_or_default(),
+                            timeout: deadline.timeout().unwrap_or_default(),
                             done,
                             want: buf.len(),
                         });
@@ -517,6 +527,93 @@ impl TcpStream {
 }
 
 impl Drop for TcpStream {
+    fn drop(&mut self) {
+        close(self.fd);
+    }
+}
+
+/// A connected socket between two runtimes: a plain fd that no driver watches, its
+/// peer, and the bytes already read from it that no reader consumed (a handshake
+/// an acceptor looked at, the read-ahead of the runtime that gave it up).
+/// [`TcpStream::adopt`] makes it a stream of the current runtime; dropped, it is
+/// closed. The fd is one of the driver kind it came from (a kernel socket, or a
+/// simulated one under the simulator, where runtimes of a node share the driver).
+pub struct Detached {
+    fd: RawFd,
+    peer: SocketAddr,
+    already_read: Vec<u8>,
+}
+
+impl std::fmt::Debug for Detached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detached")
+            .field("fd", &self.fd)
+            .field("peer", &self.peer)
+            .field("already_read", &self.already_read.len())
+            .finish()
+    }
+}
+
+impl Detached {
+    /// A connected std stream (one a blocking acceptor thread took) and the bytes
+    /// that thread already read from it: made non-blocking, TCP_NODELAY set.
+    pub fn from_std(
+        stream: std::net::TcpStream,
+        already_read: Vec<u8>,
+    ) -> Result<Detached, IoError> {
+        use std::os::fd::IntoRawFd;
+        let peer = stream.peer_addr().map_err(|source| IoError::Fd {
+            op: "adopt stream",
+            fd: -1,
+            source,
+        })?;
+        let setup = stream
+            .set_nonblocking(true)
+            .and_then(|()| stream.set_nodelay(true));
+        if let Err(source) = setup {
+            return Err(IoError::Addr {
+                op: "adopt stream",
+                addr: peer,
+                source,
+            });
+        }
+        Ok(Detached {
+            fd: stream.into_raw_fd(),
+            peer,
+            already_read,
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The bytes the next owner's reads return before the socket's.
+    pub fn already_read(&self) -> &[u8] {
+        &self.already_read
+    }
+
+    /// A duplicate of the kernel socket (dup(2)), for another thread to shut the
+    /// connection down while a runtime serves it. Only for a socket of the real
+    /// driver: under the simulator the fd is no kernel fd.
+    pub fn try_clone_std(&self) -> io::Result<std::net::TcpStream> {
+        // SAFETY: `self` owns `fd` and keeps it open for the whole borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        Ok(std::net::TcpStream::from(fd.try_clone_to_owned()?))
+    }
+
+    /// Puts `bytes` back in front of those already read (a frame its reader took
+    /// and leaves for the next owner to read again).
+    pub fn unread(&mut self, bytes: &[u8]) {
+        self.already_read.splice(0..0, bytes.iter().copied());
+    }
+}
+
+impl Drop for Detached {
     fn drop(&mut self) {
         close(self.fd);
     }

@@ -673,9 +673,12 @@ impl Core {
             if self.cancels_deferred.get() && self.retry_deferred_cancels() {
                 continue;
             }
-            let now = self.now();
-            if self.timers.borrow_mut().fire(now) > 0 {
-                continue;
+            // The clock is read only when a timer is armed.
+            if !self.timers.borrow().is_empty() {
+                let now = self.now();
+                if self.timers.borrow_mut().fire(now) > 0 {
+                    continue;
+                }
             }
             let deadline = self.timers.borrow_mut().next_deadline();
             let mut driver = self.driver.borrow_mut();

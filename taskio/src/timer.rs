@@ -64,6 +64,43 @@ impl Sub<Instant> for Instant {
     }
 }
 
+/// A bound on a call that may wait: `timeout` from the first time the call has to
+/// wait (the first time [`Deadline::at`] is asked), so that a call that finds its
+/// data ready, its buffer room or its reply in place reads no clock at all. The time
+/// a call spends before its first wait is its own CPU time, never a wait: the bound
+/// on waiting is the same.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    timeout: Option<Duration>,
+    at: std::cell::Cell<Option<Instant>>,
+}
+
+impl Deadline {
+    /// `timeout` from the first wait; None: no bound.
+    pub fn after(timeout: Option<Duration>) -> Deadline {
+        Deadline {
+            timeout,
+            at: std::cell::Cell::new(None),
+        }
+    }
+
+    /// The instant the call gives up, fixed (reading the runtime's clock) the first
+    /// time it is asked; None when unbounded. Call it when about to wait.
+    pub fn at(&self) -> Option<Instant> {
+        let timeout = self.timeout?;
+        if let Some(at) = self.at.get() {
+            return Some(at);
+        }
+        let at = crate::task::now() + timeout;
+        self.at.set(Some(at));
+        Some(at)
+    }
+
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+}
+
 struct Entry {
     deadline: Instant,
     seq: u64,

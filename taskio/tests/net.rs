@@ -1314,3 +1314,46 @@ fn a_system_task_unwound_in_accept_leaves_no_waiter_behind() {
         assert_eq!(tasks.len(), 2, "{tasks:?}");
     });
 }
+
+/// A stream detached from one runtime carries the bytes it had read ahead; adopted
+/// on another runtime (another thread), its reads return those first, then the
+/// socket's, and writes go to the same connection.
+#[test]
+fn a_detached_stream_adopted_on_another_runtime_keeps_the_bytes_read_ahead() {
+    let listener = std::net::TcpListener::bind(any_local_port()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(HANG_LIMIT)).unwrap();
+        // One write: the first runtime's read of 2 bytes reads all 6 ahead.
+        s.write_all(b"abcdef").unwrap();
+        let mut b = [0u8; 3];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ack");
+        s.write_all(b"gh").unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    let detached = io_ok(move || {
+        let s = connect(addr);
+        let mut two = [0u8; 2];
+        s.read_exact(&mut two).unwrap();
+        assert_eq!(&two, b"ab");
+        let d = s.detach();
+        assert_eq!(d.already_read(), b"cdef", "the read-ahead goes along");
+        d
+    });
+    let got = io_ok(move || {
+        let s = TcpStream::adopt(detached);
+        let mut four = [0u8; 4];
+        s.read_exact(&mut four).unwrap();
+        s.write_all(b"ack").unwrap();
+        let mut two = [0u8; 2];
+        s.read_exact(&mut two).unwrap();
+        s.write_all(b"end").unwrap();
+        [four.to_vec(), two.to_vec()].concat()
+    });
+    assert_eq!(got, b"cdefgh");
+    assert_eq!(peer.join().unwrap(), b"end");
+}

@@ -462,3 +462,5 @@ pub fn response_header(msg_type: MsgType, status: Status) -> Header {
         ..request_header(msg_type)
     }
 }
+
+pub mod route;
