@@ -6,5 +6,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod config;
+pub mod device;
+pub mod error;
 
 pub use config::{CacheMode, DeviceConfig, ReplicaConfig, ReplicaLoss};
+pub use device::{BLOCK_SIZE, Device, DeviceInfo, OpenOptions};
+pub use error::CdevError;
