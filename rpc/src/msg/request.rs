@@ -2,10 +2,10 @@
 //! "Messages").
 
 use super::rules::{
-    count_in, data_len, data_rest, get_u64s, invalid, length_in, name_len, open_handle,
-    proof_field, put_proof, put_u64s, range, unused,
+    count_in, data_len, data_rest, get_named, get_u64s, invalid, length_in, name_len, open_handle,
+    proof_field, put_named, put_proof, put_text, put_u64s, range, text_rest, unused,
 };
-use super::{DEVICE_FLAG_READ_ONLY, Fields, Hello, Request};
+use super::{DELETE_FLAG_DIRTY_NAMED, DEVICE_FLAG_READ_ONLY, Fields, Hello, Request};
 use crate::cursor::{Put, Reader};
 use crate::error::RpcError;
 use crate::header::Header;
@@ -43,6 +43,11 @@ impl<'a> Request<'a> {
             Request::VssdReadPrepared { .. } => MsgType::VssdReadPrepared,
             Request::VssdRepair { .. } => MsgType::VssdRepair,
             Request::VssdCopyIn { .. } => MsgType::VssdCopyIn,
+            Request::DeviceCreate { .. } => MsgType::DeviceCreate,
+            Request::DeviceList => MsgType::DeviceList,
+            Request::DeviceShow { .. } => MsgType::DeviceShow,
+            Request::DeviceSet { .. } => MsgType::DeviceSet,
+            Request::DeviceDelete { .. } => MsgType::DeviceDelete,
         }
     }
 
@@ -185,6 +190,33 @@ impl<'a> Request<'a> {
                 out.put_u64(*tran);
                 out.extend_from_slice(data);
                 f.handle(*handle).length(n)
+            }
+            Request::DeviceCreate { config } => {
+                put_text(out, t, "config", config)?;
+                f
+            }
+            Request::DeviceList => f,
+            Request::DeviceShow { name } => {
+                put_named(out, t, name)?;
+                f
+            }
+            Request::DeviceSet { name, settings } => {
+                put_named(out, t, name)?;
+                put_text(out, t, "settings", settings)?;
+                f
+            }
+            Request::DeviceDelete { name, dirty_lines } => {
+                let n = name_len(t, "name", name)?;
+                out.put_u64(dirty_lines.unwrap_or(0));
+                out.put_u32(if dirty_lines.is_some() {
+                    DELETE_FLAG_DIRTY_NAMED
+                } else {
+                    0
+                });
+                out.put_u8(n);
+                out.put_zeros(3);
+                out.extend_from_slice(name.as_bytes());
+                f
             }
         })
     }
@@ -449,6 +481,47 @@ impl<'a> Request<'a> {
                 let tran = r.u64("tran")?;
                 let data = data_rest(h, &mut r)?;
                 Request::VssdRepair { handle, tran, data }
+            }
+            MsgType::DeviceCreate => {
+                unused(h, false, false, false)?;
+                Request::DeviceCreate {
+                    config: text_rest(&mut r, "config")?,
+                }
+            }
+            MsgType::DeviceList => {
+                unused(h, false, false, false)?;
+                Request::DeviceList
+            }
+            MsgType::DeviceShow => {
+                unused(h, false, false, false)?;
+                Request::DeviceShow {
+                    name: get_named(&mut r)?,
+                }
+            }
+            MsgType::DeviceSet => {
+                unused(h, false, false, false)?;
+                let name = get_named(&mut r)?;
+                let settings = text_rest(&mut r, "settings")?;
+                Request::DeviceSet { name, settings }
+            }
+            MsgType::DeviceDelete => {
+                unused(h, false, false, false)?;
+                let dirty = r.u64("dirty_lines")?;
+                let flags = r.u32("flags")?;
+                let n = r.u8("name length")?;
+                r.reserved(3)?;
+                let name = r.name(n, "name")?;
+                if flags & !DELETE_FLAG_DIRTY_NAMED != 0 {
+                    return Err(invalid(t, "flags", u64::from(flags), "reserved bits set"));
+                }
+                let named = flags & DELETE_FLAG_DIRTY_NAMED != 0;
+                if !named && dirty != 0 {
+                    return Err(invalid(t, "dirty_lines", dirty, "must be 0 unless named"));
+                }
+                Request::DeviceDelete {
+                    name,
+                    dirty_lines: named.then_some(dirty),
+                }
             }
         };
         r.finish()?;
