@@ -5,10 +5,16 @@
 //! never lose an acknowledged write.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod admin;
 pub mod config;
+pub mod datadir;
 pub mod device;
+pub mod devices;
 pub mod error;
+pub mod server;
+pub mod service;
 
-pub use config::{CacheMode, DeviceConfig, ReplicaConfig, ReplicaLoss};
+pub use config::{CacheMode, DeviceConfig, DeviceSettings, ReplicaConfig, ReplicaLoss};
 pub use device::{BLOCK_SIZE, Device, DeviceInfo, OpenOptions};
 pub use error::CdevError;
+pub use server::{Cvad, CvadConfig, CvadError, ServerSettings};
