@@ -27,6 +27,8 @@
 //!   acceptor with one runtime thread per session ([`Host`]);
 //! - [`server`]: the rpc server on a [`Host`] ([`Server`]);
 //! - [`client`]: the pipelined [`Client`];
+//! - [`Ledger`]: frames and in-flight slots server sessions took and returned,
+//!   for leak checks;
 //! - [`echo`]: a service that echoes, for tests, benchmarks and simulations;
 //! - [`RpcError`]: what went wrong, the status to answer with, and whether the
 //!   connection must close.
@@ -44,6 +46,7 @@ pub mod fuzzing;
 mod header;
 mod hello;
 pub mod host;
+mod ledger;
 pub mod limits;
 mod msg;
 mod msg_type;
@@ -64,6 +67,7 @@ pub use host::{
     HANDOFF_QUEUE_MAX, HandTo, Handoff, Host, HostConfig, RuntimeThread, RuntimeThreadConfig,
     handoff_inbox, serve_handed,
 };
+pub use ledger::{Ledger, LedgerCounts};
 pub use limits::HEADER_LEN;
 pub use msg::{
     Body, CLEAN_FLAG_CLEANED, Counter, DELETE_FLAG_DIRTY_NAMED, DEVICE_FLAG_READ_ONLY, DeviceInfo,

@@ -2,8 +2,8 @@
 //! thread and one runtime thread per session) with [`serve_handoff`] as the serve
 //! function (HELLO, reader task, handler tasks: see [`crate::session`]). A session
 //! that ends (client gone, bad framing) frees all it held; the server goes on. A
-//! session whose service routes it ([`Service::route`](crate::Service::route))
-//! moves to a [`RuntimeThread`](crate::RuntimeThread) of the embedder's.
+//! session whose service routes it ([`Service::route`]) moves to a
+//! [`RuntimeThread`](crate::RuntimeThread) of the embedder's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// How long an idle session waits before it gives its buffers back.
     pub idle_shrink_after: Duration,
+    /// Where every session counts the frames and in-flight slots it takes and
+    /// returns (a leak check; None: not counted).
+    pub ledger: Option<crate::Ledger>,
     /// Settings of each session thread's runtime (stall detector, stacks).
     pub runtime: Config,
     pub io: IoConfig,
@@ -51,6 +54,7 @@ impl ServerConfig {
             frame_timeout: session.frame_timeout,
             idle_timeout: session.idle_timeout,
             idle_shrink_after: session.idle_shrink_after,
+            ledger: session.ledger,
             runtime: Config::default(),
             io: IoConfig::default(),
         }
@@ -65,6 +69,7 @@ impl ServerConfig {
             frame_timeout: self.frame_timeout,
             idle_timeout: self.idle_timeout,
             idle_shrink_after: self.idle_shrink_after,
+            ledger: self.ledger.clone(),
         }
     }
 

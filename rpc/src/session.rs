@@ -41,6 +41,7 @@ use crate::frame::{FrameOut, FrameReader, is_idle_timeout, send_message};
 use crate::header::{Header, RawHeader};
 use crate::hello::{ServerSide, closing_status, is_told};
 use crate::host::{HandTo, Handoff};
+use crate::ledger::Ledger;
 use crate::limits::{FRAME_LEN_MAX, HEADER_LEN, PING_LEN_MAX, QUEUE_DEPTH_MAX, VERSION_MIN};
 use crate::msg::{Body, Message, Request, Response};
 use crate::msg_type::MsgType;
@@ -114,6 +115,9 @@ pub struct SessionConfig {
     /// How long a session with nothing in flight waits before it gives back its
     /// buffers, down to SESSION_IDLE_BUFFER_BYTES_MAX.
     pub idle_shrink_after: Duration,
+    /// Where the session counts the frames and in-flight slots it takes and
+    /// returns (a leak check; None: not counted).
+    pub ledger: Option<Ledger>,
 }
 
 /// Bytes an idle session keeps in one buffer it keeps warm: a frame of the
@@ -142,6 +146,7 @@ impl Default for SessionConfig {
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
             idle_shrink_after: Duration::from_secs(1),
+            ledger: None,
         }
     }
 }
@@ -170,7 +175,79 @@ impl SessionConfig {
 /// A request waiting for a handler: its frame (header + payload) in a pooled buffer.
 struct Queued {
     header: Header,
-    frame: PoolItem<Vec<u8>>,
+    frame: Frame,
+    /// Held until the request is done with, never read.
+    _slot: Slot,
+}
+
+/// Requests queued or being handled (at `queue_depth` a new one is answered BUSY),
+/// counted by their [`Slot`]s.
+struct InFlight {
+    count: Cell<usize>,
+    /// Woken when `count` drops to zero (a reader waiting to move the session).
+    drained: taskio::Rendez,
+    ledger: Option<Ledger>,
+}
+
+impl InFlight {
+    fn get(&self) -> usize {
+        self.count.get()
+    }
+
+    /// A request is queued: one more in flight until its slot drops.
+    fn take(self: &Rc<Self>) -> Slot {
+        self.count.set(self.count.get() + 1);
+        if let Some(l) = &self.ledger {
+            l.slot_taken();
+        }
+        Slot(self.clone())
+    }
+}
+
+/// One request's in-flight slot, given back when it drops however the request
+/// ends: answered, dropped with the queue of an ending session, or with its
+/// handler's task when that panics or unwinds (a crash).
+struct Slot(Rc<InFlight>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let f = &self.0;
+        f.count.set(f.count.get() - 1);
+        if let Some(l) = &f.ledger {
+            l.slot_returned();
+        }
+        if f.count.get() == 0 {
+            f.drained.wakeup_all();
+        }
+    }
+}
+
+/// A request frame's pooled buffer, counted in the session's ledger (if any) from
+/// the pool until it drops back into it.
+struct Frame {
+    buf: PoolItem<Vec<u8>>,
+    ledger: Option<Ledger>,
+}
+
+impl std::ops::Deref for Frame {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Frame {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        if let Some(l) = &self.ledger {
+            l.frame_returned();
+        }
+    }
 }
 
 /// A session that moves: where to, and the frame of the request that moves it
@@ -200,12 +277,13 @@ struct Session<S> {
     /// One scratch buffer per handler (the data of a READ's response).
     scratches: Pool<Vec<u8>>,
     /// Requests queued or being handled; at `queue_depth` a new one is answered BUSY.
-    in_flight: Cell<usize>,
-    /// Woken when `in_flight` drops to zero (a reader waiting to move the session).
-    drained: taskio::Rendez,
+    in_flight: Rc<InFlight>,
     /// Handler tasks that started (as many as requests were ever in flight at once,
-    /// up to `queue_depth`); they live until the session ends.
+    /// up to `queue_depth`); they live until the session ends, unless one panics
+    /// (a bug of the service: that task ends alone).
     handlers: std::cell::RefCell<Vec<taskio::JoinHandle<()>>>,
+    /// Handler tasks that have not ended (a [`HandlerLive`] each).
+    handlers_live: Cell<usize>,
     /// The socket's writing side: responses gathered for the writer task.
     out: FrameOut,
 }
@@ -278,9 +356,13 @@ fn serve_session<S: Service + 'static>(
         queue: Channel::new(depth),
         frames: Pool::new(depth + 1, Vec::new),
         scratches: Pool::new(depth, Vec::new),
-        in_flight: Cell::new(0),
-        drained: taskio::Rendez::new(),
+        in_flight: Rc::new(InFlight {
+            count: Cell::new(0),
+            drained: taskio::Rendez::new(),
+            ledger: config.ledger.clone(),
+        }),
         handlers: std::cell::RefCell::new(Vec::new()),
+        handlers_live: Cell::new(0),
         out: FrameOut::new(),
     });
     let s = session.clone();
@@ -328,7 +410,7 @@ impl<S: Service> Session<S> {
                 Ok(b) => b,
                 Err(e) => return Err(self.close(e)),
             };
-            let mut frame = self.frames.get();
+            let mut frame = self.take_frame();
             let raw = match reader.read_rest(
                 &self.stream,
                 first,
@@ -359,9 +441,16 @@ impl<S: Service> Session<S> {
                 self.refuse(&raw, Status::Busy, reason)?;
                 continue;
             }
-            self.in_flight.set(self.in_flight.get() + 1);
-            if self.queue.try_send(Queued { header, frame }).is_err() {
-                self.in_flight.set(self.in_flight.get() - 1);
+            let slot = self.in_flight.take();
+            if self
+                .queue
+                .try_send(Queued {
+                    header,
+                    frame,
+                    _slot: slot,
+                })
+                .is_err()
+            {
                 return Ok(None); // handlers gone: the session is ending
             }
         }
@@ -374,7 +463,7 @@ impl<S: Service> Session<S> {
     fn route(&self, header: &Header, frame: &[u8]) -> Result<Option<HandTo>, RpcError> {
         let deadline = taskio::now() + self.config.idle_timeout;
         while self.in_flight.get() > 0 {
-            if !self.drained.sleep_until(deadline) {
+            if !self.in_flight.drained.sleep_until(deadline) {
                 let e = RpcError::Protocol {
                     what: format!(
                         "requests still in flight after {:?}: cannot route the session",
@@ -394,25 +483,39 @@ impl<S: Service> Session<S> {
         })
     }
 
+    /// A frame buffer from the session's pool (waits while every one is in use:
+    /// at most `queue_depth` are queued or handled, so one is free for the reader).
+    fn take_frame(&self) -> Frame {
+        let buf = self.frames.get();
+        let ledger = self.config.ledger.clone();
+        if let Some(l) = &ledger {
+            l.frame_taken();
+        }
+        Frame { buf, ledger }
+    }
+
     /// Whether a handler will take a request when `in_flight` are queued or being
-    /// handled: one more is started when every started one has one; when that
-    /// fails (the runtime's task limit) the started ones will, if there are any.
+    /// handled: one more is started when every live one has one (a handler that
+    /// panicked is not live); when that fails (the runtime's task limit) the live
+    /// ones will, if there are any.
     fn handler_for(self: &Rc<Self>, in_flight: usize) -> bool
     where
         S: 'static,
     {
-        let mut handlers = self.handlers.borrow_mut();
-        if in_flight <= handlers.len() {
+        if in_flight <= self.handlers_live.get() {
             return true;
         }
-        let s = self.clone();
+        let mut handlers = self.handlers.borrow_mut();
+        // Those that panicked: at most `queue_depth` handles are kept.
+        handlers.retain(|h| !h.is_finished());
+        let live = HandlerLive::count(self);
         if let Ok(h) = Builder::new()
             .name(format!("rpc-handler-{}", handlers.len()))
-            .spawn(move || s.handle_requests())
+            .spawn(move || live.0.handle_requests())
         {
             handlers.push(h);
         }
-        !handlers.is_empty()
+        self.handlers_live.get() > 0
     }
 
     /// Waits for the first byte of the next request, up to `idle_timeout`; once
@@ -502,11 +605,8 @@ impl<S: Service> Session<S> {
             let mut scratch = self.scratches.get();
             let sent = self.answer(&q, &mut scratch);
             drop(scratch);
-            drop(q);
-            self.in_flight.set(self.in_flight.get() - 1);
-            if self.in_flight.get() == 0 {
-                self.drained.wakeup_all();
-            }
+            drop(q); // its frame and its slot
+
             if sent.is_err() {
                 self.queue.close();
                 break;
@@ -582,6 +682,24 @@ impl<S: Service> Session<S> {
             let _ = self.send(&Message::connection_error(closing_status(&e), &reason));
         }
         e
+    }
+}
+
+/// A handler task counted live in its session from its start until its closure is
+/// dropped: when it returns, panics or unwinds, or never runs.
+struct HandlerLive<S: Service>(Rc<Session<S>>);
+
+impl<S: Service> HandlerLive<S> {
+    fn count(session: &Rc<Session<S>>) -> HandlerLive<S> {
+        session.handlers_live.set(session.handlers_live.get() + 1);
+        HandlerLive(session.clone())
+    }
+}
+
+impl<S: Service> Drop for HandlerLive<S> {
+    fn drop(&mut self) {
+        let live = &self.0.handlers_live;
+        live.set(live.get() - 1);
     }
 }
 

@@ -15,8 +15,9 @@
 //! every call ended with its reply or an error within its timeout (an echo carries
 //! the request's data back); no caller task and no client is stuck; no client holds
 //! an in-flight slot; every server session ended once its client was gone (a session
-//! holds its frames and buffers, so a session left is what a leak would be); and the
-//! server still serves a new session.
+//! holds its frames and buffers, so a session left is what a leak would be), and
+//! then every frame and in-flight slot the sessions took is back (the server's
+//! `rpc::Ledger`); and the server still serves a new session.
 //!
 //! `--buggy` runs a service whose handler never returns from one PING in 64 (it
 //! waits an hour of virtual time): the calls still end by their timeouts, but the
@@ -28,7 +29,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use rpc::{
-    Client, ClientConfig, Header, Request, Response, RpcError, SessionConfig, SessionInfo,
+    Client, ClientConfig, Header, Ledger, Request, Response, RpcError, SessionConfig, SessionInfo,
     serve_listener,
 };
 use taskio::rand::Rng;
@@ -112,6 +113,10 @@ struct World {
     sessions: Cell<u64>,
     /// Server sessions whose service still exists (made, not dropped).
     services_live: Cell<usize>,
+    /// Frames and in-flight slots the server's sessions took and returned (the
+    /// ledger survives the server's crashes: a crashed session's unwinding
+    /// returns what it held).
+    ledger: Ledger,
     crashes: Cell<u64>,
     bad_frames: Cell<u64>,
 }
@@ -180,6 +185,7 @@ fn server_program(world: &Rc<World>) {
         queue_depth: QUEUE_DEPTH,
         frame_timeout: FRAME_TIMEOUT,
         idle_timeout: IDLE_TIMEOUT,
+        ledger: Some(world.ledger.clone()),
         ..SessionConfig::default()
     };
     let w = world.clone();
@@ -390,9 +396,21 @@ fn control(h: &SimHandle, world: &Rc<World>) -> Option<String> {
         ));
     }
     if !h.run_until(SESSIONS_END_WITHIN, || world.services_live.get() == 0) {
+        let held = world.ledger.counts();
         return Some(format!(
-            "leak: {} server sessions still live {SESSIONS_END_WITHIN:?} after their clients left",
-            world.services_live.get()
+            "leak: {} server sessions still live {SESSIONS_END_WITHIN:?} after their clients left, holding {} frames and {} in-flight slots",
+            world.services_live.get(),
+            held.frames_held(),
+            held.slots_held()
+        ));
+    }
+    // Every session has ended: each frame and slot it took is back.
+    let held = world.ledger.counts();
+    if held.frames_held() != 0 || held.slots_held() != 0 {
+        return Some(format!(
+            "leak: the server's ended sessions hold {} frames and {} in-flight slots ({held:?})",
+            held.frames_held(),
+            held.slots_held()
         ));
     }
     if let Err(e) = new_session_answers(world) {
@@ -425,17 +443,22 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
         Err(e) => Some(format!("the simulation itself failed: {e}")),
     };
     let st = sim.stats();
+    let ledger = world.ledger.counts();
     SeedRun {
         trace: sim.trace_hash(),
         failure,
         detail: format!(
-            "{} calls answered, {} answered with an error, {} timed out, {} failed, longest {} us; {} sessions; {} crashes, {} resetting and {} silent partitions, {} bad frames injected ({} corrupted, {} truncated on the wire){}",
+            "{} calls answered, {} answered with an error, {} timed out, {} failed, longest {} us; {} sessions, {} frames and {} in-flight slots taken ({} and {} held at the end); {} crashes, {} resetting and {} silent partitions, {} bad frames injected ({} corrupted, {} truncated on the wire){}",
             world.calls_ok.get(),
             world.calls_answered_error.get(),
             world.calls_timed_out.get(),
             world.calls_failed.get(),
             world.call_us_max.get(),
             world.sessions.get(),
+            ledger.frames_taken,
+            ledger.slots_taken,
+            ledger.frames_held(),
+            ledger.slots_held(),
             world.crashes.get(),
             st.partitions_reset,
             st.partitions_silent,
