@@ -4,20 +4,80 @@
 //! Everything of a device lives on one runtime (single-threaded, `Rc` inside): the
 //! server hands each connection that opened the device to that runtime, so a request
 //! never crosses threads.
+//!
+//! - **Reads**: each line a hit on the primary vSSD is served from it; a run of
+//!   missed lines is read from the backing store in one I/O under the DTM's lock of
+//!   those lines (a write landing meanwhile is seen: each line is looked up again
+//!   under the lock) and inserted clean, unless the mode is pass-through or the read
+//!   continues a sequential stream longer than `seq_cutoff_bytes`.
+//! - **Writes** hold their lines in the device's [`Gate`] from the read-modify-write
+//!   of their partial lines (the old bytes from the cache, else the backing store)
+//!   to their acknowledgement. Write-back: one `Dtm::write` of the whole lines, on
+//!   every replica when it returns. The other modes drop the lines' clean copies
+//!   from every replica, then write the backing store under the DTM's lock of the
+//!   lines (no destage or fill in between), fdatasync, and write-through caches them
+//!   clean again: no crash leaves a cached copy older than the backing store. A line
+//!   dirty in the cache (written back before a mode change, or found by recovery)
+//!   would be undone by its destage: such a write goes through the DTM first and its
+//!   lines are destaged at once.
+//! - **Destage** ([`Device::open`] starts its task): between the watermarks, and
+//!   whenever dirty lines wait while no request came for [`IDLE_AFTER`], it walks the
+//!   vSSD's ordered dirty index from a cursor, takes a run of adjacent dirty lines
+//!   (at most [`DESTAGE_RUN_BYTES_MAX`]), and under the DTM's lock of the run: makes
+//!   the COMMITs durable (`Dtm::flush`), reads the dirty versions, writes them to the
+//!   backing store, fdatasyncs, then marks each clean on every replica at the version
+//!   it wrote (`Dtm::clean`). One run is in flight at a time.
 
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::path::Path;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
 
-use crate::config::{CacheMode, DeviceConfig};
+use dtm::{Dtm, DtmConfig, LocalReplica, LossPolicy, RemoteReplica, Replica};
+use taskio::{AlignedBuf, Builder, Instant, JoinHandle, Rendez, now, yield_now};
+use vssd::layout::{FormatParams, Geometry, LINE_SIZE_MAX, LINE_SIZE_MIN, LOG_BYTES_MIN};
+use vssd::map::State;
+use vssd::{Options, Vssd, format};
+
+use crate::backing::{BackingStore, open_file};
+use crate::config::{CacheMode, DeviceConfig, ReplicaLoss};
 use crate::error::CdevError;
+use crate::gate::Gate;
 
 /// Block size of every device: offsets and lengths are multiples of it.
 pub const BLOCK_SIZE: u32 = 512;
+/// Longest READ or WRITE.
+pub const IO_LEN_MAX: u32 = rpc::limits::DATA_LEN_MAX;
+/// Longest backing-store write of one destage run.
+pub const DESTAGE_RUN_BYTES_MAX: u64 = 1 << 20;
+/// Dirty lines listed from the index per destage step.
+const DESTAGE_LIST_LINES: usize = 256;
+/// With dirty lines below the high watermark, destage runs once no request came for
+/// this long.
+pub const IDLE_AFTER: Duration = Duration::from_millis(100);
+/// How long the destage task sleeps between looks at the watermarks and the idle
+/// time when nothing wakes it.
+const DESTAGE_POLL: Duration = Duration::from_millis(50);
+/// After a failed destage run (the backing store failed), the task waits this long.
+const DESTAGE_RETRY: Duration = Duration::from_millis(500);
+/// Longest wait of a write for the lines another write holds.
+const GATE_WAIT_MAX: Duration = dtm::config::WAIT_MAX_DEFAULT;
+/// The log takes 1/LOG_SHARE of a vSSD formatted by `open`.
+const LOG_SHARE: u64 = 8;
+
+const _: () = assert!(BLOCK_SIZE.is_power_of_two() && LINE_SIZE_MIN.is_multiple_of(BLOCK_SIZE));
+const _: () = assert!(IO_LEN_MAX.is_multiple_of(BLOCK_SIZE));
+const _: () = assert!(DESTAGE_RUN_BYTES_MAX >= LINE_SIZE_MAX as u64);
+const _: () = assert!(DESTAGE_LIST_LINES as u64 >= DESTAGE_RUN_BYTES_MAX / LINE_SIZE_MIN as u64);
 
 /// How [`Device::open`] treats missing files.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenOptions {
     /// Format the vSSD and create the (sparse) backing file when they are missing.
     pub create: bool,
+    /// The size of a backing file created by `create` (0: a missing backing store is
+    /// an error even with `create`).
+    pub backing_bytes: u64,
 }
 
 /// What a client is told at DEVICE_OPEN.
@@ -27,7 +87,7 @@ pub struct DeviceInfo {
     pub size_bytes: u64,
     /// [`BLOCK_SIZE`].
     pub block_size: u32,
-    /// Longest READ or WRITE.
+    /// Longest READ or WRITE ([`IO_LEN_MAX`]).
     pub io_len_max: u32,
     /// Bytes per cache line.
     pub line_size: u32,
@@ -46,8 +106,75 @@ impl DeviceInfo {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DevState {
+    Open,
+    Closing,
+    Closed,
+}
+
+/// Counters of STAT (see [`Device::stat`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    reads: u64,
+    writes: u64,
+    flushes: u64,
+    discards: u64,
+    read_hit_lines: u64,
+    read_miss_lines: u64,
+    read_hits: u64,
+    read_misses: u64,
+    read_partial_hits: u64,
+    read_pass_through: u64,
+    write_hits: u64,
+    write_pass_through: u64,
+    fills: u64,
+    blocks_read_client: u64,
+    blocks_written_client: u64,
+    blocks_read_backing: u64,
+    blocks_written_backing: u64,
+    blocks_read_cache: u64,
+    blocks_written_cache: u64,
+    errors_invalid: u64,
+    errors_cache: u64,
+    errors_backing: u64,
+    destage_runs: u64,
+    destage_lines: u64,
+    destage_errors: u64,
+    mode_changes: u64,
+}
+
+/// The sequential-read detector: where the last read ended and how long the stream
+/// of reads, each starting where the previous ended, is.
+#[derive(Clone, Copy, Default)]
+struct Stream {
+    next: u64,
+    bytes: u64,
+}
+
 struct Inner {
+    name: String,
     config: DeviceConfig,
+    mode: Cell<CacheMode>,
+    dtm: Dtm,
+    vssd: Vssd,
+    backing: Rc<BackingStore>,
+    line_size: u64,
+    /// The device's size in lines (the backing store's).
+    lines: u64,
+    /// Dirty lines at which destage starts, and below which it stops.
+    high_lines: u64,
+    low_lines: u64,
+    gate: Rc<Gate>,
+    state: Cell<DevState>,
+    in_flight: Cell<u64>,
+    drained: Rendez,
+    stream: Cell<Stream>,
+    last_request: Cell<Instant>,
+    /// Wakes the destage task (close, a write past the high watermark).
+    kick: Rc<Rendez>,
+    destage: RefCell<Option<JoinHandle<()>>>,
+    counters: Cell<Counters>,
 }
 
 /// One open cache device (cheap to clone: every clone is the same device).
@@ -56,22 +183,101 @@ pub struct Device {
     inner: Rc<Inner>,
 }
 
+/// A request counted in flight until dropped ([`Device::close`] drains them).
+struct InFlight<'a>(&'a Inner);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let n = self.0.in_flight.get() - 1;
+        self.0.in_flight.set(n);
+        if n == 0 {
+            self.0.drained.wakeup_all();
+        }
+    }
+}
+
 impl Device {
     /// Opens the device of `config` on the calling runtime: opens (or, with
-    /// `options.create`, formats) the primary vSSD and the backing store, recovers
-    /// through the DTM (the local replica alone when `config.replicas` is empty, a
-    /// `RemoteReplica` for each configured peer), starts the DTM and the destage task.
+    /// `options.create`, creates and formats) the primary vSSD and the backing store,
+    /// recovers through the DTM (the local replica, member 0, alone when
+    /// `config.replicas` is empty; a `RemoteReplica` for each configured peer that
+    /// answers), starts the DTM and the destage task.
     pub fn open(config: &DeviceConfig, options: OpenOptions) -> Result<Device, CdevError> {
-        let _ = options;
-        Err(unbuilt("open", &config.name))
+        const OP: &str = "open";
+        check_config(config)?;
+        let name = config.name.clone();
+        let line_size = u64::from(config.line_size);
+        let create = (options.create && options.backing_bytes > 0).then_some(options.backing_bytes);
+        let backing = Rc::new(BackingStore::open(&name, &config.backing, create)?);
+        let size = backing.size();
+        if size == 0 || !size.is_multiple_of(line_size) {
+            return Err(config_error(
+                &name,
+                format!(
+                    "backing store {} is {size} bytes: not a positive multiple of the line size {line_size}",
+                    config.backing.display()
+                ),
+            ));
+        }
+        let vssd = open_vssd(config, options.create)?;
+        let started = start_dtm(config, &vssd, &backing, size / line_size);
+        let dtm = match started {
+            Ok(dtm) => dtm,
+            Err(e) => {
+                vssd.close();
+                return Err(e);
+            }
+        };
+        let capacity = vssd.geometry().lines();
+        let pct = |p: u8| capacity * u64::from(p) / 100;
+        let inner = Rc::new(Inner {
+            name: name.clone(),
+            config: config.clone(),
+            mode: Cell::new(config.mode),
+            vssd,
+            dtm,
+            backing,
+            line_size,
+            lines: size / line_size,
+            high_lines: pct(config.destage_high_pct).max(1),
+            low_lines: pct(config.destage_low_pct),
+            gate: Rc::new(Gate::default()),
+            state: Cell::new(DevState::Open),
+            in_flight: Cell::new(0),
+            drained: Rendez::new(),
+            stream: Cell::new(Stream::default()),
+            last_request: Cell::new(now()),
+            kick: Rc::new(Rendez::new()),
+            destage: RefCell::new(None),
+            counters: Cell::new(Counters::default()),
+        });
+        let weak = Rc::downgrade(&inner);
+        let kick = inner.kick.clone();
+        let task = Builder::new()
+            .name(format!("destage-{name}"))
+            .spawn(move || destage_loop(&weak, &kick));
+        match task {
+            Ok(h) => *inner.destage.borrow_mut() = Some(h),
+            Err(e) => {
+                inner.dtm.close();
+                inner.vssd.close();
+                return Err(CdevError::Runtime {
+                    op: OP,
+                    device: name,
+                    why: format!("cannot start the destage task: {e}"),
+                });
+            }
+        }
+        tracing::info!(device = %name, size, line_size, mode = ?config.mode, epoch = inner.dtm.epoch(), "device open");
+        Ok(Device { inner })
     }
 
     /// Size, block size, longest I/O, line size, read-only.
     pub fn info(&self) -> DeviceInfo {
         DeviceInfo {
-            size_bytes: 0,
+            size_bytes: self.inner.lines * self.inner.line_size,
             block_size: BLOCK_SIZE,
-            io_len_max: rpc::limits::DATA_LEN_MAX,
+            io_len_max: IO_LEN_MAX,
             line_size: self.inner.config.line_size,
             read_only: false,
         }
@@ -81,59 +287,920 @@ impl Device {
     /// the device, at most `io_len_max`): hits from the cache, misses from the
     /// backing store (then cached clean, unless a long sequential stream bypasses).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), CdevError> {
-        let _ = (offset, buf);
-        Err(unbuilt("read", &self.inner.config.name))
+        let inner = &*self.inner;
+        let _req = inner.enter("read")?;
+        inner.check_range("read", offset, buf.len() as u64, true)?;
+        inner.count(|c| c.reads += 1);
+        let result = inner.read(offset, buf);
+        inner.count_error(&result);
+        result
     }
 
     /// Writes `data` at `offset` (same rules as [`Device::read`]); durable when it
     /// returns: on every replica (write-back) or on the backing store (the other
     /// modes).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), CdevError> {
-        let _ = (offset, data);
-        Err(unbuilt("write", &self.inner.config.name))
+        let inner = &*self.inner;
+        let _req = inner.enter("write")?;
+        inner.check_range("write", offset, data.len() as u64, true)?;
+        inner.count(|c| c.writes += 1);
+        let result = inner.write(offset, data);
+        inner.count_error(&result);
+        result
     }
 
-    /// Every write acknowledged before it durable (they already are: this makes the
-    /// replicas' commits durable too).
+    /// Every write acknowledged before it is durable already; this makes the
+    /// replicas' COMMITs durable too (nothing is left for recovery to decide).
     pub fn flush(&self) -> Result<(), CdevError> {
-        Err(unbuilt("flush", &self.inner.config.name))
+        let inner = &*self.inner;
+        let _req = inner.enter("flush")?;
+        inner.count(|c| c.flushes += 1);
+        inner.dtm.flush().map_err(|e| inner.dtm_error("flush", e))
     }
 
-    /// Drops `len` bytes at `offset` from the cache (whole lines only; a partial line
-    /// is left as it is). The backing store keeps what it holds.
+    /// Drops `len` bytes at `offset` (multiples of [`BLOCK_SIZE`], inside the device)
+    /// from the cache, on every replica: the whole lines inside the range only (a
+    /// partial line keeps its bytes). Dirty lines dropped are not destaged: the
+    /// client said it does not need their bytes. The backing store keeps what it
+    /// holds.
     pub fn discard(&self, offset: u64, len: u64) -> Result<(), CdevError> {
-        let _ = (offset, len);
-        Err(unbuilt("discard", &self.inner.config.name))
+        let inner = &*self.inner;
+        let _req = inner.enter("discard")?;
+        inner.check_range("discard", offset, len, false)?;
+        inner.count(|c| c.discards += 1);
+        let first = offset.div_ceil(inner.line_size);
+        let end = (offset + len) / inner.line_size;
+        if first >= end {
+            return Ok(());
+        }
+        let _gate = inner.hold("discard", first, end - first)?;
+        inner
+            .dtm
+            .discard(first, end - first)
+            .map(|_| ())
+            .map_err(|e| inner.dtm_error("discard", e))
     }
 
     /// The STAT counters: names without spaces, at most 64 bytes, at most
     /// `rpc::limits::STAT_COUNTERS_MAX` of them.
     pub fn stat(&self) -> Vec<(String, u64)> {
-        Vec::new()
+        self.inner.stat()
     }
 
-    /// Changes the cache mode; leaving write-back destages every dirty line first.
+    /// Changes the cache mode; leaving write-back destages every dirty line first
+    /// (writes go on meanwhile in the new mode).
     pub fn set_mode(&self, mode: CacheMode) -> Result<(), CdevError> {
-        let _ = mode;
-        Err(unbuilt("set_mode", &self.inner.config.name))
+        const OP: &str = "set_mode";
+        let inner = &*self.inner;
+        let _req = inner.enter(OP)?;
+        let old = inner.mode.replace(mode);
+        inner.count(|c| c.mode_changes += 1);
+        tracing::info!(device = %inner.name, from = ?old, to = ?mode, dirty = inner.vssd.dirty_count(), "cache mode change");
+        if old == CacheMode::WriteBack && mode != CacheMode::WriteBack {
+            inner.destage_all(OP)?;
+        }
+        Ok(())
     }
 
     /// Dirty lines in the cache now.
     pub fn dirty_lines(&self) -> u64 {
-        0
+        self.inner.vssd.dirty_count()
     }
 
-    /// Drains the requests in flight, stops destage, checkpoints and closes the
-    /// vSSD. Later calls fail.
+    /// Destages every dirty line now (what leaving write-back does).
+    pub fn destage_all(&self) -> Result<(), CdevError> {
+        let inner = &*self.inner;
+        let _req = inner.enter("destage")?;
+        inner.destage_all("destage")
+    }
+
+    /// Drains the requests in flight, stops destage, makes the COMMITs durable,
+    /// checkpoints and closes the vSSD. Later calls fail; a second close does
+    /// nothing.
     pub fn close(&self) -> Result<(), CdevError> {
-        Err(unbuilt("close", &self.inner.config.name))
+        const OP: &str = "close";
+        let inner = &*self.inner;
+        if inner.state.get() != DevState::Open {
+            return Ok(());
+        }
+        inner.state.set(DevState::Closing);
+        inner.kick.wakeup_all();
+        // Bounded: each request ends within the DTM's and the backing store's waits.
+        while inner.in_flight.get() > 0 {
+            inner.drained.sleep();
+        }
+        let task = inner.destage.borrow_mut().take();
+        if let Some(task) = task {
+            inner.kick.wakeup_all();
+            if let Err(e) = task.join() {
+                tracing::error!(device = %inner.name, "destage task failed: {e}");
+            }
+        }
+        let flushed = inner.dtm.flush().map_err(|e| inner.dtm_error(OP, e));
+        let checkpointed = inner
+            .vssd
+            .checkpoint()
+            .map(|_| ())
+            .map_err(|e| inner.vssd_error(OP, e));
+        inner.dtm.close();
+        inner.vssd.close();
+        inner.state.set(DevState::Closed);
+        tracing::info!(device = %inner.name, dirty = inner.vssd.dirty_count(), "device closed");
+        flushed.and(checkpointed)
     }
 }
 
-fn unbuilt(op: &'static str, device: &str) -> CdevError {
-    CdevError::NotServing {
-        op,
-        device: device.to_string(),
-        state: "not built yet",
+impl Inner {
+    fn count(&self, f: impl FnOnce(&mut Counters)) {
+        let mut c = self.counters.get();
+        f(&mut c);
+        self.counters.set(c);
     }
+
+    fn count_error<T>(&self, result: &Result<T, CdevError>) {
+        match result {
+            Err(CdevError::Backing { .. }) => self.count(|c| c.errors_backing += 1),
+            Err(CdevError::Vssd { .. } | CdevError::Dtm { .. }) => {
+                self.count(|c| c.errors_cache += 1)
+            }
+            _ => {}
+        }
+    }
+
+    fn enter(&self, op: &'static str) -> Result<InFlight<'_>, CdevError> {
+        let state = match self.state.get() {
+            DevState::Open => {
+                self.in_flight.set(self.in_flight.get() + 1);
+                self.last_request.set(now());
+                return Ok(InFlight(self));
+            }
+            DevState::Closing => "closing",
+            DevState::Closed => "closed",
+        };
+        Err(CdevError::NotServing {
+            op,
+            device: self.name.clone(),
+            state,
+        })
+    }
+
+    /// INVALID_ARGUMENT unless `offset..offset + len` is block-aligned, non-empty,
+    /// inside the device and (for `io`) at most [`IO_LEN_MAX`] long.
+    fn check_range(
+        &self,
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        io: bool,
+    ) -> Result<(), CdevError> {
+        let size = self.lines * self.line_size;
+        let block = u64::from(BLOCK_SIZE);
+        let why = if !offset.is_multiple_of(block) || !len.is_multiple_of(block) {
+            format!("not a multiple of the block size {BLOCK_SIZE}")
+        } else if len == 0 {
+            "empty".to_string()
+        } else if io && len > u64::from(IO_LEN_MAX) {
+            format!("longer than io_len_max {IO_LEN_MAX}")
+        } else if offset > size || len > size - offset {
+            format!("past the end of the device ({size} bytes)")
+        } else {
+            return Ok(());
+        };
+        self.count(|c| c.errors_invalid += 1);
+        Err(CdevError::InvalidArgument {
+            op,
+            device: self.name.clone(),
+            offset,
+            len,
+            why,
+        })
+    }
+
+    fn dtm_error(&self, op: &'static str, e: dtm::DtmError) -> CdevError {
+        CdevError::Dtm {
+            op,
+            device: self.name.clone(),
+            source: Box::new(e),
+        }
+    }
+
+    fn vssd_error(&self, op: &'static str, e: vssd::VssdError) -> CdevError {
+        CdevError::Vssd {
+            op,
+            device: self.name.clone(),
+            path: self.config.vssd.clone(),
+            source: Box::new(e),
+        }
+    }
+
+    fn hold(
+        &self,
+        op: &'static str,
+        first: u64,
+        count: u64,
+    ) -> Result<crate::gate::GateGuard, CdevError> {
+        self.gate
+            .lock(first, count, GATE_WAIT_MAX)
+            .ok_or_else(|| CdevError::Runtime {
+                op,
+                device: self.name.clone(),
+                why: format!(
+                    "lines {first}..{} held by other writes for {GATE_WAIT_MAX:?}",
+                    first + count
+                ),
+            })
+    }
+
+    fn line_buf(&self, lines: u64) -> AlignedBuf {
+        let len = (lines * self.line_size) as usize;
+        let mut b = AlignedBuf::new(len);
+        b.set_len(len);
+        b
+    }
+
+    /// The lines `offset..offset + len` touches: the first and one past the last.
+    fn lines_of(&self, offset: u64, len: u64) -> (u64, u64) {
+        (
+            offset / self.line_size,
+            (offset + len).div_ceil(self.line_size),
+        )
+    }
+
+    /// Copies the part of `line` (its bytes in `src`) inside the request at `offset`
+    /// into `dst` (the request's buffer).
+    fn copy_out(&self, line: u64, src: &[u8], offset: u64, dst: &mut [u8]) {
+        let start = (line * self.line_size).max(offset);
+        let end = ((line + 1) * self.line_size).min(offset + dst.len() as u64);
+        let at = (start - line * self.line_size) as usize;
+        let n = (end - start) as usize;
+        dst[(start - offset) as usize..][..n].copy_from_slice(&src[at..at + n]);
+    }
+
+    /// Whether a read of `len` at `offset` continues a sequential stream past the
+    /// cutoff (it then bypasses the cache).
+    fn sequential(&self, offset: u64, len: u64) -> bool {
+        let s = self.stream.get();
+        let bytes = if offset == s.next { s.bytes + len } else { len };
+        self.stream.set(Stream {
+            next: offset + len,
+            bytes,
+        });
+        self.config.seq_cutoff_bytes > 0 && bytes > self.config.seq_cutoff_bytes
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), CdevError> {
+        const OP: &str = "read";
+        let len = buf.len() as u64;
+        let bypass = self.sequential(offset, len) || self.mode.get() == CacheMode::PassThrough;
+        let (first, end) = self.lines_of(offset, len);
+        let mut line_buf = self.line_buf(1);
+        let (mut hits, mut misses) = (0, 0);
+        let mut line = first;
+        // Bounded: `line` moves forward every round.
+        while line < end {
+            if self
+                .dtm
+                .read(line, &mut line_buf)
+                .map_err(|e| self.dtm_error(OP, e))?
+                .is_some()
+            {
+                self.copy_out(line, &line_buf, offset, buf);
+                hits += 1;
+                line += 1;
+                continue;
+            }
+            let mut run_end = line + 1;
+            while run_end < end && self.vssd.lookup(run_end).is_none() {
+                run_end += 1;
+            }
+            self.read_missed(line, run_end, offset, buf, !bypass)?;
+            misses += run_end - line;
+            line = run_end;
+        }
+        let blocks = len / u64::from(BLOCK_SIZE);
+        self.count(|c| {
+            c.read_hit_lines += hits;
+            c.blocks_read_cache += hits * self.line_size / u64::from(BLOCK_SIZE);
+            c.read_miss_lines += misses;
+            c.blocks_read_client += blocks;
+            match (hits, misses) {
+                (_, 0) => c.read_hits += 1,
+                (0, _) => c.read_misses += 1,
+                _ => c.read_partial_hits += 1,
+            }
+            if bypass && misses > 0 {
+                c.read_pass_through += 1;
+            }
+        });
+        Ok(())
+    }
+
+    /// Lines `first..end`, missed, read from the backing store in one I/O under the
+    /// DTM's lock of them; each looked up again under the lock (a write may have
+    /// landed since) and, when `fill`, inserted clean.
+    fn read_missed(
+        &self,
+        first: u64,
+        end: u64,
+        offset: u64,
+        buf: &mut [u8],
+        fill: bool,
+    ) -> Result<(), CdevError> {
+        const OP: &str = "read";
+        let n = end - first;
+        let _lock = self
+            .dtm
+            .lock_lines(first, n)
+            .map_err(|e| self.dtm_error(OP, e))?;
+        let mut run = self.line_buf(n);
+        self.backing.read(first * self.line_size, &mut run)?;
+        self.count(|c| c.blocks_read_backing += n * self.line_size / u64::from(BLOCK_SIZE));
+        let mut line_buf = self.line_buf(1);
+        let ls = self.line_size as usize;
+        for (i, line) in (first..end).enumerate() {
+            let from_backing = &run[i * ls..][..ls];
+            if self
+                .dtm
+                .read(line, &mut line_buf)
+                .map_err(|e| self.dtm_error(OP, e))?
+                .is_some()
+            {
+                self.copy_out(line, &line_buf, offset, buf);
+                continue;
+            }
+            self.copy_out(line, from_backing, offset, buf);
+            if fill {
+                line_buf.copy_from_slice(from_backing);
+                self.fill(line, &line_buf);
+            }
+        }
+        Ok(())
+    }
+
+    /// Caches `data` as `line`'s clean copy (the caller holds the DTM's lock of it).
+    /// A failure is counted and logged, not returned: the read has its bytes.
+    fn fill(&self, line: u64, data: &AlignedBuf) {
+        match self.vssd.insert_clean(line, data) {
+            Ok(true) => self.count(|c| {
+                c.fills += 1;
+                c.blocks_written_cache += self.line_size / u64::from(BLOCK_SIZE);
+            }),
+            Ok(false) => {}
+            Err(e) => {
+                self.count(|c| c.errors_cache += 1);
+                tracing::warn!(device = %self.name, line, "fill failed: {e}");
+            }
+        }
+    }
+
+    /// `line`'s bytes now into `dst` (a line long): the cache's, else the backing
+    /// store's. The caller holds the line in the gate.
+    fn read_line(&self, line: u64, dst: &mut [u8]) -> Result<(), CdevError> {
+        const OP: &str = "write";
+        let mut line_buf = self.line_buf(1);
+        let hit = self
+            .dtm
+            .read(line, &mut line_buf)
+            .map_err(|e| self.dtm_error(OP, e))?;
+        if hit.is_none() {
+            self.backing.read(line * self.line_size, &mut line_buf)?;
+            self.count(|c| c.blocks_read_backing += self.line_size / u64::from(BLOCK_SIZE));
+        }
+        dst.copy_from_slice(&line_buf);
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), CdevError> {
+        const OP: &str = "write";
+        let len = data.len() as u64;
+        let (first, end) = self.lines_of(offset, len);
+        let n = end - first;
+        let _gate = self.hold(OP, first, n)?;
+        let ls = self.line_size;
+        let mut buf = self.line_buf(n);
+        // The read-modify-write of the partial first and last lines.
+        for line in [first, end - 1] {
+            let (a, b) = (line * ls, (line + 1) * ls);
+            let whole = offset <= a && b <= offset + len;
+            let at = ((line - first) * ls) as usize;
+            if !whole {
+                self.read_line(line, &mut buf[at..at + ls as usize])?;
+            }
+            if first == end - 1 {
+                break;
+            }
+        }
+        let at = (offset - first * ls) as usize;
+        buf[at..at + data.len()].copy_from_slice(data);
+        let blocks = len / u64::from(BLOCK_SIZE);
+        self.count(|c| c.blocks_written_client += blocks);
+        match self.mode.get() {
+            CacheMode::WriteBack => {
+                self.dtm
+                    .write(first, &buf)
+                    .map_err(|e| self.dtm_error(OP, e))?;
+                self.count(|c| {
+                    c.write_hits += 1;
+                    c.blocks_written_cache += n * ls / u64::from(BLOCK_SIZE);
+                });
+                if self.vssd.dirty_count() >= self.high_lines {
+                    self.kick.wakeup_all();
+                }
+                Ok(())
+            }
+            mode => self.write_backing(first, &buf, mode),
+        }
+    }
+
+    /// A write of the whole lines `buf` at `first` in a mode other than write-back:
+    /// see the module documentation.
+    fn write_backing(
+        &self,
+        first: u64,
+        buf: &AlignedBuf,
+        mode: CacheMode,
+    ) -> Result<(), CdevError> {
+        const OP: &str = "write";
+        let ls = self.line_size;
+        let n = buf.len() as u64 / ls;
+        let dirty = (first..first + n)
+            .any(|l| self.vssd.lookup(l).is_some_and(|e| e.state == State::Dirty));
+        if dirty {
+            // Through the DTM first: the destage of the older dirty version can then
+            // never land after this write (module documentation).
+            self.dtm
+                .write(first, buf)
+                .map_err(|e| self.dtm_error(OP, e))?;
+            self.destage_run(OP, first, n)?;
+            if mode == CacheMode::WriteThrough {
+                self.count(|c| c.write_hits += 1);
+            } else {
+                self.dtm
+                    .discard(first, n)
+                    .map_err(|e| self.dtm_error(OP, e))?;
+                self.count(|c| c.write_pass_through += 1);
+            }
+            return Ok(());
+        }
+        // The cache's clean copies go first, on every replica, so that no crash
+        // leaves a copy older than the backing store (none is dirty, and none
+        // becomes so: the gate holds the lines).
+        self.dtm
+            .discard(first, n)
+            .map_err(|e| self.dtm_error(OP, e))?;
+        let _lock = self
+            .dtm
+            .lock_lines(first, n)
+            .map_err(|e| self.dtm_error(OP, e))?;
+        // A fill that slipped in before the lock (fills are the primary's only).
+        self.vssd
+            .invalidate_range(first, n)
+            .map_err(|e| self.vssd_error(OP, e))?;
+        self.backing.write(first * ls, buf)?;
+        self.backing.flush()?;
+        self.count(|c| c.blocks_written_backing += n * ls / u64::from(BLOCK_SIZE));
+        if mode == CacheMode::WriteThrough {
+            let mut line_buf = self.line_buf(1);
+            for (i, line) in (first..first + n).enumerate() {
+                line_buf.copy_from_slice(&buf[i * ls as usize..][..ls as usize]);
+                self.fill(line, &line_buf);
+            }
+            self.count(|c| c.write_hits += 1);
+        } else {
+            self.count(|c| c.write_pass_through += 1);
+        }
+        Ok(())
+    }
+
+    /// Destages the dirty lines among `first..first + n` (at most a run's bytes):
+    /// under the DTM's lock of them, the COMMITs made durable, the dirty versions
+    /// written to the backing store, fdatasync, then each marked clean on every
+    /// replica at the version written. How many lines it wrote.
+    fn destage_run(&self, op: &'static str, first: u64, n: u64) -> Result<u64, CdevError> {
+        let ls = self.line_size;
+        assert!(n * ls <= DESTAGE_RUN_BYTES_MAX.max(u64::from(IO_LEN_MAX)));
+        let _lock = self
+            .dtm
+            .lock_lines(first, n)
+            .map_err(|e| self.dtm_error(op, e))?;
+        // A destaged version must never be in doubt on any member (recovery's rule).
+        self.dtm.flush().map_err(|e| self.dtm_error(op, e))?;
+        let mut line_buf = self.line_buf(1);
+        // Segments of adjacent lines still dirty: (first line, bytes, versions).
+        let mut segments: Vec<(u64, Vec<u8>, Vec<u64>)> = Vec::new();
+        for line in first..first + n {
+            let hit = self
+                .dtm
+                .read(line, &mut line_buf)
+                .map_err(|e| self.dtm_error(op, e))?;
+            let Some(hit) = hit.filter(|h| h.state == State::Dirty) else {
+                continue;
+            };
+            match segments.last_mut() {
+                Some((s, bytes, versions)) if *s + versions.len() as u64 == line => {
+                    bytes.extend_from_slice(&line_buf);
+                    versions.push(hit.version);
+                }
+                _ => segments.push((line, line_buf.to_vec(), vec![hit.version])),
+            }
+        }
+        if segments.is_empty() {
+            return Ok(0);
+        }
+        for (s, bytes, _) in &segments {
+            let mut out = AlignedBuf::new(bytes.len());
+            out.set_len(bytes.len());
+            out.copy_from_slice(bytes);
+            self.backing.write(s * ls, &out)?;
+        }
+        self.backing.flush()?;
+        let mut lines = 0;
+        for (s, _, versions) in &segments {
+            for (i, &version) in versions.iter().enumerate() {
+                self.dtm
+                    .clean(s + i as u64, version)
+                    .map_err(|e| self.dtm_error(op, e))?;
+                lines += 1;
+            }
+        }
+        self.count(|c| {
+            c.destage_runs += 1;
+            c.destage_lines += lines;
+            c.blocks_written_backing += lines * ls / u64::from(BLOCK_SIZE);
+        });
+        Ok(lines)
+    }
+
+    /// One destage step from `cursor`: the next run of adjacent dirty lines at or
+    /// after it (from line 0 again past the last), destaged. How many lines it wrote;
+    /// 0 when nothing is dirty.
+    fn destage_step(&self, op: &'static str, cursor: &mut u64) -> Result<u64, CdevError> {
+        let mut listed = self.vssd.dirty_range(*cursor, DESTAGE_LIST_LINES);
+        if listed.is_empty() && *cursor > 0 {
+            *cursor = 0;
+            listed = self.vssd.dirty_range(0, DESTAGE_LIST_LINES);
+        }
+        let Some(&(first, _)) = listed.first() else {
+            return Ok(0);
+        };
+        let run_max = DESTAGE_RUN_BYTES_MAX / self.line_size;
+        let n = listed
+            .iter()
+            .enumerate()
+            .take_while(|&(i, &(line, _))| line == first + i as u64 && (i as u64) < run_max)
+            .count() as u64;
+        *cursor = first + n;
+        let result = self.destage_run(op, first, n);
+        if result.is_err() {
+            self.count(|c| c.destage_errors += 1);
+        }
+        result
+    }
+
+    /// Destages until no line is dirty. Bounded: every round destages a run or moves
+    /// the cursor past one, and writes (mode other than write-back now) leave no
+    /// line dirty, so twice the capacity in rounds means something keeps dirtying.
+    fn destage_all(&self, op: &'static str) -> Result<(), CdevError> {
+        let rounds_max = 2 * self.vssd.geometry().lines() + 2;
+        let mut cursor = 0;
+        for round in 0..rounds_max {
+            if self.vssd.dirty_count() == 0 {
+                return Ok(());
+            }
+            self.destage_step(op, &mut cursor)?;
+            if round % 64 == 63 {
+                tracing::info!(device = %self.name, dirty = self.vssd.dirty_count(), "destaging");
+            }
+        }
+        Err(CdevError::Runtime {
+            op,
+            device: self.name.clone(),
+            why: format!(
+                "{} lines still dirty after {rounds_max} destage runs",
+                self.vssd.dirty_count()
+            ),
+        })
+    }
+
+    /// Whether the destage task should run a step now.
+    fn destage_due(&self, active: &mut bool) -> bool {
+        let dirty = self.vssd.dirty_count();
+        if dirty >= self.high_lines {
+            *active = true;
+        } else if dirty <= self.low_lines {
+            *active = false;
+        }
+        let idle = now().saturating_duration_since(self.last_request.get()) >= IDLE_AFTER;
+        dirty > 0 && (*active || idle)
+    }
+
+    fn stat(&self) -> Vec<(String, u64)> {
+        let c = self.counters.get();
+        let v = self.vssd.stats();
+        let d = self.dtm.stats();
+        let capacity = self.vssd.geometry().lines();
+        let counts = v.map;
+        let dirty = self.vssd.dirty_count();
+        let mode = match self.mode.get() {
+            CacheMode::WriteBack => 0,
+            CacheMode::WriteThrough => 1,
+            CacheMode::WriteAround => 2,
+            CacheMode::PassThrough => 3,
+        };
+        let out: Vec<(&str, u64)> = vec![
+            ("config.size_bytes", self.lines * self.line_size),
+            ("config.line_size", self.line_size),
+            ("config.block_size", u64::from(BLOCK_SIZE)),
+            ("config.cache_lines", capacity),
+            ("config.mode", mode),
+            ("config.destage_high_lines", self.high_lines),
+            ("config.destage_low_lines", self.low_lines),
+            ("config.seq_cutoff_bytes", self.config.seq_cutoff_bytes),
+            ("usage.dirty_lines", dirty),
+            ("usage.clean_lines", counts.lines_clean),
+            ("usage.free_slots", counts.slots_free),
+            ("usage.prepared_lines", counts.prepared),
+            ("requests.reads", c.reads),
+            ("requests.writes", c.writes),
+            ("requests.flushes", c.flushes),
+            ("requests.discards", c.discards),
+            ("requests.read_hits", c.read_hits),
+            ("requests.read_misses", c.read_misses),
+            ("requests.read_partial_hits", c.read_partial_hits),
+            ("requests.read_pass_through", c.read_pass_through),
+            ("requests.write_hits", c.write_hits),
+            ("requests.write_pass_through", c.write_pass_through),
+            ("requests.read_hit_lines", c.read_hit_lines),
+            ("requests.read_miss_lines", c.read_miss_lines),
+            ("requests.fills", c.fills),
+            ("blocks.client_read", c.blocks_read_client),
+            ("blocks.client_written", c.blocks_written_client),
+            ("blocks.backing_read", c.blocks_read_backing),
+            ("blocks.backing_written", c.blocks_written_backing),
+            ("blocks.cache_read", c.blocks_read_cache),
+            ("blocks.cache_written", c.blocks_written_cache),
+            ("errors.invalid", c.errors_invalid),
+            ("errors.cache", c.errors_cache),
+            ("errors.backing", c.errors_backing),
+            ("destage.runs", c.destage_runs),
+            ("destage.lines", c.destage_lines),
+            ("destage.errors", c.destage_errors),
+            ("destage.backlog_lines", dirty),
+            ("vssd.evictions", v.evictions),
+            ("vssd.checkpoints", v.checkpoints),
+            ("vssd.slot_waits", v.slot_waits),
+            ("replicas.epoch", self.dtm.epoch()),
+            ("replicas.members", self.dtm.members().len() as u64),
+            ("replicas.syncing", self.dtm.syncing().len() as u64),
+            (
+                "replicas.writing_through",
+                u64::from(self.dtm.writing_through()),
+            ),
+            ("replicas.members_lost", d.members_lost),
+            ("replicas.epoch_changes", d.epoch_changes),
+            ("dtm.trans", d.trans),
+            ("dtm.aborts", d.aborts),
+            ("dtm.retries", d.retries),
+            ("dtm.written_through", d.written_through),
+            ("dtm.in_flight", d.in_flight),
+            ("mode.changes", c.mode_changes),
+        ];
+        out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+}
+
+/// The destage task (module documentation): runs steps while [`Inner::destage_due`]
+/// says so, yielding to client requests between them; ends when the device closes
+/// or is dropped.
+fn destage_loop(weak: &Weak<Inner>, kick: &Rendez) {
+    const OP: &str = "destage";
+    let mut cursor = 0;
+    let mut active = false;
+    // Bounded by the device's life: it ends once the device is closing or gone.
+    loop {
+        let wait = {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            if inner.state.get() != DevState::Open {
+                return;
+            }
+            if inner.destage_due(&mut active) {
+                match inner.destage_step(OP, &mut cursor) {
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(device = %inner.name, "destage: {e}");
+                        Some(DESTAGE_RETRY)
+                    }
+                }
+            } else {
+                Some(DESTAGE_POLL)
+            }
+        };
+        match wait {
+            None => {
+                yield_now();
+            }
+            Some(d) => {
+                kick.sleep_until(now() + d);
+            }
+        }
+    }
+}
+
+fn config_error(device: &str, why: String) -> CdevError {
+    CdevError::Config {
+        op: "open",
+        device: device.to_string(),
+        why,
+    }
+}
+
+/// What `DeviceConfig` must hold for `open` (serde checks the types only).
+fn check_config(c: &DeviceConfig) -> Result<(), CdevError> {
+    let bad = |why: String| Err(config_error(&c.name, why));
+    if c.name.is_empty()
+        || c.name.len() > rpc::limits::NAME_LEN_MAX
+        || c.name.contains(char::is_whitespace)
+    {
+        return bad(format!(
+            "name {:?}: 1..={} bytes without spaces",
+            c.name,
+            rpc::limits::NAME_LEN_MAX
+        ));
+    }
+    if !c.line_size.is_power_of_two() || !(LINE_SIZE_MIN..=LINE_SIZE_MAX).contains(&c.line_size) {
+        return bad(format!(
+            "line_size {}: a power of two in {LINE_SIZE_MIN}..={LINE_SIZE_MAX}",
+            c.line_size
+        ));
+    }
+    if c.destage_low_pct >= c.destage_high_pct || c.destage_high_pct > 100 {
+        return bad(format!(
+            "destage watermarks low {} high {}: low < high <= 100",
+            c.destage_low_pct, c.destage_high_pct
+        ));
+    }
+    let members = 1 + c.replicas.len();
+    if c.min_replicas == 0 || c.min_replicas > members {
+        return bad(format!(
+            "min_replicas {}: 1..={members} (the primary and {} replicas)",
+            c.min_replicas,
+            c.replicas.len()
+        ));
+    }
+    for (i, r) in c.replicas.iter().enumerate() {
+        if r.member == 0 || c.replicas[..i].iter().any(|o| o.member == r.member) {
+            return bad(format!(
+                "replica {} on {}: member {} (0 is the primary's; each used once)",
+                r.vssd, r.peer, r.member
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The geometry `open` formats a vSSD of `bytes` with: a log of 1/[`LOG_SHARE`] of
+/// it (at least the minimum), and as many lines as fit.
+fn vssd_geometry(c: &DeviceConfig) -> Result<FormatParams, CdevError> {
+    let log_bytes =
+        (c.vssd_bytes / LOG_SHARE / 4096 * 4096).clamp(LOG_BYTES_MIN, vssd::layout::LOG_BYTES_MAX);
+    let fits = |lines: u64| {
+        Geometry::new(c.line_size, lines, log_bytes).is_ok_and(|g| g.total_bytes() <= c.vssd_bytes)
+    };
+    // The largest count that fits: fits(lo) holds, fits(hi) does not.
+    let (mut lo, mut hi) = (0u64, c.vssd_bytes / u64::from(c.line_size) + 1);
+    if !fits(1) {
+        return Err(config_error(
+            &c.name,
+            format!(
+                "vssd_bytes {}: too small for one line of {} and a log of {log_bytes}",
+                c.vssd_bytes, c.line_size
+            ),
+        ));
+    }
+    // Bounded: the interval halves every round.
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) { lo = mid } else { hi = mid }
+    }
+    let uuid = vssd::layout::random_uuid().map_err(|e| CdevError::Runtime {
+        op: "open",
+        device: c.name.clone(),
+        why: format!("a uuid for the vSSD: {e}"),
+    })?;
+    Ok(FormatParams {
+        line_size: c.line_size,
+        lines: lo,
+        log_bytes,
+        device_id: c.name.clone(),
+        uuid,
+        force: false,
+    })
+}
+
+/// Opens the primary vSSD; with `create`, a missing one is created and formatted.
+fn open_vssd(c: &DeviceConfig, create: bool) -> Result<Vssd, CdevError> {
+    const OP: &str = "open";
+    let path: &Path = &c.vssd;
+    let err = |source: vssd::VssdError| CdevError::Vssd {
+        op: OP,
+        device: c.name.clone(),
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
+    let io_err = |source: taskio::IoError| CdevError::Vssd {
+        op: OP,
+        device: c.name.clone(),
+        path: path.to_path_buf(),
+        source: Box::new(vssd::VssdError::Io {
+            op: OP,
+            path: path.to_path_buf(),
+            source,
+        }),
+    };
+    let (file, created) = open_file(path, create.then_some(c.vssd_bytes)).map_err(io_err)?;
+    if created {
+        let params = vssd_geometry(c)?;
+        format(&file, &params).map_err(err)?;
+        tracing::info!(device = %c.name, path = %path.display(), lines = params.lines, "vSSD formatted");
+    }
+    let options = Options {
+        sole_copy: c.replicas.is_empty(),
+        ..Options::default()
+    };
+    let (vssd, _recovered) = Vssd::open(file, Some(&c.name), options).map_err(err)?;
+    if vssd.geometry().line_size() != c.line_size {
+        vssd.close();
+        return Err(config_error(
+            &c.name,
+            format!(
+                "line_size {} but the vSSD {} has lines of {}",
+                c.line_size,
+                path.display(),
+                vssd.geometry().line_size()
+            ),
+        ));
+    }
+    Ok(vssd)
+}
+
+/// Recovery through the DTM over the local replica (member 0) and the configured
+/// peers that answer, then the DTM of the recovered epoch.
+fn start_dtm(
+    c: &DeviceConfig,
+    vssd: &Vssd,
+    backing: &Rc<BackingStore>,
+    device_lines: u64,
+) -> Result<Dtm, CdevError> {
+    const OP: &str = "open";
+    let dtm_err = |e: dtm::DtmError| CdevError::Dtm {
+        op: OP,
+        device: c.name.clone(),
+        source: Box::new(e),
+    };
+    let epoch = vssd.epoch();
+    let local = LocalReplica::new(vssd.clone(), 0, c.vssd.display().to_string(), epoch);
+    let mut opened: Vec<Rc<dyn Replica>> = vec![Rc::new(local)];
+    for r in &c.replicas {
+        match RemoteReplica::open(
+            r.peer,
+            &r.vssd,
+            epoch,
+            r.member,
+            &rpc::ClientConfig::default(),
+        ) {
+            Ok(remote) => opened.push(Rc::new(remote)),
+            Err(e) => {
+                tracing::warn!(device = %c.name, peer = %r.peer, vssd = %r.vssd, "replica not opened: {e}")
+            }
+        }
+    }
+    let configured: Vec<u64> = std::iter::once(0)
+        .chain(c.replicas.iter().map(|r| r.member))
+        .collect();
+    let recovered = dtm::recover(&opened, &configured, c.min_replicas).map_err(dtm_err)?;
+    tracing::info!(device = %c.name, ?recovered, "recovered");
+    if recovered.members.first().is_none_or(|m| m.member() != 0) {
+        return Err(config_error(
+            &c.name,
+            format!(
+                "the primary vSSD {} is not a member of the newest epoch {} (stale: {:?}); another cvad may serve the device",
+                c.vssd.display(),
+                recovered.epoch,
+                recovered.stale
+            ),
+        ));
+    }
+    let policy = match c.replica_loss {
+        ReplicaLoss::Degrade => LossPolicy::Degrade,
+        ReplicaLoss::WriteThrough => LossPolicy::WriteThrough(backing.clone()),
+    };
+    let config = DtmConfig {
+        min_replicas: c.min_replicas,
+        policy,
+        device_lines: Some(device_lines),
+        ..DtmConfig::default()
+    };
+    Dtm::start(vssd.clone(), recovered.members, recovered.epoch, config).map_err(dtm_err)
 }

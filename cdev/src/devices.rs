@@ -441,11 +441,9 @@ fn keep(host: &DeviceHost, jobs: &Inbox<Job>) {
 
 /// How cvad opens its devices: the vSSD is formatted when missing; the backing
 /// store must exist (cvad made the default device's; an operator names theirs).
-// `..default()`: OpenOptions grows (backing_bytes, in cdevcore's next commit).
-#[allow(clippy::needless_update)]
 fn open_options() -> OpenOptions {
     OpenOptions {
         create: true,
-        ..OpenOptions::default()
+        backing_bytes: 0,
     }
 }

@@ -6,11 +6,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod admin;
+mod backing;
 pub mod config;
 pub mod datadir;
 pub mod device;
 pub mod devices;
 pub mod error;
+mod gate;
 pub mod server;
 pub mod service;
 

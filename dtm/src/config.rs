@@ -67,6 +67,10 @@ pub struct DtmConfig {
     pub writes_in_flight_max: usize,
     /// Longest wait for a slot or a range lock before the write fails.
     pub wait_max: Duration,
+    /// The device's size in lines, the bound of every line number (the backing
+    /// store's, larger than the vSSDs' capacity: the vSSDs map lines, they do not
+    /// mirror them); `None`: the primary vSSD's capacity.
+    pub device_lines: Option<u64>,
 }
 
 impl Default for DtmConfig {
@@ -77,6 +81,7 @@ impl Default for DtmConfig {
             commit_batch_max: COMMIT_BATCH_MAX_DEFAULT,
             writes_in_flight_max: WRITES_IN_FLIGHT_MAX_DEFAULT,
             wait_max: WAIT_MAX_DEFAULT,
+            device_lines: None,
         }
     }
 }

@@ -187,6 +187,7 @@ pub(crate) struct Inner {
     pub(crate) primary: Vssd,
     pub(crate) device: String,
     pub(crate) line_size: u64,
+    /// The device's size in lines ([`DtmConfig::device_lines`]).
     pub(crate) lines: u64,
     pub(crate) config: DtmConfig,
     /// Members at start: short of these, [`LossPolicy::WriteThrough`] writes through.
@@ -280,7 +281,9 @@ impl Dtm {
         assert!(config.commit_batch_max >= 1, "commit_batch_max 0");
         let device = primary.superblock().device_id.clone();
         let line_size = u64::from(primary.geometry().line_size());
-        let lines = primary.geometry().lines();
+        let capacity = primary.geometry().lines();
+        let lines = config.device_lines.unwrap_or(capacity);
+        assert!(lines >= 1, "a device of 0 lines");
         if members.len() > MEMBERS_MAX {
             return Err(DtmError::Unfit {
                 op: OP,
@@ -290,7 +293,7 @@ impl Dtm {
             });
         }
         for (i, r) in members.iter().enumerate() {
-            check_fit(OP, &device, line_size, lines, r.as_ref())?;
+            check_fit(OP, &device, line_size, capacity, r.as_ref())?;
             if members[..i].iter().any(|o| o.member() == r.member()) {
                 return Err(DtmError::Unfit {
                     op: OP,
@@ -433,6 +436,21 @@ impl Dtm {
         Ok(LineLock {
             _lock: inner.lock_range(OP, first, count)?,
         })
+    }
+
+    /// [`Dtm::lock_lines`] without waiting: `None` when a write, discard, resync or
+    /// lock holds or waits for any of the lines. For a destage, which must not wait
+    /// behind a write that waits for room in the cache only a destage can make: it
+    /// takes other lines meanwhile.
+    pub fn try_lock_lines(&self, first: u64, count: u64) -> Result<Option<LineLock>, DtmError> {
+        let inner = &self.inner;
+        if count == 0 || first >= inner.lines || count > inner.lines - first {
+            return Err(inner.range_error("try_lock_lines", first, count, 0));
+        }
+        Ok(inner
+            .locks
+            .try_lock(first, count)
+            .map(|lock| LineLock { _lock: lock }))
     }
 
     /// Waits until every acknowledged tran is committed on every member (the lazy

@@ -123,6 +123,32 @@ impl RangeLocks {
         }
     }
 
+    /// Locks lines `first..first + count` (count > 0) if no lock holds or waits for
+    /// any of them; `None` at once otherwise (a waiter keeps its turn).
+    pub(crate) fn try_lock(self: &Rc<Self>, first: u64, count: u64) -> Option<RangeLock> {
+        assert!(count > 0, "an empty range lock");
+        let range = Range {
+            first,
+            end: first.saturating_add(count),
+        };
+        let mut t = self.table.borrow_mut();
+        let taken = t
+            .held
+            .iter()
+            .chain(t.waiting.iter())
+            .any(|(_, r)| r.overlaps(&range));
+        if taken {
+            return None;
+        }
+        let id = t.next_id;
+        t.next_id += 1;
+        t.held.push((id, range));
+        Some(RangeLock {
+            locks: self.clone(),
+            id,
+        })
+    }
+
     /// How many lock requests had to wait.
     pub(crate) fn waits(&self) -> u64 {
         self.waits.get()

@@ -112,7 +112,7 @@ impl Inner {
             OP,
             &self.device,
             self.line_size,
-            self.lines,
+            self.primary.geometry().lines(),
             replica.as_ref(),
         )?;
         *self.resync.borrow_mut() = Some(ResyncProgress {

@@ -282,6 +282,47 @@ fn a_write_lands_on_every_replica_at_one_version() {
 }
 
 #[test]
+fn line_numbers_reach_the_device_size_not_the_vssd_capacity() {
+    let dir = TempDir::new("device-lines");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 2, VSSD_LINES);
+        let far = VSSD_LINES * 4;
+        let config = DtmConfig {
+            device_lines: Some(far + 1),
+            ..DtmConfig::default()
+        };
+        let dtm = start(&reps, config).unwrap();
+        let tran = dtm.write(far, &payload(far, 1, 3)).unwrap().tran().unwrap();
+        dtm.quiesce().unwrap();
+        for r in &reps {
+            assert_eq!(held(r, far).unwrap().0, tran);
+        }
+        drop(dtm.lock_lines(far, 1).unwrap());
+        assert!(dtm.write(far + 1, &payload(far + 1, 1, 3)).is_err());
+        assert_eq!(dtm.discard(far, 1).unwrap(), 1);
+    });
+}
+
+#[test]
+fn try_lock_lines_does_not_wait() {
+    let dir = TempDir::new("try-lock");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 1, VSSD_LINES);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        let held = dtm.lock_lines(4, 4).unwrap();
+        assert!(dtm.try_lock_lines(7, 2).unwrap().is_none());
+        assert!(dtm.try_lock_lines(3, 1).unwrap().is_some());
+        let other = dtm.try_lock_lines(8, 2).unwrap().unwrap();
+        drop(other);
+        drop(held);
+        assert!(dtm.try_lock_lines(4, 8).unwrap().is_some());
+        assert!(dtm.try_lock_lines(VSSD_LINES, 1).is_err());
+    });
+}
+
+#[test]
 fn a_write_longer_than_a_tran_is_split() {
     let dir = TempDir::new("split");
     let path = dir.path.clone();

@@ -1,0 +1,628 @@
+//! The cache device on real files (a tempdir, a taskio runtime with the real I/O
+//! driver) and under the simulator (its disk faults, virtual time).
+
+use std::path::Path;
+use std::time::Duration;
+
+use cdev::{CacheMode, CdevError, Device, DeviceConfig, OpenOptions, ReplicaLoss};
+use rpc::Status;
+use taskio::sim::{DiskFault, Sim, SimConfig};
+use taskio::{Config, IoConfig, Runtime, sleep};
+
+const LINE: u64 = 4096;
+const BACKING_BYTES: u64 = 4 << 20;
+const VSSD_BYTES: u64 = 8 << 20;
+
+fn config(dir: &Path) -> DeviceConfig {
+    DeviceConfig {
+        name: "dev0".into(),
+        backing: dir.join("backing"),
+        vssd: dir.join("vssd"),
+        vssd_bytes: VSSD_BYTES,
+        line_size: LINE as u32,
+        mode: CacheMode::WriteBack,
+        replicas: Vec::new(),
+        min_replicas: 1,
+        replica_loss: ReplicaLoss::Degrade,
+        destage_high_pct: 90,
+        destage_low_pct: 10,
+        seq_cutoff_bytes: 0,
+    }
+}
+
+const CREATE: OpenOptions = OpenOptions {
+    create: true,
+    backing_bytes: BACKING_BYTES,
+};
+
+fn run_io<T: 'static>(main: impl FnOnce() -> T + 'static) -> T {
+    let mut rt = Runtime::with_io(Config::default(), IoConfig::default()).unwrap();
+    rt.run(main).unwrap()
+}
+
+/// `len` bytes of write `tag` at `offset`: each 8 bytes name the offset and the tag.
+fn data(offset: u64, len: u64, tag: u64) -> Vec<u8> {
+    (0..len / 8)
+        .flat_map(|i| ((offset + i * 8) ^ tag.rotate_left(40)).to_le_bytes())
+        .collect()
+}
+
+/// Bytes read back: compared as bytes, shown as their length, non-zero count and a
+/// checksum (they are megabytes long).
+#[derive(PartialEq, Eq)]
+struct Bytes(Vec<u8>);
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nonzero = self.0.iter().filter(|&&b| b != 0).count();
+        write!(
+            f,
+            "{} bytes ({nonzero} non-zero, crc {:08x})",
+            self.0.len(),
+            crc(&self.0)
+        )
+    }
+}
+
+fn crc(b: &[u8]) -> u32 {
+    b.iter().fold(0u32, |h, &x| h.rotate_left(5) ^ u32::from(x))
+}
+
+impl PartialEq<&[u8]> for Bytes {
+    fn eq(&self, other: &&[u8]) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<Vec<u8>> for Bytes {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        &self.0 == other
+    }
+}
+
+impl PartialEq<[u8]> for Bytes {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.0 == other
+    }
+}
+
+fn read(dev: &Device, offset: u64, len: u64) -> Bytes {
+    let mut buf = vec![0; len as usize];
+    dev.read(offset, &mut buf).unwrap();
+    Bytes(buf)
+}
+
+fn stat(dev: &Device, name: &str) -> u64 {
+    dev.stat()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+        .1
+}
+
+fn backing(dir: &Path, offset: u64, len: u64) -> Bytes {
+    Bytes(std::fs::read(dir.join("backing")).unwrap()[offset as usize..][..len as usize].to_vec())
+}
+
+/// A model of the device's bytes, for the writes of a test.
+struct Model(Vec<u8>);
+
+impl Model {
+    fn new() -> Model {
+        Model(vec![0; BACKING_BYTES as usize])
+    }
+    fn write(&mut self, offset: u64, bytes: &[u8]) {
+        self.0[offset as usize..][..bytes.len()].copy_from_slice(bytes);
+    }
+    fn at(&self, offset: u64, len: u64) -> &[u8] {
+        &self.0[offset as usize..][..len as usize]
+    }
+}
+
+#[test]
+fn writes_read_back_across_line_boundaries_and_at_block_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        let info = dev.info();
+        assert_eq!(
+            (info.size_bytes, info.block_size, info.line_size),
+            (BACKING_BYTES, 512, 4096)
+        );
+        let mut model = Model::new();
+        // (offset, len): inside a line, across one boundary, across several, whole lines.
+        let writes = [
+            (512, 1024),
+            (LINE - 512, 1024),
+            (3 * LINE + 1536, 5 * LINE),
+            (10 * LINE, 2 * LINE),
+            (10 * LINE + 512, 512),
+            (BACKING_BYTES - 1024, 1024),
+        ];
+        for (tag, &(offset, len)) in writes.iter().enumerate() {
+            let d = data(offset, len, tag as u64 + 1);
+            dev.write(offset, &d).unwrap();
+            model.write(offset, &d);
+        }
+        for &(offset, len) in &writes {
+            assert_eq!(
+                read(&dev, offset, len),
+                model.at(offset, len),
+                "{offset}+{len}"
+            );
+        }
+        // Whole region, with its untouched bytes (zero on the new backing store).
+        assert_eq!(read(&dev, 0, 16 * LINE), model.at(0, 16 * LINE));
+        assert!(dev.dirty_lines() > 0);
+        dev.close().unwrap();
+    });
+}
+
+#[test]
+fn misaligned_past_the_end_and_too_long_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        dev.write(0, &data(0, 2 * LINE, 1)).unwrap();
+        let before = read(&dev, 0, 2 * LINE);
+        let bad: [(u64, u64); 6] = [
+            (1, 512),
+            (512, 100),
+            (0, 0),
+            (BACKING_BYTES - 512, 1024),
+            (BACKING_BYTES, 512),
+            (0, u64::from(rpc::limits::DATA_LEN_MAX) + 512),
+        ];
+        for (offset, len) in bad {
+            let e = dev.write(offset, &vec![7; len as usize]).unwrap_err();
+            assert_eq!(
+                e.status(),
+                Status::InvalidArgument,
+                "write {offset}+{len}: {e}"
+            );
+            assert!(matches!(e, CdevError::InvalidArgument { .. }));
+            let mut buf = vec![0; len as usize];
+            let e = dev.read(offset, &mut buf).unwrap_err();
+            assert_eq!(
+                e.status(),
+                Status::InvalidArgument,
+                "read {offset}+{len}: {e}"
+            );
+        }
+        assert_eq!(
+            dev.discard(3, 512).unwrap_err().status(),
+            Status::InvalidArgument
+        );
+        assert_eq!(
+            dev.discard(0, BACKING_BYTES + 512).unwrap_err().status(),
+            Status::InvalidArgument
+        );
+        assert_eq!(read(&dev, 0, 2 * LINE), before);
+        assert_eq!(stat(&dev, "requests.writes"), 1);
+        dev.close().unwrap();
+    });
+}
+
+#[test]
+fn a_miss_is_filled_from_the_backing_store_then_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let pattern = data(0, BACKING_BYTES, 9);
+    std::fs::write(dir.path().join("backing"), &pattern).unwrap();
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        assert_eq!(
+            read(&dev, 5 * LINE + 512, 2 * LINE),
+            &pattern[(5 * LINE + 512) as usize..][..2 * LINE as usize]
+        );
+        assert_eq!(
+            (
+                stat(&dev, "requests.read_misses"),
+                stat(&dev, "requests.read_hits")
+            ),
+            (1, 0)
+        );
+        assert_eq!(stat(&dev, "requests.fills"), 3);
+        assert_eq!(
+            read(&dev, 5 * LINE, 3 * LINE),
+            &pattern[(5 * LINE) as usize..][..3 * LINE as usize]
+        );
+        assert_eq!(
+            (
+                stat(&dev, "requests.read_misses"),
+                stat(&dev, "requests.read_hits")
+            ),
+            (1, 1)
+        );
+        // Part cached, part not.
+        read(&dev, 7 * LINE, 2 * LINE);
+        assert_eq!(stat(&dev, "requests.read_partial_hits"), 1);
+        assert_eq!(dev.dirty_lines(), 0, "fills are clean");
+        dev.close().unwrap();
+    });
+}
+
+#[test]
+fn a_long_sequential_stream_bypasses_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.seq_cutoff_bytes = 4 * LINE;
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        for i in 0..8 {
+            read(&dev, i * 2 * LINE, 2 * LINE);
+        }
+        // The first two reads (4 lines, at the cutoff) filled; the rest bypassed.
+        assert_eq!(stat(&dev, "requests.fills"), 4);
+        assert_eq!(stat(&dev, "requests.read_pass_through"), 6);
+        dev.close().unwrap();
+    });
+}
+
+/// What a write in `mode` leaves: (on the backing store at once, cached, dirty).
+fn mode_effect(mode: CacheMode) -> (bool, bool, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.mode = mode;
+    let path = dir.path().to_path_buf();
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        let d = data(2 * LINE + 512, LINE, 4);
+        dev.write(2 * LINE + 512, &d).unwrap();
+        // No yield since the write returned: the destage task has not run.
+        let dirty = dev.dirty_lines();
+        let on_backing = backing(&path, 2 * LINE + 512, LINE) == d;
+        let hits = stat(&dev, "requests.read_hits");
+        assert_eq!(read(&dev, 2 * LINE + 512, LINE), d);
+        let cached = stat(&dev, "requests.read_hits") == hits + 1;
+        dev.close().unwrap();
+        (on_backing, cached, dirty)
+    })
+}
+
+#[test]
+fn each_cache_mode_puts_a_write_where_it_says() {
+    assert_eq!(mode_effect(CacheMode::WriteBack), (false, true, 2));
+    assert_eq!(mode_effect(CacheMode::WriteThrough), (true, true, 0));
+    assert_eq!(mode_effect(CacheMode::WriteAround), (true, false, 0));
+    assert_eq!(mode_effect(CacheMode::PassThrough), (true, false, 0));
+}
+
+#[test]
+fn destage_cleans_the_lines_and_the_backing_store_equals_the_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let path = dir.path().to_path_buf();
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        let mut model = Model::new();
+        // Adjacent lines (one run), a gap, lines far apart; one line written twice.
+        for (tag, (offset, len)) in [
+            (0, 8 * LINE),
+            (20 * LINE + 512, 3 * LINE),
+            (300 * LINE, LINE),
+            (LINE, 512),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let d = data(offset, len, tag as u64 + 11);
+            dev.write(offset, &d).unwrap();
+            model.write(offset, &d);
+        }
+        assert_eq!(dev.dirty_lines(), 8 + 4 + 1);
+        dev.destage_all().unwrap();
+        assert_eq!(dev.dirty_lines(), 0);
+        assert_eq!(backing(&path, 0, 400 * LINE), model.at(0, 400 * LINE));
+        assert_eq!(stat(&dev, "destage.lines"), 13);
+        assert!(stat(&dev, "destage.runs") <= 3, "adjacent lines in one run");
+        // Still cached (clean): a hit.
+        assert_eq!(read(&dev, 0, 8 * LINE), model.at(0, 8 * LINE));
+        assert_eq!(stat(&dev, "requests.read_hits"), 1);
+        dev.close().unwrap();
+    });
+}
+
+#[test]
+fn leaving_write_back_destages_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let path = dir.path().to_path_buf();
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        let d = data(0, 4 * LINE, 5);
+        dev.write(0, &d).unwrap();
+        assert_eq!(dev.dirty_lines(), 4);
+        dev.set_mode(CacheMode::WriteAround).unwrap();
+        assert_eq!(dev.dirty_lines(), 0);
+        assert_eq!(backing(&path, 0, 4 * LINE), d);
+        // A write-around over a clean cached line: the cache drops it, reads see it.
+        let e = data(LINE, 512, 6);
+        dev.write(LINE, &e).unwrap();
+        assert_eq!(read(&dev, LINE, 512), e);
+        assert_eq!(backing(&path, LINE, 512), e);
+        dev.close().unwrap();
+    });
+}
+
+#[test]
+fn a_write_through_over_a_dirty_line_is_not_undone_by_its_destage() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let path = dir.path().to_path_buf();
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        dev.write(0, &data(0, 2 * LINE, 1)).unwrap();
+        dev.close().unwrap();
+        // Reopened in write-through with the lines still dirty (as after a crash).
+        let mut c2 = c.clone();
+        c2.mode = CacheMode::WriteThrough;
+        let dev = Device::open(&c2, OpenOptions::default()).unwrap();
+        assert_eq!(dev.dirty_lines(), 2);
+        let d = data(512, 512, 2);
+        dev.write(512, &d).unwrap();
+        let mut want = data(0, 2 * LINE, 1);
+        want[512..1024].copy_from_slice(&d);
+        // The line written is on the backing store with the older dirty bytes merged;
+        // the other stays dirty in the cache.
+        assert!(
+            backing(&path, 0, LINE) == want[..LINE as usize],
+            "line 0 on the backing store"
+        );
+        assert_eq!(dev.dirty_lines(), 1);
+        assert_eq!(read(&dev, 0, 2 * LINE), want);
+        dev.destage_all().unwrap();
+        assert_eq!(backing(&path, 0, 2 * LINE), want);
+        dev.close().unwrap();
+    });
+}
+
+#[test]
+fn close_and_reopen_reads_everything_back_dirty_lines_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        let mut model = Model::new();
+        for i in 0..40u64 {
+            let offset = (i * 7919 * 512) % (BACKING_BYTES - 3 * LINE);
+            let d = data(offset, 2 * LINE + 512, i);
+            dev.write(offset, &d).unwrap();
+            model.write(offset, &d);
+        }
+        let dirty = dev.dirty_lines();
+        assert!(dirty > 0);
+        dev.close().unwrap();
+        assert_eq!(
+            dev.write(0, &[0; 512]).unwrap_err().status(),
+            Status::ShuttingDown
+        );
+        let dev = Device::open(&c, OpenOptions::default()).unwrap();
+        assert_eq!(dev.dirty_lines(), dirty);
+        for at in (0..BACKING_BYTES).step_by(1 << 20) {
+            assert_eq!(read(&dev, at, 1 << 20), model.at(at, 1 << 20), "at {at}");
+        }
+        dev.close().unwrap();
+    });
+}
+
+#[test]
+fn stat_names_fit_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        let counters = dev.stat();
+        assert!(counters.len() <= rpc::limits::STAT_COUNTERS_MAX);
+        for (i, (name, _)) in counters.iter().enumerate() {
+            assert!(
+                !name.is_empty() && name.len() <= 64 && !name.contains(' '),
+                "{name:?}"
+            );
+            assert!(counters[..i].iter().all(|(n, _)| n != name), "{name} twice");
+        }
+        assert_eq!(stat(&dev, "config.size_bytes"), BACKING_BYTES);
+        assert_eq!(stat(&dev, "replicas.members"), 1);
+        dev.close().unwrap();
+    });
+}
+
+#[test]
+fn a_missing_file_without_create_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    run_io(move || {
+        let e = Device::open(&c, OpenOptions::default()).err().unwrap();
+        assert_eq!(e.status(), Status::IoError, "{e}");
+        let mut bad = c.clone();
+        bad.line_size = 3000;
+        let e = Device::open(&bad, CREATE).err().unwrap();
+        assert!(matches!(e, CdevError::Config { .. }), "{e}");
+    });
+}
+
+// ---------------------------------------------------------------------------------
+// Under the simulator.
+
+const SIM_DIR: &str = "/cva";
+
+#[test]
+fn a_backing_store_read_error_is_an_io_error_never_wrong_data() {
+    for seed in 0..4 {
+        Sim::new(SimConfig::new(seed))
+            .run(move |h| {
+                let c = config(Path::new(SIM_DIR));
+                let dev = Device::open(&c, CREATE).unwrap();
+                let d = data(0, 4 * LINE, 3);
+                dev.write(0, &d).unwrap();
+                dev.destage_all().unwrap();
+                dev.discard(0, 4 * LINE).unwrap();
+                h.inject(0, c.backing.clone(), DiskFault::ReadError);
+                let mut buf = vec![0; 4 * LINE as usize];
+                let e = dev.read(0, &mut buf).unwrap_err();
+                assert_eq!(e.status(), Status::IoError, "seed {seed}: {e}");
+                assert_eq!(stat(&dev, "errors.backing"), 1);
+                // Nothing wrong was cached: the next read gets the bytes.
+                assert_eq!(read(&dev, 0, 4 * LINE), d, "seed {seed}");
+                // A partial-line write needs the line's old bytes: refused too.
+                dev.discard(0, 4 * LINE).unwrap();
+                h.inject(0, c.backing.clone(), DiskFault::ReadError);
+                let e = dev.write(512, &[1; 512]).unwrap_err();
+                assert_eq!(e.status(), Status::IoError, "seed {seed}: {e}");
+                assert_eq!(read(&dev, 0, 4 * LINE), d, "seed {seed}");
+                dev.close().unwrap();
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+fn idle_destage_and_a_model_of_the_bytes_under_the_simulator() {
+    for seed in 0..8u64 {
+        Sim::new(SimConfig::new(seed))
+            .run(move |h| {
+                let c = config(Path::new(SIM_DIR));
+                let dev = Device::open(&c, CREATE).unwrap();
+                let mut model = Model::new();
+                let lines = 64;
+                for i in 0..200u64 {
+                    let blocks = 1 + h.random(16);
+                    let offset = h.random(lines * LINE / 512 - blocks) * 512;
+                    let d = data(offset, blocks * 512, seed * 1000 + i);
+                    if h.random(4) == 0 {
+                        let got = read(&dev, offset, blocks * 512);
+                        assert_eq!(got, model.at(offset, blocks * 512), "seed {seed} op {i}");
+                    } else {
+                        dev.write(offset, &d).unwrap();
+                        model.write(offset, &d);
+                    }
+                    if h.random(50) == 0 {
+                        sleep(Duration::from_millis(h.random(300)));
+                    }
+                }
+                assert!(dev.dirty_lines() > 0);
+                // Idle: the destage task cleans everything.
+                sleep(Duration::from_secs(2));
+                assert_eq!(dev.dirty_lines(), 0, "seed {seed}");
+                assert!(stat(&dev, "destage.runs") > 0);
+                let on_disk =
+                    Bytes(h.disk_view(0, &c.backing).unwrap()[..(lines * LINE) as usize].to_vec());
+                assert_eq!(on_disk, model.at(0, lines * LINE), "seed {seed}");
+                dev.close().unwrap();
+                let dev = Device::open(&c, OpenOptions::default()).unwrap();
+                assert_eq!(
+                    read(&dev, 0, lines * LINE),
+                    model.at(0, lines * LINE),
+                    "seed {seed}"
+                );
+                dev.close().unwrap();
+            })
+            .unwrap();
+    }
+}
+
+/// Writers that share lines but never a block: each owns the blocks `b` with
+/// `b % WRITERS == k` of the first `LINES` lines and writes one at a time, so two
+/// writers' read-modify-writes of one line race. Meanwhile the mode changes and
+/// destage runs (low watermarks). Every block must hold its owner's last write.
+#[test]
+fn writers_sharing_lines_under_mode_changes_and_destage_keep_every_block() {
+    const WRITERS: u64 = 4;
+    const LINES: u64 = 32;
+    const OPS: u64 = 150;
+    const BLOCKS: u64 = LINES * LINE / 512;
+    const MODES: [CacheMode; 4] = [
+        CacheMode::WriteBack,
+        CacheMode::WriteThrough,
+        CacheMode::WriteAround,
+        CacheMode::PassThrough,
+    ];
+    for seed in 0..6u64 {
+        Sim::new(SimConfig::new(seed))
+            .run(move |h| {
+                let mut c = config(Path::new(SIM_DIR));
+                c.destage_high_pct = 2;
+                c.destage_low_pct = 1;
+                let dev = Device::open(&c, CREATE).unwrap();
+                let model = std::rc::Rc::new(std::cell::RefCell::new(Model::new()));
+                let mut tasks = Vec::new();
+                for k in 0..WRITERS {
+                    let (dev, model, h) = (dev.clone(), model.clone(), h.clone());
+                    tasks.push(
+                        taskio::spawn(move || {
+                            for i in 0..OPS {
+                                let block = h.random(BLOCKS / WRITERS) * WRITERS + k;
+                                let offset = block * 512;
+                                if h.random(3) == 0 {
+                                    let want = Bytes(model.borrow().at(offset, 512).to_vec());
+                                    assert_eq!(
+                                        read(&dev, offset, 512),
+                                        want,
+                                        "seed {seed} w{k} op {i}"
+                                    );
+                                } else {
+                                    let d = data(offset, 512, seed << 32 | k << 16 | i);
+                                    dev.write(offset, &d).unwrap();
+                                    model.borrow_mut().write(offset, &d);
+                                }
+                            }
+                        })
+                        .unwrap(),
+                    );
+                }
+                let mode_task = {
+                    let (dev, h) = (dev.clone(), h.clone());
+                    taskio::spawn(move || {
+                        for _ in 0..6 {
+                            sleep(Duration::from_millis(h.random(20)));
+                            dev.set_mode(MODES[h.random(4) as usize]).unwrap();
+                        }
+                        dev.set_mode(CacheMode::WriteBack).unwrap();
+                    })
+                    .unwrap()
+                };
+                for t in tasks {
+                    t.join().unwrap();
+                }
+                mode_task.join().unwrap();
+                let want = Bytes(model.borrow().at(0, LINES * LINE).to_vec());
+                assert_eq!(read(&dev, 0, LINES * LINE), want, "seed {seed}");
+                dev.destage_all().unwrap();
+                let on_disk = h.disk_view(0, &c.backing).unwrap();
+                assert_eq!(
+                    Bytes(on_disk[..(LINES * LINE) as usize].to_vec()),
+                    want,
+                    "seed {seed}"
+                );
+                assert!(stat(&dev, "destage.runs") > 0);
+                dev.close().unwrap();
+            })
+            .unwrap();
+    }
+}
+
+/// A backing-store write error during destage: the lines stay dirty (the error is
+/// counted), the next destage writes them.
+#[test]
+fn a_failed_destage_leaves_the_lines_dirty_for_the_next() {
+    Sim::new(SimConfig::new(1))
+        .run(move |h| {
+            let c = config(Path::new(SIM_DIR));
+            let dev = Device::open(&c, CREATE).unwrap();
+            let d = data(0, 4 * LINE, 8);
+            dev.write(0, &d).unwrap();
+            h.inject(0, c.backing.clone(), DiskFault::WriteError);
+            let e = dev.destage_all().unwrap_err();
+            assert_eq!(e.status(), Status::IoError, "{e}");
+            assert_eq!(dev.dirty_lines(), 4);
+            assert_eq!(stat(&dev, "destage.errors"), 1);
+            dev.destage_all().unwrap();
+            assert_eq!(dev.dirty_lines(), 0);
+            let on_disk = h.disk_view(0, &c.backing).unwrap();
+            assert_eq!(Bytes(on_disk[..(4 * LINE) as usize].to_vec()), d);
+            dev.close().unwrap();
+        })
+        .unwrap();
+}
