@@ -190,7 +190,11 @@ fn delete(devices: &Arc<Devices>, name: &str, named: Option<u64>) -> Result<Answ
                     return Ok(());
                 };
                 let dirty = d.dirty_lines();
-                if dirty > 0 && named != Some(dirty) {
+                let wrong = match named {
+                    None => dirty > 0,
+                    Some(n) => n != dirty,
+                };
+                if wrong {
                     let how = match named {
                         None => "none named".to_string(),
                         Some(n) => format!("{n} named"),

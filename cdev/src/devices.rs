@@ -112,6 +112,7 @@ pub struct Devices {
     counters: Arc<Counters>,
     replicas: HandTo,
     map: Mutex<BTreeMap<String, Slot>>,
+    started: std::time::Instant,
 }
 
 /// Poison-proof lock: every critical section is a lookup, insert or remove.
@@ -132,11 +133,17 @@ impl Devices {
             counters,
             replicas,
             map: Mutex::new(BTreeMap::new()),
+            started: std::time::Instant::now(),
         })
     }
 
     pub fn dir(&self) -> &DataDir {
         &self.dir
+    }
+
+    /// When the server started (its `uptime_s`).
+    pub fn started(&self) -> std::time::Instant {
+        self.started
     }
 
     pub fn counters(&self) -> &Counters {

@@ -161,13 +161,14 @@ impl Cvad {
                 why: why.reason,
             })?;
         }
-        let started = std::time::Instant::now();
         let d = devices.clone();
-        let server = Server::start(server_config, move || CvadService::new(d.clone(), started))
-            .map_err(|source| CvadError::Rpc {
-                what: "listen",
-                source,
-            })?;
+        let server = Server::start(server_config, move || {
+            CvadService::new(d.clone(), d.started())
+        })
+        .map_err(|source| CvadError::Rpc {
+            what: "listen",
+            source,
+        })?;
         dir.write_port(server.local_addr().port())?;
         Ok(Cvad {
             server,

@@ -165,7 +165,7 @@ impl DeviceService {
     pub fn new(host: Rc<DeviceHost>, devices: Arc<Devices>) -> DeviceService {
         DeviceService {
             host,
-            common: CvadService::new(devices, std::time::Instant::now()),
+            common: CvadService::new(devices.clone(), devices.started()),
             handles: RefCell::new(HashMap::new()),
             next_handle: Cell::new(1),
         }

@@ -156,6 +156,113 @@ fn first_start_makes_dev0_and_sigterm_exits_zero() {
     );
 }
 
+/// Opens `name` on `c` (the session moves to the device's runtime); its handle.
+fn open(c: &Client, name: &str) -> (u64, rpc::DeviceInfo) {
+    let reply = c
+        .call(Request::DeviceOpen {
+            name,
+            read_only: false,
+        })
+        .expect("DEVICE_OPEN");
+    match reply.response().expect("response") {
+        Response::DeviceOpen { handle, info } => (handle, info),
+        other => panic!("DEVICE_OPEN {name} answered {other:?}"),
+    }
+}
+
+fn read(c: &Client, handle: u64, offset: u64, length: u32) -> Vec<u8> {
+    let reply = c
+        .call(Request::Read {
+            handle,
+            offset,
+            length,
+        })
+        .expect("READ");
+    match reply.response().expect("response") {
+        Response::Read { data } => data.to_vec(),
+        other => panic!("READ answered {other:?}"),
+    }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+#[test]
+fn dev0_writes_read_back_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cvad = start(&data, &[]);
+    let offset = 40 * 4096 + 512;
+    let routed = with_client(cvad.addr, move |c| {
+        let (h, info) = open(c, "dev0");
+        assert_eq!(info.size_bytes, 1 << 30);
+        assert_eq!(info.block_size, 512);
+        let data = pattern(7, 3 * 4096);
+        let reply = c
+            .call(Request::Write {
+                handle: h,
+                offset,
+                data: &data,
+            })
+            .unwrap();
+        assert_eq!(reply.response().unwrap(), Response::Write);
+        assert_eq!(read(c, h, offset, data.len() as u32), data);
+        let reply = c.call(Request::Flush { handle: h }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::Flush);
+        // Past the end, misaligned: refused.
+        let (status, _) = refusal(
+            c,
+            Request::Read {
+                handle: h,
+                offset: (1 << 30) - 512,
+                length: 1024,
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        let (status, _) = refusal(
+            c,
+            Request::Write {
+                handle: h,
+                offset: 100,
+                data: &data[..512],
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        // The device's counters, and the server's (answered on the device's runtime).
+        let reply = c.call(Request::Stat { handle: h }).unwrap();
+        assert!(
+            matches!(reply.response().unwrap(), Response::Stat { counters } if !counters.is_empty())
+        );
+        let (status, _) = refusal(c, Request::Stat { handle: h + 1 });
+        assert_eq!(status, Status::NoDevice);
+        let reply = c.call(Request::DeviceClose { handle: h }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceClose);
+        let (status, _) = refusal(
+            c,
+            Request::Read {
+                handle: h,
+                offset,
+                length: 512,
+            },
+        );
+        assert_eq!(status, Status::NoDevice);
+        server_counter(c, "sessions_routed")
+    });
+    assert_eq!(routed, 1);
+    assert!(cvad.stop().success());
+
+    let cvad = start(&data, &[]);
+    let back = with_client(cvad.addr, move |c| {
+        let (h, _) = open(c, "dev0");
+        read(c, h, offset, 3 * 4096)
+    });
+    assert_eq!(back, pattern(7, 3 * 4096));
+    assert!(cvad.stop().success());
+}
+
 #[test]
 fn admin_create_show_set_delete() {
     let dir = tempfile::tempdir().unwrap();
@@ -189,10 +296,42 @@ fn admin_create_show_set_delete() {
         assert!(reason.contains("exists"), "{reason}");
         assert_eq!(list(c), ["dev0"]);
 
+        // A good one: created, open, listed, served; its vSSD made.
+        let good =
+            format!("name = \"dev1\"\nbacking = \"{b}\"\nvssd = \"{v}\"\nvssd_bytes = 16777216\n");
+        let reply = c.call(Request::DeviceCreate { config: &good }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceCreate);
+        assert_eq!(list(c), ["dev0", "dev1"]);
+        let text = show(c, "dev1");
+        assert!(text.contains("state = \"open\""), "{text}");
+        assert!(text.contains("size_bytes = 67108864"), "{text}");
+        assert!(Path::new(&v).exists());
+        // Deleting it naming a wrong dirty count is refused, saying how many.
+        let (status, reason) = refusal(
+            c,
+            Request::DeviceDelete {
+                name: "dev1",
+                dirty_lines: Some(u64::MAX),
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("dirty lines"), "{reason}");
+        assert_eq!(list(c), ["dev0", "dev1"]);
+        let reply = c
+            .call(Request::DeviceDelete {
+                name: "dev1",
+                dirty_lines: None,
+            })
+            .unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceDelete);
+        assert_eq!(list(c), ["dev0"]);
+        assert!(!Path::new(&v).exists(), "the deleted device's vSSD is kept");
+
         // Shown as TOML with its state.
         let text = show(c, "dev0");
         assert!(text.contains("name = \"dev0\""), "{text}");
         assert!(text.contains("[status]"), "{text}");
+        assert!(text.contains("dirty_lines = 0"), "{text}");
         let (status, _) = refusal(c, Request::DeviceShow { name: "nope" });
         assert_eq!(status, Status::NoDevice);
 
@@ -225,11 +364,21 @@ fn admin_create_show_set_delete() {
         let text = show(c, "dev0");
         assert!(text.contains("destage_high_pct = 70"), "{text}");
         assert!(text.contains("seq_cutoff_bytes = 0"), "{text}");
+        // A mode change runs on the open device, then is kept.
+        let reply = c
+            .call(Request::DeviceSet {
+                name: "dev0",
+                settings: "mode = \"write-through\"\n",
+            })
+            .unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceSet);
+        assert!(show(c, "dev0").contains("mode = \"write-through\""));
     });
     assert!(cvad.stop().success());
     // Kept across a restart; then deleted, and not recreated by the next start.
     let toml = std::fs::read_to_string(data.join("devices/dev0.toml")).unwrap();
     assert!(toml.contains("destage_high_pct = 70"), "{toml}");
+    assert!(toml.contains("mode = \"write-through\""), "{toml}");
     let cvad = start(&data, &[]);
     with_client(cvad.addr, |c| {
         let text = show(c, "dev0");
