@@ -292,6 +292,16 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             },
         ),
         (
+            "vssd_create",
+            Request::VssdCreate {
+                name: "dev1-r1",
+                device: "dev1",
+                line_size: 4096,
+                lines: 4096,
+                log_bytes: 1 << 20,
+            },
+        ),
+        (
             "device_create",
             Request::DeviceCreate {
                 config: "name = \"dev1\"\nbacking = \"/srv/b1\"\nvssd = \"/srv/v1\"\nvssd_bytes = 268435456\n",
@@ -426,6 +436,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ),
         ("vssd_repair", Response::VssdRepair),
         ("vssd_copy_in", Response::VssdCopyIn),
+        ("vssd_create", Response::VssdCreate),
         ("device_create", Response::DeviceCreate),
         (
             "device_list",

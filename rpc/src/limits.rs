@@ -73,6 +73,8 @@ pub(crate) const DEVICE_OPEN_REQ_FIXED_LEN: usize = 8;
 pub(crate) const DEVICE_INFO_LEN: usize = 24;
 pub(crate) const VSSD_OPEN_REQ_FIXED_LEN: usize = 16;
 pub(crate) const VSSD_INFO_FIXED_LEN: usize = 40;
+/// VSSD_CREATE request: lines, log_bytes, line_size, the two name lengths, reserved.
+pub(crate) const VSSD_CREATE_REQ_FIXED_LEN: usize = 24;
 pub(crate) const WRITEP1_PREFIX_LEN: usize = 16;
 /// VSSD_READ reply: the version before the data.
 pub(crate) const VSSD_READ_PREFIX_LEN: usize = 8;

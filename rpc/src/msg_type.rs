@@ -7,8 +7,8 @@ use crate::limits::{
     DEVICE_OPEN_REQ_FIXED_LEN, DIRTY_REPLY_LEN_MAX, EPOCH_REQ_LEN_MAX, HELLO_REPLY_LEN_MAX,
     HELLO_REQ_LEN_MAX, LIST_REPLY_LEN_MAX, NAME_LEN_MAX, NAMED_REQ_FIXED_LEN, PAYLOAD_LEN_MAX,
     PING_LEN_MAX, REASON_LEN_MAX, RECOVER_REPLY_LEN_MAX, REPAIR_PREFIX_LEN, SET_REQ_LEN_MAX,
-    STAT_REPLY_LEN_MAX, VSSD_INFO_LEN_MAX, VSSD_OPEN_REQ_FIXED_LEN, VSSD_READ_PREFIX_LEN,
-    WRITEP1_PREFIX_LEN,
+    STAT_REPLY_LEN_MAX, VSSD_CREATE_REQ_FIXED_LEN, VSSD_INFO_LEN_MAX, VSSD_OPEN_REQ_FIXED_LEN,
+    VSSD_READ_PREFIX_LEN, WRITEP1_PREFIX_LEN,
 };
 
 macro_rules! msg_types {
@@ -95,6 +95,8 @@ msg_types! {
     VssdRepair = 0x002D, "VSSD_REPAIR";
     /// Write a copy of committed lines from another replica, committed at once.
     VssdCopyIn = 0x002E, "VSSD_COPY_IN";
+    /// Create (format) a replica vSSD of a given geometry on a peer CVA.
+    VssdCreate = 0x002F, "VSSD_CREATE";
     /// Admin: create a cache device from a configuration text.
     DeviceCreate = 0x0030, "DEVICE_CREATE";
     /// Admin: the names of the devices the server keeps.
@@ -147,7 +149,8 @@ impl MsgType {
                 | MsgType::VssdAbort
                 | MsgType::VssdEpoch
                 | MsgType::VssdRepair
-                | MsgType::VssdCopyIn => 0,
+                | MsgType::VssdCopyIn
+                | MsgType::VssdCreate => 0,
             };
             if ok > REASON_LEN_MAX {
                 ok
@@ -168,6 +171,7 @@ impl MsgType {
                 MsgType::VssdRepair => REPAIR_PREFIX_LEN + DATA_LEN_MAX as usize,
                 MsgType::VssdCommit => COMMIT_REQ_LEN_MAX,
                 MsgType::VssdEpoch => EPOCH_REQ_LEN_MAX,
+                MsgType::VssdCreate => VSSD_CREATE_REQ_FIXED_LEN + 2 * NAME_LEN_MAX,
                 MsgType::DeviceCreate => CONFIG_TEXT_LEN_MAX,
                 MsgType::DeviceShow => NAMED_REQ_FIXED_LEN + NAME_LEN_MAX,
                 MsgType::DeviceSet => SET_REQ_LEN_MAX,

@@ -81,7 +81,7 @@ fn unknown_version_closes() {
 
 #[test]
 fn unknown_type_is_answered_as_error() {
-    for code in [0u16, 0x0004, 0x00FF, 0x002F, u16::MAX] {
+    for code in [0u16, 0x0004, 0x00FF, 0x003F, u16::MAX] {
         let mut v = flush_frame();
         f::set(head(&mut v), f::TYPE_AT, &code.to_le_bytes());
         let err = expect(&v, Status::BadType, false);

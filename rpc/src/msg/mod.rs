@@ -262,6 +262,15 @@ pub enum Request<'a> {
         tran: u64,
         data: &'a [u8],
     },
+    /// Formats a replica vSSD `name` for device `device` (a name) with `lines`
+    /// lines of `line_size` bytes and a log of `log_bytes`, and serves it.
+    VssdCreate {
+        name: &'a str,
+        device: &'a str,
+        line_size: u32,
+        lines: u64,
+        log_bytes: u64,
+    },
     /// A device's configuration text (1..=CONFIG_TEXT_LEN_MAX bytes of UTF-8, its
     /// meaning the serving crate's: `cdev`'s TOML).
     DeviceCreate {
@@ -346,6 +355,7 @@ pub enum Response<'a> {
     },
     VssdRepair,
     VssdCopyIn,
+    VssdCreate,
     DeviceCreate,
     /// Device names, at most DEVICES_PER_LIST_MAX.
     DeviceList {

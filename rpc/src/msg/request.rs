@@ -43,6 +43,7 @@ impl<'a> Request<'a> {
             Request::VssdReadPrepared { .. } => MsgType::VssdReadPrepared,
             Request::VssdRepair { .. } => MsgType::VssdRepair,
             Request::VssdCopyIn { .. } => MsgType::VssdCopyIn,
+            Request::VssdCreate { .. } => MsgType::VssdCreate,
             Request::DeviceCreate { .. } => MsgType::DeviceCreate,
             Request::DeviceList => MsgType::DeviceList,
             Request::DeviceShow { .. } => MsgType::DeviceShow,
@@ -190,6 +191,25 @@ impl<'a> Request<'a> {
                 out.put_u64(*tran);
                 out.extend_from_slice(data);
                 f.handle(*handle).length(n)
+            }
+            Request::VssdCreate {
+                name,
+                device,
+                line_size,
+                lines,
+                log_bytes,
+            } => {
+                let n = name_len(t, "name", name)?;
+                let m = name_len(t, "device", device)?;
+                out.put_u64(*lines);
+                out.put_u64(*log_bytes);
+                out.put_u32(*line_size);
+                out.put_u8(n);
+                out.put_u8(m);
+                out.put_zeros(2);
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(device.as_bytes());
+                f
             }
             Request::DeviceCreate { config } => {
                 put_text(out, t, "config", config)?;
@@ -481,6 +501,31 @@ impl<'a> Request<'a> {
                 let tran = r.u64("tran")?;
                 let data = data_rest(h, &mut r)?;
                 Request::VssdRepair { handle, tran, data }
+            }
+            MsgType::VssdCreate => {
+                unused(h, false, false, false)?;
+                let lines = r.u64("lines")?;
+                let log_bytes = r.u64("log_bytes")?;
+                let line_size = r.u32("line_size")?;
+                let n = r.u8("name length")?;
+                let m = r.u8("device length")?;
+                r.reserved(2)?;
+                let name = r.name(n, "name")?;
+                let device = r.name(m, "device")?;
+                if !line_size.is_power_of_two() {
+                    let why = "must be a power of two";
+                    return Err(invalid(t, "line_size", u64::from(line_size), why));
+                }
+                if lines == 0 {
+                    return Err(invalid(t, "lines", 0, "a vSSD holds a line or more"));
+                }
+                Request::VssdCreate {
+                    name,
+                    device,
+                    line_size,
+                    lines,
+                    log_bytes,
+                }
             }
             MsgType::DeviceCreate => {
                 unused(h, false, false, false)?;

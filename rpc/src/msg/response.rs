@@ -49,6 +49,7 @@ impl<'a> Response<'a> {
             Response::VssdReadPrepared { .. } => MsgType::VssdReadPrepared,
             Response::VssdRepair => MsgType::VssdRepair,
             Response::VssdCopyIn => MsgType::VssdCopyIn,
+            Response::VssdCreate => MsgType::VssdCreate,
             Response::DeviceCreate => MsgType::DeviceCreate,
             Response::DeviceList { .. } => MsgType::DeviceList,
             Response::DeviceShow { .. } => MsgType::DeviceShow,
@@ -166,6 +167,7 @@ impl<'a> Response<'a> {
             | Response::VssdEpoch
             | Response::VssdRepair
             | Response::VssdCopyIn
+            | Response::VssdCreate
             | Response::DeviceCreate
             | Response::DeviceSet
             | Response::DeviceDelete => f,
@@ -473,6 +475,7 @@ impl<'a> Response<'a> {
             | MsgType::VssdEpoch
             | MsgType::VssdRepair
             | MsgType::VssdCopyIn
+            | MsgType::VssdCreate
             | MsgType::DeviceCreate
             | MsgType::DeviceSet
             | MsgType::DeviceDelete => {
@@ -488,6 +491,7 @@ impl<'a> Response<'a> {
                     MsgType::VssdAbort => Response::VssdAbort,
                     MsgType::VssdEpoch => Response::VssdEpoch,
                     MsgType::VssdRepair => Response::VssdRepair,
+                    MsgType::VssdCreate => Response::VssdCreate,
                     MsgType::DeviceCreate => Response::DeviceCreate,
                     MsgType::DeviceSet => Response::DeviceSet,
                     MsgType::DeviceDelete => Response::DeviceDelete,

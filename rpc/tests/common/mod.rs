@@ -55,7 +55,7 @@ pub struct Parts {
 
 /// How many kinds [`build`] knows: every request, every response, and errors
 /// (a plain one, a connection one, a STALE_EPOCH one).
-pub const KINDS: usize = 29 + 30 + 3;
+pub const KINDS: usize = 30 + 31 + 3;
 
 pub fn name() -> impl Strategy<Value = String> {
     "[!-~]{1,64}"
@@ -433,6 +433,14 @@ pub fn build(kind: usize, p: &Parts) -> Message<'_> {
             dirty_lines: p.flag.then_some(p.a),
         }),
         61 => Body::Response(Response::DeviceDelete),
+        62 => Body::Request(Request::VssdCreate {
+            name: &p.name,
+            device: &p.name2,
+            line_size: 1 << p.pow2_shift,
+            lines: p.a.max(1),
+            log_bytes: p.b,
+        }),
+        63 => Body::Response(Response::VssdCreate),
         _ => panic!("kind {kind} out of range"),
     };
     let tag = if kind == 48 {
