@@ -13,6 +13,7 @@ pub mod device;
 pub mod devices;
 pub mod error;
 mod gate;
+pub mod replicas;
 pub mod server;
 pub mod service;
 

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rpc::{RuntimeThread, RuntimeThreadConfig, Server, ServerConfig};
+use rpc::{Server, ServerConfig};
 use serde::Deserialize;
 use tracing::info;
 
 use crate::datadir::{DataDir, DataDirError, bad, check_name, parse_toml, read_bounded};
 use crate::devices::{Counters, DeviceState, Devices};
+use crate::replicas::Replicas;
 use crate::service::CvadService;
 
 /// The address cvad listens on by default.
@@ -111,7 +112,7 @@ pub enum CvadError {
 pub struct Cvad {
     server: Server,
     devices: Arc<Devices>,
-    replicas: RuntimeThread,
+    replicas: Replicas,
     dir: DataDir,
 }
 
@@ -134,20 +135,11 @@ impl Cvad {
             what: "session settings",
             source,
         })?;
-        let s = session.clone();
-        let replicas = RuntimeThread::start(RuntimeThreadConfig::new("cvad-replicas"), move || {
-            let vssds = dtm::Vssds::new();
-            move |handoff| {
-                let service = dtm::ReplicaService::new(vssds.clone());
-                if let Err(e) = rpc::serve_handoff(handoff, &s, service) {
-                    tracing::debug!("replica session ended: {e}");
-                }
-            }
-        })
-        .map_err(|source| CvadError::Rpc {
-            what: "replica runtime",
-            source,
-        })?;
+        let replicas =
+            Replicas::start(dir.root(), session.clone()).map_err(|source| CvadError::Rpc {
+                what: "replica runtime",
+                source,
+            })?;
         let devices = Devices::new(
             dir.clone(),
             session,

@@ -39,7 +39,7 @@ impl CvadService {
     fn route_open(&self, request: &Request<'_>) -> Option<HandTo> {
         let to = match request {
             Request::DeviceOpen { name, .. } => self.devices.hand_to(name).ok()?,
-            Request::VssdOpen { .. } => self.devices.replicas(),
+            Request::VssdOpen { .. } | Request::VssdCreate { .. } => self.devices.replicas(),
             _ => return None,
         };
         Counters::bump(&self.devices.counters().sessions_routed);
@@ -144,7 +144,10 @@ impl Service for CvadService {
     }
 
     fn routes(&self, msg_type: MsgType) -> bool {
-        matches!(msg_type, MsgType::DeviceOpen | MsgType::VssdOpen)
+        matches!(
+            msg_type,
+            MsgType::DeviceOpen | MsgType::VssdOpen | MsgType::VssdCreate
+        )
     }
 
     fn route(&self, _s: &SessionInfo, _h: &Header, request: &Request<'_>) -> Option<HandTo> {
@@ -309,7 +312,10 @@ impl Service for DeviceService {
     }
 
     fn routes(&self, msg_type: MsgType) -> bool {
-        matches!(msg_type, MsgType::DeviceOpen | MsgType::VssdOpen)
+        matches!(
+            msg_type,
+            MsgType::DeviceOpen | MsgType::VssdOpen | MsgType::VssdCreate
+        )
     }
 
     /// A session with no handle open here may move to another device (or to the

@@ -486,3 +486,54 @@ fn with_client_raw(addr: SocketAddr) -> (Result<(), String>, Result<Vec<String>,
     })
     .expect("run")
 }
+
+fn vssd_create(name: &str, lines: u64) -> Request<'_> {
+    Request::VssdCreate {
+        name,
+        device: "devp",
+        line_size: 4096,
+        lines,
+        log_bytes: vssd::layout::LOG_BYTES_MIN,
+    }
+}
+
+/// VSSD_OPEN of `name` at epoch 0: its line count.
+fn vssd_open(c: &Client, name: &str) -> u64 {
+    let reply = c.call(Request::VssdOpen { name, epoch: 0 }).unwrap();
+    match reply.response().unwrap() {
+        Response::VssdOpen { info, .. } => info.line_count,
+        other => panic!("VSSD_OPEN {name} answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_peer_creates_and_serves_a_replica_vssd() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cvad = start(&data, &[]);
+    with_client(cvad.addr, |c| {
+        let reply = c.call(vssd_create("devp-r1", 256)).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::VssdCreate);
+        // Asked again: the same answer; another geometry: refused, nothing formatted.
+        let reply = c.call(vssd_create("devp-r1", 256)).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::VssdCreate);
+        let (status, reason) = refusal(c, vssd_create("devp-r1", 512));
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("exists"), "{reason}");
+        assert_eq!(vssd_open(c, "devp-r1"), 256);
+        let (status, _) = refusal(
+            c,
+            Request::VssdOpen {
+                name: "nope",
+                epoch: 0,
+            },
+        );
+        assert_eq!(status, Status::NoDevice);
+    });
+    assert!(cvad.stop().success());
+    assert!(data.join("replicas/devp-r1.vssd").exists());
+    // Served again after a restart.
+    let cvad = start(&data, &[]);
+    assert_eq!(with_client(cvad.addr, |c| vssd_open(c, "devp-r1")), 256);
+    assert!(cvad.stop().success());
+}
