@@ -272,6 +272,12 @@ pub fn create_sparse(path: &Path, bytes: u64) -> Result<(), DataDirError> {
 
 /// A file's text, refusing one over CONFIG_FILE_BYTES_MAX.
 pub fn read_bounded(path: &Path) -> Result<String, DataDirError> {
+    String::from_utf8(read_bytes_bounded(path)?)
+        .map_err(|e| bad(&path.display().to_string(), "(file)", e.to_string()))
+}
+
+/// A file's bytes, refusing one over CONFIG_FILE_BYTES_MAX.
+pub fn read_bytes_bounded(path: &Path) -> Result<Vec<u8>, DataDirError> {
     let len = fs::metadata(path)
         .map_err(DataDirError::io("stat", path))?
         .len();
@@ -279,7 +285,7 @@ pub fn read_bounded(path: &Path) -> Result<String, DataDirError> {
         let why = format!("{len} bytes, over CONFIG_FILE_BYTES_MAX ({CONFIG_FILE_BYTES_MAX})");
         return Err(bad(&path.display().to_string(), "(file)", why));
     }
-    fs::read_to_string(path).map_err(DataDirError::io("read", path))
+    fs::read(path).map_err(DataDirError::io("read", path))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {

@@ -185,7 +185,7 @@ impl Devices {
         let (control, jobs) = remote::<Job>(JOBS_QUEUE_MAX).map_err(|e| io("control inbox", &e))?;
         let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
         let (devices, cfg) = (self.clone(), config.clone());
-        let thread_config = RuntimeThreadConfig::new(&format!("cdev-{}", config.name));
+        let thread_config = RuntimeThreadConfig::new(&runtime_name(&config.name));
         let thread = RuntimeThread::start(thread_config, move || {
             let device = match Device::open(&cfg, open_options()) {
                 Ok(d) => {
@@ -350,6 +350,15 @@ impl Devices {
     /// Takes device `name` out (reserved as Busy until `forget` or `restore`),
     /// closing it: its runtime's sessions end, the device closes (checkpoint).
     pub fn take_and_close(&self, name: &str) -> Result<DeviceConfig, Refusal> {
+        if std::thread::current().name() == Some(runtime_name(name).as_str()) {
+            // Stopping a runtime joins its thread: never from the thread itself (and
+            // the asking session, served there, would end with it).
+            let why = format!(
+                "this connection is served by device {name}'s runtime (it opened {name}): \
+                 ask on a connection that has not"
+            );
+            return Err(Refusal::new(Status::InvalidArgument, why));
+        }
         let kept = {
             let mut map = lock(&self.map);
             match map.get(name) {
@@ -389,6 +398,11 @@ impl Devices {
             }
         }
     }
+}
+
+/// The name of device `name`'s runtime thread.
+fn runtime_name(name: &str) -> String {
+    format!("cdev-{name}")
 }
 
 pub fn no_device(name: &str) -> Refusal {

@@ -32,7 +32,9 @@ fn cvad(data: &Path, args: &[&str]) -> Command {
 /// Starts cvad on 127.0.0.1:0 and waits (bounded) for its port file.
 fn start(data: &Path, args: &[&str]) -> Cvad {
     let mut cmd = cvad(data, &["--listen", "127.0.0.1:0"]);
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    // Its log, beside the data dir.
+    let log = std::fs::File::create(data.with_extension("log")).expect("log file");
+    cmd.args(args).stdout(Stdio::null()).stderr(log);
     let mut child = cmd.spawn().expect("spawn cvad");
     let port_file = data.join("cvad.port");
     let deadline = Instant::now() + WAIT_MAX;
@@ -56,9 +58,13 @@ fn start(data: &Path, args: &[&str]) -> Cvad {
 
 impl Cvad {
     /// SIGTERM, then a bounded wait for the exit; returns its status.
-    fn stop(mut self) -> ExitStatus {
+    fn stop(self) -> ExitStatus {
+        self.stop_by(Signal::SIGTERM)
+    }
+
+    fn stop_by(mut self, signal: Signal) -> ExitStatus {
         let pid = Pid::from_raw(self.child.id() as i32);
-        kill(pid, Signal::SIGTERM).expect("SIGTERM");
+        kill(pid, signal).expect("signal cvad");
         let deadline = Instant::now() + WAIT_MAX;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -149,11 +155,24 @@ fn first_start_makes_dev0_and_sigterm_exits_zero() {
     assert!(ping);
     assert_eq!(names, ["dev0"]);
     assert_eq!(devices, 1);
+    let port = cvad.addr.port();
     assert!(cvad.stop().success());
     assert!(
         !data.join("cvad.port").exists(),
         "the port file outlived cvad"
     );
+    // One ready line saying where and how to connect; the stop logged.
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    let ready: Vec<&str> = log.lines().filter(|l| l.contains("cvad ready")).collect();
+    assert_eq!(ready.len(), 1, "{log}");
+    assert!(
+        ready[0].contains(&format!("listening on 127.0.0.1:{port}")),
+        "{log}"
+    );
+    assert!(ready[0].contains("dev0 (open)"), "{log}");
+    assert!(ready[0].contains("connect with"), "{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("cvad stopped"), "{log}");
 }
 
 /// Opens `name` on `c` (the session moves to the device's runtime); its handle.
@@ -260,7 +279,9 @@ fn dev0_writes_read_back_across_a_restart() {
         read(c, h, offset, 3 * 4096)
     });
     assert_eq!(back, pattern(7, 3 * 4096));
-    assert!(cvad.stop().success());
+    assert!(cvad.stop_by(Signal::SIGINT).success());
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(log.contains("SIGINT"), "{log}");
 }
 
 #[test]
@@ -275,7 +296,8 @@ fn admin_create_show_set_delete() {
         .unwrap();
     let b = backing.display().to_string();
     let v = dir.path().join("v1").display().to_string();
-    with_client(cvad.addr, move |c| {
+    let addr = cvad.addr;
+    with_client(addr, move |c| {
         // Refused with the key that is wrong.
         let bad = format!(
             "name = \"dev1\"\nbacking = \"{b}\"\nvssd = \"{v}\"\nvssd_bytes = 1\ncolour = 1\n"
@@ -306,6 +328,30 @@ fn admin_create_show_set_delete() {
         assert!(text.contains("state = \"open\""), "{text}");
         assert!(text.contains("size_bytes = 67108864"), "{text}");
         assert!(Path::new(&v).exists());
+        // A session holding a handle of one device does not open another.
+        let (h, _) = open(c, "dev1");
+        let (status, reason) = refusal(
+            c,
+            Request::DeviceOpen {
+                name: "dev0",
+                read_only: false,
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("another connection"), "{reason}");
+        let reply = c.call(Request::DeviceClose { handle: h }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceClose);
+        // This connection is served on dev1's runtime now: it cannot stop it.
+        let (status, reason) = refusal(
+            c,
+            Request::DeviceDelete {
+                name: "dev1",
+                dirty_lines: None,
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("runtime"), "{reason}");
+        let c = &Client::connect(addr, &ClientConfig::default()).unwrap();
         // Deleting it naming a wrong dirty count is refused, saying how many.
         let (status, reason) = refusal(
             c,

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cdev::datadir::{DataDirError, PORT_FILE, read_bounded};
+use cdev::datadir::{DataDirError, PORT_FILE, read_bytes_bounded};
 use cdev::devices::DeviceState;
 use cdev::server::DEFAULT_LISTEN;
 use cdev::{Cvad, CvadConfig, ServerSettings};
@@ -135,11 +135,13 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
     Ok(())
 }
 
-/// The secret in `path`, without one trailing newline.
+/// The secret in `path` (any bytes), without one trailing newline.
 fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, DataDirError> {
-    let text = read_bounded(path)?;
-    let secret = text.strip_suffix('\n').unwrap_or(&text);
-    rpc::auth::check_secret(secret.as_bytes())
+    let mut secret = read_bytes_bounded(path)?;
+    if secret.last() == Some(&b'\n') {
+        secret.pop();
+    }
+    rpc::auth::check_secret(&secret)
         .map_err(|e| cdev::datadir::bad(&path.display().to_string(), "(secret)", e.to_string()))?;
-    Ok(secret.as_bytes().to_vec())
+    Ok(secret)
 }
