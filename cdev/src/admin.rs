@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::{CacheMode, DeviceConfig, DeviceSettings};
 use crate::datadir::{DEVICES_MAX, DataDirError, check_device, parse_toml};
-use crate::devices::{DeviceState, Devices, Refusal};
+use crate::devices::{DeviceState, Devices, Refusal, SESSION_DRAIN_MAX};
 
 /// What an admin request answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +131,7 @@ fn show(devices: &Arc<Devices>, name: &str) -> Result<Answer, Refusal> {
             reason: None,
             size_bytes: Some(info.size_bytes),
             dirty_lines: devices
-                .on_device(name, |d| d.map(|d| d.dirty_lines()))
+                .on_device(name, |host| host.device.as_ref().map(|d| d.dirty_lines()))
                 .ok()
                 .flatten(),
         },
@@ -170,7 +170,7 @@ fn set(devices: &Arc<Devices>, name: &str, text: &str) -> Result<Answer, Refusal
 
 fn set_mode(devices: &Arc<Devices>, name: &str, mode: CacheMode) -> Result<(), Refusal> {
     devices
-        .on_device(name, move |d| match d {
+        .on_device(name, move |host| match &host.device {
             Some(d) => d
                 .set_mode(mode)
                 .map_err(|e| Refusal::new(e.status(), e.to_string())),
@@ -182,19 +182,24 @@ fn set_mode(devices: &Arc<Devices>, name: &str, mode: CacheMode) -> Result<(), R
 fn delete(devices: &Arc<Devices>, name: &str, named: Option<u64>) -> Result<Answer, Refusal> {
     let (config, state) = devices.get(name)?;
     if let DeviceState::Open(_) = state {
-        // Checked and the device closed to clients in one step on its runtime, so
-        // that no new write dirties a line between the count and the close.
+        // Checked on its runtime once its requests have drained and new ones are
+        // refused, so that no write dirties a line between the count and the close.
         devices
-            .on_device(name, move |d| {
-                let Some(d) = d else {
+            .on_device(name, move |host| {
+                let Some(d) = &host.device else {
                     return Ok(());
                 };
+                if !host.quiesce(SESSION_DRAIN_MAX) {
+                    let why = "requests still running on it: try again";
+                    return Err(Refusal::new(Status::Busy, why));
+                }
                 let dirty = d.dirty_lines();
                 let wrong = match named {
                     None => dirty > 0,
                     Some(n) => n != dirty,
                 };
                 if wrong {
+                    host.closing.set(false);
                     let how = match named {
                         None => "none named".to_string(),
                         Some(n) => format!("{n} named"),

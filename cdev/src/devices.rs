@@ -35,8 +35,8 @@ pub const OPEN_WAIT_MAX: Duration = Duration::from_secs(300);
 /// anyway (their sockets are shut down by then: this bounds a handler stuck in I/O).
 pub const SESSION_DRAIN_MAX: Duration = Duration::from_secs(30);
 
-/// Work run on a device's runtime with the device (None when it failed to open).
-pub type Job = Box<dyn FnOnce(Option<&Device>) + Send>;
+/// Work run on a device's runtime, with what the runtime holds of the device.
+pub type Job = Box<dyn FnOnce(&DeviceHost) + Send>;
 
 /// A refusal of an admin or routing request: the wire status and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -204,6 +204,8 @@ impl Devices {
                 live: Cell::new(0),
                 ended: Rendez::new(),
                 closing: Cell::new(false),
+                busy: Cell::new(0),
+                idle: Rendez::new(),
             });
             let h = host.clone();
             if let Err(e) = Builder::new()
@@ -293,7 +295,7 @@ impl Devices {
     pub fn on_device<T, F>(&self, name: &str, f: F) -> Result<T, Refusal>
     where
         T: Send + 'static,
-        F: FnOnce(Option<&Device>) -> T + Send + 'static,
+        F: FnOnce(&DeviceHost) -> T + Send + 'static,
     {
         let control = match lock(&self.map).get(name) {
             Some(Slot::Kept(k)) if k.running.is_some() => match &k.running {
@@ -307,8 +309,8 @@ impl Devices {
             Refusal::new(Status::IoError, format!("device {name}: reply inbox: {e}"))
         })?;
         control
-            .send(Box::new(move |d| {
-                let _ = tx.send(f(d));
+            .send(Box::new(move |host| {
+                let _ = tx.send(f(host));
             }))
             .map_err(|_| gone())?;
         match rx.recv() {
@@ -418,15 +420,57 @@ pub struct DeviceHost {
     live: Cell<usize>,
     /// Woken when a session ends.
     ended: Rendez,
-    /// Set once the device is closing: new requests are refused SHUTTING_DOWN.
+    /// Set once the device is closing (or being checked for deletion): new
+    /// requests are refused SHUTTING_DOWN.
     pub closing: Cell<bool>,
+    /// Client requests calling the device now.
+    busy: Cell<usize>,
+    /// Woken when `busy` drops to zero.
+    idle: Rendez,
 }
 
 impl DeviceHost {
+    /// The device for one client request, counted busy until the guard drops; None
+    /// when it does not serve (failed to open, or closing).
+    pub fn device(self: &Rc<Self>) -> Option<(&Device, Busy)> {
+        if self.closing.get() {
+            return None;
+        }
+        let device = self.device.as_ref()?;
+        self.busy.set(self.busy.get() + 1);
+        Some((device, Busy(self.clone())))
+    }
+
+    /// Refuses new requests and waits (up to `wait`) for those calling the device to
+    /// end; false (and serving again) when they did not.
+    pub fn quiesce(&self, wait: Duration) -> bool {
+        self.closing.set(true);
+        let deadline = taskio::now() + wait;
+        while self.busy.get() > 0 {
+            if !self.idle.sleep_until(deadline) {
+                self.closing.set(false);
+                return false;
+            }
+        }
+        true
+    }
+
     /// Counts a session in until the guard drops.
     fn enter(self: &Rc<Self>) -> LiveSession {
         self.live.set(self.live.get() + 1);
         LiveSession(self.clone())
+    }
+}
+
+/// A client request calling the device (see [`DeviceHost::device`]).
+pub struct Busy(Rc<DeviceHost>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.set(self.0.busy.get() - 1);
+        if self.0.busy.get() == 0 {
+            self.0.idle.wakeup_all();
+        }
     }
 }
 
@@ -443,7 +487,7 @@ impl Drop for LiveSession {
 /// for the device's sessions to end and closes the device.
 fn keep(host: &DeviceHost, jobs: &Inbox<Job>) {
     while let Ok(Some(job)) = jobs.recv() {
-        job(host.device.as_ref());
+        job(host);
     }
     host.closing.set(true);
     let deadline = taskio::now() + SESSION_DRAIN_MAX;

@@ -19,7 +19,7 @@ use rpc::limits::STAT_COUNTERS_MAX;
 use rpc::{Counter, HandTo, Header, MsgType, Request, Response, Service, SessionInfo, Status};
 
 use crate::device::Device;
-use crate::devices::{Counters, DeviceHost, Devices, Refusal};
+use crate::devices::{Busy, Counters, DeviceHost, Devices, Refusal};
 
 /// Device handles one session may hold at once; one more is BUSY.
 pub const HANDLES_PER_SESSION_MAX: usize = 64;
@@ -174,8 +174,8 @@ impl DeviceService {
         }
     }
 
-    /// The device, while it serves.
-    fn device(&self, t: MsgType) -> Result<&Device, Refusal> {
+    /// The device, while it serves, counted busy until the guard drops.
+    fn device(&self, t: MsgType) -> Result<(&Device, Busy), Refusal> {
         let name = &self.host.name;
         if self.host.closing.get() {
             return Err(Refusal::new(
@@ -183,7 +183,7 @@ impl DeviceService {
                 format!("device {name} is closing"),
             ));
         }
-        self.host.device.as_ref().ok_or_else(|| {
+        self.host.device().ok_or_else(|| {
             Refusal::new(Status::NoDevice, format!("{t}: device {name} is not open"))
         })
     }
@@ -210,7 +210,7 @@ impl DeviceService {
                     );
                     return Err(Refusal::new(Status::InvalidArgument, why));
                 }
-                let device = self.device(t)?;
+                let (device, _busy) = self.device(t)?;
                 if self.handles.borrow().len() >= HANDLES_PER_SESSION_MAX {
                     let why = "HANDLES_PER_SESSION_MAX handles open on this connection";
                     return Err(Refusal::new(Status::Busy, why));
@@ -234,7 +234,7 @@ impl DeviceService {
                 length,
             } => {
                 self.handle_of(handle)?;
-                let device = self.device(t)?;
+                let (device, _busy) = self.device(t)?;
                 scratch.clear();
                 scratch.resize(length as usize, 0);
                 device.read(offset, scratch).map_err(failed)?;
@@ -249,12 +249,12 @@ impl DeviceService {
                     let why = format!("handle {handle} was opened read-only");
                     return Err(Refusal::new(Status::ReadOnly, why));
                 }
-                self.device(t)?.write(offset, data).map_err(failed)?;
+                self.device(t)?.0.write(offset, data).map_err(failed)?;
                 Served::Done(Response::Write)
             }
             Request::Flush { handle } => {
                 self.handle_of(handle)?;
-                self.device(t)?.flush().map_err(failed)?;
+                self.device(t)?.0.flush().map_err(failed)?;
                 Served::Done(Response::Flush)
             }
             Request::Discard {
@@ -266,13 +266,13 @@ impl DeviceService {
                     let why = format!("handle {handle} was opened read-only");
                     return Err(Refusal::new(Status::ReadOnly, why));
                 }
-                let device = self.device(t)?;
+                let (device, _busy) = self.device(t)?;
                 device.discard(offset, u64::from(length)).map_err(failed)?;
                 Served::Done(Response::Discard)
             }
             Request::Stat { handle } => {
                 self.handle_of(handle)?;
-                Served::Stat(self.device(t)?.stat())
+                Served::Stat(self.device(t)?.0.stat())
             }
             other => {
                 let why = format!("cvad does not serve {}", other.msg_type());
