@@ -378,6 +378,10 @@ impl Host {
                 let serve = make_serve();
                 move |h| {
                     serve(h);
+                    // Free before `serve_handed`'s slot of this session is given
+                    // back, when the task ends just after: nothing parks between,
+                    // so the runtime's loop cannot take the next connection (and
+                    // find its one slot taken) in between.
                     lock(&free).push(i);
                 }
             })?);
@@ -447,7 +451,9 @@ fn acceptor(listener: TcpListener, to: &[HandTo], free: &Mutex<Vec<usize>>, stop
             // The runtime thread is gone (stopping).
             let (RemoteSendError::Full { value, .. } | RemoteSendError::Closed(value)) = e;
             lock(free).push(i);
-            drop(value);
+            if let Ok(stream) = value.stream.into_std() {
+                refuse(stream, Status::ShuttingDown, "session thread unavailable");
+            }
         }
     }
 }

@@ -606,6 +606,19 @@ impl Detached {
         Ok(std::net::TcpStream::from(fd.try_clone_to_owned()?))
     }
 
+    /// The kernel socket as a std stream (blocking again), for a thread with no
+    /// runtime; the bytes already read are dropped. Only for a socket of the real
+    /// driver.
+    pub fn into_std(self) -> io::Result<std::net::TcpStream> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: `self` owns `fd`, an open socket, and gives it up here (forgotten,
+        // so its Drop does not close it).
+        let stream = unsafe { std::net::TcpStream::from_raw_fd(self.fd) };
+        std::mem::forget(self);
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    }
+
     /// Puts `bytes` back in front of those already read (a frame its reader took
     /// and leaves for the next owner to read again).
     pub fn unread(&mut self, bytes: &[u8]) {
