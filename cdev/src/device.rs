@@ -43,6 +43,7 @@ use crate::backing::{BackingStore, open_file};
 use crate::config::{CacheMode, DeviceConfig, ReplicaLoss};
 use crate::error::CdevError;
 use crate::gate::Gate;
+use crate::latency::Histogram;
 
 /// Block size of every device: offsets and lengths are multiples of it.
 pub const BLOCK_SIZE: u32 = 512;
@@ -58,6 +59,8 @@ pub const IDLE_AFTER: Duration = Duration::from_millis(100);
 /// How long the destage task sleeps between looks at the watermarks and the idle
 /// time when nothing wakes it.
 const DESTAGE_POLL: Duration = Duration::from_millis(50);
+/// After a run whose lines were locked, the task waits this long before the next.
+const DESTAGE_BUSY_WAIT: Duration = Duration::from_millis(1);
 /// After a failed destage run (the backing store failed), the task waits this long.
 const DESTAGE_RETRY: Duration = Duration::from_millis(500);
 /// Longest wait of a write for the lines another write holds.
@@ -104,6 +107,17 @@ impl DeviceInfo {
             read_only: self.read_only,
         }
     }
+}
+
+/// How a destage step went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// A run destaged: how many lines it wrote.
+    Wrote(u64),
+    /// The run's lines were locked: left for later.
+    Busy,
+    /// No line is dirty.
+    Clean,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,7 +189,12 @@ struct Inner {
     kick: Rc<Rendez>,
     destage: RefCell<Option<JoinHandle<()>>>,
     counters: Cell<Counters>,
+    /// Latencies of the client operations, by [`TIMED`]'s order.
+    latency: RefCell<[Histogram; TIMED.len()]>,
 }
+
+/// The operations whose latencies STAT reports.
+const TIMED: [&str; 4] = ["read", "write", "flush", "discard"];
 
 /// One open cache device (cheap to clone: every clone is the same device).
 #[derive(Clone)]
@@ -202,7 +221,25 @@ impl Device {
     /// recovers through the DTM (the local replica, member 0, alone when
     /// `config.replicas` is empty; a `RemoteReplica` for each configured peer that
     /// answers), starts the DTM and the destage task.
+    ///
+    /// The peers are reached with a default client configuration (no secret): see
+    /// [`Device::open_with`].
     pub fn open(config: &DeviceConfig, options: OpenOptions) -> Result<Device, CdevError> {
+        let peers = rpc::ClientConfig {
+            name: format!("cvad-{}", config.name),
+            ..rpc::ClientConfig::default()
+        };
+        Device::open_with(config, options, &peers)
+    }
+
+    /// [`Device::open`], reaching the peers that hold replicas with `peers` (their
+    /// secret, the calls' timeout: a slow replica stalls a write at most that long
+    /// before the loss policy applies).
+    pub fn open_with(
+        config: &DeviceConfig,
+        options: OpenOptions,
+        peers: &rpc::ClientConfig,
+    ) -> Result<Device, CdevError> {
         const OP: &str = "open";
         check_config(config)?;
         let name = config.name.clone();
@@ -220,7 +257,7 @@ impl Device {
             ));
         }
         let vssd = open_vssd(config, options.create)?;
-        let started = start_dtm(config, &vssd, &backing, size / line_size);
+        let started = start_dtm(config, &vssd, &backing, size / line_size, peers);
         let dtm = match started {
             Ok(dtm) => dtm,
             Err(e) => {
@@ -250,6 +287,7 @@ impl Device {
             kick: Rc::new(Rendez::new()),
             destage: RefCell::new(None),
             counters: Cell::new(Counters::default()),
+            latency: RefCell::new(Default::default()),
         });
         let weak = Rc::downgrade(&inner);
         let kick = inner.kick.clone();
@@ -291,8 +329,9 @@ impl Device {
         let _req = inner.enter("read")?;
         inner.check_range("read", offset, buf.len() as u64, true)?;
         inner.count(|c| c.reads += 1);
+        let start = now();
         let result = inner.read(offset, buf);
-        inner.count_error(&result);
+        inner.done("read", start, &result);
         result
     }
 
@@ -304,8 +343,9 @@ impl Device {
         let _req = inner.enter("write")?;
         inner.check_range("write", offset, data.len() as u64, true)?;
         inner.count(|c| c.writes += 1);
+        let start = now();
         let result = inner.write(offset, data);
-        inner.count_error(&result);
+        inner.done("write", start, &result);
         result
     }
 
@@ -315,7 +355,10 @@ impl Device {
         let inner = &*self.inner;
         let _req = inner.enter("flush")?;
         inner.count(|c| c.flushes += 1);
-        inner.dtm.flush().map_err(|e| inner.dtm_error("flush", e))
+        let start = now();
+        let result = inner.dtm.flush().map_err(|e| inner.dtm_error("flush", e));
+        inner.done("flush", start, &result);
+        result
     }
 
     /// Drops `len` bytes at `offset` (multiples of [`BLOCK_SIZE`], inside the device)
@@ -333,12 +376,16 @@ impl Device {
         if first >= end {
             return Ok(());
         }
-        let _gate = inner.hold("discard", first, end - first)?;
-        inner
-            .dtm
-            .discard(first, end - first)
-            .map(|_| ())
-            .map_err(|e| inner.dtm_error("discard", e))
+        let start = now();
+        let result = inner.hold("discard", first, end - first).and_then(|_gate| {
+            inner
+                .dtm
+                .discard(first, end - first)
+                .map(|_| ())
+                .map_err(|e| inner.dtm_error("discard", e))
+        });
+        inner.done("discard", start, &result);
+        result
     }
 
     /// The STAT counters: names without spaces, at most 64 bytes, at most
@@ -415,6 +462,16 @@ impl Inner {
         let mut c = self.counters.get();
         f(&mut c);
         self.counters.set(c);
+    }
+
+    /// Counts the end of a client operation `op` (one of [`TIMED`]) begun at `start`.
+    fn done<T>(&self, op: &'static str, start: Instant, result: &Result<T, CdevError>) {
+        let i = TIMED
+            .iter()
+            .position(|&t| t == op)
+            .expect("a timed operation");
+        self.latency.borrow_mut()[i].record(now().saturating_duration_since(start));
+        self.count_error(result);
     }
 
     fn count_error<T>(&self, result: &Result<T, CdevError>) {
@@ -731,7 +788,7 @@ impl Inner {
             self.dtm
                 .write(first, buf)
                 .map_err(|e| self.dtm_error(OP, e))?;
-            self.destage_run(OP, first, n)?;
+            self.destage_run(OP, first, n, true)?;
             if mode == CacheMode::WriteThrough {
                 self.count(|c| c.write_hits += 1);
             } else {
@@ -776,13 +833,27 @@ impl Inner {
     /// under the DTM's lock of them, the COMMITs made durable, the dirty versions
     /// written to the backing store, fdatasync, then each marked clean on every
     /// replica at the version written. How many lines it wrote.
-    fn destage_run(&self, op: &'static str, first: u64, n: u64) -> Result<u64, CdevError> {
+    ///
+    /// Without `wait`, lines that a write, a discard or a lock holds or waits for
+    /// are left for later (`None`): that write may be waiting for room in the cache,
+    /// which only destaging other lines makes.
+    fn destage_run(
+        &self,
+        op: &'static str,
+        first: u64,
+        n: u64,
+        wait: bool,
+    ) -> Result<Option<u64>, CdevError> {
         let ls = self.line_size;
         assert!(n * ls <= DESTAGE_RUN_BYTES_MAX.max(u64::from(IO_LEN_MAX)));
-        let _lock = self
-            .dtm
-            .lock_lines(first, n)
-            .map_err(|e| self.dtm_error(op, e))?;
+        let locked = if wait {
+            self.dtm.lock_lines(first, n).map(Some)
+        } else {
+            self.dtm.try_lock_lines(first, n)
+        };
+        let Some(_lock) = locked.map_err(|e| self.dtm_error(op, e))? else {
+            return Ok(None);
+        };
         // A destaged version must never be in doubt on any member (recovery's rule).
         self.dtm.flush().map_err(|e| self.dtm_error(op, e))?;
         let mut line_buf = self.line_buf(1);
@@ -805,7 +876,7 @@ impl Inner {
             }
         }
         if segments.is_empty() {
-            return Ok(0);
+            return Ok(Some(0));
         }
         for (s, bytes, _) in &segments {
             let mut out = AlignedBuf::new(bytes.len());
@@ -828,20 +899,25 @@ impl Inner {
             c.destage_lines += lines;
             c.blocks_written_backing += lines * ls / u64::from(BLOCK_SIZE);
         });
-        Ok(lines)
+        Ok(Some(lines))
     }
 
     /// One destage step from `cursor`: the next run of adjacent dirty lines at or
-    /// after it (from line 0 again past the last), destaged. How many lines it wrote;
-    /// 0 when nothing is dirty.
-    fn destage_step(&self, op: &'static str, cursor: &mut u64) -> Result<u64, CdevError> {
+    /// after it (from line 0 again past the last), destaged (without `wait`, left
+    /// for later if any of its lines is locked).
+    fn destage_step(
+        &self,
+        op: &'static str,
+        cursor: &mut u64,
+        wait: bool,
+    ) -> Result<Step, CdevError> {
         let mut listed = self.vssd.dirty_range(*cursor, DESTAGE_LIST_LINES);
         if listed.is_empty() && *cursor > 0 {
             *cursor = 0;
             listed = self.vssd.dirty_range(0, DESTAGE_LIST_LINES);
         }
         let Some(&(first, _)) = listed.first() else {
-            return Ok(0);
+            return Ok(Step::Clean);
         };
         let run_max = DESTAGE_RUN_BYTES_MAX / self.line_size;
         let n = listed
@@ -850,11 +926,14 @@ impl Inner {
             .take_while(|&(i, &(line, _))| line == first + i as u64 && (i as u64) < run_max)
             .count() as u64;
         *cursor = first + n;
-        let result = self.destage_run(op, first, n);
-        if result.is_err() {
-            self.count(|c| c.destage_errors += 1);
+        match self.destage_run(op, first, n, wait) {
+            Ok(Some(lines)) => Ok(Step::Wrote(lines)),
+            Ok(None) => Ok(Step::Busy),
+            Err(e) => {
+                self.count(|c| c.destage_errors += 1);
+                Err(e)
+            }
         }
-        result
     }
 
     /// Destages until no line is dirty. Bounded: every round destages a run or moves
@@ -867,7 +946,7 @@ impl Inner {
             if self.vssd.dirty_count() == 0 {
                 return Ok(());
             }
-            self.destage_step(op, &mut cursor)?;
+            self.destage_step(op, &mut cursor, true)?;
             if round % 64 == 63 {
                 tracing::info!(device = %self.name, dirty = self.vssd.dirty_count(), "destaging");
             }
@@ -949,6 +1028,7 @@ impl Inner {
             ("vssd.evictions", v.evictions),
             ("vssd.checkpoints", v.checkpoints),
             ("vssd.slot_waits", v.slot_waits),
+            ("state.down", u64::from(self.dtm.down().is_some())),
             ("replicas.epoch", self.dtm.epoch()),
             ("replicas.members", self.dtm.members().len() as u64),
             ("replicas.syncing", self.dtm.syncing().len() as u64),
@@ -965,7 +1045,18 @@ impl Inner {
             ("dtm.in_flight", d.in_flight),
             ("mode.changes", c.mode_changes),
         ];
-        out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        let mut out: Vec<(String, u64)> =
+            out.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let latency = self.latency.borrow();
+        for (op, h) in TIMED.iter().zip(latency.iter()) {
+            for (name, per_mille) in [("p50", 500), ("p99", 990), ("p999", 999)] {
+                out.push((
+                    format!("latency.{op}_{name}_us"),
+                    h.percentile_us(per_mille),
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -986,8 +1077,10 @@ fn destage_loop(weak: &Weak<Inner>, kick: &Rendez) {
                 return;
             }
             if inner.destage_due(&mut active) {
-                match inner.destage_step(OP, &mut cursor) {
-                    Ok(_) => None,
+                match inner.destage_step(OP, &mut cursor, false) {
+                    Ok(Step::Wrote(_)) => None,
+                    Ok(Step::Busy) => Some(DESTAGE_BUSY_WAIT),
+                    Ok(Step::Clean) => Some(DESTAGE_POLL),
                     Err(e) => {
                         tracing::warn!(device = %inner.name, "destage: {e}");
                         Some(DESTAGE_RETRY)
@@ -1060,9 +1153,11 @@ fn check_config(c: &DeviceConfig) -> Result<(), CdevError> {
     Ok(())
 }
 
-/// The geometry `open` formats a vSSD of `bytes` with: a log of 1/[`LOG_SHARE`] of
-/// it (at least the minimum), and as many lines as fit.
-fn vssd_geometry(c: &DeviceConfig) -> Result<FormatParams, CdevError> {
+/// How `open` formats the device's vSSD of `c.vssd_bytes`: a log of
+/// 1/[`LOG_SHARE`] of it (at least the minimum), and as many lines as fit, under a
+/// new random uuid. A replica vSSD of the device (on a peer) must be formatted with
+/// the same (its `vssd_bytes` is the primary's).
+pub fn vssd_format_params(c: &DeviceConfig) -> Result<FormatParams, CdevError> {
     let log_bytes =
         (c.vssd_bytes / LOG_SHARE / 4096 * 4096).clamp(LOG_BYTES_MIN, vssd::layout::LOG_BYTES_MAX);
     let fits = |lines: u64| {
@@ -1119,9 +1214,15 @@ fn open_vssd(c: &DeviceConfig, create: bool) -> Result<Vssd, CdevError> {
             source,
         }),
     };
+    // Checked before a file is created: a configuration that cannot make a vSSD
+    // leaves no file behind.
+    let params = if create {
+        Some(vssd_format_params(c)?)
+    } else {
+        None
+    };
     let (file, created) = open_file(path, create.then_some(c.vssd_bytes)).map_err(io_err)?;
-    if created {
-        let params = vssd_geometry(c)?;
+    if let Some(params) = params.filter(|_| created) {
         format(&file, &params).map_err(err)?;
         tracing::info!(device = %c.name, path = %path.display(), lines = params.lines, "vSSD formatted");
     }
@@ -1152,6 +1253,7 @@ fn start_dtm(
     vssd: &Vssd,
     backing: &Rc<BackingStore>,
     device_lines: u64,
+    peers: &rpc::ClientConfig,
 ) -> Result<Dtm, CdevError> {
     const OP: &str = "open";
     let dtm_err = |e: dtm::DtmError| CdevError::Dtm {
@@ -1163,13 +1265,7 @@ fn start_dtm(
     let local = LocalReplica::new(vssd.clone(), 0, c.vssd.display().to_string(), epoch);
     let mut opened: Vec<Rc<dyn Replica>> = vec![Rc::new(local)];
     for r in &c.replicas {
-        match RemoteReplica::open(
-            r.peer,
-            &r.vssd,
-            epoch,
-            r.member,
-            &rpc::ClientConfig::default(),
-        ) {
+        match RemoteReplica::open(r.peer, &r.vssd, epoch, r.member, peers) {
             Ok(remote) => opened.push(Rc::new(remote)),
             Err(e) => {
                 tracing::warn!(device = %c.name, peer = %r.peer, vssd = %r.vssd, "replica not opened: {e}")

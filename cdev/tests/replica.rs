@@ -1,0 +1,145 @@
+//! A device with a replica vSSD on a peer, over real loopback rpc (dtm's
+//! ReplicaService serving it), on real files.
+
+#[path = "../../dtm/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+
+use cdev::{CacheMode, Device, DeviceConfig, OpenOptions, ReplicaConfig, ReplicaLoss};
+use dtm::Vssds;
+use support::{TempDir, open_dev, run_io, serve_vssds};
+use taskio::file::OpenOptions as FileOptions;
+use vssd::{Options, Vssd, format};
+
+const LINE: u64 = 4096;
+const BACKING_BYTES: u64 = 4 << 20;
+const REPLICA: &str = "dev0-r1";
+
+fn config(dir: &Path, peer: std::net::SocketAddr) -> DeviceConfig {
+    DeviceConfig {
+        name: "dev0".into(),
+        backing: dir.join("backing"),
+        vssd: dir.join("vssd"),
+        vssd_bytes: 8 << 20,
+        line_size: LINE as u32,
+        mode: CacheMode::WriteBack,
+        replicas: vec![ReplicaConfig {
+            peer,
+            vssd: REPLICA.into(),
+            member: 1,
+        }],
+        min_replicas: 2,
+        replica_loss: ReplicaLoss::Degrade,
+        destage_high_pct: 90,
+        destage_low_pct: 10,
+        seq_cutoff_bytes: 0,
+    }
+}
+
+fn data(offset: u64, len: u64, tag: u64) -> Vec<u8> {
+    (0..len / 8)
+        .flat_map(|i| ((offset + i * 8) ^ tag.rotate_left(40)).to_le_bytes())
+        .collect()
+}
+
+/// The replica vSSD file at `path`, formatted as the device's vSSD would be.
+fn replica_vssd(path: &Path, c: &DeviceConfig) -> Vssd {
+    let params = cdev::vssd_format_params(c).unwrap();
+    let file = FileOptions::new()
+        .create(true)
+        .size(c.vssd_bytes)
+        .open(path)
+        .unwrap();
+    format(&file, &params).unwrap();
+    drop(file);
+    Vssd::open(open_dev(path), Some(&c.name), Options::default())
+        .unwrap()
+        .0
+}
+
+fn stat(dev: &Device, name: &str) -> u64 {
+    dev.stat().into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
+#[test]
+fn writes_land_on_the_peer_replica_and_destage_cleans_it_there() {
+    let dir = TempDir::new("cdev-replica");
+    let path = dir.path.clone();
+    run_io(move || {
+        let vssds = Vssds::new();
+        let addr = serve_vssds(&vssds);
+        let c = config(&path, addr);
+        let served = replica_vssd(&path.join("replica"), &c);
+        vssds.insert(REPLICA, served.clone());
+        let peers = rpc::ClientConfig {
+            name: "cdev-test".into(),
+            call_timeout: std::time::Duration::from_secs(10),
+            ..rpc::ClientConfig::default()
+        };
+        let create = OpenOptions {
+            create: true,
+            backing_bytes: BACKING_BYTES,
+        };
+        let dev = Device::open_with(&c, create, &peers).unwrap();
+        assert_eq!(stat(&dev, "replicas.members"), 2);
+        let d = data(LINE + 512, 3 * LINE, 1);
+        dev.write(LINE + 512, &d).unwrap();
+        dev.flush().unwrap();
+        // Lines 1..=4 dirty on the peer's replica too, at the primary's versions.
+        let dirty: Vec<u64> = served.dirty_lines().iter().map(|&(l, _)| l).collect();
+        assert_eq!(dirty, vec![1, 2, 3, 4]);
+        assert_eq!(dev.dirty_lines(), 4);
+        dev.destage_all().unwrap();
+        assert_eq!(served.dirty_count(), 0, "cleaned on the replica too");
+        let mut buf = vec![0; d.len()];
+        dev.read(LINE + 512, &mut buf).unwrap();
+        assert!(buf == d);
+        // Dirty data again, then closed and reopened with the peer: read back.
+        let e = data(8 * LINE, 2 * LINE, 2);
+        dev.write(8 * LINE, &e).unwrap();
+        dev.close().unwrap();
+        let dev = Device::open(&c, OpenOptions::default()).unwrap();
+        assert_eq!(dev.dirty_lines(), 2);
+        let mut buf = vec![0; e.len()];
+        dev.read(8 * LINE, &mut buf).unwrap();
+        assert!(buf == e);
+        dev.close().unwrap();
+        served.close();
+    });
+}
+
+#[test]
+fn a_lost_peer_replica_moves_the_device_to_a_new_epoch_under_degrade() {
+    let dir = TempDir::new("cdev-replica-lost");
+    let path = dir.path.clone();
+    run_io(move || {
+        let vssds = Vssds::new();
+        let addr = serve_vssds(&vssds);
+        let mut c = config(&path, addr);
+        c.min_replicas = 1;
+        let served = replica_vssd(&path.join("replica"), &c);
+        vssds.insert(REPLICA, served.clone());
+        let dev = Device::open(
+            &c,
+            OpenOptions {
+                create: true,
+                backing_bytes: BACKING_BYTES,
+            },
+        )
+        .unwrap();
+        let epoch = stat(&dev, "replicas.epoch");
+        dev.write(0, &data(0, LINE, 1)).unwrap();
+        // The peer's vSSD goes away: the next write loses the member, epoch + 1.
+        served.close();
+        vssds.remove(REPLICA);
+        let d = data(0, LINE, 2);
+        dev.write(0, &d).unwrap();
+        assert_eq!(stat(&dev, "replicas.members"), 1);
+        assert!(stat(&dev, "replicas.epoch") > epoch);
+        let mut buf = vec![0; d.len()];
+        dev.read(0, &mut buf).unwrap();
+        assert!(buf == d);
+        dev.close().unwrap();
+    });
+}
