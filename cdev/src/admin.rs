@@ -80,6 +80,10 @@ fn create(devices: &Arc<Devices>, text: &str) -> Result<Answer, Refusal> {
     check_device("DEVICE_CREATE", &config).map_err(config_refusal)?;
     let name = config.name.clone();
     devices.reserve(&name, DEVICES_MAX)?;
+    if let Err(why) = create_replicas(devices, &config) {
+        devices.unreserve(&name);
+        return Err(why);
+    }
     if let Err(e) = devices.dir().save_device(&config) {
         devices.unreserve(&name);
         return Err(config_refusal(e));
@@ -102,6 +106,48 @@ fn create(devices: &Arc<Devices>, text: &str) -> Result<Answer, Refusal> {
             Err(why)
         }
     }
+}
+
+/// Asks each peer of `config` to create (or confirm) its replica vSSD, of the
+/// primary's geometry (VSSD_CREATE; a peer asked again answers OK).
+fn create_replicas(devices: &Devices, config: &DeviceConfig) -> Result<(), Refusal> {
+    if config.replicas.is_empty() {
+        return Ok(());
+    }
+    let params = crate::device::vssd_format_params(config)
+        .map_err(|e| Refusal::new(e.status(), e.to_string()))?;
+    for r in &config.replicas {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            let why = format!(
+                "device {}: replica vSSD {} on {}: {what}: {e}",
+                config.name, r.vssd, r.peer
+            );
+            Refusal::new(Status::IoError, why)
+        };
+        let client =
+            rpc::Client::connect(r.peer, devices.peers()).map_err(|e| failed("connect", &e))?;
+        let reply = client
+            .call(Request::VssdCreate {
+                name: &r.vssd,
+                device: &config.name,
+                line_size: params.line_size,
+                lines: params.lines,
+                log_bytes: params.log_bytes,
+            })
+            .map_err(|e| failed("VSSD_CREATE", &e))?;
+        match reply.response().map_err(|e| failed("VSSD_CREATE", &e))? {
+            Response::VssdCreate => {}
+            Response::Error { status, reason, .. } => {
+                let why = format!(
+                    "device {}: replica vSSD {} on {}: {reason}",
+                    config.name, r.vssd, r.peer
+                );
+                return Err(Refusal::new(status, why));
+            }
+            other => return Err(failed("VSSD_CREATE answered", &format!("{other:?}"))),
+        }
+    }
+    Ok(())
 }
 
 /// The `[state]` table of DEVICE_SHOW.

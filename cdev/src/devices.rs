@@ -111,6 +111,8 @@ pub struct Devices {
     session: SessionConfig,
     counters: Arc<Counters>,
     replicas: HandTo,
+    /// How this server reaches peers (their replica vSSDs): its own secret.
+    peers: rpc::ClientConfig,
     map: Mutex<BTreeMap<String, Slot>>,
     started: std::time::Instant,
 }
@@ -126,12 +128,14 @@ impl Devices {
         session: SessionConfig,
         counters: Arc<Counters>,
         replicas: HandTo,
+        peers: rpc::ClientConfig,
     ) -> Arc<Devices> {
         Arc::new(Devices {
             dir,
             session,
             counters,
             replicas,
+            peers,
             map: Mutex::new(BTreeMap::new()),
             started: std::time::Instant::now(),
         })
@@ -144,6 +148,11 @@ impl Devices {
     /// When the server started (its `uptime_s`).
     pub fn started(&self) -> std::time::Instant {
         self.started
+    }
+
+    /// How this server reaches peers.
+    pub fn peers(&self) -> &rpc::ClientConfig {
+        &self.peers
     }
 
     pub fn counters(&self) -> &Counters {
@@ -187,7 +196,11 @@ impl Devices {
         let (devices, cfg) = (self.clone(), config.clone());
         let thread_config = RuntimeThreadConfig::new(&runtime_name(&config.name));
         let thread = RuntimeThread::start(thread_config, move || {
-            let device = match Device::open(&cfg, open_options()) {
+            let peers = rpc::ClientConfig {
+                name: format!("cvad-{}", cfg.name),
+                ..devices.peers.clone()
+            };
+            let device = match Device::open_with(&cfg, open_options(), &peers) {
                 Ok(d) => {
                     let _ = opened_tx.send(DeviceState::Open(d.info()));
                     Some(d)

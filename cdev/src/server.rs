@@ -140,11 +140,16 @@ impl Cvad {
                 what: "replica runtime",
                 source,
             })?;
+        let peers = rpc::ClientConfig {
+            secret: config.secret.clone(),
+            ..rpc::ClientConfig::default()
+        };
         let devices = Devices::new(
             dir.clone(),
             session,
             Arc::new(Counters::default()),
             replicas.to(),
+            peers,
         );
         for c in configs {
             let name = c.name.clone();

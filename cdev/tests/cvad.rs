@@ -31,7 +31,11 @@ fn cvad(data: &Path, args: &[&str]) -> Command {
 
 /// Starts cvad on 127.0.0.1:0 and waits (bounded) for its port file.
 fn start(data: &Path, args: &[&str]) -> Cvad {
-    let mut cmd = cvad(data, &["--listen", "127.0.0.1:0"]);
+    start_on(data, "127.0.0.1:0", args)
+}
+
+fn start_on(data: &Path, listen: &str, args: &[&str]) -> Cvad {
+    let mut cmd = cvad(data, &["--listen", listen]);
     // Its log, beside the data dir.
     let log = std::fs::File::create(data.with_extension("log")).expect("log file");
     cmd.args(args).stdout(Stdio::null()).stderr(log);
@@ -582,4 +586,56 @@ fn a_peer_creates_and_serves_a_replica_vssd() {
     let cvad = start(&data, &[]);
     assert_eq!(with_client(cvad.addr, |c| vssd_open(c, "devp-r1")), 256);
     assert!(cvad.stop().success());
+}
+
+#[test]
+fn a_device_replicated_on_a_peer_cvad() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let peer = start(&data_b, &[]);
+    let primary = start(&data_a, &[]);
+    let backing = dir.path().join("b2");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let config = format!(
+        "name = \"dev2\"\nbacking = \"{}\"\nvssd = \"{}\"\nvssd_bytes = 16777216\n\
+         min_replicas = 2\n\n[[replicas]]\npeer = \"{}\"\nvssd = \"dev2-r1\"\nmember = 1\n",
+        backing.display(),
+        dir.path().join("v2").display(),
+        peer.addr
+    );
+    let written = with_client(primary.addr, move |c| {
+        let reply = c.call(Request::DeviceCreate { config: &config }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceCreate);
+        let (h, _) = open(c, "dev2");
+        let data = pattern(3, 8192);
+        let reply = c
+            .call(Request::Write {
+                handle: h,
+                offset: 0,
+                data: &data,
+            })
+            .unwrap();
+        assert_eq!(reply.response().unwrap(), Response::Write);
+        assert_eq!(read(c, h, 0, 8192), data);
+        data
+    });
+    // The peer made the replica vSSD the primary asked for.
+    assert!(data_b.join("replicas/dev2-r1.vssd").exists());
+    let addr_b = peer.addr;
+    assert!(primary.stop().success());
+    assert!(peer.stop().success());
+    // Both back (the peer where the device's configuration says): the device opens
+    // over its replica again and reads what was written.
+    let peer = start_on(&data_b, &addr_b.to_string(), &[]);
+    let primary = start(&data_a, &[]);
+    let back = with_client(primary.addr, |c| {
+        let (h, _) = open(c, "dev2");
+        read(c, h, 0, 8192)
+    });
+    assert_eq!(back, written);
+    assert!(primary.stop().success());
+    assert!(peer.stop().success());
 }
