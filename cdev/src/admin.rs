@@ -200,6 +200,8 @@ fn show(devices: &Arc<Devices>, name: &str) -> Result<Answer, Refusal> {
     Ok(Answer::Show(text))
 }
 
+/// DEVICE_SET: the mode is changed on the open device first (the Device has no
+/// setter for the others: the watermarks and the cutoff are kept for its next open).
 fn set(devices: &Arc<Devices>, name: &str, text: &str) -> Result<Answer, Refusal> {
     let (config, state) = devices.get(name)?;
     let settings: DeviceSettings = parse_toml("DEVICE_SET", text).map_err(config_refusal)?;
