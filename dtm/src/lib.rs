@@ -5,9 +5,10 @@
 //! of the device's epoch holds it durably.
 //!
 //! Its parts: [`replica`] (the seam to one replica vSSD), [`local`] (a replica on
-//! this runtime's vSSD), [`copy`] (one dirty line copied between replicas at its
-//! version), [`dtm`] (the DTM of one device: writes, the loss policy, reads, clean
-//! and discard), `lock` (range locks and write slots), `commit` (lazy batched
+//! this runtime's vSSD), [`peer`] and [`remote`] (a replica on a peer CVA over rpc:
+//! its server and its client), [`copy`] (one dirty line copied between replicas at
+//! its version), [`dtm`] (the DTM of one device: writes, the loss policy, reads,
+//! clean and discard), `lock` (range locks and write slots), `commit` (lazy batched
 //! COMMITs), [`resync`] (a returning replica brought up to date), [`recovery`] (the
 //! in-doubt trans of every replica resolved at open), [`config`] and [`error`].
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -19,7 +20,9 @@ pub mod dtm;
 pub mod error;
 pub mod local;
 mod lock;
+pub mod peer;
 pub mod recovery;
+pub mod remote;
 pub mod replica;
 pub mod resync;
 
@@ -28,6 +31,8 @@ pub use copy::{Copied, copy_line};
 pub use dtm::{Dtm, DtmStats, Written};
 pub use error::DtmError;
 pub use local::LocalReplica;
+pub use peer::{ReplicaService, Vssds};
 pub use recovery::{Recovery, recover};
+pub use remote::RemoteReplica;
 pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
 pub use resync::ResyncProgress;

@@ -173,13 +173,24 @@ impl<'a> Message<'a> {
             Some(t) => t,
             None => MsgType::Error,
         };
-        Message {
-            tag: request.tag,
-            body: Body::Response(Response::Error {
+        let reason = truncate_reason(reason);
+        let body = if status == Status::StaleEpoch {
+            // Its own variant (it carries the replica's epoch); not known here.
+            Response::StaleEpoch {
+                msg_type,
+                epoch: 0,
+                reason,
+            }
+        } else {
+            Response::Error {
                 msg_type,
                 status,
-                reason: truncate_reason(reason),
-            }),
+                reason,
+            }
+        };
+        Message {
+            tag: request.tag,
+            body: Body::Response(body),
         }
     }
 

@@ -11,7 +11,8 @@ use crate::error::RpcError;
 use crate::header::{Header, RawHeader, forge, payload_crc};
 use crate::limits::{HEADER_LEN, MAGIC, PAYLOAD_LEN_MAX};
 use crate::msg::{
-    Body, Counter, DeviceInfo, Hello, HelloReply, InDoubt, Message, Request, Response, VssdInfo,
+    Body, Counter, DeviceInfo, DirtyLine, Hello, HelloReply, InDoubt, Message, Request, Response,
+    TranState, VssdInfo,
 };
 use crate::msg_type::MsgType;
 use crate::status::Status;
@@ -201,7 +202,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             "vssd_commit",
             Request::VssdCommit {
                 handle: 2,
-                tran: 100,
+                trans: vec![100, 103],
             },
         ),
         (
@@ -232,6 +233,62 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             Request::VssdRecover {
                 handle: 2,
                 after_tran: 0,
+                max: 64,
+            },
+        ),
+        (
+            "vssd_epoch",
+            Request::VssdEpoch {
+                handle: 2,
+                epoch: 4,
+                members: vec![1, 2],
+            },
+        ),
+        (
+            "vssd_invalidate",
+            Request::VssdInvalidate {
+                handle: 2,
+                first: 7,
+                count: 256,
+            },
+        ),
+        (
+            "vssd_outcome",
+            Request::VssdOutcome {
+                handle: 2,
+                tran: 100,
+            },
+        ),
+        (
+            "vssd_dirty",
+            Request::VssdDirty {
+                handle: 2,
+                from: 0,
+                max: 128,
+            },
+        ),
+        (
+            "vssd_read_prepared",
+            Request::VssdReadPrepared {
+                handle: 2,
+                tran: 102,
+            },
+        ),
+        (
+            "vssd_copy_in",
+            Request::VssdCopyIn {
+                handle: 2,
+                version: 90,
+                line: 7,
+                data: DATA,
+            },
+        ),
+        (
+            "vssd_repair",
+            Request::VssdRepair {
+                handle: 2,
+                tran: 102,
+                data: DATA,
             },
         ),
     ];
@@ -278,7 +335,9 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                 info: VssdInfo {
                     line_count: 1 << 18,
                     epoch: 3,
+                    tran_lines_max: 256,
                     line_size: 4096,
+                    members: vec![1, 2, 3],
                 },
             },
         ),
@@ -286,8 +345,14 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ("vssd_writep1", Response::VssdWritep1),
         ("vssd_commit", Response::VssdCommit),
         ("vssd_abort", Response::VssdAbort),
-        ("vssd_read", Response::VssdRead { data: DATA }),
-        ("vssd_clean", Response::VssdClean),
+        (
+            "vssd_read",
+            Response::VssdRead {
+                version: 100,
+                data: DATA,
+            },
+        ),
+        ("vssd_clean", Response::VssdClean { cleaned: true }),
         (
             "vssd_recover",
             Response::VssdRecover {
@@ -296,16 +361,55 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                         tran: 100,
                         line: 7,
                         line_count: 1,
-                        data_crc: 0xDEAD_BEEF,
+                        payload_len: 4096,
+                        damaged: false,
                     },
                     InDoubt {
                         tran: 102,
                         line: 9,
                         line_count: 4,
-                        data_crc: 0x0BAD_F00D,
+                        payload_len: 13000,
+                        damaged: true,
                     },
                 ],
                 more: true,
+            },
+        ),
+        ("vssd_epoch", Response::VssdEpoch),
+        ("vssd_invalidate", Response::VssdInvalidate { held: 3 }),
+        (
+            "vssd_outcome",
+            Response::VssdOutcome {
+                state: TranState::Committed,
+            },
+        ),
+        (
+            "vssd_dirty",
+            Response::VssdDirty {
+                lines: vec![
+                    DirtyLine {
+                        line: 7,
+                        version: 100,
+                    },
+                    DirtyLine {
+                        line: 9,
+                        version: 102,
+                    },
+                ],
+            },
+        ),
+        (
+            "vssd_read_prepared",
+            Response::VssdReadPrepared { data: DATA },
+        ),
+        ("vssd_repair", Response::VssdRepair),
+        ("vssd_copy_in", Response::VssdCopyIn),
+        (
+            "vssd_writep1-stale_epoch",
+            Response::StaleEpoch {
+                msg_type: MsgType::VssdWritep1,
+                epoch: 5,
+                reason: "replica at epoch 5",
             },
         ),
         (

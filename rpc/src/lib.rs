@@ -57,8 +57,9 @@ pub use header::forge;
 pub use header::{FLAG_RESPONSE, FLAGS_KNOWN, Header, RawHeader, payload_crc};
 pub use limits::HEADER_LEN;
 pub use msg::{
-    Body, Counter, DEVICE_FLAG_READ_ONLY, DeviceInfo, Hello, HelloReply, InDoubt, Message,
-    RECOVER_FLAG_MORE, Request, Response, VssdInfo,
+    Body, CLEAN_FLAG_CLEANED, Counter, DEVICE_FLAG_READ_ONLY, DeviceInfo, DirtyLine, Hello,
+    HelloReply, IN_DOUBT_FLAG_DAMAGED, InDoubt, Message, RECOVER_FLAG_MORE, Request, Response,
+    TranState, VssdInfo,
 };
 pub use msg_type::MsgType;
 pub use server::{Handoff, Host, HostConfig, Server, ServerConfig};

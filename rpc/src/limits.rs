@@ -41,6 +41,12 @@ pub const STAT_COUNTERS_MAX: usize = 256;
 /// Most in-doubt transactions in one VSSD_RECOVER reply (the rest come with the
 /// next call, see `more`).
 pub const IN_DOUBT_PER_REPLY_MAX: usize = 4096;
+/// Most trans one VSSD_COMMIT carries (COMMITs ride lazily, batched).
+pub const COMMIT_TRANS_MAX: usize = 1024;
+/// Most members of a replica set (VSSD_OPEN reply, VSSD_EPOCH).
+pub const MEMBERS_MAX: usize = 16;
+/// Most (line, version) pairs in one VSSD_DIRTY reply.
+pub const DIRTY_PER_REPLY_MAX: usize = 8192;
 /// Largest queue depth (requests in flight per session) a server may advertise.
 pub const QUEUE_DEPTH_MAX: u32 = 1024;
 
@@ -61,14 +67,23 @@ pub(crate) const HELLO_REPLY_FIXED_LEN: usize = 16 + NONCE_LEN + PROOF_LEN;
 pub(crate) const DEVICE_OPEN_REQ_FIXED_LEN: usize = 8;
 pub(crate) const DEVICE_INFO_LEN: usize = 24;
 pub(crate) const VSSD_OPEN_REQ_FIXED_LEN: usize = 16;
-pub(crate) const VSSD_INFO_LEN: usize = 24;
+pub(crate) const VSSD_INFO_FIXED_LEN: usize = 40;
 pub(crate) const WRITEP1_PREFIX_LEN: usize = 16;
+/// VSSD_READ reply: the version before the data.
+pub(crate) const VSSD_READ_PREFIX_LEN: usize = 8;
+/// VSSD_REPAIR request: the tran before the data.
+pub(crate) const REPAIR_PREFIX_LEN: usize = 8;
+/// VSSD_COMMIT request and VSSD_EPOCH request: count and reserved (and the epoch).
+pub(crate) const COMMIT_REQ_FIXED_LEN: usize = 8;
+pub(crate) const EPOCH_REQ_FIXED_LEN: usize = 16;
+pub(crate) const DIRTY_REPLY_FIXED_LEN: usize = 8;
+pub(crate) const DIRTY_ENTRY_LEN: usize = 16;
 pub(crate) const STAT_REPLY_FIXED_LEN: usize = 8;
 /// One counter: name length (u8), name, value (u64).
 pub(crate) const STAT_ENTRY_LEN_MIN: usize = 1 + 1 + 8;
 pub(crate) const STAT_ENTRY_LEN_MAX: usize = 1 + NAME_LEN_MAX + 8;
 pub(crate) const RECOVER_REPLY_FIXED_LEN: usize = 8;
-pub(crate) const IN_DOUBT_LEN: usize = 24;
+pub(crate) const IN_DOUBT_LEN: usize = 32;
 
 pub(crate) const HELLO_REQ_LEN_MAX: usize = HELLO_REQ_FIXED_LEN + NAME_LEN_MAX;
 pub(crate) const HELLO_REPLY_LEN_MAX: usize = HELLO_REPLY_FIXED_LEN + NAME_LEN_MAX;
@@ -76,6 +91,11 @@ pub(crate) const STAT_REPLY_LEN_MAX: usize =
     STAT_REPLY_FIXED_LEN + STAT_COUNTERS_MAX * STAT_ENTRY_LEN_MAX;
 pub(crate) const RECOVER_REPLY_LEN_MAX: usize =
     RECOVER_REPLY_FIXED_LEN + IN_DOUBT_PER_REPLY_MAX * IN_DOUBT_LEN;
+pub(crate) const VSSD_INFO_LEN_MAX: usize = VSSD_INFO_FIXED_LEN + 8 * MEMBERS_MAX;
+pub(crate) const COMMIT_REQ_LEN_MAX: usize = COMMIT_REQ_FIXED_LEN + 8 * COMMIT_TRANS_MAX;
+pub(crate) const EPOCH_REQ_LEN_MAX: usize = EPOCH_REQ_FIXED_LEN + 8 * MEMBERS_MAX;
+pub(crate) const DIRTY_REPLY_LEN_MAX: usize =
+    DIRTY_REPLY_FIXED_LEN + DIRTY_PER_REPLY_MAX * DIRTY_ENTRY_LEN;
 
 const _: () = assert!(HEADER_LEN.is_multiple_of(8));
 const _: () = assert!(VERSION_MIN <= VERSION_MAX);
@@ -88,9 +108,19 @@ const _: () = assert!(HELLO_REPLY_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
 const _: () = assert!(STAT_REPLY_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
 const _: () = assert!(RECOVER_REPLY_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
 const _: () = assert!(PING_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
+const _: () = assert!(VSSD_INFO_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
+const _: () = assert!(COMMIT_REQ_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
+const _: () = assert!(EPOCH_REQ_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
+const _: () = assert!(DIRTY_REPLY_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
+const _: () = assert!(PAYLOAD_LEN_MAX as usize >= DATA_LEN_MAX as usize + VSSD_READ_PREFIX_LEN);
+const _: () = assert!(PAYLOAD_LEN_MAX as usize >= DATA_LEN_MAX as usize + REPAIR_PREFIX_LEN);
 const _: () = assert!(REASON_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
 // A name length travels in one byte.
 const _: () = assert!(NAME_LEN_MAX <= u8::MAX as usize);
 // Counts travel in u32 fields.
 const _: () = assert!(STAT_COUNTERS_MAX <= u32::MAX as usize);
 const _: () = assert!(IN_DOUBT_PER_REPLY_MAX <= u32::MAX as usize);
+const _: () = assert!(COMMIT_TRANS_MAX <= u32::MAX as usize && COMMIT_TRANS_MAX >= 1);
+const _: () = assert!(MEMBERS_MAX <= u32::MAX as usize);
+const _: () = assert!(DIRTY_PER_REPLY_MAX <= u32::MAX as usize && DIRTY_PER_REPLY_MAX >= 1);
+const _: () = assert!(IN_DOUBT_PER_REPLY_MAX >= 1);

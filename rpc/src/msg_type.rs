@@ -3,9 +3,10 @@
 use std::fmt;
 
 use crate::limits::{
-    DATA_LEN_MAX, DEVICE_INFO_LEN, DEVICE_OPEN_REQ_FIXED_LEN, HELLO_REPLY_LEN_MAX,
-    HELLO_REQ_LEN_MAX, NAME_LEN_MAX, PAYLOAD_LEN_MAX, PING_LEN_MAX, REASON_LEN_MAX,
-    RECOVER_REPLY_LEN_MAX, STAT_REPLY_LEN_MAX, VSSD_INFO_LEN, VSSD_OPEN_REQ_FIXED_LEN,
+    COMMIT_REQ_LEN_MAX, DATA_LEN_MAX, DEVICE_INFO_LEN, DEVICE_OPEN_REQ_FIXED_LEN,
+    DIRTY_REPLY_LEN_MAX, EPOCH_REQ_LEN_MAX, HELLO_REPLY_LEN_MAX, HELLO_REQ_LEN_MAX, NAME_LEN_MAX,
+    PAYLOAD_LEN_MAX, PING_LEN_MAX, REASON_LEN_MAX, RECOVER_REPLY_LEN_MAX, REPAIR_PREFIX_LEN,
+    STAT_REPLY_LEN_MAX, VSSD_INFO_LEN_MAX, VSSD_OPEN_REQ_FIXED_LEN, VSSD_READ_PREFIX_LEN,
     WRITEP1_PREFIX_LEN,
 };
 
@@ -69,16 +70,30 @@ msg_types! {
     VssdClose = 0x0021, "VSSD_CLOSE";
     /// Phase 1 of a transaction: data to a free slot, PREPARE record durable.
     VssdWritep1 = 0x0022, "VSSD_WRITEP1";
-    /// Commit a prepared transaction.
+    /// Commit a batch of prepared transactions.
     VssdCommit = 0x0023, "VSSD_COMMIT";
     /// Abort a prepared transaction.
     VssdAbort = 0x0024, "VSSD_ABORT";
-    /// Read cached lines from a vSSD (resync, degraded reads).
+    /// Read one cached line and its version from a vSSD (resync, degraded reads).
     VssdRead = 0x0025, "VSSD_READ";
     /// Mark a destaged line version clean.
     VssdClean = 0x0026, "VSSD_CLEAN";
     /// List the vSSD's in-doubt transactions (PREPARE without COMMIT or ABORT).
     VssdRecover = 0x0027, "VSSD_RECOVER";
+    /// Move the vSSD to a new membership epoch.
+    VssdEpoch = 0x0028, "VSSD_EPOCH";
+    /// Drop a range of lines (DISCARD).
+    VssdInvalidate = 0x0029, "VSSD_INVALIDATE";
+    /// What the vSSD knows of a transaction.
+    VssdOutcome = 0x002A, "VSSD_OUTCOME";
+    /// List dirty lines and their versions (resync).
+    VssdDirty = 0x002B, "VSSD_DIRTY";
+    /// The payload of an in-doubt transaction (to repair another replica).
+    VssdReadPrepared = 0x002C, "VSSD_READ_PREPARED";
+    /// Commit an in-doubt transaction with its payload from another replica.
+    VssdRepair = 0x002D, "VSSD_REPAIR";
+    /// Write a copy of committed lines from another replica, committed at once.
+    VssdCopyIn = 0x002E, "VSSD_COPY_IN";
 }
 
 impl MsgType {
@@ -101,10 +116,13 @@ impl MsgType {
                 MsgType::Ping => PING_LEN_MAX,
                 MsgType::Error => 0,
                 MsgType::DeviceOpen => DEVICE_INFO_LEN,
-                MsgType::Read | MsgType::VssdRead => DATA_LEN_MAX as usize,
+                MsgType::Read | MsgType::VssdReadPrepared => DATA_LEN_MAX as usize,
+                MsgType::VssdRead => VSSD_READ_PREFIX_LEN + DATA_LEN_MAX as usize,
                 MsgType::Stat => STAT_REPLY_LEN_MAX,
-                MsgType::VssdOpen => VSSD_INFO_LEN,
+                MsgType::VssdOpen => VSSD_INFO_LEN_MAX,
                 MsgType::VssdRecover => RECOVER_REPLY_LEN_MAX,
+                MsgType::VssdDirty => DIRTY_REPLY_LEN_MAX,
+                MsgType::VssdClean | MsgType::VssdInvalidate | MsgType::VssdOutcome => 8,
                 MsgType::DeviceClose
                 | MsgType::Write
                 | MsgType::Flush
@@ -113,7 +131,9 @@ impl MsgType {
                 | MsgType::VssdWritep1
                 | MsgType::VssdCommit
                 | MsgType::VssdAbort
-                | MsgType::VssdClean => 0,
+                | MsgType::VssdEpoch
+                | MsgType::VssdRepair
+                | MsgType::VssdCopyIn => 0,
             };
             if ok > REASON_LEN_MAX {
                 ok
@@ -128,12 +148,20 @@ impl MsgType {
                 MsgType::DeviceOpen => DEVICE_OPEN_REQ_FIXED_LEN + NAME_LEN_MAX,
                 MsgType::Write => DATA_LEN_MAX as usize,
                 MsgType::VssdOpen => VSSD_OPEN_REQ_FIXED_LEN + NAME_LEN_MAX,
-                MsgType::VssdWritep1 => WRITEP1_PREFIX_LEN + DATA_LEN_MAX as usize,
-                MsgType::VssdCommit
-                | MsgType::VssdAbort
+                MsgType::VssdWritep1 | MsgType::VssdCopyIn => {
+                    WRITEP1_PREFIX_LEN + DATA_LEN_MAX as usize
+                }
+                MsgType::VssdRepair => REPAIR_PREFIX_LEN + DATA_LEN_MAX as usize,
+                MsgType::VssdCommit => COMMIT_REQ_LEN_MAX,
+                MsgType::VssdEpoch => EPOCH_REQ_LEN_MAX,
+                MsgType::VssdAbort
                 | MsgType::VssdRead
-                | MsgType::VssdRecover => 8,
-                MsgType::VssdClean => 16,
+                | MsgType::VssdOutcome
+                | MsgType::VssdReadPrepared => 8,
+                MsgType::VssdClean
+                | MsgType::VssdRecover
+                | MsgType::VssdInvalidate
+                | MsgType::VssdDirty => 16,
                 MsgType::DeviceClose
                 | MsgType::Read
                 | MsgType::Flush

@@ -5,7 +5,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rpc::limits::{HEADER_LEN, IN_DOUBT_PER_REPLY_MAX, STAT_COUNTERS_MAX};
+use rpc::limits::{
+    COMMIT_TRANS_MAX, DIRTY_PER_REPLY_MAX, HEADER_LEN, IN_DOUBT_PER_REPLY_MAX, MEMBERS_MAX,
+    STAT_COUNTERS_MAX,
+};
 use rpc::{Header, MsgType, Status, decode_frame, decode_header, forge, payload_crc};
 
 struct Counting;
@@ -91,12 +94,45 @@ fn hostile_lengths_and_counts_allocate_nothing_large() {
         assert!(got < 1024, "RECOVER count {count} allocated {got} bytes");
     }
 
+    // VSSD_DIRTY's reply, VSSD_COMMIT's and VSSD_EPOCH's requests claiming u32::MAX
+    // and their limits, with a few bytes.
+    for (t, response, limit, prefix) in [
+        (MsgType::VssdDirty, true, DIRTY_PER_REPLY_MAX, 0),
+        (MsgType::VssdCommit, false, COMMIT_TRANS_MAX, 0),
+        (MsgType::VssdEpoch, false, MEMBERS_MAX, 8),
+    ] {
+        for count in [u32::MAX, limit as u32] {
+            let mut p = vec![0u8; prefix];
+            p.extend_from_slice(&count.to_le_bytes());
+            p.extend_from_slice(&[0; 4 + 24]);
+            let h = Header {
+                version: 1,
+                msg_type: t,
+                response,
+                status: Status::Ok,
+                tag: 9,
+                handle: u64::from(!response),
+                offset: 0,
+                length: 0,
+                payload_len: p.len() as u32,
+                payload_crc: payload_crc(&p),
+            };
+            let mut v = h.encode().to_vec();
+            v.extend_from_slice(&p);
+            let got = largest_during(|| assert!(decode_frame(&v).is_err()));
+            assert!(got < 1024, "{t} count {count} allocated {got} bytes");
+        }
+    }
+
     // A valid 2-entry RECOVER reply allocates about 2 entries, not the limit.
     let mut p = 2u32.to_le_bytes().to_vec();
     p.extend_from_slice(&[0; 4]);
     for tran in 1..=2u64 {
         p.extend_from_slice(&tran.to_le_bytes());
-        p.extend_from_slice(&[1; 16]);
+        p.extend_from_slice(&[1; 8]); // line
+        p.extend_from_slice(&1u32.to_le_bytes()); // line_count
+        p.extend_from_slice(&4096u32.to_le_bytes()); // payload_len
+        p.extend_from_slice(&[0; 8]); // flags, reserved
     }
     let v = frame(MsgType::VssdRecover, Status::Ok, p.len() as u32, &p);
     let got = largest_during(|| {

@@ -4,7 +4,10 @@
 mod common;
 
 use common::{forge, request_header, response_header};
-use rpc::limits::{DATA_LEN_MAX, HEADER_LEN, MAGIC, PAYLOAD_LEN_MAX, STAT_COUNTERS_MAX, TAG_NONE};
+use rpc::limits::{
+    COMMIT_TRANS_MAX, DATA_LEN_MAX, DIRTY_PER_REPLY_MAX, HEADER_LEN, IN_DOUBT_PER_REPLY_MAX, MAGIC,
+    MEMBERS_MAX, PAYLOAD_LEN_MAX, STAT_COUNTERS_MAX, TAG_NONE,
+};
 use rpc::{
     Body, Header, Message, MsgType, Part, RawHeader, Request, RpcError, Status, decode_frame,
     decode_header, decode_payload, encode_frame, forge as f, header_bytes,
@@ -78,7 +81,7 @@ fn unknown_version_closes() {
 
 #[test]
 fn unknown_type_is_answered_as_error() {
-    for code in [0u16, 0x0004, 0x00FF, 0x0028, u16::MAX] {
+    for code in [0u16, 0x0004, 0x00FF, 0x002F, u16::MAX] {
         let mut v = flush_frame();
         f::set(head(&mut v), f::TYPE_AT, &code.to_le_bytes());
         let err = expect(&v, Status::BadType, false);
@@ -413,13 +416,23 @@ fn names_are_checked() {
 
 #[test]
 fn trailing_bytes_are_refused() {
-    let commit = Header {
+    let abort = Header {
         handle: 1,
-        ..request_header(MsgType::VssdCommit)
+        ..request_header(MsgType::VssdAbort)
     };
-    // VSSD_COMMIT is exactly 8 bytes; 7 is short.
+    // VSSD_ABORT is exactly 8 bytes; 7 is short, 9 over its payload limit.
     assert!(matches!(
-        body_err(commit, &[0; 7]),
+        body_err(abort, &[0; 7]),
+        RpcError::BadLength { .. }
+    ));
+    assert!(matches!(
+        body_err(abort, &[0; 9]),
+        RpcError::TooLarge { .. }
+    ));
+    // VSSD_CLEAN's reply is exactly 8 bytes: one byte more is trailing (its
+    // payload limit is that of an error reason).
+    assert!(matches!(
+        body_err(response_header(MsgType::VssdClean, Status::Ok), &[0; 9]),
         RpcError::BadLength { .. }
     ));
     let mut open = vec![0, 0, 0, 0, 1, 0, 0, 0, b'a', b'b'];
@@ -488,7 +501,7 @@ fn list_counts_are_bounded_by_limit_and_bytes() {
     assert!(matches!(body_err(recover, &p), RpcError::TooMany { .. }));
     // One entry with line_count 0.
     let mut p = 1u32.to_le_bytes().to_vec();
-    p.extend_from_slice(&[0; 4 + 24]);
+    p.extend_from_slice(&[0; 4 + 32]);
     assert!(matches!(
         body_err(recover, &p),
         RpcError::InvalidArgument {
@@ -503,13 +516,203 @@ fn list_counts_are_bounded_by_limit_and_bytes() {
         p.extend_from_slice(&tran.to_le_bytes());
         p.extend_from_slice(&[0; 8]);
         p.extend_from_slice(&1u32.to_le_bytes());
-        p.extend_from_slice(&[0; 4]);
+        p.extend_from_slice(&[0; 12]);
     }
     assert!(matches!(
         body_err(recover, &p),
         RpcError::InvalidArgument {
             field: "tran",
             got: 4,
+            ..
+        }
+    ));
+    // An entry flag other than DAMAGED.
+    let mut p = 1u32.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 4 + 32]);
+    p[8 + 16..8 + 20].copy_from_slice(&1u32.to_le_bytes()); // line_count
+    p[8 + 24..8 + 28].copy_from_slice(&2u32.to_le_bytes()); // flags
+    assert!(matches!(
+        body_err(recover, &p),
+        RpcError::InvalidArgument {
+            field: "entry flags",
+            got: 2,
+            ..
+        }
+    ));
+
+    // VSSD_DIRTY: over its limit, short, out of line order.
+    let dirty = response_header(MsgType::VssdDirty, Status::Ok);
+    let mut p = ((DIRTY_PER_REPLY_MAX + 1) as u32).to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 4]);
+    assert!(matches!(body_err(dirty, &p), RpcError::TooMany { .. }));
+    let mut p = 3u32.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 4 + 16]);
+    assert!(matches!(
+        body_err(dirty, &p),
+        RpcError::BadLength { field: "lines", .. }
+    ));
+    let mut p = 2u32.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 4]);
+    for line in [9u64, 9] {
+        p.extend_from_slice(&line.to_le_bytes());
+        p.extend_from_slice(&[0; 8]);
+    }
+    assert!(matches!(
+        body_err(dirty, &p),
+        RpcError::InvalidArgument {
+            field: "line",
+            got: 9,
+            ..
+        }
+    ));
+
+    // VSSD_COMMIT: an empty batch, one over the limit; VSSD_EPOCH: too many members.
+    let commit = Header {
+        handle: 1,
+        ..request_header(MsgType::VssdCommit)
+    };
+    assert!(matches!(
+        body_err(commit, &[0; 8]),
+        RpcError::InvalidArgument { field: "trans", .. }
+    ));
+    let mut p = ((COMMIT_TRANS_MAX + 1) as u32).to_le_bytes().to_vec();
+    p.extend_from_slice(&[0; 4]);
+    p.extend_from_slice(&[0; 8 * (COMMIT_TRANS_MAX + 1)]);
+    assert!(matches!(
+        decode_frame(&forge(commit, &p)).unwrap_err(),
+        RpcError::TooLarge { .. } // over the type's payload limit first
+    ));
+    p.truncate(8 + 8);
+    assert!(matches!(body_err(commit, &p), RpcError::TooMany { .. }));
+    let epoch = Header {
+        handle: 1,
+        ..request_header(MsgType::VssdEpoch)
+    };
+    let mut p = vec![0u8; 8];
+    p.extend_from_slice(&((MEMBERS_MAX + 1) as u32).to_le_bytes());
+    p.extend_from_slice(&[0; 4]);
+    assert!(matches!(body_err(epoch, &p), RpcError::TooMany { .. }));
+}
+
+#[test]
+fn replica_request_fields_are_checked() {
+    let h = |t| Header {
+        handle: 1,
+        ..request_header(t)
+    };
+    // A `max` of 0, or over the reply's limit.
+    for (t, limit) in [
+        (MsgType::VssdRecover, IN_DOUBT_PER_REPLY_MAX),
+        (MsgType::VssdDirty, DIRTY_PER_REPLY_MAX),
+    ] {
+        let mut p = vec![0u8; 16];
+        assert!(matches!(
+            body_err(h(t), &p),
+            RpcError::InvalidArgument { field: "max", .. }
+        ));
+        p[8..12].copy_from_slice(&(limit as u32 + 1).to_le_bytes());
+        let e = body_err(h(t), &p);
+        assert!(matches!(e, RpcError::TooMany { field: "max", .. }), "{e}");
+        assert_eq!(e.status(), Status::TooLarge);
+        p[8..12].copy_from_slice(&(limit as u32).to_le_bytes());
+        decode_frame(&forge(h(t), &p)).unwrap();
+    }
+    // VSSD_INVALIDATE: an empty range, one that overflows.
+    let mut p = vec![0u8; 16];
+    assert!(matches!(
+        body_err(h(MsgType::VssdInvalidate), &p),
+        RpcError::InvalidArgument { field: "count", .. }
+    ));
+    p[0..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    p[8..16].copy_from_slice(&1u64.to_le_bytes());
+    assert!(matches!(
+        body_err(h(MsgType::VssdInvalidate), &p),
+        RpcError::InvalidArgument { field: "first", .. }
+    ));
+    // VSSD_REPAIR: its data agrees with the header's length.
+    let repair = Header {
+        length: 9,
+        ..h(MsgType::VssdRepair)
+    };
+    assert!(matches!(
+        body_err(repair, &[0; 16]),
+        RpcError::BadLength { .. }
+    ));
+}
+
+#[test]
+fn replica_reply_fields_are_checked() {
+    // VSSD_OUTCOME with a code that is no outcome.
+    let outcome = response_header(MsgType::VssdOutcome, Status::Ok);
+    for code in [0u32, 6] {
+        let mut p = code.to_le_bytes().to_vec();
+        p.extend_from_slice(&[0; 4]);
+        assert!(matches!(
+            body_err(outcome, &p),
+            RpcError::InvalidArgument {
+                field: "outcome",
+                ..
+            }
+        ));
+    }
+    // VSSD_CLEAN with a flag other than CLEANED.
+    let clean = response_header(MsgType::VssdClean, Status::Ok);
+    assert!(matches!(
+        body_err(clean, &[2, 0, 0, 0, 0, 0, 0, 0]),
+        RpcError::InvalidArgument { field: "flags", .. }
+    ));
+    // VSSD_OPEN with tran_lines_max 0.
+    let open = Header {
+        handle: 1,
+        ..response_header(MsgType::VssdOpen, Status::Ok)
+    };
+    let mut p = vec![0u8; 40];
+    p[24..28].copy_from_slice(&4096u32.to_le_bytes());
+    assert!(matches!(
+        body_err(open, &p),
+        RpcError::InvalidArgument {
+            field: "tran_lines_max",
+            ..
+        }
+    ));
+    // VSSD_READ's reply: the version, then the header's `length` of data.
+    let read = Header {
+        length: 8,
+        ..response_header(MsgType::VssdRead, Status::Ok)
+    };
+    assert!(matches!(
+        body_err(read, &[0; 8]),
+        RpcError::BadLength { .. }
+    ));
+    decode_frame(&forge(read, &[0; 16])).unwrap();
+}
+
+#[test]
+fn only_stale_epoch_carries_an_epoch_in_an_error() {
+    // STALE_EPOCH: `offset` is the replica's epoch.
+    let stale = Header {
+        offset: 12,
+        ..response_header(MsgType::VssdWritep1, Status::StaleEpoch)
+    };
+    let frame = forge(stale, b"fenced");
+    let (_, m, _) = decode_frame(&frame).unwrap();
+    assert_eq!(
+        m.body,
+        Body::Response(rpc::Response::StaleEpoch {
+            msg_type: MsgType::VssdWritep1,
+            epoch: 12,
+            reason: "fenced",
+        })
+    );
+    // Any other error: `offset` is unused.
+    let io = Header {
+        offset: 12,
+        ..response_header(MsgType::VssdWritep1, Status::IoError)
+    };
+    assert!(matches!(
+        body_err(io, b""),
+        RpcError::InvalidArgument {
+            field: "offset",
             ..
         }
     ));

@@ -119,18 +119,21 @@ fn a_response_of_another_type_is_a_protocol_error_that_closes_the_connection() {
     fake.join().unwrap();
 }
 
-/// A READ of 8 bytes answered with 4: a protocol error that closes the connection;
-/// the same for VSSD_READ.
+/// A READ of 8 bytes answered with 4, a VSSD_READ of 8 answered with 16 (it may be
+/// short: the last line of a write): a protocol error that closes the connection.
 #[test]
 fn a_read_answered_with_another_length_is_a_protocol_error_that_closes() {
     for vssd in [false, true] {
         let (addr, fake) = fake_server(4, move |s| {
             let (h, _) = read_frame(s).expect("the READ");
-            let data = [9u8; 4];
+            let data = [9u8; 16];
             let body = if vssd {
-                Response::VssdRead { data: &data }
+                Response::VssdRead {
+                    version: 1,
+                    data: &data,
+                }
             } else {
-                Response::Read { data: &data }
+                Response::Read { data: &data[..4] }
             };
             s.write_all(&frame_of(&Message {
                 tag: h.tag,

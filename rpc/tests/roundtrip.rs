@@ -6,12 +6,13 @@ mod common;
 use common::{KINDS, Parts, build, parts};
 use proptest::prelude::*;
 use rpc::limits::{
-    DATA_LEN_MAX, HEADER_LEN, IN_DOUBT_PER_REPLY_MAX, NAME_LEN_MAX, PING_LEN_MAX, REASON_LEN_MAX,
-    STAT_COUNTERS_MAX, TAG_NONE, VERSION_HELLO,
+    COMMIT_TRANS_MAX, DATA_LEN_MAX, DIRTY_PER_REPLY_MAX, HEADER_LEN, IN_DOUBT_PER_REPLY_MAX,
+    MEMBERS_MAX, NAME_LEN_MAX, PING_LEN_MAX, REASON_LEN_MAX, STAT_COUNTERS_MAX, TAG_NONE,
+    VERSION_HELLO,
 };
 use rpc::{
-    Body, Counter, InDoubt, Message, MsgType, Request, Response, RpcError, Status, decode_frame,
-    decode_header, decode_payload, encode_frame,
+    Body, Counter, DirtyLine, InDoubt, Message, MsgType, Request, Response, RpcError, Status,
+    VssdInfo, decode_frame, decode_header, decode_payload, encode_frame,
 };
 
 fn round_trip(kind: usize, p: &Parts) -> Result<(), TestCaseError> {
@@ -92,7 +93,31 @@ fn largest_data_round_trips() {
         },
         Message {
             tag: 4,
-            body: Body::Response(Response::VssdRead { data: &data }),
+            body: Body::Response(Response::VssdRead {
+                version: u64::MAX,
+                data: &data,
+            }),
+        },
+        Message {
+            tag: 5,
+            body: Body::Request(Request::VssdRepair {
+                handle: 1,
+                tran: 9,
+                data: &data,
+            }),
+        },
+        Message {
+            tag: 6,
+            body: Body::Response(Response::VssdReadPrepared { data: &data }),
+        },
+        Message {
+            tag: 7,
+            body: Body::Request(Request::VssdCopyIn {
+                handle: 1,
+                version: 9,
+                line: 3,
+                data: &data,
+            }),
         },
     ];
     for m in &msgs {
@@ -121,14 +146,33 @@ fn largest_lists_round_trip() {
             tran: i,
             line: i,
             line_count: 1,
-            data_crc: 0,
+            payload_len: u32::MAX,
+            damaged: true,
         })
         .collect();
+    let lines = (0..DIRTY_PER_REPLY_MAX as u64)
+        .map(|i| DirtyLine {
+            line: i,
+            version: u64::MAX,
+        })
+        .collect();
+    let members: Vec<u64> = (0..MEMBERS_MAX as u64).collect();
     for body in [
         Response::Stat { counters },
         Response::VssdRecover {
             in_doubt,
             more: true,
+        },
+        Response::VssdDirty { lines },
+        Response::VssdOpen {
+            handle: 1,
+            info: VssdInfo {
+                line_count: 1,
+                epoch: 1,
+                tran_lines_max: 1,
+                line_size: 4096,
+                members: members.clone(),
+            },
         },
     ] {
         let m = Message {
@@ -137,9 +181,33 @@ fn largest_lists_round_trip() {
         };
         let mut buf = Vec::new();
         let h = encode_frame(1, &m, &mut buf).unwrap();
+        // VSSD_OPEN's largest reply is below the room kept for an error reason.
+        let want = match h.msg_type {
+            MsgType::VssdOpen => 40 + 8 * MEMBERS_MAX as u32,
+            t => t.payload_len_max(true),
+        };
+        assert_eq!(h.payload_len, want, "{}", h.msg_type);
+        assert!(h.payload_len <= h.msg_type.payload_len_max(true));
+        assert_eq!(decode_frame(&buf).unwrap().1, m);
+    }
+    let trans: Vec<u64> = (0..COMMIT_TRANS_MAX as u64).collect();
+    for body in [
+        Request::VssdCommit { handle: 1, trans },
+        Request::VssdEpoch {
+            handle: 1,
+            epoch: 2,
+            members,
+        },
+    ] {
+        let m = Message {
+            tag: 6,
+            body: Body::Request(body),
+        };
+        let mut buf = Vec::new();
+        let h = encode_frame(1, &m, &mut buf).unwrap();
         assert_eq!(
             h.payload_len,
-            h.msg_type.payload_len_max(true),
+            h.msg_type.payload_len_max(false),
             "{}",
             h.msg_type
         );
@@ -251,6 +319,75 @@ fn encoder_refuses_what_the_wire_cannot_carry() {
         })),
         RpcError::BadStatus { .. }
     ));
+    // STALE_EPOCH carries the replica's epoch: it is Response::StaleEpoch.
+    assert!(matches!(
+        encode_err(Body::Response(Response::Error {
+            msg_type: MsgType::VssdWritep1,
+            status: Status::StaleEpoch,
+            reason: ""
+        })),
+        RpcError::BadStatus { .. }
+    ));
+    // Lists over their limits, and an empty COMMIT batch.
+    let over = vec![0u64; COMMIT_TRANS_MAX.max(MEMBERS_MAX) + 1];
+    assert!(matches!(
+        encode_err(Body::Request(Request::VssdCommit {
+            handle: 1,
+            trans: over[..COMMIT_TRANS_MAX + 1].to_vec()
+        })),
+        RpcError::TooMany { .. }
+    ));
+    assert!(matches!(
+        encode_err(Body::Request(Request::VssdCommit {
+            handle: 1,
+            trans: Vec::new()
+        })),
+        RpcError::InvalidArgument { field: "trans", .. }
+    ));
+    assert!(matches!(
+        encode_err(Body::Request(Request::VssdEpoch {
+            handle: 1,
+            epoch: 1,
+            members: over[..MEMBERS_MAX + 1].to_vec()
+        })),
+        RpcError::TooMany { .. }
+    ));
+    assert!(matches!(
+        encode_err(Body::Response(Response::VssdDirty {
+            lines: vec![
+                DirtyLine {
+                    line: 0,
+                    version: 0
+                };
+                DIRTY_PER_REPLY_MAX + 1
+            ]
+        })),
+        RpcError::TooMany { .. }
+    ));
+    assert!(matches!(
+        encode_err(Body::Request(Request::VssdDirty {
+            handle: 1,
+            from: 0,
+            max: DIRTY_PER_REPLY_MAX as u32 + 1
+        })),
+        RpcError::TooMany { .. }
+    ));
+    assert!(matches!(
+        encode_err(Body::Request(Request::VssdRecover {
+            handle: 1,
+            after_tran: 0,
+            max: 0
+        })),
+        RpcError::InvalidArgument { field: "max", .. }
+    ));
+    assert!(matches!(
+        encode_err(Body::Request(Request::VssdInvalidate {
+            handle: 1,
+            first: u64::MAX,
+            count: 1
+        })),
+        RpcError::InvalidArgument { field: "first", .. }
+    ));
     // A request may not use the tag reserved for connection errors.
     let mut buf = Vec::new();
     let ping = Message {
@@ -311,6 +448,12 @@ fn error_replies_answer_any_request_header() {
         Body::Response(Response::Error { reason, .. }) => assert_eq!(reason.len(), REASON_LEN_MAX),
         other => panic!("{other:?}"),
     }
+    // STALE_EPOCH from a raw header goes out as its own variant, epoch unknown (0).
+    let stale = Message::error_reply(&raw, Status::StaleEpoch, "fenced");
+    out.clear();
+    let h = encode_frame(1, &stale, &mut out).unwrap();
+    assert_eq!((h.status, h.offset), (Status::StaleEpoch, 0));
+    assert_eq!(decode_frame(&out).unwrap().1, stale);
     let bye = Message::connection_error(Status::Busy, "too many sessions");
     out.clear();
     let h = encode_frame(1, &bye, &mut out).unwrap();

@@ -26,6 +26,10 @@ use crate::status::Status;
 pub const DEVICE_FLAG_READ_ONLY: u32 = 0x1;
 /// VSSD_RECOVER reply flag: more in-doubt transactions follow a further call.
 pub const RECOVER_FLAG_MORE: u32 = 0x1;
+/// VSSD_RECOVER entry flag: the tran's prepared payload failed its CRC there.
+pub const IN_DOUBT_FLAG_DAMAGED: u32 = 0x1;
+/// VSSD_CLEAN reply flag: the line was marked clean.
+pub const CLEAN_FLAG_CLEANED: u32 = 0x1;
 
 /// HELLO request: the versions the client speaks, its nonce and name, and (in
 /// the second HELLO of an authenticated session) its proof.
@@ -65,14 +69,18 @@ pub struct DeviceInfo {
     pub read_only: bool,
 }
 
-/// VSSD_OPEN reply: the vSSD's geometry and epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// VSSD_OPEN reply: the vSSD's geometry, epoch and members.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VssdInfo {
     pub line_count: u64,
     /// The replica's current membership epoch.
     pub epoch: u64,
+    /// Largest number of lines one VSSD_WRITEP1 may carry there (>= 1).
+    pub tran_lines_max: u64,
     /// Bytes per cache line (a power of two).
     pub line_size: u32,
+    /// The members of `epoch` (0..=MEMBERS_MAX).
+    pub members: Vec<u64>,
 }
 
 /// One STAT counter.
@@ -86,10 +94,53 @@ pub struct Counter<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InDoubt {
     pub tran: u64,
+    /// Its first line and how many lines it has (>= 1).
     pub line: u64,
     pub line_count: u32,
-    /// CRC32C of the prepared data, to compare replicas.
-    pub data_crc: u32,
+    /// Bytes of its payload, all lines together.
+    pub payload_len: u32,
+    /// Its payload failed its CRC there (IN_DOUBT_FLAG_DAMAGED).
+    pub damaged: bool,
+}
+
+/// One dirty line of a VSSD_DIRTY reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirtyLine {
+    pub line: u64,
+    /// The tran that wrote its current version.
+    pub version: u64,
+}
+
+/// What a replica knows of a tran (VSSD_OUTCOME reply), by wire code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum TranState {
+    /// Prepared there, neither committed nor aborted.
+    Prepared = 1,
+    Committed = 2,
+    Aborted = 3,
+    /// Not pending there and its outcome no longer kept (or never prepared there).
+    Forgotten = 4,
+    /// An id the replica has never seen.
+    Unknown = 5,
+}
+
+impl TranState {
+    pub const ALL: &[TranState] = &[
+        TranState::Prepared,
+        TranState::Committed,
+        TranState::Aborted,
+        TranState::Forgotten,
+        TranState::Unknown,
+    ];
+
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    pub fn from_code(code: u32) -> Option<TranState> {
+        TranState::ALL.iter().copied().find(|s| s.code() == code)
+    }
 }
 
 /// A request (client to server).
@@ -141,9 +192,10 @@ pub enum Request<'a> {
         line: u64,
         data: &'a [u8],
     },
+    /// Commits each of `trans` in order (1..=COMMIT_TRANS_MAX of them).
     VssdCommit {
         handle: u64,
-        tran: u64,
+        trans: Vec<u64>,
     },
     VssdAbort {
         handle: u64,
@@ -164,6 +216,48 @@ pub enum Request<'a> {
     VssdRecover {
         handle: u64,
         after_tran: u64,
+        /// At most this many in the reply (1..=IN_DOUBT_PER_REPLY_MAX).
+        max: u32,
+    },
+    /// Moves the replica to `epoch` with `members` (0..=MEMBERS_MAX).
+    VssdEpoch {
+        handle: u64,
+        epoch: u64,
+        members: Vec<u64>,
+    },
+    /// Drops lines `first..first + count` (count >= 1, no overflow).
+    VssdInvalidate {
+        handle: u64,
+        first: u64,
+        count: u64,
+    },
+    VssdOutcome {
+        handle: u64,
+        tran: u64,
+    },
+    /// Dirty lines from `from` on, at most `max` (1..=DIRTY_PER_REPLY_MAX).
+    VssdDirty {
+        handle: u64,
+        from: u64,
+        max: u32,
+    },
+    VssdReadPrepared {
+        handle: u64,
+        tran: u64,
+    },
+    /// Writes `data` as the committed version `version` of `line` and the lines
+    /// after it (a copy from another replica), durably.
+    VssdCopyIn {
+        handle: u64,
+        version: u64,
+        line: u64,
+        data: &'a [u8],
+    },
+    /// Commits in-doubt `tran` with `data`, its payload from another replica.
+    VssdRepair {
+        handle: u64,
+        tran: u64,
+        data: &'a [u8],
     },
 }
 
@@ -199,16 +293,45 @@ pub enum Response<'a> {
     VssdWritep1,
     VssdCommit,
     VssdAbort,
+    /// The line's current version (the tran that wrote it) and its data.
     VssdRead {
+        version: u64,
         data: &'a [u8],
     },
-    VssdClean,
+    VssdClean {
+        cleaned: bool,
+    },
     VssdRecover {
         in_doubt: Vec<InDoubt>,
         more: bool,
     },
-    /// Any failure: `status` is not OK. `msg_type` is the request's type, or
-    /// ERROR for an unknown type or (tag TAG_NONE) a connection being closed.
+    VssdEpoch,
+    /// How many of the lines were held.
+    VssdInvalidate {
+        held: u64,
+    },
+    VssdOutcome {
+        state: TranState,
+    },
+    /// In strictly increasing line order.
+    VssdDirty {
+        lines: Vec<DirtyLine>,
+    },
+    VssdReadPrepared {
+        data: &'a [u8],
+    },
+    VssdRepair,
+    VssdCopyIn,
+    /// Status STALE_EPOCH (any type): the replica is at `epoch`, newer than the
+    /// handle's or the opener's. The epoch travels in the header's `offset`.
+    StaleEpoch {
+        msg_type: MsgType,
+        epoch: u64,
+        reason: &'a str,
+    },
+    /// Any failure but STALE_EPOCH ([`Response::StaleEpoch`]): `status` is not OK.
+    /// `msg_type` is the request's type, or ERROR for an unknown type or (tag
+    /// TAG_NONE) a connection being closed.
     Error {
         msg_type: MsgType,
         status: Status,

@@ -2,14 +2,17 @@
 //! "Messages").
 
 use super::rules::{
-    data_len, data_rest, invalid, length_in, name_len, open_handle, proof_field, put_proof, range,
-    unused,
+    count_in, data_len, data_rest, get_u64s, invalid, length_in, name_len, open_handle,
+    proof_field, put_proof, put_u64s, range, unused,
 };
 use super::{DEVICE_FLAG_READ_ONLY, Fields, Hello, Request};
 use crate::cursor::{Put, Reader};
 use crate::error::RpcError;
 use crate::header::Header;
-use crate::limits::{DATA_LEN_MAX, PING_LEN_MAX, VERSION_MIN};
+use crate::limits::{
+    COMMIT_TRANS_MAX, DATA_LEN_MAX, DIRTY_PER_REPLY_MAX, IN_DOUBT_PER_REPLY_MAX, MEMBERS_MAX,
+    PING_LEN_MAX, VERSION_MIN,
+};
 use crate::msg_type::MsgType;
 
 impl<'a> Request<'a> {
@@ -33,6 +36,13 @@ impl<'a> Request<'a> {
             Request::VssdRead { .. } => MsgType::VssdRead,
             Request::VssdClean { .. } => MsgType::VssdClean,
             Request::VssdRecover { .. } => MsgType::VssdRecover,
+            Request::VssdEpoch { .. } => MsgType::VssdEpoch,
+            Request::VssdInvalidate { .. } => MsgType::VssdInvalidate,
+            Request::VssdOutcome { .. } => MsgType::VssdOutcome,
+            Request::VssdDirty { .. } => MsgType::VssdDirty,
+            Request::VssdReadPrepared { .. } => MsgType::VssdReadPrepared,
+            Request::VssdRepair { .. } => MsgType::VssdRepair,
+            Request::VssdCopyIn { .. } => MsgType::VssdCopyIn,
         }
     }
 
@@ -101,6 +111,12 @@ impl<'a> Request<'a> {
                 tran,
                 line,
                 data,
+            }
+            | Request::VssdCopyIn {
+                handle,
+                version: tran,
+                line,
+                data,
             } => {
                 let n = data_len(t, "data", data.len(), DATA_LEN_MAX as usize)?;
                 out.put_u64(*tran);
@@ -108,7 +124,13 @@ impl<'a> Request<'a> {
                 out.extend_from_slice(data);
                 f.handle(*handle).length(n)
             }
-            Request::VssdCommit { handle, tran } | Request::VssdAbort { handle, tran } => {
+            Request::VssdCommit { handle, trans } => {
+                put_u64s(out, t, "trans", trans, COMMIT_TRANS_MAX)?;
+                f.handle(*handle)
+            }
+            Request::VssdAbort { handle, tran }
+            | Request::VssdOutcome { handle, tran }
+            | Request::VssdReadPrepared { handle, tran } => {
                 out.put_u64(*tran);
                 f.handle(*handle)
             }
@@ -129,9 +151,40 @@ impl<'a> Request<'a> {
                 out.put_u64(*version);
                 f.handle(*handle)
             }
-            Request::VssdRecover { handle, after_tran } => {
-                out.put_u64(*after_tran);
+            Request::VssdRecover {
+                handle,
+                after_tran: from,
+                max,
+            }
+            | Request::VssdDirty { handle, from, max } => {
+                out.put_u64(*from);
+                out.put_u32(*max);
+                out.put_zeros(4);
                 f.handle(*handle)
+            }
+            Request::VssdEpoch {
+                handle,
+                epoch,
+                members,
+            } => {
+                out.put_u64(*epoch);
+                put_u64s(out, t, "members", members, MEMBERS_MAX)?;
+                f.handle(*handle)
+            }
+            Request::VssdInvalidate {
+                handle,
+                first,
+                count,
+            } => {
+                out.put_u64(*first);
+                out.put_u64(*count);
+                f.handle(*handle)
+            }
+            Request::VssdRepair { handle, tran, data } => {
+                let n = data_len(t, "data", data.len(), DATA_LEN_MAX as usize)?;
+                out.put_u64(*tran);
+                out.extend_from_slice(data);
+                f.handle(*handle).length(n)
             }
         })
     }
@@ -273,26 +326,37 @@ impl<'a> Request<'a> {
                     handle: open_handle(h)?,
                 }
             }
-            MsgType::VssdWritep1 => {
+            MsgType::VssdWritep1 | MsgType::VssdCopyIn => {
                 unused(h, true, false, true)?;
                 let handle = open_handle(h)?;
-                let tran = r.u64("tran")?;
+                let tran = r.u64(if t == MsgType::VssdCopyIn {
+                    "version"
+                } else {
+                    "tran"
+                })?;
                 let line = r.u64("line")?;
                 let data = data_rest(h, &mut r)?;
-                Request::VssdWritep1 {
-                    handle,
-                    tran,
-                    line,
-                    data,
+                if t == MsgType::VssdCopyIn {
+                    Request::VssdCopyIn {
+                        handle,
+                        version: tran,
+                        line,
+                        data,
+                    }
+                } else {
+                    Request::VssdWritep1 {
+                        handle,
+                        tran,
+                        line,
+                        data,
+                    }
                 }
             }
             MsgType::VssdCommit => {
                 unused(h, true, false, false)?;
                 let handle = open_handle(h)?;
-                Request::VssdCommit {
-                    handle,
-                    tran: r.u64("tran")?,
-                }
+                let trans = get_u64s(&mut r, "trans", 1, COMMIT_TRANS_MAX)?;
+                Request::VssdCommit { handle, trans }
             }
             MsgType::VssdAbort => {
                 unused(h, true, false, false)?;
@@ -326,10 +390,65 @@ impl<'a> Request<'a> {
             MsgType::VssdRecover => {
                 unused(h, true, false, false)?;
                 let handle = open_handle(h)?;
+                let after_tran = r.u64("after_tran")?;
+                let max = count_in(&mut r, "max", IN_DOUBT_PER_REPLY_MAX)?;
                 Request::VssdRecover {
                     handle,
-                    after_tran: r.u64("after_tran")?,
+                    after_tran,
+                    max,
                 }
+            }
+            MsgType::VssdDirty => {
+                unused(h, true, false, false)?;
+                let handle = open_handle(h)?;
+                let from = r.u64("from")?;
+                let max = count_in(&mut r, "max", DIRTY_PER_REPLY_MAX)?;
+                Request::VssdDirty { handle, from, max }
+            }
+            MsgType::VssdEpoch => {
+                unused(h, true, false, false)?;
+                let handle = open_handle(h)?;
+                let epoch = r.u64("epoch")?;
+                let members = get_u64s(&mut r, "members", 0, MEMBERS_MAX)?;
+                Request::VssdEpoch {
+                    handle,
+                    epoch,
+                    members,
+                }
+            }
+            MsgType::VssdInvalidate => {
+                unused(h, true, false, false)?;
+                let handle = open_handle(h)?;
+                let first = r.u64("first")?;
+                let count = r.u64("count")?;
+                if count == 0 {
+                    return Err(invalid(t, "count", 0, "a range of one line or more"));
+                }
+                if first.checked_add(count).is_none() {
+                    return Err(invalid(t, "first", first, "first + count overflows u64"));
+                }
+                Request::VssdInvalidate {
+                    handle,
+                    first,
+                    count,
+                }
+            }
+            MsgType::VssdOutcome | MsgType::VssdReadPrepared => {
+                unused(h, true, false, false)?;
+                let handle = open_handle(h)?;
+                let tran = r.u64("tran")?;
+                if t == MsgType::VssdOutcome {
+                    Request::VssdOutcome { handle, tran }
+                } else {
+                    Request::VssdReadPrepared { handle, tran }
+                }
+            }
+            MsgType::VssdRepair => {
+                unused(h, true, false, true)?;
+                let handle = open_handle(h)?;
+                let tran = r.u64("tran")?;
+                let data = data_rest(h, &mut r)?;
+                Request::VssdRepair { handle, tran, data }
             }
         };
         r.finish()?;

@@ -2,20 +2,20 @@
 //! (PROTOCOL.md, "Messages").
 
 use super::rules::{
-    data_len, data_rest, invalid, name_len, open_handle, power_of_two, proof_field, put_proof,
-    unused,
+    data_len, data_rest, get_u64s, invalid, list_count, name_len, open_handle, power_of_two,
+    proof_field, put_proof, put_u64s, unused,
 };
 use super::{
-    Counter, DEVICE_FLAG_READ_ONLY, DeviceInfo, Fields, HelloReply, InDoubt, RECOVER_FLAG_MORE,
-    Response, VssdInfo,
+    CLEAN_FLAG_CLEANED, Counter, DEVICE_FLAG_READ_ONLY, DeviceInfo, DirtyLine, Fields, HelloReply,
+    IN_DOUBT_FLAG_DAMAGED, InDoubt, RECOVER_FLAG_MORE, Response, TranState, VssdInfo,
 };
 use crate::cursor::{Put, Reader};
 use crate::error::RpcError;
 use crate::header::Header;
 use crate::limits::{
-    DATA_LEN_MAX, DATA_LEN_MAX_ADVERTISED_MIN, IN_DOUBT_LEN, IN_DOUBT_PER_REPLY_MAX,
-    PAYLOAD_LEN_MAX, PING_LEN_MAX, QUEUE_DEPTH_MAX, REASON_LEN_MAX, STAT_COUNTERS_MAX,
-    STAT_ENTRY_LEN_MIN, VERSION_MIN,
+    DATA_LEN_MAX, DATA_LEN_MAX_ADVERTISED_MIN, DIRTY_ENTRY_LEN, DIRTY_PER_REPLY_MAX, IN_DOUBT_LEN,
+    IN_DOUBT_PER_REPLY_MAX, MEMBERS_MAX, PING_LEN_MAX, QUEUE_DEPTH_MAX, REASON_LEN_MAX,
+    STAT_COUNTERS_MAX, STAT_ENTRY_LEN_MIN, VERSION_MIN,
 };
 use crate::msg_type::MsgType;
 use crate::status::Status;
@@ -39,9 +39,16 @@ impl<'a> Response<'a> {
             Response::VssdCommit => MsgType::VssdCommit,
             Response::VssdAbort => MsgType::VssdAbort,
             Response::VssdRead { .. } => MsgType::VssdRead,
-            Response::VssdClean => MsgType::VssdClean,
+            Response::VssdClean { .. } => MsgType::VssdClean,
             Response::VssdRecover { .. } => MsgType::VssdRecover,
-            Response::Error { msg_type, .. } => *msg_type,
+            Response::VssdEpoch => MsgType::VssdEpoch,
+            Response::VssdInvalidate { .. } => MsgType::VssdInvalidate,
+            Response::VssdOutcome { .. } => MsgType::VssdOutcome,
+            Response::VssdDirty { .. } => MsgType::VssdDirty,
+            Response::VssdReadPrepared { .. } => MsgType::VssdReadPrepared,
+            Response::VssdRepair => MsgType::VssdRepair,
+            Response::VssdCopyIn => MsgType::VssdCopyIn,
+            Response::Error { msg_type, .. } | Response::StaleEpoch { msg_type, .. } => *msg_type,
         }
     }
 
@@ -49,6 +56,7 @@ impl<'a> Response<'a> {
     pub fn status(&self) -> Status {
         match self {
             Response::HelloAuthRequired(_) => Status::AuthRequired,
+            Response::StaleEpoch { .. } => Status::StaleEpoch,
             Response::Error { status, .. } => *status,
             _ => Status::Ok,
         }
@@ -94,10 +102,52 @@ impl<'a> Response<'a> {
                 out.put_zeros(4);
                 f.handle(*handle)
             }
-            Response::Read { data } | Response::VssdRead { data } => {
+            Response::Read { data } | Response::VssdReadPrepared { data } => {
                 let n = data_len(t, "data", data.len(), DATA_LEN_MAX as usize)?;
                 out.extend_from_slice(data);
                 f.length(n)
+            }
+            Response::VssdRead { version, data } => {
+                let n = data_len(t, "data", data.len(), DATA_LEN_MAX as usize)?;
+                out.put_u64(*version);
+                out.extend_from_slice(data);
+                f.length(n)
+            }
+            Response::VssdClean { cleaned } => {
+                out.put_u32(if *cleaned { CLEAN_FLAG_CLEANED } else { 0 });
+                out.put_zeros(4);
+                f
+            }
+            Response::VssdInvalidate { held } => {
+                out.put_u64(*held);
+                f
+            }
+            Response::VssdOutcome { state } => {
+                out.put_u32(state.code());
+                out.put_zeros(4);
+                f
+            }
+            Response::VssdDirty { lines } => {
+                if lines.len() > DIRTY_PER_REPLY_MAX {
+                    return Err(RpcError::TooMany {
+                        msg_type: t,
+                        field: "lines",
+                        count: lines.len() as u64,
+                        max: DIRTY_PER_REPLY_MAX as u64,
+                    });
+                }
+                out.put_u32(lines.len() as u32);
+                out.put_zeros(4);
+                for d in lines {
+                    out.put_u64(d.line);
+                    out.put_u64(d.version);
+                }
+                f
+            }
+            Response::StaleEpoch { epoch, reason, .. } => {
+                data_len(t, "reason", reason.len(), REASON_LEN_MAX)?;
+                out.extend_from_slice(reason.as_bytes());
+                f.offset(*epoch)
             }
             Response::DeviceClose
             | Response::Write
@@ -107,7 +157,9 @@ impl<'a> Response<'a> {
             | Response::VssdWritep1
             | Response::VssdCommit
             | Response::VssdAbort
-            | Response::VssdClean => f,
+            | Response::VssdEpoch
+            | Response::VssdRepair
+            | Response::VssdCopyIn => f,
             Response::Stat { counters } => {
                 if counters.len() > STAT_COUNTERS_MAX {
                     return Err(RpcError::TooMany {
@@ -130,8 +182,10 @@ impl<'a> Response<'a> {
             Response::VssdOpen { handle, info } => {
                 out.put_u64(info.line_count);
                 out.put_u64(info.epoch);
+                out.put_u64(info.tran_lines_max);
                 out.put_u32(info.line_size);
                 out.put_zeros(4);
+                put_u64s(out, t, "members", &info.members, MEMBERS_MAX)?;
                 f.handle(*handle)
             }
             Response::VssdRecover { in_doubt, more } => {
@@ -149,7 +203,9 @@ impl<'a> Response<'a> {
                     out.put_u64(d.tran);
                     out.put_u64(d.line);
                     out.put_u32(d.line_count);
-                    out.put_u32(d.data_crc);
+                    out.put_u32(d.payload_len);
+                    out.put_u32(if d.damaged { IN_DOUBT_FLAG_DAMAGED } else { 0 });
+                    out.put_zeros(4);
                 }
                 f
             }
@@ -158,12 +214,13 @@ impl<'a> Response<'a> {
                 status,
                 reason,
             } => {
-                if Response::has_own_layout(*msg_type, *status) {
+                if Response::has_own_layout(*msg_type, *status) || *status == Status::StaleEpoch {
                     return Err(RpcError::BadStatus {
                         msg_type: msg_type.code(),
                         got: status.code(),
                         why: "an error response needs a failure status (HELLO's \
-                              AUTH_REQUIRED is Response::HelloAuthRequired)",
+                              AUTH_REQUIRED is Response::HelloAuthRequired, \
+                              STALE_EPOCH is Response::StaleEpoch)",
                     });
                 }
                 data_len(t, "reason", reason.len(), REASON_LEN_MAX)?;
@@ -177,7 +234,9 @@ impl<'a> Response<'a> {
         let t = h.msg_type;
         let mut r = Reader::new(t, payload);
         if !Response::has_own_layout(t, h.status) {
-            unused(h, false, false, false)?;
+            let stale = h.status == Status::StaleEpoch;
+            // STALE_EPOCH carries the replica's epoch in `offset`.
+            unused(h, false, stale, false)?;
             let bytes = r.rest();
             if bytes.len() > REASON_LEN_MAX {
                 return Err(RpcError::TooLarge {
@@ -195,10 +254,18 @@ impl<'a> Response<'a> {
                     "not UTF-8 from this byte",
                 )
             })?;
-            return Ok(Response::Error {
-                msg_type: t,
-                status: h.status,
-                reason,
+            return Ok(if stale {
+                Response::StaleEpoch {
+                    msg_type: t,
+                    epoch: h.offset,
+                    reason,
+                }
+            } else {
+                Response::Error {
+                    msg_type: t,
+                    status: h.status,
+                    reason,
+                }
             });
         }
         let resp = match t {
@@ -303,14 +370,67 @@ impl<'a> Response<'a> {
                     },
                 }
             }
-            MsgType::Read | MsgType::VssdRead => {
+            MsgType::Read | MsgType::VssdReadPrepared => {
                 unused(h, false, false, true)?;
                 let data = data_rest(h, &mut r)?;
                 if t == MsgType::Read {
                     Response::Read { data }
                 } else {
-                    Response::VssdRead { data }
+                    Response::VssdReadPrepared { data }
                 }
+            }
+            MsgType::VssdRead => {
+                unused(h, false, false, true)?;
+                let version = r.u64("version")?;
+                let data = data_rest(h, &mut r)?;
+                Response::VssdRead { version, data }
+            }
+            MsgType::VssdClean => {
+                unused(h, false, false, false)?;
+                let flags = r.u32("flags")?;
+                r.reserved(4)?;
+                if flags & !CLEAN_FLAG_CLEANED != 0 {
+                    return Err(invalid(t, "flags", u64::from(flags), "reserved bits set"));
+                }
+                Response::VssdClean {
+                    cleaned: flags & CLEAN_FLAG_CLEANED != 0,
+                }
+            }
+            MsgType::VssdInvalidate => {
+                unused(h, false, false, false)?;
+                Response::VssdInvalidate {
+                    held: r.u64("held")?,
+                }
+            }
+            MsgType::VssdOutcome => {
+                unused(h, false, false, false)?;
+                let code = r.u32("outcome")?;
+                r.reserved(4)?;
+                let Some(state) = TranState::from_code(code) else {
+                    return Err(invalid(
+                        t,
+                        "outcome",
+                        u64::from(code),
+                        "not an outcome code",
+                    ));
+                };
+                Response::VssdOutcome { state }
+            }
+            MsgType::VssdDirty => {
+                unused(h, false, false, false)?;
+                let count = r.u32("lines count")?;
+                r.reserved(4)?;
+                let count = list_count(&r, "lines", count, DIRTY_PER_REPLY_MAX, DIRTY_ENTRY_LEN)?;
+                let mut lines: Vec<DirtyLine> = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let line = r.u64("line")?;
+                    if lines.last().is_some_and(|prev| prev.line >= line) {
+                        return Err(r.invalid("line", line, "lines not in increasing order"));
+                    }
+                    let version = r.u64("version")?;
+                    lines.push(DirtyLine { line, version });
+                }
+                Response::VssdDirty { lines }
             }
             MsgType::DeviceClose
             | MsgType::Write
@@ -320,7 +440,9 @@ impl<'a> Response<'a> {
             | MsgType::VssdWritep1
             | MsgType::VssdCommit
             | MsgType::VssdAbort
-            | MsgType::VssdClean => {
+            | MsgType::VssdEpoch
+            | MsgType::VssdRepair
+            | MsgType::VssdCopyIn => {
                 unused(h, false, false, false)?;
                 match t {
                     MsgType::DeviceClose => Response::DeviceClose,
@@ -331,7 +453,9 @@ impl<'a> Response<'a> {
                     MsgType::VssdWritep1 => Response::VssdWritep1,
                     MsgType::VssdCommit => Response::VssdCommit,
                     MsgType::VssdAbort => Response::VssdAbort,
-                    _ => Response::VssdClean,
+                    MsgType::VssdEpoch => Response::VssdEpoch,
+                    MsgType::VssdRepair => Response::VssdRepair,
+                    _ => Response::VssdCopyIn,
                 }
             }
             MsgType::Stat => {
@@ -354,15 +478,27 @@ impl<'a> Response<'a> {
                 let handle = open_handle(h)?;
                 let line_count = r.u64("line_count")?;
                 let epoch = r.u64("epoch")?;
+                let tran_lines_max = r.u64("tran_lines_max")?;
                 let line_size = r.u32("line_size")?;
                 let line_size = power_of_two(&r, "line_size", line_size)?;
                 r.reserved(4)?;
+                let members = get_u64s(&mut r, "members", 0, MEMBERS_MAX)?;
+                if tran_lines_max == 0 {
+                    return Err(invalid(
+                        t,
+                        "tran_lines_max",
+                        0,
+                        "a tran carries a line or more",
+                    ));
+                }
                 Response::VssdOpen {
                     handle,
                     info: VssdInfo {
                         line_count,
                         epoch,
+                        tran_lines_max,
                         line_size,
+                        members,
                     },
                 }
             }
@@ -388,7 +524,16 @@ impl<'a> Response<'a> {
                     }
                     let line = r.u64("line")?;
                     let line_count = r.u32("line_count")?;
-                    let data_crc = r.u32("data_crc")?;
+                    let payload_len = r.u32("payload_len")?;
+                    let entry_flags = r.u32("entry flags")?;
+                    r.reserved(4)?;
+                    if entry_flags & !IN_DOUBT_FLAG_DAMAGED != 0 {
+                        return Err(r.invalid(
+                            "entry flags",
+                            u64::from(entry_flags),
+                            "reserved bits set",
+                        ));
+                    }
                     if line_count == 0 {
                         return Err(r.invalid(
                             "line_count",
@@ -400,7 +545,8 @@ impl<'a> Response<'a> {
                         tran,
                         line,
                         line_count,
-                        data_crc,
+                        payload_len,
+                        damaged: entry_flags & IN_DOUBT_FLAG_DAMAGED != 0,
                     });
                 }
                 Response::VssdRecover {
@@ -412,36 +558,4 @@ impl<'a> Response<'a> {
         r.finish()?;
         Ok(resp)
     }
-}
-
-/// A list count, bounded by its limit and by the entries the remaining bytes can
-/// hold, before anything is reserved for it.
-fn list_count(
-    r: &Reader<'_>,
-    field: &'static str,
-    count: u32,
-    max: usize,
-    entry_len_min: usize,
-) -> Result<usize, RpcError> {
-    assert!(entry_len_min > 0, "a list entry has a size");
-    let count = count as usize;
-    if count > max {
-        return Err(RpcError::TooMany {
-            msg_type: r.msg_type(),
-            field,
-            count: count as u64,
-            max: max as u64,
-        });
-    }
-    let fits = r.remaining() / entry_len_min;
-    if count > fits {
-        return Err(RpcError::BadLength {
-            msg_type: r.msg_type(),
-            field,
-            got: r.remaining() as u64,
-            min: (count * entry_len_min) as u64,
-            max: u64::from(PAYLOAD_LEN_MAX),
-        });
-    }
-    Ok(count)
 }

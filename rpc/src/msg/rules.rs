@@ -4,7 +4,7 @@
 use crate::cursor::{Put, Reader};
 use crate::error::RpcError;
 use crate::header::Header;
-use crate::limits::{DATA_LEN_MAX, NAME_LEN_MAX, PROOF_LEN};
+use crate::limits::{DATA_LEN_MAX, NAME_LEN_MAX, PAYLOAD_LEN_MAX, PROOF_LEN};
 use crate::msg_type::MsgType;
 
 pub(super) fn invalid(t: MsgType, field: &'static str, got: u64, why: &'static str) -> RpcError {
@@ -154,4 +154,103 @@ pub(super) fn put_proof(out: &mut Vec<u8>, proof: &Option<[u8; PROOF_LEN]>) {
         Some(p) => out.extend_from_slice(p),
         None => out.put_zeros(PROOF_LEN),
     }
+}
+
+/// A list count, bounded by its limit and by the entries the remaining bytes can
+/// hold, before anything is reserved for it.
+pub(super) fn list_count(
+    r: &Reader<'_>,
+    field: &'static str,
+    count: u32,
+    max: usize,
+    entry_len_min: usize,
+) -> Result<usize, RpcError> {
+    assert!(entry_len_min > 0, "a list entry has a size");
+    let count = count as usize;
+    if count > max {
+        return Err(RpcError::TooMany {
+            msg_type: r.msg_type(),
+            field,
+            count: count as u64,
+            max: max as u64,
+        });
+    }
+    let fits = r.remaining() / entry_len_min;
+    if count > fits {
+        return Err(RpcError::BadLength {
+            msg_type: r.msg_type(),
+            field,
+            got: r.remaining() as u64,
+            min: (count * entry_len_min) as u64,
+            max: u64::from(PAYLOAD_LEN_MAX),
+        });
+    }
+    Ok(count)
+}
+
+/// A list of u64s: u32 count (`min..=max`), 4 reserved bytes, the values.
+pub(super) fn put_u64s(
+    out: &mut Vec<u8>,
+    t: MsgType,
+    field: &'static str,
+    values: &[u64],
+    max: usize,
+) -> Result<(), RpcError> {
+    if values.len() > max {
+        return Err(RpcError::TooMany {
+            msg_type: t,
+            field,
+            count: values.len() as u64,
+            max: max as u64,
+        });
+    }
+    out.put_u32(values.len() as u32);
+    out.put_zeros(4);
+    for v in values {
+        out.put_u64(*v);
+    }
+    Ok(())
+}
+
+/// The list [`put_u64s`] writes; a count below `min` is INVALID_ARGUMENT.
+pub(super) fn get_u64s(
+    r: &mut Reader<'_>,
+    field: &'static str,
+    min: usize,
+    max: usize,
+) -> Result<Vec<u64>, RpcError> {
+    let count = r.u32(field)?;
+    r.reserved(4)?;
+    if (count as usize) < min {
+        return Err(r.invalid(field, u64::from(count), "too few entries"));
+    }
+    let count = list_count(r, field, count, max, 8)?;
+    let mut values = Vec::with_capacity(count);
+    for _ in 0..count {
+        values.push(r.u64(field)?);
+    }
+    Ok(values)
+}
+
+/// A request's `max`: u32 (1..=`limit`) then 4 reserved bytes. Over the limit is
+/// TOO_LARGE (the caller asks for fewer), 0 is INVALID_ARGUMENT.
+pub(super) fn count_in(
+    r: &mut Reader<'_>,
+    field: &'static str,
+    limit: usize,
+) -> Result<u32, RpcError> {
+    let max = r.u32(field)?;
+    r.reserved(4)?;
+    if max == 0 {
+        return Err(r.invalid(field, 0, "ask for one entry or more"));
+    }
+    if max as usize > limit {
+        return Err(RpcError::TooMany {
+            msg_type: r.msg_type(),
+            field,
+            count: u64::from(max),
+            max: limit as u64,
+        });
+    }
+    Ok(max)
 }

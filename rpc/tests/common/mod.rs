@@ -4,12 +4,12 @@
 
 use proptest::prelude::*;
 use rpc::limits::{
-    DATA_LEN_MAX, DATA_LEN_MAX_ADVERTISED_MIN, IN_DOUBT_PER_REPLY_MAX, PING_LEN_MAX,
-    QUEUE_DEPTH_MAX, STAT_COUNTERS_MAX,
+    COMMIT_TRANS_MAX, DATA_LEN_MAX, DATA_LEN_MAX_ADVERTISED_MIN, DIRTY_PER_REPLY_MAX,
+    IN_DOUBT_PER_REPLY_MAX, MEMBERS_MAX, PING_LEN_MAX, QUEUE_DEPTH_MAX, STAT_COUNTERS_MAX,
 };
 use rpc::{
-    Body, Counter, DeviceInfo, Header, Hello, HelloReply, InDoubt, Message, MsgType, Request,
-    Response, Status, VssdInfo, payload_crc,
+    Body, Counter, DeviceInfo, DirtyLine, Header, Hello, HelloReply, InDoubt, Message, MsgType,
+    Request, Response, Status, TranState, VssdInfo, payload_crc,
 };
 
 /// Owned values a `Message` of any kind can borrow.
@@ -41,30 +41,77 @@ pub struct Parts {
     pub in_doubt: Vec<InDoubt>,
     pub status: Status,
     pub err_type: MsgType,
+    /// VSSD_COMMIT's trans (1..=COMMIT_TRANS_MAX), members (0..=MEMBERS_MAX),
+    /// VSSD_DIRTY's lines (increasing), a `max` of VSSD_RECOVER and VSSD_DIRTY, an
+    /// outcome, and a range count that does not overflow from `a`.
+    pub trans: Vec<u64>,
+    pub members: Vec<u64>,
+    pub dirty: Vec<DirtyLine>,
+    pub recover_max: u32,
+    pub dirty_max: u32,
+    pub state: TranState,
+    pub count: u64,
 }
 
-/// How many kinds [`build`] knows: every request, every response, and errors.
-pub const KINDS: usize = 17 + 18 + 2;
+/// How many kinds [`build`] knows: every request, every response, and errors
+/// (a plain one, a connection one, a STALE_EPOCH one).
+pub const KINDS: usize = 24 + 25 + 3;
 
 pub fn name() -> impl Strategy<Value = String> {
     "[!-~]{1,64}"
 }
 
 fn in_doubt() -> impl Strategy<Value = InDoubt> {
-    (any::<u64>(), any::<u64>(), 1..=u32::MAX, any::<u32>()).prop_map(
-        |(tran, line, line_count, data_crc)| InDoubt {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        1..=u32::MAX,
+        any::<u32>(),
+        any::<bool>(),
+    )
+        .prop_map(|(tran, line, line_count, payload_len, damaged)| InDoubt {
             tran,
             line,
             line_count,
-            data_crc,
-        },
+            payload_len,
+            damaged,
+        })
+}
+
+/// The replica parts: commit batch, members, dirty list, maxima, outcome, count.
+#[allow(clippy::type_complexity)]
+fn replica_parts()
+-> impl Strategy<Value = (Vec<u64>, Vec<u64>, Vec<DirtyLine>, u32, u32, TranState, u64)> {
+    (
+        prop::collection::vec(any::<u64>(), 1..=COMMIT_TRANS_MAX.min(40)),
+        prop::collection::vec(any::<u64>(), 0..=MEMBERS_MAX),
+        prop::collection::vec(
+            (any::<u64>(), any::<u64>()),
+            0..=DIRTY_PER_REPLY_MAX.min(40),
+        )
+        .prop_map(|mut v| {
+            v.sort_by_key(|d| d.0);
+            v.dedup_by_key(|d| d.0);
+            v.into_iter()
+                .map(|(line, version)| DirtyLine { line, version })
+                .collect()
+        }),
+        1..=IN_DOUBT_PER_REPLY_MAX as u32,
+        1..=DIRTY_PER_REPLY_MAX as u32,
+        prop::sample::select(TranState::ALL.to_vec()),
+        1..=u64::MAX,
     )
 }
 
 /// Arbitrary parts; `data_max` bounds the data length (tests of the full 1 MiB are
 /// separate, to keep cases fast).
 pub fn parts(data_max: usize) -> impl Strategy<Value = Parts> {
-    let failures: Vec<Status> = Status::ALL.iter().copied().filter(|s| !s.is_ok()).collect();
+    // STALE_EPOCH has its own variant (kind 49).
+    let failures: Vec<Status> = Status::ALL
+        .iter()
+        .copied()
+        .filter(|s| !s.is_ok() && *s != Status::StaleEpoch)
+        .collect();
     let head = (
         0..u64::MAX, // any tag but TAG_NONE
         1..=u64::MAX,
@@ -118,7 +165,7 @@ pub fn parts(data_max: usize) -> impl Strategy<Value = Parts> {
         prop::sample::select(failures),
         prop::sample::select(MsgType::ALL.to_vec()),
     );
-    (head, strings, hello, lists).prop_map(
+    (head, strings, hello, lists, replica_parts()).prop_map(
         |(
             (tag, handle, offset, length, discard_length, a, b, flag),
             (name, name2, data, ping, reason),
@@ -133,6 +180,7 @@ pub fn parts(data_max: usize) -> impl Strategy<Value = Parts> {
                 io_len_max,
             ),
             (counters, in_doubt, status, err_type),
+            (trans, members, dirty, recover_max, dirty_max, state, count),
         )| Parts {
             tag,
             handle,
@@ -160,6 +208,14 @@ pub fn parts(data_max: usize) -> impl Strategy<Value = Parts> {
             in_doubt,
             status,
             err_type,
+            // A range from `a / 2` that does not overflow.
+            count: 1 + (count - 1) % (u64::MAX / 2),
+            trans,
+            members,
+            dirty,
+            recover_max,
+            dirty_max,
+            state,
         },
     )
 }
@@ -222,7 +278,7 @@ pub fn build(kind: usize, p: &Parts) -> Message<'_> {
         }),
         12 => Body::Request(Request::VssdCommit {
             handle: h,
-            tran: p.a,
+            trans: p.trans.clone(),
         }),
         13 => Body::Request(Request::VssdAbort {
             handle: h,
@@ -241,11 +297,40 @@ pub fn build(kind: usize, p: &Parts) -> Message<'_> {
         16 => Body::Request(Request::VssdRecover {
             handle: h,
             after_tran: p.a,
+            max: p.recover_max,
         }),
-        17 => Body::Response(Response::Hello(hello_reply)),
-        18 => Body::Response(Response::HelloAuthRequired(hello_reply)),
-        19 => Body::Response(Response::Ping { data: &p.ping }),
-        20 => Body::Response(Response::DeviceOpen {
+        17 => Body::Request(Request::VssdEpoch {
+            handle: h,
+            epoch: p.a,
+            members: p.members.clone(),
+        }),
+        18 => Body::Request(Request::VssdInvalidate {
+            handle: h,
+            first: p.a / 2,
+            count: p.count,
+        }),
+        19 => Body::Request(Request::VssdOutcome {
+            handle: h,
+            tran: p.a,
+        }),
+        20 => Body::Request(Request::VssdDirty {
+            handle: h,
+            from: p.a,
+            max: p.dirty_max,
+        }),
+        21 => Body::Request(Request::VssdReadPrepared {
+            handle: h,
+            tran: p.a,
+        }),
+        22 => Body::Request(Request::VssdRepair {
+            handle: h,
+            tran: p.a,
+            data: &p.data,
+        }),
+        23 => Body::Response(Response::Hello(hello_reply)),
+        24 => Body::Response(Response::HelloAuthRequired(hello_reply)),
+        25 => Body::Response(Response::Ping { data: &p.ping }),
+        26 => Body::Response(Response::DeviceOpen {
             handle: h,
             info: DeviceInfo {
                 size_bytes: p.a,
@@ -254,12 +339,12 @@ pub fn build(kind: usize, p: &Parts) -> Message<'_> {
                 read_only: p.flag,
             },
         }),
-        21 => Body::Response(Response::DeviceClose),
-        22 => Body::Response(Response::Read { data: &p.data }),
-        23 => Body::Response(Response::Write),
-        24 => Body::Response(Response::Flush),
-        25 => Body::Response(Response::Discard),
-        26 => Body::Response(Response::Stat {
+        27 => Body::Response(Response::DeviceClose),
+        28 => Body::Response(Response::Read { data: &p.data }),
+        29 => Body::Response(Response::Write),
+        30 => Body::Response(Response::Flush),
+        31 => Body::Response(Response::Discard),
+        32 => Body::Response(Response::Stat {
             counters: p
                 .counters
                 .iter()
@@ -269,25 +354,38 @@ pub fn build(kind: usize, p: &Parts) -> Message<'_> {
                 })
                 .collect(),
         }),
-        27 => Body::Response(Response::VssdOpen {
+        33 => Body::Response(Response::VssdOpen {
             handle: h,
             info: VssdInfo {
                 line_count: p.a,
                 epoch: p.b,
+                tran_lines_max: p.count,
                 line_size: 1 << p.pow2_shift,
+                members: p.members.clone(),
             },
         }),
-        28 => Body::Response(Response::VssdClose),
-        29 => Body::Response(Response::VssdWritep1),
-        30 => Body::Response(Response::VssdCommit),
-        31 => Body::Response(Response::VssdAbort),
-        32 => Body::Response(Response::VssdRead { data: &p.data }),
-        33 => Body::Response(Response::VssdClean),
-        34 => Body::Response(Response::VssdRecover {
+        34 => Body::Response(Response::VssdClose),
+        35 => Body::Response(Response::VssdWritep1),
+        36 => Body::Response(Response::VssdCommit),
+        37 => Body::Response(Response::VssdAbort),
+        38 => Body::Response(Response::VssdRead {
+            version: p.b,
+            data: &p.data,
+        }),
+        39 => Body::Response(Response::VssdClean { cleaned: p.flag }),
+        40 => Body::Response(Response::VssdRecover {
             in_doubt: p.in_doubt.clone(),
             more: p.flag,
         }),
-        35 => {
+        41 => Body::Response(Response::VssdEpoch),
+        42 => Body::Response(Response::VssdInvalidate { held: p.b }),
+        43 => Body::Response(Response::VssdOutcome { state: p.state }),
+        44 => Body::Response(Response::VssdDirty {
+            lines: p.dirty.clone(),
+        }),
+        45 => Body::Response(Response::VssdReadPrepared { data: &p.data }),
+        46 => Body::Response(Response::VssdRepair),
+        47 => {
             // HELLO + AUTH_REQUIRED has its own layout; as a plain error it is ERROR.
             let msg_type = if p.err_type == MsgType::Hello && p.status == Status::AuthRequired {
                 MsgType::Error
@@ -300,14 +398,26 @@ pub fn build(kind: usize, p: &Parts) -> Message<'_> {
                 reason: &p.reason,
             })
         }
-        36 => Body::Response(Response::Error {
+        48 => Body::Response(Response::Error {
             msg_type: MsgType::Error,
             status: p.status,
             reason: &p.reason,
         }),
+        49 => Body::Response(Response::StaleEpoch {
+            msg_type: p.err_type,
+            epoch: p.b,
+            reason: &p.reason,
+        }),
+        50 => Body::Request(Request::VssdCopyIn {
+            handle: h,
+            version: p.a,
+            line: p.b,
+            data: &p.data,
+        }),
+        51 => Body::Response(Response::VssdCopyIn),
         _ => panic!("kind {kind} out of range"),
     };
-    let tag = if kind == 36 {
+    let tag = if kind == 48 {
         rpc::limits::TAG_NONE
     } else {
         p.tag
