@@ -192,6 +192,8 @@ impl Peer {
 struct Device {
     replicas: usize,
     dtm: Dtm,
+    /// Its members, the primary first: for the dirty lines they hold at the end.
+    members: Vec<Rc<dyn Replica>>,
 }
 
 /// Opens the primary at `path` and the peers' replicas at `peers`, and starts the
@@ -218,9 +220,16 @@ fn start_device(
         members.push(Rc::new(r));
     }
     let replicas = members.len();
-    let dtm = Dtm::start(primary, members, EPOCH, DtmConfig::default())
+    let dtm = Dtm::start(primary, members.clone(), EPOCH, DtmConfig::default())
         .map_err(|e| format!("start the DTM of {replicas} replicas: {e}"))?;
-    Ok((Device { replicas, dtm }, direct))
+    Ok((
+        Device {
+            replicas,
+            dtm,
+            members,
+        },
+        direct,
+    ))
 }
 
 /// What the samples need, inside the runtime.
@@ -306,55 +315,59 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
 
     let mut rt = Runtime::with_io(Config::default(), IoConfig::default())
         .map_err(|e| format!("runtime: {e}"))?;
-    let (measured, direct) = rt
-        .run(move || -> Result<(Vec<Measured>, bool), String> {
-            let mut direct = true;
-            let mut devices = Vec::new();
-            for (n, addrs) in &device_peers {
-                let params = format_params(lines, log_bytes)?;
-                let (d, d_direct) = start_device(&replica_path(lines, *n, 0), &params, addrs)?;
-                direct &= d_direct;
-                devices.push(d);
-            }
-            let alone = if alone {
-                let (v, d) = open_fresh(&alone_path, &format_params(lines, log_bytes)?)?;
-                direct &= d;
-                Some((v, Rc::new(Cell::new(1))))
-            } else {
-                None
-            };
-            let ping = match ping_addr {
-                Some(addr) => {
-                    let config = ClientConfig {
-                        name: "tdrv-bench-ping".into(),
-                        ..ClientConfig::default()
-                    };
-                    Some(Rc::new(
-                        Client::connect(addr, &config).map_err(|e| format!("connect: {e}"))?,
-                    ))
+    let (measured, direct, dirty_left) = rt
+        .run(
+            move || -> Result<(Vec<Measured>, bool, Vec<String>), String> {
+                let mut direct = true;
+                let mut devices = Vec::new();
+                for (n, addrs) in &device_peers {
+                    let params = format_params(lines, log_bytes)?;
+                    let (d, d_direct) = start_device(&replica_path(lines, *n, 0), &params, addrs)?;
+                    direct &= d_direct;
+                    devices.push(d);
                 }
-                None => None,
-            };
-            let bench = Bench {
-                devices,
-                alone,
-                ping,
-            };
-            let mut measured = Vec::new();
-            for g in &groups {
-                measured.extend(measure_group(&bench, g, dur, samples)?);
-            }
-            for d in &bench.devices {
-                d.dtm
-                    .flush()
-                    .map_err(|e| format!("flush the DTM of {} replicas: {e}", d.replicas))?;
-                d.dtm.close();
-            }
-            if let Some((v, _)) = &bench.alone {
-                v.close();
-            }
-            Ok((measured, direct))
-        })
+                let alone = if alone {
+                    let (v, d) = open_fresh(&alone_path, &format_params(lines, log_bytes)?)?;
+                    direct &= d;
+                    Some((v, Rc::new(Cell::new(1))))
+                } else {
+                    None
+                };
+                let ping = match ping_addr {
+                    Some(addr) => {
+                        let config = ClientConfig {
+                            name: "tdrv-bench-ping".into(),
+                            ..ClientConfig::default()
+                        };
+                        Some(Rc::new(
+                            Client::connect(addr, &config).map_err(|e| format!("connect: {e}"))?,
+                        ))
+                    }
+                    None => None,
+                };
+                let bench = Bench {
+                    devices,
+                    alone,
+                    ping,
+                };
+                let mut measured = Vec::new();
+                for g in &groups {
+                    measured.extend(measure_group(&bench, g, dur, samples)?);
+                }
+                let mut dirty_left = Vec::new();
+                for d in &bench.devices {
+                    d.dtm
+                        .flush()
+                        .map_err(|e| format!("flush the DTM of {} replicas: {e}", d.replicas))?;
+                    dirty_left.push(dirty_lines(d, lines)?);
+                    d.dtm.close();
+                }
+                if let Some((v, _)) = &bench.alone {
+                    v.close();
+                }
+                Ok((measured, direct, dirty_left))
+            },
+        )
         .map_err(|e| e.to_string())??;
     for (_, p) in peers {
         p.host.stop();
@@ -376,11 +389,31 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
             }
         );
     }
+    if !dirty_left.is_empty() {
+        // Every write was cleaned at its version: a dirty line left on a replica is
+        // one the DTM's clean missed there.
+        println!(
+            "dtm: dirty lines left on each member after the run: {}",
+            dirty_left.join("; ")
+        );
+    }
     let (figures, reach) = figures(&measured);
     for line in reach {
         println!("reach: {line}");
     }
     Ok(figures)
+}
+
+/// The dirty lines each member of `d` holds, as "r2: 0 0".
+fn dirty_lines(d: &Device, lines: u64) -> Result<String, String> {
+    let mut counts = Vec::with_capacity(d.members.len());
+    for r in &d.members {
+        let dirty = r
+            .dirty(0, lines as usize)
+            .map_err(|e| format!("dirty lines of {}: {e}", r.name()))?;
+        counts.push(dirty.len().to_string());
+    }
+    Ok(format!("r{}: {}", d.replicas, counts.join(" ")))
 }
 
 /// Measures one group: a short warm-up of each variant, then its samples,
