@@ -377,7 +377,12 @@ impl Dtm {
     /// After a destage copied `version` of `line` to the backing store: marks it
     /// clean on every replica where that is still its version. Whether the primary's
     /// copy is clean now.
+    ///
+    /// Under the line's range lock: a tran holds it until its lazy COMMITs are done
+    /// on every member, and a member that has not committed `version` yet would
+    /// ignore the CLEAN and keep the line dirty for ever.
     pub fn clean(&self, line: u64, version: u64) -> Result<bool, DtmError> {
+        let _lock = self.inner.lock_range("clean", line, 1)?;
         let cleaned = self
             .inner
             .on_all("clean", move |r| r.clean(line, version))?;
