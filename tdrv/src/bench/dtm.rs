@@ -23,22 +23,25 @@
 //! latency percentiles, CPU time per op (the whole process: peers included) and the
 //! issue's reach.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ::dtm::{Dtm, DtmConfig, LocalReplica, RemoteReplica, Replica, ReplicaService, Vssds};
-use ::vssd::Vssd;
+use ::dtm::{
+    Dtm, DtmConfig, InDoubtTran, LocalReplica, RemoteReplica, Replica, ReplicaError, ReplicaInfo,
+    ReplicaService, Vssds,
+};
 use ::vssd::layout::{FormatParams, random_uuid};
+use ::vssd::{TranOutcome, Vssd};
 use rpc::echo::Echo;
 use rpc::{Client, ClientConfig, Host, Server, ServerConfig, serve_connection};
 use taskio::rand::Rng;
-use taskio::{AlignedBuf, Config, IoConfig, Runtime};
+use taskio::{AlignedBuf, Channel, Config, IoConfig, Runtime, spawn};
 
-use super::io::{Measured, Sample, lat_ns, met, tasks_sample};
+use super::io::{Measured, Sample, lat_ns, met, tasks_sample, thread_cpu_time};
 use super::rpc::{QUEUE_DEPTH as PING_QUEUE_DEPTH, Work as RpcWork, calls};
 use super::vssd::{
     DEVICE_ID, LINE, LINES_FULL, LINES_QUICK, LOG_BYTES_FULL, LOG_BYTES_QUICK, QD, SEED,
@@ -52,6 +55,8 @@ const REPLICAS_MAX: usize = 3;
 /// COMMITs and the CLEANs beside them.
 const PEER_QUEUE_DEPTH: u32 = 2 * QD as u32;
 const _: () = assert!(PEER_QUEUE_DEPTH as usize > QD);
+/// Writes a writer may queue for its cleaner before it waits for it.
+const CLEANS_QUEUED: usize = 4;
 /// The name each peer serves its vSSD under.
 const PEER_VSSD: &str = "bench";
 /// The epoch the devices start at (their vSSDs are fresh: at 0).
@@ -188,12 +193,80 @@ impl Peer {
     }
 }
 
+/// A member as the DTM sees it, with the latency of each of its writep1 calls (ns)
+/// since the last `take`: where a replicated write's time goes.
+struct Timed {
+    inner: Rc<dyn Replica>,
+    writep1_ns: RefCell<Vec<u32>>,
+}
+
+impl Timed {
+    /// The writep1 latencies recorded since the last call.
+    fn take(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.writep1_ns.borrow_mut())
+    }
+}
+
+impl Replica for Timed {
+    fn member(&self) -> u64 {
+        self.inner.member()
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn info(&self) -> ReplicaInfo {
+        self.inner.info()
+    }
+    fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
+        let start = Instant::now();
+        let r = self.inner.writep1(tran, line, data);
+        self.writep1_ns.borrow_mut().push(lat_ns(start.elapsed()));
+        r
+    }
+    fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
+        self.inner.commit(trans)
+    }
+    fn abort(&self, tran: u64) -> Result<(), ReplicaError> {
+        self.inner.abort(tran)
+    }
+    fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<u64>, ReplicaError> {
+        self.inner.read(line, buf)
+    }
+    fn read_prepared(&self, tran: u64) -> Result<AlignedBuf, ReplicaError> {
+        self.inner.read_prepared(tran)
+    }
+    fn repair(&self, tran: u64, payload: &AlignedBuf) -> Result<(), ReplicaError> {
+        self.inner.repair(tran, payload)
+    }
+    fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
+        self.inner.copy_in(version, line, data)
+    }
+    fn clean(&self, line: u64, version: u64) -> Result<bool, ReplicaError> {
+        self.inner.clean(line, version)
+    }
+    fn invalidate(&self, first: u64, count: u64) -> Result<u64, ReplicaError> {
+        self.inner.invalidate(first, count)
+    }
+    fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
+        self.inner.set_epoch(epoch, members)
+    }
+    fn outcome(&self, tran: u64) -> Result<TranOutcome, ReplicaError> {
+        self.inner.outcome(tran)
+    }
+    fn in_doubt(&self, after: u64, max: usize) -> Result<(Vec<InDoubtTran>, bool), ReplicaError> {
+        self.inner.in_doubt(after, max)
+    }
+    fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError> {
+        self.inner.dirty(from, max)
+    }
+}
+
 /// One device: its DTM over the primary vSSD and its peers' replicas.
 struct Device {
     replicas: usize,
     dtm: Dtm,
-    /// Its members, the primary first: for the dirty lines they hold at the end.
-    members: Vec<Rc<dyn Replica>>,
+    /// Its members, the primary first.
+    members: Vec<Rc<Timed>>,
 }
 
 /// Opens the primary at `path` and the peers' replicas at `peers`, and starts the
@@ -204,12 +277,18 @@ fn start_device(
     peers: &[SocketAddr],
 ) -> Result<(Device, bool), String> {
     let (primary, direct) = open_fresh(path, params)?;
-    let mut members: Vec<Rc<dyn Replica>> = vec![Rc::new(LocalReplica::new(
+    let timed = |inner: Rc<dyn Replica>| {
+        Rc::new(Timed {
+            inner,
+            writep1_ns: RefCell::new(Vec::new()),
+        })
+    };
+    let mut members = vec![timed(Rc::new(LocalReplica::new(
         primary.clone(),
         1,
         path.display().to_string(),
         primary.epoch(),
-    ))];
+    )))];
     let client = ClientConfig {
         name: "tdrv-bench-dtm".into(),
         ..ClientConfig::default()
@@ -217,10 +296,14 @@ fn start_device(
     for (i, addr) in peers.iter().enumerate() {
         let r = RemoteReplica::open(*addr, PEER_VSSD, 0, i as u64 + 2, &client)
             .map_err(|e| format!("replica {PEER_VSSD} at {addr}: {e}"))?;
-        members.push(Rc::new(r));
+        members.push(timed(Rc::new(r)));
     }
     let replicas = members.len();
-    let dtm = Dtm::start(primary, members.clone(), EPOCH, DtmConfig::default())
+    let replicas_of_dtm = members
+        .iter()
+        .map(|m| m.clone() as Rc<dyn Replica>)
+        .collect();
+    let dtm = Dtm::start(primary, replicas_of_dtm, EPOCH, DtmConfig::default())
         .map_err(|e| format!("start the DTM of {replicas} replicas: {e}"))?;
     Ok((
         Device {
@@ -230,6 +313,22 @@ fn start_device(
         },
         direct,
     ))
+}
+
+/// Where one DTM sample's time went.
+#[derive(Clone, Default)]
+struct Spent {
+    /// CPU time per write of this thread alone (the primary's side: its vSSD, the
+    /// DTM, the rpc clients), us.
+    thread_cpu_us: f64,
+    /// p50 of each member's writep1, the primary first, us.
+    writep1_p50_us: Vec<f64>,
+}
+
+/// A variant's samples and, for a DTM variant, where each one's time went.
+struct Run {
+    measured: Measured,
+    spent: Vec<Spent>,
 }
 
 /// What the samples need, inside the runtime.
@@ -315,59 +414,57 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
 
     let mut rt = Runtime::with_io(Config::default(), IoConfig::default())
         .map_err(|e| format!("runtime: {e}"))?;
-    let (measured, direct, dirty_left) = rt
-        .run(
-            move || -> Result<(Vec<Measured>, bool, Vec<String>), String> {
-                let mut direct = true;
-                let mut devices = Vec::new();
-                for (n, addrs) in &device_peers {
-                    let params = format_params(lines, log_bytes)?;
-                    let (d, d_direct) = start_device(&replica_path(lines, *n, 0), &params, addrs)?;
-                    direct &= d_direct;
-                    devices.push(d);
+    let (runs, direct, dirty_left) = rt
+        .run(move || -> Result<(Vec<Run>, bool, Vec<String>), String> {
+            let mut direct = true;
+            let mut devices = Vec::new();
+            for (n, addrs) in &device_peers {
+                let params = format_params(lines, log_bytes)?;
+                let (d, d_direct) = start_device(&replica_path(lines, *n, 0), &params, addrs)?;
+                direct &= d_direct;
+                devices.push(d);
+            }
+            let alone = if alone {
+                let (v, d) = open_fresh(&alone_path, &format_params(lines, log_bytes)?)?;
+                direct &= d;
+                Some((v, Rc::new(Cell::new(1))))
+            } else {
+                None
+            };
+            let ping = match ping_addr {
+                Some(addr) => {
+                    let config = ClientConfig {
+                        name: "tdrv-bench-ping".into(),
+                        ..ClientConfig::default()
+                    };
+                    Some(Rc::new(
+                        Client::connect(addr, &config).map_err(|e| format!("connect: {e}"))?,
+                    ))
                 }
-                let alone = if alone {
-                    let (v, d) = open_fresh(&alone_path, &format_params(lines, log_bytes)?)?;
-                    direct &= d;
-                    Some((v, Rc::new(Cell::new(1))))
-                } else {
-                    None
-                };
-                let ping = match ping_addr {
-                    Some(addr) => {
-                        let config = ClientConfig {
-                            name: "tdrv-bench-ping".into(),
-                            ..ClientConfig::default()
-                        };
-                        Some(Rc::new(
-                            Client::connect(addr, &config).map_err(|e| format!("connect: {e}"))?,
-                        ))
-                    }
-                    None => None,
-                };
-                let bench = Bench {
-                    devices,
-                    alone,
-                    ping,
-                };
-                let mut measured = Vec::new();
-                for g in &groups {
-                    measured.extend(measure_group(&bench, g, dur, samples)?);
-                }
-                let mut dirty_left = Vec::new();
-                for d in &bench.devices {
-                    d.dtm
-                        .flush()
-                        .map_err(|e| format!("flush the DTM of {} replicas: {e}", d.replicas))?;
-                    dirty_left.push(dirty_lines(d, lines)?);
-                    d.dtm.close();
-                }
-                if let Some((v, _)) = &bench.alone {
-                    v.close();
-                }
-                Ok((measured, direct, dirty_left))
-            },
-        )
+                None => None,
+            };
+            let bench = Bench {
+                devices,
+                alone,
+                ping,
+            };
+            let mut measured = Vec::new();
+            for g in &groups {
+                measured.extend(measure_group(&bench, g, dur, samples)?);
+            }
+            let mut dirty_left = Vec::new();
+            for d in &bench.devices {
+                d.dtm
+                    .flush()
+                    .map_err(|e| format!("flush the DTM of {} replicas: {e}", d.replicas))?;
+                dirty_left.push(dirty_lines(d, lines)?);
+                d.dtm.close();
+            }
+            if let Some((v, _)) = &bench.alone {
+                v.close();
+            }
+            Ok((measured, direct, dirty_left))
+        })
         .map_err(|e| e.to_string())??;
     for (_, p) in peers {
         p.host.stop();
@@ -397,7 +494,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
             dirty_left.join("; ")
         );
     }
-    let (figures, reach) = figures(&measured);
+    let (figures, reach) = figures(&runs);
     for line in reach {
         println!("reach: {line}");
     }
@@ -423,30 +520,34 @@ fn measure_group(
     group: &[Variant],
     dur: Duration,
     samples: usize,
-) -> Result<Vec<Measured>, String> {
+) -> Result<Vec<Run>, String> {
     let names: Vec<&str> = group.iter().map(|v| v.name).collect();
     eprintln!("tdrv bench dtm: {}", names.join(", "));
     for v in group {
         sample(bench, v, dur / 5).map_err(|e| format!("{}: {e}", v.name))?;
     }
-    let mut measured: Vec<Measured> = group
+    let mut runs: Vec<Run> = group
         .iter()
-        .map(|v| Measured {
-            name: v.name,
-            samples: Vec::with_capacity(samples),
+        .map(|v| Run {
+            measured: Measured {
+                name: v.name,
+                samples: Vec::with_capacity(samples),
+            },
+            spent: Vec::with_capacity(samples),
         })
         .collect();
     for _ in 0..samples {
-        for (v, m) in group.iter().zip(&mut measured) {
-            m.samples
-                .push(sample(bench, v, dur).map_err(|e| format!("{}: {e}", v.name))?);
+        for (v, r) in group.iter().zip(&mut runs) {
+            let (s, spent) = sample(bench, v, dur).map_err(|e| format!("{}: {e}", v.name))?;
+            r.measured.samples.push(s);
+            r.spent.extend(spent);
         }
     }
-    Ok(measured)
+    Ok(runs)
 }
 
 /// Runs one sample of `v` for `dur`.
-fn sample(bench: &Bench, v: &Variant, dur: Duration) -> Result<Sample, String> {
+fn sample(bench: &Bench, v: &Variant, dur: Duration) -> Result<(Sample, Option<Spent>), String> {
     match v.work {
         Work::Dtm { qd, replicas } => {
             let d = bench
@@ -454,65 +555,155 @@ fn sample(bench: &Bench, v: &Variant, dur: Duration) -> Result<Sample, String> {
                 .iter()
                 .find(|d| d.replicas == replicas)
                 .expect("a device for each DTM variant");
-            dtm_sample(&d.dtm, qd, dur)
+            let (s, spent) = dtm_sample(d, qd, dur)?;
+            Ok((s, Some(spent)))
         }
         Work::Alone => {
             let (vssd, tran_next) = bench.alone.as_ref().expect("the vSSD alone");
-            Ok(write_sample(vssd, tran_next, QD, dur)?.0)
+            Ok((write_sample(vssd, tran_next, QD, dur)?.0, None))
         }
         Work::Ping => {
             let client = bench.ping.as_ref().expect("a client for PING");
-            calls(client, RpcWork::Ping { callers: 1 }, dur)
+            Ok((calls(client, RpcWork::Ping { callers: 1 }, dur)?, None))
         }
     }
 }
 
 /// `qd` tasks each writing random lines of its own (`line % qd == task`) through the
-/// DTM until `dur` has passed, each write followed by `Dtm::clean` of its version (an
-/// instant destage: with every line dirty the vSSDs would run out of room); then the
+/// DTM until `dur` has passed, each beside a cleaner task that calls `Dtm::clean` of
+/// every version it wrote (an instant destage, as the primary's destager would run
+/// beside the writes: with every line dirty the vSSDs would run out of room; a clean
+/// waits for the lazy COMMITs of its write, which the writer need not); then the
 /// lazy COMMITs are waited for, outside the time. The latency is the write alone.
-fn dtm_sample(dtm: &Dtm, qd: usize, dur: Duration) -> Result<Sample, String> {
+fn dtm_sample(device: &Device, qd: usize, dur: Duration) -> Result<(Sample, Spent), String> {
+    let dtm = &device.dtm;
+    for m in &device.members {
+        m.take(); // the warm-up's, or the last sample's
+    }
+    let thread_cpu0 = thread_cpu_time();
     let lines_per_task = dtm.primary().geometry().lines() / qd as u64;
     assert!(lines_per_task > 0, "{qd} tasks for too few lines");
     let sample = tasks_sample(qd, dur, |task, deadline| {
         let dtm = dtm.clone();
         move || -> Result<Vec<u32>, String> {
-            let mut buf = AlignedBuf::new(LINE as usize);
-            buf.set_len(LINE as usize);
-            buf.fill(0xa5 ^ task as u8);
-            let mut rng = Rng::stream(SEED, 0x200 + task as u64);
-            let mut lat = Vec::with_capacity(64 * 1024);
-            let mut start = Instant::now();
-            while start < deadline {
-                let line = rng.below(lines_per_task) * qd as u64 + task as u64;
-                let written = dtm
-                    .write(line, &buf)
-                    .map_err(|e| format!("write of line {line}: {e}"))?;
-                lat.push(lat_ns(start.elapsed()));
-                let Some(tran) = written.tran() else {
-                    return Err(format!("write of line {line}: written through, not cached"));
-                };
-                dtm.clean(line, tran)
-                    .map_err(|e| format!("clean of line {line} at {tran}: {e}"))?;
-                start = Instant::now();
-            }
-            Ok(lat)
+            let cleans: Rc<Channel<(u64, u64)>> = Rc::new(Channel::new(CLEANS_QUEUED));
+            let cleaner = {
+                let (dtm, cleans) = (dtm.clone(), cleans.clone());
+                spawn(move || -> Result<(), String> {
+                    let mut cleaned = Ok(());
+                    while let Ok((line, tran)) = cleans.recv() {
+                        cleaned = dtm
+                            .clean(line, tran)
+                            .map(drop)
+                            .map_err(|e| format!("clean of line {line} at {tran}: {e}"));
+                        if cleaned.is_err() {
+                            break;
+                        }
+                    }
+                    // A writer whose queue is full wakes and stops.
+                    cleans.close();
+                    cleaned
+                })
+                .map_err(|e| format!("spawn a cleaner: {e}"))?
+            };
+            let written = write_loop(&dtm, &cleans, task, qd, lines_per_task, deadline);
+            cleans.close();
+            let cleaned = cleaner.join().map_err(|e| e.to_string())?;
+            // A cleaner's error first: the writer's is then "the cleaner stopped".
+            cleaned?;
+            written
         }
     })?;
+    let thread_cpu = thread_cpu_time().saturating_sub(thread_cpu0);
     dtm.quiesce().map_err(|e| format!("quiesce: {e}"))?;
-    Ok(sample)
+    let writes = device.members[0].writep1_ns.borrow().len();
+    let spent = Spent {
+        thread_cpu_us: thread_cpu.as_secs_f64() * 1e6 / writes.max(1) as f64,
+        writep1_p50_us: device
+            .members
+            .iter()
+            .map(|m| {
+                let mut lat = m.take();
+                lat.sort_unstable();
+                lat.get(lat.len() / 2)
+                    .map_or(0.0, |&ns| f64::from(ns) / 1000.0)
+            })
+            .collect(),
+    };
+    Ok((sample, spent))
+}
+
+/// "; this thread N us/op; writep1 p50 of each member A / B us" (the primary's
+/// first) of a DTM figure's samples, as medians; nothing for another figure.
+fn spent_detail(spent: &[Spent]) -> String {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let Some(first) = spent.first() else {
+        return String::new();
+    };
+    let cpu = median(spent.iter().map(|s| s.thread_cpu_us).collect());
+    let members: Vec<String> = (0..first.writep1_p50_us.len())
+        .map(|i| {
+            let p = median(spent.iter().map(|s| s.writep1_p50_us[i]).collect());
+            format!("{p:.1}")
+        })
+        .collect();
+    format!(
+        "; this thread {cpu:.2} us/op; writep1 p50 of each member {} us",
+        members.join(" / ")
+    )
+}
+
+/// One writer's loop: until `deadline`, a random line of its own written through
+/// `dtm`, its version queued for its cleaner. The latency of each write (ns).
+fn write_loop(
+    dtm: &Dtm,
+    cleans: &Channel<(u64, u64)>,
+    task: usize,
+    qd: usize,
+    lines_per_task: u64,
+    deadline: Instant,
+) -> Result<Vec<u32>, String> {
+    let mut buf = AlignedBuf::new(LINE as usize);
+    buf.set_len(LINE as usize);
+    buf.fill(0xa5 ^ task as u8);
+    let mut rng = Rng::stream(SEED, 0x200 + task as u64);
+    let mut lat = Vec::with_capacity(64 * 1024);
+    let mut start = Instant::now();
+    while start < deadline {
+        let line = rng.below(lines_per_task) * qd as u64 + task as u64;
+        let written = dtm
+            .write(line, &buf)
+            .map_err(|e| format!("write of line {line}: {e}"))?;
+        lat.push(lat_ns(start.elapsed()));
+        let Some(tran) = written.tran() else {
+            return Err(format!("write of line {line}: written through, not cached"));
+        };
+        if cleans.send((line, tran)).is_err() {
+            return Err("the cleaner stopped".into());
+        }
+        start = Instant::now();
+    }
+    Ok(lat)
 }
 
 /// Turns the measurements into figures, with the details and the reach for the
 /// table; and the reach lines.
-fn figures(measured: &[Measured]) -> (Vec<Figure>, Vec<String>) {
-    let find = |name: &str| measured.iter().find(|m| m.name == name && m.ops() > 0.0);
+fn figures(runs: &[Run]) -> (Vec<Figure>, Vec<String>) {
+    let find = |name: &str| {
+        runs.iter()
+            .map(|r| &r.measured)
+            .find(|m| m.name == name && m.ops() > 0.0)
+    };
     let p50 = |m: &Measured| m.median_of(|s| s.p50_us);
     let p99 = |m: &Measured| m.median_of(|s| s.p99_us);
     let rtt = find(PING).and_then(p50);
     let mut reach = Vec::new();
     let mut out = Vec::new();
-    for m in measured {
+    for r in runs {
+        let m = &r.measured;
         let mut detail = String::new();
         if let (Some(p50), Some(p99)) = (p50(m), p99(m)) {
             detail += &format!("lat p50 {p50:.1} us p99 {p99:.1} us");
@@ -520,6 +711,7 @@ fn figures(measured: &[Measured]) -> (Vec<Figure>, Vec<String>) {
         if let Some(cpu) = m.median_of(|s| s.cpu_us_per_op) {
             detail += &format!(", cpu {cpu:.2} us/op");
         }
+        detail += &spent_detail(&r.spent);
         let mut target = None;
         if let Some(i) = QD32_R.iter().position(|&n| n == m.name) {
             if i == 0 {
