@@ -51,10 +51,11 @@ use super::{Figure, Plan};
 
 /// Replicas of the largest device: the primary and two peers.
 const REPLICAS_MAX: usize = 3;
-/// Requests a peer's session serves at once: a writep1 of each writer, and the lazy
-/// COMMITs and the CLEANs beside them.
-const PEER_QUEUE_DEPTH: u32 = 2 * QD as u32;
-const _: () = assert!(PEER_QUEUE_DEPTH as usize > QD);
+/// Requests a peer's session serves at once: a writep1 of each writer, a CLEAN of
+/// each writer's cleaner, and the lazy COMMIT (and room to spare).
+const PEER_QUEUE_DEPTH: u32 = 3 * QD as u32;
+const _: () = assert!(PEER_QUEUE_DEPTH as usize > 2 * QD + 1);
+const _: () = assert!(PEER_QUEUE_DEPTH <= rpc::limits::QUEUE_DEPTH_MAX);
 /// Writes a writer may queue for its cleaner before it waits for it.
 const CLEANS_QUEUED: usize = 4;
 /// The name each peer serves its vSSD under.
