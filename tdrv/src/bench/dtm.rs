@@ -571,10 +571,11 @@ fn sample(bench: &Bench, v: &Variant, dur: Duration) -> Result<(Sample, Option<S
 }
 
 /// `qd` tasks each writing random lines of its own (`line % qd == task`) through the
-/// DTM until `dur` has passed, each beside a cleaner task that calls `Dtm::clean` of
-/// every version it wrote (an instant destage, as the primary's destager would run
-/// beside the writes: with every line dirty the vSSDs would run out of room; a clean
-/// waits for the lazy COMMITs of its write, which the writer need not); then the
+/// DTM until `dur` has passed, each beside a cleaner task that holds each line it
+/// wrote (`Dtm::lock_lines`) and calls `Dtm::clean` of its version (an instant
+/// destage, as the primary's destager would run beside the writes: with every line
+/// dirty the vSSDs would run out of room; holding the line waits for the write's
+/// lazy COMMITs, which the writer need not); then the
 /// lazy COMMITs are waited for, outside the time. The latency is the write alone.
 fn dtm_sample(device: &Device, qd: usize, dur: Duration) -> Result<(Sample, Spent), String> {
     let dtm = &device.dtm;
@@ -593,8 +594,11 @@ fn dtm_sample(device: &Device, qd: usize, dur: Duration) -> Result<(Sample, Spen
                 spawn(move || -> Result<(), String> {
                     let mut cleaned = Ok(());
                     while let Ok((line, tran)) = cleans.recv() {
+                        // Held, as a destage holds it: that waits for the write's
+                        // lazy COMMITs, so the clean reaches every member.
                         cleaned = dtm
-                            .clean(line, tran)
+                            .lock_lines(line, 1)
+                            .and_then(|_held| dtm.clean(line, tran))
                             .map(drop)
                             .map_err(|e| format!("clean of line {line} at {tran}: {e}"));
                         if cleaned.is_err() {
