@@ -694,6 +694,23 @@ fn write_loop(
     Ok(lat)
 }
 
+/// "per round: median N.NNx" of `ratio(k, sample k of m)` over the rounds of
+/// interleaved samples (sample k of every figure of a group ran in round k, so a
+/// round's ratio is less exposed to the machine's drift than the ratio of medians).
+fn per_round(m: &Measured, ratio: impl Fn(usize, &Sample) -> Option<f64>) -> String {
+    let mut v: Vec<f64> = m
+        .samples
+        .iter()
+        .enumerate()
+        .filter_map(|(k, s)| ratio(k, s))
+        .collect();
+    if v.is_empty() {
+        return "per round: none".into();
+    }
+    v.sort_by(f64::total_cmp);
+    format!("per round: median {:.2}x", v[v.len() / 2])
+}
+
 /// Turns the measurements into figures, with the details and the reach for the
 /// table; and the reach lines.
 fn figures(runs: &[Run]) -> (Vec<Figure>, Vec<String>) {
@@ -731,9 +748,11 @@ fn figures(runs: &[Run]) -> (Vec<Figure>, Vec<String>) {
                 };
                 if i == 1 {
                     target = Some(">=0.7x <=2x");
+                    let rounds =
+                        per_round(m, |k, s| Some(s.ops_per_s / r1.samples.get(k)?.ops_per_s));
                     let line = format!(
-                        "{} {rate:.2}x {}'s rate (reach >= {REACH_QD32_RATE}x: {}), p99 \
-                         {tail:.2}x its (reach <= {REACH_QD32_P99}x: {})",
+                        "{} {rate:.2}x {}'s rate (reach >= {REACH_QD32_RATE}x: {}; {rounds}), \
+                         p99 {tail:.2}x its (reach <= {REACH_QD32_P99}x: {})",
                         m.name,
                         QD32_R[0],
                         met(rate >= REACH_QD32_RATE),
@@ -759,8 +778,13 @@ fn figures(runs: &[Run]) -> (Vec<Figure>, Vec<String>) {
             );
             if i == 1 {
                 target = Some("<=1.2x");
+                let (r1s, pings) = (find(QD1_R[0]), find(PING));
+                let rounds = per_round(m, |k, s| {
+                    let base = r1s?.samples.get(k)?.p50_us? + pings?.samples.get(k)?.p50_us?;
+                    Some(s.p50_us? / base)
+                });
                 let line = format!(
-                    "{} {text} (reach <= {REACH_QD1_SLACK}x: {})",
+                    "{} {text} (reach <= {REACH_QD1_SLACK}x: {}; {rounds})",
                     m.name,
                     met(x <= REACH_QD1_SLACK)
                 );
