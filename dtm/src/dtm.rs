@@ -395,6 +395,11 @@ impl Dtm {
     /// After a destage copied `version` of `line` to the backing store: marks it
     /// clean on every replica where that is still its version. Whether the primary's
     /// copy is clean now.
+    ///
+    /// Call it holding the line ([`Dtm::lock_lines`]): that also waits for the lazy
+    /// COMMITs of the write being cleaned (a tran holds its lines until they are done
+    /// on every member); without it, a member whose COMMIT has not arrived yet
+    /// ignores the CLEAN and keeps the line dirty for ever.
     pub fn clean(&self, line: u64, version: u64) -> Result<bool, DtmError> {
         let cleaned = self
             .inner

@@ -5,9 +5,10 @@
 //! of the device's epoch holds it durably.
 //!
 //! Its parts: [`replica`] (the seam to one replica vSSD), [`local`] (a replica on
-//! this runtime's vSSD), [`copy`] (one dirty line copied between replicas at its
-//! version), [`dtm`] (the DTM of one device: writes, the loss policy, reads, clean
-//! and discard), `lock` (range locks and write slots), `commit` (lazy batched
+//! this runtime's vSSD), [`peer`] and [`remote`] (a replica on a peer CVA over rpc:
+//! its server and its client), [`copy`] (one dirty line copied between replicas at
+//! its version), [`dtm`] (the DTM of one device: writes, the loss policy, reads,
+//! clean and discard), `lock` (range locks and write slots), `commit` (lazy batched
 //! COMMITs), [`resync`] (a returning replica brought up to date), [`recovery`] (the
 //! in-doubt trans of every replica resolved at open), [`remote`] (a replica on a
 //! peer, over rpc) and [`peer`] (the service that serves it), [`config`] and

@@ -53,6 +53,9 @@ enum Mode {
     /// As `Stall`, after doing the call: a remote call that timed out after the
     /// replica did it.
     DoneThenStall(Duration),
+    /// Every call (or only `only`'s) parks this long, then does the call: a slow
+    /// but healthy replica.
+    Slow(Duration),
 }
 
 /// A LocalReplica that fails or stalls on demand.
@@ -84,6 +87,10 @@ impl Flaky {
                 let _ = f();
                 sleep(d);
                 ReplicaErrorKind::Timeout
+            }
+            Mode::Slow(d) => {
+                sleep(d);
+                return f();
             }
         };
         Err(ReplicaError {
@@ -665,6 +672,31 @@ fn clean_and_discard_reach_every_replica() {
         let s = dtm.stats();
         assert_eq!((s.cleans, s.discards), (2, 1));
     });
+}
+
+/// A destage may clean a line as soon as its write is acknowledged, before the
+/// lazy COMMIT reached the other members: holding the line (as a destage does)
+/// waits for that COMMIT, so the clean reaches every member and none keeps the line
+/// dirty (a replica holds dirty data only).
+#[test]
+fn a_clean_right_after_the_write_reaches_a_member_whose_commit_is_late() {
+    for seed in 0..4 {
+        run_sim(seed, move || {
+            let reps = open_reps(Path::new("/"), 2, VSSD_LINES);
+            let dtm = start(&reps, DtmConfig::default()).unwrap();
+            reps[1].set(Mode::Slow(Duration::from_millis(5)), Some("commit"));
+            let tran = dtm.write(7, &payload(7, 1, 1)).unwrap().tran().unwrap();
+            let held_line = dtm.lock_lines(7, 1).unwrap();
+            assert!(dtm.clean(7, tran).unwrap());
+            drop(held_line);
+            dtm.quiesce().unwrap();
+            for r in &reps {
+                let state = held(r, 7).map(|(version, state, _)| (version, state));
+                assert_eq!(state, Some((tran, State::Clean)), "{}", r.flaky.name());
+                assert_eq!(r.vssd.dirty_lines(), vec![], "{}", r.flaky.name());
+            }
+        });
+    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! `tdrv bench taskio|io|rpc|vssd --quick` runs and prints what DEVELOPERS.md promises: a
+//! `tdrv bench taskio|io|rpc|vssd|dtm --quick` runs and prints what DEVELOPERS.md promises: a
 //! table, then one JSON object per figure with its keys in order. (Figures are not
 //! checked: speed is for benchmarks, not tests.)
 
@@ -10,10 +10,16 @@ const KEYS: [&str; 6] = ["bench", "unit", "median", "min", "max", "n"];
 /// and that each JSON line has the documented keys in order; returns the figures'
 /// names and units, and stdout.
 fn run_bench(args: &[&str]) -> (Vec<(String, String)>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tdrv"))
-        .args(args)
-        .output()
-        .expect("run tdrv");
+    run_bench_in(None, args)
+}
+
+/// [`run_bench`] in directory `dir` (where `./target/tdrv-bench` then lands).
+fn run_bench_in(dir: Option<&std::path::Path>, args: &[&str]) -> (Vec<(String, String)>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tdrv"));
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.args(args).output().expect("run tdrv");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -243,4 +249,70 @@ fn vssd_bench_only_selects_figures() {
     std::fs::remove_dir_all(&dir).expect("remove temp dir");
     let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["vssd_writes_per_flush_qd32"]);
+}
+
+/// `bench dtm --quick` in a directory of the test's own (its vSSD files go to
+/// ./target/tdrv-bench there): the six DTM figures, the vSSD alone and the rpc round
+/// trip, all in ops/s, in the documented order, with both reach lines printed.
+#[test]
+fn dtm_quick_bench_prints_table_then_json_lines() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-dtm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let (figures, stdout) = run_bench_in(Some(&dir), &["bench", "dtm", "--quick"]);
+    std::fs::remove_dir_all(&dir).expect("remove temp dir");
+    let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "dtm_write_4k_qd1_r1",
+            "dtm_write_4k_qd1_r2",
+            "dtm_write_4k_qd1_r3",
+            "rpc_ping_1conn",
+            "dtm_write_4k_qd32_r1",
+            "dtm_write_4k_qd32_r2",
+            "dtm_write_4k_qd32_r3",
+            "vssd_write_4k_qd32",
+        ]
+    );
+    assert!(figures.iter().all(|(_, u)| u == "ops/s"), "{figures:?}");
+    for reach in [
+        "reach: dtm_write_4k_qd1_r2 p50 ",
+        "rpc round trip ",
+        "(reach <= 1.2x: ",
+        "reach: dtm_write_4k_qd32_r2 ",
+        "x dtm_write_4k_qd32_r1's rate (reach >= 0.7x: ",
+        "x its (reach <= 2x: ",
+        "dtm: vSSDs of 2048 lines",
+        // Every write was cleaned: no member keeps a dirty line.
+        "dtm: dirty lines left on each member after the run: r1: 0; r2: 0 0; r3: 0 0 0\n",
+    ] {
+        assert!(stdout.contains(reach), "{reach:?} in {stdout}");
+    }
+}
+
+/// `--only` one replica count: its two figures alone (one device, no peer).
+#[test]
+fn dtm_bench_only_selects_figures() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-dtm-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let (figures, _) = run_bench_in(Some(&dir), &["bench", "dtm", "--quick", "--only", "_r1"]);
+    let files: Vec<String> = std::fs::read_dir(dir.join("target/tdrv-bench"))
+        .expect("the bench's files")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    std::fs::remove_dir_all(&dir).expect("remove temp dir");
+    let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["dtm_write_4k_qd1_r1", "dtm_write_4k_qd32_r1"]);
+    assert_eq!(
+        files,
+        ["dtm-2048-r1-0.dat"],
+        "only the device of one replica"
+    );
 }

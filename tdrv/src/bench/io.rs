@@ -445,11 +445,21 @@ fn sample(setup: &mut Setup, v: &Variant, dur: Duration) -> Result<Sample, Strin
 
 /// User plus system CPU time of the whole process (every thread) so far.
 pub(super) fn cpu_time() -> Duration {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+/// User plus system CPU time of the calling thread so far.
+pub(super) fn thread_cpu_time() -> Duration {
+    rusage_cpu(libc::RUSAGE_THREAD)
+}
+
+/// User plus system CPU time of `who` (`RUSAGE_SELF` or `RUSAGE_THREAD`) so far.
+fn rusage_cpu(who: libc::c_int) -> Duration {
     // SAFETY: all-zero is a valid rusage, and getrusage writes into the one passed.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a live rusage for the kernel to fill.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    assert_eq!(rc, 0, "getrusage(RUSAGE_SELF) failed");
+    let rc = unsafe { libc::getrusage(who, &mut ru) };
+    assert_eq!(rc, 0, "getrusage({who}) failed");
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };

@@ -3,6 +3,7 @@
 //! figure for machines (the format of DEVELOPERS.md):
 //! `{"bench":"NAME","unit":"ns/op","median":F,"min":F,"max":F,"n":N}`.
 
+mod dtm;
 mod io;
 mod rpc;
 mod taskio;
@@ -100,7 +101,7 @@ impl Plan {
 }
 
 /// The bench areas `run` knows.
-pub const AREAS: &[&str] = &["taskio", "io", "rpc", "vssd"];
+pub const AREAS: &[&str] = &["taskio", "io", "rpc", "vssd", "dtm"];
 
 pub fn run(
     area: &str,
@@ -121,6 +122,7 @@ pub fn run(
         "io" => io::run(&plan)?,
         "rpc" => rpc::run(&plan)?,
         "vssd" => vssd::run(&plan)?,
+        "dtm" => dtm::run(&plan)?,
         other => {
             return Err(format!(
                 "unknown bench area {other:?} (known: {})",

@@ -47,7 +47,7 @@ const PIPELINED_CALLERS: usize = 64;
 /// Callers of the WRITE figure.
 const WRITE_CALLERS: usize = 32;
 /// The server's queue depth: every pipelined caller can have its call in flight.
-const QUEUE_DEPTH: u32 = PIPELINED_CALLERS as u32;
+pub(super) const QUEUE_DEPTH: u32 = PIPELINED_CALLERS as u32;
 /// The reach of the issue: one caller's calls per second at least this fraction of
 /// the cross-thread floor's round trips per second...
 const REACH_1CONN: f64 = 0.7;
@@ -59,7 +59,7 @@ const REACH_PIPELINED: f64 = 8.0;
 
 /// What one sample of one variant measures.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Work {
+pub(super) enum Work {
     /// `callers` tasks calling PING in a loop.
     Ping { callers: usize },
     /// `callers` tasks calling WRITE of 4 KiB in a loop.
@@ -229,7 +229,7 @@ fn floor_beside(
 
 /// `callers` tasks calling in a loop on one connection until `dur` has passed; every
 /// answer is checked.
-fn calls(client: &Rc<Client>, work: Work, dur: Duration) -> Result<Sample, String> {
+pub(super) fn calls(client: &Rc<Client>, work: Work, dur: Duration) -> Result<Sample, String> {
     let (callers, write) = match work {
         Work::Ping { callers } => (callers, false),
         Work::Write { callers } => (callers, true),

@@ -33,22 +33,22 @@ use super::io::{Measured, Sample, fill_file, fio_available, fio_sample, lat_ns, 
 use super::{Figure, Plan};
 
 /// Bytes per cache line, and per fio block.
-const LINE: u32 = 4096;
+pub(super) const LINE: u32 = 4096;
 /// The vSSD of a full run: 32768 lines (128 MiB of data) and a 64 MiB log.
-const LINES_FULL: u64 = 32 * 1024;
-const LOG_BYTES_FULL: u64 = 64 << 20;
+pub(super) const LINES_FULL: u64 = 32 * 1024;
+pub(super) const LOG_BYTES_FULL: u64 = 64 << 20;
 /// The vSSD of a `--quick` run: 2048 lines (8 MiB) and a 4 MiB log.
-const LINES_QUICK: u64 = 2 * 1024;
-const LOG_BYTES_QUICK: u64 = 4 << 20;
+pub(super) const LINES_QUICK: u64 = 2 * 1024;
+pub(super) const LOG_BYTES_QUICK: u64 = 4 << 20;
 /// Tasks of the qd 32 figures (and of the fill before the read figure).
-const QD: usize = 32;
+pub(super) const QD: usize = 32;
 // Each task owns the lines `line % QD == task`: two tasks never prepare one line.
 const _: () = assert!(LINES_FULL.is_multiple_of(QD as u64));
 const _: () = assert!(LINES_QUICK.is_multiple_of(QD as u64));
 /// The cache device the bench's vSSD belongs to (a rerun reformats it without force).
-const DEVICE_ID: &str = "tdrv-bench";
+pub(super) const DEVICE_ID: &str = "tdrv-bench";
 /// Seed of the lines' generator (each task draws its own stream).
-const SEED: u64 = 0x2545_f491_4f6c_dd1d;
+pub(super) const SEED: u64 = 0x2545_f491_4f6c_dd1d;
 /// The reach: write qd 32 at least this many times fio's qd 32 random writes,
 const REACH_WRITE_PEER: f64 = 0.6;
 /// more than this many times fio's qd 1 random writes with fdatasync,
@@ -57,7 +57,7 @@ const REACH_WRITE_SYNC: f64 = 4.0;
 const REACH_READ_PEER: f64 = 0.9;
 
 const WRITE_QD1: &str = "vssd_write_4k_qd1";
-const WRITE_QD32: &str = "vssd_write_4k_qd32";
+pub(super) const WRITE_QD32: &str = "vssd_write_4k_qd32";
 const PER_FLUSH: &str = "vssd_writes_per_flush_qd32";
 const READ_QD32: &str = "vssd_read_hit_4k_qd32";
 const PEER_SYNC_QD1: &str = "peer_randwrite_fdatasync_4k_qd1";
@@ -139,7 +139,7 @@ fn groups() -> Vec<Vec<Variant>> {
 
 /// The group commit during one write sample, from the vSSD's counters.
 #[derive(Clone, Copy)]
-struct Flush {
+pub(super) struct Flush {
     records_per_write: f64,
     writep1_per_write: f64,
 }
@@ -349,7 +349,7 @@ fn sample(bench: &Bench, v: &Variant, dur: Duration) -> Result<(Sample, Option<F
 /// `qd` tasks each writing random lines of its own (`line % qd == task`) until `dur`
 /// has passed: writep1 of a fresh tran, commit, then mark_clean. The latency is
 /// writep1 + commit; the rate counts the mark_clean too.
-fn write_sample(
+pub(super) fn write_sample(
     vssd: &Vssd,
     tran_next: &Rc<Cell<u64>>,
     qd: usize,
@@ -496,7 +496,7 @@ fn fio_beside(
 
 /// Opens `path` with O_DIRECT (buffered where the file system has none: says so),
 /// formats it afresh and opens the vSSD. Returns it and whether I/O is direct.
-fn open_fresh(path: &Path, params: &FormatParams) -> Result<(Vssd, bool), String> {
+pub(super) fn open_fresh(path: &Path, params: &FormatParams) -> Result<(Vssd, bool), String> {
     let (file, direct): (File, bool) = match OpenOptions::new().direct(true).open(path) {
         Ok(f) => (f, true),
         Err(IoError::DirectUnsupported { .. }) => {
@@ -519,7 +519,7 @@ fn open_fresh(path: &Path, params: &FormatParams) -> Result<(Vssd, bool), String
 
 /// Creates the vSSD's file if missing and grows a regular file to `bytes` (sparse:
 /// format writes what it needs, the benches write the slots they read).
-fn prepare_vssd_file(path: &Path, bytes: u64) -> Result<(), String> {
+pub(super) fn prepare_vssd_file(path: &Path, bytes: u64) -> Result<(), String> {
     let err = |e: std::io::Error| format!("prepare {}: {e}", path.display());
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
