@@ -75,7 +75,7 @@ pub use msg::{
     Request, Response, TranState, VssdInfo,
 };
 pub use msg_type::MsgType;
-pub use server::{Server, ServerConfig};
+pub use server::{SESSION_AIO_DEPTH, Server, ServerConfig};
 pub use session::{
     Service, SessionConfig, SessionInfo, serve_connection, serve_handoff, serve_listener,
 };

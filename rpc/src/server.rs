@@ -39,8 +39,17 @@ pub struct ServerConfig {
     pub ledger: Option<crate::Ledger>,
     /// Settings of each session thread's runtime (stall detector, stacks).
     pub runtime: Config,
+    /// Its I/O driver: by default with [`SESSION_AIO_DEPTH`] file operations in
+    /// flight (a service doing much file I/O on the session's thread sets more).
     pub io: IoConfig,
 }
+
+/// Kernel AIO events of each session runtime's context. Every context counts
+/// against the system-wide `fs.aio-max-nr` (65,536 by default), and a server runs one
+/// runtime per session: taskio's default of 256 would let ~250 sessions, less
+/// whatever other processes hold, exhaust it (io_setup fails EAGAIN and the session
+/// is refused). rpc sessions do network I/O; their services little file I/O.
+pub const SESSION_AIO_DEPTH: usize = 16;
 
 impl ServerConfig {
     pub fn new(addr: SocketAddr) -> ServerConfig {
@@ -56,7 +65,10 @@ impl ServerConfig {
             idle_shrink_after: session.idle_shrink_after,
             ledger: session.ledger,
             runtime: Config::default(),
-            io: IoConfig::default(),
+            io: IoConfig {
+                aio_depth: SESSION_AIO_DEPTH,
+                ..IoConfig::default()
+            },
         }
     }
 

@@ -37,7 +37,7 @@ use ::dtm::{
 use ::vssd::layout::{FormatParams, random_uuid};
 use ::vssd::{TranOutcome, Vssd};
 use rpc::echo::Echo;
-use rpc::{Client, ClientConfig, Host, Server, ServerConfig, serve_connection};
+use rpc::{Client, ClientConfig, Host, Server, ServerConfig, serve_handoff};
 use taskio::rand::Rng;
 use taskio::{AlignedBuf, Channel, Config, IoConfig, Runtime, spawn};
 
@@ -177,11 +177,11 @@ impl Peer {
                 }
             };
             let session = session.clone();
-            move |stream| {
+            move |handoff| {
                 if let Some(vssds) = &vssds {
                     // A session that ends with an error ends the primary's replica:
                     // its next call fails, and the bench with it.
-                    let _ = serve_connection(stream, &session, ReplicaService::new(vssds.clone()));
+                    let _ = serve_handoff(handoff, &session, ReplicaService::new(vssds.clone()));
                 }
             }
         })
