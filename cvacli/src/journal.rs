@@ -1,0 +1,344 @@
+//! `verify`'s journal: a header naming the run, then one line per acknowledged
+//! write, each made durable (fdatasync) before the write counts. The check reads it
+//! back and judges every sector of every acknowledged region.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use crate::block::{self, SECTOR, Sector};
+
+const HEADER_WORD: &str = "cvacli-verify-journal-1";
+/// Problems listed one by one in a report; past it they are only counted.
+pub const PROBLEMS_LISTED_MAX: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {op}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal {path} line {line}: {why}")]
+    Bad {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
+}
+
+/// What the run wrote to: its header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub device: String,
+    pub seed: u64,
+    /// Every write is one region of `bs` bytes at a multiple of it from `offset`.
+    pub bs: u64,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// A journal read back: the run and, per region offset, its newest acknowledged
+/// generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    pub run: Run,
+    pub newest: BTreeMap<u64, u64>,
+}
+
+/// A journal open for appending.
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Creates the journal of a new run (refusing to overwrite one), or opens an
+    /// existing one of the same run to go on with it.
+    pub fn create_or_resume(path: &Path, run: &Run) -> Result<(Journal, Acked), JournalError> {
+        let io = |op| {
+            let path = path.to_path_buf();
+            move |source| JournalError::Io { op, path, source }
+        };
+        let acked = if path.exists() {
+            let acked = read(path)?;
+            if acked.run.device != run.device || acked.run.bs != run.bs {
+                return Err(JournalError::Bad {
+                    path: path.into(),
+                    line: 1,
+                    why: format!(
+                        "written for device {} bs {}, not device {} bs {}",
+                        acked.run.device, acked.run.bs, run.device, run.bs
+                    ),
+                });
+            }
+            acked
+        } else {
+            let mut f = File::create_new(path).map_err(io("create"))?;
+            writeln!(
+                f,
+                "{HEADER_WORD} device={} seed={} bs={} offset={} size={}",
+                run.device, run.seed, run.bs, run.offset, run.size
+            )
+            .map_err(io("write the header"))?;
+            f.sync_all().map_err(io("fsync"))?;
+            Acked {
+                run: run.clone(),
+                newest: BTreeMap::new(),
+            }
+        };
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io("open for appending"))?;
+        Ok((
+            Journal {
+                file,
+                path: path.into(),
+            },
+            acked,
+        ))
+    }
+
+    /// Records an acknowledged write, durably: it counts once this returns.
+    pub fn append(&mut self, offset: u64, generation: u64) -> Result<(), JournalError> {
+        let io = |op| {
+            let path = self.path.clone();
+            move |source| JournalError::Io { op, path, source }
+        };
+        // One write of the whole line: a crash leaves at most a torn last line,
+        // which `read` ignores (that write never counted).
+        self.file
+            .write_all(format!("w {offset} {generation}\n").as_bytes())
+            .map_err(io("append"))?;
+        self.file.sync_data().map_err(io("fdatasync"))
+    }
+}
+
+/// Reads a journal back.
+pub fn read(path: &Path) -> Result<Acked, JournalError> {
+    let f = File::open(path).map_err(|source| JournalError::Io {
+        op: "open",
+        path: path.into(),
+        source,
+    })?;
+    let bad = |line, why: String| JournalError::Bad {
+        path: path.into(),
+        line,
+        why,
+    };
+    let mut lines = Vec::new();
+    for l in BufReader::new(f).split(b'\n') {
+        lines.push(l.map_err(|source| JournalError::Io {
+            op: "read",
+            path: path.into(),
+            source,
+        })?);
+    }
+    let complete = |i: usize| i + 1 < lines.len() || ends_with_newline(path);
+    let head = lines.first().ok_or_else(|| bad(1, "empty".into()))?;
+    let head = String::from_utf8_lossy(head);
+    let mut words = head.split(' ');
+    if words.next() != Some(HEADER_WORD) {
+        return Err(bad(1, format!("not a verify journal (no {HEADER_WORD})")));
+    }
+    let mut field = |name: &str| -> Result<String, JournalError> {
+        let w = words.next().unwrap_or_default();
+        w.strip_prefix(name)
+            .and_then(|v| v.strip_prefix('='))
+            .map(String::from)
+            .ok_or_else(|| bad(1, format!("{name}= expected, found {w:?}")))
+    };
+    let num = |v: String| v.parse::<u64>().map_err(|e| bad(1, format!("{v:?}: {e}")));
+    let device = field("device")?;
+    let run = Run {
+        device,
+        seed: num(field("seed")?)?,
+        bs: num(field("bs")?)?,
+        offset: num(field("offset")?)?,
+        size: num(field("size")?)?,
+    };
+    let mut newest = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate().skip(1) {
+        let text = String::from_utf8_lossy(l);
+        let parts: Vec<&str> = text.split(' ').collect();
+        let parsed = match parts.as_slice() {
+            ["w", o, g] => o.parse::<u64>().ok().zip(g.parse::<u64>().ok()),
+            _ => None,
+        };
+        match parsed {
+            Some((o, g)) => {
+                let e = newest.entry(o).or_insert(g);
+                *e = (*e).max(g);
+            }
+            // A torn last line: its write was never acknowledged to the run.
+            None if !complete(i) => {}
+            None => return Err(bad(i + 1, format!("not a write record: {text:?}"))),
+        }
+    }
+    Ok(Acked { run, newest })
+}
+
+fn ends_with_newline(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.last() == Some(&b'\n'))
+}
+
+/// What a check found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub regions: u64,
+    pub sectors_ok: u64,
+    /// Not a verify sector where an acknowledged write was.
+    pub lost: u64,
+    /// An older generation than the newest acknowledged.
+    pub stale: u64,
+    /// Another place's, another run's, or a generation never written.
+    pub foreign: u64,
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn failed(&self) -> bool {
+        self.lost + self.stale + self.foreign > 0
+    }
+
+    fn problem(&mut self, what: String) {
+        if self.problems.len() < PROBLEMS_LISTED_MAX {
+            self.problems.push(what);
+        }
+    }
+
+    /// Judges the data read back of the region at `offset`, whose newest
+    /// acknowledged generation is `acked`. Accepted: that generation, or the next
+    /// one (in flight when the run stopped: one write per region at a time).
+    pub fn judge(&mut self, seed: u64, offset: u64, acked: u64, data: &[u8]) {
+        self.regions += 1;
+        for (i, s) in data.chunks_exact(SECTOR).enumerate() {
+            let at = offset + (i * SECTOR) as u64;
+            match block::decode(s) {
+                Sector::Garbage => {
+                    self.lost += 1;
+                    self.problem(format!(
+                        "lost: sector {at}: not a verify sector (generation {acked} acknowledged)"
+                    ));
+                }
+                Sector::Ours {
+                    offset: o,
+                    seed: sd,
+                    generation: g,
+                } if o != at || sd != seed || g > acked + 1 => {
+                    self.foreign += 1;
+                    self.problem(format!(
+                        "foreign: sector {at}: holds offset {o} seed {sd} generation {g} (want offset {at} seed {seed} generation {acked})"
+                    ));
+                }
+                Sector::Ours { generation: g, .. } if g < acked => {
+                    self.stale += 1;
+                    self.problem(format!(
+                        "stale: sector {at}: generation {g}, {acked} acknowledged"
+                    ));
+                }
+                Sector::Ours { .. } => self.sectors_ok += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::fill;
+
+    fn run() -> Run {
+        Run {
+            device: "dev0".into(),
+            seed: 42,
+            bs: 4096,
+            offset: 0,
+            size: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn appended_writes_read_back_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j");
+        let (mut j, acked) = Journal::create_or_resume(&p, &run()).unwrap();
+        assert!(acked.newest.is_empty());
+        j.append(4096, 1).unwrap();
+        j.append(0, 1).unwrap();
+        j.append(4096, 2).unwrap();
+        drop(j);
+        let a = read(&p).unwrap();
+        assert_eq!(a.run, run());
+        assert_eq!(a.newest, BTreeMap::from([(0, 1), (4096, 2)]));
+        // Resumed: the same generations, appended to.
+        let (mut j, again) = Journal::create_or_resume(&p, &run()).unwrap();
+        assert_eq!(again, a);
+        j.append(0, 2).unwrap();
+        assert_eq!(read(&p).unwrap().newest[&0], 2);
+        // Another device's run is refused.
+        let other = Run {
+            device: "dev1".into(),
+            ..run()
+        };
+        assert!(Journal::create_or_resume(&p, &other).is_err());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_a_torn_middle_line_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j");
+        let (mut j, _) = Journal::create_or_resume(&p, &run()).unwrap();
+        j.append(0, 1).unwrap();
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"w 40").unwrap();
+        assert_eq!(read(&p).unwrap().newest, BTreeMap::from([(0, 1)]));
+        f.write_all(b"96 x\nw 0 2\n").unwrap();
+        let e = read(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("line 3") && e.contains("not a write record"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_check_tells_lost_stale_foreign_and_in_flight() {
+        let bs = 4096;
+        let mut r = Report::default();
+        let mut b = vec![0; bs];
+        // The acknowledged generation, and the one in flight: fine.
+        fill(&mut b, 0, 42, 3);
+        r.judge(42, 0, 3, &b);
+        fill(&mut b, 0, 42, 4);
+        r.judge(42, 0, 3, &b);
+        assert!(!r.failed(), "{r:?}");
+        assert_eq!(r.sectors_ok, 16);
+        // Lost: zeros where a write was acknowledged.
+        r.judge(42, 8192, 1, &vec![0; bs]);
+        assert_eq!(r.lost, 8);
+        // Stale: an older generation.
+        fill(&mut b, 0, 42, 2);
+        r.judge(42, 0, 3, &b);
+        assert_eq!(r.stale, 8);
+        // Foreign: another place's block, another run's, a generation never written.
+        fill(&mut b, 4096, 42, 3);
+        r.judge(42, 0, 3, &b);
+        fill(&mut b, 0, 41, 3);
+        r.judge(42, 0, 3, &b);
+        fill(&mut b, 0, 42, 5);
+        r.judge(42, 0, 3, &b);
+        assert_eq!(r.foreign, 24);
+        assert!(r.failed());
+        assert_eq!(r.problems.len(), PROBLEMS_LISTED_MAX);
+        assert!(
+            r.problems[0].starts_with("lost: sector 8192"),
+            "{:?}",
+            r.problems
+        );
+    }
+}
