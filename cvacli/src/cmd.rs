@@ -142,10 +142,22 @@ pub fn run_cli(cli: Cli) -> Result<(), CliError> {
     };
     let mut rt = taskio::Runtime::with_io(taskio::Config::default(), taskio::IoConfig::default())
         .map_err(|e| CliError::Usage(format!("start the I/O runtime: {e}")))?;
-    let (server, cmd) = (cli.server, cli.cmd);
+    let steps = match cli.cmd {
+        Cmd::Script { file } => script_steps(&file)?,
+        cmd => vec![Step {
+            at: String::new(),
+            words: String::new(),
+            cmd,
+        }],
+    };
+    let server = cli.server;
     rt.run(move || -> Result<(), CliError> {
         let conn = Conn::connect(server, secret)?;
-        run(&conn, &cmd, &mut std::io::stdout().lock())
+        let out = &mut std::io::stdout().lock();
+        match steps.as_slice() {
+            [one] if one.at.is_empty() => run(&conn, &one.cmd, out),
+            _ => run_steps(&conn, &steps, out),
+        }
     })
     .map_err(|e| CliError::Usage(format!("runtime: {e}")))?
 }
@@ -255,7 +267,11 @@ pub fn run(conn: &Conn, cmd: &Cmd, out: &mut dyn Write) -> Result<(), CliError> 
             }
             writeln!(out, "discarded {len} bytes at {off} of {dev}").map_err(o)
         }
-        Cmd::Script { file } => script(conn, file, out),
+        // Parsed before the runtime starts (run_cli).
+        Cmd::Script { file } => Err(CliError::Usage(format!(
+            "script {}: a script does not run scripts",
+            file.display()
+        ))),
         Cmd::Device(d) => device(conn, d, out),
         Cmd::Mode { dev, mode } => {
             let settings = format!("mode = {}\n", toml_value(mode));
@@ -413,14 +429,29 @@ fn device(conn: &Conn, cmd: &DeviceCmd, out: &mut dyn Write) -> Result<(), CliEr
     }
 }
 
-fn script(conn: &Conn, file: &Path, out: &mut dyn Write) -> Result<(), CliError> {
+/// One command of a script: where it is, its words, the command.
+struct Step {
+    at: String,
+    words: String,
+    cmd: Cmd,
+}
+
+/// Parses a script whole before anything runs (a typo on its last line stops it
+/// before its first; and clap's parsing needs more stack than a task's).
+fn script_steps(file: &Path) -> Result<Vec<Step>, CliError> {
     let path = file.display().to_string();
     let text = std::fs::read_to_string(file).map_err(|source| CliError::File {
         what: "read the script",
         path: path.clone(),
         source,
     })?;
-    for (i, line) in text.lines().enumerate().take(SCRIPT_LINES_MAX) {
+    if text.lines().count() > SCRIPT_LINES_MAX {
+        return Err(CliError::Usage(format!(
+            "{path}: more than {SCRIPT_LINES_MAX} lines"
+        )));
+    }
+    let mut steps = Vec::new();
+    for (i, line) in text.lines().enumerate() {
         let words: Vec<&str> = line
             .split('#')
             .next()
@@ -438,17 +469,23 @@ fn script(conn: &Conn, file: &Path, out: &mut dyn Write) -> Result<(), CliError>
                 "{at}: a script does not run scripts"
             )));
         }
-        writeln!(out, "> {}", words.join(" ")).map_err(|source| CliError::File {
+        steps.push(Step {
+            at,
+            words: words.join(" "),
+            cmd: parsed.cmd,
+        });
+    }
+    Ok(steps)
+}
+
+fn run_steps(conn: &Conn, steps: &[Step], out: &mut dyn Write) -> Result<(), CliError> {
+    for s in steps {
+        writeln!(out, "> {}", s.words).map_err(|source| CliError::File {
             what: "write",
             path: "stdout".into(),
             source,
         })?;
-        run(conn, &parsed.cmd, out).map_err(|e| CliError::Failed(format!("{at}: {e}")))?;
-    }
-    if text.lines().count() > SCRIPT_LINES_MAX {
-        return Err(CliError::Usage(format!(
-            "{path}: more than {SCRIPT_LINES_MAX} lines"
-        )));
+        run(conn, &s.cmd, out).map_err(|e| CliError::Failed(format!("{}: {e}", s.at)))?;
     }
     Ok(())
 }

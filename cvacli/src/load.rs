@@ -185,6 +185,7 @@ fn drive(
     goal: Goal,
     iodepth: usize,
     seed: u64,
+    quiet: bool,
     work: Rc<Work>,
 ) -> Result<Duration, CliError> {
     let shared = Rc::new(Shared {
@@ -223,13 +224,13 @@ fn drive(
     let s = shared.clone();
     let interactive = crate::cmd::interactive();
     let ticker = taskio::spawn(move || {
-        let mut p = Progress::new(label, goal, interactive);
+        let mut p = Progress::new(label, goal, interactive, quiet);
         // Ends when the last worker does.
         while s.running.get() > 0 {
             taskio::sleep(PROGRESS_EVERY);
             p.update(s.done_ops.get(), s.done_bytes.get());
         }
-        p.finish();
+        p.finish(s.done_ops.get(), s.done_bytes.get());
     })
     .map_err(spawn_err)?;
     for t in tasks {
@@ -390,7 +391,7 @@ pub fn bench(conn: &Conn, args: &BenchArgs, out: &mut dyn Write) -> Result<(), C
         d.borrow_mut()[usize::from(!read)].record(ns, a.bs);
         Ok(a.bs)
     };
-    let elapsed = drive("bench", goal, args.iodepth, seed, Rc::new(work))?;
+    let elapsed = drive("bench", goal, args.iodepth, seed, args.json, Rc::new(work))?;
     let secs = elapsed.as_secs_f64().max(1e-9);
     let dirs = dirs.borrow();
     if args.json {
@@ -517,7 +518,7 @@ pub fn verify(conn: &Conn, args: &VerifyArgs, out: &mut dyn Write) -> Result<(),
         gens.borrow_mut().insert(offset, generation);
         Ok(r.bs)
     };
-    let elapsed = drive("verify", goal, tasks, run.seed, Rc::new(work))?;
+    let elapsed = drive("verify", goal, tasks, run.seed, false, Rc::new(work))?;
     let written: u64 = generations.borrow().len() as u64;
     writeln!(
         out,
@@ -571,6 +572,7 @@ fn check(conn: &Conn, args: &VerifyArgs, out: &mut dyn Write) -> Result<(), CliE
         Goal::Ops(regions.len() as u64),
         args.iodepth,
         0,
+        false,
         Rc::new(work),
     )?;
     let r = report.borrow();

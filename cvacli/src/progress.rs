@@ -21,11 +21,13 @@ pub struct Progress {
     last_plain: Instant,
     goal: Goal,
     label: &'static str,
+    /// Plain lines when there is no bar (not with --json: stdout is the document).
+    plain: bool,
 }
 
 impl Progress {
-    pub fn new(label: &'static str, goal: Goal, interactive: bool) -> Progress {
-        let bar = interactive.then(|| {
+    pub fn new(label: &'static str, goal: Goal, interactive: bool, quiet: bool) -> Progress {
+        let bar = (interactive && !quiet).then(|| {
             let len = match goal {
                 Goal::Time(d) => d.as_millis() as u64,
                 Goal::Ops(n) => n,
@@ -46,11 +48,24 @@ impl Progress {
             last_plain: now,
             goal,
             label,
+            plain: !quiet,
         }
     }
 
     /// Shows `ops` operations and `bytes` bytes done so far.
     pub fn update(&mut self, ops: u64, bytes: u64) {
+        self.show(ops, bytes, false);
+    }
+
+    /// The bar cleared; without one, the last plain line.
+    pub fn finish(&mut self, ops: u64, bytes: u64) {
+        match &self.bar {
+            Some(b) => b.finish_and_clear(),
+            None => self.show(ops, bytes, true),
+        }
+    }
+
+    fn show(&mut self, ops: u64, bytes: u64, last: bool) {
         let elapsed = self.start.elapsed();
         let secs = elapsed.as_secs_f64().max(1e-9);
         let text = format!(
@@ -66,7 +81,7 @@ impl Progress {
                 });
                 b.set_message(text);
             }
-            None if self.last_plain.elapsed() >= PLAIN_EVERY => {
+            None if self.plain && (last || self.last_plain.elapsed() >= PLAIN_EVERY) => {
                 self.last_plain = Instant::now();
                 println!(
                     "{}: {:.1}s {ops} ops, {text}",
@@ -75,12 +90,6 @@ impl Progress {
                 );
             }
             None => {}
-        }
-    }
-
-    pub fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
         }
     }
 }
