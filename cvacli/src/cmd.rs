@@ -133,11 +133,16 @@ fn parse_byte(text: &str) -> Result<u8, String> {
 /// Connects and runs the command.
 pub fn run_cli(cli: Cli) -> Result<(), CliError> {
     let secret = match &cli.secret_file {
-        Some(p) => Some(std::fs::read(p).map_err(|source| CliError::File {
-            what: "read the secret file",
-            path: p.display().to_string(),
-            source,
-        })?),
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|source| CliError::File {
+                what: "read the secret file",
+                path: p.display().to_string(),
+                source,
+            })?;
+            let secret = rpc::auth::secret_from_file(bytes)
+                .map_err(|e| CliError::Usage(format!("secret file {}: {e}", p.display())))?;
+            Some(secret)
+        }
         None => None,
     };
     let mut rt = taskio::Runtime::with_io(taskio::Config::default(), taskio::IoConfig::default())

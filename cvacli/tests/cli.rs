@@ -17,11 +17,15 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::with_secret(None)
+    }
+
+    fn with_secret(secret: Option<&[u8]>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let cvad = Cvad::start(CvadConfig {
             data_dir: dir.path().join("data"),
             listen: "127.0.0.1:0".parse().unwrap(),
-            secret: None,
+            secret: secret.map(<[u8]>::to_vec),
             settings: ServerSettings::default(),
         })
         .unwrap();
@@ -249,4 +253,27 @@ fn verify_passes_then_reports_lost_and_foreign_blocks() {
 fn journal_exists(p: &Path) -> bool {
     std::fs::read_to_string(p)
         .is_ok_and(|t| t.starts_with("cvacli-verify-journal-1 device=dev0 seed=9"))
+}
+
+#[test]
+fn the_secret_file_is_read_as_cvad_reads_it() {
+    let s = Server::with_secret(Some(b"a secret of the test"));
+    let e = s.fails(&["read", "dev0", "0", "4k"]);
+    assert!(e.contains("connect to") && e.contains("secret"), "{e}");
+    let file = s.path("secret");
+    std::fs::write(&file, "a secret of the test\n").unwrap();
+    s.ok(&[
+        "--secret-file",
+        &file,
+        "write",
+        "dev0",
+        "0",
+        "--pattern",
+        "5",
+        "--len",
+        "4k",
+    ]);
+    std::fs::write(&file, "another secret, wrong\n").unwrap();
+    let e = s.fails(&["--secret-file", &file, "ping"]);
+    assert!(e.contains("connect to"), "{e}");
 }
