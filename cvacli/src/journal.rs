@@ -1,9 +1,17 @@
 //! `verify`'s journal: a header naming the run, then one line per acknowledged
 //! write, each made durable (fdatasync) before the write counts. The check reads it
 //! back and judges every sector of every acknowledged region.
+//!
+//! Appends go through the taskio runtime's file I/O: a task waiting for its
+//! fdatasync parks while the others go on calling (a blocking fdatasync stalled
+//! the whole runtime thread). Each append takes its place at the end first, so
+//! records may land out of order and a crash may leave a hole of NULs before a
+//! record that did land: `read` skips NULs (a record whose write never landed never
+//! counted: its fdatasync had not returned).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
@@ -21,6 +29,13 @@ pub enum JournalError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("journal {path}: {op}: {source}")]
+    Append {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<taskio::IoError>,
     },
     #[error("journal {path} line {line}: {why}")]
     Bad {
@@ -49,10 +64,12 @@ pub struct Acked {
     pub newest: BTreeMap<u64, u64>,
 }
 
-/// A journal open for appending.
+/// A journal open for appending (inside a taskio runtime).
 pub struct Journal {
-    file: File,
+    file: taskio::file::File,
     path: PathBuf,
+    /// Where the next record goes.
+    end: Cell<u64>,
 }
 
 impl Journal {
@@ -90,31 +107,40 @@ impl Journal {
                 newest: BTreeMap::new(),
             }
         };
-        let file = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(io("open for appending"))?;
+        let end = std::fs::metadata(path).map_err(io("stat"))?.len();
+        let file = taskio::file::File::open(path).map_err(|e| JournalError::Append {
+            op: "open for appending",
+            path: path.into(),
+            source: Box::new(e),
+        })?;
         Ok((
             Journal {
                 file,
                 path: path.into(),
+                end: Cell::new(end),
             },
             acked,
         ))
     }
 
     /// Records an acknowledged write, durably: it counts once this returns.
-    pub fn append(&mut self, offset: u64, generation: u64) -> Result<(), JournalError> {
+    /// Many tasks may append at once; each waits for its own fdatasync.
+    pub fn append(&self, offset: u64, generation: u64) -> Result<(), JournalError> {
         let io = |op| {
             let path = self.path.clone();
-            move |source| JournalError::Io { op, path, source }
+            move |e| JournalError::Append {
+                op,
+                path,
+                source: Box::new(e),
+            }
         };
-        // One write of the whole line: a crash leaves at most a torn last line,
-        // which `read` ignores (that write never counted).
+        let line = format!("w {offset} {generation}\n");
+        let at = self.end.get();
+        self.end.set(at + line.len() as u64);
         self.file
-            .write_all(format!("w {offset} {generation}\n").as_bytes())
+            .write_at(line.as_bytes(), at)
             .map_err(io("append"))?;
-        self.file.sync_data().map_err(io("fdatasync"))
+        self.file.fdatasync().map_err(io("fdatasync"))
     }
 }
 
@@ -163,6 +189,11 @@ pub fn read(path: &Path) -> Result<Acked, JournalError> {
     };
     let mut newest = BTreeMap::new();
     for (i, l) in lines.iter().enumerate().skip(1) {
+        // NULs: a hole where a record's write never landed (see the module doc).
+        let l = &l[l.iter().take_while(|&&b| b == 0).count()..];
+        if l.is_empty() {
+            continue;
+        }
         let text = String::from_utf8_lossy(l);
         let parts: Vec<&str> = text.split(' ').collect();
         let parsed = match parts.as_slice() {
@@ -251,6 +282,15 @@ impl Report {
 mod tests {
     use super::*;
     use crate::block::fill;
+    use std::fs::OpenOptions;
+
+    /// Runs `f` in a taskio runtime (the journal appends through it).
+    fn in_runtime(f: impl FnOnce() + 'static) {
+        taskio::Runtime::with_io(taskio::Config::default(), taskio::IoConfig::default())
+            .unwrap()
+            .run(f)
+            .unwrap();
+    }
 
     fn run() -> Run {
         Run {
@@ -266,7 +306,12 @@ mod tests {
     fn appended_writes_read_back_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j");
-        let (mut j, acked) = Journal::create_or_resume(&p, &run()).unwrap();
+        in_runtime(move || appended(&p));
+    }
+
+    fn appended(p: &Path) {
+        let p = p.to_path_buf();
+        let (j, acked) = Journal::create_or_resume(&p, &run()).unwrap();
         assert!(acked.newest.is_empty());
         j.append(4096, 1).unwrap();
         j.append(0, 1).unwrap();
@@ -276,7 +321,7 @@ mod tests {
         assert_eq!(a.run, run());
         assert_eq!(a.newest, BTreeMap::from([(0, 1), (4096, 2)]));
         // Resumed: the same generations, appended to.
-        let (mut j, again) = Journal::create_or_resume(&p, &run()).unwrap();
+        let (j, again) = Journal::create_or_resume(&p, &run()).unwrap();
         assert_eq!(again, a);
         j.append(0, 2).unwrap();
         assert_eq!(read(&p).unwrap().newest[&0], 2);
@@ -292,16 +337,24 @@ mod tests {
     fn a_torn_last_line_is_ignored_a_torn_middle_line_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j");
-        let (mut j, _) = Journal::create_or_resume(&p, &run()).unwrap();
-        j.append(0, 1).unwrap();
-        drop(j);
+        let q = p.clone();
+        in_runtime(move || {
+            let (j, _) = Journal::create_or_resume(&q, &run()).unwrap();
+            j.append(0, 1).unwrap();
+        });
+        // A hole where a record never landed, before one that did.
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"\0\0\0\0\0\0\0\0\0w 8192 1\n\0\0\0\0\n")
+            .unwrap();
         f.write_all(b"w 40").unwrap();
-        assert_eq!(read(&p).unwrap().newest, BTreeMap::from([(0, 1)]));
+        assert_eq!(
+            read(&p).unwrap().newest,
+            BTreeMap::from([(0, 1), (8192, 1)])
+        );
         f.write_all(b"96 x\nw 0 2\n").unwrap();
         let e = read(&p).unwrap_err().to_string();
         assert!(
-            e.contains("line 3") && e.contains("not a write record"),
+            e.contains("line 5") && e.contains("not a write record"),
             "{e}"
         );
     }

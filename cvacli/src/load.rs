@@ -27,6 +27,7 @@ const LATENCY_MAX_NS: u64 = 3_600_000_000_000;
 const PERCENTILES: [f64; 4] = [50.0, 90.0, 99.0, 99.9];
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[clap(rename_all = "lower")]
 pub enum Rw {
     Read,
     Write,
@@ -86,6 +87,15 @@ pub struct VerifyArgs {
     pub offset: u64,
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+impl Rw {
+    /// fio's word for it.
+    fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
 }
 
 /// The area a run's I/O falls in, checked against the device.
@@ -398,9 +408,9 @@ pub fn bench(conn: &Conn, args: &BenchArgs, out: &mut dyn Write) -> Result<(), C
         let v = serde_json::json!({
             "fio version": "cvacli",
             "jobs": [{
-                "jobname": format!("{:?}", args.rw).to_lowercase(),
+                "jobname": args.rw.name(),
                 "job options": {
-                    "rw": format!("{:?}", args.rw).to_lowercase(),
+                    "rw": args.rw.name(),
                     "bs": args.bs.to_string(),
                     "iodepth": args.iodepth.to_string(),
                     "rwmixread": args.rwmixread.to_string(),
@@ -415,8 +425,10 @@ pub fn bench(conn: &Conn, args: &BenchArgs, out: &mut dyn Write) -> Result<(), C
     } else {
         writeln!(
             out,
-            "bench {dev}: rw={:?} bs={} iodepth={} in {secs:.2}s",
-            args.rw, args.bs, args.iodepth
+            "bench {dev}: rw={} bs={} iodepth={} in {secs:.2}s",
+            args.rw.name(),
+            args.bs,
+            args.iodepth
         )
         .map_err(out_err)?;
         for (name, dir) in ["read", "write"].iter().zip(dirs.iter()) {
@@ -488,7 +500,7 @@ pub fn verify(conn: &Conn, args: &VerifyArgs, out: &mut dyn Write) -> Result<(),
         (None, None) => Goal::Ops(regions),
     };
     let generations = Rc::new(RefCell::new(acked.newest));
-    let journal = Rc::new(RefCell::new(journal));
+    let journal = Rc::new(journal);
     let (client, handle, r) = (conn.client.clone(), open.handle, run.clone());
     let (gens, j, dv) = (generations.clone(), journal.clone(), dev.clone());
     let work = move |task: usize, _turn: u64, rng: &mut Rng| -> Result<u64, CliError> {
@@ -514,7 +526,7 @@ pub fn verify(conn: &Conn, args: &VerifyArgs, out: &mut dyn Write) -> Result<(),
             |r| matches!(r, Response::Write).then_some(()),
         )?;
         // Counts only once the journal holds it durably.
-        j.borrow_mut().append(offset, generation)?;
+        j.append(offset, generation)?;
         gens.borrow_mut().insert(offset, generation);
         Ok(r.bs)
     };

@@ -19,6 +19,8 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     start: Instant,
     last_plain: Instant,
+    /// Operations the last plain line showed (the closing line is not repeated).
+    shown_ops: Option<u64>,
     goal: Goal,
     label: &'static str,
     /// Plain lines when there is no bar (not with --json: stdout is the document).
@@ -46,6 +48,7 @@ impl Progress {
             bar,
             start: now,
             last_plain: now,
+            shown_ops: None,
             goal,
             label,
             plain: !quiet,
@@ -61,6 +64,7 @@ impl Progress {
     pub fn finish(&mut self, ops: u64, bytes: u64) {
         match &self.bar {
             Some(b) => b.finish_and_clear(),
+            None if self.shown_ops == Some(ops) => {}
             None => self.show(ops, bytes, true),
         }
     }
@@ -83,6 +87,7 @@ impl Progress {
             }
             None if self.plain && (last || self.last_plain.elapsed() >= PLAIN_EVERY) => {
                 self.last_plain = Instant::now();
+                self.shown_ops = Some(ops);
                 println!(
                     "{}: {:.1}s {ops} ops, {text}",
                     self.label,
