@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use crate::config::{CacheMode, DeviceConfig, DeviceSettings};
 use crate::datadir::{DEVICES_MAX, DataDirError, check_device, parse_toml};
-use crate::devices::{DeviceState, Devices, Refusal, SESSION_DRAIN_MAX};
+use crate::devices::{
+    DeviceState, Devices, Refusal, SESSION_DRAIN_MAX, not_its_runtime, off_runtime,
+};
 
 /// What an admin request answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +90,13 @@ fn create(devices: &Arc<Devices>, text: &str) -> Result<Answer, Refusal> {
         devices.unreserve(&name);
         return Err(config_refusal(e));
     }
-    match devices.start(config) {
+    let d = devices.clone();
+    match off_runtime("create", move || d.start(config)).and_then(|r| r) {
         Ok(DeviceState::Open(_)) => Ok(Answer::Created),
         Ok(DeviceState::Failed(why)) => {
             // Created or nothing: a device that cannot open is not kept.
-            let _ = devices.take_and_close(&name);
+            let (d, n) = (devices.clone(), name.clone());
+            let _ = off_runtime("create", move || d.take_and_close(&n));
             devices.forget(&name);
             let _ = devices.dir().remove_device(&name);
             Err(Refusal::new(
@@ -196,6 +200,8 @@ fn show(devices: &Arc<Devices>, name: &str) -> Result<Answer, Refusal> {
     Ok(Answer::Show(text))
 }
 
+/// DEVICE_SET: the mode is changed on the open device first (the Device has no
+/// setter for the others: the watermarks and the cutoff are kept for its next open).
 fn set(devices: &Arc<Devices>, name: &str, text: &str) -> Result<Answer, Refusal> {
     let (config, state) = devices.get(name)?;
     let settings: DeviceSettings = parse_toml("DEVICE_SET", text).map_err(config_refusal)?;
@@ -226,6 +232,7 @@ fn set_mode(devices: &Arc<Devices>, name: &str, mode: CacheMode) -> Result<(), R
 }
 
 fn delete(devices: &Arc<Devices>, name: &str, named: Option<u64>) -> Result<Answer, Refusal> {
+    not_its_runtime(name)?;
     let (config, state) = devices.get(name)?;
     if let DeviceState::Open(_) = state {
         // Checked on its runtime once its requests have drained and new ones are
@@ -262,7 +269,8 @@ fn delete(devices: &Arc<Devices>, name: &str, named: Option<u64>) -> Result<Answ
             })
             .and_then(|r| r)?;
     }
-    devices.take_and_close(name)?;
+    let (d, n) = (devices.clone(), name.to_string());
+    off_runtime("delete", move || d.take_and_close(&n)).and_then(|r| r)?;
     let removed = devices.dir().remove_device(name);
     // The vSSD goes too, unless its dirty count was never known (the device did not
     // open): then it is set aside, never reused by a device created on that path.

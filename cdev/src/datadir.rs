@@ -69,11 +69,13 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
     text: &str,
 ) -> Result<T, DataDirError> {
     toml::from_str(text).map_err(|e| {
+        // Lines are numbered from 1: the newlines before the span, plus one.
         let at = match e.span() {
-            Some(span) => format!(
-                "line {}",
-                text[..span.start.min(text.len())].lines().count().max(1)
-            ),
+            Some(span) => {
+                let before = &text.as_bytes()[..span.start.min(text.len())];
+                let newlines = before.iter().filter(|&&b| b == b'\n').count();
+                format!("line {}", newlines + 1)
+            }
             None => "(whole file)".to_string(),
         };
         bad(where_, &at, e.message().trim().to_string())
@@ -295,4 +297,88 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
         .map_err(DataDirError::io("write", &tmp))?;
     f.sync_all().map_err(DataDirError::io("fsync", &tmp))?;
     fs::rename(&tmp, path).map_err(DataDirError::io("rename", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> DeviceConfig {
+        DeviceConfig::new("d1", "/b".into(), "/v".into(), 64 << 20)
+    }
+
+    /// A change that makes a good configuration bad.
+    type Spoil = fn(&mut DeviceConfig);
+
+    /// The key a refusal names.
+    fn key_of(e: DataDirError) -> String {
+        match e {
+            DataDirError::BadConfig { key, .. } => key,
+            other => panic!("not a configuration refusal: {other}"),
+        }
+    }
+
+    #[test]
+    fn each_bad_setting_is_refused_by_its_key() {
+        check_device("t", &good()).unwrap();
+        let cases: [(&str, Spoil); 9] = [
+            ("name", |c| c.name = "a b".into()),
+            ("name", |c| c.name = "../x".into()),
+            ("vssd", |c| c.vssd = c.backing.clone()),
+            ("line_size", |c| c.line_size = 3000),
+            ("line_size", |c| c.line_size = 128 * 1024),
+            ("vssd_bytes", |c| c.vssd_bytes = 4096),
+            ("destage_low_pct", |c| {
+                c.destage_low_pct = c.destage_high_pct
+            }),
+            ("destage_high_pct", |c| c.destage_high_pct = 101),
+            ("min_replicas", |c| c.min_replicas = 2),
+        ];
+        for (key, spoil) in cases {
+            let mut c = good();
+            spoil(&mut c);
+            assert_eq!(key_of(check_device("t", &c).unwrap_err()), key);
+        }
+    }
+
+    #[test]
+    fn replicas_need_distinct_member_ids() {
+        let mut c = good();
+        let r = crate::config::ReplicaConfig {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            vssd: "r1".into(),
+            member: 0,
+        };
+        c.replicas.push(r.clone());
+        assert_eq!(
+            key_of(check_device("t", &c).unwrap_err()),
+            "replicas[0].member"
+        );
+        c.replicas[0].member = 1;
+        c.min_replicas = 2;
+        check_device("t", &c).unwrap();
+    }
+
+    #[test]
+    fn a_toml_error_names_its_line() {
+        let text = "name = \"d1\"\nbacking = \"/b\"\nvssd = \"/v\"\nvssd_bytes = 1\nsize = 3\n";
+        let e = parse_toml::<DeviceConfig>("f.toml", text).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("f.toml: line 5:"), "{shown}");
+        assert!(shown.contains("size"), "{shown}");
+    }
+
+    #[test]
+    fn the_default_device_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::open(dir.path()).unwrap();
+        assert!(d.ensure_default_device().unwrap());
+        let configs = d.load_devices().unwrap();
+        assert_eq!(configs, [d.default_device()]);
+        // Not the first start any more: a deleted dev0 stays deleted.
+        d.remove_device(DEFAULT_DEVICE).unwrap();
+        let again = DataDir::open(dir.path()).unwrap();
+        assert!(!again.ensure_default_device().unwrap());
+        assert!(again.load_devices().unwrap().is_empty());
+    }
 }

@@ -365,15 +365,7 @@ impl Devices {
     /// Takes device `name` out (reserved as Busy until `forget` or `restore`),
     /// closing it: its runtime's sessions end, the device closes (checkpoint).
     pub fn take_and_close(&self, name: &str) -> Result<DeviceConfig, Refusal> {
-        if std::thread::current().name() == Some(runtime_name(name).as_str()) {
-            // Stopping a runtime joins its thread: never from the thread itself (and
-            // the asking session, served there, would end with it).
-            let why = format!(
-                "this connection is served by device {name}'s runtime (it opened {name}): \
-                 ask on a connection that has not"
-            );
-            return Err(Refusal::new(Status::InvalidArgument, why));
-        }
+        not_its_runtime(name)?;
         let kept = {
             let mut map = lock(&self.map);
             match map.get(name) {
@@ -412,6 +404,44 @@ impl Devices {
                 info!(device = %name, "device closed");
             }
         }
+    }
+}
+
+/// Refuses to stop device `name` from a task of its own runtime: stopping a
+/// runtime joins its thread (and the asking session, served there, ends with it;
+/// a task waiting there for the stop would wait for ever).
+pub fn not_its_runtime(name: &str) -> Result<(), Refusal> {
+    if std::thread::current().name() == Some(runtime_name(name).as_str()) {
+        let why = format!(
+            "this connection is served by device {name}'s runtime (it opened {name}): \
+             ask on a connection that has not"
+        );
+        return Err(Refusal::new(Status::InvalidArgument, why));
+    }
+    Ok(())
+}
+
+/// Runs `f` on a plain thread of its own while the calling task waits for it
+/// (pseudo-blocking): for work that blocks its thread (starting a device's runtime
+/// and waiting for the device to open, stopping and joining one) asked from a task,
+/// whose runtime serves others meanwhile.
+pub fn off_runtime<T, F>(what: &str, f: F) -> Result<T, Refusal>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let failed = |e: &dyn std::fmt::Display| Refusal::new(Status::IoError, format!("{what}: {e}"));
+    let (tx, rx) = remote::<T>(1).map_err(|e| failed(&e))?;
+    std::thread::Builder::new()
+        .name(format!("cvad-{what}"))
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| failed(&e))?;
+    match rx.recv() {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(failed(&"its thread ended without an answer")),
+        Err(e) => Err(failed(&e)),
     }
 }
 
