@@ -1,7 +1,7 @@
 //! The command line (clap) and the commands that are one or a few calls.
 
 use std::fmt::Write as _;
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -205,14 +205,23 @@ pub fn run(conn: &Conn, cmd: &Cmd, out: &mut dyn Write) -> Result<(), CliError> 
                     "read {dev} {len}: more than {HEXDUMP_MAX} bytes to dump: give -o FILE"
                 )));
             }
-            let data = read(conn, dev, *off, *len)?;
             match output {
-                Some(p) => std::fs::write(p, &data).map_err(|source| CliError::File {
-                    what: "write the read data to",
-                    path: p.display().to_string(),
-                    source,
+                Some(p) => {
+                    let path = p.display().to_string();
+                    let file_err = |source| CliError::File {
+                        what: "write the read data to",
+                        path: path.clone(),
+                        source,
+                    };
+                    let mut f = std::fs::File::create(p).map_err(file_err)?;
+                    read(conn, dev, *off, *len, &mut |_, d: &[u8]| {
+                        f.write_all(d).map_err(file_err)
+                    })?;
+                    f.sync_all().map_err(file_err)
+                }
+                None => read(conn, dev, *off, *len, &mut |at, d: &[u8]| {
+                    out.write_all(hexdump(at, d).as_bytes()).map_err(o)
                 }),
-                None => out.write_all(hexdump(*off, &data).as_bytes()).map_err(o),
             }
         }
         Cmd::Write {
@@ -222,17 +231,19 @@ pub fn run(conn: &Conn, cmd: &Cmd, out: &mut dyn Write) -> Result<(), CliError> 
             pattern,
             len,
         } => {
-            let data = match (input, pattern, len) {
-                (Some(p), _, _) => std::fs::read(p).map_err(|source| CliError::File {
-                    what: "read the data to write from",
-                    path: p.display().to_string(),
-                    source,
-                })?,
-                (None, Some(b), Some(n)) => {
-                    let n = usize::try_from(*n).map_err(|_| {
-                        CliError::Usage(format!("write {dev}: length {n} too large"))
+            let written = match (input, pattern, len) {
+                (Some(p), _, _) => {
+                    let path = p.display().to_string();
+                    let mut f = std::fs::File::open(p).map_err(|source| CliError::File {
+                        what: "open the data to write",
+                        path: path.clone(),
+                        source,
                     })?;
-                    vec![*b; n]
+                    write(conn, dev, *off, &mut f, &path)?
+                }
+                (None, Some(b), Some(n)) => {
+                    let mut pattern = std::io::repeat(*b).take(*n);
+                    write(conn, dev, *off, &mut pattern, "--pattern")?
                 }
                 _ => {
                     return Err(CliError::Usage(format!(
@@ -240,8 +251,7 @@ pub fn run(conn: &Conn, cmd: &Cmd, out: &mut dyn Write) -> Result<(), CliError> 
                     )));
                 }
             };
-            write(conn, dev, *off, &data)?;
-            writeln!(out, "wrote {} bytes at {off} of {dev}", data.len()).map_err(o)
+            writeln!(out, "wrote {written} bytes at {off} of {dev}").map_err(o)
         }
         Cmd::Flush { dev } => {
             let handle = conn.open(dev)?.handle;
@@ -288,11 +298,17 @@ pub fn run(conn: &Conn, cmd: &Cmd, out: &mut dyn Write) -> Result<(), CliError> 
     }
 }
 
-/// Reads `len` bytes at `off`, in pieces of the device's largest I/O.
-pub fn read(conn: &Conn, dev: &str, off: u64, len: u64) -> Result<Vec<u8>, CliError> {
+/// Reads `len` bytes at `off`, in pieces of the device's largest I/O, each handed
+/// to `sink` with its offset (nothing held beyond one piece).
+pub fn read(
+    conn: &Conn,
+    dev: &str,
+    off: u64,
+    len: u64,
+    mut sink: impl FnMut(u64, &[u8]) -> Result<(), CliError>,
+) -> Result<(), CliError> {
     let open = conn.open(dev)?;
     let piece_max = u64::from(open.info.io_len_max.min(conn.client.data_len_max()));
-    let mut data = Vec::new();
     let (mut at, end) = (off, off.saturating_add(len));
     while at < end {
         let n = (end - at).min(piece_max);
@@ -304,35 +320,63 @@ pub fn read(conn: &Conn, dev: &str, off: u64, len: u64) -> Result<Vec<u8>, CliEr
                 length: n as u32,
             },
             |r| match r {
-                Response::Read { data: d } => {
-                    data.extend_from_slice(d);
-                    Some(())
-                }
+                Response::Read { data } => Some(sink(at, data)),
                 _ => None,
             },
-        )?;
+        )??;
         at += n;
     }
-    Ok(data)
+    Ok(())
 }
 
-/// Writes `data` at `off`, in pieces of the device's largest I/O.
-pub fn write(conn: &Conn, dev: &str, off: u64, data: &[u8]) -> Result<(), CliError> {
+/// Writes what `source` holds at `off`, in pieces of the device's largest I/O
+/// (nothing held beyond one piece); the bytes written.
+pub fn write(
+    conn: &Conn,
+    dev: &str,
+    off: u64,
+    source: &mut dyn Read,
+    source_name: &str,
+) -> Result<u64, CliError> {
     let open = conn.open(dev)?;
     let piece_max = open.info.io_len_max.min(conn.client.data_len_max()) as usize;
-    for (i, piece) in data.chunks(piece_max).enumerate() {
-        let at = off + (i * piece_max) as u64;
+    let mut piece = vec![0; piece_max];
+    let mut at = off;
+    // Bounded by the source's length: each pass writes a piece of it or ends.
+    loop {
+        let n = fill(source, &mut piece).map_err(|e| CliError::File {
+            what: "read the data to write from",
+            path: source_name.into(),
+            source: e,
+        })?;
+        if n == 0 {
+            return Ok(at - off);
+        }
         conn.call(
-            &op("write", dev, format!("offset {at} length {}", piece.len())),
+            &op("write", dev, format!("offset {at} length {n}")),
             Request::Write {
                 handle: open.handle,
                 offset: at,
-                data: piece,
+                data: &piece[..n],
             },
             |r| matches!(r, Response::Write).then_some(()),
         )?;
+        at += n as u64;
     }
-    Ok(())
+}
+
+/// Reads until `buf` is full or the source ends; the bytes read.
+fn fill(source: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match source.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn set(conn: &Conn, dev: &str, settings: &str) -> Result<(), CliError> {

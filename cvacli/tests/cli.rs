@@ -90,6 +90,15 @@ fn io_commands_and_stat() {
     let dump = s.ok(&["read", "dev0", "0", "4k"]);
     assert!(dump.starts_with("000000000000  43 43"), "{dump}");
     assert_eq!(dump.lines().count(), 256);
+    // Longer than one READ or WRITE (the device's io_len_max): sent in pieces.
+    let big: Vec<u8> = (0..(5u32 << 19)).map(|i| (i / 512 % 251) as u8).collect();
+    std::fs::write(&input, &big).unwrap();
+    assert!(
+        s.ok(&["write", "dev0", "1m", "-i", &input])
+            .contains("wrote 2621440 bytes")
+    );
+    s.ok(&["read", "dev0", "1m", "2621440", "-o", &out]);
+    assert!(std::fs::read(&out).unwrap() == big);
     s.ok(&["flush", "dev0"]);
     s.ok(&["discard", "dev0", "0", "1m"]);
     let table = s.ok(&["stat", "dev0"]);
