@@ -146,7 +146,7 @@ pub fn run_cli(cli: Cli) -> Result<(), CliError> {
         None => None,
     };
     let mut rt = taskio::Runtime::with_io(taskio::Config::default(), taskio::IoConfig::default())
-        .map_err(|e| CliError::Usage(format!("start the I/O runtime: {e}")))?;
+        .map_err(|e| CliError::Runtime(format!("start the I/O runtime: {e}")))?;
     let steps = match cli.cmd {
         Cmd::Script { file } => script_steps(&file)?,
         cmd => vec![Step {
@@ -164,7 +164,7 @@ pub fn run_cli(cli: Cli) -> Result<(), CliError> {
             _ => run_steps(&conn, &steps, out),
         }
     })
-    .map_err(|e| CliError::Usage(format!("runtime: {e}")))?
+    .map_err(|e| CliError::Runtime(format!("runtime: {e}")))?
 }
 
 fn op<'a>(op: &'static str, device: &'a str, value: String) -> Op<'a> {

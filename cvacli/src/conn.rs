@@ -50,6 +50,9 @@ pub enum CliError {
     Journal(#[from] crate::journal::JournalError),
     #[error("{0}")]
     Usage(String),
+    /// The runtime the client runs in: starting it, its tasks.
+    #[error("{0}")]
+    Runtime(String),
     /// A check that ran and found problems (already reported).
     #[error("{0}")]
     Failed(String),

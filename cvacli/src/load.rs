@@ -207,7 +207,8 @@ fn drive(
         running: Cell::new(iodepth),
         error: RefCell::new(None),
     });
-    let spawn_err = |e: taskio::SpawnError| CliError::Usage(format!("{label}: spawn a task: {e}"));
+    let spawn_err =
+        |e: taskio::SpawnError| CliError::Runtime(format!("{label}: spawn a task: {e}"));
     let mut tasks = Vec::with_capacity(iodepth);
     for task in 0..iodepth {
         let (s, work) = (shared.clone(), work.clone());
@@ -245,11 +246,11 @@ fn drive(
     .map_err(spawn_err)?;
     for t in tasks {
         t.join()
-            .map_err(|e| CliError::Usage(format!("{label}: a task failed: {e}")))?;
+            .map_err(|e| CliError::Runtime(format!("{label}: a task failed: {e}")))?;
     }
     ticker
         .join()
-        .map_err(|e| CliError::Usage(format!("{label}: the progress task failed: {e}")))?;
+        .map_err(|e| CliError::Runtime(format!("{label}: the progress task failed: {e}")))?;
     let elapsed = shared.start.elapsed();
     match shared.error.borrow_mut().take() {
         Some(e) => Err(e),
