@@ -602,3 +602,45 @@ fn check(conn: &Conn, args: &VerifyArgs, out: &mut dyn Write) -> Result<(), CliE
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rpc::DeviceInfo;
+
+    fn open(size_bytes: u64) -> Open {
+        Open {
+            handle: 1,
+            info: DeviceInfo {
+                size_bytes,
+                block_size: 512,
+                io_len_max: 1 << 20,
+                read_only: false,
+            },
+        }
+    }
+
+    #[test]
+    fn the_area_is_checked_against_the_device() {
+        let o = open(1 << 20);
+        let a = area("d", &o, 1 << 20, 4096, 8192, None, 4).unwrap();
+        assert_eq!((a.offset, a.bs, a.blocks), (8192, 4096, 254));
+        let refused = |bs, offset, size, depth, what: &str| {
+            let e = area("d", &o, 1 << 20, bs, offset, size, depth)
+                .err()
+                .unwrap_or_else(|| panic!("{what} accepted"))
+                .to_string();
+            assert!(e.contains(what), "{e}");
+        };
+        refused(1000, 0, None, 1, "bs 1000");
+        refused(2 << 20, 0, None, 1, "bs 2097152");
+        refused(4096, 100, None, 1, "offset 100");
+        refused(4096, 1 << 20, None, 1, "offset 1048576");
+        refused(4096, 0, Some(2 << 20), 1, "size 2097152");
+        refused(4096, 0, Some(100), 1, "size 100");
+        refused(4096, 0, None, 0, "iodepth 0");
+        refused(4096, 0, None, IODEPTH_MAX + 1, "iodepth 1025");
+        // The server's data_len_max bounds bs too.
+        assert!(area("d", &o, 4096, 8192, 0, None, 1).is_err());
+    }
+}
