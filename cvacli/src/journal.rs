@@ -2,14 +2,14 @@
 //! write, each made durable (fdatasync) before the write counts. The check reads it
 //! back and judges every sector of every acknowledged region.
 //!
-//! Appends go through the taskio runtime's file I/O: a task waiting for its
-//! fdatasync parks while the others go on calling (a blocking fdatasync stalled
-//! the whole runtime thread). Each append takes its place at the end first, so
-//! records may land out of order and a crash may leave a hole of NULs before a
-//! record that did land: `read` skips NULs (a record whose write never landed never
-//! counted: its fdatasync had not returned).
+//! Appends go through the taskio runtime's file I/O and commit in groups: the
+//! records of the tasks that appended while an fdatasync ran are written and synced
+//! together by the first of them, the others wait for it (one fdatasync per write
+//! stalled the runtime thread when blocking, and serialised the writers when not).
+//! A crash may tear the last group: `read` ignores a torn last line, and skips NULs
+//! (a hole where a file system lost an unsynced write), records that never counted.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -37,6 +37,8 @@ pub enum JournalError {
         #[source]
         source: Box<taskio::IoError>,
     },
+    #[error("journal {path}: an earlier group of records failed: {why}")]
+    Failed { path: PathBuf, why: String },
     #[error("journal {path} line {line}: {why}")]
     Bad {
         path: PathBuf,
@@ -68,8 +70,21 @@ pub struct Acked {
 pub struct Journal {
     file: taskio::file::File,
     path: PathBuf,
-    /// Where the next record goes.
+    /// Where the next group goes.
     end: Cell<u64>,
+    /// Records appended but not yet written: at most one per appending task, each
+    /// waits until its record is durable.
+    pending: RefCell<Vec<u8>>,
+    /// Records appended, and records durable (numbered from 1 in append order).
+    appended: Cell<u64>,
+    durable: Cell<u64>,
+    /// A task is writing and syncing a group.
+    syncing: Cell<bool>,
+    /// Why a group failed: every later append fails too (what it waited for may be lost).
+    failed: RefCell<Option<String>>,
+    synced: taskio::Rendez,
+    /// Groups synced so far (one fdatasync each).
+    groups: Cell<u64>,
 }
 
 impl Journal {
@@ -118,14 +133,68 @@ impl Journal {
                 file,
                 path: path.into(),
                 end: Cell::new(end),
+                pending: RefCell::new(Vec::new()),
+                appended: Cell::new(0),
+                durable: Cell::new(0),
+                syncing: Cell::new(false),
+                failed: RefCell::new(None),
+                synced: taskio::Rendez::new(),
+                groups: Cell::new(0),
             },
             acked,
         ))
     }
 
     /// Records an acknowledged write, durably: it counts once this returns.
-    /// Many tasks may append at once; each waits for its own fdatasync.
+    /// Many tasks may append at once (group commit).
     pub fn append(&self, offset: u64, generation: u64) -> Result<(), JournalError> {
+        let mine = self.appended.get() + 1;
+        self.appended.set(mine);
+        self.pending
+            .borrow_mut()
+            .extend_from_slice(format!("w {offset} {generation}\n").as_bytes());
+        // Bounded: each pass returns, or waits for the group being synced, after
+        // which either this record is durable or this task syncs the next group.
+        loop {
+            if let Some(why) = self.failed.borrow().clone() {
+                return Err(JournalError::Failed {
+                    path: self.path.clone(),
+                    why,
+                });
+            }
+            if self.durable.get() >= mine {
+                return Ok(());
+            }
+            if self.syncing.get() {
+                self.synced.sleep();
+                continue;
+            }
+            self.syncing.set(true);
+            let group = std::mem::take(&mut *self.pending.borrow_mut());
+            let upto = self.appended.get();
+            let r = self.write_group(&group);
+            self.syncing.set(false);
+            match r {
+                Ok(()) => {
+                    self.durable.set(upto);
+                    self.groups.set(self.groups.get() + 1);
+                }
+                Err(e) => {
+                    *self.failed.borrow_mut() = Some(e.to_string());
+                    self.synced.wakeup_all();
+                    return Err(e);
+                }
+            }
+            self.synced.wakeup_all();
+        }
+    }
+
+    /// Groups synced so far (one fdatasync each).
+    pub fn groups(&self) -> u64 {
+        self.groups.get()
+    }
+
+    fn write_group(&self, group: &[u8]) -> Result<(), JournalError> {
         let io = |op| {
             let path = self.path.clone();
             move |e| JournalError::Append {
@@ -134,12 +203,9 @@ impl Journal {
                 source: Box::new(e),
             }
         };
-        let line = format!("w {offset} {generation}\n");
         let at = self.end.get();
-        self.end.set(at + line.len() as u64);
-        self.file
-            .write_at(line.as_bytes(), at)
-            .map_err(io("append"))?;
+        self.end.set(at + group.len() as u64);
+        self.file.write_at(group, at).map_err(io("append"))?;
         self.file.fdatasync().map_err(io("fdatasync"))
     }
 }
@@ -331,6 +397,39 @@ mod tests {
             ..run()
         };
         assert!(Journal::create_or_resume(&p, &other).is_err());
+    }
+
+    #[test]
+    fn tasks_appending_at_once_commit_in_groups() {
+        const TASKS: u64 = 32;
+        const EACH: u64 = 10;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j");
+        let q = p.clone();
+        in_runtime(move || {
+            let (j, _) = Journal::create_or_resume(&q, &run()).unwrap();
+            let j = std::rc::Rc::new(j);
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|t| {
+                    let j = j.clone();
+                    taskio::spawn(move || {
+                        for g in 1..=EACH {
+                            j.append(t * 4096, g).unwrap();
+                        }
+                    })
+                    .unwrap()
+                })
+                .collect();
+            for t in tasks {
+                t.join().unwrap();
+            }
+            assert!(j.groups() < TASKS * EACH / 2, "{} groups", j.groups());
+        });
+        let a = read(&p).unwrap();
+        assert_eq!(a.newest.len() as u64, TASKS);
+        assert!(a.newest.values().all(|&g| g == EACH), "{:?}", a.newest);
+        let records = std::fs::read_to_string(&p).unwrap().lines().count() as u64 - 1;
+        assert_eq!(records, TASKS * EACH);
     }
 
     #[test]

@@ -535,8 +535,9 @@ pub fn verify(conn: &Conn, args: &VerifyArgs, out: &mut dyn Write) -> Result<(),
     let written: u64 = generations.borrow().len() as u64;
     writeln!(
         out,
-        "verify {dev}: {} acknowledged writes journaled in {:.2}s, {written} regions of {} bytes written at least once (seed {}); check with: verify {dev} --check --journal {}",
+        "verify {dev}: {} acknowledged writes in the journal ({} journal syncs in this run's {:.2}s), {written} regions of {} bytes written at least once (seed {}); check with: verify {dev} --check --journal {}",
         generations.borrow().values().sum::<u64>(),
+        journal.groups(),
         elapsed.as_secs_f64(),
         run.bs,
         run.seed,

@@ -230,7 +230,10 @@ fn verify_passes_then_reports_lost_and_foreign_blocks() {
         "--seed",
         "9",
     ]);
-    assert!(out.contains("acknowledged writes journaled"), "{out}");
+    assert!(
+        out.contains("300 acknowledged writes in the journal"),
+        "{out}"
+    );
     let check = s.ok(&["verify", "dev0", "--check", "--journal", &journal]);
     assert!(check.contains(" 0 lost, 0 stale, 0 foreign"), "{check}");
     let old = s.path("old");
