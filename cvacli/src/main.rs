@@ -1,10 +1,27 @@
 //! `cvacli`: the remote client that tests a running `cvad` top-down (the seed's
-//! cvacli.c). It only speaks the wire protocol; it never links the server's crates.
-//!
-//! Not built yet: it needs the `rpc` client. Until then it says so and fails.
-#![deny(unsafe_op_in_unsafe_fn)]
+//! cvacli.c): administration (casadm's), I/O, measuring (fio's words) and a crash
+//! checker. It only speaks the wire protocol (rpc/PROTOCOL.md).
 
-fn main() -> std::process::ExitCode {
-    eprintln!("cvacli: no commands yet; the remote client arrives with the rpc issue");
-    std::process::ExitCode::from(2)
+mod block;
+mod cmd;
+mod conn;
+mod journal;
+mod load;
+mod progress;
+mod units;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cmd::Cli::parse();
+    match cmd::run_cli(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Each error's text already carries its cause.
+            eprintln!("cvacli: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

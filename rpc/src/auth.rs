@@ -40,6 +40,17 @@ pub fn check_secret(secret: &[u8]) -> Result<(), RpcError> {
     Ok(())
 }
 
+/// The secret a secret file holds: its bytes without one trailing newline (so a
+/// file written by `echo` holds the secret typed), checked as `check_secret`. The
+/// server and its clients read the same file the same way.
+pub fn secret_from_file(mut bytes: Vec<u8>) -> Result<Vec<u8>, RpcError> {
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    check_secret(&bytes)?;
+    Ok(bytes)
+}
+
 fn mac(
     secret: &[u8],
     label: &[u8],
@@ -145,6 +156,16 @@ pub fn nonce() -> [u8; NONCE_LEN] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_secret_file_loses_one_trailing_newline() {
+        let s = b"0123456789abcdef";
+        let with = |tail: &[u8]| secret_from_file([&s[..], tail].concat());
+        assert_eq!(with(b"\n").unwrap(), s);
+        assert_eq!(with(b"").unwrap(), s);
+        assert_eq!(with(b"\n\n").unwrap(), [&s[..], b"\n"].concat());
+        assert!(secret_from_file(b"short\n".to_vec()).is_err());
+    }
+
     use super::*;
 
     const SECRET: &[u8] = b"0123456789abcdef-shared";
