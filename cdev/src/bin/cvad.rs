@@ -137,11 +137,7 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
 
 /// The secret in `path` (any bytes), without one trailing newline.
 fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, DataDirError> {
-    let mut secret = read_bytes_bounded(path)?;
-    if secret.last() == Some(&b'\n') {
-        secret.pop();
-    }
-    rpc::auth::check_secret(&secret)
-        .map_err(|e| cdev::datadir::bad(&path.display().to_string(), "(secret)", e.to_string()))?;
-    Ok(secret)
+    let bytes = read_bytes_bounded(path)?;
+    rpc::auth::secret_from_file(bytes)
+        .map_err(|e| cdev::datadir::bad(&path.display().to_string(), "(secret)", e.to_string()))
 }
