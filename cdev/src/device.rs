@@ -191,6 +191,8 @@ struct Inner {
     counters: Cell<Counters>,
     /// Latencies of the client operations, by [`TIMED`]'s order.
     latency: RefCell<[Histogram; TIMED.len()]>,
+    /// The simulator's `--buggy` variant: writes skip the gate ([`Device::break_rmw_lock`]).
+    rmw_unlocked: Cell<bool>,
 }
 
 /// The operations whose latencies STAT reports.
@@ -288,6 +290,7 @@ impl Device {
             destage: RefCell::new(None),
             counters: Cell::new(Counters::default()),
             latency: RefCell::new(Default::default()),
+            rmw_unlocked: Cell::new(false),
         });
         let weak = Rc::downgrade(&inner);
         let kick = inner.kick.clone();
@@ -407,6 +410,16 @@ impl Device {
             inner.destage_all(OP)?;
         }
         Ok(())
+    }
+
+    /// Breaks the device on purpose, for the simulator's `--buggy` variant (`tdrv sim
+    /// cdev --buggy`) only: from now on writes skip the gate, so two writes'
+    /// read-modify-writes of one line race and one undoes the other's bytes. Never
+    /// call it on a device that holds data anyone needs.
+    #[doc(hidden)]
+    pub fn break_rmw_lock(&self) {
+        tracing::warn!(device = %self.inner.name, "the read-modify-write lock is broken on purpose");
+        self.inner.rmw_unlocked.set(true);
     }
 
     /// Dirty lines in the cache now.
@@ -732,7 +745,11 @@ impl Inner {
         let len = data.len() as u64;
         let (first, end) = self.lines_of(offset, len);
         let n = end - first;
-        let _gate = self.hold(OP, first, n)?;
+        let _gate = if self.rmw_unlocked.get() {
+            None
+        } else {
+            Some(self.hold(OP, first, n)?)
+        };
         let ls = self.line_size;
         let mut buf = self.line_buf(n);
         // The read-modify-write of the partial first and last lines.
