@@ -33,7 +33,10 @@ use std::path::Path;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use dtm::{Dtm, DtmConfig, LocalReplica, LossPolicy, RemoteReplica, Replica};
+use dtm::{
+    Dtm, DtmConfig, LocalReplica, LossPolicy, RemoteReplica, Replica, ReplicaError,
+    ReplicaErrorKind,
+};
 use taskio::{AlignedBuf, Builder, Instant, JoinHandle, Rendez, now, yield_now};
 use vssd::layout::{FormatParams, Geometry, LINE_SIZE_MAX, LINE_SIZE_MIN, LOG_BYTES_MIN};
 use vssd::map::State;
@@ -65,6 +68,8 @@ const DESTAGE_BUSY_WAIT: Duration = Duration::from_millis(1);
 const DESTAGE_RETRY: Duration = Duration::from_millis(500);
 /// Longest wait of a write for the lines another write holds.
 const GATE_WAIT_MAX: Duration = dtm::config::WAIT_MAX_DEFAULT;
+/// The member id of the device's original primary vSSD in its epochs.
+const PRIMARY: u64 = 0;
 /// The log takes 1/LOG_SHARE of a vSSD formatted by `open`.
 const LOG_SHARE: u64 = 8;
 
@@ -242,8 +247,49 @@ impl Device {
         options: OpenOptions,
         peers: &rpc::ClientConfig,
     ) -> Result<Device, CdevError> {
+        Device::open_as(config, options, peers, PRIMARY, None)
+    }
+
+    /// Takes the device over on the cvad that holds its replica vSSD `member`, open
+    /// as `replica` (the instance its `dtm::ReplicaService` serves, which may go on
+    /// serving it: the old primary's calls then fail STALE_EPOCH; a failed takeover
+    /// leaves it open): `config.vssd` is that replica's file (for STAT and the log),
+    /// `config.backing` the device's backing store (reachable from here), and
+    /// `config.replicas` the other members, the old primary (member 0) among them
+    /// when its vSSD is served by a peer. Recovery through the DTM fences every
+    /// member it reaches to a new epoch (the old primary's writes then fail
+    /// STALE_EPOCH, or find too few replicas), decides every tran in doubt from the
+    /// members' copies, and the device serves and destages from here: no
+    /// acknowledged write is lost while `min_replicas` members of the newest epoch
+    /// answer (the replica taking over is one).
+    pub fn takeover(
+        config: &DeviceConfig,
+        member: u64,
+        replica: Vssd,
+        peers: &rpc::ClientConfig,
+    ) -> Result<Device, CdevError> {
+        assert!(member != PRIMARY, "a takeover by a replica's member id");
+        Device::open_as(config, OpenOptions::default(), peers, member, Some(replica))
+    }
+
+    /// The vSSD this device runs on, for serving it to a peer that takes the device
+    /// over (with `dtm::ReplicaService`): the takeover's recovery then fences it and
+    /// keeps it as a replica.
+    pub fn vssd(&self) -> Vssd {
+        self.inner.vssd.clone()
+    }
+
+    /// [`Device::open_with`] with the local vSSD as member `me` of the device: `given`
+    /// open already (a takeover's replica, left open on failure), else opened here.
+    fn open_as(
+        config: &DeviceConfig,
+        options: OpenOptions,
+        peers: &rpc::ClientConfig,
+        me: u64,
+        given: Option<Vssd>,
+    ) -> Result<Device, CdevError> {
         const OP: &str = "open";
-        check_config(config)?;
+        check_config(config, me)?;
         let name = config.name.clone();
         let line_size = u64::from(config.line_size);
         let create = (options.create && options.backing_bytes > 0).then_some(options.backing_bytes);
@@ -258,12 +304,21 @@ impl Device {
                 ),
             ));
         }
-        let vssd = open_vssd(config, options.create)?;
-        let started = start_dtm(config, &vssd, &backing, size / line_size, peers);
+        let owned = given.is_none();
+        let vssd = match given {
+            Some(v) => {
+                check_line_size(config, &v)?;
+                v
+            }
+            None => open_vssd(config, options.create)?,
+        };
+        let started = start_dtm(config, me, &vssd, &backing, size / line_size, peers);
         let dtm = match started {
             Ok(dtm) => dtm,
             Err(e) => {
-                vssd.close();
+                if owned {
+                    vssd.close();
+                }
                 return Err(e);
             }
         };
@@ -1126,8 +1181,9 @@ fn config_error(device: &str, why: String) -> CdevError {
     }
 }
 
-/// What `DeviceConfig` must hold for `open` (serde checks the types only).
-fn check_config(c: &DeviceConfig) -> Result<(), CdevError> {
+/// What `DeviceConfig` must hold for `open` with the local vSSD as member `me`
+/// (serde checks the types only).
+fn check_config(c: &DeviceConfig, me: u64) -> Result<(), CdevError> {
     let bad = |why: String| Err(config_error(&c.name, why));
     if c.name.is_empty()
         || c.name.len() > rpc::limits::NAME_LEN_MAX
@@ -1160,9 +1216,9 @@ fn check_config(c: &DeviceConfig) -> Result<(), CdevError> {
         ));
     }
     for (i, r) in c.replicas.iter().enumerate() {
-        if r.member == 0 || c.replicas[..i].iter().any(|o| o.member == r.member) {
+        if r.member == me || c.replicas[..i].iter().any(|o| o.member == r.member) {
             return bad(format!(
-                "replica {} on {}: member {} (0 is the primary's; each used once)",
+                "replica {} on {}: member {} ({me} is the local vSSD's; each used once)",
                 r.vssd, r.peer, r.member
             ));
         }
@@ -1248,25 +1304,35 @@ fn open_vssd(c: &DeviceConfig, create: bool) -> Result<Vssd, CdevError> {
         ..Options::default()
     };
     let (vssd, _recovered) = Vssd::open(file, Some(&c.name), options).map_err(err)?;
-    if vssd.geometry().line_size() != c.line_size {
+    if let Err(e) = check_line_size(c, &vssd) {
         vssd.close();
-        return Err(config_error(
-            &c.name,
-            format!(
-                "line_size {} but the vSSD {} has lines of {}",
-                c.line_size,
-                path.display(),
-                vssd.geometry().line_size()
-            ),
-        ));
+        return Err(e);
     }
     Ok(vssd)
 }
 
-/// Recovery through the DTM over the local replica (member 0) and the configured
-/// peers that answer, then the DTM of the recovered epoch.
+/// The vSSD's lines must be the configuration's.
+fn check_line_size(c: &DeviceConfig, vssd: &Vssd) -> Result<(), CdevError> {
+    if vssd.geometry().line_size() == c.line_size {
+        return Ok(());
+    }
+    Err(config_error(
+        &c.name,
+        format!(
+            "line_size {} but the vSSD {} has lines of {}",
+            c.line_size,
+            c.vssd.display(),
+            vssd.geometry().line_size()
+        ),
+    ))
+}
+
+/// Recovery through the DTM over the local replica (member `me`: [`PRIMARY`], or a
+/// replica taking the device over) and the configured peers that answer, then the
+/// DTM of the recovered epoch.
 fn start_dtm(
     c: &DeviceConfig,
+    me: u64,
     vssd: &Vssd,
     backing: &Rc<BackingStore>,
     device_lines: u64,
@@ -1279,26 +1345,37 @@ fn start_dtm(
         source: Box::new(e),
     };
     let epoch = vssd.epoch();
-    let local = LocalReplica::new(vssd.clone(), 0, c.vssd.display().to_string(), epoch);
+    let local = LocalReplica::new(vssd.clone(), me, c.vssd.display().to_string(), epoch);
     let mut opened: Vec<Rc<dyn Replica>> = vec![Rc::new(local)];
     for r in &c.replicas {
-        match RemoteReplica::open(r.peer, &r.vssd, epoch, r.member, peers) {
+        // A peer at a newer epoch than the local vSSD is opened at its own: recovery
+        // must see that epoch (the local vSSD may be stale in it), not lose the peer.
+        let remote = match RemoteReplica::open(r.peer, &r.vssd, epoch, r.member, peers) {
+            Err(ReplicaError {
+                kind: ReplicaErrorKind::StaleEpoch { replica_epoch },
+                ..
+            }) if replica_epoch > epoch => {
+                RemoteReplica::open(r.peer, &r.vssd, replica_epoch, r.member, peers)
+            }
+            other => other,
+        };
+        match remote {
             Ok(remote) => opened.push(Rc::new(remote)),
             Err(e) => {
                 tracing::warn!(device = %c.name, peer = %r.peer, vssd = %r.vssd, "replica not opened: {e}")
             }
         }
     }
-    let configured: Vec<u64> = std::iter::once(0)
+    let configured: Vec<u64> = std::iter::once(me)
         .chain(c.replicas.iter().map(|r| r.member))
         .collect();
     let recovered = dtm::recover(&opened, &configured, c.min_replicas).map_err(dtm_err)?;
     tracing::info!(device = %c.name, ?recovered, "recovered");
-    if recovered.members.first().is_none_or(|m| m.member() != 0) {
+    if recovered.members.first().is_none_or(|m| m.member() != me) {
         return Err(config_error(
             &c.name,
             format!(
-                "the primary vSSD {} is not a member of the newest epoch {} (stale: {:?}); another cvad may serve the device",
+                "the local vSSD {} (member {me}) is not a member of the newest epoch {} (stale: {:?}); another cvad may serve the device",
                 c.vssd.display(),
                 recovered.epoch,
                 recovered.stale
