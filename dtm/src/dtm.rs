@@ -198,6 +198,8 @@ pub(crate) struct Inner {
     slots: Rc<Slots>,
     pending: RefCell<HashMap<u64, PendingTran>>,
     drained: Rendez,
+    /// Woken whenever a tran left `pending` ([`Dtm::flush_trans`]).
+    committed: Rendez,
     down: RefCell<Option<Down>>,
     pub(crate) stats: Cell<DtmStats>,
     pub(crate) resync: RefCell<Option<ResyncProgress>>,
@@ -338,6 +340,7 @@ impl Dtm {
             change: RwLock::new(()),
             locks: Rc::new(RangeLocks::default()),
             pending: RefCell::new(HashMap::new()),
+            committed: Rendez::new(),
             drained: Rendez::new(),
             down: RefCell::new(None),
             stats: Cell::new(DtmStats::default()),
@@ -476,8 +479,39 @@ impl Dtm {
     /// [`Dtm::quiesce`], then the primary's COMMITs made durable.
     pub fn flush(&self) -> Result<(), DtmError> {
         self.quiesce()?;
+        self.sync_primary("flush")
+    }
+
+    /// [`Dtm::flush`] for `trans` only: waits until each of them is committed on
+    /// every member (at most `wait_max`; trans of other lines may stay pending), then
+    /// makes the primary's COMMITs durable. Destage waits so for its own lines'
+    /// versions, not for every write in flight.
+    pub fn flush_trans(&self, trans: &[u64]) -> Result<(), DtmError> {
+        let inner = &self.inner;
+        let deadline = now() + inner.config.wait_max;
+        let waiting = || {
+            let pending = inner.pending.borrow();
+            trans.iter().any(|t| pending.contains_key(t))
+        };
+        // Bounded by the deadline.
+        while waiting() {
+            if now() >= deadline || !inner.committed.sleep_until(deadline) && now() >= deadline {
+                return Err(DtmError::Busy {
+                    op: "flush_trans",
+                    device: inner.device.clone(),
+                    what: "the lazy commits of the trans",
+                    first: 0,
+                    end: inner.lines,
+                    waited: inner.config.wait_max,
+                });
+            }
+        }
+        self.sync_primary("flush_trans")
+    }
+
+    fn sync_primary(&self, op: &'static str) -> Result<(), DtmError> {
         self.inner.primary.sync().map_err(|source| DtmError::Vssd {
-            op: "flush",
+            op,
             device: self.inner.device.clone(),
             source: Box::new(source),
         })
@@ -643,6 +677,9 @@ impl Inner {
                 None
             }
         };
+        if finished.is_some() {
+            self.committed.wakeup_all();
+        }
         drop(finished); // wakes the writers waiting for the lines or a slot
         if self.pending.borrow().is_empty() {
             self.drained.wakeup_all();

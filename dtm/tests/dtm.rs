@@ -517,6 +517,28 @@ fn a_stalled_replica_holds_a_write_no_longer_than_its_timeout() {
     }
 }
 
+/// `flush_trans` waits for its own trans' COMMITs only: not for another tran whose
+/// lazy COMMIT is stalled on a replica.
+#[test]
+fn flush_trans_waits_for_its_own_trans_only() {
+    const STALL: Duration = Duration::from_secs(2);
+    run_sim(3, move || {
+        let reps = open_reps(Path::new("/"), 3, VSSD_LINES);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        let a = dtm.write(1, &payload(1, 1, 1)).unwrap().tran().unwrap();
+        dtm.quiesce().unwrap();
+        reps[1].set(Mode::Stall(STALL), Some("commit"));
+        let b = dtm.write(5, &payload(5, 1, 2)).unwrap().tran().unwrap();
+        let t0 = now();
+        dtm.flush_trans(&[a]).unwrap();
+        assert!(now() - t0 < STALL / 4, "{:?}", now() - t0);
+        // b's COMMIT ends when the stalled replica's call does (it is dropped).
+        dtm.flush_trans(&[a, b]).unwrap();
+        assert!(now() - t0 >= STALL, "{:?}", now() - t0);
+        assert_eq!(dtm.members(), vec![1, 3]);
+    });
+}
+
 #[test]
 fn a_replica_that_fails_its_lazy_commit_is_dropped() {
     let dir = TempDir::new("commitloss");
