@@ -24,9 +24,11 @@
 //!   whenever dirty lines wait while no request came for [`IDLE_AFTER`], it walks the
 //!   vSSD's ordered dirty index from a cursor, takes a run of adjacent dirty lines
 //!   (at most [`DESTAGE_RUN_BYTES_MAX`]), and under the DTM's lock of the run: makes
-//!   the COMMITs durable (`Dtm::flush`), reads the dirty versions, writes them to the
-//!   backing store, fdatasyncs, then marks each clean on every replica at the version
-//!   it wrote (`Dtm::clean`). One run is in flight at a time.
+//!   reads the dirty versions, waits for those versions' COMMITs on every member and
+//!   makes them durable (`Dtm::flush_trans`: not for other lines' writes in flight),
+//!   writes them to the backing store, fdatasyncs, then marks each clean on every
+//!   replica at the version it wrote (`Dtm::clean`). Up to [`DESTAGE_RUNS_MAX`] runs
+//!   are in flight at once, each a task on lines no other run holds.
 
 use std::cell::{Cell, RefCell};
 use std::path::Path;
@@ -62,6 +64,11 @@ pub const IDLE_AFTER: Duration = Duration::from_millis(100);
 /// How long the destage task sleeps between looks at the watermarks and the idle
 /// time when nothing wakes it.
 const DESTAGE_POLL: Duration = Duration::from_millis(50);
+/// Destage runs in flight at once (each its own backing write and fdatasync): at
+/// most this many times [`DESTAGE_RUN_BYTES_MAX`] of destage I/O in flight.
+pub const DESTAGE_RUNS_MAX: usize = 4;
+/// The window over which STAT's `destage.rate_lines_per_s` is measured.
+const DESTAGE_RATE_WINDOW: Duration = Duration::from_secs(1);
 /// After a run whose lines were locked, the task waits this long before the next.
 const DESTAGE_BUSY_WAIT: Duration = Duration::from_millis(1);
 /// After a failed destage run (the backing store failed), the task waits this long.
@@ -76,6 +83,7 @@ const LOG_SHARE: u64 = 8;
 const _: () = assert!(BLOCK_SIZE.is_power_of_two() && LINE_SIZE_MIN.is_multiple_of(BLOCK_SIZE));
 const _: () = assert!(IO_LEN_MAX.is_multiple_of(BLOCK_SIZE));
 const _: () = assert!(DESTAGE_RUN_BYTES_MAX >= LINE_SIZE_MAX as u64);
+const _: () = assert!(DESTAGE_RUNS_MAX >= 1);
 const _: () = assert!(DESTAGE_LIST_LINES as u64 >= DESTAGE_RUN_BYTES_MAX / LINE_SIZE_MIN as u64);
 
 /// How [`Device::open`] treats missing files.
@@ -190,9 +198,19 @@ struct Inner {
     drained: Rendez,
     stream: Cell<Stream>,
     last_request: Cell<Instant>,
-    /// Wakes the destage task (close, a write past the high watermark).
+    /// Wakes the destage task (close, a write past the high watermark, a run's end).
     kick: Rc<Rendez>,
     destage: RefCell<Option<JoinHandle<()>>>,
+    /// The destage runs in flight (their lines), at most [`DESTAGE_RUNS_MAX`].
+    runs: RefCell<Vec<(u64, u64)>>,
+    runs_done: Rendez,
+    /// Set by a run that found its lines locked or failed: the destage task pauses.
+    destage_pause: Cell<Option<Duration>>,
+    /// When each line dirty since it was last clean became dirty (pruned lazily:
+    /// an entry whose line is no longer dirty is stale).
+    dirty_since: RefCell<std::collections::BTreeMap<u64, Instant>>,
+    /// `destage.rate_lines_per_s`: the window's start and lines, the last rate.
+    rate: Cell<(Instant, u64, u64)>,
     counters: Cell<Counters>,
     /// Latencies of the client operations, by [`TIMED`]'s order.
     latency: RefCell<[Histogram; TIMED.len()]>,
@@ -343,10 +361,16 @@ impl Device {
             last_request: Cell::new(now()),
             kick: Rc::new(Rendez::new()),
             destage: RefCell::new(None),
+            runs: RefCell::new(Vec::new()),
+            runs_done: Rendez::new(),
+            destage_pause: Cell::new(None),
+            dirty_since: RefCell::new(std::collections::BTreeMap::new()),
+            rate: Cell::new((now(), 0, 0)),
             counters: Cell::new(Counters::default()),
             latency: RefCell::new(Default::default()),
             rmw_unlocked: Cell::new(false),
         });
+        inner.note_dirty_at_open();
         let weak = Rc::downgrade(&inner);
         let kick = inner.kick.clone();
         let task = Builder::new()
@@ -510,6 +534,10 @@ impl Device {
             if let Err(e) = task.join() {
                 tracing::error!(device = %inner.name, "destage task failed: {e}");
             }
+        }
+        // Bounded: each run ends within the DTM's and the backing store's waits.
+        while !inner.runs.borrow().is_empty() {
+            inner.runs_done.sleep();
         }
         let flushed = inner.dtm.flush().map_err(|e| inner.dtm_error(OP, e));
         let checkpointed = inner
@@ -832,6 +860,11 @@ impl Inner {
                     c.write_hits += 1;
                     c.blocks_written_cache += n * ls / u64::from(BLOCK_SIZE);
                 });
+                let at = now();
+                let mut since = self.dirty_since.borrow_mut();
+                for line in first..end {
+                    since.entry(line).or_insert(at);
+                }
                 if self.vssd.dirty_count() >= self.high_lines {
                     self.kick.wakeup_all();
                 }
@@ -926,8 +959,6 @@ impl Inner {
         let Some(_lock) = locked.map_err(|e| self.dtm_error(op, e))? else {
             return Ok(None);
         };
-        // A destaged version must never be in doubt on any member (recovery's rule).
-        self.dtm.flush().map_err(|e| self.dtm_error(op, e))?;
         let mut line_buf = self.line_buf(1);
         // Segments of adjacent lines still dirty: (first line, bytes, versions).
         let mut segments: Vec<(u64, Vec<u8>, Vec<u64>)> = Vec::new();
@@ -950,6 +981,15 @@ impl Inner {
         if segments.is_empty() {
             return Ok(Some(0));
         }
+        // A destaged version must never be in doubt on any member (recovery's rule):
+        // these versions' COMMITs, not every write's in flight.
+        let versions: Vec<u64> = segments
+            .iter()
+            .flat_map(|(_, _, v)| v.iter().copied())
+            .collect();
+        self.dtm
+            .flush_trans(&versions)
+            .map_err(|e| self.dtm_error(op, e))?;
         for (s, bytes, _) in &segments {
             let mut out = AlignedBuf::new(bytes.len());
             out.set_len(bytes.len());
@@ -971,6 +1011,7 @@ impl Inner {
             c.destage_lines += lines;
             c.blocks_written_backing += lines * ls / u64::from(BLOCK_SIZE);
         });
+        self.note_destaged(first, n, lines);
         Ok(Some(lines))
     }
 
@@ -983,14 +1024,22 @@ impl Inner {
         cursor: &mut u64,
         wait: bool,
     ) -> Result<Step, CdevError> {
+        let Some((first, n)) = self.next_run(cursor) else {
+            return Ok(Step::Clean);
+        };
+        self.run_step(op, first, n, wait)
+    }
+
+    /// The next run of adjacent dirty lines at or after `cursor` (from line 0 again
+    /// past the last), at most a run's bytes: its first line and length; the cursor
+    /// moves past it.
+    fn next_run(&self, cursor: &mut u64) -> Option<(u64, u64)> {
         let mut listed = self.vssd.dirty_range(*cursor, DESTAGE_LIST_LINES);
         if listed.is_empty() && *cursor > 0 {
             *cursor = 0;
             listed = self.vssd.dirty_range(0, DESTAGE_LIST_LINES);
         }
-        let Some(&(first, _)) = listed.first() else {
-            return Ok(Step::Clean);
-        };
+        let &(first, _) = listed.first()?;
         let run_max = DESTAGE_RUN_BYTES_MAX / self.line_size;
         let n = listed
             .iter()
@@ -998,6 +1047,17 @@ impl Inner {
             .take_while(|&(i, &(line, _))| line == first + i as u64 && (i as u64) < run_max)
             .count() as u64;
         *cursor = first + n;
+        Some((first, n))
+    }
+
+    /// [`Inner::destage_run`] of `first..first + n` as a [`Step`], its error counted.
+    fn run_step(
+        &self,
+        op: &'static str,
+        first: u64,
+        n: u64,
+        wait: bool,
+    ) -> Result<Step, CdevError> {
         match self.destage_run(op, first, n, wait) {
             Ok(Some(lines)) => Ok(Step::Wrote(lines)),
             Ok(None) => Ok(Step::Busy),
@@ -1045,6 +1105,73 @@ impl Inner {
         dirty > 0 && (*active || idle)
     }
 
+    /// The lines recovery found dirty count as dirty since the open.
+    fn note_dirty_at_open(&self) {
+        let at = now();
+        let mut since = self.dirty_since.borrow_mut();
+        let mut from = 0;
+        // Bounded: `from` moves past each page, and the pages cover the device.
+        loop {
+            let page = self.vssd.dirty_range(from, DESTAGE_LIST_LINES);
+            let Some(&(last, _)) = page.last() else {
+                break;
+            };
+            for &(line, _) in &page {
+                since.insert(line, at);
+            }
+            from = last + 1;
+        }
+    }
+
+    /// After a destage run of `first..first + n` that wrote `lines`: the lines no
+    /// longer dirty leave `dirty_since`; the rate's window counts them.
+    fn note_destaged(&self, first: u64, n: u64, lines: u64) {
+        {
+            let mut since = self.dirty_since.borrow_mut();
+            for line in first..first + n {
+                if !self.is_dirty(line) {
+                    since.remove(&line);
+                }
+            }
+        }
+        let (start, in_window, rate) = self.rate.get();
+        let t = now();
+        let elapsed = t.saturating_duration_since(start);
+        self.rate.set(if elapsed >= DESTAGE_RATE_WINDOW {
+            let per_s = (in_window + lines) as f64 / elapsed.as_secs_f64();
+            (t, 0, per_s as u64)
+        } else {
+            (start, in_window + lines, rate)
+        });
+    }
+
+    fn is_dirty(&self, line: u64) -> bool {
+        self.vssd
+            .lookup(line)
+            .is_some_and(|e| e.state == State::Dirty)
+    }
+
+    /// Age of the oldest dirty line (0: none), pruning the stale entries.
+    fn oldest_dirty_age(&self) -> Duration {
+        let mut since = self.dirty_since.borrow_mut();
+        since.retain(|&line, _| self.is_dirty(line));
+        since
+            .values()
+            .min()
+            .map_or(Duration::ZERO, |&t| now().saturating_duration_since(t))
+    }
+
+    /// Lines destaged per second over the last window (0 once no run ended for two
+    /// windows).
+    fn destage_rate(&self) -> u64 {
+        let (start, _, rate) = self.rate.get();
+        if now().saturating_duration_since(start) >= 2 * DESTAGE_RATE_WINDOW {
+            0
+        } else {
+            rate
+        }
+    }
+
     fn stat(&self) -> Vec<(String, u64)> {
         let c = self.counters.get();
         let v = self.vssd.stats();
@@ -1071,6 +1198,10 @@ impl Inner {
             ("usage.clean_lines", counts.lines_clean),
             ("usage.free_slots", counts.slots_free),
             ("usage.prepared_lines", counts.prepared),
+            (
+                "usage.oldest_dirty_age_ms",
+                self.oldest_dirty_age().as_millis() as u64,
+            ),
             ("requests.reads", c.reads),
             ("requests.writes", c.writes),
             ("requests.flushes", c.flushes),
@@ -1097,6 +1228,8 @@ impl Inner {
             ("destage.lines", c.destage_lines),
             ("destage.errors", c.destage_errors),
             ("destage.backlog_lines", dirty),
+            ("destage.rate_lines_per_s", self.destage_rate()),
+            ("destage.runs_in_flight", self.runs.borrow().len() as u64),
             ("vssd.evictions", v.evictions),
             ("vssd.checkpoints", v.checkpoints),
             ("vssd.slot_waits", v.slot_waits),
@@ -1132,11 +1265,12 @@ impl Inner {
     }
 }
 
-/// The destage task (module documentation): runs steps while [`Inner::destage_due`]
-/// says so, yielding to client requests between them; ends when the device closes
-/// or is dropped.
+/// The destage task (module documentation): while [`Inner::destage_due`] says so,
+/// starts runs (each a task of its own, at most [`DESTAGE_RUNS_MAX`] in flight, on
+/// lines no other run in flight holds), yielding to client requests between them;
+/// ends when the device closes or is dropped ([`Device::close`] then waits for the
+/// runs in flight).
 fn destage_loop(weak: &Weak<Inner>, kick: &Rendez) {
-    const OP: &str = "destage";
     let mut cursor = 0;
     let mut active = false;
     // Bounded by the device's life: it ends once the device is closing or gone.
@@ -1148,18 +1282,28 @@ fn destage_loop(weak: &Weak<Inner>, kick: &Rendez) {
             if inner.state.get() != DevState::Open {
                 return;
             }
-            if inner.destage_due(&mut active) {
-                match inner.destage_step(OP, &mut cursor, false) {
-                    Ok(Step::Wrote(_)) => None,
-                    Ok(Step::Busy) => Some(DESTAGE_BUSY_WAIT),
-                    Ok(Step::Clean) => Some(DESTAGE_POLL),
-                    Err(e) => {
-                        tracing::warn!(device = %inner.name, "destage: {e}");
-                        Some(DESTAGE_RETRY)
-                    }
-                }
-            } else {
+            if let Some(pause) = inner.destage_pause.take() {
+                Some(pause)
+            } else if inner.runs.borrow().len() >= DESTAGE_RUNS_MAX
+                || !inner.destage_due(&mut active)
+            {
                 Some(DESTAGE_POLL)
+            } else {
+                match inner.next_run(&mut cursor) {
+                    None => Some(DESTAGE_POLL),
+                    // Its lines are in flight already (the cursor came round):
+                    // wait for a run to end.
+                    Some((first, n))
+                        if inner
+                            .runs
+                            .borrow()
+                            .iter()
+                            .any(|&(f, m)| first < f + m && f < first + n) =>
+                    {
+                        Some(DESTAGE_POLL)
+                    }
+                    Some((first, n)) => start_run(weak, &inner, first, n),
+                }
             }
         };
         match wait {
@@ -1169,6 +1313,53 @@ fn destage_loop(weak: &Weak<Inner>, kick: &Rendez) {
             Some(d) => {
                 kick.sleep_until(now() + d);
             }
+        }
+    }
+}
+
+/// Starts a destage run of `first..first + n` as a task; the pause the destage task
+/// makes if it cannot.
+fn start_run(weak: &Weak<Inner>, inner: &Inner, first: u64, n: u64) -> Option<Duration> {
+    const OP: &str = "destage";
+    /// Removes the run from the runs in flight however its task ends.
+    struct Running(Weak<Inner>, u64);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(inner) = self.0.upgrade() {
+                inner.runs.borrow_mut().retain(|&(f, _)| f != self.1);
+                inner.runs_done.wakeup_all();
+                inner.kick.wakeup_all();
+            }
+        }
+    }
+    inner.runs.borrow_mut().push((first, n));
+    let running = Running(weak.clone(), first);
+    let task_weak = weak.clone();
+    let spawned = Builder::new()
+        .name(format!("destage-{}-{first}", inner.name))
+        .spawn(move || {
+            let _running = running;
+            let Some(inner) = task_weak.upgrade() else {
+                return;
+            };
+            let pause = match inner.run_step(OP, first, n, false) {
+                Ok(Step::Wrote(_) | Step::Clean) => None,
+                Ok(Step::Busy) => Some(DESTAGE_BUSY_WAIT),
+                Err(e) => {
+                    tracing::warn!(device = %inner.name, "destage: {e}");
+                    Some(DESTAGE_RETRY)
+                }
+            };
+            if let Some(p) = pause {
+                let longest = inner.destage_pause.get().map_or(p, |q| q.max(p));
+                inner.destage_pause.set(Some(longest));
+            }
+        });
+    match spawned {
+        Ok(_detached) => None,
+        Err(e) => {
+            tracing::warn!(device = %inner.name, "destage: cannot start a run: {e}");
+            Some(DESTAGE_RETRY)
         }
     }
 }
