@@ -151,7 +151,11 @@ fn a_replica_takes_the_device_over_and_fences_the_old_primary() {
         want[(LINE + 512) as usize..][..d2.len()].copy_from_slice(&d2);
         assert!(read(&new, 0, 4 * LINE) == want);
         assert!(read(&new, 10 * LINE, 3 * LINE) == d3);
-        // The old primary is fenced: nothing it writes is acknowledged.
+        // The old primary is fenced: it serves no read (its cache may be stale
+        // now), and nothing it writes is acknowledged.
+        let mut buf = vec![0; LINE as usize];
+        let e = old.read(0, &mut buf).unwrap_err();
+        assert_eq!(e.status(), Status::StaleEpoch, "{e}");
         let e = old.write(20 * LINE, &data(20 * LINE, LINE, 9)).unwrap_err();
         assert_eq!(e.status(), Status::StaleEpoch, "{e}");
         // The new primary writes, destages, and the backing store has it all.
@@ -225,7 +229,7 @@ fn a_takeover_naming_its_own_member_twice_is_refused() {
 
 /// The primary lost its replica and went on alone at a newer epoch (min_replicas 1):
 /// the replica is stale, and a takeover from it, reaching the old primary's vSSD,
-/// is refused (it would lose the writes acknowledged since).
+/// is refused (it would lose the writes acknowledged since); the write is kept.
 #[test]
 fn a_takeover_from_a_stale_replica_is_refused() {
     let dir = TempDir::new("cdev-takeover-stale");
@@ -264,9 +268,15 @@ fn a_takeover_from_a_stale_replica_is_refused() {
             e.to_string().contains("not a member of the newest epoch"),
             "{e}"
         );
-        // The old primary still serves its write.
+        served.close();
+        // Recovery fences before it decides, so the refused takeover fenced the old
+        // primary too; opened again (recovery on its own vSSD), it serves its write.
+        let mut buf = vec![0; LINE as usize];
+        let e = old.read(0, &mut buf).unwrap_err();
+        assert_eq!(e.status(), Status::StaleEpoch, "{e}");
+        let _ = old.close();
+        let old = Device::open_with(&c, OpenOptions::default(), &peers()).unwrap();
         assert!(read(&old, 0, LINE) == late);
         old.close().unwrap();
-        served.close();
     });
 }

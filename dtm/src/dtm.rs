@@ -385,6 +385,7 @@ impl Dtm {
         ) {
             self.inner.check_up("read")?;
         }
+        self.check_not_fenced("read")?;
         self.inner
             .primary
             .read_into(line, buf)
@@ -393,6 +394,37 @@ impl Dtm {
                 device: self.inner.device.clone(),
                 source: Box::new(source),
             })
+    }
+
+    /// Fences the DTM when the primary vSSD moved past the epoch of its opening here:
+    /// another primary's recovery took the device over (this DTM's own epoch change
+    /// moves the opening first), and the cache may be stale now. A read learns it
+    /// so before any write of this DTM would.
+    fn check_not_fenced(&self, op: &'static str) -> Result<(), DtmError> {
+        let inner = &self.inner;
+        let primary_epoch = inner.primary.epoch();
+        if primary_epoch <= inner.view.borrow().epoch {
+            return Ok(());
+        }
+        let Some(local) = inner
+            .view
+            .borrow()
+            .members
+            .first()
+            .map(|m| m.replica.clone())
+        else {
+            return Ok(());
+        };
+        if primary_epoch <= local.info().epoch {
+            return Ok(()); // this DTM's own epoch change, under way
+        }
+        Err(inner.fence(&ReplicaError {
+            op,
+            replica: local.name().to_string(),
+            kind: ReplicaErrorKind::StaleEpoch {
+                replica_epoch: primary_epoch,
+            },
+        }))
     }
 
     /// After a destage copied `version` of `line` to the backing store: marks it

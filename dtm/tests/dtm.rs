@@ -593,6 +593,37 @@ fn a_stale_epoch_fences_the_dtm() {
     });
 }
 
+/// A takeover that fenced the primary's own vSSD (its recovery reached it): the
+/// next read fails, before any write of this DTM found the fence (the cache may be
+/// stale once the new primary writes); the DTM's own epoch changes do not.
+#[test]
+fn a_read_finds_the_primary_vssd_fenced() {
+    let dir = TempDir::new("readfence");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 3, VSSD_LINES);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        dtm.write(4, &payload(4, 1, 1)).unwrap();
+        // The DTM's own epoch change (a lost member) leaves reads served.
+        reps[2].set(Mode::Unreachable, None);
+        dtm.write(5, &payload(5, 1, 2)).unwrap();
+        assert_eq!(dtm.members(), vec![1, 2]);
+        let mut buf = AlignedBuf::new(LINE);
+        assert!(dtm.read(4, &mut buf).unwrap().is_some());
+        // Another primary's recovery moves the primary's vSSD past the DTM's epoch.
+        let epoch = dtm.epoch();
+        let usurper = LocalReplica::new(reps[0].vssd.clone(), 2, "usurper", epoch);
+        usurper.set_epoch(epoch + 1, &[1, 2]).unwrap();
+        let e = dtm.read(4, &mut buf).unwrap_err();
+        assert!(
+            matches!(e, DtmError::Fenced { replica_epoch, .. } if replica_epoch == epoch + 1),
+            "{e}"
+        );
+        let e = dtm.write(4, &payload(4, 1, 3)).unwrap_err();
+        assert!(matches!(e, DtmError::Fenced { .. }), "{e}");
+    });
+}
+
 /// A backing store in memory.
 #[derive(Default)]
 struct MemBacking {
