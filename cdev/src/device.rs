@@ -24,16 +24,21 @@
 //!   whenever dirty lines wait while no request came for [`IDLE_AFTER`], it walks the
 //!   vSSD's ordered dirty index from a cursor, takes a run of adjacent dirty lines
 //!   (at most [`DESTAGE_RUN_BYTES_MAX`]), and under the DTM's lock of the run: makes
-//!   the COMMITs durable (`Dtm::flush`), reads the dirty versions, writes them to the
-//!   backing store, fdatasyncs, then marks each clean on every replica at the version
-//!   it wrote (`Dtm::clean`). One run is in flight at a time.
+//!   reads the dirty versions, waits for those versions' COMMITs on every member and
+//!   makes them durable (`Dtm::flush_trans`: not for other lines' writes in flight),
+//!   writes them to the backing store, fdatasyncs, then marks each clean on every
+//!   replica at the version it wrote (`Dtm::clean`). Up to [`DESTAGE_RUNS_MAX`] runs
+//!   are in flight at once, each a task on lines no other run holds.
 
 use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use dtm::{Dtm, DtmConfig, LocalReplica, LossPolicy, RemoteReplica, Replica};
+use dtm::{
+    Dtm, DtmConfig, LocalReplica, LossPolicy, RemoteReplica, Replica, ReplicaError,
+    ReplicaErrorKind,
+};
 use taskio::{AlignedBuf, Builder, Instant, JoinHandle, Rendez, now, yield_now};
 use vssd::layout::{FormatParams, Geometry, LINE_SIZE_MAX, LINE_SIZE_MIN, LOG_BYTES_MIN};
 use vssd::map::State;
@@ -59,18 +64,26 @@ pub const IDLE_AFTER: Duration = Duration::from_millis(100);
 /// How long the destage task sleeps between looks at the watermarks and the idle
 /// time when nothing wakes it.
 const DESTAGE_POLL: Duration = Duration::from_millis(50);
+/// Destage runs in flight at once (each its own backing write and fdatasync): at
+/// most this many times [`DESTAGE_RUN_BYTES_MAX`] of destage I/O in flight.
+pub const DESTAGE_RUNS_MAX: usize = 4;
+/// The window over which STAT's `destage.rate_lines_per_s` is measured.
+const DESTAGE_RATE_WINDOW: Duration = Duration::from_secs(1);
 /// After a run whose lines were locked, the task waits this long before the next.
 const DESTAGE_BUSY_WAIT: Duration = Duration::from_millis(1);
 /// After a failed destage run (the backing store failed), the task waits this long.
 const DESTAGE_RETRY: Duration = Duration::from_millis(500);
 /// Longest wait of a write for the lines another write holds.
 const GATE_WAIT_MAX: Duration = dtm::config::WAIT_MAX_DEFAULT;
+/// The member id of the device's original primary vSSD in its epochs.
+const PRIMARY: u64 = 0;
 /// The log takes 1/LOG_SHARE of a vSSD formatted by `open`.
 const LOG_SHARE: u64 = 8;
 
 const _: () = assert!(BLOCK_SIZE.is_power_of_two() && LINE_SIZE_MIN.is_multiple_of(BLOCK_SIZE));
 const _: () = assert!(IO_LEN_MAX.is_multiple_of(BLOCK_SIZE));
 const _: () = assert!(DESTAGE_RUN_BYTES_MAX >= LINE_SIZE_MAX as u64);
+const _: () = assert!(DESTAGE_RUNS_MAX >= 1);
 const _: () = assert!(DESTAGE_LIST_LINES as u64 >= DESTAGE_RUN_BYTES_MAX / LINE_SIZE_MIN as u64);
 
 /// How [`Device::open`] treats missing files.
@@ -185,12 +198,24 @@ struct Inner {
     drained: Rendez,
     stream: Cell<Stream>,
     last_request: Cell<Instant>,
-    /// Wakes the destage task (close, a write past the high watermark).
+    /// Wakes the destage task (close, a write past the high watermark, a run's end).
     kick: Rc<Rendez>,
     destage: RefCell<Option<JoinHandle<()>>>,
+    /// The destage runs in flight (their lines), at most [`DESTAGE_RUNS_MAX`].
+    runs: RefCell<Vec<(u64, u64)>>,
+    runs_done: Rendez,
+    /// Set by a run that found its lines locked or failed: the destage task pauses.
+    destage_pause: Cell<Option<Duration>>,
+    /// When each line dirty since it was last clean became dirty (pruned lazily:
+    /// an entry whose line is no longer dirty is stale).
+    dirty_since: RefCell<std::collections::BTreeMap<u64, Instant>>,
+    /// `destage.rate_lines_per_s`: the window's start and lines, the last rate.
+    rate: Cell<(Instant, u64, u64)>,
     counters: Cell<Counters>,
     /// Latencies of the client operations, by [`TIMED`]'s order.
     latency: RefCell<[Histogram; TIMED.len()]>,
+    /// The simulator's `--buggy` variant: writes skip the gate ([`Device::break_rmw_lock`]).
+    rmw_unlocked: Cell<bool>,
 }
 
 /// The operations whose latencies STAT reports.
@@ -240,8 +265,49 @@ impl Device {
         options: OpenOptions,
         peers: &rpc::ClientConfig,
     ) -> Result<Device, CdevError> {
+        Device::open_as(config, options, peers, PRIMARY, None)
+    }
+
+    /// Takes the device over on the cvad that holds its replica vSSD `member`, open
+    /// as `replica` (the instance its `dtm::ReplicaService` serves, which may go on
+    /// serving it: the old primary's calls then fail STALE_EPOCH; a failed takeover
+    /// leaves it open): `config.vssd` is that replica's file (for STAT and the log),
+    /// `config.backing` the device's backing store (reachable from here), and
+    /// `config.replicas` the other members, the old primary (member 0) among them
+    /// when its vSSD is served by a peer. Recovery through the DTM fences every
+    /// member it reaches to a new epoch (the old primary's writes then fail
+    /// STALE_EPOCH, or find too few replicas), decides every tran in doubt from the
+    /// members' copies, and the device serves and destages from here: no
+    /// acknowledged write is lost while `min_replicas` members of the newest epoch
+    /// answer (the replica taking over is one).
+    pub fn takeover(
+        config: &DeviceConfig,
+        member: u64,
+        replica: Vssd,
+        peers: &rpc::ClientConfig,
+    ) -> Result<Device, CdevError> {
+        assert!(member != PRIMARY, "a takeover by a replica's member id");
+        Device::open_as(config, OpenOptions::default(), peers, member, Some(replica))
+    }
+
+    /// The vSSD this device runs on, for serving it to a peer that takes the device
+    /// over (with `dtm::ReplicaService`): the takeover's recovery then fences it and
+    /// keeps it as a replica.
+    pub fn vssd(&self) -> Vssd {
+        self.inner.vssd.clone()
+    }
+
+    /// [`Device::open_with`] with the local vSSD as member `me` of the device: `given`
+    /// open already (a takeover's replica, left open on failure), else opened here.
+    fn open_as(
+        config: &DeviceConfig,
+        options: OpenOptions,
+        peers: &rpc::ClientConfig,
+        me: u64,
+        given: Option<Vssd>,
+    ) -> Result<Device, CdevError> {
         const OP: &str = "open";
-        check_config(config)?;
+        check_config(config, me)?;
         let name = config.name.clone();
         let line_size = u64::from(config.line_size);
         let create = (options.create && options.backing_bytes > 0).then_some(options.backing_bytes);
@@ -256,12 +322,21 @@ impl Device {
                 ),
             ));
         }
-        let vssd = open_vssd(config, options.create)?;
-        let started = start_dtm(config, &vssd, &backing, size / line_size, peers);
+        let owned = given.is_none();
+        let vssd = match given {
+            Some(v) => {
+                check_line_size(config, &v)?;
+                v
+            }
+            None => open_vssd(config, options.create)?,
+        };
+        let started = start_dtm(config, me, &vssd, &backing, size / line_size, peers);
         let dtm = match started {
             Ok(dtm) => dtm,
             Err(e) => {
-                vssd.close();
+                if owned {
+                    vssd.close();
+                }
                 return Err(e);
             }
         };
@@ -286,9 +361,16 @@ impl Device {
             last_request: Cell::new(now()),
             kick: Rc::new(Rendez::new()),
             destage: RefCell::new(None),
+            runs: RefCell::new(Vec::new()),
+            runs_done: Rendez::new(),
+            destage_pause: Cell::new(None),
+            dirty_since: RefCell::new(std::collections::BTreeMap::new()),
+            rate: Cell::new((now(), 0, 0)),
             counters: Cell::new(Counters::default()),
             latency: RefCell::new(Default::default()),
+            rmw_unlocked: Cell::new(false),
         });
+        inner.note_dirty_at_open();
         let weak = Rc::downgrade(&inner);
         let kick = inner.kick.clone();
         let task = Builder::new()
@@ -409,6 +491,16 @@ impl Device {
         Ok(())
     }
 
+    /// Breaks the device on purpose, for the simulator's `--buggy` variant (`tdrv sim
+    /// cdev --buggy`) only: from now on writes skip the gate, so two writes'
+    /// read-modify-writes of one line race and one undoes the other's bytes. Never
+    /// call it on a device that holds data anyone needs.
+    #[doc(hidden)]
+    pub fn break_rmw_lock(&self) {
+        tracing::warn!(device = %self.inner.name, "the read-modify-write lock is broken on purpose");
+        self.inner.rmw_unlocked.set(true);
+    }
+
     /// Dirty lines in the cache now.
     pub fn dirty_lines(&self) -> u64 {
         self.inner.vssd.dirty_count()
@@ -442,6 +534,10 @@ impl Device {
             if let Err(e) = task.join() {
                 tracing::error!(device = %inner.name, "destage task failed: {e}");
             }
+        }
+        // Bounded: each run ends within the DTM's and the backing store's waits.
+        while !inner.runs.borrow().is_empty() {
+            inner.runs_done.sleep();
         }
         let flushed = inner.dtm.flush().map_err(|e| inner.dtm_error(OP, e));
         let checkpointed = inner
@@ -732,7 +828,11 @@ impl Inner {
         let len = data.len() as u64;
         let (first, end) = self.lines_of(offset, len);
         let n = end - first;
-        let _gate = self.hold(OP, first, n)?;
+        let _gate = if self.rmw_unlocked.get() {
+            None
+        } else {
+            Some(self.hold(OP, first, n)?)
+        };
         let ls = self.line_size;
         let mut buf = self.line_buf(n);
         // The read-modify-write of the partial first and last lines.
@@ -760,6 +860,11 @@ impl Inner {
                     c.write_hits += 1;
                     c.blocks_written_cache += n * ls / u64::from(BLOCK_SIZE);
                 });
+                let at = now();
+                let mut since = self.dirty_since.borrow_mut();
+                for line in first..end {
+                    since.entry(line).or_insert(at);
+                }
                 if self.vssd.dirty_count() >= self.high_lines {
                     self.kick.wakeup_all();
                 }
@@ -854,8 +959,6 @@ impl Inner {
         let Some(_lock) = locked.map_err(|e| self.dtm_error(op, e))? else {
             return Ok(None);
         };
-        // A destaged version must never be in doubt on any member (recovery's rule).
-        self.dtm.flush().map_err(|e| self.dtm_error(op, e))?;
         let mut line_buf = self.line_buf(1);
         // Segments of adjacent lines still dirty: (first line, bytes, versions).
         let mut segments: Vec<(u64, Vec<u8>, Vec<u64>)> = Vec::new();
@@ -878,6 +981,15 @@ impl Inner {
         if segments.is_empty() {
             return Ok(Some(0));
         }
+        // A destaged version must never be in doubt on any member (recovery's rule):
+        // these versions' COMMITs, not every write's in flight.
+        let versions: Vec<u64> = segments
+            .iter()
+            .flat_map(|(_, _, v)| v.iter().copied())
+            .collect();
+        self.dtm
+            .flush_trans(&versions)
+            .map_err(|e| self.dtm_error(op, e))?;
         for (s, bytes, _) in &segments {
             let mut out = AlignedBuf::new(bytes.len());
             out.set_len(bytes.len());
@@ -899,6 +1011,7 @@ impl Inner {
             c.destage_lines += lines;
             c.blocks_written_backing += lines * ls / u64::from(BLOCK_SIZE);
         });
+        self.note_destaged(first, n, lines);
         Ok(Some(lines))
     }
 
@@ -911,14 +1024,22 @@ impl Inner {
         cursor: &mut u64,
         wait: bool,
     ) -> Result<Step, CdevError> {
+        let Some((first, n)) = self.next_run(cursor) else {
+            return Ok(Step::Clean);
+        };
+        self.run_step(op, first, n, wait)
+    }
+
+    /// The next run of adjacent dirty lines at or after `cursor` (from line 0 again
+    /// past the last), at most a run's bytes: its first line and length; the cursor
+    /// moves past it.
+    fn next_run(&self, cursor: &mut u64) -> Option<(u64, u64)> {
         let mut listed = self.vssd.dirty_range(*cursor, DESTAGE_LIST_LINES);
         if listed.is_empty() && *cursor > 0 {
             *cursor = 0;
             listed = self.vssd.dirty_range(0, DESTAGE_LIST_LINES);
         }
-        let Some(&(first, _)) = listed.first() else {
-            return Ok(Step::Clean);
-        };
+        let &(first, _) = listed.first()?;
         let run_max = DESTAGE_RUN_BYTES_MAX / self.line_size;
         let n = listed
             .iter()
@@ -926,6 +1047,17 @@ impl Inner {
             .take_while(|&(i, &(line, _))| line == first + i as u64 && (i as u64) < run_max)
             .count() as u64;
         *cursor = first + n;
+        Some((first, n))
+    }
+
+    /// [`Inner::destage_run`] of `first..first + n` as a [`Step`], its error counted.
+    fn run_step(
+        &self,
+        op: &'static str,
+        first: u64,
+        n: u64,
+        wait: bool,
+    ) -> Result<Step, CdevError> {
         match self.destage_run(op, first, n, wait) {
             Ok(Some(lines)) => Ok(Step::Wrote(lines)),
             Ok(None) => Ok(Step::Busy),
@@ -973,6 +1105,73 @@ impl Inner {
         dirty > 0 && (*active || idle)
     }
 
+    /// The lines recovery found dirty count as dirty since the open.
+    fn note_dirty_at_open(&self) {
+        let at = now();
+        let mut since = self.dirty_since.borrow_mut();
+        let mut from = 0;
+        // Bounded: `from` moves past each page, and the pages cover the device.
+        loop {
+            let page = self.vssd.dirty_range(from, DESTAGE_LIST_LINES);
+            let Some(&(last, _)) = page.last() else {
+                break;
+            };
+            for &(line, _) in &page {
+                since.insert(line, at);
+            }
+            from = last + 1;
+        }
+    }
+
+    /// After a destage run of `first..first + n` that wrote `lines`: the lines no
+    /// longer dirty leave `dirty_since`; the rate's window counts them.
+    fn note_destaged(&self, first: u64, n: u64, lines: u64) {
+        {
+            let mut since = self.dirty_since.borrow_mut();
+            for line in first..first + n {
+                if !self.is_dirty(line) {
+                    since.remove(&line);
+                }
+            }
+        }
+        let (start, in_window, rate) = self.rate.get();
+        let t = now();
+        let elapsed = t.saturating_duration_since(start);
+        self.rate.set(if elapsed >= DESTAGE_RATE_WINDOW {
+            let per_s = (in_window + lines) as f64 / elapsed.as_secs_f64();
+            (t, 0, per_s as u64)
+        } else {
+            (start, in_window + lines, rate)
+        });
+    }
+
+    fn is_dirty(&self, line: u64) -> bool {
+        self.vssd
+            .lookup(line)
+            .is_some_and(|e| e.state == State::Dirty)
+    }
+
+    /// Age of the oldest dirty line (0: none), pruning the stale entries.
+    fn oldest_dirty_age(&self) -> Duration {
+        let mut since = self.dirty_since.borrow_mut();
+        since.retain(|&line, _| self.is_dirty(line));
+        since
+            .values()
+            .min()
+            .map_or(Duration::ZERO, |&t| now().saturating_duration_since(t))
+    }
+
+    /// Lines destaged per second over the last window (0 once no run ended for two
+    /// windows).
+    fn destage_rate(&self) -> u64 {
+        let (start, _, rate) = self.rate.get();
+        if now().saturating_duration_since(start) >= 2 * DESTAGE_RATE_WINDOW {
+            0
+        } else {
+            rate
+        }
+    }
+
     fn stat(&self) -> Vec<(String, u64)> {
         let c = self.counters.get();
         let v = self.vssd.stats();
@@ -999,6 +1198,10 @@ impl Inner {
             ("usage.clean_lines", counts.lines_clean),
             ("usage.free_slots", counts.slots_free),
             ("usage.prepared_lines", counts.prepared),
+            (
+                "usage.oldest_dirty_age_ms",
+                self.oldest_dirty_age().as_millis() as u64,
+            ),
             ("requests.reads", c.reads),
             ("requests.writes", c.writes),
             ("requests.flushes", c.flushes),
@@ -1025,6 +1228,8 @@ impl Inner {
             ("destage.lines", c.destage_lines),
             ("destage.errors", c.destage_errors),
             ("destage.backlog_lines", dirty),
+            ("destage.rate_lines_per_s", self.destage_rate()),
+            ("destage.runs_in_flight", self.runs.borrow().len() as u64),
             ("vssd.evictions", v.evictions),
             ("vssd.checkpoints", v.checkpoints),
             ("vssd.slot_waits", v.slot_waits),
@@ -1060,11 +1265,12 @@ impl Inner {
     }
 }
 
-/// The destage task (module documentation): runs steps while [`Inner::destage_due`]
-/// says so, yielding to client requests between them; ends when the device closes
-/// or is dropped.
+/// The destage task (module documentation): while [`Inner::destage_due`] says so,
+/// starts runs (each a task of its own, at most [`DESTAGE_RUNS_MAX`] in flight, on
+/// lines no other run in flight holds), yielding to client requests between them;
+/// ends when the device closes or is dropped ([`Device::close`] then waits for the
+/// runs in flight).
 fn destage_loop(weak: &Weak<Inner>, kick: &Rendez) {
-    const OP: &str = "destage";
     let mut cursor = 0;
     let mut active = false;
     // Bounded by the device's life: it ends once the device is closing or gone.
@@ -1076,18 +1282,28 @@ fn destage_loop(weak: &Weak<Inner>, kick: &Rendez) {
             if inner.state.get() != DevState::Open {
                 return;
             }
-            if inner.destage_due(&mut active) {
-                match inner.destage_step(OP, &mut cursor, false) {
-                    Ok(Step::Wrote(_)) => None,
-                    Ok(Step::Busy) => Some(DESTAGE_BUSY_WAIT),
-                    Ok(Step::Clean) => Some(DESTAGE_POLL),
-                    Err(e) => {
-                        tracing::warn!(device = %inner.name, "destage: {e}");
-                        Some(DESTAGE_RETRY)
-                    }
-                }
-            } else {
+            if let Some(pause) = inner.destage_pause.take() {
+                Some(pause)
+            } else if inner.runs.borrow().len() >= DESTAGE_RUNS_MAX
+                || !inner.destage_due(&mut active)
+            {
                 Some(DESTAGE_POLL)
+            } else {
+                match inner.next_run(&mut cursor) {
+                    None => Some(DESTAGE_POLL),
+                    // Its lines are in flight already (the cursor came round):
+                    // wait for a run to end.
+                    Some((first, n))
+                        if inner
+                            .runs
+                            .borrow()
+                            .iter()
+                            .any(|&(f, m)| first < f + m && f < first + n) =>
+                    {
+                        Some(DESTAGE_POLL)
+                    }
+                    Some((first, n)) => start_run(weak, &inner, first, n),
+                }
             }
         };
         match wait {
@@ -1101,6 +1317,53 @@ fn destage_loop(weak: &Weak<Inner>, kick: &Rendez) {
     }
 }
 
+/// Starts a destage run of `first..first + n` as a task; the pause the destage task
+/// makes if it cannot.
+fn start_run(weak: &Weak<Inner>, inner: &Inner, first: u64, n: u64) -> Option<Duration> {
+    const OP: &str = "destage";
+    /// Removes the run from the runs in flight however its task ends.
+    struct Running(Weak<Inner>, u64);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(inner) = self.0.upgrade() {
+                inner.runs.borrow_mut().retain(|&(f, _)| f != self.1);
+                inner.runs_done.wakeup_all();
+                inner.kick.wakeup_all();
+            }
+        }
+    }
+    inner.runs.borrow_mut().push((first, n));
+    let running = Running(weak.clone(), first);
+    let task_weak = weak.clone();
+    let spawned = Builder::new()
+        .name(format!("destage-{}-{first}", inner.name))
+        .spawn(move || {
+            let _running = running;
+            let Some(inner) = task_weak.upgrade() else {
+                return;
+            };
+            let pause = match inner.run_step(OP, first, n, false) {
+                Ok(Step::Wrote(_) | Step::Clean) => None,
+                Ok(Step::Busy) => Some(DESTAGE_BUSY_WAIT),
+                Err(e) => {
+                    tracing::warn!(device = %inner.name, "destage: {e}");
+                    Some(DESTAGE_RETRY)
+                }
+            };
+            if let Some(p) = pause {
+                let longest = inner.destage_pause.get().map_or(p, |q| q.max(p));
+                inner.destage_pause.set(Some(longest));
+            }
+        });
+    match spawned {
+        Ok(_detached) => None,
+        Err(e) => {
+            tracing::warn!(device = %inner.name, "destage: cannot start a run: {e}");
+            Some(DESTAGE_RETRY)
+        }
+    }
+}
+
 fn config_error(device: &str, why: String) -> CdevError {
     CdevError::Config {
         op: "open",
@@ -1109,8 +1372,9 @@ fn config_error(device: &str, why: String) -> CdevError {
     }
 }
 
-/// What `DeviceConfig` must hold for `open` (serde checks the types only).
-fn check_config(c: &DeviceConfig) -> Result<(), CdevError> {
+/// What `DeviceConfig` must hold for `open` with the local vSSD as member `me`
+/// (serde checks the types only).
+fn check_config(c: &DeviceConfig, me: u64) -> Result<(), CdevError> {
     let bad = |why: String| Err(config_error(&c.name, why));
     if c.name.is_empty()
         || c.name.len() > rpc::limits::NAME_LEN_MAX
@@ -1143,9 +1407,9 @@ fn check_config(c: &DeviceConfig) -> Result<(), CdevError> {
         ));
     }
     for (i, r) in c.replicas.iter().enumerate() {
-        if r.member == 0 || c.replicas[..i].iter().any(|o| o.member == r.member) {
+        if r.member == me || c.replicas[..i].iter().any(|o| o.member == r.member) {
             return bad(format!(
-                "replica {} on {}: member {} (0 is the primary's; each used once)",
+                "replica {} on {}: member {} ({me} is the local vSSD's; each used once)",
                 r.vssd, r.peer, r.member
             ));
         }
@@ -1231,25 +1495,35 @@ fn open_vssd(c: &DeviceConfig, create: bool) -> Result<Vssd, CdevError> {
         ..Options::default()
     };
     let (vssd, _recovered) = Vssd::open(file, Some(&c.name), options).map_err(err)?;
-    if vssd.geometry().line_size() != c.line_size {
+    if let Err(e) = check_line_size(c, &vssd) {
         vssd.close();
-        return Err(config_error(
-            &c.name,
-            format!(
-                "line_size {} but the vSSD {} has lines of {}",
-                c.line_size,
-                path.display(),
-                vssd.geometry().line_size()
-            ),
-        ));
+        return Err(e);
     }
     Ok(vssd)
 }
 
-/// Recovery through the DTM over the local replica (member 0) and the configured
-/// peers that answer, then the DTM of the recovered epoch.
+/// The vSSD's lines must be the configuration's.
+fn check_line_size(c: &DeviceConfig, vssd: &Vssd) -> Result<(), CdevError> {
+    if vssd.geometry().line_size() == c.line_size {
+        return Ok(());
+    }
+    Err(config_error(
+        &c.name,
+        format!(
+            "line_size {} but the vSSD {} has lines of {}",
+            c.line_size,
+            c.vssd.display(),
+            vssd.geometry().line_size()
+        ),
+    ))
+}
+
+/// Recovery through the DTM over the local replica (member `me`: [`PRIMARY`], or a
+/// replica taking the device over) and the configured peers that answer, then the
+/// DTM of the recovered epoch.
 fn start_dtm(
     c: &DeviceConfig,
+    me: u64,
     vssd: &Vssd,
     backing: &Rc<BackingStore>,
     device_lines: u64,
@@ -1262,26 +1536,37 @@ fn start_dtm(
         source: Box::new(e),
     };
     let epoch = vssd.epoch();
-    let local = LocalReplica::new(vssd.clone(), 0, c.vssd.display().to_string(), epoch);
+    let local = LocalReplica::new(vssd.clone(), me, c.vssd.display().to_string(), epoch);
     let mut opened: Vec<Rc<dyn Replica>> = vec![Rc::new(local)];
     for r in &c.replicas {
-        match RemoteReplica::open(r.peer, &r.vssd, epoch, r.member, peers) {
+        // A peer at a newer epoch than the local vSSD is opened at its own: recovery
+        // must see that epoch (the local vSSD may be stale in it), not lose the peer.
+        let remote = match RemoteReplica::open(r.peer, &r.vssd, epoch, r.member, peers) {
+            Err(ReplicaError {
+                kind: ReplicaErrorKind::StaleEpoch { replica_epoch },
+                ..
+            }) if replica_epoch > epoch => {
+                RemoteReplica::open(r.peer, &r.vssd, replica_epoch, r.member, peers)
+            }
+            other => other,
+        };
+        match remote {
             Ok(remote) => opened.push(Rc::new(remote)),
             Err(e) => {
                 tracing::warn!(device = %c.name, peer = %r.peer, vssd = %r.vssd, "replica not opened: {e}")
             }
         }
     }
-    let configured: Vec<u64> = std::iter::once(0)
+    let configured: Vec<u64> = std::iter::once(me)
         .chain(c.replicas.iter().map(|r| r.member))
         .collect();
     let recovered = dtm::recover(&opened, &configured, c.min_replicas).map_err(dtm_err)?;
     tracing::info!(device = %c.name, ?recovered, "recovered");
-    if recovered.members.first().is_none_or(|m| m.member() != 0) {
+    if recovered.members.first().is_none_or(|m| m.member() != me) {
         return Err(config_error(
             &c.name,
             format!(
-                "the primary vSSD {} is not a member of the newest epoch {} (stale: {:?}); another cvad may serve the device",
+                "the local vSSD {} (member {me}) is not a member of the newest epoch {} (stale: {:?}); another cvad may serve the device",
                 c.vssd.display(),
                 recovered.epoch,
                 recovered.stale

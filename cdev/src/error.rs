@@ -85,11 +85,16 @@ impl CdevError {
     }
 }
 
-/// A DTM error's status: a wait that ran out is BUSY (try again), anything else the
-/// device failed.
+/// A DTM error's status: a wait that ran out is BUSY (try again); a device fenced by
+/// a newer epoch (another cvad took it over) is STALE_EPOCH; anything else the device
+/// failed.
 fn dtm_status(e: &DtmError) -> Status {
     match e {
         DtmError::Busy { .. } => Status::Busy,
+        DtmError::Fenced { .. } => Status::StaleEpoch,
+        DtmError::Replica(r) if matches!(r.kind, dtm::ReplicaErrorKind::StaleEpoch { .. }) => {
+            Status::StaleEpoch
+        }
         _ => Status::IoError,
     }
 }

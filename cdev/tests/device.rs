@@ -901,3 +901,63 @@ fn a_working_set_larger_than_the_cache_is_written_back_through_destage() {
             .unwrap();
     }
 }
+
+/// STAT's age of the oldest dirty line follows virtual time and drops to 0 once
+/// everything is destaged; the destage rate is measured over a window and drops to 0
+/// once destage stops.
+#[test]
+fn stat_shows_the_oldest_dirty_age_and_the_destage_rate() {
+    run_sim(move |_| {
+        let c = config(Path::new(SIM_DIR));
+        let dev = Device::open(&c, CREATE).unwrap();
+        assert_eq!(stat(&dev, "usage.oldest_dirty_age_ms"), 0);
+        // Past the rate's first window, and no idle destage meanwhile (nothing dirty).
+        sleep(Duration::from_millis(1100));
+        dev.write(0, &data(0, 40 * LINE, 1)).unwrap();
+        sleep(Duration::from_millis(30));
+        dev.write(100 * LINE, &data(100 * LINE, LINE, 2)).unwrap();
+        sleep(Duration::from_millis(30));
+        let age = stat(&dev, "usage.oldest_dirty_age_ms");
+        assert!((60..100).contains(&age), "{age}");
+        dev.destage_all().unwrap();
+        assert_eq!(stat(&dev, "usage.oldest_dirty_age_ms"), 0);
+        assert!(stat(&dev, "destage.rate_lines_per_s") > 0);
+        sleep(Duration::from_secs(3));
+        assert_eq!(stat(&dev, "destage.rate_lines_per_s"), 0);
+        dev.close().unwrap();
+    });
+}
+
+/// Many dirty runs far apart, destaged by the background task with several runs in
+/// flight: every byte reaches the backing store.
+#[test]
+fn background_destage_with_runs_in_flight_writes_every_run() {
+    run_sim(move |h| {
+        let mut c = config(Path::new(SIM_DIR));
+        c.destage_high_pct = 2;
+        c.destage_low_pct = 1;
+        let dev = Device::open(&c, CREATE).unwrap();
+        let mut model = Model::new();
+        for i in 0..64u64 {
+            let offset = i * 16 * LINE;
+            let d = data(offset, 3 * LINE, i + 1);
+            dev.write(offset, &d).unwrap();
+            model.write(offset, &d);
+        }
+        let mut seen_parallel = false;
+        for _ in 0..2000 {
+            if dev.dirty_lines() == 0 {
+                break;
+            }
+            seen_parallel |= stat(&dev, "destage.runs_in_flight") > 1;
+            sleep(Duration::from_millis(1));
+        }
+        assert_eq!(dev.dirty_lines(), 0);
+        assert!(seen_parallel, "never more than one run in flight");
+        assert_eq!(
+            sim_backing(h, &c, 0, BACKING_BYTES),
+            model.at(0, BACKING_BYTES)
+        );
+        dev.close().unwrap();
+    });
+}

@@ -198,6 +198,8 @@ pub(crate) struct Inner {
     slots: Rc<Slots>,
     pending: RefCell<HashMap<u64, PendingTran>>,
     drained: Rendez,
+    /// Woken whenever a tran left `pending` ([`Dtm::flush_trans`]).
+    committed: Rendez,
     down: RefCell<Option<Down>>,
     pub(crate) stats: Cell<DtmStats>,
     pub(crate) resync: RefCell<Option<ResyncProgress>>,
@@ -338,6 +340,7 @@ impl Dtm {
             change: RwLock::new(()),
             locks: Rc::new(RangeLocks::default()),
             pending: RefCell::new(HashMap::new()),
+            committed: Rendez::new(),
             drained: Rendez::new(),
             down: RefCell::new(None),
             stats: Cell::new(DtmStats::default()),
@@ -382,6 +385,7 @@ impl Dtm {
         ) {
             self.inner.check_up("read")?;
         }
+        self.check_not_fenced("read")?;
         self.inner
             .primary
             .read_into(line, buf)
@@ -390,6 +394,37 @@ impl Dtm {
                 device: self.inner.device.clone(),
                 source: Box::new(source),
             })
+    }
+
+    /// Fences the DTM when the primary vSSD moved past the epoch of its opening here:
+    /// another primary's recovery took the device over (this DTM's own epoch change
+    /// moves the opening first), and the cache may be stale now. A read learns it
+    /// so before any write of this DTM would.
+    fn check_not_fenced(&self, op: &'static str) -> Result<(), DtmError> {
+        let inner = &self.inner;
+        let primary_epoch = inner.primary.epoch();
+        if primary_epoch <= inner.view.borrow().epoch {
+            return Ok(());
+        }
+        let Some(local) = inner
+            .view
+            .borrow()
+            .members
+            .first()
+            .map(|m| m.replica.clone())
+        else {
+            return Ok(());
+        };
+        if primary_epoch <= local.info().epoch {
+            return Ok(()); // this DTM's own epoch change, under way
+        }
+        Err(inner.fence(&ReplicaError {
+            op,
+            replica: local.name().to_string(),
+            kind: ReplicaErrorKind::StaleEpoch {
+                replica_epoch: primary_epoch,
+            },
+        }))
     }
 
     /// After a destage copied `version` of `line` to the backing store: marks it
@@ -481,8 +516,39 @@ impl Dtm {
     /// [`Dtm::quiesce`], then the primary's COMMITs made durable.
     pub fn flush(&self) -> Result<(), DtmError> {
         self.quiesce()?;
+        self.sync_primary("flush")
+    }
+
+    /// [`Dtm::flush`] for `trans` only: waits until each of them is committed on
+    /// every member (at most `wait_max`; trans of other lines may stay pending), then
+    /// makes the primary's COMMITs durable. Destage waits so for its own lines'
+    /// versions, not for every write in flight.
+    pub fn flush_trans(&self, trans: &[u64]) -> Result<(), DtmError> {
+        let inner = &self.inner;
+        let deadline = now() + inner.config.wait_max;
+        let waiting = || {
+            let pending = inner.pending.borrow();
+            trans.iter().any(|t| pending.contains_key(t))
+        };
+        // Bounded by the deadline.
+        while waiting() {
+            if now() >= deadline || !inner.committed.sleep_until(deadline) && now() >= deadline {
+                return Err(DtmError::Busy {
+                    op: "flush_trans",
+                    device: inner.device.clone(),
+                    what: "the lazy commits of the trans",
+                    first: 0,
+                    end: inner.lines,
+                    waited: inner.config.wait_max,
+                });
+            }
+        }
+        self.sync_primary("flush_trans")
+    }
+
+    fn sync_primary(&self, op: &'static str) -> Result<(), DtmError> {
         self.inner.primary.sync().map_err(|source| DtmError::Vssd {
-            op: "flush",
+            op,
             device: self.inner.device.clone(),
             source: Box::new(source),
         })
@@ -648,6 +714,9 @@ impl Inner {
                 None
             }
         };
+        if finished.is_some() {
+            self.committed.wakeup_all();
+        }
         drop(finished); // wakes the writers waiting for the lines or a slot
         if self.pending.borrow().is_empty() {
             self.drained.wakeup_all();

@@ -524,6 +524,28 @@ fn a_stalled_replica_holds_a_write_no_longer_than_its_timeout() {
     }
 }
 
+/// `flush_trans` waits for its own trans' COMMITs only: not for another tran whose
+/// lazy COMMIT is stalled on a replica.
+#[test]
+fn flush_trans_waits_for_its_own_trans_only() {
+    const STALL: Duration = Duration::from_secs(2);
+    run_sim(3, move || {
+        let reps = open_reps(Path::new("/"), 3, VSSD_LINES);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        let a = dtm.write(1, &payload(1, 1, 1)).unwrap().tran().unwrap();
+        dtm.quiesce().unwrap();
+        reps[1].set(Mode::Stall(STALL), Some("commit"));
+        let b = dtm.write(5, &payload(5, 1, 2)).unwrap().tran().unwrap();
+        let t0 = now();
+        dtm.flush_trans(&[a]).unwrap();
+        assert!(now() - t0 < STALL / 4, "{:?}", now() - t0);
+        // b's COMMIT ends when the stalled replica's call does (it is dropped).
+        dtm.flush_trans(&[a, b]).unwrap();
+        assert!(now() - t0 >= STALL, "{:?}", now() - t0);
+        assert_eq!(dtm.members(), vec![1, 3]);
+    });
+}
+
 #[test]
 fn a_replica_that_fails_its_lazy_commit_is_dropped() {
     let dir = TempDir::new("commitloss");
@@ -575,6 +597,37 @@ fn a_stale_epoch_fences_the_dtm() {
         assert!(matches!(e, DtmError::Fenced { .. }), "reads too: {e}");
         assert_eq!(held(&reps[0], 9), None);
         assert_eq!(dtm.members(), vec![1, 2, 3], "a fence drops nobody");
+    });
+}
+
+/// A takeover that fenced the primary's own vSSD (its recovery reached it): the
+/// next read fails, before any write of this DTM found the fence (the cache may be
+/// stale once the new primary writes); the DTM's own epoch changes do not.
+#[test]
+fn a_read_finds_the_primary_vssd_fenced() {
+    let dir = TempDir::new("readfence");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 3, VSSD_LINES);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        dtm.write(4, &payload(4, 1, 1)).unwrap();
+        // The DTM's own epoch change (a lost member) leaves reads served.
+        reps[2].set(Mode::Unreachable, None);
+        dtm.write(5, &payload(5, 1, 2)).unwrap();
+        assert_eq!(dtm.members(), vec![1, 2]);
+        let mut buf = AlignedBuf::new(LINE);
+        assert!(dtm.read(4, &mut buf).unwrap().is_some());
+        // Another primary's recovery moves the primary's vSSD past the DTM's epoch.
+        let epoch = dtm.epoch();
+        let usurper = LocalReplica::new(reps[0].vssd.clone(), 2, "usurper", epoch);
+        usurper.set_epoch(epoch + 1, &[1, 2]).unwrap();
+        let e = dtm.read(4, &mut buf).unwrap_err();
+        assert!(
+            matches!(e, DtmError::Fenced { replica_epoch, .. } if replica_epoch == epoch + 1),
+            "{e}"
+        );
+        let e = dtm.write(4, &payload(4, 1, 3)).unwrap_err();
+        assert!(matches!(e, DtmError::Fenced { .. }), "{e}");
     });
 }
 

@@ -1,0 +1,425 @@
+//! `tdrv sim cdev`: a cache device (`cdev::Device`, its DTM, vSSD, backing store and
+//! destage task) on one simulated node, against a model of the device's bytes.
+//!
+//! At each boot the node opens the device (recovery), reads every block and checks
+//! it against the model, then client tasks each own a region of blocks (the regions
+//! are not line-aligned, so neighbouring clients share the lines at their edges and
+//! race in the read-modify-write of those lines) and write, read and discard in it:
+//! writes of 1..=WRITE_BLOCKS_MAX blocks, inside one line or across several, reads
+//! checked block by block, discards (whole lines only drop: their blocks may then
+//! hold any older bytes until written again). A mode task switches the cache mode
+//! now and then (leaving write-back destages everything), and destage runs between
+//! low watermarks and when idle, with a cache smaller than the device (evictions).
+//!
+//! The controller crashes the node 1..=CRASHES_MAX times at seeded moments (writes
+//! not yet flushed are kept, dropped or torn) and restarts it. After each crash every
+//! block must hold its newest acknowledged write or the write in flight at the crash.
+//! At the last boot the clients finish, every block is checked, `destage_all` runs,
+//! and the backing store (as the simulated disk holds it) must equal the device's
+//! bytes read through the cache.
+//!
+//! `--buggy` breaks the device's read-modify-write lock
+//! (`Device::break_rmw_lock`): two writes to one line race, one undoes the other's
+//! acknowledged bytes, and the checks find the lost write.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use cdev::{CacheMode, Device, DeviceConfig, OpenOptions, ReplicaLoss};
+use taskio::sim::{NodeId, SimHandle};
+use taskio::{JoinHandle, sleep, spawn};
+use vssd::layout::{Geometry, LOG_BYTES_MIN};
+
+use super::{Options, SeedRun};
+
+const LINE: u64 = 4096;
+const BLOCK: u64 = cdev::BLOCK_SIZE as u64;
+/// The device's size in lines (the backing store's), and the cache's (smaller:
+/// lines are evicted and read back from the backing store).
+const DEVICE_LINES: u64 = 32;
+const CACHE_LINES: u64 = 20;
+const CLIENTS: u64 = 6;
+/// Blocks of each client's region: 4.5 lines, so each edge between two regions
+/// falls inside a line.
+const REGION_BLOCKS: u64 = 36;
+const WRITE_BLOCKS_MAX: u64 = 12;
+const READ_BLOCKS_MAX: u64 = 16;
+/// Operations of one client at one boot, and its think time between them.
+const OPS_PER_BOOT: u64 = 25;
+const THINK_US_MAX: u64 = 500;
+/// Mode changes at one boot, at most this far apart.
+const MODE_CHANGES: u64 = 3;
+const MODE_GAP_MS: u64 = 60;
+const CRASHES_MAX: u64 = 3;
+/// How long after a boot the node crashes, at most.
+const CRASH_AFTER_MS: u64 = 150;
+/// Bound of a boot (open and recovery) and of the final boot's work.
+const BOOT_WITHIN: Duration = Duration::from_secs(30);
+const FINAL_WITHIN: Duration = Duration::from_secs(60);
+const BLOCKS: u64 = CLIENTS * REGION_BLOCKS;
+const MODES: [CacheMode; 4] = [
+    CacheMode::WriteBack,
+    CacheMode::WriteThrough,
+    CacheMode::WriteAround,
+    CacheMode::PassThrough,
+];
+
+const _: () = assert!(BLOCKS * BLOCK <= DEVICE_LINES * LINE);
+const _: () = assert!(CACHE_LINES < DEVICE_LINES);
+const _: () = assert!(!(REGION_BLOCKS * BLOCK).is_multiple_of(LINE));
+const _: () = assert!(WRITE_BLOCKS_MAX * BLOCK > LINE && WRITE_BLOCKS_MAX < REGION_BLOCKS);
+const _: () = assert!(READ_BLOCKS_MAX < REGION_BLOCKS);
+
+/// What a block must hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// The bytes of write `tag` (0: never written, zeros).
+    Tag(u64),
+    /// Anything: a discard dropped its line (the backing store's older bytes).
+    Any,
+}
+
+#[derive(Default)]
+struct World {
+    seed: u64,
+    buggy: bool,
+    crashes_planned: u64,
+    want: RefCell<Vec<Want>>,
+    /// Blocks of the writes in flight (and their tags): kept across a crash.
+    in_flight: RefCell<HashMap<u64, u64>>,
+    boots: Cell<u64>,
+    next_tag: Cell<u64>,
+    /// The final boot's view of the device's bytes after `destage_all`.
+    final_view: RefCell<Option<Vec<u8>>>,
+    failure: RefCell<Option<String>>,
+    writes: Cell<u64>,
+    reads: Cell<u64>,
+    discards: Cell<u64>,
+    mode_changes: Cell<u64>,
+    in_flight_landed: Cell<u64>,
+    destage_runs: Cell<u64>,
+    evictions: Cell<u64>,
+}
+
+impl World {
+    fn fail(&self, why: String) {
+        self.failure.borrow_mut().get_or_insert(why);
+    }
+
+    fn add(&self, c: &Cell<u64>, n: u64) {
+        c.set(c.get() + n);
+    }
+}
+
+fn config() -> DeviceConfig {
+    DeviceConfig {
+        name: "simcdev".into(),
+        backing: PathBuf::from("/dev/backing"),
+        vssd: PathBuf::from("/dev/vssd"),
+        vssd_bytes: Geometry::new(LINE as u32, CACHE_LINES, LOG_BYTES_MIN)
+            .map(|g| g.total_bytes())
+            .unwrap_or(0),
+        line_size: LINE as u32,
+        mode: CacheMode::WriteBack,
+        replicas: Vec::new(),
+        min_replicas: 1,
+        replica_loss: ReplicaLoss::Degrade,
+        destage_high_pct: 40,
+        destage_low_pct: 10,
+        seq_cutoff_bytes: 0,
+    }
+}
+
+const CREATE: OpenOptions = OpenOptions {
+    create: true,
+    backing_bytes: DEVICE_LINES * LINE,
+};
+
+/// Block `block`'s bytes as write `tag` leaves them (tag 0: zeros).
+fn block_data(block: u64, tag: u64) -> [u8; BLOCK as usize] {
+    let mut b = [0u8; BLOCK as usize];
+    if tag != 0 {
+        for (i, w) in b.chunks_exact_mut(8).enumerate() {
+            let v = (block << 16 | i as u64) ^ tag.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    b
+}
+
+/// Checks blocks `first..first + got.len() / BLOCK` read as `got`; with `crashed`,
+/// a block may hold its write in flight at the crash instead (then that write is
+/// its acknowledged one).
+fn check(w: &World, first: u64, got: &[u8], what: &str, crashed: bool) -> Result<(), String> {
+    let mut want = w.want.borrow_mut();
+    let in_flight = w.in_flight.borrow();
+    for (i, bytes) in got.chunks_exact(BLOCK as usize).enumerate() {
+        let b = first + i as u64;
+        let Want::Tag(tag) = want[b as usize] else {
+            continue;
+        };
+        if bytes == block_data(b, tag) {
+            continue;
+        }
+        match in_flight.get(&b) {
+            Some(&t) if crashed && bytes == block_data(b, t) => {
+                want[b as usize] = Want::Tag(t);
+                w.add(&w.in_flight_landed, 1);
+            }
+            flying => {
+                return Err(format!(
+                    "{what}: block {b} (line {}) holds neither its acknowledged write {tag} nor the one in flight {flying:?}",
+                    b * BLOCK / LINE
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_all(dev: &Device) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0; (DEVICE_LINES * LINE) as usize];
+    dev.read(0, &mut buf)
+        .map_err(|e| format!("read all: {e}"))?;
+    Ok(buf)
+}
+
+/// One client's operations at one boot, in its own region.
+fn client(w: &World, h: &SimHandle, dev: &Device, k: u64) -> Result<(), String> {
+    let region = k * REGION_BLOCKS;
+    for _ in 0..OPS_PER_BOOT {
+        match h.random(10) {
+            0..=2 => {
+                let n = 1 + h.random(READ_BLOCKS_MAX);
+                let first = region + h.random(REGION_BLOCKS - n + 1);
+                let mut buf = vec![0; (n * BLOCK) as usize];
+                dev.read(first * BLOCK, &mut buf)
+                    .map_err(|e| format!("client {k}: read: {e}"))?;
+                check(w, first, &buf, &format!("client {k}: read"), false)?;
+                w.add(&w.reads, 1);
+            }
+            3 => {
+                let n = 1 + h.random(WRITE_BLOCKS_MAX);
+                let first = region + h.random(REGION_BLOCKS - n + 1);
+                let (start, end) = (first * BLOCK, (first + n) * BLOCK);
+                // Whole lines inside the range drop: their blocks may then read as
+                // any older bytes (marked before the call: a crash may cut it).
+                let (l0, l1) = (start.div_ceil(LINE), end / LINE);
+                for b in (l0 * LINE / BLOCK)..(l1 * LINE / BLOCK).max(l0 * LINE / BLOCK) {
+                    w.want.borrow_mut()[b as usize] = Want::Any;
+                }
+                dev.discard(start, end - start)
+                    .map_err(|e| format!("client {k}: discard: {e}"))?;
+                w.add(&w.discards, 1);
+            }
+            _ => {
+                let n = 1 + h.random(WRITE_BLOCKS_MAX);
+                // One write in two at an edge of the region: in a line shared with
+                // the neighbour's region.
+                let first = match h.random(4) {
+                    0 => region,
+                    1 => region + REGION_BLOCKS - n,
+                    _ => region + h.random(REGION_BLOCKS - n + 1),
+                };
+                let tag = w.next_tag.get();
+                w.next_tag.set(tag + 1);
+                let mut data = Vec::with_capacity((n * BLOCK) as usize);
+                for b in first..first + n {
+                    data.extend_from_slice(&block_data(b, tag));
+                    w.in_flight.borrow_mut().insert(b, tag);
+                }
+                dev.write(first * BLOCK, &data)
+                    .map_err(|e| format!("client {k}: write: {e}"))?;
+                for b in first..first + n {
+                    w.want.borrow_mut()[b as usize] = Want::Tag(tag);
+                    w.in_flight.borrow_mut().remove(&b);
+                }
+                w.add(&w.writes, 1);
+            }
+        }
+        sleep(Duration::from_micros(h.random(THINK_US_MAX)));
+    }
+    Ok(())
+}
+
+fn mode_changes(w: &World, h: &SimHandle, dev: &Device) -> Result<(), String> {
+    for _ in 0..MODE_CHANGES {
+        sleep(Duration::from_millis(h.random(MODE_GAP_MS)));
+        let mode = MODES[h.random(MODES.len() as u64) as usize];
+        dev.set_mode(mode)
+            .map_err(|e| format!("set_mode {mode:?}: {e}"))?;
+        w.add(&w.mode_changes, 1);
+    }
+    Ok(())
+}
+
+/// The final boot's end: the clients and the mode task done, every block checked,
+/// everything destaged, the device's bytes kept for the controller's comparison
+/// with the backing store.
+fn finish(w: &World, dev: &Device, tasks: Vec<JoinHandle<()>>) -> Result<(), String> {
+    for t in tasks {
+        t.join().map_err(|e| format!("a task failed: {e}"))?;
+    }
+    if w.failure.borrow().is_some() {
+        return Ok(());
+    }
+    let all = read_all(dev)?;
+    check(w, 0, &all[..(BLOCKS * BLOCK) as usize], "final read", false)?;
+    dev.destage_all()
+        .map_err(|e| format!("final destage_all: {e}"))?;
+    if dev.dirty_lines() != 0 {
+        return Err(format!(
+            "{} lines dirty after destage_all",
+            dev.dirty_lines()
+        ));
+    }
+    let view = read_all(dev)?;
+    if view != all {
+        return Err("the device's bytes changed across destage_all".into());
+    }
+    let stat = dev.stat();
+    let counter = |name: &str| stat.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v);
+    w.add(&w.destage_runs, counter("destage.runs"));
+    w.add(&w.evictions, counter("vssd.evictions"));
+    dev.close().map_err(|e| format!("close: {e}"))?;
+    *w.final_view.borrow_mut() = Some(view);
+    Ok(())
+}
+
+/// One boot of the node: open (recovery), the check of every block, then the
+/// clients and the mode task (and at the last boot, [`finish`]).
+fn boot(w: &Rc<World>, h: &SimHandle) {
+    let boot = w.boots.get();
+    let dev = match Device::open(&config(), CREATE) {
+        Ok(d) => d,
+        Err(e) => return w.fail(format!("boot {boot}: open: {e}")),
+    };
+    if w.buggy {
+        dev.break_rmw_lock();
+    }
+    let checked = read_all(&dev).and_then(|all| {
+        check(
+            w,
+            0,
+            &all[..(BLOCKS * BLOCK) as usize],
+            &format!("boot {boot}: recovery"),
+            true,
+        )
+    });
+    if let Err(e) = checked {
+        return w.fail(e);
+    }
+    w.in_flight.borrow_mut().clear();
+    let mut tasks = Vec::new();
+    for k in 0..CLIENTS {
+        let (w2, h2, dev2) = (w.clone(), h.clone(), dev.clone());
+        match spawn(move || {
+            if let Err(e) = client(&w2, &h2, &dev2, k) {
+                w2.fail(format!("boot {boot}: {e}"));
+            }
+        }) {
+            Ok(t) => tasks.push(t),
+            Err(e) => return w.fail(format!("spawn: {e}")),
+        }
+    }
+    let (w2, h2, dev2) = (w.clone(), h.clone(), dev.clone());
+    match spawn(move || {
+        if let Err(e) = mode_changes(&w2, &h2, &dev2) {
+            w2.fail(format!("boot {boot}: {e}"));
+        }
+    }) {
+        Ok(t) => tasks.push(t),
+        Err(e) => return w.fail(format!("spawn: {e}")),
+    }
+    w.boots.set(boot + 1);
+    if boot == w.crashes_planned
+        && let Err(e) = finish(w, &dev, tasks)
+    {
+        w.fail(format!("boot {boot} (final): {e}"));
+    }
+}
+
+fn control(h: &SimHandle, w: &Rc<World>) -> Option<String> {
+    let (w2, h2) = (w.clone(), h.clone());
+    let node: NodeId = h.add_node("cvad", [10, 0, 2, 1].into(), move || boot(&w2, &h2));
+    for crash in 0..w.crashes_planned {
+        if !h.run_until(BOOT_WITHIN, || {
+            w.boots.get() > crash || w.failure.borrow().is_some()
+        }) {
+            return Some(format!(
+                "boot {crash} did not finish within {BOOT_WITHIN:?}"
+            ));
+        }
+        if w.failure.borrow().is_some() {
+            break;
+        }
+        sleep(Duration::from_millis(h.random(CRASH_AFTER_MS)));
+        h.crash(node);
+        h.restart(node);
+    }
+    if !h.run_until(FINAL_WITHIN, || {
+        w.final_view.borrow().is_some() || w.failure.borrow().is_some()
+    }) {
+        return Some(format!(
+            "the final boot did not finish within {FINAL_WITHIN:?}"
+        ));
+    }
+    if let Some(f) = w.failure.borrow().clone() {
+        return Some(f);
+    }
+    let view = w.final_view.borrow().clone().unwrap_or_default();
+    let on_disk = h.disk_view(node, config().backing).unwrap_or_default();
+    if on_disk.len() < view.len() {
+        return Some(format!(
+            "the backing store holds {} bytes, the device {}",
+            on_disk.len(),
+            view.len()
+        ));
+    }
+    if let Some(at) = (0..view.len()).find(|&i| on_disk[i] != view[i]) {
+        return Some(format!(
+            "after destage_all the backing store differs from the cache's view at byte {at} (line {})",
+            at as u64 / LINE
+        ));
+    }
+    None
+}
+
+/// Runs one seed of the scenario.
+pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
+    let mut sim = super::simulator(seed);
+    let mut setup = taskio::rand::Rng::stream(seed, 0xcde);
+    let world = Rc::new(World {
+        seed,
+        buggy: opts.buggy,
+        crashes_planned: 1 + setup.below(CRASHES_MAX),
+        want: RefCell::new(vec![Want::Tag(0); BLOCKS as usize]),
+        next_tag: Cell::new(1),
+        ..World::default()
+    });
+    let w = world.clone();
+    let failure = match sim.run(move |h| control(h, &w)) {
+        Ok(f) => f,
+        Err(e) => Some(format!("the simulation itself failed: {e}")),
+    };
+    let c = |x: &Cell<u64>| x.get();
+    SeedRun {
+        trace: sim.trace_hash(),
+        failure,
+        detail: format!(
+            "seed {}: {} crashes, {} writes acknowledged, {} reads checked, {} discards, {} mode changes, {} in-flight blocks landed, {} destage runs and {} evictions at the last boot",
+            world.seed,
+            world.crashes_planned,
+            c(&world.writes),
+            c(&world.reads),
+            c(&world.discards),
+            c(&world.mode_changes),
+            c(&world.in_flight_landed),
+            c(&world.destage_runs),
+            c(&world.evictions),
+        ),
+    }
+}
