@@ -17,12 +17,11 @@ mod common;
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::drop_flag;
 use common::io_rt::{HANG_LIMIT, assert_same, pattern, within};
+use common::{TempDir, drop_flag};
 use taskio::file::{File, OpenOptions};
 use taskio::{
     ALIGN, AlignedBuf, Barrier, Builder, Config, IoConfig, IoError, IoStats, RunError, Runtime,
@@ -35,35 +34,6 @@ use taskio::{
 /// Size of a block in the multi-task tests: one O_DIRECT granule.
 const BLOCK_BYTES: usize = 4096;
 const _: () = assert!(BLOCK_BYTES.is_multiple_of(ALIGN));
-
-/// A fresh directory under the system temp dir, removed when dropped (also when the
-/// test fails).
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("taskio-file-{}-{test}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("create temp dir {}: {e}", path.display()));
-        TempDir { path }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
 
 fn io_runtime() -> Runtime {
     Runtime::with_io(Config::default(), IoConfig::default()).expect("Runtime::with_io")

@@ -1,6 +1,10 @@
+mod common;
+
 use std::rc::Rc;
 use taskio::file::OpenOptions;
 use taskio::*;
+
+use common::TempDir;
 
 #[test]
 fn echo_and_file_roundtrip() {
@@ -27,13 +31,12 @@ fn echo_and_file_roundtrip() {
             assert_eq!(back, buf);
         }
         srv.join().unwrap();
-        let dir = std::env::temp_dir().join(format!("taskio-smoke-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("smoke");
         let f = OpenOptions::new()
             .create(true)
             .direct(true)
             .size(1 << 20)
-            .open(dir.join("f"))
+            .open(dir.file("f"))
             .unwrap();
         let mut b = AlignedBuf::new(4096);
         b.fill(0xab);
@@ -42,7 +45,6 @@ fn echo_and_file_roundtrip() {
         let mut r = AlignedBuf::new(4096);
         assert_eq!(f.pread(&mut r, 8192).unwrap(), 4096);
         assert!(r.iter().all(|&x| x == 0xab));
-        std::fs::remove_dir_all(&dir).unwrap();
     })
     .unwrap();
     let st = rt.stats();

@@ -6,6 +6,16 @@ use std::process::Command;
 
 const KEYS: [&str; 6] = ["bench", "unit", "median", "min", "max", "n"];
 
+/// A fresh directory `NAME-XXXXXX` under the target's temporary directory (a real file
+/// system: O_DIRECT fails on tmpfs, which /tmp may be), removed on drop, even when the
+/// test panics.
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create a temporary directory")
+}
+
 /// Runs `tdrv ARGS`, checks it succeeds, that the table comes before the JSON lines,
 /// and that each JSON line has the documented keys in order; returns the figures'
 /// names and units, and stdout.
@@ -89,16 +99,13 @@ fn taskio_quick_bench_prints_table_then_json_lines() {
 /// so they are not required.
 #[test]
 fn io_quick_bench_prints_table_then_json_lines() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("bench-io-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    let file = dir.join("io.dat");
+    let dir = scratch("bench-io");
+    let file = dir.path().join("io.dat");
     // 4 MiB of non-zero data (holes would not reach the device).
     let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8 + 1).collect();
     std::fs::write(&file, &data).expect("write the test file");
     let path = file.to_str().expect("UTF-8 temp path");
     let (figures, stdout) = run_bench(&["bench", "io", "--quick", "--file", path]);
-    std::fs::remove_dir_all(&dir).expect("remove temp dir");
     for want in [
         "aio_randread_4k_qd1",
         "aio_randread_4k_qd1_poll50us",
@@ -193,13 +200,10 @@ fn unknown_area_is_a_usage_error() {
 /// when fio is installed, so they are not required, but their reach is then printed.
 #[test]
 fn vssd_quick_bench_prints_table_then_json_lines() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("bench-vssd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    let file = dir.join("vssd.dat");
+    let dir = scratch("bench-vssd");
+    let file = dir.path().join("vssd.dat");
     let path = file.to_str().expect("UTF-8 temp path");
     let (figures, stdout) = run_bench(&["bench", "vssd", "--quick", "--file", path]);
-    std::fs::remove_dir_all(&dir).expect("remove temp dir");
     for (want, want_unit) in [
         ("vssd_write_4k_qd1", "ops/s"),
         ("vssd_write_4k_qd32", "ops/s"),
@@ -232,10 +236,8 @@ fn vssd_quick_bench_prints_table_then_json_lines() {
 /// `--only` the group-commit factor: its figure alone (from the write samples it needs).
 #[test]
 fn vssd_bench_only_selects_figures() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("bench-vssd-only-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    let file = dir.join("vssd.dat");
+    let dir = scratch("bench-vssd-only");
+    let file = dir.path().join("vssd.dat");
     let path = file.to_str().expect("UTF-8 temp path");
     let (figures, _) = run_bench(&[
         "bench",
@@ -246,7 +248,6 @@ fn vssd_bench_only_selects_figures() {
         "--file",
         path,
     ]);
-    std::fs::remove_dir_all(&dir).expect("remove temp dir");
     let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["vssd_writes_per_flush_qd32"]);
 }
@@ -256,11 +257,8 @@ fn vssd_bench_only_selects_figures() {
 /// trip, all in ops/s, in the documented order, with both reach lines printed.
 #[test]
 fn dtm_quick_bench_prints_table_then_json_lines() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("bench-dtm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    let (figures, stdout) = run_bench_in(Some(&dir), &["bench", "dtm", "--quick"]);
-    std::fs::remove_dir_all(&dir).expect("remove temp dir");
+    let dir = scratch("bench-dtm");
+    let (figures, stdout) = run_bench_in(Some(dir.path()), &["bench", "dtm", "--quick"]);
     let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -294,11 +292,12 @@ fn dtm_quick_bench_prints_table_then_json_lines() {
 /// `--only` one replica count: its two figures alone (one device, no peer).
 #[test]
 fn dtm_bench_only_selects_figures() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("bench-dtm-only-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    let (figures, _) = run_bench_in(Some(&dir), &["bench", "dtm", "--quick", "--only", "_r1"]);
-    let files: Vec<String> = std::fs::read_dir(dir.join("target/tdrv-bench"))
+    let dir = scratch("bench-dtm-only");
+    let (figures, _) = run_bench_in(
+        Some(dir.path()),
+        &["bench", "dtm", "--quick", "--only", "_r1"],
+    );
+    let files: Vec<String> = std::fs::read_dir(dir.path().join("target/tdrv-bench"))
         .expect("the bench's files")
         .map(|e| {
             e.expect("dir entry")
@@ -307,7 +306,6 @@ fn dtm_bench_only_selects_figures() {
                 .into_owned()
         })
         .collect();
-    std::fs::remove_dir_all(&dir).expect("remove temp dir");
     let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["dtm_write_4k_qd1_r1", "dtm_write_4k_qd32_r1"]);
     assert_eq!(

@@ -15,7 +15,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use libaio_sys::{
@@ -34,23 +33,24 @@ const WAIT_ATTEMPTS_MAX: u32 = 1000;
 /// `sysctl_nr_open_max`, which is less than `i32::MAX`.
 const FD_NEVER_OPEN: RawFd = i32::MAX;
 
-/// A file in the temp directory, removed on drop.
+/// A file in a directory of its own under the temp directory, both removed on drop
+/// (also when the test panics).
 struct TempFile {
     file: File,
     path: PathBuf,
     /// Whether `file` is open with `O_DIRECT`.
     direct: bool,
+    _dir: tempfile::TempDir,
 }
 
 impl TempFile {
     /// A new empty file, opened `O_DIRECT` unless the filesystem refuses that.
     fn new(name: &str) -> TempFile {
-        static SEQUENCE: AtomicU32 = AtomicU32::new(0);
-        let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "libaio-sys-{}-{sequence}-{name}",
-            std::process::id()
-        ));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("libaio-sys-{name}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("create a temp dir for {name}: {e}"));
+        let path = dir.path().join(name);
         let open = |flags: i32| {
             OpenOptions::new()
                 .read(true)
@@ -65,6 +65,7 @@ impl TempFile {
                 file,
                 path,
                 direct: true,
+                _dir: dir,
             },
             Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
                 println!(
@@ -76,6 +77,7 @@ impl TempFile {
                     file,
                     path,
                     direct: false,
+                    _dir: dir,
                 }
             }
             Err(error) => panic!("open {}: {error}", path.display()),
@@ -84,12 +86,6 @@ impl TempFile {
 
     fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

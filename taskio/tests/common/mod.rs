@@ -5,6 +5,7 @@
 pub mod io_rt;
 
 use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use taskio::Runtime;
@@ -38,5 +39,29 @@ pub fn run<T: 'static>(main: impl FnOnce() -> T + 'static) -> T {
     match Runtime::new().run(main) {
         Ok(v) => v,
         Err(e) => panic!("Runtime::run failed: {e}"),
+    }
+}
+
+/// A fresh directory under the system temp dir, removed when dropped, also when the
+/// test panics (`tempfile::TempDir`).
+pub struct TempDir {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TempDir {
+    pub fn new(test: &str) -> TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("taskio-{test}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("create a temp dir for {test}: {e}"));
+        TempDir {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
     }
 }

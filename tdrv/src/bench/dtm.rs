@@ -41,7 +41,8 @@ use rpc::{Client, ClientConfig, Host, Server, ServerConfig, serve_handoff};
 use taskio::rand::Rng;
 use taskio::{AlignedBuf, Channel, Config, IoConfig, Runtime, spawn};
 
-use super::io::{Measured, Sample, lat_ns, met, tasks_sample, thread_cpu_time};
+use super::io::{Measured, Sample, met, tasks_sample, thread_cpu_time};
+use super::lat::Latencies;
 use super::rpc::{QUEUE_DEPTH as PING_QUEUE_DEPTH, Work as RpcWork, calls};
 use super::vssd::{
     DEVICE_ID, LINE, LINES_FULL, LINES_QUICK, LOG_BYTES_FULL, LOG_BYTES_QUICK, QD, SEED,
@@ -194,17 +195,17 @@ impl Peer {
     }
 }
 
-/// A member as the DTM sees it, with the latency of each of its writep1 calls (ns)
-/// since the last `take`: where a replicated write's time goes.
+/// A member as the DTM sees it, with the latencies of its writep1 calls since the
+/// last `take`: where a replicated write's time goes.
 struct Timed {
     inner: Rc<dyn Replica>,
-    writep1_ns: RefCell<Vec<u32>>,
+    writep1: RefCell<Latencies>,
 }
 
 impl Timed {
     /// The writep1 latencies recorded since the last call.
-    fn take(&self) -> Vec<u32> {
-        std::mem::take(&mut *self.writep1_ns.borrow_mut())
+    fn take(&self) -> Latencies {
+        self.writep1.replace(Latencies::new())
     }
 }
 
@@ -221,7 +222,7 @@ impl Replica for Timed {
     fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
         let start = Instant::now();
         let r = self.inner.writep1(tran, line, data);
-        self.writep1_ns.borrow_mut().push(lat_ns(start.elapsed()));
+        self.writep1.borrow_mut().record(start.elapsed());
         r
     }
     fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
@@ -281,7 +282,7 @@ fn start_device(
     let timed = |inner: Rc<dyn Replica>| {
         Rc::new(Timed {
             inner,
-            writep1_ns: RefCell::new(Vec::new()),
+            writep1: RefCell::new(Latencies::new()),
         })
     };
     let mut members = vec![timed(Rc::new(LocalReplica::new(
@@ -587,7 +588,7 @@ fn dtm_sample(device: &Device, qd: usize, dur: Duration) -> Result<(Sample, Spen
     assert!(lines_per_task > 0, "{qd} tasks for too few lines");
     let sample = tasks_sample(qd, dur, |task, deadline| {
         let dtm = dtm.clone();
-        move || -> Result<Vec<u32>, String> {
+        move || -> Result<Latencies, String> {
             let cleans: Rc<Channel<(u64, u64)>> = Rc::new(Channel::new(CLEANS_QUEUED));
             let cleaner = {
                 let (dtm, cleans) = (dtm.clone(), cleans.clone());
@@ -621,18 +622,13 @@ fn dtm_sample(device: &Device, qd: usize, dur: Duration) -> Result<(Sample, Spen
     })?;
     let thread_cpu = thread_cpu_time().saturating_sub(thread_cpu0);
     dtm.quiesce().map_err(|e| format!("quiesce: {e}"))?;
-    let writes = device.members[0].writep1_ns.borrow().len();
+    let writes = device.members[0].writep1.borrow().len();
     let spent = Spent {
         thread_cpu_us: thread_cpu.as_secs_f64() * 1e6 / writes.max(1) as f64,
         writep1_p50_us: device
             .members
             .iter()
-            .map(|m| {
-                let mut lat = m.take();
-                lat.sort_unstable();
-                lat.get(lat.len() / 2)
-                    .map_or(0.0, |&ns| f64::from(ns) / 1000.0)
-            })
+            .map(|m| m.take().quantile_us(0.50).unwrap_or(0.0))
             .collect(),
     };
     Ok((sample, spent))
@@ -670,19 +666,19 @@ fn write_loop(
     qd: usize,
     lines_per_task: u64,
     deadline: Instant,
-) -> Result<Vec<u32>, String> {
+) -> Result<Latencies, String> {
     let mut buf = AlignedBuf::new(LINE as usize);
     buf.set_len(LINE as usize);
     buf.fill(0xa5 ^ task as u8);
     let mut rng = Rng::stream(SEED, 0x200 + task as u64);
-    let mut lat = Vec::with_capacity(64 * 1024);
+    let mut lat = Latencies::new();
     let mut start = Instant::now();
     while start < deadline {
         let line = rng.below(lines_per_task) * qd as u64 + task as u64;
         let written = dtm
             .write(line, &buf)
             .map_err(|e| format!("write of line {line}: {e}"))?;
-        lat.push(lat_ns(start.elapsed()));
+        lat.record(start.elapsed());
         let Some(tran) = written.tran() else {
             return Err(format!("write of line {line}: written through, not cached"));
         };

@@ -28,6 +28,7 @@ use taskio::file::OpenOptions;
 use taskio::rand::Rng;
 use taskio::{AlignedBuf, Config, IoConfig, IoError, Runtime, net, spawn};
 
+use super::lat::Latencies;
 use super::{Figure, Plan};
 
 /// Block size of the file figures.
@@ -466,26 +467,12 @@ fn rusage_cpu(who: libc::c_int) -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// p50 and p99 of latencies in ns, in us.
-fn percentiles(lat: &mut [u32]) -> (Option<f64>, Option<f64>) {
-    if lat.is_empty() {
-        return (None, None);
-    }
-    lat.sort_unstable();
-    let at = |q: f64| {
-        let i = ((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1;
-        f64::from(lat[i]) / 1000.0
-    };
-    (Some(at(0.50)), Some(at(0.99)))
-}
-
 /// Builds a sample from what the tasks did.
-pub(super) fn finish(ops: u64, elapsed: Duration, cpu: Duration, lat: &mut [u32]) -> Sample {
-    let (p50_us, p99_us) = percentiles(lat);
+pub(super) fn finish(ops: u64, elapsed: Duration, cpu: Duration, lat: &Latencies) -> Sample {
     Sample {
         ops_per_s: ops as f64 / elapsed.as_secs_f64(),
-        p50_us,
-        p99_us,
+        p50_us: lat.quantile_us(0.50),
+        p99_us: lat.quantile_us(0.99),
         cpu_us_per_op: (ops > 0).then(|| cpu.as_secs_f64() * 1e6 / ops as f64),
     }
 }
@@ -499,7 +486,7 @@ pub(super) fn tasks_sample<F, E>(
     mut make: impl FnMut(usize, Instant) -> F,
 ) -> Result<Sample, String>
 where
-    F: FnOnce() -> Result<Vec<u32>, E> + 'static,
+    F: FnOnce() -> Result<Latencies, E> + 'static,
     E: std::fmt::Display + 'static,
 {
     let cpu0 = cpu_time();
@@ -509,27 +496,26 @@ where
     for i in 0..count {
         handles.push(spawn(make(i, deadline)).map_err(|e| e.to_string())?);
     }
-    let mut lat = Vec::new();
+    let mut lat = Latencies::new();
     for h in handles {
-        lat.extend(
-            h.join()
+        lat.merge(
+            &h.join()
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?,
         );
     }
     let elapsed = t0.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
-    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
+    Ok(finish(lat.len(), elapsed, cpu, &lat))
 }
 
 /// Times back-to-back round trips of `one` for `dur`: the sample (rate, latency
-/// percentiles, CPU per op). `lat_cap` is the latency vector's initial capacity.
+/// percentiles, CPU per op).
 pub(super) fn round_trips_sample<E>(
     dur: Duration,
-    lat_cap: usize,
     mut one: impl FnMut() -> Result<(), E>,
 ) -> Result<Sample, E> {
-    let mut lat = Vec::with_capacity(lat_cap);
+    let mut lat = Latencies::new();
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let deadline = t0 + dur;
@@ -537,16 +523,12 @@ pub(super) fn round_trips_sample<E>(
     while start < deadline {
         one()?;
         let end = Instant::now();
-        lat.push(lat_ns(end - start));
+        lat.record(end - start);
         start = end;
     }
     let elapsed = t0.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
-    Ok(finish(lat.len() as u64, elapsed, cpu, &mut lat))
-}
-
-pub(super) fn lat_ns(d: Duration) -> u32 {
-    u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
+    Ok(finish(lat.len(), elapsed, cpu, &lat))
 }
 
 /// `qd` tasks each reading (or writing) 4 KiB blocks at random offsets of the file
@@ -566,13 +548,13 @@ fn aio_sample(
     let file = Rc::new(file);
     tasks_sample(qd, dur, |i, deadline| {
         let file = file.clone();
-        move || -> Result<Vec<u32>, IoError> {
+        move || -> Result<Latencies, IoError> {
             let mut buf = AlignedBuf::new(BLOCK as usize);
             if write {
                 buf.fill(0x5a ^ i as u8);
             }
             let mut rng = Rng::stream(SEED, i as u64);
-            let mut lat = Vec::with_capacity(64 * 1024);
+            let mut lat = Latencies::new();
             let mut start = Instant::now();
             while start < deadline {
                 let offset = rng.below(blocks) * BLOCK;
@@ -582,7 +564,7 @@ fn aio_sample(
                     file.pread_exact(&mut buf, offset)?;
                 }
                 let end = Instant::now();
-                lat.push(lat_ns(end - start));
+                lat.record(end - start);
                 start = end;
             }
             Ok(lat)
@@ -629,16 +611,16 @@ fn tcp_sample(conns: usize, dur: Duration) -> Result<Sample, String> {
     let mut streams = streams.into_iter();
     let sample = tasks_sample(conns, dur, |i, deadline| {
         let s = streams.next().expect("one stream per client");
-        move || -> Result<Vec<u32>, IoError> {
+        move || -> Result<Latencies, IoError> {
             let msg = [i as u8; MSG];
             let mut back = [0u8; MSG];
-            let mut lat = Vec::with_capacity(64 * 1024);
+            let mut lat = Latencies::new();
             let mut start = Instant::now();
             while start < deadline {
                 s.write_all(&msg)?;
                 s.read_exact(&mut back)?;
                 let end = Instant::now();
-                lat.push(lat_ns(end - start));
+                lat.record(end - start);
                 start = end;
             }
             assert_eq!(back[0], i as u8, "echo crossed connections");
@@ -676,7 +658,7 @@ fn tcp_xthread_sample(rt: &mut Runtime, dur: Duration) -> Result<Sample, String>
             let s = net::connect(addr, Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
             let msg = [3u8; MSG];
             let mut back = [0u8; MSG];
-            round_trips_sample(dur, 64 * 1024, || {
+            round_trips_sample(dur, || {
                 s.write_all(&msg).map_err(|e| e.to_string())?;
                 s.read_exact(&mut back).map_err(|e| e.to_string())
             })
@@ -707,7 +689,7 @@ pub(super) fn floor_sample(dur: Duration) -> Result<Sample, String> {
     }
     let msg = [7u8; MSG];
     let mut buf = [0u8; MSG];
-    round_trips_sample(dur, 256 * 1024, || {
+    round_trips_sample(dur, || {
         spin_write(&mut a, &msg).map_err(|e| err("write A", e))?;
         spin_read(&mut b, &mut buf).map_err(|e| err("read B", e))?;
         spin_write(&mut b, &buf).map_err(|e| err("write B", e))?;
@@ -762,7 +744,7 @@ fn floor_xthread_run(wait: FloorWait, dur: Duration) -> Result<Sample, String> {
         let end = PlainEnd::new(&a, wait)?;
         let msg = [9u8; MSG];
         let mut back = [0u8; MSG];
-        round_trips_sample(dur, 256 * 1024, || {
+        round_trips_sample(dur, || {
             end.write_full(&msg)?;
             if !end.read_full(&mut back)? {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());

@@ -5,6 +5,7 @@
 
 mod dtm;
 mod io;
+mod lat;
 mod rpc;
 mod taskio;
 mod vssd;

@@ -34,8 +34,9 @@ use taskio::remote::remote;
 use taskio::{Config, IoConfig, Runtime};
 
 use super::io::{
-    Measured, Sample, XTHREAD_FLOOR, floor_sample, floor_xthread_sample, lat_ns, met, tasks_sample,
+    Measured, Sample, XTHREAD_FLOOR, floor_sample, floor_xthread_sample, met, tasks_sample,
 };
+use super::lat::Latencies;
 use super::{Figure, Plan};
 
 /// PING data: 8 bytes, so that header (56) + data is the floor's 64-byte message.
@@ -237,11 +238,11 @@ pub(super) fn calls(client: &Rc<Client>, work: Work, dur: Duration) -> Result<Sa
     };
     tasks_sample(callers, dur, |i, deadline| {
         let c = client.clone();
-        move || -> Result<Vec<u32>, String> {
+        move || -> Result<Latencies, String> {
             let ping: [u8; PING_LEN] = (i as u64).to_le_bytes();
             let block = vec![0x5a ^ i as u8; WRITE_LEN];
             let mut offset = i as u64 * WRITE_LEN as u64;
-            let mut lat = Vec::with_capacity(64 * 1024);
+            let mut lat = Latencies::new();
             let mut start = Instant::now();
             while start < deadline {
                 if write {
@@ -267,7 +268,7 @@ pub(super) fn calls(client: &Rc<Client>, work: Work, dur: Duration) -> Result<Sa
                     }
                 }
                 let end = Instant::now();
-                lat.push(lat_ns(end - start));
+                lat.record(end - start);
                 start = end;
             }
             Ok(lat)

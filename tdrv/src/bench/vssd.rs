@@ -29,7 +29,8 @@ use taskio::rand::Rng;
 use taskio::remote::remote;
 use taskio::{AlignedBuf, Config, IoConfig, IoError, Runtime, spawn};
 
-use super::io::{Measured, Sample, fill_file, fio_available, fio_sample, lat_ns, tasks_sample};
+use super::io::{Measured, Sample, fill_file, fio_available, fio_sample, tasks_sample};
+use super::lat::Latencies;
 use super::{Figure, Plan};
 
 /// Bytes per cache line, and per fio block.
@@ -361,12 +362,12 @@ pub(super) fn write_sample(
     let sample = tasks_sample(qd, dur, |task, deadline| {
         let vssd = vssd.clone();
         let tran_next = tran_next.clone();
-        move || -> Result<Vec<u32>, String> {
+        move || -> Result<Latencies, String> {
             let mut buf = AlignedBuf::new(LINE as usize);
             buf.set_len(LINE as usize);
             buf.fill(0x5a ^ task as u8);
             let mut rng = Rng::stream(SEED, task as u64);
-            let mut lat = Vec::with_capacity(64 * 1024);
+            let mut lat = Latencies::new();
             let mut start = Instant::now();
             while start < deadline {
                 let line = rng.below(lines_per_task) * qd as u64 + task as u64;
@@ -376,7 +377,7 @@ pub(super) fn write_sample(
                     .map_err(|e| format!("writep1 of tran {tran} on line {line}: {e}"))?;
                 vssd.commit(tran)
                     .map_err(|e| format!("commit of tran {tran}: {e}"))?;
-                lat.push(lat_ns(start.elapsed()));
+                lat.record(start.elapsed());
                 // An instant destage: the line is clean, so evictable. With every line
                 // dirty and no destage, writep1 would wait for room for ever.
                 vssd.mark_clean(line, tran)
@@ -440,10 +441,10 @@ fn read_sample(vssd: &Vssd, qd: usize, dur: Duration) -> Result<Sample, String> 
     let lines = vssd.geometry().lines();
     tasks_sample(qd, dur, |task, deadline| {
         let vssd = vssd.clone();
-        move || -> Result<Vec<u32>, String> {
+        move || -> Result<Latencies, String> {
             let mut buf = AlignedBuf::new(LINE as usize);
             let mut rng = Rng::stream(SEED, 0x100 + task as u64);
-            let mut lat = Vec::with_capacity(64 * 1024);
+            let mut lat = Latencies::new();
             let mut start = Instant::now();
             while start < deadline {
                 let line = rng.below(lines);
@@ -456,7 +457,7 @@ fn read_sample(vssd: &Vssd, qd: usize, dur: Duration) -> Result<Sample, String> 
                     ));
                 }
                 let end = Instant::now();
-                lat.push(lat_ns(end - start));
+                lat.record(end - start);
                 start = end;
             }
             Ok(lat)

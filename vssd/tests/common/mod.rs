@@ -3,27 +3,28 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use taskio::file::{File, OpenOptions};
 use taskio::{Config, IoConfig, IoError, Runtime};
 
 /// A fresh directory on the target's file system (not a tmpfs, so O_DIRECT has a
-/// chance), removed when dropped.
+/// chance), removed when dropped, also when the test panics (`tempfile::TempDir`).
 pub struct TempDir {
     pub path: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl TempDir {
     pub fn new(test: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("vssd-{}-{test}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("create temp dir {}: {e}", path.display()));
-        TempDir { path }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("vssd-{test}-"))
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap_or_else(|e| panic!("create a temp dir for {test}: {e}"));
+        TempDir {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        }
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -37,12 +38,6 @@ impl TempDir {
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         f.set_len(len.max(bytes.len() as u64)).unwrap();
         p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
