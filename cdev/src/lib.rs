@@ -11,6 +11,7 @@ pub mod device;
 pub mod error;
 mod gate;
 mod latency;
+pub mod nbd;
 
 pub use config::{CacheMode, DeviceConfig, ReplicaConfig, ReplicaLoss};
 pub use device::{BLOCK_SIZE, Device, DeviceInfo, IO_LEN_MAX, OpenOptions, vssd_format_params};
