@@ -113,6 +113,20 @@ impl Export {
     }
 }
 
+/// How the transmission phase reaches its device: a plain `Rc<Device>`, or a host's
+/// holder that refuses requests while the device closes (cvad's `DeviceHost`).
+pub trait DeviceAccess: 'static {
+    /// Runs `f` on the device for one request; None when the device does not serve
+    /// now (the client gets ESHUTDOWN).
+    fn with_device<R>(&self, f: impl FnOnce(&Device) -> R) -> Option<R>;
+}
+
+impl DeviceAccess for Rc<Device> {
+    fn with_device<R>(&self, f: impl FnOnce(&Device) -> R) -> Option<R> {
+        Some(f(self))
+    }
+}
+
 /// What the handshake looks exports up in.
 pub trait Exports {
     /// The export named `name`; "" is the default export. None: no such export.
@@ -217,3 +231,11 @@ pub fn serve_listener(listener: &TcpListener, exports: Rc<DeviceExports>) -> Res
         }
     }
 }
+
+// A handshake's outcome travels with the detached connection to the device's
+// runtime (another thread): both must be Send.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Negotiated>();
+    send::<taskio::net::Detached>();
+};

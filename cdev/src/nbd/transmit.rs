@@ -10,7 +10,9 @@ use taskio::net::TcpStream;
 use taskio::{Builder, Channel, IoError, QLock};
 
 use super::proto::*;
-use super::{HANDLERS_MAX, NbdError, Negotiated, QUEUE_MAX, SKIP_LEN_MAX, ZERO_CHUNK_MAX};
+use super::{
+    DeviceAccess, HANDLERS_MAX, NbdError, Negotiated, QUEUE_MAX, SKIP_LEN_MAX, ZERO_CHUNK_MAX,
+};
 use crate::device::{BLOCK_SIZE, Device};
 use crate::error::CdevError;
 
@@ -24,11 +26,11 @@ struct Request {
     data: Vec<u8>,
 }
 
-struct Conn {
+struct Conn<D> {
     stream: TcpStream,
     /// Held while one reply is written, so replies never interleave.
     replies: QLock<()>,
-    device: Rc<Device>,
+    device: D,
     n: Negotiated,
 }
 
@@ -36,9 +38,9 @@ struct Conn {
 /// `device`, on the device's runtime. Ok when the client sent DISC or closed the
 /// connection between requests; every request read is answered (when the socket
 /// still takes it) before it returns.
-pub fn serve_transmission(
+pub fn serve_transmission<D: DeviceAccess>(
     stream: TcpStream,
-    device: Rc<Device>,
+    device: D,
     negotiated: Negotiated,
 ) -> Result<(), NbdError> {
     let conn = Rc::new(Conn {
@@ -107,6 +109,19 @@ fn refusal(n: &Negotiated, r: &Request) -> Option<(u32, &'static str)> {
     }
 }
 
+/// Zeroes are written (NO_HOLE or not): a discard leaves the backing store's bytes
+/// readable, so it cannot stand for zeroes.
+fn write_zeroes(device: &Device, offset: u64, len: u32) -> Result<(), CdevError> {
+    let zeroes = vec![0u8; len.min(ZERO_CHUNK_MAX) as usize];
+    let mut done = 0u64;
+    while done < len as u64 {
+        let n = (len as u64 - done).min(zeroes.len() as u64) as usize;
+        device.write(offset + done, &zeroes[..n])?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 /// The NBD error for a device error.
 fn errno(e: &CdevError) -> u32 {
     match e {
@@ -120,7 +135,7 @@ fn errno(e: &CdevError) -> u32 {
     }
 }
 
-impl Conn {
+impl<D: DeviceAccess> Conn<D> {
     fn read(&self, buf: &mut [u8], op: &'static str) -> Result<(), NbdError> {
         self.stream
             .read_exact(buf)
@@ -196,43 +211,34 @@ impl Conn {
         if let Some((err, why)) = refusal(&self.n, &r) {
             return self.send_error(&r, err, why);
         }
-        let device = &*self.device;
-        let result = match r.kind {
-            CMD_READ => {
-                let mut buf = vec![0u8; r.len as usize];
-                match device.read(r.offset, &mut buf) {
-                    Ok(()) => return self.send_read(&r, &buf),
-                    Err(e) => Err(e),
+        // The device is held for the call only, not while the reply is sent.
+        let done = self.device.with_device(|device| {
+            let mut data = Vec::new();
+            let result = match r.kind {
+                CMD_READ => {
+                    data = vec![0u8; r.len as usize];
+                    device.read(r.offset, &mut data)
                 }
-            }
-            // A write is durable when Device::write returns: FUA asks no more.
-            CMD_WRITE => device.write(r.offset, &r.data),
-            CMD_FLUSH => device.flush(),
-            CMD_TRIM => device.discard(r.offset, r.len as u64),
-            CMD_WRITE_ZEROES => self.write_zeroes(r.offset, r.len),
-            CMD_BLOCK_STATUS => return self.send_block_status(&r),
-            _ => unreachable!("refusal() lets known commands through only"),
-        };
-        match result {
-            Ok(()) => self.send_done(&r),
-            Err(e) => {
+                // A write is durable when Device::write returns: FUA asks no more.
+                CMD_WRITE => device.write(r.offset, &r.data),
+                CMD_FLUSH => device.flush(),
+                CMD_TRIM => device.discard(r.offset, r.len as u64),
+                CMD_WRITE_ZEROES => write_zeroes(device, r.offset, r.len),
+                CMD_BLOCK_STATUS => Ok(()),
+                _ => unreachable!("refusal() lets known commands through only"),
+            };
+            result.map(|()| data)
+        });
+        match done {
+            None => self.send_error(&r, ESHUTDOWN, "the device is closing"),
+            Some(Ok(data)) if r.kind == CMD_READ => self.send_read(&r, &data),
+            Some(Ok(_)) if r.kind == CMD_BLOCK_STATUS => self.send_block_status(&r),
+            Some(Ok(_)) => self.send_done(&r),
+            Some(Err(e)) => {
                 tracing::info!("nbd command {} failed: {e}", r.kind);
                 self.send_error(&r, errno(&e), "device error")
             }
         }
-    }
-
-    /// Zeroes are written (NO_HOLE or not): a discard leaves the backing store's
-    /// bytes readable, so it cannot stand for zeroes.
-    fn write_zeroes(&self, offset: u64, len: u32) -> Result<(), CdevError> {
-        let zeroes = vec![0u8; len.min(ZERO_CHUNK_MAX) as usize];
-        let mut done = 0u64;
-        while done < len as u64 {
-            let n = (len as u64 - done).min(zeroes.len() as u64) as usize;
-            self.device.write(offset + done, &zeroes[..n])?;
-            done += n as u64;
-        }
-        Ok(())
     }
 
     /// Writes one whole reply; a failing socket ends the connection (the reader sees
