@@ -96,3 +96,55 @@ fn default_destage_low_pct() -> u8 {
 fn default_seq_cutoff() -> u64 {
     1 << 20
 }
+
+impl DeviceConfig {
+    /// A device of `name` on `backing`, cached on the vSSD file `vssd` of
+    /// `vssd_bytes`, every other setting at its default (what a TOML that names only
+    /// these four keys gives).
+    pub fn new(name: &str, backing: PathBuf, vssd: PathBuf, vssd_bytes: u64) -> DeviceConfig {
+        DeviceConfig {
+            name: name.to_string(),
+            backing,
+            vssd,
+            vssd_bytes,
+            line_size: default_line_size(),
+            mode: CacheMode::default(),
+            replicas: Vec::new(),
+            min_replicas: default_min_replicas(),
+            replica_loss: ReplicaLoss::default(),
+            destage_high_pct: default_destage_high_pct(),
+            destage_low_pct: default_destage_low_pct(),
+            seq_cutoff_bytes: default_seq_cutoff(),
+        }
+    }
+}
+
+/// The settings DEVICE_SET may change on a running device (a TOML of those alone).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSettings {
+    pub mode: Option<CacheMode>,
+    pub destage_high_pct: Option<u8>,
+    pub destage_low_pct: Option<u8>,
+    pub seq_cutoff_bytes: Option<u64>,
+}
+
+impl DeviceSettings {
+    /// `config` with these settings applied.
+    pub fn applied_to(&self, config: &DeviceConfig) -> DeviceConfig {
+        let mut c = config.clone();
+        if let Some(m) = self.mode {
+            c.mode = m;
+        }
+        if let Some(h) = self.destage_high_pct {
+            c.destage_high_pct = h;
+        }
+        if let Some(l) = self.destage_low_pct {
+            c.destage_low_pct = l;
+        }
+        if let Some(s) = self.seq_cutoff_bytes {
+            c.seq_cutoff_bytes = s;
+        }
+        c
+    }
+}

@@ -5,14 +5,21 @@
 //! never lose an acknowledged write.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod admin;
 mod backing;
 pub mod config;
+pub mod datadir;
 pub mod device;
+pub mod devices;
 pub mod error;
 mod gate;
 mod latency;
 pub mod nbd;
+pub mod replicas;
+pub mod server;
+pub mod service;
 
-pub use config::{CacheMode, DeviceConfig, ReplicaConfig, ReplicaLoss};
+pub use config::{CacheMode, DeviceConfig, DeviceSettings, ReplicaConfig, ReplicaLoss};
 pub use device::{BLOCK_SIZE, Device, DeviceInfo, IO_LEN_MAX, OpenOptions, vssd_format_params};
 pub use error::CdevError;
+pub use server::{Cvad, CvadConfig, CvadError, ServerSettings};

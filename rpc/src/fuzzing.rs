@@ -291,6 +291,38 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                 data: DATA,
             },
         ),
+        (
+            "vssd_create",
+            Request::VssdCreate {
+                name: "dev1-r1",
+                device: "dev1",
+                line_size: 4096,
+                lines: 4096,
+                log_bytes: 1 << 20,
+            },
+        ),
+        (
+            "device_create",
+            Request::DeviceCreate {
+                config: "name = \"dev1\"\nbacking = \"/srv/b1\"\nvssd = \"/srv/v1\"\nvssd_bytes = 268435456\n",
+            },
+        ),
+        ("device_list", Request::DeviceList),
+        ("device_show", Request::DeviceShow { name: "dev1" }),
+        (
+            "device_set",
+            Request::DeviceSet {
+                name: "dev1",
+                settings: "mode = \"write-through\"\n",
+            },
+        ),
+        (
+            "device_delete",
+            Request::DeviceDelete {
+                name: "dev1",
+                dirty_lines: Some(12),
+            },
+        ),
     ];
     let responses: Vec<(&str, Response<'static>)> = vec![
         ("hello", Response::Hello(reply.clone())),
@@ -404,6 +436,22 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ),
         ("vssd_repair", Response::VssdRepair),
         ("vssd_copy_in", Response::VssdCopyIn),
+        ("vssd_create", Response::VssdCreate),
+        ("device_create", Response::DeviceCreate),
+        (
+            "device_list",
+            Response::DeviceList {
+                names: vec!["dev0", "dev1"],
+            },
+        ),
+        (
+            "device_show",
+            Response::DeviceShow {
+                text: "name = \"dev1\"\nmode = \"write-back\"\n",
+            },
+        ),
+        ("device_set", Response::DeviceSet),
+        ("device_delete", Response::DeviceDelete),
         (
             "vssd_writep1-stale_epoch",
             Response::StaleEpoch {

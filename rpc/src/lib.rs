@@ -70,9 +70,9 @@ pub use host::{
 pub use ledger::{Ledger, LedgerCounts};
 pub use limits::HEADER_LEN;
 pub use msg::{
-    Body, CLEAN_FLAG_CLEANED, Counter, DEVICE_FLAG_READ_ONLY, DeviceInfo, DirtyLine, Hello,
-    HelloReply, IN_DOUBT_FLAG_DAMAGED, InDoubt, Message, RECOVER_FLAG_MORE, Request, Response,
-    TranState, VssdInfo,
+    Body, CLEAN_FLAG_CLEANED, Counter, DELETE_FLAG_DIRTY_NAMED, DEVICE_FLAG_READ_ONLY, DeviceInfo,
+    DirtyLine, Hello, HelloReply, IN_DOUBT_FLAG_DAMAGED, InDoubt, Message, RECOVER_FLAG_MORE,
+    Request, Response, TranState, VssdInfo,
 };
 pub use msg_type::MsgType;
 pub use server::{Server, ServerConfig};

@@ -47,6 +47,11 @@ pub const COMMIT_TRANS_MAX: usize = 1024;
 pub const MEMBERS_MAX: usize = 16;
 /// Most (line, version) pairs in one VSSD_DIRTY reply.
 pub const DIRTY_PER_REPLY_MAX: usize = 8192;
+/// Longest configuration text of DEVICE_CREATE, DEVICE_SET and a DEVICE_SHOW reply
+/// (UTF-8; its meaning is the serving crate's).
+pub const CONFIG_TEXT_LEN_MAX: usize = 8192;
+/// Most device names in one DEVICE_LIST reply.
+pub const DEVICES_PER_LIST_MAX: usize = 256;
 /// Largest queue depth (requests in flight per session) a server may advertise.
 pub const QUEUE_DEPTH_MAX: u32 = 1024;
 
@@ -68,6 +73,8 @@ pub(crate) const DEVICE_OPEN_REQ_FIXED_LEN: usize = 8;
 pub(crate) const DEVICE_INFO_LEN: usize = 24;
 pub(crate) const VSSD_OPEN_REQ_FIXED_LEN: usize = 16;
 pub(crate) const VSSD_INFO_FIXED_LEN: usize = 40;
+/// VSSD_CREATE request: lines, log_bytes, line_size, the two name lengths, reserved.
+pub(crate) const VSSD_CREATE_REQ_FIXED_LEN: usize = 24;
 pub(crate) const WRITEP1_PREFIX_LEN: usize = 16;
 /// VSSD_READ reply: the version before the data.
 pub(crate) const VSSD_READ_PREFIX_LEN: usize = 8;
@@ -82,6 +89,17 @@ pub(crate) const STAT_REPLY_FIXED_LEN: usize = 8;
 /// One counter: name length (u8), name, value (u64).
 pub(crate) const STAT_ENTRY_LEN_MIN: usize = 1 + 1 + 8;
 pub(crate) const STAT_ENTRY_LEN_MAX: usize = 1 + NAME_LEN_MAX + 8;
+/// DEVICE_SHOW and DEVICE_SET requests: name length and reserved before the name.
+pub(crate) const NAMED_REQ_FIXED_LEN: usize = 8;
+/// DEVICE_DELETE request: dirty_lines, flags, name length, reserved.
+pub(crate) const DELETE_REQ_FIXED_LEN: usize = 16;
+pub(crate) const LIST_REPLY_FIXED_LEN: usize = 8;
+/// One DEVICE_LIST entry: name length (u8), name.
+pub(crate) const LIST_ENTRY_LEN_MIN: usize = 1 + 1;
+pub(crate) const LIST_ENTRY_LEN_MAX: usize = 1 + NAME_LEN_MAX;
+pub(crate) const LIST_REPLY_LEN_MAX: usize =
+    LIST_REPLY_FIXED_LEN + DEVICES_PER_LIST_MAX * LIST_ENTRY_LEN_MAX;
+pub(crate) const SET_REQ_LEN_MAX: usize = NAMED_REQ_FIXED_LEN + NAME_LEN_MAX + CONFIG_TEXT_LEN_MAX;
 pub(crate) const RECOVER_REPLY_FIXED_LEN: usize = 8;
 pub(crate) const IN_DOUBT_LEN: usize = 32;
 
@@ -115,6 +133,9 @@ const _: () = assert!(DIRTY_REPLY_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
 const _: () = assert!(PAYLOAD_LEN_MAX as usize >= DATA_LEN_MAX as usize + VSSD_READ_PREFIX_LEN);
 const _: () = assert!(PAYLOAD_LEN_MAX as usize >= DATA_LEN_MAX as usize + REPAIR_PREFIX_LEN);
 const _: () = assert!(REASON_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
+const _: () = assert!(LIST_REPLY_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
+const _: () = assert!(SET_REQ_LEN_MAX <= PAYLOAD_LEN_MAX as usize);
+const _: () = assert!(DEVICES_PER_LIST_MAX <= u32::MAX as usize);
 // A name length travels in one byte.
 const _: () = assert!(NAME_LEN_MAX <= u8::MAX as usize);
 // Counts travel in u32 fields.

@@ -3,11 +3,12 @@
 use std::fmt;
 
 use crate::limits::{
-    COMMIT_REQ_LEN_MAX, DATA_LEN_MAX, DEVICE_INFO_LEN, DEVICE_OPEN_REQ_FIXED_LEN,
-    DIRTY_REPLY_LEN_MAX, EPOCH_REQ_LEN_MAX, HELLO_REPLY_LEN_MAX, HELLO_REQ_LEN_MAX, NAME_LEN_MAX,
-    PAYLOAD_LEN_MAX, PING_LEN_MAX, REASON_LEN_MAX, RECOVER_REPLY_LEN_MAX, REPAIR_PREFIX_LEN,
-    STAT_REPLY_LEN_MAX, VSSD_INFO_LEN_MAX, VSSD_OPEN_REQ_FIXED_LEN, VSSD_READ_PREFIX_LEN,
-    WRITEP1_PREFIX_LEN,
+    COMMIT_REQ_LEN_MAX, CONFIG_TEXT_LEN_MAX, DATA_LEN_MAX, DELETE_REQ_FIXED_LEN, DEVICE_INFO_LEN,
+    DEVICE_OPEN_REQ_FIXED_LEN, DIRTY_REPLY_LEN_MAX, EPOCH_REQ_LEN_MAX, HELLO_REPLY_LEN_MAX,
+    HELLO_REQ_LEN_MAX, LIST_REPLY_LEN_MAX, NAME_LEN_MAX, NAMED_REQ_FIXED_LEN, PAYLOAD_LEN_MAX,
+    PING_LEN_MAX, REASON_LEN_MAX, RECOVER_REPLY_LEN_MAX, REPAIR_PREFIX_LEN, SET_REQ_LEN_MAX,
+    STAT_REPLY_LEN_MAX, VSSD_CREATE_REQ_FIXED_LEN, VSSD_INFO_LEN_MAX, VSSD_OPEN_REQ_FIXED_LEN,
+    VSSD_READ_PREFIX_LEN, WRITEP1_PREFIX_LEN,
 };
 
 macro_rules! msg_types {
@@ -94,6 +95,18 @@ msg_types! {
     VssdRepair = 0x002D, "VSSD_REPAIR";
     /// Write a copy of committed lines from another replica, committed at once.
     VssdCopyIn = 0x002E, "VSSD_COPY_IN";
+    /// Create (format) a replica vSSD of a given geometry on a peer CVA.
+    VssdCreate = 0x002F, "VSSD_CREATE";
+    /// Admin: create a cache device from a configuration text.
+    DeviceCreate = 0x0030, "DEVICE_CREATE";
+    /// Admin: the names of the devices the server keeps.
+    DeviceList = 0x0031, "DEVICE_LIST";
+    /// Admin: a device's configuration and state, as text.
+    DeviceShow = 0x0032, "DEVICE_SHOW";
+    /// Admin: change settings of a device (a configuration text of those).
+    DeviceSet = 0x0033, "DEVICE_SET";
+    /// Admin: delete a device (refused while it holds dirty lines not named).
+    DeviceDelete = 0x0034, "DEVICE_DELETE";
 }
 
 impl MsgType {
@@ -122,6 +135,9 @@ impl MsgType {
                 MsgType::VssdOpen => VSSD_INFO_LEN_MAX,
                 MsgType::VssdRecover => RECOVER_REPLY_LEN_MAX,
                 MsgType::VssdDirty => DIRTY_REPLY_LEN_MAX,
+                MsgType::DeviceList => LIST_REPLY_LEN_MAX,
+                MsgType::DeviceShow => CONFIG_TEXT_LEN_MAX,
+                MsgType::DeviceCreate | MsgType::DeviceSet | MsgType::DeviceDelete => 0,
                 MsgType::VssdClean | MsgType::VssdInvalidate | MsgType::VssdOutcome => 8,
                 MsgType::DeviceClose
                 | MsgType::Write
@@ -133,7 +149,8 @@ impl MsgType {
                 | MsgType::VssdAbort
                 | MsgType::VssdEpoch
                 | MsgType::VssdRepair
-                | MsgType::VssdCopyIn => 0,
+                | MsgType::VssdCopyIn
+                | MsgType::VssdCreate => 0,
             };
             if ok > REASON_LEN_MAX {
                 ok
@@ -154,6 +171,12 @@ impl MsgType {
                 MsgType::VssdRepair => REPAIR_PREFIX_LEN + DATA_LEN_MAX as usize,
                 MsgType::VssdCommit => COMMIT_REQ_LEN_MAX,
                 MsgType::VssdEpoch => EPOCH_REQ_LEN_MAX,
+                MsgType::VssdCreate => VSSD_CREATE_REQ_FIXED_LEN + 2 * NAME_LEN_MAX,
+                MsgType::DeviceCreate => CONFIG_TEXT_LEN_MAX,
+                MsgType::DeviceShow => NAMED_REQ_FIXED_LEN + NAME_LEN_MAX,
+                MsgType::DeviceSet => SET_REQ_LEN_MAX,
+                MsgType::DeviceDelete => DELETE_REQ_FIXED_LEN + NAME_LEN_MAX,
+                MsgType::DeviceList => 0,
                 MsgType::VssdAbort
                 | MsgType::VssdRead
                 | MsgType::VssdOutcome

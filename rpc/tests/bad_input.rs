@@ -81,7 +81,7 @@ fn unknown_version_closes() {
 
 #[test]
 fn unknown_type_is_answered_as_error() {
-    for code in [0u16, 0x0004, 0x00FF, 0x002F, u16::MAX] {
+    for code in [0u16, 0x0004, 0x00FF, 0x003F, u16::MAX] {
         let mut v = flush_frame();
         f::set(head(&mut v), f::TYPE_AT, &code.to_le_bytes());
         let err = expect(&v, Status::BadType, false);
@@ -1013,4 +1013,53 @@ fn a_truncated_frame_then_eof_is_closed_with_nothing_sent() {
         }
     }
     server.stop();
+}
+
+#[test]
+fn admin_texts_are_utf8_and_not_empty() {
+    let v = forge(request_header(MsgType::DeviceCreate), b"");
+    expect(&v, Status::BadLength, false);
+    let v = forge(request_header(MsgType::DeviceCreate), b"name = \xff");
+    let err = expect(&v, Status::InvalidArgument, false);
+    answerable(&v, &err);
+    let too_long = vec![b'#'; rpc::limits::CONFIG_TEXT_LEN_MAX + 1];
+    let v = forge(request_header(MsgType::DeviceCreate), &too_long);
+    expect(&v, Status::TooLarge, false);
+}
+
+#[test]
+fn device_delete_names_dirty_lines_only_with_its_flag() {
+    // dirty_lines 5, flags 0, name "d".
+    let mut p = Vec::new();
+    p.extend_from_slice(&5u64.to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    p.extend_from_slice(&[1, 0, 0, 0, b'd']);
+    let v = forge(request_header(MsgType::DeviceDelete), &p);
+    let err = expect(&v, Status::InvalidArgument, false);
+    assert!(
+        matches!(
+            err,
+            RpcError::InvalidArgument {
+                field: "dirty_lines",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A reserved flag bit.
+    p[8] = 0x3;
+    let v = forge(request_header(MsgType::DeviceDelete), &p);
+    expect(&v, Status::InvalidArgument, false);
+    // Named: decodes, and 0 named is not "none named".
+    p[8] = 0x1;
+    p[..8].copy_from_slice(&0u64.to_le_bytes());
+    let v = forge(request_header(MsgType::DeviceDelete), &p);
+    let (_, m, _) = decode_frame(&v).unwrap();
+    assert_eq!(
+        m.body,
+        rpc::Body::Request(rpc::Request::DeviceDelete {
+            name: "d",
+            dirty_lines: Some(0)
+        })
+    );
 }

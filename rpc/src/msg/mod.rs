@@ -30,6 +30,9 @@ pub const RECOVER_FLAG_MORE: u32 = 0x1;
 pub const IN_DOUBT_FLAG_DAMAGED: u32 = 0x1;
 /// VSSD_CLEAN reply flag: the line was marked clean.
 pub const CLEAN_FLAG_CLEANED: u32 = 0x1;
+/// DEVICE_DELETE request flag: the request names the device's dirty lines
+/// (`dirty_lines`), which the deletion then drops.
+pub const DELETE_FLAG_DIRTY_NAMED: u32 = 0x1;
 
 /// HELLO request: the versions the client speaks, its nonce and name, and (in
 /// the second HELLO of an authenticated session) its proof.
@@ -259,6 +262,36 @@ pub enum Request<'a> {
         tran: u64,
         data: &'a [u8],
     },
+    /// Formats a replica vSSD `name` for device `device` (a name) with `lines`
+    /// lines of `line_size` bytes and a log of `log_bytes`, and serves it.
+    VssdCreate {
+        name: &'a str,
+        device: &'a str,
+        line_size: u32,
+        lines: u64,
+        log_bytes: u64,
+    },
+    /// A device's configuration text (1..=CONFIG_TEXT_LEN_MAX bytes of UTF-8, its
+    /// meaning the serving crate's: `cdev`'s TOML).
+    DeviceCreate {
+        config: &'a str,
+    },
+    DeviceList,
+    DeviceShow {
+        name: &'a str,
+    },
+    /// Changes the settings `settings` names (a text as DEVICE_CREATE's).
+    DeviceSet {
+        name: &'a str,
+        settings: &'a str,
+    },
+    /// Deletes `name`. With `dirty_lines` Some(n) the request names the n dirty
+    /// lines the device holds (DELETE_FLAG_DIRTY_NAMED), which the deletion drops;
+    /// a device holding dirty lines is deleted only when they are named exactly.
+    DeviceDelete {
+        name: &'a str,
+        dirty_lines: Option<u64>,
+    },
 }
 
 /// A response (server to client).
@@ -322,6 +355,18 @@ pub enum Response<'a> {
     },
     VssdRepair,
     VssdCopyIn,
+    VssdCreate,
+    DeviceCreate,
+    /// Device names, at most DEVICES_PER_LIST_MAX.
+    DeviceList {
+        names: Vec<&'a str>,
+    },
+    /// The device's configuration and state (1..=CONFIG_TEXT_LEN_MAX bytes of UTF-8).
+    DeviceShow {
+        text: &'a str,
+    },
+    DeviceSet,
+    DeviceDelete,
     /// Status STALE_EPOCH (any type): the replica is at `epoch`, newer than the
     /// handle's or the opener's. The epoch travels in the header's `offset`.
     StaleEpoch {

@@ -2,10 +2,10 @@
 //! "Messages").
 
 use super::rules::{
-    count_in, data_len, data_rest, get_u64s, invalid, length_in, name_len, open_handle,
-    proof_field, put_proof, put_u64s, range, unused,
+    count_in, data_len, data_rest, get_named, get_u64s, invalid, length_in, name_len, open_handle,
+    proof_field, put_named, put_proof, put_text, put_u64s, range, text_rest, unused,
 };
-use super::{DEVICE_FLAG_READ_ONLY, Fields, Hello, Request};
+use super::{DELETE_FLAG_DIRTY_NAMED, DEVICE_FLAG_READ_ONLY, Fields, Hello, Request};
 use crate::cursor::{Put, Reader};
 use crate::error::RpcError;
 use crate::header::Header;
@@ -43,6 +43,12 @@ impl<'a> Request<'a> {
             Request::VssdReadPrepared { .. } => MsgType::VssdReadPrepared,
             Request::VssdRepair { .. } => MsgType::VssdRepair,
             Request::VssdCopyIn { .. } => MsgType::VssdCopyIn,
+            Request::VssdCreate { .. } => MsgType::VssdCreate,
+            Request::DeviceCreate { .. } => MsgType::DeviceCreate,
+            Request::DeviceList => MsgType::DeviceList,
+            Request::DeviceShow { .. } => MsgType::DeviceShow,
+            Request::DeviceSet { .. } => MsgType::DeviceSet,
+            Request::DeviceDelete { .. } => MsgType::DeviceDelete,
         }
     }
 
@@ -185,6 +191,52 @@ impl<'a> Request<'a> {
                 out.put_u64(*tran);
                 out.extend_from_slice(data);
                 f.handle(*handle).length(n)
+            }
+            Request::VssdCreate {
+                name,
+                device,
+                line_size,
+                lines,
+                log_bytes,
+            } => {
+                let n = name_len(t, "name", name)?;
+                let m = name_len(t, "device", device)?;
+                out.put_u64(*lines);
+                out.put_u64(*log_bytes);
+                out.put_u32(*line_size);
+                out.put_u8(n);
+                out.put_u8(m);
+                out.put_zeros(2);
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(device.as_bytes());
+                f
+            }
+            Request::DeviceCreate { config } => {
+                put_text(out, t, "config", config)?;
+                f
+            }
+            Request::DeviceList => f,
+            Request::DeviceShow { name } => {
+                put_named(out, t, name)?;
+                f
+            }
+            Request::DeviceSet { name, settings } => {
+                put_named(out, t, name)?;
+                put_text(out, t, "settings", settings)?;
+                f
+            }
+            Request::DeviceDelete { name, dirty_lines } => {
+                let n = name_len(t, "name", name)?;
+                out.put_u64(dirty_lines.unwrap_or(0));
+                out.put_u32(if dirty_lines.is_some() {
+                    DELETE_FLAG_DIRTY_NAMED
+                } else {
+                    0
+                });
+                out.put_u8(n);
+                out.put_zeros(3);
+                out.extend_from_slice(name.as_bytes());
+                f
             }
         })
     }
@@ -449,6 +501,72 @@ impl<'a> Request<'a> {
                 let tran = r.u64("tran")?;
                 let data = data_rest(h, &mut r)?;
                 Request::VssdRepair { handle, tran, data }
+            }
+            MsgType::VssdCreate => {
+                unused(h, false, false, false)?;
+                let lines = r.u64("lines")?;
+                let log_bytes = r.u64("log_bytes")?;
+                let line_size = r.u32("line_size")?;
+                let n = r.u8("name length")?;
+                let m = r.u8("device length")?;
+                r.reserved(2)?;
+                let name = r.name(n, "name")?;
+                let device = r.name(m, "device")?;
+                if !line_size.is_power_of_two() {
+                    let why = "must be a power of two";
+                    return Err(invalid(t, "line_size", u64::from(line_size), why));
+                }
+                if lines == 0 {
+                    return Err(invalid(t, "lines", 0, "a vSSD holds a line or more"));
+                }
+                Request::VssdCreate {
+                    name,
+                    device,
+                    line_size,
+                    lines,
+                    log_bytes,
+                }
+            }
+            MsgType::DeviceCreate => {
+                unused(h, false, false, false)?;
+                Request::DeviceCreate {
+                    config: text_rest(&mut r, "config")?,
+                }
+            }
+            MsgType::DeviceList => {
+                unused(h, false, false, false)?;
+                Request::DeviceList
+            }
+            MsgType::DeviceShow => {
+                unused(h, false, false, false)?;
+                Request::DeviceShow {
+                    name: get_named(&mut r)?,
+                }
+            }
+            MsgType::DeviceSet => {
+                unused(h, false, false, false)?;
+                let name = get_named(&mut r)?;
+                let settings = text_rest(&mut r, "settings")?;
+                Request::DeviceSet { name, settings }
+            }
+            MsgType::DeviceDelete => {
+                unused(h, false, false, false)?;
+                let dirty = r.u64("dirty_lines")?;
+                let flags = r.u32("flags")?;
+                let n = r.u8("name length")?;
+                r.reserved(3)?;
+                let name = r.name(n, "name")?;
+                if flags & !DELETE_FLAG_DIRTY_NAMED != 0 {
+                    return Err(invalid(t, "flags", u64::from(flags), "reserved bits set"));
+                }
+                let named = flags & DELETE_FLAG_DIRTY_NAMED != 0;
+                if !named && dirty != 0 {
+                    return Err(invalid(t, "dirty_lines", dirty, "must be 0 unless named"));
+                }
+                Request::DeviceDelete {
+                    name,
+                    dirty_lines: named.then_some(dirty),
+                }
             }
         };
         r.finish()?;

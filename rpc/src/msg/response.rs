@@ -3,7 +3,7 @@
 
 use super::rules::{
     data_len, data_rest, get_u64s, invalid, list_count, name_len, open_handle, power_of_two,
-    proof_field, put_proof, put_u64s, unused,
+    proof_field, put_proof, put_text, put_u64s, text_rest, unused,
 };
 use super::{
     CLEAN_FLAG_CLEANED, Counter, DEVICE_FLAG_READ_ONLY, DeviceInfo, DirtyLine, Fields, HelloReply,
@@ -13,9 +13,10 @@ use crate::cursor::{Put, Reader};
 use crate::error::RpcError;
 use crate::header::Header;
 use crate::limits::{
-    DATA_LEN_MAX, DATA_LEN_MAX_ADVERTISED_MIN, DIRTY_ENTRY_LEN, DIRTY_PER_REPLY_MAX, IN_DOUBT_LEN,
-    IN_DOUBT_PER_REPLY_MAX, MEMBERS_MAX, PING_LEN_MAX, QUEUE_DEPTH_MAX, REASON_LEN_MAX,
-    STAT_COUNTERS_MAX, STAT_ENTRY_LEN_MIN, VERSION_MIN,
+    DATA_LEN_MAX, DATA_LEN_MAX_ADVERTISED_MIN, DEVICES_PER_LIST_MAX, DIRTY_ENTRY_LEN,
+    DIRTY_PER_REPLY_MAX, IN_DOUBT_LEN, IN_DOUBT_PER_REPLY_MAX, LIST_ENTRY_LEN_MIN, MEMBERS_MAX,
+    PING_LEN_MAX, QUEUE_DEPTH_MAX, REASON_LEN_MAX, STAT_COUNTERS_MAX, STAT_ENTRY_LEN_MIN,
+    VERSION_MIN,
 };
 use crate::msg_type::MsgType;
 use crate::status::Status;
@@ -48,6 +49,12 @@ impl<'a> Response<'a> {
             Response::VssdReadPrepared { .. } => MsgType::VssdReadPrepared,
             Response::VssdRepair => MsgType::VssdRepair,
             Response::VssdCopyIn => MsgType::VssdCopyIn,
+            Response::VssdCreate => MsgType::VssdCreate,
+            Response::DeviceCreate => MsgType::DeviceCreate,
+            Response::DeviceList { .. } => MsgType::DeviceList,
+            Response::DeviceShow { .. } => MsgType::DeviceShow,
+            Response::DeviceSet => MsgType::DeviceSet,
+            Response::DeviceDelete => MsgType::DeviceDelete,
             Response::Error { msg_type, .. } | Response::StaleEpoch { msg_type, .. } => *msg_type,
         }
     }
@@ -159,7 +166,32 @@ impl<'a> Response<'a> {
             | Response::VssdAbort
             | Response::VssdEpoch
             | Response::VssdRepair
-            | Response::VssdCopyIn => f,
+            | Response::VssdCopyIn
+            | Response::VssdCreate
+            | Response::DeviceCreate
+            | Response::DeviceSet
+            | Response::DeviceDelete => f,
+            Response::DeviceList { names } => {
+                if names.len() > DEVICES_PER_LIST_MAX {
+                    return Err(RpcError::TooMany {
+                        msg_type: t,
+                        field: "names",
+                        count: names.len() as u64,
+                        max: DEVICES_PER_LIST_MAX as u64,
+                    });
+                }
+                out.put_u32(names.len() as u32);
+                out.put_zeros(4);
+                for name in names {
+                    out.put_u8(name_len(t, "name", name)?);
+                    out.extend_from_slice(name.as_bytes());
+                }
+                f
+            }
+            Response::DeviceShow { text } => {
+                put_text(out, t, "text", text)?;
+                f
+            }
             Response::Stat { counters } => {
                 if counters.len() > STAT_COUNTERS_MAX {
                     return Err(RpcError::TooMany {
@@ -442,7 +474,11 @@ impl<'a> Response<'a> {
             | MsgType::VssdAbort
             | MsgType::VssdEpoch
             | MsgType::VssdRepair
-            | MsgType::VssdCopyIn => {
+            | MsgType::VssdCopyIn
+            | MsgType::VssdCreate
+            | MsgType::DeviceCreate
+            | MsgType::DeviceSet
+            | MsgType::DeviceDelete => {
                 unused(h, false, false, false)?;
                 match t {
                     MsgType::DeviceClose => Response::DeviceClose,
@@ -455,7 +491,30 @@ impl<'a> Response<'a> {
                     MsgType::VssdAbort => Response::VssdAbort,
                     MsgType::VssdEpoch => Response::VssdEpoch,
                     MsgType::VssdRepair => Response::VssdRepair,
+                    MsgType::VssdCreate => Response::VssdCreate,
+                    MsgType::DeviceCreate => Response::DeviceCreate,
+                    MsgType::DeviceSet => Response::DeviceSet,
+                    MsgType::DeviceDelete => Response::DeviceDelete,
                     _ => Response::VssdCopyIn,
+                }
+            }
+            MsgType::DeviceList => {
+                unused(h, false, false, false)?;
+                let count = r.u32("names count")?;
+                r.reserved(4)?;
+                let count =
+                    list_count(&r, "names", count, DEVICES_PER_LIST_MAX, LIST_ENTRY_LEN_MIN)?;
+                let mut names = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let n = r.u8("name length")?;
+                    names.push(r.name(n, "name")?);
+                }
+                Response::DeviceList { names }
+            }
+            MsgType::DeviceShow => {
+                unused(h, false, false, false)?;
+                Response::DeviceShow {
+                    text: text_rest(&mut r, "text")?,
                 }
             }
             MsgType::Stat => {

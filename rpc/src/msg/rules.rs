@@ -4,7 +4,7 @@
 use crate::cursor::{Put, Reader};
 use crate::error::RpcError;
 use crate::header::Header;
-use crate::limits::{DATA_LEN_MAX, NAME_LEN_MAX, PAYLOAD_LEN_MAX, PROOF_LEN};
+use crate::limits::{CONFIG_TEXT_LEN_MAX, DATA_LEN_MAX, NAME_LEN_MAX, PAYLOAD_LEN_MAX, PROOF_LEN};
 use crate::msg_type::MsgType;
 
 pub(super) fn invalid(t: MsgType, field: &'static str, got: u64, why: &'static str) -> RpcError {
@@ -253,4 +253,52 @@ pub(super) fn count_in(
         });
     }
     Ok(max)
+}
+
+/// A configuration text about to be written: 1..=CONFIG_TEXT_LEN_MAX bytes.
+pub(super) fn put_text(
+    out: &mut Vec<u8>,
+    t: MsgType,
+    field: &'static str,
+    text: &str,
+) -> Result<(), RpcError> {
+    if text.is_empty() {
+        return Err(invalid(t, field, 0, "a text of one byte or more"));
+    }
+    data_len(t, field, text.len(), CONFIG_TEXT_LEN_MAX)?;
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+/// A configuration text that is the rest of the payload: 1..=CONFIG_TEXT_LEN_MAX
+/// bytes of UTF-8.
+pub(super) fn text_rest<'a>(r: &mut Reader<'a>, field: &'static str) -> Result<&'a str, RpcError> {
+    let bytes = r.rest();
+    if bytes.is_empty() || bytes.len() > CONFIG_TEXT_LEN_MAX {
+        return Err(RpcError::BadLength {
+            msg_type: r.msg_type(),
+            field,
+            got: bytes.len() as u64,
+            min: 1,
+            max: CONFIG_TEXT_LEN_MAX as u64,
+        });
+    }
+    std::str::from_utf8(bytes)
+        .map_err(|e| r.invalid(field, e.valid_up_to() as u64, "not UTF-8 from this byte"))
+}
+
+/// A name after a one-byte length and 7 reserved bytes (DEVICE_SHOW, DEVICE_SET).
+pub(super) fn put_named(out: &mut Vec<u8>, t: MsgType, name: &str) -> Result<(), RpcError> {
+    let n = name_len(t, "name", name)?;
+    out.put_u8(n);
+    out.put_zeros(7);
+    out.extend_from_slice(name.as_bytes());
+    Ok(())
+}
+
+/// The name [`put_named`] writes.
+pub(super) fn get_named<'a>(r: &mut Reader<'a>) -> Result<&'a str, RpcError> {
+    let n = r.u8("name length")?;
+    r.reserved(7)?;
+    r.name(n, "name")
 }

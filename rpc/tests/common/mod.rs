@@ -55,7 +55,7 @@ pub struct Parts {
 
 /// How many kinds [`build`] knows: every request, every response, and errors
 /// (a plain one, a connection one, a STALE_EPOCH one).
-pub const KINDS: usize = 24 + 25 + 3;
+pub const KINDS: usize = 30 + 31 + 3;
 
 pub fn name() -> impl Strategy<Value = String> {
     "[!-~]{1,64}"
@@ -415,6 +415,32 @@ pub fn build(kind: usize, p: &Parts) -> Message<'_> {
             data: &p.data,
         }),
         51 => Body::Response(Response::VssdCopyIn),
+        52 => Body::Request(Request::DeviceCreate { config: text(p) }),
+        53 => Body::Response(Response::DeviceCreate),
+        54 => Body::Request(Request::DeviceList),
+        55 => Body::Response(Response::DeviceList {
+            names: p.counters.iter().map(|(n, _)| n.as_str()).collect(),
+        }),
+        56 => Body::Request(Request::DeviceShow { name: &p.name }),
+        57 => Body::Response(Response::DeviceShow { text: text(p) }),
+        58 => Body::Request(Request::DeviceSet {
+            name: &p.name,
+            settings: text(p),
+        }),
+        59 => Body::Response(Response::DeviceSet),
+        60 => Body::Request(Request::DeviceDelete {
+            name: &p.name,
+            dirty_lines: p.flag.then_some(p.a),
+        }),
+        61 => Body::Response(Response::DeviceDelete),
+        62 => Body::Request(Request::VssdCreate {
+            name: &p.name,
+            device: &p.name2,
+            line_size: 1 << p.pow2_shift,
+            lines: p.a.max(1),
+            log_bytes: p.b,
+        }),
+        63 => Body::Response(Response::VssdCreate),
         _ => panic!("kind {kind} out of range"),
     };
     let tag = if kind == 48 {
@@ -464,3 +490,12 @@ pub fn response_header(msg_type: MsgType, status: Status) -> Header {
 }
 
 pub mod route;
+
+/// A configuration text (1.. bytes of UTF-8): the reason, or a name when it is empty.
+fn text(p: &Parts) -> &str {
+    if p.reason.is_empty() {
+        &p.name2
+    } else {
+        &p.reason
+    }
+}

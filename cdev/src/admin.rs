@@ -1,0 +1,293 @@
+//! The admin messages (PROTOCOL.md, "The admin messages"): devices created, listed,
+//! shown, changed and deleted. Every configuration is checked before it is kept
+//! ([`crate::datadir`]: a refusal names the key); the data dir's TOML is written
+//! before a device starts and removed after it closed. A device holding dirty
+//! lines is deleted only when the request names how many it holds.
+
+use std::sync::Arc;
+
+use rpc::{Request, Response, Status};
+use serde::Serialize;
+
+use crate::config::{CacheMode, DeviceConfig, DeviceSettings};
+use crate::datadir::{DEVICES_MAX, DataDirError, check_device, parse_toml};
+use crate::devices::{
+    DeviceState, Devices, Refusal, SESSION_DRAIN_MAX, not_its_runtime, off_runtime,
+};
+
+/// What an admin request answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Created,
+    List(Vec<String>),
+    Show(String),
+    Set,
+    Deleted,
+}
+
+impl Answer {
+    pub fn response<'s>(&self, scratch: &'s mut Vec<u8>) -> Response<'s> {
+        match self {
+            Answer::Created => Response::DeviceCreate,
+            Answer::Set => Response::DeviceSet,
+            Answer::Deleted => Response::DeviceDelete,
+            Answer::List(names) => {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                Response::DeviceList {
+                    names: crate::service::pack(&names, scratch),
+                }
+            }
+            Answer::Show(text) => {
+                let text = truncate_text(text);
+                Response::DeviceShow {
+                    text: crate::service::pack(&[text], scratch)[0],
+                }
+            }
+        }
+    }
+}
+
+/// A show text cut to CONFIG_TEXT_LEN_MAX at a character boundary.
+fn truncate_text(text: &str) -> &str {
+    let mut end = text.len().min(rpc::limits::CONFIG_TEXT_LEN_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A configuration refusal on the wire: INVALID_ARGUMENT, what and where.
+fn config_refusal(e: DataDirError) -> Refusal {
+    let status = match e {
+        DataDirError::BadConfig { .. } => Status::InvalidArgument,
+        DataDirError::Io { .. } => Status::IoError,
+    };
+    Refusal::new(status, e.to_string())
+}
+
+/// Serves one admin request.
+pub fn handle(devices: &Arc<Devices>, request: &Request<'_>) -> Result<Answer, Refusal> {
+    match *request {
+        Request::DeviceCreate { config } => create(devices, config),
+        Request::DeviceList => Ok(Answer::List(devices.names())),
+        Request::DeviceShow { name } => show(devices, name),
+        Request::DeviceSet { name, settings } => set(devices, name, settings),
+        Request::DeviceDelete { name, dirty_lines } => delete(devices, name, dirty_lines),
+        ref other => unreachable!("{} is not an admin request", other.msg_type()),
+    }
+}
+
+fn create(devices: &Arc<Devices>, text: &str) -> Result<Answer, Refusal> {
+    let config: DeviceConfig = parse_toml("DEVICE_CREATE", text).map_err(config_refusal)?;
+    check_device("DEVICE_CREATE", &config).map_err(config_refusal)?;
+    let name = config.name.clone();
+    devices.reserve(&name, DEVICES_MAX)?;
+    if let Err(why) = create_replicas(devices, &config) {
+        devices.unreserve(&name);
+        return Err(why);
+    }
+    if let Err(e) = devices.dir().save_device(&config) {
+        devices.unreserve(&name);
+        return Err(config_refusal(e));
+    }
+    let d = devices.clone();
+    match off_runtime("create", move || d.start(config)).and_then(|r| r) {
+        Ok(DeviceState::Open(_)) => Ok(Answer::Created),
+        Ok(DeviceState::Failed(why)) => {
+            // Created or nothing: a device that cannot open is not kept.
+            let (d, n) = (devices.clone(), name.clone());
+            let _ = off_runtime("create", move || d.take_and_close(&n));
+            devices.forget(&name);
+            let _ = devices.dir().remove_device(&name);
+            Err(Refusal::new(
+                why.status,
+                format!("device {name} not created: {}", why.reason),
+            ))
+        }
+        Err(why) => {
+            devices.unreserve(&name);
+            let _ = devices.dir().remove_device(&name);
+            Err(why)
+        }
+    }
+}
+
+/// Asks each peer of `config` to create (or confirm) its replica vSSD, of the
+/// primary's geometry (VSSD_CREATE; a peer asked again answers OK).
+fn create_replicas(devices: &Devices, config: &DeviceConfig) -> Result<(), Refusal> {
+    if config.replicas.is_empty() {
+        return Ok(());
+    }
+    let params = crate::device::vssd_format_params(config)
+        .map_err(|e| Refusal::new(e.status(), e.to_string()))?;
+    for r in &config.replicas {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            let why = format!(
+                "device {}: replica vSSD {} on {}: {what}: {e}",
+                config.name, r.vssd, r.peer
+            );
+            Refusal::new(Status::IoError, why)
+        };
+        let client =
+            rpc::Client::connect(r.peer, devices.peers()).map_err(|e| failed("connect", &e))?;
+        let reply = client
+            .call(Request::VssdCreate {
+                name: &r.vssd,
+                device: &config.name,
+                line_size: params.line_size,
+                lines: params.lines,
+                log_bytes: params.log_bytes,
+            })
+            .map_err(|e| failed("VSSD_CREATE", &e))?;
+        match reply.response().map_err(|e| failed("VSSD_CREATE", &e))? {
+            Response::VssdCreate => {}
+            Response::Error { status, reason, .. } => {
+                let why = format!(
+                    "device {}: replica vSSD {} on {}: {reason}",
+                    config.name, r.vssd, r.peer
+                );
+                return Err(Refusal::new(status, why));
+            }
+            other => return Err(failed("VSSD_CREATE answered", &format!("{other:?}"))),
+        }
+    }
+    Ok(())
+}
+
+/// The `[state]` table of DEVICE_SHOW.
+#[derive(Serialize)]
+struct ShownState {
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dirty_lines: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    config: &'a DeviceConfig,
+    status: ShownState,
+}
+
+fn show(devices: &Arc<Devices>, name: &str) -> Result<Answer, Refusal> {
+    let (config, state) = devices.get(name)?;
+    let status = match state {
+        DeviceState::Open(info) => ShownState {
+            state: "open",
+            reason: None,
+            size_bytes: Some(info.size_bytes),
+            dirty_lines: devices
+                .on_device(name, |host| host.device.as_ref().map(|d| d.dirty_lines()))
+                .ok()
+                .flatten(),
+        },
+        DeviceState::Failed(why) => ShownState {
+            state: "failed",
+            reason: Some(why.reason),
+            size_bytes: None,
+            dirty_lines: None,
+        },
+    };
+    let text = toml::to_string_pretty(&Shown {
+        config: &config,
+        status,
+    })
+    .map_err(|e| Refusal::new(Status::IoError, format!("DEVICE_SHOW {name}: {e}")))?;
+    Ok(Answer::Show(text))
+}
+
+/// DEVICE_SET: the mode is changed on the open device first (the Device has no
+/// setter for the others: the watermarks and the cutoff are kept for its next open).
+fn set(devices: &Arc<Devices>, name: &str, text: &str) -> Result<Answer, Refusal> {
+    let (config, state) = devices.get(name)?;
+    let settings: DeviceSettings = parse_toml("DEVICE_SET", text).map_err(config_refusal)?;
+    let changed = settings.applied_to(&config);
+    check_device("DEVICE_SET", &changed).map_err(config_refusal)?;
+    if let (Some(mode), DeviceState::Open(_)) = (settings.mode, &state)
+        && mode != config.mode
+    {
+        set_mode(devices, name, mode)?;
+    }
+    devices
+        .dir()
+        .save_device(&changed)
+        .map_err(config_refusal)?;
+    devices.set_config(changed);
+    Ok(Answer::Set)
+}
+
+fn set_mode(devices: &Arc<Devices>, name: &str, mode: CacheMode) -> Result<(), Refusal> {
+    devices
+        .on_device(name, move |host| match &host.device {
+            Some(d) => d
+                .set_mode(mode)
+                .map_err(|e| Refusal::new(e.status(), e.to_string())),
+            None => Err(crate::devices::no_device("(failed)")),
+        })
+        .and_then(|r| r)
+}
+
+fn delete(devices: &Arc<Devices>, name: &str, named: Option<u64>) -> Result<Answer, Refusal> {
+    not_its_runtime(name)?;
+    let (config, state) = devices.get(name)?;
+    if let DeviceState::Open(_) = state {
+        // Checked on its runtime once its requests have drained and new ones are
+        // refused, so that no write dirties a line between the count and the close.
+        devices
+            .on_device(name, move |host| {
+                let Some(d) = &host.device else {
+                    return Ok(());
+                };
+                if !host.quiesce(SESSION_DRAIN_MAX) {
+                    let why = "requests still running on it: try again";
+                    return Err(Refusal::new(Status::Busy, why));
+                }
+                let dirty = d.dirty_lines();
+                let wrong = match named {
+                    None => dirty > 0,
+                    Some(n) => n != dirty,
+                };
+                if wrong {
+                    host.closing.set(false);
+                    let how = match named {
+                        None => "none named".to_string(),
+                        Some(n) => format!("{n} named"),
+                    };
+                    return Err(Refusal::new(
+                        Status::InvalidArgument,
+                        format!(
+                            "device holds {dirty} dirty lines ({how}): destage them, or name \
+                             exactly {dirty} dirty lines to drop them"
+                        ),
+                    ));
+                }
+                Ok(())
+            })
+            .and_then(|r| r)?;
+    }
+    let (d, n) = (devices.clone(), name.to_string());
+    off_runtime("delete", move || d.take_and_close(&n)).and_then(|r| r)?;
+    let removed = devices.dir().remove_device(name);
+    // The vSSD goes too, unless its dirty count was never known (the device did not
+    // open): then it is set aside, never reused by a device created on that path.
+    let vssd = match state {
+        DeviceState::Open(_) => std::fs::remove_file(&config.vssd),
+        DeviceState::Failed(_) => {
+            let aside = config.vssd.with_extension("deleted");
+            std::fs::rename(&config.vssd, aside)
+        }
+    };
+    devices.forget(name);
+    removed.map_err(config_refusal)?;
+    if let Err(e) = vssd
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(device = %name, "vSSD {}: {e}", config.vssd.display());
+    }
+    tracing::info!(device = %name, "device deleted");
+    Ok(Answer::Deleted)
+}

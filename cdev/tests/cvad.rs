@@ -1,0 +1,641 @@
+//! The real `cvad` binary as a process: started on an ephemeral loopback port with
+//! its data dir in a temporary folder, driven with `rpc::Client`, stopped with
+//! SIGTERM (its exit status checked).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rpc::{Client, ClientConfig, Request, Response, Status};
+use taskio::{Config, IoConfig, Runtime};
+
+/// How long cvad may take to start (write its port file) or to stop.
+const WAIT_MAX: Duration = Duration::from_secs(60);
+/// How often a bounded wait looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+struct Cvad {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn cvad(data: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cvad"));
+    c.arg("--data-dir").arg(data).args(args);
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// Starts cvad on 127.0.0.1:0 and waits (bounded) for its port file.
+fn start(data: &Path, args: &[&str]) -> Cvad {
+    start_on(data, "127.0.0.1:0", args)
+}
+
+fn start_on(data: &Path, listen: &str, args: &[&str]) -> Cvad {
+    let mut cmd = cvad(data, &["--listen", listen]);
+    // Its log, beside the data dir.
+    let log = std::fs::File::create(data.with_extension("log")).expect("log file");
+    cmd.args(args).stdout(Stdio::null()).stderr(log);
+    let mut child = cmd.spawn().expect("spawn cvad");
+    let port_file = data.join("cvad.port");
+    let deadline = Instant::now() + WAIT_MAX;
+    let port = loop {
+        if let Ok(text) = std::fs::read_to_string(&port_file)
+            && let Ok(port) = text.trim().parse::<u16>()
+        {
+            break port;
+        }
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("cvad exited before it was ready: {status}");
+        }
+        assert!(Instant::now() < deadline, "no port file after {WAIT_MAX:?}");
+        std::thread::sleep(POLL);
+    };
+    Cvad {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
+
+impl Cvad {
+    /// SIGTERM, then a bounded wait for the exit; returns its status.
+    fn stop(self) -> ExitStatus {
+        self.stop_by(Signal::SIGTERM)
+    }
+
+    fn stop_by(mut self, signal: Signal) -> ExitStatus {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        kill(pid, signal).expect("signal cvad");
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cvad still running {WAIT_MAX:?} after SIGTERM"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// Runs cvad to completion when it is expected to refuse to start.
+fn refused(data: &Path, args: &[&str]) -> Output {
+    let out = cvad(data, args).output().expect("run cvad");
+    assert!(!out.status.success(), "cvad started: {out:?}");
+    out
+}
+
+/// Runs `f` with a client connected to `addr`, on a taskio runtime.
+fn with_client<T: 'static>(addr: SocketAddr, f: impl FnOnce(&Client) -> T + 'static) -> T {
+    let mut rt = Runtime::with_io(Config::default(), IoConfig::default()).expect("runtime");
+    rt.run(move || {
+        let client = Client::connect(addr, &ClientConfig::default()).expect("connect");
+        f(&client)
+    })
+    .expect("run")
+}
+
+/// The status and reason of a refused call.
+fn refusal(client: &Client, request: Request<'_>) -> (Status, String) {
+    let reply = client.call(request).expect("call");
+    match reply.response().expect("response") {
+        Response::Error { status, reason, .. } => (status, reason.to_string()),
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+fn list(client: &Client) -> Vec<String> {
+    let reply = client.call(Request::DeviceList).expect("DEVICE_LIST");
+    match reply.response().expect("response") {
+        Response::DeviceList { names } => names.iter().map(|n| n.to_string()).collect(),
+        other => panic!("DEVICE_LIST answered {other:?}"),
+    }
+}
+
+fn show(client: &Client, name: &str) -> String {
+    let reply = client
+        .call(Request::DeviceShow { name })
+        .expect("DEVICE_SHOW");
+    match reply.response().expect("response") {
+        Response::DeviceShow { text } => text.to_string(),
+        other => panic!("DEVICE_SHOW answered {other:?}"),
+    }
+}
+
+fn server_counter(client: &Client, name: &str) -> u64 {
+    let reply = client.call(Request::Stat { handle: 0 }).expect("STAT");
+    match reply.response().expect("response") {
+        Response::Stat { counters } => {
+            counters
+                .iter()
+                .find(|c| c.name == name)
+                .unwrap_or_else(|| panic!("no counter {name} in {counters:?}"))
+                .value
+        }
+        other => panic!("STAT answered {other:?}"),
+    }
+}
+
+#[test]
+fn first_start_makes_dev0_and_sigterm_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cvad = start(&data, &[]);
+    let toml = std::fs::read_to_string(data.join("devices/dev0.toml")).unwrap();
+    assert!(toml.contains("name = \"dev0\""), "{toml}");
+    assert!(toml.contains("vssd_bytes = 268435456"), "{toml}");
+    let backing = std::fs::metadata(data.join("dev0.backing")).unwrap();
+    assert_eq!(backing.len(), 1 << 30);
+    let (names, devices, ping) = with_client(cvad.addr, |c| {
+        let reply = c.call(Request::Ping { data: b"hi" }).unwrap();
+        let ping = matches!(reply.response().unwrap(), Response::Ping { data } if data == b"hi");
+        (list(c), server_counter(c, "devices"), ping)
+    });
+    assert!(ping);
+    assert_eq!(names, ["dev0"]);
+    assert_eq!(devices, 1);
+    let port = cvad.addr.port();
+    assert!(cvad.stop().success());
+    assert!(
+        !data.join("cvad.port").exists(),
+        "the port file outlived cvad"
+    );
+    // One ready line saying where and how to connect; the stop logged.
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    let ready: Vec<&str> = log.lines().filter(|l| l.contains("cvad ready")).collect();
+    assert_eq!(ready.len(), 1, "{log}");
+    assert!(
+        ready[0].contains(&format!("listening on 127.0.0.1:{port}")),
+        "{log}"
+    );
+    assert!(ready[0].contains("dev0 (open)"), "{log}");
+    assert!(ready[0].contains("connect with"), "{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("cvad stopped"), "{log}");
+}
+
+/// Opens `name` on `c` (the session moves to the device's runtime); its handle.
+fn open(c: &Client, name: &str) -> (u64, rpc::DeviceInfo) {
+    let reply = c
+        .call(Request::DeviceOpen {
+            name,
+            read_only: false,
+        })
+        .expect("DEVICE_OPEN");
+    match reply.response().expect("response") {
+        Response::DeviceOpen { handle, info } => (handle, info),
+        other => panic!("DEVICE_OPEN {name} answered {other:?}"),
+    }
+}
+
+fn read(c: &Client, handle: u64, offset: u64, length: u32) -> Vec<u8> {
+    let reply = c
+        .call(Request::Read {
+            handle,
+            offset,
+            length,
+        })
+        .expect("READ");
+    match reply.response().expect("response") {
+        Response::Read { data } => data.to_vec(),
+        other => panic!("READ answered {other:?}"),
+    }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+#[test]
+fn dev0_writes_read_back_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cvad = start(&data, &[]);
+    let offset = 40 * 4096 + 512;
+    let routed = with_client(cvad.addr, move |c| {
+        let (h, info) = open(c, "dev0");
+        assert_eq!(info.size_bytes, 1 << 30);
+        assert_eq!(info.block_size, 512);
+        let data = pattern(7, 3 * 4096);
+        let reply = c
+            .call(Request::Write {
+                handle: h,
+                offset,
+                data: &data,
+            })
+            .unwrap();
+        assert_eq!(reply.response().unwrap(), Response::Write);
+        assert_eq!(read(c, h, offset, data.len() as u32), data);
+        let reply = c.call(Request::Flush { handle: h }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::Flush);
+        // Past the end, misaligned: refused.
+        let (status, _) = refusal(
+            c,
+            Request::Read {
+                handle: h,
+                offset: (1 << 30) - 512,
+                length: 1024,
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        let (status, _) = refusal(
+            c,
+            Request::Write {
+                handle: h,
+                offset: 100,
+                data: &data[..512],
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        // The device's counters, and the server's (answered on the device's runtime).
+        let reply = c.call(Request::Stat { handle: h }).unwrap();
+        assert!(
+            matches!(reply.response().unwrap(), Response::Stat { counters } if !counters.is_empty())
+        );
+        let (status, _) = refusal(c, Request::Stat { handle: h + 1 });
+        assert_eq!(status, Status::NoDevice);
+        let reply = c.call(Request::DeviceClose { handle: h }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceClose);
+        let (status, _) = refusal(
+            c,
+            Request::Read {
+                handle: h,
+                offset,
+                length: 512,
+            },
+        );
+        assert_eq!(status, Status::NoDevice);
+        server_counter(c, "sessions_routed")
+    });
+    assert_eq!(routed, 1);
+    assert!(cvad.stop().success());
+
+    let cvad = start(&data, &[]);
+    let back = with_client(cvad.addr, move |c| {
+        let (h, _) = open(c, "dev0");
+        read(c, h, offset, 3 * 4096)
+    });
+    assert_eq!(back, pattern(7, 3 * 4096));
+    assert!(cvad.stop_by(Signal::SIGINT).success());
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(log.contains("SIGINT"), "{log}");
+}
+
+#[test]
+fn admin_create_show_set_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cvad = start(&data, &[]);
+    let backing = dir.path().join("b1");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let b = backing.display().to_string();
+    let v = dir.path().join("v1").display().to_string();
+    let addr = cvad.addr;
+    with_client(addr, move |c| {
+        // Refused with the key that is wrong.
+        let bad = format!(
+            "name = \"dev1\"\nbacking = \"{b}\"\nvssd = \"{v}\"\nvssd_bytes = 1\ncolour = 1\n"
+        );
+        let (status, reason) = refusal(c, Request::DeviceCreate { config: &bad });
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("colour"), "{reason}");
+        let bad = format!(
+            "name = \"dev1\"\nbacking = \"{b}\"\nvssd = \"{v}\"\nvssd_bytes = 67108864\nline_size = 3000\n"
+        );
+        let (status, reason) = refusal(c, Request::DeviceCreate { config: &bad });
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("DEVICE_CREATE: line_size"), "{reason}");
+        let dup =
+            format!("name = \"dev0\"\nbacking = \"{b}\"\nvssd = \"{v}\"\nvssd_bytes = 67108864\n");
+        let (status, reason) = refusal(c, Request::DeviceCreate { config: &dup });
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("exists"), "{reason}");
+        assert_eq!(list(c), ["dev0"]);
+
+        // A good one: created, open, listed, served; its vSSD made.
+        let good =
+            format!("name = \"dev1\"\nbacking = \"{b}\"\nvssd = \"{v}\"\nvssd_bytes = 16777216\n");
+        let reply = c.call(Request::DeviceCreate { config: &good }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceCreate);
+        assert_eq!(list(c), ["dev0", "dev1"]);
+        let text = show(c, "dev1");
+        assert!(text.contains("state = \"open\""), "{text}");
+        assert!(text.contains("size_bytes = 67108864"), "{text}");
+        assert!(Path::new(&v).exists());
+        // A session holding a handle of one device does not open another.
+        let (h, _) = open(c, "dev1");
+        let (status, reason) = refusal(
+            c,
+            Request::DeviceOpen {
+                name: "dev0",
+                read_only: false,
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("another connection"), "{reason}");
+        let reply = c.call(Request::DeviceClose { handle: h }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceClose);
+        // This connection is served on dev1's runtime now: it cannot stop it.
+        let (status, reason) = refusal(
+            c,
+            Request::DeviceDelete {
+                name: "dev1",
+                dirty_lines: None,
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("runtime"), "{reason}");
+        let c = &Client::connect(addr, &ClientConfig::default()).unwrap();
+        // Deleting it naming a wrong dirty count is refused, saying how many.
+        let (status, reason) = refusal(
+            c,
+            Request::DeviceDelete {
+                name: "dev1",
+                dirty_lines: Some(u64::MAX),
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("dirty lines"), "{reason}");
+        assert_eq!(list(c), ["dev0", "dev1"]);
+        let reply = c
+            .call(Request::DeviceDelete {
+                name: "dev1",
+                dirty_lines: None,
+            })
+            .unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceDelete);
+        assert_eq!(list(c), ["dev0"]);
+        assert!(!Path::new(&v).exists(), "the deleted device's vSSD is kept");
+
+        // Shown as TOML with its state.
+        let text = show(c, "dev0");
+        assert!(text.contains("name = \"dev0\""), "{text}");
+        assert!(text.contains("[status]"), "{text}");
+        assert!(text.contains("dirty_lines = 0"), "{text}");
+        let (status, _) = refusal(c, Request::DeviceShow { name: "nope" });
+        assert_eq!(status, Status::NoDevice);
+
+        // Settings: an unknown one and a bad range refused, a good one kept.
+        let (status, reason) = refusal(
+            c,
+            Request::DeviceSet {
+                name: "dev0",
+                settings: "line_size = 8192\n",
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("line_size"), "{reason}");
+        let (status, reason) = refusal(
+            c,
+            Request::DeviceSet {
+                name: "dev0",
+                settings: "destage_low_pct = 60\n",
+            },
+        );
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("destage_low_pct"), "{reason}");
+        let reply = c
+            .call(Request::DeviceSet {
+                name: "dev0",
+                settings: "destage_high_pct = 70\nseq_cutoff_bytes = 0\n",
+            })
+            .unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceSet);
+        let text = show(c, "dev0");
+        assert!(text.contains("destage_high_pct = 70"), "{text}");
+        assert!(text.contains("seq_cutoff_bytes = 0"), "{text}");
+        // A mode change runs on the open device, then is kept.
+        let reply = c
+            .call(Request::DeviceSet {
+                name: "dev0",
+                settings: "mode = \"write-through\"\n",
+            })
+            .unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceSet);
+        assert!(show(c, "dev0").contains("mode = \"write-through\""));
+    });
+    assert!(cvad.stop().success());
+    // Kept across a restart; then deleted, and not recreated by the next start.
+    let toml = std::fs::read_to_string(data.join("devices/dev0.toml")).unwrap();
+    assert!(toml.contains("destage_high_pct = 70"), "{toml}");
+    assert!(toml.contains("mode = \"write-through\""), "{toml}");
+    let cvad = start(&data, &[]);
+    with_client(cvad.addr, |c| {
+        let text = show(c, "dev0");
+        assert!(text.contains("destage_high_pct = 70"), "{text}");
+        let reply = c
+            .call(Request::DeviceDelete {
+                name: "dev0",
+                dirty_lines: None,
+            })
+            .unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceDelete);
+        assert!(list(c).is_empty());
+        let (status, _) = refusal(
+            c,
+            Request::DeviceDelete {
+                name: "dev0",
+                dirty_lines: None,
+            },
+        );
+        assert_eq!(status, Status::NoDevice);
+    });
+    assert!(cvad.stop().success());
+    assert!(!data.join("devices/dev0.toml").exists());
+    assert!(
+        data.join("dev0.backing").exists(),
+        "a backing store is never deleted"
+    );
+    let cvad = start(&data, &[]);
+    assert!(with_client(cvad.addr, list).is_empty());
+    assert!(cvad.stop().success());
+}
+
+#[test]
+fn a_bad_device_file_is_refused_at_start_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("devices")).unwrap();
+    let file = data.join("devices/d1.toml");
+    std::fs::write(
+        &file,
+        "name = \"d1\"\nbacking = \"/b\"\nvssd = \"/v\"\nvssd_bytes = 67108864\nmode = \"write-sideways\"\n",
+    )
+    .unwrap();
+    let out = refused(&data, &["--listen", "127.0.0.1:0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.contains("line 5"), "{err}");
+    assert!(err.contains("write-sideways"), "{err}");
+    // Nothing was listening: no port file.
+    assert!(!data.join("cvad.port").exists());
+}
+
+#[test]
+fn a_bad_server_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cvad.toml");
+    std::fs::write(&config, "queue_depth = 0\n").unwrap();
+    let data = dir.path().join("data");
+    let c = config.display().to_string();
+    let out = refused(&data, &["--listen", "127.0.0.1:0", "--config", &c]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("queue_depth"), "{err}");
+    std::fs::write(&config, "queue_depht = 8\n").unwrap();
+    let out = refused(&data, &["--listen", "127.0.0.1:0", "--config", &c]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("queue_depht"), "{err}");
+}
+
+#[test]
+fn beyond_loopback_needs_a_secret_or_an_explicit_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = refused(&data, &["--listen", "0.0.0.0:0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--secret-file"), "{err}");
+    assert!(!data.join("cvad.port").exists());
+
+    // With a secret it listens, and a client must prove it.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef-cva\n").unwrap();
+    let s = secret.display().to_string();
+    let cvad = start(&data, &["--secret-file", &s]);
+    let addr = cvad.addr;
+    let (without, with) = with_client_raw(addr);
+    assert!(without.is_err(), "a client without the secret was served");
+    assert_eq!(with.unwrap(), ["dev0"]);
+    assert!(cvad.stop().success());
+}
+
+/// Connects without the secret and with it (the second lists the devices).
+fn with_client_raw(addr: SocketAddr) -> (Result<(), String>, Result<Vec<String>, String>) {
+    let mut rt = Runtime::with_io(Config::default(), IoConfig::default()).expect("runtime");
+    rt.run(move || {
+        let without = Client::connect(addr, &ClientConfig::default())
+            .and_then(|c| c.call(Request::DeviceList).map(|_| ()))
+            .map_err(|e| e.to_string());
+        let config = ClientConfig {
+            secret: Some(b"0123456789abcdef-cva".to_vec()),
+            ..ClientConfig::default()
+        };
+        let with = Client::connect(addr, &config)
+            .map(|c| list(&c))
+            .map_err(|e| e.to_string());
+        (without, with)
+    })
+    .expect("run")
+}
+
+fn vssd_create(name: &str, lines: u64) -> Request<'_> {
+    Request::VssdCreate {
+        name,
+        device: "devp",
+        line_size: 4096,
+        lines,
+        log_bytes: vssd::layout::LOG_BYTES_MIN,
+    }
+}
+
+/// VSSD_OPEN of `name` at epoch 0: its line count.
+fn vssd_open(c: &Client, name: &str) -> u64 {
+    let reply = c.call(Request::VssdOpen { name, epoch: 0 }).unwrap();
+    match reply.response().unwrap() {
+        Response::VssdOpen { info, .. } => info.line_count,
+        other => panic!("VSSD_OPEN {name} answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_peer_creates_and_serves_a_replica_vssd() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cvad = start(&data, &[]);
+    with_client(cvad.addr, |c| {
+        let reply = c.call(vssd_create("devp-r1", 256)).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::VssdCreate);
+        // Asked again: the same answer; another geometry: refused, nothing formatted.
+        let reply = c.call(vssd_create("devp-r1", 256)).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::VssdCreate);
+        let (status, reason) = refusal(c, vssd_create("devp-r1", 512));
+        assert_eq!(status, Status::InvalidArgument);
+        assert!(reason.contains("exists"), "{reason}");
+        assert_eq!(vssd_open(c, "devp-r1"), 256);
+        let (status, _) = refusal(
+            c,
+            Request::VssdOpen {
+                name: "nope",
+                epoch: 0,
+            },
+        );
+        assert_eq!(status, Status::NoDevice);
+    });
+    assert!(cvad.stop().success());
+    assert!(data.join("replicas/devp-r1.vssd").exists());
+    // Served again after a restart.
+    let cvad = start(&data, &[]);
+    assert_eq!(with_client(cvad.addr, |c| vssd_open(c, "devp-r1")), 256);
+    assert!(cvad.stop().success());
+}
+
+#[test]
+fn a_device_replicated_on_a_peer_cvad() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let peer = start(&data_b, &[]);
+    let primary = start(&data_a, &[]);
+    let backing = dir.path().join("b2");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let config = format!(
+        "name = \"dev2\"\nbacking = \"{}\"\nvssd = \"{}\"\nvssd_bytes = 16777216\n\
+         min_replicas = 2\n\n[[replicas]]\npeer = \"{}\"\nvssd = \"dev2-r1\"\nmember = 1\n",
+        backing.display(),
+        dir.path().join("v2").display(),
+        peer.addr
+    );
+    let written = with_client(primary.addr, move |c| {
+        let reply = c.call(Request::DeviceCreate { config: &config }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceCreate);
+        let (h, _) = open(c, "dev2");
+        let data = pattern(3, 8192);
+        let reply = c
+            .call(Request::Write {
+                handle: h,
+                offset: 0,
+                data: &data,
+            })
+            .unwrap();
+        assert_eq!(reply.response().unwrap(), Response::Write);
+        assert_eq!(read(c, h, 0, 8192), data);
+        data
+    });
+    // The peer made the replica vSSD the primary asked for.
+    assert!(data_b.join("replicas/dev2-r1.vssd").exists());
+    let addr_b = peer.addr;
+    assert!(primary.stop().success());
+    assert!(peer.stop().success());
+    // Both back (the peer where the device's configuration says): the device opens
+    // over its replica again and reads what was written.
+    let peer = start_on(&data_b, &addr_b.to_string(), &[]);
+    let primary = start(&data_a, &[]);
+    let back = with_client(primary.addr, |c| {
+        let (h, _) = open(c, "dev2");
+        read(c, h, 0, 8192)
+    });
+    assert_eq!(back, written);
+    assert!(primary.stop().success());
+    assert!(peer.stop().success());
+}
