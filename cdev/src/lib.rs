@@ -15,6 +15,7 @@ pub mod error;
 mod gate;
 mod latency;
 pub mod nbd;
+pub mod nbd_server;
 pub mod replicas;
 pub mod server;
 pub mod service;

@@ -3,16 +3,17 @@
 //! hand-written client for bad input. Each server runs in a thread of its own with a
 //! taskio runtime owning a Device on files in a tempdir; the test stops it.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::rc::Rc;
 use std::sync::mpsc;
-use std::time::Duration;
 
 use cdev::nbd::{DeviceExports, proto::*, serve_listener};
 use cdev::{CacheMode, Device, DeviceConfig, OpenOptions, ReplicaLoss};
+use common::clients::{STEP, run};
 use taskio::remote::{Remote, remote};
 use taskio::{Builder, Config, IoConfig, Runtime};
 
@@ -21,8 +22,6 @@ const LINE: u64 = 4096;
 /// issue's 64 MiB: the copy in and out runs in debug builds on a shared machine).
 const BACKING_BYTES: u64 = 16 << 20;
 const VSSD_BYTES: u64 = 32 << 20;
-/// How long any client or server step may take.
-const STEP: Duration = Duration::from_secs(60);
 
 fn config(dir: &Path) -> DeviceConfig {
     DeviceConfig {
@@ -103,34 +102,6 @@ impl Server {
             .expect("the server stopped within the bound");
         self.thread.join().unwrap();
     }
-}
-
-/// Runs `program` (from `package`) bounded by STEP; its stdout; fails naming the
-/// package when the program is missing.
-fn run(package: &str, program: &str, args: &[&str]) -> String {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .unwrap();
-    assert!(
-        found.status.success(),
-        "{program} is missing: install the {package} package (apt-get install -y {package})"
-    );
-    let out = Command::new("timeout")
-        .env("LIBNBD_DEBUG", "1")
-        .arg(STEP.as_secs().to_string())
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}): {stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 #[test]

@@ -53,11 +53,16 @@ pub fn serve_transmission<D: DeviceAccess>(
     let mut handlers = Vec::with_capacity(HANDLERS_MAX);
     for _ in 0..HANDLERS_MAX {
         let (conn, queue) = (conn.clone(), queue.clone());
-        let spawned = Builder::new().name("nbd-handler").spawn(move || {
-            while let Ok(r) = queue.recv() {
-                conn.handle(r);
-            }
-        });
+        // System tasks: the connection's task joins them, and a runtime ending under a
+        // connection (its device closed) unwinds them with it.
+        let spawned = Builder::new()
+            .name("nbd-handler")
+            .system(true)
+            .spawn(move || {
+                while let Ok(r) = queue.recv() {
+                    conn.handle(r);
+                }
+            });
         match spawned {
             Ok(h) => handlers.push(h),
             Err(_) if !handlers.is_empty() => break,
