@@ -695,3 +695,41 @@ fn nbd_writes_read_back_after_a_restart_and_after_kill_9() {
     assert_eq!(out.matches("read ").count(), 2, "{out}");
     assert!(c.stop().success());
 }
+
+#[test]
+fn nbd_a_write_on_one_connection_flushed_on_another_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = start(&data, &[]);
+    let uri = nbd_uri(&data, "dev0");
+    // Two connections of one nbdsh: the write on the first, the FLUSH on the second
+    // (after the write's reply), then kill -9.
+    // The system's python3 (python3-libnbd installs the module there, not in a
+    // python3 earlier on PATH).
+    let python = "/usr/bin/python3";
+    let has_nbd = std::process::Command::new(python)
+        .args(["-c", "import nbd"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_nbd,
+        "{python} cannot import nbd: install the python3-libnbd package"
+    );
+    let script = format!(
+        "import nbd\n\
+         a = nbd.NBD(); a.connect_uri('{uri}'); b = nbd.NBD(); b.connect_uri('{uri}')\n\
+         assert a.can_multi_conn() and b.can_multi_conn()\n\
+         a.pwrite(b'\\xa5' * 8192, 1048576 + 2048)\n\
+         b.flush()\n\
+         print('flushed')\n"
+    );
+    let out = run("python3-libnbd", python, &["-c", &script]);
+    assert!(out.contains("flushed"), "{out}");
+    let _ = c.stop_by(Signal::SIGKILL);
+    for f in ["cvad.port", "nbd.port"] {
+        std::fs::remove_file(data.join(f)).unwrap();
+    }
+    let c = start(&data, &[]);
+    qemu_io(&nbd_uri(&data, "dev0"), &["read -P 0xa5 1050624 8192"]);
+    assert!(c.stop().success());
+}
