@@ -90,6 +90,15 @@ impl Cvad {
     }
 }
 
+/// A test that fails before it stops its cvad must not leave it running (each holds
+/// AIO contexts, a machine-wide limit other tests need).
+impl Drop for Cvad {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs cvad to completion when it is expected to refuse to start.
 fn refused(data: &Path, args: &[&str]) -> Output {
     let out = cvad(data, args).output().expect("run cvad");
