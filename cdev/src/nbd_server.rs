@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::datadir::DEFAULT_DEVICE;
 use crate::devices::{DeviceState, Devices};
-use crate::nbd::{CONNECTIONS_MAX, Export, Exports, handshake};
+use crate::nbd::{CONNECTIONS_MAX, ConnectionSlot, Export, Exports, handshake};
 
 /// The address cvad's NBD listener binds by default (loopback: NBD has no secret).
 pub const DEFAULT_NBD_LISTEN: &str = "127.0.0.1:10809";
@@ -125,9 +125,9 @@ fn accept(listener: &taskio::net::TcpListener, devices: &Arc<Devices>, stopping:
             warn!(%peer, "nbd: handshake limit reached, closing");
             continue;
         }
-        live.set(live.get() + 1);
-        let (live2, exports) = (live.clone(), exports.clone());
+        let (slot, exports) = (ConnectionSlot::take(&live), exports.clone());
         let _ = Builder::new().name("nbd-handshake").spawn(move || {
+            let _slot = slot;
             match handshake(&stream, &*exports) {
                 Ok(Some(n)) => match exports.0.nbd_to(&n.export.name) {
                     Some(to) => {
@@ -140,7 +140,6 @@ fn accept(listener: &taskio::net::TcpListener, devices: &Arc<Devices>, stopping:
                 Ok(None) => {}
                 Err(e) => info!(%peer, "nbd handshake: {e}"),
             }
-            live2.set(live2.get() - 1);
         });
     }
 }

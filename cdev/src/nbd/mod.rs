@@ -217,18 +217,31 @@ pub fn serve_listener(listener: &TcpListener, exports: Rc<DeviceExports>) -> Res
             tracing::warn!(%peer, "nbd: connection limit reached, closing");
             continue;
         }
-        live.set(live.get() + 1);
-        let (exports, live2) = (exports.clone(), live.clone());
-        let spawned = Builder::new().name("nbd-conn").spawn(move || {
+        let (exports, slot) = (exports.clone(), ConnectionSlot::take(&live));
+        // When the runtime is at its task limit the closure, the stream (closed) and
+        // the slot are dropped.
+        let _ = Builder::new().name("nbd-conn").spawn(move || {
+            let _slot = slot;
             if let Err(e) = serve_connection(stream, &exports) {
                 tracing::info!(%peer, "nbd connection ended: {e}");
             }
-            live2.set(live2.get() - 1);
         });
-        if spawned.is_err() {
-            // The closure (and the stream) were dropped: that connection is closed.
-            live.set(live.get() - 1);
-        }
+    }
+}
+
+/// One of [`CONNECTIONS_MAX`] connection slots, given back however its task ends.
+pub(crate) struct ConnectionSlot(Rc<Cell<usize>>);
+
+impl ConnectionSlot {
+    pub(crate) fn take(live: &Rc<Cell<usize>>) -> ConnectionSlot {
+        live.set(live.get() + 1);
+        ConnectionSlot(live.clone())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
