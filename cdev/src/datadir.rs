@@ -290,7 +290,7 @@ pub fn read_bytes_bounded(path: &Path) -> Result<Vec<u8>, DataDirError> {
     fs::read(path).map_err(DataDirError::io("read", path))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(DataDirError::io("create", &tmp))?;
     f.write_all(bytes)

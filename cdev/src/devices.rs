@@ -38,6 +38,11 @@ pub const SESSION_DRAIN_MAX: Duration = Duration::from_secs(30);
 /// Work run on a device's runtime, with what the runtime holds of the device.
 pub type Job = Box<dyn FnOnce(&DeviceHost) + Send>;
 
+/// An NBD connection after its handshake, on its way to the device's runtime.
+pub type NbdHandoff = (taskio::net::Detached, crate::nbd::Negotiated);
+/// NBD connections waiting in a device runtime's inbox, at most.
+pub const NBD_QUEUE_MAX: usize = 64;
+
 /// A refusal of an admin or routing request: the wire status and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
@@ -81,12 +86,14 @@ pub enum DeviceState {
 struct Running {
     thread: RuntimeThread,
     control: Remote<Job>,
+    nbd: Remote<NbdHandoff>,
 }
 
 impl Running {
     /// Closes the device (its keeper ends it once its sessions are gone) and joins.
     fn stop(self) {
         self.control.close();
+        self.nbd.close();
         self.thread.stop();
     }
 }
@@ -192,6 +199,8 @@ impl Devices {
             )
         };
         let (control, jobs) = remote::<Job>(JOBS_QUEUE_MAX).map_err(|e| io("control inbox", &e))?;
+        let (nbd, nbd_inbox) =
+            remote::<NbdHandoff>(NBD_QUEUE_MAX).map_err(|e| io("nbd inbox", &e))?;
         let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
         let (devices, cfg) = (self.clone(), config.clone());
         let thread_config = RuntimeThreadConfig::new(&runtime_name(&config.name));
@@ -222,6 +231,13 @@ impl Devices {
             });
             let h = host.clone();
             if let Err(e) = Builder::new()
+                .name("cdev-nbd")
+                .spawn(move || serve_nbd(&h, &nbd_inbox))
+            {
+                error!(device = %cfg.name, "cannot start the device's NBD task: {e}");
+            }
+            let h = host.clone();
+            if let Err(e) = Builder::new()
                 .name("cdev-keeper")
                 .spawn(move || keep(&h, &jobs))
             {
@@ -246,7 +262,14 @@ impl Devices {
                 ),
             ))
         });
-        Ok((Running { thread, control }, state))
+        Ok((
+            Running {
+                thread,
+                control,
+                nbd,
+            },
+            state,
+        ))
     }
 
     /// Where a DEVICE_OPEN of `name` goes: the runtime of the open device, or why not.
@@ -266,6 +289,17 @@ impl Devices {
                 format!("device {name} is changing"),
             )),
             None => Err(no_device(name)),
+        }
+    }
+
+    /// Where an NBD connection to `name` goes: the open device's NBD inbox.
+    pub fn nbd_to(&self, name: &str) -> Option<Remote<NbdHandoff>> {
+        match lock(&self.map).get(name) {
+            Some(Slot::Kept(k)) => match (&k.state, &k.running) {
+                (DeviceState::Open(_), Some(r)) => Some(r.nbd.clone()),
+                _ => None,
+            },
+            _ => None,
         }
     }
 
@@ -523,6 +557,35 @@ impl Drop for LiveSession {
     fn drop(&mut self) {
         self.0.live.set(self.0.live.get() - 1);
         self.0.ended.wakeup_all();
+    }
+}
+
+impl crate::nbd::DeviceAccess for Rc<DeviceHost> {
+    fn with_device<R>(&self, f: impl FnOnce(&Device) -> R) -> Option<R> {
+        let (device, _busy) = self.device()?;
+        Some(f(device))
+    }
+}
+
+/// The NBD connections handed to this device, each served in a system task of its
+/// own: an NBD client holds its connection open between requests, so the keeper does
+/// not wait for it (Device::close waits for the requests in flight; later ones get
+/// ESHUTDOWN), and the runtime's end unwinds it.
+fn serve_nbd(host: &Rc<DeviceHost>, inbox: &Inbox<NbdHandoff>) {
+    while let Ok(Some((stream, negotiated))) = inbox.recv() {
+        let host = host.clone();
+        let spawned = Builder::new()
+            .name("cdev-nbd-conn")
+            .system(true)
+            .spawn(move || {
+                let stream = taskio::net::TcpStream::adopt(stream);
+                if let Err(e) = crate::nbd::serve_transmission(stream, host.clone(), negotiated) {
+                    tracing::debug!(device = %host.name, "nbd connection ended: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("nbd connection dropped: {e}");
+        }
     }
 }
 

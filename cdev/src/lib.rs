@@ -14,6 +14,8 @@ pub mod devices;
 pub mod error;
 mod gate;
 mod latency;
+pub mod nbd;
+pub mod nbd_server;
 pub mod replicas;
 pub mod server;
 pub mod service;

@@ -12,8 +12,11 @@ use rpc::{Server, ServerConfig};
 use serde::Deserialize;
 use tracing::info;
 
-use crate::datadir::{DataDir, DataDirError, bad, check_name, parse_toml, read_bounded};
+use crate::datadir::{
+    DataDir, DataDirError, bad, check_name, parse_toml, read_bounded, write_atomic,
+};
 use crate::devices::{Counters, DeviceState, Devices};
+use crate::nbd_server::{NBD_PORT_FILE, NbdListener};
 use crate::replicas::Replicas;
 use crate::service::CvadService;
 
@@ -91,6 +94,8 @@ pub struct CvadConfig {
     pub listen: SocketAddr,
     pub secret: Option<Vec<u8>>,
     pub settings: ServerSettings,
+    /// Where to serve NBD (None: not at all); see [`crate::nbd_server`].
+    pub nbd_listen: Option<SocketAddr>,
 }
 
 /// Why cvad could not start.
@@ -106,11 +111,14 @@ pub enum CvadError {
     },
     #[error("device {device}: {why}")]
     Device { device: String, why: String },
+    #[error("{why}")]
+    Nbd { why: String },
 }
 
 /// A running cvad. `stop` drains and closes every device.
 pub struct Cvad {
     server: Server,
+    nbd: Option<NbdListener>,
     devices: Arc<Devices>,
     replicas: Replicas,
     dir: DataDir,
@@ -166,9 +174,23 @@ impl Cvad {
             what: "listen",
             source,
         })?;
+        // The NBD port file first: whoever waits for the port file finds both.
+        let nbd = match config.nbd_listen {
+            Some(addr) => {
+                let nbd = NbdListener::start(addr, devices.clone())
+                    .map_err(|why| CvadError::Nbd { why })?;
+                write_atomic(
+                    &dir.root().join(NBD_PORT_FILE),
+                    format!("{}\n", nbd.local_addr().port()).as_bytes(),
+                )?;
+                Some(nbd)
+            }
+            None => None,
+        };
         dir.write_port(server.local_addr().port())?;
         Ok(Cvad {
             server,
+            nbd,
             devices,
             replicas,
             dir,
@@ -177,6 +199,11 @@ impl Cvad {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Where NBD is served, if it is.
+    pub fn nbd_addr(&self) -> Option<SocketAddr> {
+        self.nbd.as_ref().map(NbdListener::local_addr)
     }
 
     pub fn data_dir(&self) -> &DataDir {
@@ -195,6 +222,10 @@ impl Cvad {
     /// Stops accepting and ends every session, then closes every device (drain,
     /// checkpoint) and the replica runtime.
     pub fn stop(self) {
+        if let Some(nbd) = self.nbd {
+            nbd.stop();
+            let _ = std::fs::remove_file(self.dir.root().join(NBD_PORT_FILE));
+        }
         self.server.stop();
         self.devices.stop_all();
         self.replicas.stop();

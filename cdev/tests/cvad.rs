@@ -2,11 +2,14 @@
 //! its data dir in a temporary folder, driven with `rpc::Client`, stopped with
 //! SIGTERM (its exit status checked).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::clients::run;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rpc::{Client, ClientConfig, Request, Response, Status};
@@ -24,7 +27,11 @@ struct Cvad {
 
 fn cvad(data: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cvad"));
-    c.arg("--data-dir").arg(data).args(args);
+    // NBD on a port of its own per process: tests run side by side.
+    c.arg("--data-dir")
+        .arg(data)
+        .args(["--nbd-listen", "127.0.0.1:0"])
+        .args(args);
     c.env("RUST_LOG", "info");
     c
 }
@@ -80,6 +87,15 @@ impl Cvad {
             );
             std::thread::sleep(POLL);
         }
+    }
+}
+
+/// A test that fails before it stops its cvad must not leave it running (each holds
+/// AIO contexts, a machine-wide limit other tests need).
+impl Drop for Cvad {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -638,4 +654,91 @@ fn a_device_replicated_on_a_peer_cvad() {
     assert_eq!(back, written);
     assert!(primary.stop().success());
     assert!(peer.stop().success());
+}
+
+/// The NBD port a started cvad wrote.
+fn nbd_uri(data: &Path, export: &str) -> String {
+    let port = std::fs::read_to_string(data.join("nbd.port")).expect("nbd.port");
+    format!("nbd://127.0.0.1:{}/{export}", port.trim())
+}
+
+fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+    let mut args = vec!["-f", "raw", uri];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    let out = run("qemu-utils", "qemu-io", &args);
+    assert!(!out.contains("failed"), "{out}");
+    out
+}
+
+#[test]
+fn nbd_writes_read_back_after_a_restart_and_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = start(&data, &[]);
+    let info = run("libnbd-bin", "nbdinfo", &["--json", &nbd_uri(&data, "")]);
+    assert!(
+        info.contains(&format!("\"export-size\": {}", 1u64 << 30)),
+        "the default device (dev0, 1 GiB): {info}"
+    );
+    assert!(info.contains("\"can_multi_conn\": true"), "{info}");
+    qemu_io(&nbd_uri(&data, "dev0"), &["write -P 0x3c 4096000 12800"]);
+    assert!(c.stop().success());
+    let c = start(&data, &[]);
+    qemu_io(
+        &nbd_uri(&data, "dev0"),
+        &["read -P 0x3c 4096000 12800", "write -P 0xc3 512 1024"],
+    );
+    // Acknowledged means durable: kill -9 loses nothing.
+    let _ = c.stop_by(Signal::SIGKILL);
+    // Its port files outlive it: the restart must not be taken for ready by them.
+    for f in ["cvad.port", "nbd.port"] {
+        std::fs::remove_file(data.join(f)).unwrap();
+    }
+    let c = start(&data, &[]);
+    let out = qemu_io(
+        &nbd_uri(&data, "dev0"),
+        &["read -P 0xc3 512 1024", "read -P 0x3c 4096000 12800"],
+    );
+    assert_eq!(out.matches("read ").count(), 2, "{out}");
+    assert!(c.stop().success());
+}
+
+#[test]
+fn nbd_a_write_on_one_connection_flushed_on_another_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = start(&data, &[]);
+    let uri = nbd_uri(&data, "dev0");
+    // Two connections of one nbdsh: the write on the first, the FLUSH on the second
+    // (after the write's reply), then kill -9.
+    // The system's python3 (python3-libnbd installs the module there, not in a
+    // python3 earlier on PATH).
+    let python = "/usr/bin/python3";
+    let has_nbd = std::process::Command::new(python)
+        .args(["-c", "import nbd"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_nbd,
+        "{python} cannot import nbd: install the python3-libnbd package"
+    );
+    let script = format!(
+        "import nbd\n\
+         a = nbd.NBD(); a.connect_uri('{uri}'); b = nbd.NBD(); b.connect_uri('{uri}')\n\
+         assert a.can_multi_conn() and b.can_multi_conn()\n\
+         a.pwrite(b'\\xa5' * 8192, 1048576 + 2048)\n\
+         b.flush()\n\
+         print('flushed')\n"
+    );
+    let out = run("python3-libnbd", python, &["-c", &script]);
+    assert!(out.contains("flushed"), "{out}");
+    let _ = c.stop_by(Signal::SIGKILL);
+    for f in ["cvad.port", "nbd.port"] {
+        std::fs::remove_file(data.join(f)).unwrap();
+    }
+    let c = start(&data, &[]);
+    qemu_io(&nbd_uri(&data, "dev0"), &["read -P 0xa5 1050624 8192"]);
+    assert!(c.stop().success());
 }

@@ -27,6 +27,7 @@ impl Server {
             listen: "127.0.0.1:0".parse().unwrap(),
             secret: secret.map(<[u8]>::to_vec),
             settings: ServerSettings::default(),
+            nbd_listen: None,
         })
         .unwrap();
         Server {

@@ -404,9 +404,14 @@ impl TcpStream {
                     return Ok(n);
                 }
             }
-            if self.drained.get() && core().with_io(op, |io| io.peer_closed(self.fd))? {
-                // The end of stream (or a reset) arrived with data we already took:
-                // no new event will announce it, only a recv will.
+            if self.drained.get()
+                && core().with_io(op, |io| {
+                    io.peer_closed(self.fd) || io.take_missed_read(self.fd)
+                })?
+            {
+                // The end of stream (or a reset) arrived with data we already took,
+                // or bytes arrived while this stream's reader was not waiting (the
+                // edge woke nobody): no new event will announce them, only a recv will.
                 self.drained.set(false);
             }
             if !self.drained.get() {

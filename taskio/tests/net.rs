@@ -1357,3 +1357,39 @@ fn a_detached_stream_adopted_on_another_runtime_keeps_the_bytes_read_ahead() {
     assert_eq!(got, b"cdefgh");
     assert_eq!(peer.join().unwrap(), b"end");
 }
+
+/// A reader whose last read drained the socket, busy elsewhere (not waiting on the
+/// socket) while more bytes arrive and the driver polls: the edge-triggered event
+/// comes with no reader to wake. Its next read must still get the bytes (it waited
+/// forever for an edge already gone: an NBD connection's reader, blocked on its full
+/// request queue meanwhile, stopped reading requests).
+#[test]
+fn bytes_arriving_while_the_reader_waits_elsewhere_are_read() {
+    io_ok(|| {
+        let listener = listen_local();
+        let client = connect(listener.local_addr());
+        let (server, _) = listener.accept().unwrap();
+        let (first, go) = (Rc::new(Channel::new(1)), Rc::new(Channel::new(1)));
+        let (f2, g2) = (first.clone(), go.clone());
+        let reader = spawn(move || {
+            let mut b = [0u8; 10];
+            // Waits on the socket first: the fd is in the epoll set from here on.
+            server.read_exact(&mut b).unwrap();
+            f2.send(b).unwrap();
+            g2.recv().unwrap();
+            server.set_read_timeout(Some(PROMPTLY));
+            server.read_exact(&mut b).unwrap();
+            b
+        })
+        .unwrap();
+        yield_now();
+        client.write_all(&[1; 10]).unwrap();
+        assert_eq!(first.recv().unwrap(), [1; 10]);
+        client.write_all(&[2; 10]).unwrap();
+        // Not a synchronisation: the condition under test, the driver polling (the
+        // edge taken) while the reader waits on a channel, not on the socket.
+        taskio::sleep(Duration::from_millis(50));
+        go.send(()).unwrap();
+        assert_eq!(reader.join().unwrap(), [2; 10]);
+    });
+}

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use cdev::datadir::{DataDirError, PORT_FILE, read_bytes_bounded};
 use cdev::devices::DeviceState;
+use cdev::nbd_server::{DEFAULT_NBD_LISTEN, NBD_PORT_FILE};
 use cdev::server::DEFAULT_LISTEN;
 use cdev::{Cvad, CvadConfig, ServerSettings};
 use clap::Parser;
@@ -38,6 +39,11 @@ struct Args {
     /// Server settings (TOML: listen, sessions_max, queue_depth, server_name).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Address to serve NBD on (port 0 picks one: the ready line and nbd.port in
+    /// the data dir say which; "off": no NBD). NBD has no secret: keep it on
+    /// loopback unless the network is trusted (see --allow-remote-without-secret).
+    #[arg(long, default_value = DEFAULT_NBD_LISTEN)]
+    nbd_listen: String,
     /// Listen beyond loopback without a secret: anyone who reaches the port can
     /// read and write every device.
     #[arg(long)]
@@ -94,12 +100,29 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
              --allow-remote-without-secret on a network you trust"
         ));
     }
+    let nbd_listen = match args.nbd_listen.as_str() {
+        "off" => None,
+        a => Some(
+            a.parse::<SocketAddr>()
+                .map_err(|e| format!("--nbd-listen {a}: {e}"))?,
+        ),
+    };
+    if let Some(a) = nbd_listen
+        && !a.ip().is_loopback()
+        && !args.allow_remote_without_secret
+    {
+        return Err(format!(
+            "refusing to serve NBD on {a}: NBD has no secret, anyone reaching it could read \
+             and write every device. Pass --allow-remote-without-secret on a network you trust"
+        ));
+    }
     let authenticated = secret.is_some();
     let cvad = Cvad::start(CvadConfig {
         data_dir: args.data_dir.clone(),
         listen,
         secret,
         settings,
+        nbd_listen,
     })
     .map_err(|e| e.to_string())?;
     let addr = cvad.local_addr();
@@ -111,8 +134,12 @@ fn run(args: &Args, signals: &SigSet) -> Result<(), String> {
             DeviceState::Failed(_) => format!("{name} (FAILED: see above)"),
         })
         .collect();
+    let nbd = match cvad.nbd_addr() {
+        Some(a) => format!(", NBD on {a} (port in {NBD_PORT_FILE})"),
+        None => String::new(),
+    };
     info!(
-        "cvad ready: listening on {addr}{}, data in {} (port in {PORT_FILE}), devices: {}; \
+        "cvad ready: listening on {addr}{}{nbd}, data in {} (port in {PORT_FILE}), devices: {}; \
          connect with: cvacli --server {addr} (HELLO, then DEVICE_OPEN dev0)",
         if authenticated {
             " (secret required)"

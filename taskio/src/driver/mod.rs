@@ -85,6 +85,12 @@ pub trait Io {
     fn peer_closed(&self, _fd: RawFd) -> bool {
         false
     }
+    /// Whether a read-readiness event for `fd` came while no task waited to read it
+    /// (so nobody was woken by it), since the last call; clears it. A reader that
+    /// drained the socket before must read again rather than wait for that edge.
+    fn take_missed_read(&mut self, _fd: RawFd) -> bool {
+        false
+    }
     /// Withdraws the waits on `fd` for `interest` whose tasks no longer wait there
     /// (timed out, or unwinding).
     fn cancel_wait(&mut self, fd: RawFd, interest: Interest);

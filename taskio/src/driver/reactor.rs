@@ -86,6 +86,8 @@ struct FdSlot {
     registered: bool,
     /// An RDHUP, HUP or ERR event was seen: the peer closed or the socket failed.
     closed: bool,
+    /// A read-readiness event came with no reader waiting (see `take_missed_read`).
+    missed_read: bool,
     readers: Vec<TaskRef>,
     writers: Vec<TaskRef>,
 }
@@ -297,6 +299,9 @@ impl Reactor {
                 slot.closed = true;
             }
             if err || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0 {
+                // Edge-triggered: this event will not come again for the bytes now
+                // pending, so a reader that is elsewhere must learn of it.
+                slot.missed_read |= slot.readers.is_empty();
                 self.fd_waiters -= slot.readers.len();
                 for t in slot.readers.drain(..) {
                     t.wake();
@@ -695,6 +700,13 @@ impl Io for Reactor {
         list.push(task);
         self.fd_waiters += 1;
         Ok(())
+    }
+
+    fn take_missed_read(&mut self, fd: RawFd) -> bool {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.fds.get_mut(i))
+            .is_some_and(|slot| std::mem::take(&mut slot.missed_read))
     }
 
     fn peer_closed(&self, fd: RawFd) -> bool {

@@ -1,0 +1,330 @@
+//! The transmission phase of one connection: a reader (this task) parses requests
+//! and reads WRITE payloads; up to HANDLERS_MAX handler tasks execute them on the
+//! device and send replies, each reply whole under the connection's write lock.
+
+use std::rc::Rc;
+
+use std::net::Shutdown;
+
+use taskio::net::TcpStream;
+use taskio::{Builder, Channel, IoError, QLock};
+
+use super::proto::*;
+use super::{
+    DeviceAccess, HANDLERS_MAX, NbdError, Negotiated, QUEUE_MAX, SKIP_LEN_MAX, ZERO_CHUNK_MAX,
+};
+use crate::device::{BLOCK_SIZE, Device};
+use crate::error::CdevError;
+
+struct Request {
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    offset: u64,
+    len: u32,
+    /// WRITE's payload.
+    data: Vec<u8>,
+}
+
+struct Conn<D> {
+    stream: TcpStream,
+    /// Held while one reply is written, so replies never interleave.
+    replies: QLock<()>,
+    device: D,
+    n: Negotiated,
+}
+
+/// Serves the transmission phase of `stream` (after [`super::handshake`]) on
+/// `device`, on the device's runtime. Ok when the client sent DISC or closed the
+/// connection between requests; every request read is answered (when the socket
+/// still takes it) before it returns.
+pub fn serve_transmission<D: DeviceAccess>(
+    stream: TcpStream,
+    device: D,
+    negotiated: Negotiated,
+) -> Result<(), NbdError> {
+    let conn = Rc::new(Conn {
+        stream,
+        replies: QLock::new(()),
+        device,
+        n: negotiated,
+    });
+    let queue = Rc::new(Channel::<Request>::new(QUEUE_MAX));
+    let mut handlers = Vec::with_capacity(HANDLERS_MAX);
+    for _ in 0..HANDLERS_MAX {
+        let (conn, queue) = (conn.clone(), queue.clone());
+        // System tasks: the connection's task joins them, and a runtime ending under a
+        // connection (its device closed) unwinds them with it.
+        let spawned = Builder::new()
+            .name("nbd-handler")
+            .system(true)
+            .spawn(move || {
+                while let Ok(r) = queue.recv() {
+                    conn.handle(r);
+                }
+            });
+        match spawned {
+            Ok(h) => handlers.push(h),
+            Err(_) if !handlers.is_empty() => break,
+            Err(e) => {
+                return Err(NbdError::Protocol {
+                    op: "transmission",
+                    why: format!("no handler task: {e}"),
+                });
+            }
+        }
+    }
+    let result = conn.read_requests(&queue);
+    queue.close();
+    for h in handlers {
+        let _ = h.join();
+    }
+    let _ = conn.stream.shutdown(Shutdown::Both);
+    result
+}
+
+/// A request refused before it reaches the device.
+fn refusal(n: &Negotiated, r: &Request) -> Option<(u32, &'static str)> {
+    let size = n.export.size;
+    let end = r.offset.checked_add(r.len as u64);
+    let past_end = end.is_none_or(|e| e > size);
+    let aligned = r.offset.is_multiple_of(BLOCK_SIZE as u64) && r.len.is_multiple_of(BLOCK_SIZE);
+    match r.kind {
+        CMD_READ | CMD_WRITE if r.len > n.export.io_len_max => {
+            Some((EOVERFLOW, "longer than the maximum block size"))
+        }
+        CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES if n.export.read_only => {
+            Some((EPERM, "read-only export"))
+        }
+        CMD_READ | CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES | CMD_BLOCK_STATUS if !aligned => {
+            Some((EINVAL, "offset or length not a multiple of 512"))
+        }
+        CMD_WRITE | CMD_WRITE_ZEROES if past_end => Some((ENOSPC, "past the end")),
+        CMD_READ | CMD_TRIM | CMD_BLOCK_STATUS if past_end => Some((EINVAL, "past the end")),
+        CMD_BLOCK_STATUS if !n.base_allocation => Some((EINVAL, "no metadata context")),
+        CMD_READ | CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES | CMD_BLOCK_STATUS if r.len == 0 => {
+            Some((EINVAL, "zero length"))
+        }
+        CMD_WRITE_ZEROES if r.flags & CMD_FLAG_FAST_ZERO != 0 => {
+            // Zeroes are written as data: never faster than the client writing them.
+            Some((ENOTSUP, "no fast zeroing"))
+        }
+        CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM | CMD_WRITE_ZEROES | CMD_BLOCK_STATUS => None,
+        _ => Some((EINVAL, "unknown command")),
+    }
+}
+
+/// Zeroes are written (NO_HOLE or not): a discard leaves the backing store's bytes
+/// readable, so it cannot stand for zeroes.
+fn write_zeroes(device: &Device, offset: u64, len: u32) -> Result<(), CdevError> {
+    let zeroes = vec![0u8; len.min(ZERO_CHUNK_MAX) as usize];
+    let mut done = 0u64;
+    while done < len as u64 {
+        let n = (len as u64 - done).min(zeroes.len() as u64) as usize;
+        device.write(offset + done, &zeroes[..n])?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// The NBD error for a device error.
+fn errno(e: &CdevError) -> u32 {
+    match e {
+        CdevError::InvalidArgument { .. } | CdevError::Config { .. } => EINVAL,
+        CdevError::ReadOnly { .. } => EPERM,
+        CdevError::NotServing { .. } => ESHUTDOWN,
+        CdevError::Backing { .. }
+        | CdevError::Vssd { .. }
+        | CdevError::Dtm { .. }
+        | CdevError::Runtime { .. } => EIO,
+    }
+}
+
+impl<D: DeviceAccess> Conn<D> {
+    fn read(&self, buf: &mut [u8], op: &'static str) -> Result<(), NbdError> {
+        self.stream
+            .read_exact(buf)
+            .map_err(|source| NbdError::Io { op, source })
+    }
+
+    /// Reads requests until DISC or the end of the stream; queues each for a handler.
+    fn read_requests(&self, queue: &Channel<Request>) -> Result<(), NbdError> {
+        loop {
+            let mut head = [0u8; REQUEST_LEN];
+            match self.stream.read_exact(&mut head) {
+                Ok(()) => {}
+                Err(IoError::Eof { .. }) => return Ok(()),
+                Err(source) => {
+                    return Err(NbdError::Io {
+                        op: "read request",
+                        source,
+                    });
+                }
+            }
+            let be32 = |i: usize| u32::from_be_bytes(head[i..i + 4].try_into().expect("4"));
+            let be64 = |i: usize| u64::from_be_bytes(head[i..i + 8].try_into().expect("8"));
+            let magic = be32(0);
+            if magic != REQUEST_MAGIC {
+                return Err(NbdError::Protocol {
+                    op: "read request",
+                    why: format!("request magic {magic:#x}"),
+                });
+            }
+            let mut r = Request {
+                flags: u16::from_be_bytes([head[4], head[5]]),
+                kind: u16::from_be_bytes([head[6], head[7]]),
+                cookie: be64(8),
+                offset: be64(16),
+                len: be32(24),
+                data: Vec::new(),
+            };
+            match r.kind {
+                CMD_DISC => return Ok(()),
+                CMD_WRITE if r.len > self.n.export.io_len_max => {
+                    // The payload follows whatever the answer: skip it to stay in step.
+                    if r.len as u64 > SKIP_LEN_MAX {
+                        return Err(NbdError::Protocol {
+                            op: "read request",
+                            why: format!("WRITE of {} bytes", r.len),
+                        });
+                    }
+                    self.skip(r.len as u64)?;
+                }
+                CMD_WRITE => {
+                    r.data = vec![0u8; r.len as usize];
+                    self.read(&mut r.data, "read WRITE payload")?;
+                }
+                _ => {}
+            }
+            if queue.send(r).is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn skip(&self, mut left: u64) -> Result<(), NbdError> {
+        let mut scratch = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let n = left.min(scratch.len() as u64) as usize;
+            self.read(&mut scratch[..n], "skip oversized payload")?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    fn handle(&self, r: Request) {
+        if let Some((err, why)) = refusal(&self.n, &r) {
+            return self.send_error(&r, err, why);
+        }
+        // The device is held for the call only, not while the reply is sent.
+        let done = self.device.with_device(|device| {
+            let mut data = Vec::new();
+            let result = match r.kind {
+                CMD_READ => {
+                    data = vec![0u8; r.len as usize];
+                    device.read(r.offset, &mut data)
+                }
+                // A write is durable when Device::write returns: FUA asks no more.
+                CMD_WRITE => device.write(r.offset, &r.data),
+                CMD_FLUSH => device.flush(),
+                CMD_TRIM => device.discard(r.offset, r.len as u64),
+                CMD_WRITE_ZEROES => write_zeroes(device, r.offset, r.len),
+                CMD_BLOCK_STATUS => Ok(()),
+                _ => unreachable!("refusal() lets known commands through only"),
+            };
+            result.map(|()| data)
+        });
+        match done {
+            None => self.send_error(&r, ESHUTDOWN, "the device is closing"),
+            Some(Ok(data)) if r.kind == CMD_READ => self.send_read(&r, &data),
+            Some(Ok(_)) if r.kind == CMD_BLOCK_STATUS => self.send_block_status(&r),
+            Some(Ok(_)) => self.send_done(&r),
+            Some(Err(e)) => {
+                tracing::info!("nbd command {} failed: {e}", r.kind);
+                self.send_error(&r, errno(&e), "device error")
+            }
+        }
+    }
+
+    /// Writes one whole reply; a failing socket ends the connection (the reader sees
+    /// it too).
+    fn send(&self, parts: &[&[u8]]) {
+        let _guard = self.replies.lock();
+        for p in parts {
+            if let Err(e) = self.stream.write_all(p) {
+                tracing::info!("nbd reply: {e}");
+                let _ = self.stream.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    }
+
+    fn simple(&self, r: &Request, error: u32) -> [u8; 16] {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+        h[4..8].copy_from_slice(&error.to_be_bytes());
+        h[8..16].copy_from_slice(&r.cookie.to_be_bytes());
+        h
+    }
+
+    fn chunk(&self, r: &Request, flags: u16, kind: u16, len: u32) -> [u8; 20] {
+        let mut h = [0u8; 20];
+        h[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        h[4..6].copy_from_slice(&flags.to_be_bytes());
+        h[6..8].copy_from_slice(&kind.to_be_bytes());
+        h[8..16].copy_from_slice(&r.cookie.to_be_bytes());
+        h[16..20].copy_from_slice(&len.to_be_bytes());
+        h
+    }
+
+    fn send_done(&self, r: &Request) {
+        if self.n.structured {
+            self.send(&[&self.chunk(r, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0)]);
+        } else {
+            self.send(&[&self.simple(r, 0)]);
+        }
+    }
+
+    fn send_error(&self, r: &Request, error: u32, why: &str) {
+        if self.n.structured {
+            let mut body = Vec::with_capacity(6 + why.len());
+            body.extend_from_slice(&error.to_be_bytes());
+            body.extend_from_slice(&(why.len() as u16).to_be_bytes());
+            body.extend_from_slice(why.as_bytes());
+            let head = self.chunk(r, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, body.len() as u32);
+            self.send(&[&head, &body]);
+        } else {
+            self.send(&[&self.simple(r, error)]);
+        }
+    }
+
+    fn send_read(&self, r: &Request, data: &[u8]) {
+        if self.n.structured {
+            let head = self.chunk(
+                r,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                8 + data.len() as u32,
+            );
+            self.send(&[&head, &r.offset.to_be_bytes(), data]);
+        } else {
+            self.send(&[&self.simple(r, 0), data]);
+        }
+    }
+
+    /// base:allocation: every block is allocated and its content not known to be
+    /// zero (the cache does not track holes): one extent for the whole range, which
+    /// also satisfies REQ_ONE.
+    fn send_block_status(&self, r: &Request) {
+        let mut body = [0u8; 12];
+        body[0..4].copy_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+        body[4..8].copy_from_slice(&r.len.to_be_bytes());
+        let head = self.chunk(
+            r,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_BLOCK_STATUS,
+            body.len() as u32,
+        );
+        self.send(&[&head, &body]);
+    }
+}
