@@ -3,20 +3,37 @@
 //!
 //! Renders the seed's dtm.c. It must never acknowledge a write before every replica
 //! of the device's epoch holds it durably.
+//!
+//! Its parts: [`replica`] (the seam to one replica vSSD), [`local`] (a replica on
+//! this runtime's vSSD), [`copy`] (one dirty line copied between replicas at its
+//! version), [`dtm`] (the DTM of one device: writes, the loss policy, reads, clean
+//! and discard), `lock` (range locks and write slots), `commit` (lazy batched
+//! COMMITs), [`resync`] (a returning replica brought up to date), [`recovery`] (the
+//! in-doubt trans of every replica resolved at open), [`peer`] (the VSSD_* service over
+//! this runtime's vSSDs), [`remote`] (a replica on a peer over rpc), [`config`] and
+//! [`error`].
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod commit;
+pub mod config;
 pub mod copy;
+pub mod dtm;
 pub mod error;
 pub mod local;
+mod lock;
 pub mod peer;
 pub mod recovery;
 pub mod remote;
 pub mod replica;
+pub mod resync;
 
+pub use config::{Backing, DtmConfig, LossPolicy};
 pub use copy::{Copied, copy_line};
+pub use dtm::{Dtm, DtmStats, Written};
 pub use error::DtmError;
 pub use local::LocalReplica;
 pub use peer::{ReplicaService, Vssds};
 pub use recovery::{Recovery, recover};
 pub use remote::RemoteReplica;
 pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
+pub use resync::ResyncProgress;

@@ -242,12 +242,17 @@ impl Replica for LocalReplica {
         if from == epoch && self.vssd.epoch() == epoch && self.vssd.members() == members {
             return Ok(()); // a retry: this opening is there already
         }
-        self.vssd
-            .set_epoch_from(from, epoch, members)
-            .map_err(|e| match self.fence(OP) {
+        // The opening moves first: the vSSD is at the new epoch as soon as its record
+        // is placed, and this opening's calls made while the record becomes durable
+        // (a lazy COMMIT) must not find themselves stale.
+        self.info.borrow_mut().epoch = epoch.max(from);
+        if let Err(e) = self.vssd.set_epoch_from(from, epoch, members) {
+            self.info.borrow_mut().epoch = from;
+            return Err(match self.fence(OP) {
                 Err(stale) => stale, // another opening moved it meanwhile
                 Ok(()) => self.failed(OP, e),
-            })?;
+            });
+        }
         let mut info = self.info.borrow_mut();
         info.epoch = epoch;
         info.members = members.to_vec();

@@ -1,0 +1,304 @@
+//! Resync: a stale replica that returns is brought up to date while writes go on,
+//! then made a member in a new epoch.
+//!
+//! 0. Its in-doubt trans (prepared there before it was lost, never resolved: a
+//!    replica cut off keeps its vSSD open) are resolved by what the primary knows:
+//!    committed there, or still the version of one of its lines -> committed;
+//!    otherwise aborted. The walk then fixes every line either way.
+//! 1. It joins as a *syncing* target (under the membership gate, so no write is in
+//!    phase 1 with the old set): from then on every write goes to it too, and its
+//!    failure fails no write (it only ends the resync).
+//! 2. A walk over the primary's dirty lines and the replica's, in line order, in
+//!    batches ([`RESYNC_BATCH_LINES`] of each listing): a line dirty on the primary
+//!    at a version the replica does not hold dirty is copied to it at that same
+//!    version ([`copy_line`]: a tran's lines one at a time, so a tran whose middle
+//!    line was written again since is copied too); a line dirty on the replica that
+//!    the primary does not hold dirty is dropped there. Each such line is checked
+//!    again, and handled, under its range lock, so no write of it is in flight
+//!    meanwhile; lines whose listed versions agree are skipped without one. Every line dirtied after the join was written to the
+//!    replica too; every write that began before the join had finished phase 1 and
+//!    committed on the primary (the gate), so the walk sees its version.
+//! 3. A new epoch (epoch + 1) with the members and the replica, recorded in the
+//!    replica first, then in every member; the replica becomes a member.
+//!
+//! Progress ([`ResyncProgress`]): lines of the listings examined against the
+//! primary's dirty count at the start (a moving target: writes go on).
+//!
+//! Not handled: an in-doubt tran damaged on the replica that the primary still holds
+//! (aborted there, so its copy is refused as a conflict and the resync fails).
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use vssd::TranOutcome;
+use vssd::map::State;
+
+use crate::config::{MEMBERS_MAX, RESYNC_BATCH_LINES};
+use crate::copy::{Copied, copy_line};
+use crate::dtm::{Inner, Member, fan_out};
+use crate::error::DtmError;
+use crate::replica::{Replica, ReplicaError};
+
+/// How far a resync got.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResyncProgress {
+    /// The replica's member id.
+    pub member: u64,
+    /// Lines examined so far, and the primary's dirty lines when it began.
+    pub lines_done: u64,
+    pub lines_total: u64,
+    /// Lines copied to the replica, and dirty lines dropped from it.
+    pub lines_copied: u64,
+    pub lines_dropped: u64,
+    /// The epoch it joined, once it did.
+    pub joined_epoch: Option<u64>,
+}
+
+impl Inner {
+    fn resync_error(&self, replica: &dyn Replica, why: String) -> DtmError {
+        DtmError::Resync {
+            device: self.device.clone(),
+            replica: replica.name().to_string(),
+            why,
+        }
+    }
+
+    fn replica_failed(&self, replica: &dyn Replica, e: ReplicaError) -> DtmError {
+        self.resync_error(replica, e.to_string())
+    }
+
+    fn is_syncing(&self, member: u64) -> bool {
+        self.view.borrow().syncing.iter().any(|m| m.id() == member)
+    }
+
+    fn progress(&self, f: impl FnOnce(&mut ResyncProgress)) {
+        if let Some(p) = self.resync.borrow_mut().as_mut() {
+            f(p);
+        }
+    }
+
+    pub(crate) fn resync(&self, replica: Rc<dyn Replica>) -> Result<ResyncProgress, DtmError> {
+        const OP: &str = "resync";
+        self.check_up(OP)?;
+        let member = replica.member();
+        self.resolve_in_doubt(&replica)?;
+        {
+            let _gate = self.change.write();
+            let view = self.view.borrow();
+            let why = if self.resync.borrow().is_some() {
+                Some("another resync is running".to_string())
+            } else if view
+                .members
+                .iter()
+                .chain(&view.syncing)
+                .any(|m| m.id() == member)
+            {
+                Some(format!("member id {member} is in use"))
+            } else if view.members.len() >= MEMBERS_MAX {
+                Some(format!("the epoch has {MEMBERS_MAX} members already"))
+            } else {
+                None
+            };
+            drop(view);
+            if let Some(why) = why {
+                return Err(DtmError::Unfit {
+                    op: OP,
+                    device: self.device.clone(),
+                    replica: replica.name().to_string(),
+                    why,
+                });
+            }
+            crate::dtm::check_fit(
+                OP,
+                &self.device,
+                self.line_size,
+                self.lines,
+                replica.as_ref(),
+            )?;
+            let committer = self.start_committer(OP, &replica)?;
+            let mut view = self.view.borrow_mut();
+            view.syncing.push(Member {
+                replica: replica.clone(),
+                committer: Some(committer),
+            });
+            view.refresh_tran_lines_max(&self.primary);
+            *self.resync.borrow_mut() = Some(ResyncProgress {
+                member,
+                lines_total: self.primary.dirty_count(),
+                ..ResyncProgress::default()
+            });
+        }
+        let result = self
+            .resync_walk(&replica)
+            .and_then(|()| self.resync_join(&replica));
+        let progress = self
+            .resync
+            .borrow_mut()
+            .take()
+            .expect("the resync's progress");
+        if let Err(e) = result {
+            let _ = self.lose(&[member], OP);
+            return Err(e);
+        }
+        self.count(|s| {
+            s.resyncs += 1;
+            s.resync_lines_copied += progress.lines_copied;
+            s.resync_lines_dropped += progress.lines_dropped;
+        });
+        Ok(progress)
+    }
+
+    /// Step 0 of the module documentation.
+    fn resolve_in_doubt(&self, y: &Rc<dyn Replica>) -> Result<(), DtmError> {
+        let mut after = 0;
+        // Bounded: `after` rises with each page.
+        loop {
+            let (page, more) = y
+                .in_doubt(after, RESYNC_BATCH_LINES)
+                .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+            for d in &page {
+                let committed_here = match self.primary.tran_outcome(d.tran) {
+                    TranOutcome::Committed => true,
+                    TranOutcome::Prepared | TranOutcome::Aborted => false,
+                    _ => (d.line..d.line + u64::from(d.line_count))
+                        .any(|l| self.primary.lookup(l).is_some_and(|e| e.version == d.tran)),
+                };
+                let resolved = if committed_here && !d.damaged {
+                    y.commit(&[d.tran])
+                } else {
+                    y.abort(d.tran)
+                };
+                resolved.map_err(|e| self.replica_failed(y.as_ref(), e))?;
+            }
+            match page.last() {
+                Some(last) if more => after = last.tran,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Step 2 of the module documentation.
+    fn resync_walk(&self, y: &Rc<dyn Replica>) -> Result<(), DtmError> {
+        let primary = self.view.borrow().members[0].replica.clone();
+        let primary = primary.as_ref();
+        let mut from = 0u64;
+        // Bounded: `from` moves forward each round.
+        while from < self.lines {
+            self.check_up("resync")?;
+            if !self.is_syncing(y.member()) {
+                return Err(self.resync_error(y.as_ref(), "it failed a write".to_string()));
+            }
+            let ours = self.primary.dirty_range(from, RESYNC_BATCH_LINES);
+            let theirs = y
+                .dirty(from, RESYNC_BATCH_LINES)
+                .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+            // Up to where both listings are complete.
+            let mut end = self.lines;
+            for listing in [&ours, &theirs] {
+                if listing.len() >= RESYNC_BATCH_LINES {
+                    end = end.min(listing.last().expect("a full listing").0 + 1);
+                }
+            }
+            assert!(end > from, "a resync batch that does not move");
+            let mut lines: BTreeMap<u64, (Option<u64>, Option<u64>)> = BTreeMap::new();
+            for &(line, v) in ours.iter().filter(|(l, _)| *l < end) {
+                lines.entry(line).or_default().0 = Some(v);
+            }
+            for &(line, v) in theirs.iter().filter(|(l, _)| *l >= from && *l < end) {
+                lines.entry(line).or_default().1 = Some(v);
+            }
+            for (line, (ours, theirs)) in lines {
+                if ours.is_none() || ours != theirs {
+                    self.resync_line(primary, y, line)?;
+                }
+                self.progress(|p| p.lines_done += 1);
+            }
+            from = end;
+        }
+        Ok(())
+    }
+
+    /// Under `line`'s range lock: makes the replica agree with the primary on it
+    /// (the listings were a hint, taken without the lock).
+    fn resync_line(
+        &self,
+        primary: &dyn Replica,
+        y: &Rc<dyn Replica>,
+        line: u64,
+    ) -> Result<(), DtmError> {
+        let _lock = self.lock_range("resync", line, 1)?;
+        let ours = self
+            .primary
+            .lookup(line)
+            .filter(|e| e.state == State::Dirty)
+            .map(|e| e.version);
+        let theirs = y
+            .dirty(line, 1)
+            .map_err(|e| self.replica_failed(y.as_ref(), e))?
+            .first()
+            .filter(|&&(l, _)| l == line)
+            .map(|&(_, v)| v);
+        match ours {
+            None if theirs.is_some() => {
+                y.invalidate(line, 1)
+                    .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+                self.progress(|p| p.lines_dropped += 1);
+            }
+            Some(v) if theirs != Some(v) => {
+                let copied = copy_line(primary, y.as_ref(), line, v)
+                    .map_err(|e| self.resync_error(y.as_ref(), e.to_string()))?;
+                if matches!(copied, Copied::Written | Copied::Committed) {
+                    self.progress(|p| p.lines_copied += 1);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Step 3 of the module documentation.
+    fn resync_join(&self, y: &Rc<dyn Replica>) -> Result<(), DtmError> {
+        const OP: &str = "resync";
+        let gate = self.change.write();
+        self.check_up(OP)?;
+        if !self.is_syncing(y.member()) {
+            return Err(self.resync_error(y.as_ref(), "it failed a write".to_string()));
+        }
+        let (members, epoch) = {
+            let view = self.view.borrow();
+            (view.members.clone(), view.epoch + 1)
+        };
+        let mut ids: Vec<u64> = members.iter().map(Member::id).collect();
+        ids.push(y.member());
+        y.set_epoch(epoch, &ids)
+            .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+        let set_ids = ids.clone();
+        let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
+        let results = fan_out(&targets, move |r| r.set_epoch(epoch, &set_ids));
+        {
+            let mut view = self.view.borrow_mut();
+            let i = view
+                .syncing
+                .iter()
+                .position(|m| m.id() == y.member())
+                .expect("checked syncing above");
+            let joined = view.syncing.remove(i);
+            view.members.push(joined);
+            view.epoch = epoch;
+            view.refresh_tran_lines_max(&self.primary);
+        }
+        self.count(|s| s.epoch_changes += 1);
+        self.progress(|p| p.joined_epoch = Some(epoch));
+        drop(gate);
+        let failures: Vec<(u64, ReplicaError)> = members
+            .iter()
+            .zip(results)
+            .filter_map(|(m, r)| r.err().map(|e| (m.id(), e)))
+            .collect();
+        if failures.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(device = %self.device, ?failures, "members failed the resync's epoch");
+        self.settle(OP, failures)
+    }
+}
