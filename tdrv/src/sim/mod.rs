@@ -3,6 +3,7 @@
 //! seed with the command that replays it. `--seed N` replays one seed and prints its
 //! trace hash on the last line.
 
+mod dtm;
 mod kv;
 mod rpc;
 mod vssd;
@@ -45,8 +46,11 @@ fn scenario(cmd: &str, area: &str) -> Result<fn(u64, Options) -> SeedRun, String
     match (cmd, area) {
         ("sim", "taskio") => Ok(kv::run_seed),
         ("sim", "rpc") => Ok(rpc::run_seed),
+        ("sim", "dtm") => Ok(dtm::run_seed),
         ("torture", "vssd") => Ok(vssd::run_seed),
-        ("sim", other) => Err(format!("unknown sim area {other:?} (known: taskio, rpc)")),
+        ("sim", other) => Err(format!(
+            "unknown sim area {other:?} (known: taskio, rpc, dtm)"
+        )),
         (_, other) => Err(format!("unknown torture area {other:?} (known: vssd)")),
     }
 }
