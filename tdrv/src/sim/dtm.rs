@@ -163,6 +163,8 @@ struct World {
     nodes: usize,
     min_replicas: usize,
     formatted: RefCell<Vec<bool>>,
+    /// Boots of each node: each format gets a uuid of its own.
+    boots: RefCell<Vec<u64>>,
     /// The node the primary role runs on, and its generation (+1 at each takeover).
     primary: Cell<usize>,
     generation: Cell<u64>,
@@ -223,10 +225,12 @@ impl World {
     }
 }
 
-fn params(seed: u64, node: usize) -> FormatParams {
+/// A format cut short by a crash is redone with a new uuid (the vSSD refuses to
+/// format itself again under the same one).
+fn params(seed: u64, node: usize, boot: u64) -> FormatParams {
     let mut uuid = [0u8; 16];
     uuid[..8].copy_from_slice(&seed.to_le_bytes());
-    uuid[8..].copy_from_slice(&(node as u64 + 1).to_le_bytes());
+    uuid[8..].copy_from_slice(&((boot << 8) + node as u64 + 1).to_le_bytes());
     FormatParams {
         line_size: LINE_SIZE,
         lines: CACHE_LINES,
@@ -240,7 +244,12 @@ fn params(seed: u64, node: usize) -> FormatParams {
 /// The node's vSSD: formatted at its first boot (until one format completed),
 /// opened (recovered) at every boot.
 fn open_vssd(w: &World, node: usize) -> Result<Vssd, String> {
-    let p = params(w.seed, node);
+    let boot = {
+        let mut boots = w.boots.borrow_mut();
+        boots[node] += 1;
+        boots[node]
+    };
+    let p = params(w.seed, node, boot);
     let g = p.geometry().map_err(|e| format!("geometry: {e}"))?;
     let file = OpenOptions::new()
         .create(true)
@@ -986,6 +995,7 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
         nodes,
         min_replicas: nodes / 2 + nodes % 2,
         formatted: RefCell::new(vec![false; nodes]),
+        boots: RefCell::new(vec![0; nodes]),
         slow_until: RefCell::new(vec![None; nodes]),
         ..World::default()
     });
