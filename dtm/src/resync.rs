@@ -23,7 +23,9 @@
 //!    replica too; every write that began before the join had finished phase 1 and
 //!    committed on the primary (the gate), so the walk sees its version.
 //! 3. A new epoch (epoch + 1) with the members and the replica, recorded in the
-//!    replica first, then in every member; the replica becomes a member.
+//!    replica first, then in every member; the replica becomes a member. If the
+//!    replica's answer fails (it may hold the new epoch all the same), the members
+//!    move to epoch + 2 without it before any other write.
 //!
 //! Progress ([`ResyncProgress`]): lines of the listings examined against the
 //! primary's dirty count at the start (a moving target: writes go on).
@@ -309,8 +311,30 @@ impl Inner {
         };
         let mut ids: Vec<u64> = members.iter().map(Member::id).collect();
         ids.push(y.member());
-        y.set_epoch(epoch, &ids)
-            .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+        if let Err(e) = y.set_epoch(epoch, &ids) {
+            // The replica may hold the new epoch all the same (a timeout or a lost
+            // answer says nothing of what it did). The members move past it, without
+            // the replica, before they acknowledge another write: a recovery trusts
+            // the newest epoch, and would take the replica's over the writes
+            // acknowledged since.
+            let failed = self.replica_failed(y.as_ref(), e);
+            let member_ids: Vec<u64> = members.iter().map(Member::id).collect();
+            let past = epoch + 1;
+            let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
+            let results = fan_out(&targets, move |r| r.set_epoch(past, &member_ids));
+            self.view.borrow_mut().epoch = past;
+            self.count(|s| s.epoch_changes += 1);
+            drop(gate);
+            let failures: Vec<(u64, ReplicaError)> = members
+                .iter()
+                .zip(results)
+                .filter_map(|(m, r)| r.err().map(|e| (m.id(), e)))
+                .collect();
+            if !failures.is_empty() {
+                self.settle(OP, failures)?;
+            }
+            return Err(failed);
+        }
         let set_ids = ids.clone();
         let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
         let results = fan_out(&targets, move |r| r.set_epoch(epoch, &set_ids));
