@@ -9,10 +9,10 @@
 //!    members records differently never took effect (the fenced primary recorded
 //!    it on its own replica and never wrote at it), and the replicas holding it
 //!    are stale. Claims that still differ: refused ([`DtmError::Mismatch`]). The
-//!    members of that epoch that opened are the *reachable* ones, with those one
-//!    epoch behind it that were members of that epoch before (a fence or
-//!    membership change that failed on them: the newest epoch had no write yet,
-//!    every member records an epoch before any write at it). Opened replicas
+//!    members of that epoch that opened are the *reachable* ones, with those at an
+//!    older epoch that listed them (fences or membership changes that failed on
+//!    them: every member records an epoch before any write at it, so no epoch
+//!    since theirs had a write). Opened replicas
 //!    of an older epoch, or not members of the newest, are *stale*: they may lack
 //!    acknowledged writes and are left to the core's resync. Fewer than
 //!    `min_replicas` reachable: refused ([`DtmError::TooFewReplicas`]).
@@ -145,17 +145,19 @@ pub fn recover(
         );
     }
     let (epoch, members) = newest_epoch(opened, configured)?;
-    // A member of the newest epoch still at the one before it (a recovery or a
-    // membership change that failed while it recorded the newest) missed no write:
-    // every member records an epoch before any write is made at it. It counts if
-    // it was a member of that epoch before (epoch 0 records no members: the
+    // A member of the newest epoch still at an older one (recoveries or membership
+    // changes that failed while they recorded their epoch on it) missed no write:
+    // every member records an epoch before any write is made at it, and each
+    // epoch's members come from the epoch it moved from (a joining replica records
+    // the new epoch first), so every epoch since its own lists it and had no write.
+    // It counts if its own epoch lists it (epoch 0 records no members: the
     // configured ones).
     let member = |r: &&Rc<dyn Replica>| {
         let info = r.info();
         let me = r.member();
         members.contains(&me)
             && ((info.epoch == epoch && (epoch == 0 || info.members == members))
-                || (info.epoch + 1 == epoch && (info.epoch == 0 || info.members.contains(&me))))
+                || (info.epoch < epoch && (info.epoch == 0 || info.members.contains(&me))))
     };
     let reachable: Vec<&Rc<dyn Replica>> = opened.iter().filter(member).collect();
     let stale: Vec<u64> = opened
