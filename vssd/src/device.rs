@@ -662,6 +662,18 @@ impl Vssd {
         self.inner.trans.next_id(&self.inner.log)
     }
 
+    /// Makes every later [`Vssd::next_tran_id`] at least `floor`, as durably as the
+    /// ids themselves (the first id handed out after it waits for a TRAN_HIGH above
+    /// it). A DTM starts each epoch's ids at a floor of that epoch, so that two
+    /// primaries of a device (one cut off and not fenced yet) never hand out one id.
+    pub fn raise_tran_ids(&self, floor: u64) -> Result<(), VssdError> {
+        self.check_usable("raise_tran_ids")?;
+        if let Some(below) = floor.checked_sub(1) {
+            self.inner.trans.saw(below);
+        }
+        Ok(())
+    }
+
     /// The membership epoch (0 until the DTM sets one).
     pub fn epoch(&self) -> u64 {
         self.inner.membership.borrow().epoch

@@ -718,3 +718,36 @@ fn in_doubt_leaves_out_a_tran_whose_writep1_runs() {
         v.close();
     });
 }
+
+/// `raise_tran_ids`: the next id is at least the floor, and stays above it after a
+/// restart (the DTM's epoch-scoped tran ids rely on it).
+#[test]
+fn raised_tran_ids_stay_above_the_floor_across_a_restart() {
+    let dir = TempDir::new("tran-floor");
+    let path = formatted(&dir);
+    let p = path.clone();
+    const FLOOR: u64 = 3 << 40;
+    let raised = run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        let below = v.next_tran_id().unwrap();
+        v.raise_tran_ids(below).unwrap();
+        assert!(
+            v.next_tran_id().unwrap() > below,
+            "a lower floor changes nothing"
+        );
+        v.raise_tran_ids(FLOOR).unwrap();
+        let t = v.next_tran_id().unwrap();
+        assert_eq!(t, FLOOR);
+        v.close();
+        t
+    });
+    run_io(move || {
+        let (v, _) = open(&path, Options::default());
+        let t = v.next_tran_id().unwrap();
+        assert!(
+            t > raised,
+            "tran {t} after a restart, {raised} handed out before"
+        );
+        v.close();
+    });
+}
