@@ -722,6 +722,10 @@ impl Inner {
         for _ in 0..=MEMBERS_MAX {
             self.check_up(OP)?;
             let gate = self.change.read();
+            // Again: a membership change that ran while this write waited for the
+            // gate may have taken the DTM down, leaving the view at an epoch it could
+            // not record on every member.
+            self.check_up(OP)?;
             if self.short_of_replicas() {
                 drop(gate);
                 return self.write_through(first, n, data);

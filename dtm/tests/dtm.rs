@@ -1109,3 +1109,38 @@ fn primaries_of_two_epochs_never_share_a_tran_id() {
         );
     });
 }
+
+/// A write that waited for the membership gate while a loss took the DTM below
+/// `min_replicas` fails, and prepares nothing: the loss left the view at the epoch
+/// it could not record on every survivor. Found by `tdrv sim dtm` seed 181: such a
+/// write prepared on the primary under an id of that epoch, which the primary that
+/// took over (at the same epoch number) gave to another write.
+#[test]
+fn a_write_waiting_for_the_gate_while_the_dtm_goes_down_fails_and_prepares_nothing() {
+    const STALL: Duration = Duration::from_secs(2);
+    run_sim(7, move || {
+        let reps = open_reps(Path::new("/"), 3, VSSD_LINES);
+        let config = DtmConfig {
+            min_replicas: 2,
+            ..DtmConfig::default()
+        };
+        let dtm = start(&reps, config).unwrap();
+        reps[2].set(Mode::Stall(STALL), Some("writep1"));
+        reps[1].set(Mode::Stall(STALL), Some("set_epoch"));
+        let first = {
+            let dtm = dtm.clone();
+            spawn(move || dtm.write(1, &payload(1, 1, 1))).unwrap()
+        };
+        // After the first write's writep1 timed out: its loss holds the gate.
+        sleep(STALL + Duration::from_millis(100));
+        let second = dtm.write(10, &payload(10, 1, 2));
+        assert!(first.join().unwrap().is_err());
+        assert!(second.is_err(), "{second:?}");
+        assert!(dtm.down().is_some());
+        assert_eq!(held(&reps[0], 10), None, "prepared on the primary");
+        assert!(
+            reps[0].vssd.in_doubt(0, 10).is_empty(),
+            "in doubt on the primary"
+        );
+    });
+}
