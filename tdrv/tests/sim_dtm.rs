@@ -7,12 +7,9 @@ mod common;
 
 use common::{last_line, replay_line, tdrv};
 
-/// Seeds 200..400: seed 181 still fails (an open bug of the dtm crate, see the
-/// branch's report: the cut-off primary's tran id at an epoch number the primary
-/// that took over holds too). Move back to seed 0 once it is fixed.
 #[test]
 fn a_replicated_device_survives_two_hundred_seeds_of_trouble() {
-    let (code, out, err) = tdrv(&["sim", "dtm", "--first", "200", "--seeds", "200"]);
+    let (code, out, err) = tdrv(&["sim", "dtm", "--seeds", "200"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
         out.contains("200 seeds in") && out.contains("0 failed"),
