@@ -41,7 +41,10 @@
 //! change waits for the writes in phase 1 (each bounded by the call timeouts).
 //!
 //! Lock order: slot, then range lock, then the gate. A membership change holds the
-//! gate only; a committer takes the gate only to drop its replica.
+//! gate only; a committer takes the gate only to drop its replica; a resync holds
+//! one line's range lock (no gate) while it copies that line; a caller holding
+//! [`Dtm::lock_lines`] may call [`Dtm::clean`] and [`Dtm::read`], which take no
+//! range lock, but no write or discard of those lines.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -109,6 +112,11 @@ pub struct DtmStats {
     pub resyncs: u64,
     pub resync_lines_copied: u64,
     pub resync_lines_dropped: u64,
+}
+
+/// Lines held by [`Dtm::lock_lines`]; released when dropped.
+pub struct LineLock {
+    _lock: RangeLock,
 }
 
 /// A replica of the device and its committer (none for the primary: it commits in
@@ -362,9 +370,16 @@ impl Dtm {
     }
 
     /// Reads `line` from the primary vSSD into `buf` (a line's capacity): its version
-    /// and state, or `None` when the cache does not hold it.
+    /// and state, or `None` when the cache does not hold it. Refused once fenced
+    /// (another primary may have newer data) or closed; a DTM stopped short of
+    /// replicas still reads (no write was acknowledged anywhere else).
     pub fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<Hit>, DtmError> {
-        self.inner.check_up("read")?;
+        if matches!(
+            *self.inner.down.borrow(),
+            Some(Down::Fenced { .. } | Down::Closed)
+        ) {
+            self.inner.check_up("read")?;
+        }
         self.inner
             .primary
             .read_into(line, buf)
@@ -401,6 +416,24 @@ impl Dtm {
         let held = inner.on_all(OP, move |r| r.invalidate(first, count))?;
         inner.count(|s| s.discards += 1);
         Ok(held)
+    }
+
+    /// Holds lines `first..first + count` against writes, discards and resync (waiting
+    /// `wait_max` at most): for what reads a line's version in one place and writes
+    /// it in another, so no write of those lines lands in between. The destage (read
+    /// a dirty version, write it to the backing store, [`Dtm::clean`]): a destage of
+    /// an older version landing after a write-through would undo it. The fill of a
+    /// miss (read the backing store, `insert_clean`): a fill must not install data
+    /// older than a write.
+    pub fn lock_lines(&self, first: u64, count: u64) -> Result<LineLock, DtmError> {
+        const OP: &str = "lock_lines";
+        let inner = &self.inner;
+        if count == 0 || first >= inner.lines || count > inner.lines - first {
+            return Err(inner.range_error(OP, first, count, 0));
+        }
+        Ok(LineLock {
+            _lock: inner.lock_range(OP, first, count)?,
+        })
     }
 
     /// Waits until every acknowledged tran is committed on every member (the lazy

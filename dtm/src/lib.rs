@@ -9,8 +9,8 @@
 //! version), [`dtm`] (the DTM of one device: writes, the loss policy, reads, clean
 //! and discard), `lock` (range locks and write slots), `commit` (lazy batched
 //! COMMITs), [`resync`] (a returning replica brought up to date), [`recovery`] (the
-//! in-doubt trans of every replica resolved at open), [`peer`] (the VSSD_* service over
-//! this runtime's vSSDs), [`remote`] (a replica on a peer over rpc), [`config`] and
+//! in-doubt trans of every replica resolved at open), [`remote`] (a replica on a
+//! peer, over rpc) and [`peer`] (the service that serves it), [`config`] and
 //! [`error`].
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -29,7 +29,7 @@ pub mod resync;
 
 pub use config::{Backing, DtmConfig, LossPolicy};
 pub use copy::{Copied, copy_line};
-pub use dtm::{Dtm, DtmStats, Written};
+pub use dtm::{Dtm, DtmStats, LineLock, Written};
 pub use error::DtmError;
 pub use local::LocalReplica;
 pub use peer::{ReplicaService, Vssds};

@@ -89,11 +89,11 @@ impl Inner {
         const OP: &str = "resync";
         self.check_up(OP)?;
         let member = replica.member();
-        self.resolve_in_doubt(&replica)?;
-        {
-            let _gate = self.change.write();
+        // Checked and reserved with no park between: one resync at a time, never of
+        // a member (its in-doubt trans include writes in flight).
+        let why = {
             let view = self.view.borrow();
-            let why = if self.resync.borrow().is_some() {
+            if self.resync.borrow().is_some() {
                 Some("another resync is running".to_string())
             } else if view
                 .members
@@ -106,23 +106,30 @@ impl Inner {
                 Some(format!("the epoch has {MEMBERS_MAX} members already"))
             } else {
                 None
-            };
-            drop(view);
-            if let Some(why) = why {
-                return Err(DtmError::Unfit {
-                    op: OP,
-                    device: self.device.clone(),
-                    replica: replica.name().to_string(),
-                    why,
-                });
             }
-            crate::dtm::check_fit(
-                OP,
-                &self.device,
-                self.line_size,
-                self.lines,
-                replica.as_ref(),
-            )?;
+        };
+        if let Some(why) = why {
+            return Err(DtmError::Unfit {
+                op: OP,
+                device: self.device.clone(),
+                replica: replica.name().to_string(),
+                why,
+            });
+        }
+        crate::dtm::check_fit(
+            OP,
+            &self.device,
+            self.line_size,
+            self.lines,
+            replica.as_ref(),
+        )?;
+        *self.resync.borrow_mut() = Some(ResyncProgress {
+            member,
+            ..ResyncProgress::default()
+        });
+        let joined = self.resolve_in_doubt(&replica).and_then(|()| {
+            let _gate = self.change.write();
+            self.check_up(OP)?;
             let committer = self.start_committer(OP, &replica)?;
             let mut view = self.view.borrow_mut();
             view.syncing.push(Member {
@@ -130,11 +137,12 @@ impl Inner {
                 committer: Some(committer),
             });
             view.refresh_tran_lines_max(&self.primary);
-            *self.resync.borrow_mut() = Some(ResyncProgress {
-                member,
-                lines_total: self.primary.dirty_count(),
-                ..ResyncProgress::default()
-            });
+            self.progress(|p| p.lines_total = self.primary.dirty_count());
+            Ok(())
+        });
+        if let Err(e) = joined {
+            self.resync.borrow_mut().take();
+            return Err(e);
         }
         let result = self
             .resync_walk(&replica)

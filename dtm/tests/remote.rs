@@ -14,12 +14,12 @@ use dtm::peer::HANDLES_PER_SESSION_MAX;
 use dtm::{
     LocalReplica, RemoteReplica, Replica, ReplicaError, ReplicaErrorKind, ReplicaService, Vssds,
 };
-use rpc::{
-    Client, ClientConfig, Header, Request, Response, SessionConfig, SessionInfo, Status,
-    serve_listener,
+use rpc::{Client, ClientConfig, Header, Request, Response, SessionInfo, Status};
+use support::{
+    LINE, TempDir, damage_slot, formatted, in_doubt_slot, open_vssd, payload, run_io, serve,
+    serve_vssds,
 };
-use support::{LINE, TempDir, damage_slot, formatted, in_doubt_slot, open_vssd, payload, run_io};
-use taskio::{AlignedBuf, Builder, Rendez};
+use taskio::{AlignedBuf, Rendez};
 use vssd::TranOutcome;
 
 const VSSD: &str = "replica-a";
@@ -38,32 +38,6 @@ fn config(call_timeout: Duration) -> ClientConfig {
         call_timeout,
         ..ClientConfig::default()
     }
-}
-
-/// Serves `make()` sessions on 127.0.0.1:0 from a system task of this runtime
-/// (ended with the runtime once the test's tasks are done); returns the address.
-fn serve<S, F>(make: F) -> SocketAddr
-where
-    S: rpc::Service + 'static,
-    F: Fn() -> S + 'static,
-{
-    let listener = taskio::net::listen(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    let addr = listener.local_addr();
-    Builder::new()
-        .name("peer")
-        .system(true)
-        .spawn(move || {
-            let e = serve_listener(&listener, &SessionConfig::default(), 8, make);
-            panic!("serve_listener returned: {e:?}");
-        })
-        .unwrap();
-    addr
-}
-
-/// Serves `vssds` as a replica peer.
-fn serve_vssds(vssds: &Vssds) -> SocketAddr {
-    let vssds = vssds.clone();
-    serve(move || ReplicaService::new(vssds.clone()))
 }
 
 fn line_buf() -> AlignedBuf {

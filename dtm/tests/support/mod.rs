@@ -11,8 +11,11 @@ pub use common::{TempDir, open_dev, run_io};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use dtm::LocalReplica;
-use taskio::AlignedBuf;
+use std::net::SocketAddr;
+
+use dtm::{LocalReplica, ReplicaService, Vssds};
+use rpc::{SessionConfig, serve_listener};
+use taskio::{AlignedBuf, Builder};
 use vssd::layout::{FormatParams, LOG_BYTES_MIN};
 use vssd::{Options, Vssd, format};
 
@@ -98,4 +101,30 @@ pub fn in_doubt_slot(path: &Path, tran: u64) -> u64 {
             .parts[0]
             .slot
     })
+}
+
+/// Serves `make()` sessions on 127.0.0.1:0 from a system task of this runtime
+/// (ended with the runtime once the test's tasks are done); returns the address.
+pub fn serve<S, F>(make: F) -> SocketAddr
+where
+    S: rpc::Service + 'static,
+    F: Fn() -> S + 'static,
+{
+    let listener = taskio::net::listen(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = listener.local_addr();
+    Builder::new()
+        .name("peer")
+        .system(true)
+        .spawn(move || {
+            let e = serve_listener(&listener, &SessionConfig::default(), 8, make);
+            panic!("serve_listener returned: {e:?}");
+        })
+        .unwrap();
+    addr
+}
+
+/// Serves `vssds` as a replica peer.
+pub fn serve_vssds(vssds: &Vssds) -> SocketAddr {
+    let vssds = vssds.clone();
+    serve(move || ReplicaService::new(vssds.clone()))
 }
