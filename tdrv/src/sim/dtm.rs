@@ -23,7 +23,9 @@
 //!
 //! Then the writers stop, the network heals and every node crashes and restarts at
 //! once. The primary runs a final recovery, resyncs every other node and reads every
-//! line from every member. Checks: every line holds at least its highest
+//! line from every member. Checks: after every recovery (a takeover's, a restarted
+//! primary's), the primary holds every line at its highest acknowledged version or
+//! a newer one; at the end, every line holds at least its highest
 //! acknowledged version and, at that version, the acknowledged write's data;
 //! every member holds the same version and bytes of every line; every line read
 //! (there, and by the reader while writes go on) decodes to a write that was issued
