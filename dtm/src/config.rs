@@ -19,7 +19,14 @@ pub const WAIT_MAX_DEFAULT: Duration = Duration::from_secs(30);
 /// Lines a resync lists from each replica at a time.
 pub const RESYNC_BATCH_LINES: usize = 256;
 
+/// A tran id's epoch: the DTM of epoch E hands out ids from `E << TRAN_EPOCH_SHIFT`
+/// on, so a primary taking a device over (at a newer epoch) hands out ids above
+/// every id the primary it fenced may still hand out, and two writes never share
+/// one (2^40 ids per epoch, 2^24 epochs).
+pub const TRAN_EPOCH_SHIFT: u32 = 40;
+
 const _: () = assert!(COMMIT_BATCH_MAX_DEFAULT <= WRITES_IN_FLIGHT_MAX_DEFAULT);
+const _: () = assert!(TRAN_EPOCH_SHIFT > 0 && TRAN_EPOCH_SHIFT < 64);
 const _: () = assert!(MEMBERS_MAX >= 1);
 
 /// The device's backing store, written synchronously by [`LossPolicy::WriteThrough`]

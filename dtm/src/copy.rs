@@ -9,8 +9,13 @@
 //! | `to`'s outcome of the version | done |
 //! | --- | --- |
 //! | prepared (in doubt, or a write whose commit is on its way) | committed there: the same tran, the same data (tran ids are unique per device) |
-//! | aborted | nothing: a [`DtmError::TranConflict`] (`from` holds it committed) |
-//! | committed, forgotten, unknown | the line copied, unless `to` holds that version or a newer one already |
+//! | committed, aborted, forgotten, unknown | the line copied, unless `to` holds that version or a newer one already |
+//!
+//! A tran aborted on `to` and committed on `from` is legitimate: a primary cut off
+//! from its replicas aborts its own prepare of a write that the recovery of the
+//! primary taking over committed on the others (a write never acknowledged, so
+//! either is allowed); `from`'s committed version wins, and the copy commits it on
+//! `to` ([`crate::Replica::copy_in`] accepts the aborted id).
 //!
 //! A tran committed on `to` whose line `to` does not hold (destaged and evicted, or
 //! dropped by a DISCARD that never completed) is copied again: one more destage of
@@ -59,17 +64,10 @@ pub fn copy_line(
             to.commit(&[version])?;
             return Ok(Copied::Committed);
         }
-        TranOutcome::Aborted => {
-            return Err(DtmError::TranConflict {
-                op: OP,
-                tran: version,
-                replica: to.name().to_string(),
-                outcome: TranOutcome::Aborted,
-                other: from.name().to_string(),
-                other_outcome: TranOutcome::Committed,
-            });
-        }
-        TranOutcome::Committed | TranOutcome::Forgotten | TranOutcome::Unknown => {}
+        TranOutcome::Committed
+        | TranOutcome::Aborted
+        | TranOutcome::Forgotten
+        | TranOutcome::Unknown => {}
     }
     let mut buf = AlignedBuf::new(line_size as usize);
     if let Some(held) = to.read(line, &mut buf)?

@@ -2,7 +2,8 @@
 //! every replica vSSD of the device's epoch before it is acknowledged.
 //!
 //! A write ([`Dtm::write`]): a slot for a write in flight, the range lock of its
-//! lines ([`crate::lock`]), a tran id from the primary vSSD (never reused), then
+//! lines ([`crate::lock`]), a tran id from the primary vSSD (never reused; at least
+//! the epoch's floor, [`crate::config::TRAN_EPOCH_SHIFT`]), then
 //! `writep1` on every member at once (the primary in the calling task, each other
 //! member in a task of its own, joined). All succeeded: the primary commits at once
 //! (a read after the acknowledgement sees the write), the other members' COMMITs are
@@ -53,7 +54,7 @@ use taskio::{AlignedBuf, Builder, JoinHandle, Rendez, RwLock, now, spawn};
 use vssd::{Hit, Vssd};
 
 use crate::commit::Committer;
-use crate::config::{DtmConfig, LossPolicy, MEMBERS_MAX};
+use crate::config::{DtmConfig, LossPolicy, MEMBERS_MAX, TRAN_EPOCH_SHIFT};
 use crate::error::DtmError;
 use crate::lock::{RangeLock, RangeLocks, Slot, Slots};
 use crate::replica::{Replica, ReplicaError, ReplicaErrorKind};
@@ -846,18 +847,25 @@ impl Inner {
         for _ in 0..=MEMBERS_MAX {
             self.check_up(OP)?;
             let gate = self.change.read();
+            // Again: a membership change that ran while this write waited for the
+            // gate may have taken the DTM down, leaving the view at an epoch it could
+            // not record on every member.
+            self.check_up(OP)?;
             if self.short_of_replicas() {
                 drop(gate);
                 return self.write_through(first, n, data);
             }
-            let (members, syncing) = {
+            let (members, syncing, epoch) = {
                 let view = self.view.borrow();
                 assert!(n <= view.tran_lines_max, "a tran over tran_lines_max");
-                (view.members.clone(), view.syncing.clone())
+                (view.members.clone(), view.syncing.clone(), view.epoch)
             };
+            assert!(
+                epoch < 1 << (64 - TRAN_EPOCH_SHIFT),
+                "epoch {epoch} beyond the tran ids' room"
+            );
             let tran = self
-                .primary
-                .next_tran_id()
+                .tran_id(epoch)
                 .map_err(|e| self.stop(OP, format!("next_tran_id: {e}")))?;
             let targets: Vec<Rc<dyn Replica>> = members
                 .iter()
@@ -942,6 +950,21 @@ impl Inner {
     /// Writes lines `first..first + n` through to the backing store, durably, then
     /// drops them from every replica (a crash between the two leaves the older cached
     /// version, and this write was not acknowledged).
+    /// A new tran id of `epoch`: its high bits the epoch ([`TRAN_EPOCH_SHIFT`]), its
+    /// low bits the vSSD's counter going on (the first id of a newer epoch moves the
+    /// vSSD's ids up to that epoch's range; the outcome table, direct-mapped by the
+    /// low bits, keeps the latest resolutions across the jump).
+    fn tran_id(&self, epoch: u64) -> Result<u64, vssd::VssdError> {
+        let tran = self.primary.next_tran_id()?;
+        if tran >> TRAN_EPOCH_SHIFT >= epoch {
+            return Ok(tran);
+        }
+        let low = tran & ((1 << TRAN_EPOCH_SHIFT) - 1);
+        self.primary
+            .raise_tran_ids((epoch << TRAN_EPOCH_SHIFT) | low)?;
+        self.primary.next_tran_id()
+    }
+
     fn write_through(&self, first: u64, n: u64, data: &AlignedBuf) -> Result<Written, DtmError> {
         const OP: &str = "write through";
         let LossPolicy::WriteThrough(backing) = &self.config.policy else {

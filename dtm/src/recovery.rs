@@ -3,8 +3,16 @@
 //! order:
 //!
 //! 1. **The epoch.** The newest epoch among the replicas that opened, and its
-//!    members (a device never given one, epoch 0, has the configured members). The
-//!    members of that epoch that opened are the *reachable* ones. Opened replicas
+//!    members (a device never given one, epoch 0, has the configured members).
+//!    Two primaries that both moved from the epoch before (one of them fenced) may
+//!    each have recorded it, with their own members; a claim that one of its own
+//!    members records differently never took effect (the fenced primary recorded
+//!    it on its own replica and never wrote at it), and the replicas holding it
+//!    are stale. Claims that still differ: refused ([`DtmError::Mismatch`]). The
+//!    members of that epoch that opened are the *reachable* ones, with those at an
+//!    older epoch that listed them (fences or membership changes that failed on
+//!    them: every member records an epoch before any write at it, so no epoch
+//!    since theirs had a write). Opened replicas
 //!    of an older epoch, or not members of the newest, are *stale*: they may lack
 //!    acknowledged writes and are left to the core's resync. Fewer than
 //!    `min_replicas` reachable: refused ([`DtmError::TooFewReplicas`]).
@@ -137,7 +145,20 @@ pub fn recover(
         );
     }
     let (epoch, members) = newest_epoch(opened, configured)?;
-    let member = |r: &&Rc<dyn Replica>| r.info().epoch == epoch && members.contains(&r.member());
+    // A member of the newest epoch still at an older one (recoveries or membership
+    // changes that failed while they recorded their epoch on it) missed no write:
+    // every member records an epoch before any write is made at it, and each
+    // epoch's members come from the epoch it moved from (a joining replica records
+    // the new epoch first), so every epoch since its own lists it and had no write.
+    // It counts if its own epoch lists it (epoch 0 records no members: the
+    // configured ones).
+    let member = |r: &&Rc<dyn Replica>| {
+        let info = r.info();
+        let me = r.member();
+        members.contains(&me)
+            && ((info.epoch == epoch && (epoch == 0 || info.members == members))
+                || (info.epoch < epoch && (info.epoch == 0 || info.members.contains(&me))))
+    };
     let reachable: Vec<&Rc<dyn Replica>> = opened.iter().filter(member).collect();
     let stale: Vec<u64> = opened
         .iter()
@@ -205,10 +226,32 @@ fn newest_epoch(
     if epoch == 0 {
         return Ok((0, configured.to_vec()));
     }
-    let members = newest.info().members;
-    let other = opened
+    let at_newest: Vec<&Rc<dyn Replica>> =
+        opened.iter().filter(|r| r.info().epoch == epoch).collect();
+    // A claim of the epoch (its members) that a member of it records differently
+    // never took effect: every member records an epoch before any write is
+    // acknowledged at it, and a replica's record of an epoch never changes. Two
+    // primaries that both moved from the epoch before (one fenced, the other not)
+    // leave such a claim on the loser's own replica.
+    let refuted = |claim: &[u64]| {
+        at_newest
+            .iter()
+            .any(|r| claim.contains(&r.member()) && r.info().members != claim)
+    };
+    let standing: Vec<&Rc<dyn Replica>> = at_newest
         .iter()
-        .find(|r| r.info().epoch == epoch && r.info().members != members);
+        .copied()
+        .filter(|r| !refuted(&r.info().members))
+        .collect();
+    let members = match standing.first() {
+        Some(r) => r.info().members,
+        None => newest.info().members,
+    };
+    let other = if standing.is_empty() {
+        at_newest.iter().find(|r| r.info().members != members)
+    } else {
+        standing.iter().find(|r| r.info().members != members)
+    };
     if let Some(other) = other {
         return Err(DtmError::Mismatch {
             op: OP,

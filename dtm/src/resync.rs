@@ -4,7 +4,11 @@
 //! 0. Its in-doubt trans (prepared there before it was lost, never resolved: a
 //!    replica cut off keeps its vSSD open) are resolved by what the primary knows:
 //!    committed there, or still the version of one of its lines -> committed;
-//!    otherwise aborted. The walk then fixes every line either way.
+//!    otherwise aborted. A copy whose payload is damaged there (a crash tore a
+//!    resync's copy of a line) is repaired with the primary's lines of that
+//!    version when the primary still holds every line of the tran at it; aborting
+//!    it instead would make the walk's copy of those lines a conflict for ever. The
+//!    walk then fixes every line either way.
 //! 1. It joins as a *syncing* target (under the membership gate, so no write is in
 //!    phase 1 with the old set): from then on every write goes to it too, and its
 //!    failure fails no write (it only ends the resync).
@@ -19,17 +23,21 @@
 //!    replica too; every write that began before the join had finished phase 1 and
 //!    committed on the primary (the gate), so the walk sees its version.
 //! 3. A new epoch (epoch + 1) with the members and the replica, recorded in the
-//!    replica first, then in every member; the replica becomes a member.
+//!    replica first, then in every member; the replica becomes a member. If the
+//!    replica's answer fails (it may hold the new epoch all the same), the members
+//!    move to epoch + 2 without it before any other write.
 //!
 //! Progress ([`ResyncProgress`]): lines of the listings examined against the
 //! primary's dirty count at the start (a moving target: writes go on).
 //!
-//! Not handled: an in-doubt tran damaged on the replica that the primary still holds
-//! (aborted there, so its copy is refused as a conflict and the resync fails).
+//! Not handled: an in-doubt tran damaged on the replica of which the primary holds
+//! some lines at its version and has overwritten others (aborted there, so the copy
+//! of the lines it still holds is refused as a conflict and the resync fails).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use taskio::AlignedBuf;
 use vssd::TranOutcome;
 use vssd::map::State;
 
@@ -37,7 +45,7 @@ use crate::config::{MEMBERS_MAX, RESYNC_BATCH_LINES};
 use crate::copy::{Copied, copy_line};
 use crate::dtm::{Inner, Member, fan_out};
 use crate::error::DtmError;
-use crate::replica::{Replica, ReplicaError};
+use crate::replica::{InDoubtTran, Replica, ReplicaError};
 
 /// How far a resync got.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -171,10 +179,13 @@ impl Inner {
                     _ => (d.line..d.line + u64::from(d.line_count))
                         .any(|l| self.primary.lookup(l).is_some_and(|e| e.version == d.tran)),
                 };
-                let resolved = if committed_here && !d.damaged {
-                    y.commit(&[d.tran])
-                } else {
-                    y.abort(d.tran)
+                let resolved = match (committed_here, d.damaged) {
+                    (true, false) => y.commit(&[d.tran]),
+                    (true, true) => match self.payload_of(d)? {
+                        Some(payload) => y.repair(d.tran, &payload),
+                        None => y.abort(d.tran),
+                    },
+                    (false, _) => y.abort(d.tran),
                 };
                 resolved.map_err(|e| self.replica_failed(y.as_ref(), e))?;
             }
@@ -183,6 +194,36 @@ impl Inner {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// The payload of in-doubt tran `d` rebuilt from the primary's lines, if it holds
+    /// every one of them at that version.
+    fn payload_of(&self, d: &InDoubtTran) -> Result<Option<AlignedBuf>, DtmError> {
+        let line_size = self.line_size as usize;
+        let len = d.payload_len as usize;
+        if len > d.line_count as usize * line_size {
+            return Ok(None);
+        }
+        let mut payload = AlignedBuf::new(d.line_count as usize * line_size);
+        payload.set_len(len);
+        let mut buf = AlignedBuf::new(line_size);
+        for (i, l) in (d.line..d.line + u64::from(d.line_count)).enumerate() {
+            let hit = self
+                .primary
+                .read_into(l, &mut buf)
+                .map_err(|source| DtmError::Vssd {
+                    op: "resync",
+                    device: self.device.clone(),
+                    source: Box::new(source),
+                })?;
+            if hit.is_none_or(|h| h.version != d.tran) {
+                return Ok(None);
+            }
+            let at = i * line_size;
+            let n = buf.len().min(len.saturating_sub(at));
+            payload[at..at + n].copy_from_slice(&buf[..n]);
+        }
+        Ok(Some(payload))
     }
 
     /// Step 2 of the module documentation.
@@ -278,8 +319,30 @@ impl Inner {
         };
         let mut ids: Vec<u64> = members.iter().map(Member::id).collect();
         ids.push(y.member());
-        y.set_epoch(epoch, &ids)
-            .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+        if let Err(e) = y.set_epoch(epoch, &ids) {
+            // The replica may hold the new epoch all the same (a timeout or a lost
+            // answer says nothing of what it did). The members move past it, without
+            // the replica, before they acknowledge another write: a recovery trusts
+            // the newest epoch, and would take the replica's over the writes
+            // acknowledged since.
+            let failed = self.replica_failed(y.as_ref(), e);
+            let member_ids: Vec<u64> = members.iter().map(Member::id).collect();
+            let past = epoch + 1;
+            let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
+            let results = fan_out(&targets, move |r| r.set_epoch(past, &member_ids));
+            self.view.borrow_mut().epoch = past;
+            self.count(|s| s.epoch_changes += 1);
+            drop(gate);
+            let failures: Vec<(u64, ReplicaError)> = members
+                .iter()
+                .zip(results)
+                .filter_map(|(m, r)| r.err().map(|e| (m.id(), e)))
+                .collect();
+            if !failures.is_empty() {
+                self.settle(OP, failures)?;
+            }
+            return Err(failed);
+        }
         let set_ids = ids.clone();
         let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
         let results = fan_out(&targets, move |r| r.set_epoch(epoch, &set_ids));

@@ -1312,3 +1312,72 @@ fn remote_replicas_over_loopback() {
         assert_eq!(held(&third, 3).unwrap().0, tran);
     });
 }
+
+/// Two primaries of one device at two epochs (the old one cut off and not fenced
+/// yet, the new one after a takeover) never hand out one tran id: a tran id names
+/// one write on every replica. Found by `tdrv sim dtm` seed 460: the old primary's
+/// local prepare and the new primary's write had one id, and a resync of the old
+/// primary's replica committed the old data under the new write's version.
+#[test]
+fn primaries_of_two_epochs_never_share_a_tran_id() {
+    let dir = TempDir::new("epoch-ids");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 2, VSSD_LINES);
+        let primary = |r: &Rep, epoch| {
+            let member: Rc<dyn Replica> = r.flaky.clone();
+            Dtm::start(r.vssd.clone(), vec![member], epoch, DtmConfig::default()).unwrap()
+        };
+        let (old, new) = (primary(&reps[0], EPOCH), primary(&reps[1], EPOCH + 1));
+        let (mut old_ids, mut new_ids) = (Vec::new(), Vec::new());
+        for line in 0..8 {
+            let write = |d: &Dtm, tag| {
+                d.write(line, &payload(line, 1, tag))
+                    .unwrap()
+                    .tran()
+                    .unwrap()
+            };
+            old_ids.push(write(&old, 1));
+            new_ids.push(write(&new, 2));
+        }
+        assert!(
+            old_ids.iter().max() < new_ids.iter().min(),
+            "{old_ids:?} {new_ids:?}"
+        );
+    });
+}
+
+/// A write that waited for the membership gate while a loss took the DTM below
+/// `min_replicas` fails, and prepares nothing: the loss left the view at the epoch
+/// it could not record on every survivor. Found by `tdrv sim dtm` seed 181: such a
+/// write prepared on the primary under an id of that epoch, which the primary that
+/// took over (at the same epoch number) gave to another write.
+#[test]
+fn a_write_waiting_for_the_gate_while_the_dtm_goes_down_fails_and_prepares_nothing() {
+    const STALL: Duration = Duration::from_secs(2);
+    run_sim(7, move || {
+        let reps = open_reps(Path::new("/"), 3, VSSD_LINES);
+        let config = DtmConfig {
+            min_replicas: 2,
+            ..DtmConfig::default()
+        };
+        let dtm = start(&reps, config).unwrap();
+        reps[2].set(Mode::Stall(STALL), Some("writep1"));
+        reps[1].set(Mode::Stall(STALL), Some("set_epoch"));
+        let first = {
+            let dtm = dtm.clone();
+            spawn(move || dtm.write(1, &payload(1, 1, 1))).unwrap()
+        };
+        // After the first write's writep1 timed out: its loss holds the gate.
+        sleep(STALL + Duration::from_millis(100));
+        let second = dtm.write(10, &payload(10, 1, 2));
+        assert!(first.join().unwrap().is_err());
+        assert!(second.is_err(), "{second:?}");
+        assert!(dtm.down().is_some());
+        assert_eq!(held(&reps[0], 10), None, "prepared on the primary");
+        assert!(
+            reps[0].vssd.in_doubt(0, 10).is_empty(),
+            "in doubt on the primary"
+        );
+    });
+}

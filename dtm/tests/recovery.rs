@@ -351,3 +351,64 @@ fn disagreeing_members_are_refused_and_a_failing_member_fails_the_recovery() {
         close(&r);
     });
 }
+
+/// Two primaries moved from one epoch: the fenced one recorded the next epoch on
+/// its own replica only, with members another member records differently. That
+/// claim never took effect: its replica is stale, and the other claim's members
+/// recover (found by `tdrv sim dtm` seed 60: every later recovery was refused as a
+/// mismatch, and the device never came back).
+#[test]
+fn a_claim_of_an_epoch_that_one_of_its_members_refutes_is_stale() {
+    let dir = TempDir::new("rec-refuted");
+    let paths = device(&dir);
+    let p = paths.clone();
+    run_io(move || {
+        let r = open_all(&p, &ALL);
+        r[0].vssd().set_epoch(4, &[1, 2]).unwrap();
+        r[1].vssd().set_epoch(4, &[3, 2]).unwrap();
+        r[2].vssd().set_epoch(4, &[3, 2]).unwrap();
+        close(&r);
+    });
+    run_io(move || {
+        let r = open_all(&paths, &ALL);
+        let rec = recover(&dyns(&r), &ALL, 2).unwrap();
+        let members: Vec<u64> = rec.members.iter().map(|m| m.member()).collect();
+        assert_eq!((rec.epoch, members), (5, vec![2, 3]), "{rec:?}");
+        assert_eq!(
+            (rec.stale.clone(), rec.lost.clone()),
+            (vec![1], vec![]),
+            "{rec:?}"
+        );
+        close(&r);
+    });
+}
+
+/// Recoveries that failed while they fenced left one member behind the newest
+/// epoch (its set_epoch failed each time): those epochs never had a write (each
+/// member records an epoch before any write at it), so the member still holds every
+/// acknowledged write and counts as reachable (found by `tdrv sim dtm` seed 120: a
+/// disk error failed the fence on one member, and every later recovery was
+/// refused for too few members, for ever).
+#[test]
+fn a_member_behind_the_newest_epoch_that_lists_it_is_reachable() {
+    let dir = TempDir::new("rec-behind");
+    let paths = device(&dir);
+    let p = paths.clone();
+    run_io(move || {
+        let r = open_all(&p, &ALL);
+        r[0].vssd().set_epoch(2, &[1, 2]).unwrap();
+        r[0].vssd().set_epoch(3, &[1, 2]).unwrap();
+        close(&r);
+    });
+    run_io(move || {
+        let r = open_all(&paths, &[1, 2]);
+        let rec = recover(&dyns(&r), &ALL, 2).unwrap();
+        let members: Vec<u64> = rec.members.iter().map(|m| m.member()).collect();
+        assert_eq!((rec.epoch, members), (4, vec![1, 2]), "{rec:?}");
+        assert!(rec.stale.is_empty(), "{rec:?}");
+        for m in &r {
+            assert_eq!(m.info().epoch, 4, "{}", m.name());
+        }
+        close(&r);
+    });
+}

@@ -43,7 +43,7 @@ enum Cmd {
     },
     /// Run an area's deterministic simulation across seeds, or replay one seed.
     Sim {
-        /// Area: taskio, rpc, cdev.
+        /// Area: taskio, rpc, dtm, cdev.
         area: String,
         #[command(flatten)]
         seeds: Seeds,

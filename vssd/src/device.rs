@@ -449,7 +449,10 @@ impl Vssd {
     /// [`Vssd::writep1`] of a copy: `tran` is the version another replica of the
     /// device holds for these lines (resync, reconciliation after recovery), and may
     /// be a tran this vSSD committed already (another line of a
-    /// multi-line tran copied before, lines the tran wrote here and dropped since).
+    /// multi-line tran copied before, lines the tran wrote here and dropped since),
+    /// or aborted (a primary cut off from its replicas aborts its own prepare of a
+    /// write that the recovery of the primary taking over committed on the others;
+    /// committed once copied: the outcome table keeps the later commit).
     /// A plain writep1 refuses such an id, which would make a retried COMMIT or
     /// ABORT ambiguous: the copier commits at once, and a retried COMMIT of the tran
     /// commits the copy as it should. A line's versions still only grow
@@ -505,8 +508,10 @@ impl Vssd {
         // COMMIT or ABORT ambiguous (a copy's is meant: see writep1_copy).
         let outcome = self.inner.outcomes.borrow().outcome_unprepared(tran);
         let refused = match outcome {
-            TranOutcome::Committed => !copy,
-            TranOutcome::Aborted => true, // a copy is of a committed version
+            // A copy is of a version committed on another replica: it may have been
+            // aborted here (a primary cut off aborts its own prepare of a write a
+            // takeover's recovery committed elsewhere), and the copy commits it.
+            TranOutcome::Committed | TranOutcome::Aborted => !copy,
             _ => false,
         };
         if refused {
@@ -660,6 +665,18 @@ impl Vssd {
     pub fn next_tran_id(&self) -> Result<u64, VssdError> {
         self.check_usable("next_tran_id")?;
         self.inner.trans.next_id(&self.inner.log)
+    }
+
+    /// Makes every later [`Vssd::next_tran_id`] at least `floor`, as durably as the
+    /// ids themselves (the first id handed out after it waits for a TRAN_HIGH above
+    /// it). A DTM starts each epoch's ids at a floor of that epoch, so that two
+    /// primaries of a device (one cut off and not fenced yet) never hand out one id.
+    pub fn raise_tran_ids(&self, floor: u64) -> Result<(), VssdError> {
+        self.check_usable("raise_tran_ids")?;
+        if let Some(below) = floor.checked_sub(1) {
+            self.inner.trans.saw(below);
+        }
+        Ok(())
     }
 
     /// The membership epoch (0 until the DTM sets one).

@@ -639,8 +639,8 @@ fn in_doubt_lists_prepared_trans_and_read_prepared_checks_their_payload() {
 }
 
 /// `writep1_copy` takes a tran id resolved here already (another line of it copied
-/// before), which a plain writep1 refuses; a line's versions still only grow, and
-/// the copies come back after a restart.
+/// before, or aborted here), which a plain writep1 refuses; a line's versions still
+/// only grow, and the copies come back after a restart.
 #[test]
 fn a_copy_may_reuse_a_committed_tran_id_on_other_lines() {
     let dir = TempDir::new("copy-id");
@@ -675,18 +675,25 @@ fn a_copy_may_reuse_a_committed_tran_id_on_other_lines() {
         v.writep1_copy(7, 8, &payload(8, 7)).unwrap();
         v.resolve(7, Resolution::Abort).unwrap();
         assert_eq!(v.tran_outcome(7), vssd::TranOutcome::Committed);
+        // A copy of a tran aborted here (a cut-off primary's own prepare of a write
+        // committed elsewhere) commits it; a plain writep1 still refuses the id.
         v.writep1(10, 11, &payload(11, 10)).unwrap();
         v.resolve(10, Resolution::Abort).unwrap();
-        let e = v.writep1_copy(10, 11, &payload(11, 10)).unwrap_err();
+        let e = v.writep1(10, 11, &payload(11, 10)).unwrap_err();
         assert!(matches!(e, VssdError::TranResolved { tran: 10, .. }), "{e}");
+        v.writep1_copy(10, 11, &payload(11, 10)).unwrap();
+        v.resolve(10, Resolution::Commit).unwrap();
+        assert_eq!(v.tran_outcome(10), vssd::TranOutcome::Committed);
         v.close();
     });
     run_io(move || {
         let (v, rec) = open(&path, Options::default());
         assert!(rec.in_doubt.is_empty(), "{rec:?}");
-        assert_eq!(v.dirty_lines(), vec![(3, 7), (5, 7), (6, 9)]);
-        // The log's COMMIT then ABORT (the aborted copy) of 7 leave it committed.
+        assert_eq!(v.dirty_lines(), vec![(3, 7), (5, 7), (6, 9), (11, 10)]);
+        // The log's COMMIT then ABORT (the aborted copy) of 7 leave it committed;
+        // ABORT then the copy's COMMIT of 10 leave it committed.
         assert_eq!(v.tran_outcome(7), vssd::TranOutcome::Committed);
+        assert_eq!(v.tran_outcome(10), vssd::TranOutcome::Committed);
         let (_, buf) = v.read(5).unwrap().expect("the copy");
         assert_eq!(&buf[..], &payload(5, 7)[..]);
         v.close();
@@ -715,6 +722,39 @@ fn in_doubt_leaves_out_a_tran_whose_writep1_runs() {
         writer.join().unwrap().unwrap();
         let listed: Vec<u64> = v.in_doubt(0, 10).iter().map(|d| d.tran).collect();
         assert_eq!(listed, vec![7]);
+        v.close();
+    });
+}
+
+/// `raise_tran_ids`: the next id is at least the floor, and stays above it after a
+/// restart (the DTM's epoch-scoped tran ids rely on it).
+#[test]
+fn raised_tran_ids_stay_above_the_floor_across_a_restart() {
+    let dir = TempDir::new("tran-floor");
+    let path = formatted(&dir);
+    let p = path.clone();
+    const FLOOR: u64 = 3 << 40;
+    let raised = run_io(move || {
+        let (v, _) = open(&p, Options::default());
+        let below = v.next_tran_id().unwrap();
+        v.raise_tran_ids(below).unwrap();
+        assert!(
+            v.next_tran_id().unwrap() > below,
+            "a lower floor changes nothing"
+        );
+        v.raise_tran_ids(FLOOR).unwrap();
+        let t = v.next_tran_id().unwrap();
+        assert_eq!(t, FLOOR);
+        v.close();
+        t
+    });
+    run_io(move || {
+        let (v, _) = open(&path, Options::default());
+        let t = v.next_tran_id().unwrap();
+        assert!(
+            t > raised,
+            "tran {t} after a restart, {raised} handed out before"
+        );
         v.close();
     });
 }

@@ -4,6 +4,7 @@
 //! trace hash on the last line.
 
 mod cdev;
+mod dtm;
 mod kv;
 mod rpc;
 mod vssd;
@@ -46,10 +47,11 @@ fn scenario(cmd: &str, area: &str) -> Result<fn(u64, Options) -> SeedRun, String
     match (cmd, area) {
         ("sim", "taskio") => Ok(kv::run_seed),
         ("sim", "rpc") => Ok(rpc::run_seed),
+        ("sim", "dtm") => Ok(dtm::run_seed),
         ("sim", "cdev") => Ok(cdev::run_seed),
         ("torture", "vssd") => Ok(vssd::run_seed),
         ("sim", other) => Err(format!(
-            "unknown sim area {other:?} (known: taskio, rpc, cdev)"
+            "unknown sim area {other:?} (known: taskio, rpc, dtm, cdev)"
         )),
         (_, other) => Err(format!("unknown torture area {other:?} (known: vssd)")),
     }
