@@ -168,6 +168,8 @@ struct Counters {
     destage_runs: u64,
     destage_lines: u64,
     destage_errors: u64,
+    /// The most destage runs ever in flight at once (a high-water mark).
+    destage_runs_in_flight_max: u64,
     mode_changes: u64,
 }
 
@@ -1230,6 +1232,7 @@ impl Inner {
             ("destage.backlog_lines", dirty),
             ("destage.rate_lines_per_s", self.destage_rate()),
             ("destage.runs_in_flight", self.runs.borrow().len() as u64),
+            ("destage.runs_in_flight_max", c.destage_runs_in_flight_max),
             ("vssd.evictions", v.evictions),
             ("vssd.checkpoints", v.checkpoints),
             ("vssd.slot_waits", v.slot_waits),
@@ -1333,6 +1336,8 @@ fn start_run(weak: &Weak<Inner>, inner: &Inner, first: u64, n: u64) -> Option<Du
         }
     }
     inner.runs.borrow_mut().push((first, n));
+    let in_flight = inner.runs.borrow().len() as u64;
+    inner.count(|c| c.destage_runs_in_flight_max = c.destage_runs_in_flight_max.max(in_flight));
     let running = Running(weak.clone(), first);
     let task_weak = weak.clone();
     let spawned = Builder::new()
