@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::procs::{self, Bins, Cvad};
-use crate::{cargo, workspace_root};
+use crate::workspace_root;
 
 /// Samples per figure, and each sample's length.
 const SAMPLES: usize = 3;
@@ -113,10 +113,6 @@ fn side(rw: &str) -> &'static str {
 
 pub fn bench_e2e() -> Result<(), String> {
     let bins = procs::build()?;
-    let mut tdrv = cargo();
-    tdrv.current_dir(workspace_root());
-    tdrv.args(["build", "--release", "--quiet", "-p", "tdrv"]);
-    crate::run("cargo build --release -p tdrv", tdrv)?;
     // On the disk (not a tmpfs: fio's --direct=1 needs O_DIRECT).
     let dir = workspace_root().join("target/xtask-bench-e2e");
     let _ = std::fs::remove_dir_all(&dir);
@@ -131,7 +127,7 @@ pub fn bench_e2e() -> Result<(), String> {
         )?;
     }
     fio_figures(&dir, &mut figures)?;
-    dtm_figures(&mut figures)?;
+    dtm_figures(&bins, &mut figures)?;
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
@@ -284,22 +280,12 @@ fn fio_figures(dir: &Path, figures: &mut Figures) -> Result<(), String> {
 
 /// `tdrv bench dtm` (release, in process): the DTM writes and the rpc round trip;
 /// its JSON lines taken as they are, as peers.
-fn dtm_figures(figures: &mut Figures) -> Result<(), String> {
+fn dtm_figures(bins: &Bins, figures: &mut Figures) -> Result<(), String> {
     for only in ["dtm_write_4k_qd", "rpc_ping_1conn"] {
-        let mut c = cargo();
+        let mut c = Command::new(&bins.tdrv);
+        // Its scratch files go under target/ of the workspace.
         c.current_dir(workspace_root());
-        c.args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "tdrv",
-            "--",
-            "bench",
-            "dtm",
-            "--only",
-            only,
-        ]);
+        c.args(["bench", "dtm", "--only", only]);
         eprintln!("xtask: tdrv bench dtm --only {only}");
         let o = c
             .stderr(Stdio::inherit())

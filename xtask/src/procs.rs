@@ -1,5 +1,5 @@
 //! The project's binaries as processes, for `cargo xtask demo` and `bench e2e`: a
-//! release build of cvad and cvacli, a cvad started on 127.0.0.1:0 over a data dir
+//! release build of cvad, cvacli and tdrv, a cvad started on 127.0.0.1:0 over a data dir
 //! and found through its port file, stopped with SIGTERM or killed with SIGKILL.
 //! Every wait is bounded.
 
@@ -15,27 +15,22 @@ pub const WAIT_MAX: Duration = Duration::from_secs(60);
 /// How often a bounded wait looks again.
 const POLL: Duration = Duration::from_millis(20);
 
-/// The release binaries of cvad and cvacli (built by [`build`]).
+/// The release binaries of cvad, cvacli and tdrv (built by [`build`]).
 pub struct Bins {
     pub cvad: PathBuf,
     pub cvacli: PathBuf,
+    pub tdrv: PathBuf,
 }
 
-/// Builds cvad and cvacli (release) and says where they are.
+/// Builds cvad, cvacli and tdrv (release) in one cargo call, and says where they
+/// are. One call: the packages' dependencies are built once, with the features of
+/// all three (built for fewer packages, they would differ and be built again).
 pub fn build() -> Result<Bins, String> {
     let mut b = cargo();
     b.current_dir(workspace_root());
-    b.args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "cdev",
-        "-p",
-        "cvacli",
-        "--bins",
-    ]);
-    run("cargo build --release -p cdev -p cvacli --bins", b)?;
+    b.args(["build", "--release", "--quiet", "--bins"]);
+    b.args(["-p", "cdev", "-p", "cvacli", "-p", "tdrv"]);
+    run("cargo build --release -p cdev -p cvacli -p tdrv --bins", b)?;
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
@@ -43,8 +38,9 @@ pub fn build() -> Result<Bins, String> {
     let bins = Bins {
         cvad: dir.join("cvad"),
         cvacli: dir.join("cvacli"),
+        tdrv: dir.join("tdrv"),
     };
-    for bin in [&bins.cvad, &bins.cvacli] {
+    for bin in [&bins.cvad, &bins.cvacli, &bins.tdrv] {
         if !bin.exists() {
             return Err(format!("no binary at {} after the build", bin.display()));
         }
