@@ -4,12 +4,21 @@
 //! - `cargo xtask test`: fmt --check, clippy -D warnings, every test of the workspace.
 //! - `cargo xtask tidy`: fmt --check and clippy only.
 //! - `cargo xtask bench [AREA...]`: release build, then `tdrv bench AREA` for each area
-//!   (default: every area), printing each benchmark's table and JSON lines.
+//!   (default: every area), printing each benchmark's table and JSON lines. Area
+//!   `e2e` (not in the default) is xtask's own: the real cvad and cvacli binaries
+//!   beside fio and the in-process DTM (`bench_e2e.rs`).
+//! - `cargo xtask demo`: two cvads (release), a replicated device, 10 s of
+//!   `cvacli verify` load, kill -9 of the primary, its restart, `verify --check`, a
+//!   summary table.
 //! - `cargo xtask fuzz [--stable] [SECONDS]`: fuzz the rpc frame decoder for SECONDS
 //!   (default 60): cargo-fuzz (libFuzzer, nightly toolchain) when both are installed,
 //!   else it says how to install them, runs the stable fallback (a seeded random
 //!   mutator, `rpc`'s `fuzz_decode` example) and exits non-zero. `--stable` runs only
 //!   the fallback.
+
+mod bench_e2e;
+mod demo;
+mod procs;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -28,11 +37,12 @@ fn main() -> ExitCode {
         "tidy" => tidy(),
         "bench" => bench(rest),
         "fuzz" => fuzz(rest),
+        "demo" => demo::demo(),
         "help" | "-h" | "--help" => {
             println!(
-                "usage: cargo xtask <test [-- CARGO_TEST_ARGS] | tidy | bench [AREA...] | fuzz [--stable] [SECONDS]>"
+                "usage: cargo xtask <test [-- CARGO_TEST_ARGS] | tidy | bench [AREA...] | demo | fuzz [--stable] [SECONDS]>"
             );
-            println!("bench areas: {}", BENCH_AREAS.join(", "));
+            println!("bench areas: {}, e2e", BENCH_AREAS.join(", "));
             Ok(())
         }
         other => Err(format!("unknown command {other:?}; try `cargo xtask help`")),
@@ -93,6 +103,10 @@ fn bench(areas: &[String]) -> Result<(), String> {
         areas.to_vec()
     };
     for area in &areas {
+        if area == "e2e" {
+            bench_e2e::bench_e2e()?;
+            continue;
+        }
         let mut b = cargo();
         b.args([
             "run",
