@@ -159,35 +159,48 @@ impl Cvad {
             replicas.to(),
             peers,
         );
-        for c in configs {
-            let name = c.name.clone();
-            devices.start(c).map_err(|why| CvadError::Device {
-                device: name,
-                why: why.reason,
-            })?;
-        }
-        let d = devices.clone();
-        let server = Server::start(server_config, move || {
-            CvadService::new(d.clone(), d.started())
-        })
-        .map_err(|source| CvadError::Rpc {
-            what: "listen",
-            source,
-        })?;
-        // The NBD port file first: whoever waits for the port file finds both.
-        let nbd = match config.nbd_listen {
-            Some(addr) => {
-                let nbd = NbdListener::start(addr, devices.clone())
-                    .map_err(|why| CvadError::Nbd { why })?;
-                write_atomic(
-                    &dir.root().join(NBD_PORT_FILE),
-                    format!("{}\n", nbd.local_addr().port()).as_bytes(),
-                )?;
-                Some(nbd)
+        // Whatever fails from here on stops what was started (the devices' and
+        // the replicas' runtime threads), or the process would wait for them.
+        let started = (|| {
+            for c in configs {
+                let name = c.name.clone();
+                devices.start(c).map_err(|why| CvadError::Device {
+                    device: name,
+                    why: why.reason,
+                })?;
             }
-            None => None,
+            let d = devices.clone();
+            let server = Server::start(server_config, move || {
+                CvadService::new(d.clone(), d.started())
+            })
+            .map_err(|source| CvadError::Rpc {
+                what: "listen",
+                source,
+            })?;
+            // The NBD port file first: whoever waits for the port file finds both.
+            let nbd = match config.nbd_listen {
+                Some(addr) => {
+                    let nbd = NbdListener::start(addr, devices.clone())
+                        .map_err(|why| CvadError::Nbd { why })?;
+                    write_atomic(
+                        &dir.root().join(NBD_PORT_FILE),
+                        format!("{}\n", nbd.local_addr().port()).as_bytes(),
+                    )?;
+                    Some(nbd)
+                }
+                None => None,
+            };
+            dir.write_port(server.local_addr().port())?;
+            Ok((server, nbd))
+        })();
+        let (server, nbd) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                devices.stop_all();
+                replicas.stop();
+                return Err(e);
+            }
         };
-        dir.write_port(server.local_addr().port())?;
         Ok(Cvad {
             server,
             nbd,

@@ -57,16 +57,23 @@ fn start_on(data: &Path, listen: &str, args: &[&str]) -> Cvad {
         Err(e) => panic!("remove {}: {e}", port_file.display()),
     }
     let log = std::fs::File::create(data.with_extension("log")).expect("log file");
-    let mut child = Command::new(cvad_bin())
+    let child = Command::new(cvad_bin())
         .arg("--data-dir")
         .arg(data)
         .args(["--listen", listen])
+        // NBD on a port of its own: cvads of parallel tests must not share 10809.
+        .args(["--nbd-listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("spawn cvad");
+    // Owned from here: a panic below kills it (Drop) instead of leaking it.
+    let mut cvad = Cvad {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
     let deadline = Instant::now() + WAIT_MAX;
     let port = loop {
         if let Ok(text) = std::fs::read_to_string(&port_file)
@@ -74,15 +81,23 @@ fn start_on(data: &Path, listen: &str, args: &[&str]) -> Cvad {
         {
             break port;
         }
-        if let Some(status) = child.try_wait().expect("try_wait") {
+        if let Some(status) = cvad.child.try_wait().expect("try_wait") {
             panic!("cvad exited before it was ready: {status}");
         }
         assert!(Instant::now() < deadline, "no port file after {WAIT_MAX:?}");
         std::thread::sleep(POLL);
     };
-    Cvad {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    cvad.addr.set_port(port);
+    cvad
+}
+
+/// A cvad a test did not stop (it failed first) is killed, never left running.
+impl Drop for Cvad {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

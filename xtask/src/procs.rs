@@ -89,6 +89,8 @@ impl Cvad {
             .arg("--data-dir")
             .arg(data)
             .args(["--listen", listen])
+            // NBD on a port of its own: the demo runs two cvads.
+            .args(["--nbd-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
