@@ -127,10 +127,8 @@ impl DeviceInfo {
 enum Step {
     /// A run destaged: how many lines it wrote.
     Wrote(u64),
-    /// The run's lines were locked: left for later.
+    /// Every line of the run was locked: left for later.
     Busy,
-    /// No line is dirty.
-    Clean,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -941,9 +939,10 @@ impl Inner {
     /// written to the backing store, fdatasync, then each marked clean on every
     /// replica at the version written. How many lines it wrote.
     ///
-    /// Without `wait`, lines that a write, a discard or a lock holds or waits for
-    /// are left for later (`None`): that write may be waiting for room in the cache,
-    /// which only destaging other lines makes.
+    /// Without `wait`, lines that a write, a discard or a lock holds are left for
+    /// later (`None` when that is all of them): that write may be waiting for room
+    /// in the cache, which only destaging the other lines makes, so those are
+    /// destaged meanwhile, in the sub-runs that nobody holds.
     fn destage_run(
         &self,
         op: &'static str,
@@ -953,14 +952,47 @@ impl Inner {
     ) -> Result<Option<u64>, CdevError> {
         let ls = self.line_size;
         assert!(n * ls <= DESTAGE_RUN_BYTES_MAX.max(u64::from(IO_LEN_MAX)));
-        let locked = if wait {
-            self.dtm.lock_lines(first, n).map(Some)
-        } else {
-            self.dtm.try_lock_lines(first, n)
-        };
-        let Some(_lock) = locked.map_err(|e| self.dtm_error(op, e))? else {
-            return Ok(None);
-        };
+        if wait {
+            let _lock = self
+                .dtm
+                .lock_lines(first, n)
+                .map_err(|e| self.dtm_error(op, e))?;
+            return self.destage_locked(op, first, n).map(Some);
+        }
+        let whole = self
+            .dtm
+            .try_lock_lines(first, n)
+            .map_err(|e| self.dtm_error(op, e))?;
+        if let Some(_lock) = whole {
+            return self.destage_locked(op, first, n).map(Some);
+        }
+        // Bounded: `line` moves forward every round; the locks of one sub-run at
+        // most (a run's lines).
+        let (mut wrote, mut any) = (0, false);
+        let mut locks = Vec::new();
+        let mut line = first;
+        while line < first + n {
+            let lock = self
+                .dtm
+                .try_lock_lines(line, 1)
+                .map_err(|e| self.dtm_error(op, e))?;
+            let held = lock.is_none();
+            locks.extend(lock);
+            line += 1;
+            if (held || line == first + n) && !locks.is_empty() {
+                let sub = locks.len() as u64;
+                let sub_first = line - sub - u64::from(held);
+                wrote += self.destage_locked(op, sub_first, sub)?;
+                any = true;
+                locks.clear();
+            }
+        }
+        Ok(any.then_some(wrote))
+    }
+
+    /// [`Inner::destage_run`] of `first..first + n`, whose lines the caller holds.
+    fn destage_locked(&self, op: &'static str, first: u64, n: u64) -> Result<u64, CdevError> {
+        let ls = self.line_size;
         let mut line_buf = self.line_buf(1);
         // Segments of adjacent lines still dirty: (first line, bytes, versions).
         let mut segments: Vec<(u64, Vec<u8>, Vec<u64>)> = Vec::new();
@@ -981,7 +1013,7 @@ impl Inner {
             }
         }
         if segments.is_empty() {
-            return Ok(Some(0));
+            return Ok(0);
         }
         // A destaged version must never be in doubt on any member (recovery's rule):
         // these versions' COMMITs, not every write's in flight.
@@ -1014,22 +1046,7 @@ impl Inner {
             c.blocks_written_backing += lines * ls / u64::from(BLOCK_SIZE);
         });
         self.note_destaged(first, n, lines);
-        Ok(Some(lines))
-    }
-
-    /// One destage step from `cursor`: the next run of adjacent dirty lines at or
-    /// after it (from line 0 again past the last), destaged (without `wait`, left
-    /// for later if any of its lines is locked).
-    fn destage_step(
-        &self,
-        op: &'static str,
-        cursor: &mut u64,
-        wait: bool,
-    ) -> Result<Step, CdevError> {
-        let Some((first, n)) = self.next_run(cursor) else {
-            return Ok(Step::Clean);
-        };
-        self.run_step(op, first, n, wait)
+        Ok(lines)
     }
 
     /// The next run of adjacent dirty lines at or after `cursor` (from line 0 again
@@ -1080,7 +1097,14 @@ impl Inner {
             if self.vssd.dirty_count() == 0 {
                 return Ok(());
             }
-            self.destage_step(op, &mut cursor, true)?;
+            if let Some((first, n)) = self.next_run(&mut cursor)
+                && let Step::Busy = self.run_step(op, first, n, false)?
+            {
+                // Every line of the run is held (by a write that may wait for room
+                // the destage task makes meanwhile): wait for its first line alone,
+                // a wait that keeps no other line from being destaged.
+                self.run_step(op, first, 1, true)?;
+            }
             if round % 64 == 63 {
                 tracing::info!(device = %self.name, dirty = self.vssd.dirty_count(), "destaging");
             }
@@ -1348,7 +1372,7 @@ fn start_run(weak: &Weak<Inner>, inner: &Inner, first: u64, n: u64) -> Option<Du
                 return;
             };
             let pause = match inner.run_step(OP, first, n, false) {
-                Ok(Step::Wrote(_) | Step::Clean) => None,
+                Ok(Step::Wrote(_)) => None,
                 Ok(Step::Busy) => Some(DESTAGE_BUSY_WAIT),
                 Err(e) => {
                     tracing::warn!(device = %inner.name, "destage: {e}");

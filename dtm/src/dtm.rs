@@ -480,9 +480,11 @@ impl Dtm {
     }
 
     /// [`Dtm::lock_lines`] without waiting: `None` when a write, discard, resync or
-    /// lock holds or waits for any of the lines. For a destage, which must not wait
-    /// behind a write that waits for room in the cache only a destage can make: it
-    /// takes other lines meanwhile.
+    /// lock holds any of the lines; it goes ahead of the requests waiting for them.
+    /// For a destage, which must not wait behind a write that waits for room in the
+    /// cache only a destage can make, nor behind a request waiting for such a write
+    /// (that request would keep the lines it waits for from the destage): it takes
+    /// the lines nobody holds.
     pub fn try_lock_lines(&self, first: u64, count: u64) -> Result<Option<LineLock>, DtmError> {
         let inner = &self.inner;
         if count == 0 || first >= inner.lines || count > inner.lines - first {

@@ -123,8 +123,11 @@ impl RangeLocks {
         }
     }
 
-    /// Locks lines `first..first + count` (count > 0) if no lock holds or waits for
-    /// any of them; `None` at once otherwise (a waiter keeps its turn).
+    /// Locks lines `first..first + count` (count > 0) if no lock holds any of them;
+    /// `None` at once otherwise. It goes ahead of the requests waiting for them: a
+    /// waiting request may wait (through a write it overlaps) for room in the cache
+    /// that only this lock's holder (a destage) can make. The lock is still exclusive,
+    /// and a waiter loses one turn only.
     pub(crate) fn try_lock(self: &Rc<Self>, first: u64, count: u64) -> Option<RangeLock> {
         assert!(count > 0, "an empty range lock");
         let range = Range {
@@ -132,11 +135,7 @@ impl RangeLocks {
             end: first.saturating_add(count),
         };
         let mut t = self.table.borrow_mut();
-        let taken = t
-            .held
-            .iter()
-            .chain(t.waiting.iter())
-            .any(|(_, r)| r.overlaps(&range));
+        let taken = t.held.iter().any(|(_, r)| r.overlaps(&range));
         if taken {
             return None;
         }

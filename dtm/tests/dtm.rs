@@ -329,6 +329,31 @@ fn try_lock_lines_does_not_wait() {
     });
 }
 
+/// A destage's try_lock_lines takes lines that a waiting request wants but nobody
+/// holds: that request may wait (through the write it overlaps) for room in the
+/// cache which only the destage makes.
+#[test]
+fn try_lock_lines_goes_ahead_of_a_waiter() {
+    let dir = TempDir::new("try-lock-waiter");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 1, VSSD_LINES);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        let held = dtm.lock_lines(4, 4).unwrap();
+        let waiter = {
+            let dtm = dtm.clone();
+            spawn(move || drop(dtm.lock_lines(6, 4).unwrap())).unwrap()
+        };
+        taskio::yield_now();
+        assert!(dtm.try_lock_lines(7, 1).unwrap().is_none(), "held");
+        let ahead = dtm.try_lock_lines(9, 1).unwrap();
+        assert!(ahead.is_some(), "line 9 is only waited for");
+        drop(held);
+        drop(ahead);
+        waiter.join().unwrap();
+    });
+}
+
 #[test]
 fn a_write_longer_than_a_tran_is_split() {
     let dir = TempDir::new("split");

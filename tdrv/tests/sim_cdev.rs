@@ -1,5 +1,6 @@
 //! `tdrv sim cdev`: a cache device on a simulated node (clients writing, reading and
-//! discarding in shared lines, destage, mode changes, crashes and restarts) keeps
+//! discarding in shared lines, destage, mode changes, crashes and restarts; a
+//! quarter of the seeds with a cache smaller than the writes in flight) keeps
 //! every acknowledged write over 200 seeds and destages exactly the cache's view;
 //! the device with its read-modify-write lock broken is caught; a seed replays
 //! exactly.
@@ -16,6 +17,12 @@ fn a_cache_device_keeps_every_acknowledged_write_over_two_hundred_seeds() {
         out.contains("200 seeds in") && out.contains("0 failed"),
         "{out}"
     );
+    // Among them the seeds with a cache smaller than the writes in flight, and seed
+    // 15 (a writer waiting for room while set_mode's destage waited for its lines:
+    // stalled before the destage could go around held lines).
+    let (code, out, err) = tdrv(&["sim", "cdev", "--seed", "15"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("seed 15: 10 cache lines of 16,"), "{out}");
 }
 
 /// The number just before `what` in a seed's summary (`... 3 crashes, ...`).

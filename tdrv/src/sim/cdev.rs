@@ -9,7 +9,9 @@
 //! checked block by block, discards (whole lines only drop: their blocks may then
 //! hold any older bytes until written again). A mode task switches the cache mode
 //! now and then (leaving write-back destages everything), and destage runs between
-//! low watermarks and when idle, with a cache smaller than the device (evictions).
+//! low watermarks and when idle, with a cache smaller than the device (evictions);
+//! one seed in [`TINY_ONE_IN`] has a cache smaller than the lines of the writes in
+//! flight (writers wait for room that only destage and eviction make).
 //!
 //! The controller crashes the node 1..=CRASHES_MAX times at seeded moments (writes
 //! not yet flushed are kept, dropped or torn) and restarts it. After each crash every
@@ -37,14 +39,53 @@ use super::{Options, SeedRun};
 
 const LINE: u64 = 4096;
 const BLOCK: u64 = cdev::BLOCK_SIZE as u64;
-/// The device's size in lines (the backing store's), and the cache's (smaller:
-/// lines are evicted and read back from the backing store).
-const DEVICE_LINES: u64 = 32;
-const CACHE_LINES: u64 = 20;
+/// The device's size in lines (the backing store's), the cache's (smaller: lines
+/// are evicted and read back from the backing store), and each client's region.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    device_lines: u64,
+    cache_lines: u64,
+    /// Not a whole number of lines, so each edge between two regions falls inside a
+    /// line.
+    region_blocks: u64,
+}
+
+impl Shape {
+    const fn blocks(self) -> u64 {
+        CLIENTS * self.region_blocks
+    }
+
+    const fn valid(self) -> bool {
+        self.blocks() * BLOCK <= self.device_lines * LINE
+            && self.cache_lines < self.device_lines
+            && !(self.region_blocks * BLOCK).is_multiple_of(LINE)
+            && WRITE_BLOCKS_MAX < self.region_blocks
+            && READ_BLOCKS_MAX < self.region_blocks
+    }
+}
+
+impl Default for Shape {
+    fn default() -> Shape {
+        ROOMY
+    }
+}
+
+/// Regions of 4.5 lines.
+const ROOMY: Shape = Shape {
+    device_lines: 32,
+    cache_lines: 20,
+    region_blocks: 36,
+};
+/// A cache smaller than the lines of the writes in flight (up to 3 lines for each of
+/// the clients): writers wait for room that only destage and eviction make.
+const TINY: Shape = Shape {
+    device_lines: 16,
+    cache_lines: 10,
+    region_blocks: 20,
+};
+/// One seed in this many runs with the tiny cache.
+const TINY_ONE_IN: u64 = 4;
 const CLIENTS: u64 = 6;
-/// Blocks of each client's region: 4.5 lines, so each edge between two regions
-/// falls inside a line.
-const REGION_BLOCKS: u64 = 36;
 const WRITE_BLOCKS_MAX: u64 = 12;
 const READ_BLOCKS_MAX: u64 = 16;
 /// Operations of one client at one boot, and its think time between them.
@@ -59,7 +100,6 @@ const CRASH_AFTER_MS: u64 = 150;
 /// Bound of a boot (open and recovery) and of the final boot's work.
 const BOOT_WITHIN: Duration = Duration::from_secs(30);
 const FINAL_WITHIN: Duration = Duration::from_secs(60);
-const BLOCKS: u64 = CLIENTS * REGION_BLOCKS;
 const MODES: [CacheMode; 4] = [
     CacheMode::WriteBack,
     CacheMode::WriteThrough,
@@ -67,11 +107,8 @@ const MODES: [CacheMode; 4] = [
     CacheMode::PassThrough,
 ];
 
-const _: () = assert!(BLOCKS * BLOCK <= DEVICE_LINES * LINE);
-const _: () = assert!(CACHE_LINES < DEVICE_LINES);
-const _: () = assert!(!(REGION_BLOCKS * BLOCK).is_multiple_of(LINE));
-const _: () = assert!(WRITE_BLOCKS_MAX * BLOCK > LINE && WRITE_BLOCKS_MAX < REGION_BLOCKS);
-const _: () = assert!(READ_BLOCKS_MAX < REGION_BLOCKS);
+const _: () = assert!(ROOMY.valid() && TINY.valid());
+const _: () = assert!(WRITE_BLOCKS_MAX * BLOCK > LINE);
 
 /// What a block must hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +123,7 @@ enum Want {
 struct World {
     seed: u64,
     buggy: bool,
+    shape: Shape,
     crashes_planned: u64,
     want: RefCell<Vec<Want>>,
     /// Blocks of the writes in flight (and their tags): kept across a crash.
@@ -114,12 +152,12 @@ impl World {
     }
 }
 
-fn config() -> DeviceConfig {
+fn config(shape: Shape) -> DeviceConfig {
     DeviceConfig {
         name: "simcdev".into(),
         backing: PathBuf::from("/dev/backing"),
         vssd: PathBuf::from("/dev/vssd"),
-        vssd_bytes: Geometry::new(LINE as u32, CACHE_LINES, LOG_BYTES_MIN)
+        vssd_bytes: Geometry::new(LINE as u32, shape.cache_lines, LOG_BYTES_MIN)
             .map(|g| g.total_bytes())
             .unwrap_or(0),
         line_size: LINE as u32,
@@ -133,10 +171,12 @@ fn config() -> DeviceConfig {
     }
 }
 
-const CREATE: OpenOptions = OpenOptions {
-    create: true,
-    backing_bytes: DEVICE_LINES * LINE,
-};
+fn create(shape: Shape) -> OpenOptions {
+    OpenOptions {
+        create: true,
+        backing_bytes: shape.device_lines * LINE,
+    }
+}
 
 /// Block `block`'s bytes as write `tag` leaves them (tag 0: zeros).
 fn block_data(block: u64, tag: u64) -> [u8; BLOCK as usize] {
@@ -180,8 +220,8 @@ fn check(w: &World, first: u64, got: &[u8], what: &str, crashed: bool) -> Result
     Ok(())
 }
 
-fn read_all(dev: &Device) -> Result<Vec<u8>, String> {
-    let mut buf = vec![0; (DEVICE_LINES * LINE) as usize];
+fn read_all(w: &World, dev: &Device) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0; (w.shape.device_lines * LINE) as usize];
     dev.read(0, &mut buf)
         .map_err(|e| format!("read all: {e}"))?;
     Ok(buf)
@@ -189,12 +229,13 @@ fn read_all(dev: &Device) -> Result<Vec<u8>, String> {
 
 /// One client's operations at one boot, in its own region.
 fn client(w: &World, h: &SimHandle, dev: &Device, k: u64) -> Result<(), String> {
-    let region = k * REGION_BLOCKS;
+    let region_blocks = w.shape.region_blocks;
+    let region = k * region_blocks;
     for _ in 0..OPS_PER_BOOT {
         match h.random(10) {
             0..=2 => {
                 let n = 1 + h.random(READ_BLOCKS_MAX);
-                let first = region + h.random(REGION_BLOCKS - n + 1);
+                let first = region + h.random(region_blocks - n + 1);
                 let mut buf = vec![0; (n * BLOCK) as usize];
                 dev.read(first * BLOCK, &mut buf)
                     .map_err(|e| format!("client {k}: read: {e}"))?;
@@ -203,7 +244,7 @@ fn client(w: &World, h: &SimHandle, dev: &Device, k: u64) -> Result<(), String> 
             }
             3 => {
                 let n = 1 + h.random(WRITE_BLOCKS_MAX);
-                let first = region + h.random(REGION_BLOCKS - n + 1);
+                let first = region + h.random(region_blocks - n + 1);
                 let (start, end) = (first * BLOCK, (first + n) * BLOCK);
                 // Whole lines inside the range drop: their blocks may then read as
                 // any older bytes (marked before the call: a crash may cut it).
@@ -221,8 +262,8 @@ fn client(w: &World, h: &SimHandle, dev: &Device, k: u64) -> Result<(), String> 
                 // the neighbour's region.
                 let first = match h.random(4) {
                     0 => region,
-                    1 => region + REGION_BLOCKS - n,
-                    _ => region + h.random(REGION_BLOCKS - n + 1),
+                    1 => region + region_blocks - n,
+                    _ => region + h.random(region_blocks - n + 1),
                 };
                 let tag = w.next_tag.get();
                 w.next_tag.set(tag + 1);
@@ -266,8 +307,14 @@ fn finish(w: &World, dev: &Device, tasks: Vec<JoinHandle<()>>) -> Result<(), Str
     if w.failure.borrow().is_some() {
         return Ok(());
     }
-    let all = read_all(dev)?;
-    check(w, 0, &all[..(BLOCKS * BLOCK) as usize], "final read", false)?;
+    let all = read_all(w, dev)?;
+    check(
+        w,
+        0,
+        &all[..(w.shape.blocks() * BLOCK) as usize],
+        "final read",
+        false,
+    )?;
     dev.destage_all()
         .map_err(|e| format!("final destage_all: {e}"))?;
     if dev.dirty_lines() != 0 {
@@ -276,7 +323,7 @@ fn finish(w: &World, dev: &Device, tasks: Vec<JoinHandle<()>>) -> Result<(), Str
             dev.dirty_lines()
         ));
     }
-    let view = read_all(dev)?;
+    let view = read_all(w, dev)?;
     if view != all {
         return Err("the device's bytes changed across destage_all".into());
     }
@@ -293,18 +340,18 @@ fn finish(w: &World, dev: &Device, tasks: Vec<JoinHandle<()>>) -> Result<(), Str
 /// clients and the mode task (and at the last boot, [`finish`]).
 fn boot(w: &Rc<World>, h: &SimHandle) {
     let boot = w.boots.get();
-    let dev = match Device::open(&config(), CREATE) {
+    let dev = match Device::open(&config(w.shape), create(w.shape)) {
         Ok(d) => d,
         Err(e) => return w.fail(format!("boot {boot}: open: {e}")),
     };
     if w.buggy {
         dev.break_rmw_lock();
     }
-    let checked = read_all(&dev).and_then(|all| {
+    let checked = read_all(w, &dev).and_then(|all| {
         check(
             w,
             0,
-            &all[..(BLOCKS * BLOCK) as usize],
+            &all[..(w.shape.blocks() * BLOCK) as usize],
             &format!("boot {boot}: recovery"),
             true,
         )
@@ -371,7 +418,9 @@ fn control(h: &SimHandle, w: &Rc<World>) -> Option<String> {
         return Some(f);
     }
     let view = w.final_view.borrow().clone().unwrap_or_default();
-    let on_disk = h.disk_view(node, config().backing).unwrap_or_default();
+    let on_disk = h
+        .disk_view(node, config(w.shape).backing)
+        .unwrap_or_default();
     if on_disk.len() < view.len() {
         return Some(format!(
             "the backing store holds {} bytes, the device {}",
@@ -392,11 +441,18 @@ fn control(h: &SimHandle, w: &Rc<World>) -> Option<String> {
 pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
     let mut sim = super::simulator(seed);
     let mut setup = taskio::rand::Rng::stream(seed, 0xcde);
+    let crashes_planned = 1 + setup.below(CRASHES_MAX);
+    let shape = if setup.below(TINY_ONE_IN) == 0 {
+        TINY
+    } else {
+        ROOMY
+    };
     let world = Rc::new(World {
         seed,
         buggy: opts.buggy,
-        crashes_planned: 1 + setup.below(CRASHES_MAX),
-        want: RefCell::new(vec![Want::Tag(0); BLOCKS as usize]),
+        shape,
+        crashes_planned,
+        want: RefCell::new(vec![Want::Tag(0); shape.blocks() as usize]),
         next_tag: Cell::new(1),
         ..World::default()
     });
@@ -410,8 +466,10 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
         trace: sim.trace_hash(),
         failure,
         detail: format!(
-            "seed {}: {} crashes, {} writes acknowledged, {} reads checked, {} discards, {} mode changes, {} in-flight blocks landed, {} destage runs and {} evictions at the last boot",
+            "seed {}: {} cache lines of {}, {} crashes, {} writes acknowledged, {} reads checked, {} discards, {} mode changes, {} in-flight blocks landed, {} destage runs and {} evictions at the last boot",
             world.seed,
+            world.shape.cache_lines,
+            world.shape.device_lines,
             world.crashes_planned,
             c(&world.writes),
             c(&world.reads),
