@@ -156,7 +156,7 @@ pub fn recover(
         let info = r.info();
         let me = r.member();
         members.contains(&me)
-            && ((info.epoch == epoch && (epoch == 0 || info.members == members))
+            && ((info.epoch == epoch && (epoch == 0 || same_members(&info.members, &members)))
                 || (info.epoch < epoch && (info.epoch == 0 || info.members.contains(&me))))
     };
     let reachable: Vec<&Rc<dyn Replica>> = opened.iter().filter(member).collect();
@@ -236,7 +236,7 @@ fn newest_epoch(
     let refuted = |claim: &[u64]| {
         at_newest
             .iter()
-            .any(|r| claim.contains(&r.member()) && r.info().members != claim)
+            .any(|r| claim.contains(&r.member()) && !same_members(&r.info().members, claim))
     };
     let standing: Vec<&Rc<dyn Replica>> = at_newest
         .iter()
@@ -248,9 +248,13 @@ fn newest_epoch(
         None => newest.info().members,
     };
     let other = if standing.is_empty() {
-        at_newest.iter().find(|r| r.info().members != members)
+        at_newest
+            .iter()
+            .find(|r| !same_members(&r.info().members, &members))
     } else {
-        standing.iter().find(|r| r.info().members != members)
+        standing
+            .iter()
+            .find(|r| !same_members(&r.info().members, &members))
     };
     if let Some(other) = other {
         return Err(DtmError::Mismatch {
@@ -264,6 +268,17 @@ fn newest_epoch(
         });
     }
     Ok((epoch, members))
+}
+
+/// Whether two records of an epoch name the same members. The order is each
+/// primary's own (itself first): two primaries that raced from the epoch before
+/// with one member set each record their own order, and neither won (each move
+/// from the old epoch succeeds on one replica only), so no write was made at it.
+fn same_members(a: &[u64], b: &[u64]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
 }
 
 /// Every in-doubt tran of `replicas` with the members holding it (index, entry).

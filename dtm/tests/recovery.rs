@@ -383,6 +383,33 @@ fn a_claim_of_an_epoch_that_one_of_its_members_refutes_is_stale() {
     });
 }
 
+/// Two primaries that raced from one epoch with the same members each recorded
+/// their own order (itself first) on the replica they won: the same members, so the
+/// epoch stands (neither won everywhere, so no write was made at it) and recovery
+/// goes on instead of refusing the device for ever (`tdrv sim dtm` seed 26548:
+/// "epoch 2 has members [2, 1] against [1, 2]").
+#[test]
+fn two_records_of_an_epoch_that_order_its_members_differently_agree() {
+    let dir = TempDir::new("rec-order");
+    let paths = device(&dir);
+    let p = paths.clone();
+    run_io(move || {
+        let r = open_all(&p, &[1, 2]);
+        r[0].vssd().set_epoch(2, &[1, 2]).unwrap();
+        r[1].vssd().set_epoch(2, &[2, 1]).unwrap();
+        close(&r);
+    });
+    run_io(move || {
+        let r = open_all(&paths, &[1, 2]);
+        let rec = recover(&dyns(&r), &[1, 2], 2).unwrap();
+        let mut members: Vec<u64> = rec.members.iter().map(|m| m.member()).collect();
+        members.sort_unstable();
+        assert_eq!((rec.epoch, members), (3, vec![1, 2]), "{rec:?}");
+        assert!(rec.stale.is_empty() && rec.lost.is_empty(), "{rec:?}");
+        close(&r);
+    });
+}
+
 /// Recoveries that failed while they fenced left one member behind the newest
 /// epoch (its set_epoch failed each time): those epochs never had a write (each
 /// member records an epoch before any write at it), so the member still holds every
