@@ -217,6 +217,8 @@ fn fio_randrw_verifies_with_crc32c() {
             "--iodepth=8",
             "--verify=crc32c",
             "--do_verify=1",
+            // No verify state file left in the working directory (the crate's).
+            "--verify_state_save=0",
         ],
     );
     server.stop();
