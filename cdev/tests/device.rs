@@ -1,10 +1,13 @@
 //! The cache device on real files (a tempdir, a taskio runtime with the real I/O
 //! driver) and under the simulator (its disk faults, virtual time).
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
 use cdev::{CacheMode, CdevError, Device, DeviceConfig, OpenOptions, ReplicaLoss};
+use common::dev::{data, stat};
 use rpc::Status;
 use taskio::sim::{DiskFault, Sim, SimConfig};
 use taskio::{Config, IoConfig, Runtime, sleep};
@@ -38,13 +41,6 @@ const CREATE: OpenOptions = OpenOptions {
 fn run_io<T: 'static>(main: impl FnOnce() -> T + 'static) -> T {
     let mut rt = Runtime::with_io(Config::default(), IoConfig::default()).unwrap();
     rt.run(main).unwrap()
-}
-
-/// `len` bytes of write `tag` at `offset`: each 8 bytes name the offset and the tag.
-fn data(offset: u64, len: u64, tag: u64) -> Vec<u8> {
-    (0..len / 8)
-        .flat_map(|i| ((offset + i * 8) ^ tag.rotate_left(40)).to_le_bytes())
-        .collect()
 }
 
 /// Bytes read back: compared as bytes, shown as their length, non-zero count and a
@@ -90,14 +86,6 @@ fn read(dev: &Device, offset: u64, len: u64) -> Bytes {
     let mut buf = vec![0; len as usize];
     dev.read(offset, &mut buf).unwrap();
     Bytes(buf)
-}
-
-fn stat(dev: &Device, name: &str) -> u64 {
-    dev.stat()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no counter {name}"))
-        .1
 }
 
 /// Runs `main` under the simulator (seed 0) with the controller's handle.

@@ -1,16 +1,16 @@
 //! A device with a replica vSSD on a peer, over real loopback rpc (dtm's
 //! ReplicaService serving it), on real files.
 
+mod common;
 #[path = "../../dtm/tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
 
 use cdev::{CacheMode, Device, DeviceConfig, OpenOptions, ReplicaConfig, ReplicaLoss};
+use common::dev::{data, replica_vssd, stat};
 use dtm::Vssds;
 use support::{TempDir, open_dev, run_io, serve_vssds};
-use taskio::file::OpenOptions as FileOptions;
-use vssd::{Options, Vssd, format};
 
 const LINE: u64 = 4096;
 const BACKING_BYTES: u64 = 4 << 20;
@@ -37,31 +37,6 @@ fn config(dir: &Path, peer: std::net::SocketAddr) -> DeviceConfig {
     }
 }
 
-fn data(offset: u64, len: u64, tag: u64) -> Vec<u8> {
-    (0..len / 8)
-        .flat_map(|i| ((offset + i * 8) ^ tag.rotate_left(40)).to_le_bytes())
-        .collect()
-}
-
-/// The replica vSSD file at `path`, formatted as the device's vSSD would be.
-fn replica_vssd(path: &Path, c: &DeviceConfig) -> Vssd {
-    let params = cdev::vssd_format_params(c).unwrap();
-    let file = FileOptions::new()
-        .create(true)
-        .size(c.vssd_bytes)
-        .open(path)
-        .unwrap();
-    format(&file, &params).unwrap();
-    drop(file);
-    Vssd::open(open_dev(path), Some(&c.name), Options::default())
-        .unwrap()
-        .0
-}
-
-fn stat(dev: &Device, name: &str) -> u64 {
-    dev.stat().into_iter().find(|(n, _)| n == name).unwrap().1
-}
-
 #[test]
 fn writes_land_on_the_peer_replica_and_destage_cleans_it_there() {
     let dir = TempDir::new("cdev-replica");
@@ -70,7 +45,7 @@ fn writes_land_on_the_peer_replica_and_destage_cleans_it_there() {
         let vssds = Vssds::new();
         let addr = serve_vssds(&vssds);
         let c = config(&path, addr);
-        let served = replica_vssd(&path.join("replica"), &c);
+        let served = replica_vssd(&path.join("replica"), &c, open_dev);
         vssds.insert(REPLICA, served.clone());
         let peers = rpc::ClientConfig {
             name: "cdev-test".into(),
@@ -118,7 +93,7 @@ fn a_lost_peer_replica_moves_the_device_to_a_new_epoch_under_degrade() {
         let addr = serve_vssds(&vssds);
         let mut c = config(&path, addr);
         c.min_replicas = 1;
-        let served = replica_vssd(&path.join("replica"), &c);
+        let served = replica_vssd(&path.join("replica"), &c, open_dev);
         vssds.insert(REPLICA, served.clone());
         let dev = Device::open(
             &c,

@@ -2,17 +2,18 @@
 //! (recovery through the DTM, a new epoch, destage), over real loopback rpc (dtm's
 //! ReplicaService serving the vSSDs), on real files.
 
+mod common;
 #[path = "../../dtm/tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
 
 use cdev::{CacheMode, Device, DeviceConfig, OpenOptions, ReplicaConfig, ReplicaLoss};
+use common::dev::{data, replica_vssd, stat};
 use dtm::Vssds;
 use rpc::Status;
 use support::{TempDir, open_dev, run_io, serve_vssds};
-use taskio::file::OpenOptions as FileOptions;
-use vssd::{Options, Vssd, format};
+use vssd::{Options, Vssd};
 
 const LINE: u64 = 4096;
 const BACKING_BYTES: u64 = 4 << 20;
@@ -56,31 +57,6 @@ fn takeover_config(dir: &Path, old: std::net::SocketAddr) -> DeviceConfig {
     }
 }
 
-fn data(offset: u64, len: u64, tag: u64) -> Vec<u8> {
-    (0..len / 8)
-        .flat_map(|i| ((offset + i * 8) ^ tag.rotate_left(40)).to_le_bytes())
-        .collect()
-}
-
-/// The replica vSSD file at `path`, formatted as the device's vSSD would be.
-fn replica_vssd(path: &Path, c: &DeviceConfig) -> Vssd {
-    let params = cdev::vssd_format_params(c).unwrap();
-    let file = FileOptions::new()
-        .create(true)
-        .size(c.vssd_bytes)
-        .open(path)
-        .unwrap();
-    format(&file, &params).unwrap();
-    drop(file);
-    Vssd::open(open_dev(path), Some(&c.name), Options::default())
-        .unwrap()
-        .0
-}
-
-fn stat(dev: &Device, name: &str) -> u64 {
-    dev.stat().into_iter().find(|(n, _)| n == name).unwrap().1
-}
-
 fn read(dev: &Device, offset: u64, len: u64) -> Vec<u8> {
     let mut buf = vec![0; len as usize];
     dev.read(offset, &mut buf).unwrap();
@@ -114,7 +90,7 @@ fn a_replica_takes_the_device_over_and_fences_the_old_primary() {
         let on_replica = Vssds::new();
         let replica_addr = serve_vssds(&on_replica);
         let c = primary_config(&path, replica_addr, 2);
-        let served = replica_vssd(&path.join("replica"), &c);
+        let served = replica_vssd(&path.join("replica"), &c, open_dev);
         on_replica.insert(REPLICA, served.clone());
         let create = OpenOptions {
             create: true,
@@ -183,7 +159,7 @@ fn a_replica_takes_the_device_over_from_a_primary_that_is_gone() {
         let on_replica = Vssds::new();
         let replica_addr = serve_vssds(&on_replica);
         let c = primary_config(&path, replica_addr, 2);
-        let served = replica_vssd(&path.join("replica"), &c);
+        let served = replica_vssd(&path.join("replica"), &c, open_dev);
         on_replica.insert(REPLICA, served.clone());
         let create = OpenOptions {
             create: true,
@@ -218,7 +194,7 @@ fn a_takeover_naming_its_own_member_twice_is_refused() {
     run_io(move || {
         let mut t = takeover_config(&path, dead_addr());
         t.replicas[0].member = 1;
-        let replica = replica_vssd(&path.join("replica"), &t);
+        let replica = replica_vssd(&path.join("replica"), &t, open_dev);
         let e = Device::takeover(&t, 1, replica.clone(), &peers())
             .err()
             .unwrap();
@@ -238,7 +214,7 @@ fn a_takeover_from_a_stale_replica_is_refused() {
         let on_replica = Vssds::new();
         let replica_addr = serve_vssds(&on_replica);
         let c = primary_config(&path, replica_addr, 1);
-        let served = replica_vssd(&path.join("replica"), &c);
+        let served = replica_vssd(&path.join("replica"), &c, open_dev);
         on_replica.insert(REPLICA, served.clone());
         let create = OpenOptions {
             create: true,

@@ -5,16 +5,11 @@
 
 mod common;
 
-use common::{last_line, replay_line, tdrv};
+use common::{last_line, replay_line, sweep_passes, tdrv};
 
 #[test]
 fn correct_store_survives_a_thousand_seeds() {
-    let (code, out, err) = tdrv(&["sim", "taskio", "--seeds", "1000"]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    assert!(
-        out.contains("1000 seeds in") && out.contains("0 failed"),
-        "{out}"
-    );
+    sweep_passes("sim", "taskio", 1000);
 }
 
 #[test]

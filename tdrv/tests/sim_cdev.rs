@@ -7,34 +7,17 @@
 
 mod common;
 
-use common::{last_line, replay_line, tdrv};
+use common::{count, last_line, replay_line, sweep_passes, tdrv};
 
 #[test]
 fn a_cache_device_keeps_every_acknowledged_write_over_two_hundred_seeds() {
-    let (code, out, err) = tdrv(&["sim", "cdev", "--seeds", "200"]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    assert!(
-        out.contains("200 seeds in") && out.contains("0 failed"),
-        "{out}"
-    );
+    sweep_passes("sim", "cdev", 200);
     // Among them the seeds with a cache smaller than the writes in flight, and seed
     // 15 (a writer waiting for room while set_mode's destage waited for its lines:
     // stalled before the destage could go around held lines).
     let (code, out, err) = tdrv(&["sim", "cdev", "--seed", "15"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("seed 15: 10 cache lines of 16,"), "{out}");
-}
-
-/// The number just before `what` in a seed's summary (`... 3 crashes, ...`).
-fn count(summary: &str, what: &str) -> u64 {
-    let at = summary
-        .find(what)
-        .unwrap_or_else(|| panic!("{what:?} in {summary}"));
-    summary[..at]
-        .split_whitespace()
-        .last()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("a number before {what:?} in {summary}"))
 }
 
 /// Over a few seeds everything the scenario claims happens: crashes, writes, checked

@@ -5,28 +5,11 @@
 
 mod common;
 
-use common::{last_line, replay_line, tdrv};
+use common::{count, last_line, replay_line, sweep_passes, tdrv};
 
 #[test]
 fn a_replicated_device_survives_two_hundred_seeds_of_trouble() {
-    let (code, out, err) = tdrv(&["sim", "dtm", "--seeds", "200"]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    assert!(
-        out.contains("200 seeds in") && out.contains("0 failed"),
-        "{out}"
-    );
-}
-
-/// The number just before `what` in a seed's summary (`... 3 crashes, ...`).
-fn count(summary: &str, what: &str) -> u64 {
-    let at = summary
-        .find(what)
-        .unwrap_or_else(|| panic!("{what:?} in {summary}"));
-    summary[..at]
-        .split_whitespace()
-        .last()
-        .and_then(|n| n.trim_start_matches('(').parse().ok())
-        .unwrap_or_else(|| panic!("a number before {what:?} in {summary}"))
+    sweep_passes("sim", "dtm", 200);
 }
 
 /// Over a few seeds every kind of trouble struck and every path ran: takeovers,

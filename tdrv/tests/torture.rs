@@ -4,16 +4,11 @@
 
 mod common;
 
-use common::{last_line, replay_line, tdrv};
+use common::{last_line, replay_line, sweep_passes, tdrv};
 
 #[test]
 fn vssd_survives_crashes_over_200_seeds() {
-    let (code, out, err) = tdrv(&["torture", "vssd", "--seeds", "200"]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    assert!(
-        out.contains("200 seeds in") && out.contains("0 failed"),
-        "{out}"
-    );
+    sweep_passes("torture", "vssd", 200);
 }
 
 #[test]

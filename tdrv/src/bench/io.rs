@@ -458,7 +458,7 @@ pub(super) fn thread_cpu_time() -> Duration {
 fn rusage_cpu(who: libc::c_int) -> Duration {
     // SAFETY: all-zero is a valid rusage, and getrusage writes into the one passed.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a live rusage for the kernel to fill.
+    // SAFETY: `ru` is a live, writable rusage; getrusage writes only into it.
     let rc = unsafe { libc::getrusage(who, &mut ru) };
     assert_eq!(rc, 0, "getrusage({who}) failed");
     let tv = |t: libc::timeval| {

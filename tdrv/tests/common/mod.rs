@@ -38,3 +38,27 @@ pub fn replay_line(output: &str, cmd_area: &str) -> (String, String) {
 pub fn last_line(output: &str) -> String {
     output.lines().last().unwrap_or_default().to_string()
 }
+
+/// Runs `tdrv CMD AREA --seeds N` and asserts that every seed passed.
+pub fn sweep_passes(cmd: &str, area: &str, seeds: u64) {
+    let n = seeds.to_string();
+    let (code, out, err) = tdrv(&[cmd, area, "--seeds", &n]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains(&format!("{seeds} seeds in")) && out.contains("0 failed"),
+        "{out}"
+    );
+}
+
+/// The number just before `what` in a seed's summary (`... 3 crashes, ...`, or
+/// `(5 failed, ...`).
+pub fn count(summary: &str, what: &str) -> u64 {
+    let at = summary
+        .find(what)
+        .unwrap_or_else(|| panic!("{what:?} in {summary}"));
+    summary[..at]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("a number before {what:?} in {summary}"))
+}
