@@ -137,6 +137,7 @@ fn create_replicas(devices: &Devices, config: &DeviceConfig) -> Result<(), Refus
                 line_size: params.line_size,
                 lines: params.lines,
                 log_bytes: params.log_bytes,
+                config: "",
             })
             .map_err(|e| failed("VSSD_CREATE", &e))?;
         match reply.response().map_err(|e| failed("VSSD_CREATE", &e))? {

@@ -157,6 +157,7 @@ impl Service for PeerService {
             line_size,
             lines,
             log_bytes,
+            ..
         } = request
         else {
             return self.inner.handle(session, header, request, scratch);

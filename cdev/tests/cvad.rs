@@ -560,6 +560,7 @@ fn vssd_create(name: &str, lines: u64) -> Request<'_> {
         line_size: 4096,
         lines,
         log_bytes: vssd::layout::LOG_BYTES_MIN,
+        config: "",
     }
 }
 

@@ -299,6 +299,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                 line_size: 4096,
                 lines: 4096,
                 log_bytes: 1 << 20,
+                config: "name = \"dev1\"\nbacking = \"/srv/b1\"\nvssd = \"/srv/v1\"\nvssd_bytes = 268435456\n",
             },
         ),
         (
@@ -323,6 +324,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                 dirty_lines: Some(12),
             },
         ),
+        ("device_takeover", Request::DeviceTakeover { name: "dev1" }),
     ];
     let responses: Vec<(&str, Response<'static>)> = vec![
         ("hello", Response::Hello(reply.clone())),
@@ -452,6 +454,15 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ),
         ("device_set", Response::DeviceSet),
         ("device_delete", Response::DeviceDelete),
+        (
+            "device_takeover",
+            Response::DeviceTakeover {
+                epoch: 7,
+                committed: 2,
+                aborted: 1,
+                repaired: 0,
+            },
+        ),
         (
             "vssd_writep1-stale_epoch",
             Response::StaleEpoch {

@@ -75,6 +75,11 @@ pub(crate) const VSSD_OPEN_REQ_FIXED_LEN: usize = 16;
 pub(crate) const VSSD_INFO_FIXED_LEN: usize = 40;
 /// VSSD_CREATE request: lines, log_bytes, line_size, the two name lengths, reserved.
 pub(crate) const VSSD_CREATE_REQ_FIXED_LEN: usize = 24;
+/// VSSD_CREATE request: the fixed part, the two names and the device's configuration.
+pub(crate) const VSSD_CREATE_REQ_LEN_MAX: usize =
+    VSSD_CREATE_REQ_FIXED_LEN + 2 * NAME_LEN_MAX + CONFIG_TEXT_LEN_MAX;
+/// DEVICE_TAKEOVER reply: epoch, committed, aborted, repaired.
+pub(crate) const TAKEOVER_REPLY_LEN: usize = 32;
 pub(crate) const WRITEP1_PREFIX_LEN: usize = 16;
 /// VSSD_READ reply: the version before the data.
 pub(crate) const VSSD_READ_PREFIX_LEN: usize = 8;

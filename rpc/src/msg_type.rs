@@ -7,8 +7,8 @@ use crate::limits::{
     DEVICE_OPEN_REQ_FIXED_LEN, DIRTY_REPLY_LEN_MAX, EPOCH_REQ_LEN_MAX, HELLO_REPLY_LEN_MAX,
     HELLO_REQ_LEN_MAX, LIST_REPLY_LEN_MAX, NAME_LEN_MAX, NAMED_REQ_FIXED_LEN, PAYLOAD_LEN_MAX,
     PING_LEN_MAX, REASON_LEN_MAX, RECOVER_REPLY_LEN_MAX, REPAIR_PREFIX_LEN, SET_REQ_LEN_MAX,
-    STAT_REPLY_LEN_MAX, VSSD_CREATE_REQ_FIXED_LEN, VSSD_INFO_LEN_MAX, VSSD_OPEN_REQ_FIXED_LEN,
-    VSSD_READ_PREFIX_LEN, WRITEP1_PREFIX_LEN,
+    STAT_REPLY_LEN_MAX, TAKEOVER_REPLY_LEN, VSSD_CREATE_REQ_LEN_MAX, VSSD_INFO_LEN_MAX,
+    VSSD_OPEN_REQ_FIXED_LEN, VSSD_READ_PREFIX_LEN, WRITEP1_PREFIX_LEN,
 };
 
 macro_rules! msg_types {
@@ -107,6 +107,8 @@ msg_types! {
     DeviceSet = 0x0033, "DEVICE_SET";
     /// Admin: delete a device (refused while it holds dirty lines not named).
     DeviceDelete = 0x0034, "DEVICE_DELETE";
+    /// Admin: take a device over on the cvad holding one of its replica vSSDs.
+    DeviceTakeover = 0x0035, "DEVICE_TAKEOVER";
 }
 
 impl MsgType {
@@ -138,6 +140,7 @@ impl MsgType {
                 MsgType::DeviceList => LIST_REPLY_LEN_MAX,
                 MsgType::DeviceShow => CONFIG_TEXT_LEN_MAX,
                 MsgType::DeviceCreate | MsgType::DeviceSet | MsgType::DeviceDelete => 0,
+                MsgType::DeviceTakeover => TAKEOVER_REPLY_LEN,
                 MsgType::VssdClean | MsgType::VssdInvalidate | MsgType::VssdOutcome => 8,
                 MsgType::DeviceClose
                 | MsgType::Write
@@ -171,9 +174,9 @@ impl MsgType {
                 MsgType::VssdRepair => REPAIR_PREFIX_LEN + DATA_LEN_MAX as usize,
                 MsgType::VssdCommit => COMMIT_REQ_LEN_MAX,
                 MsgType::VssdEpoch => EPOCH_REQ_LEN_MAX,
-                MsgType::VssdCreate => VSSD_CREATE_REQ_FIXED_LEN + 2 * NAME_LEN_MAX,
+                MsgType::VssdCreate => VSSD_CREATE_REQ_LEN_MAX,
                 MsgType::DeviceCreate => CONFIG_TEXT_LEN_MAX,
-                MsgType::DeviceShow => NAMED_REQ_FIXED_LEN + NAME_LEN_MAX,
+                MsgType::DeviceShow | MsgType::DeviceTakeover => NAMED_REQ_FIXED_LEN + NAME_LEN_MAX,
                 MsgType::DeviceSet => SET_REQ_LEN_MAX,
                 MsgType::DeviceDelete => DELETE_REQ_FIXED_LEN + NAME_LEN_MAX,
                 MsgType::DeviceList => 0,

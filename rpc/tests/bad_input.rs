@@ -1063,3 +1063,49 @@ fn device_delete_names_dirty_lines_only_with_its_flag() {
         })
     );
 }
+
+#[test]
+fn device_takeover_fields_are_checked() {
+    let takeover = request_header(MsgType::DeviceTakeover);
+    // An empty name, then reserved bytes set.
+    assert!(matches!(
+        body_err(takeover, &[0; 8]),
+        RpcError::InvalidArgument { field: "name", .. }
+    ));
+    assert!(matches!(
+        body_err(takeover, &[1, 0, 0, 7, 0, 0, 0, 0, b'd']),
+        RpcError::InvalidArgument {
+            field: "reserved",
+            ..
+        }
+    ));
+    // The reply is exactly four u64s: one short, one over.
+    let ok = response_header(MsgType::DeviceTakeover, Status::Ok);
+    assert!(matches!(body_err(ok, &[0; 24]), RpcError::BadLength { .. }));
+    assert!(matches!(body_err(ok, &[0; 33]), RpcError::BadLength { .. }));
+}
+
+#[test]
+fn vssd_create_config_is_optional_utf8() {
+    // lines 1, log_bytes 0, line_size 4096, name "r", device "d".
+    let mut p = Vec::new();
+    p.extend_from_slice(&1u64.to_le_bytes());
+    p.extend_from_slice(&0u64.to_le_bytes());
+    p.extend_from_slice(&4096u32.to_le_bytes());
+    p.extend_from_slice(&[1, 1, 0, 0, b'r', b'd']);
+    let create = request_header(MsgType::VssdCreate);
+    let v = forge(create, &p);
+    let (_, m, _) = decode_frame(&v).unwrap();
+    assert!(matches!(
+        m.body,
+        rpc::Body::Request(rpc::Request::VssdCreate { config: "", .. })
+    ));
+    p.extend_from_slice(b"mode = \xff");
+    assert!(matches!(
+        body_err(create, &p),
+        RpcError::InvalidArgument {
+            field: "config",
+            ..
+        }
+    ));
+}

@@ -263,13 +263,16 @@ pub enum Request<'a> {
         data: &'a [u8],
     },
     /// Formats a replica vSSD `name` for device `device` (a name) with `lines`
-    /// lines of `line_size` bytes and a log of `log_bytes`, and serves it.
+    /// lines of `line_size` bytes and a log of `log_bytes`, and serves it. `config`
+    /// is the device's configuration as its primary runs it (0..=CONFIG_TEXT_LEN_MAX
+    /// bytes of UTF-8, empty when not given): what a takeover there starts from.
     VssdCreate {
         name: &'a str,
         device: &'a str,
         line_size: u32,
         lines: u64,
         log_bytes: u64,
+        config: &'a str,
     },
     /// A device's configuration text (1..=CONFIG_TEXT_LEN_MAX bytes of UTF-8, its
     /// meaning the serving crate's: `cdev`'s TOML).
@@ -291,6 +294,10 @@ pub enum Request<'a> {
     DeviceDelete {
         name: &'a str,
         dirty_lines: Option<u64>,
+    },
+    /// Takes device `name` over on the server holding one of its replica vSSDs.
+    DeviceTakeover {
+        name: &'a str,
     },
 }
 
@@ -367,6 +374,14 @@ pub enum Response<'a> {
     },
     DeviceSet,
     DeviceDelete,
+    /// The device serves here at `epoch`; what its recovery did: in-doubt trans
+    /// committed and aborted, damaged copies repaired.
+    DeviceTakeover {
+        epoch: u64,
+        committed: u64,
+        aborted: u64,
+        repaired: u64,
+    },
     /// Status STALE_EPOCH (any type): the replica is at `epoch`, newer than the
     /// handle's or the opener's. The epoch travels in the header's `offset`.
     StaleEpoch {

@@ -3,15 +3,16 @@
 
 use super::rules::{
     count_in, data_len, data_rest, get_named, get_u64s, invalid, length_in, name_len, open_handle,
-    proof_field, put_named, put_proof, put_text, put_u64s, range, text_rest, unused,
+    proof_field, put_named, put_proof, put_text, put_u64s, range, text_rest, text_rest_or_empty,
+    unused,
 };
 use super::{DELETE_FLAG_DIRTY_NAMED, DEVICE_FLAG_READ_ONLY, Fields, Hello, Request};
 use crate::cursor::{Put, Reader};
 use crate::error::RpcError;
 use crate::header::Header;
 use crate::limits::{
-    COMMIT_TRANS_MAX, DATA_LEN_MAX, DIRTY_PER_REPLY_MAX, IN_DOUBT_PER_REPLY_MAX, MEMBERS_MAX,
-    PING_LEN_MAX, VERSION_MIN,
+    COMMIT_TRANS_MAX, CONFIG_TEXT_LEN_MAX, DATA_LEN_MAX, DIRTY_PER_REPLY_MAX,
+    IN_DOUBT_PER_REPLY_MAX, MEMBERS_MAX, PING_LEN_MAX, VERSION_MIN,
 };
 use crate::msg_type::MsgType;
 
@@ -49,6 +50,7 @@ impl<'a> Request<'a> {
             Request::DeviceShow { .. } => MsgType::DeviceShow,
             Request::DeviceSet { .. } => MsgType::DeviceSet,
             Request::DeviceDelete { .. } => MsgType::DeviceDelete,
+            Request::DeviceTakeover { .. } => MsgType::DeviceTakeover,
         }
     }
 
@@ -198,9 +200,11 @@ impl<'a> Request<'a> {
                 line_size,
                 lines,
                 log_bytes,
+                config,
             } => {
                 let n = name_len(t, "name", name)?;
                 let m = name_len(t, "device", device)?;
+                data_len(t, "config", config.len(), CONFIG_TEXT_LEN_MAX)?;
                 out.put_u64(*lines);
                 out.put_u64(*log_bytes);
                 out.put_u32(*line_size);
@@ -209,6 +213,7 @@ impl<'a> Request<'a> {
                 out.put_zeros(2);
                 out.extend_from_slice(name.as_bytes());
                 out.extend_from_slice(device.as_bytes());
+                out.extend_from_slice(config.as_bytes());
                 f
             }
             Request::DeviceCreate { config } => {
@@ -216,7 +221,7 @@ impl<'a> Request<'a> {
                 f
             }
             Request::DeviceList => f,
-            Request::DeviceShow { name } => {
+            Request::DeviceShow { name } | Request::DeviceTakeover { name } => {
                 put_named(out, t, name)?;
                 f
             }
@@ -512,6 +517,7 @@ impl<'a> Request<'a> {
                 r.reserved(2)?;
                 let name = r.name(n, "name")?;
                 let device = r.name(m, "device")?;
+                let config = text_rest_or_empty(&mut r, "config")?;
                 if !line_size.is_power_of_two() {
                     let why = "must be a power of two";
                     return Err(invalid(t, "line_size", u64::from(line_size), why));
@@ -525,6 +531,7 @@ impl<'a> Request<'a> {
                     line_size,
                     lines,
                     log_bytes,
+                    config,
                 }
             }
             MsgType::DeviceCreate => {
@@ -540,6 +547,12 @@ impl<'a> Request<'a> {
             MsgType::DeviceShow => {
                 unused(h, false, false, false)?;
                 Request::DeviceShow {
+                    name: get_named(&mut r)?,
+                }
+            }
+            MsgType::DeviceTakeover => {
+                unused(h, false, false, false)?;
+                Request::DeviceTakeover {
                     name: get_named(&mut r)?,
                 }
             }

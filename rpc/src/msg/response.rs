@@ -55,6 +55,7 @@ impl<'a> Response<'a> {
             Response::DeviceShow { .. } => MsgType::DeviceShow,
             Response::DeviceSet => MsgType::DeviceSet,
             Response::DeviceDelete => MsgType::DeviceDelete,
+            Response::DeviceTakeover { .. } => MsgType::DeviceTakeover,
             Response::Error { msg_type, .. } | Response::StaleEpoch { msg_type, .. } => *msg_type,
         }
     }
@@ -127,6 +128,18 @@ impl<'a> Response<'a> {
             }
             Response::VssdInvalidate { held } => {
                 out.put_u64(*held);
+                f
+            }
+            Response::DeviceTakeover {
+                epoch,
+                committed,
+                aborted,
+                repaired,
+            } => {
+                out.put_u64(*epoch);
+                out.put_u64(*committed);
+                out.put_u64(*aborted);
+                out.put_u64(*repaired);
                 f
             }
             Response::VssdOutcome { state } => {
@@ -432,6 +445,15 @@ impl<'a> Response<'a> {
                 unused(h, false, false, false)?;
                 Response::VssdInvalidate {
                     held: r.u64("held")?,
+                }
+            }
+            MsgType::DeviceTakeover => {
+                unused(h, false, false, false)?;
+                Response::DeviceTakeover {
+                    epoch: r.u64("epoch")?,
+                    committed: r.u64("committed")?,
+                    aborted: r.u64("aborted")?,
+                    repaired: r.u64("repaired")?,
                 }
             }
             MsgType::VssdOutcome => {

@@ -287,6 +287,18 @@ pub(super) fn text_rest<'a>(r: &mut Reader<'a>, field: &'static str) -> Result<&
         .map_err(|e| r.invalid(field, e.valid_up_to() as u64, "not UTF-8 from this byte"))
 }
 
+/// An optional configuration text that is the rest of the payload:
+/// 0..=CONFIG_TEXT_LEN_MAX bytes of UTF-8 (VSSD_CREATE's `config`).
+pub(super) fn text_rest_or_empty<'a>(
+    r: &mut Reader<'a>,
+    field: &'static str,
+) -> Result<&'a str, RpcError> {
+    if r.remaining() == 0 {
+        return Ok("");
+    }
+    text_rest(r, field)
+}
+
 /// A name after a one-byte length and 7 reserved bytes (DEVICE_SHOW, DEVICE_SET).
 pub(super) fn put_named(out: &mut Vec<u8>, t: MsgType, name: &str) -> Result<(), RpcError> {
     let n = name_len(t, "name", name)?;

@@ -55,7 +55,7 @@ pub struct Parts {
 
 /// How many kinds [`build`] knows: every request, every response, and errors
 /// (a plain one, a connection one, a STALE_EPOCH one).
-pub const KINDS: usize = 30 + 31 + 3;
+pub const KINDS: usize = 30 + 31 + 5;
 
 pub fn name() -> impl Strategy<Value = String> {
     "[!-~]{1,64}"
@@ -439,8 +439,16 @@ pub fn build(kind: usize, p: &Parts) -> Message<'_> {
             line_size: 1 << p.pow2_shift,
             lines: p.a.max(1),
             log_bytes: p.b,
+            config: if p.flag { text(p) } else { "" },
         }),
         63 => Body::Response(Response::VssdCreate),
+        64 => Body::Request(Request::DeviceTakeover { name: &p.name }),
+        65 => Body::Response(Response::DeviceTakeover {
+            epoch: p.a,
+            committed: p.b,
+            aborted: p.count,
+            repaired: p.offset,
+        }),
         _ => panic!("kind {kind} out of range"),
     };
     let tag = if kind == 48 {
