@@ -2,7 +2,9 @@
 //! shown, changed and deleted. Every configuration is checked before it is kept
 //! ([`crate::datadir`]: a refusal names the key); the data dir's TOML is written
 //! before a device starts and removed after it closed. A device holding dirty
-//! lines is deleted only when the request names how many it holds.
+//! lines is deleted only when the request names how many it holds. A device whose
+//! replica vSSD this cvad holds is taken over from the configuration its primary
+//! sent with VSSD_CREATE.
 
 use std::sync::Arc;
 
@@ -11,9 +13,11 @@ use serde::Serialize;
 
 use crate::config::{CacheMode, DeviceConfig, DeviceSettings};
 use crate::datadir::{DEVICES_MAX, DataDirError, check_device, parse_toml};
+use crate::device::Recovered;
 use crate::devices::{
     DeviceState, Devices, Refusal, SESSION_DRAIN_MAX, not_its_runtime, off_runtime,
 };
+use crate::replicas::Held;
 
 /// What an admin request answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +27,7 @@ pub enum Answer {
     Show(String),
     Set,
     Deleted,
+    TakenOver(Recovered),
 }
 
 impl Answer {
@@ -31,6 +36,12 @@ impl Answer {
             Answer::Created => Response::DeviceCreate,
             Answer::Set => Response::DeviceSet,
             Answer::Deleted => Response::DeviceDelete,
+            Answer::TakenOver(r) => Response::DeviceTakeover {
+                epoch: r.epoch,
+                committed: r.committed,
+                aborted: r.aborted,
+                repaired: r.repaired,
+            },
             Answer::List(names) => {
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
                 Response::DeviceList {
@@ -73,6 +84,7 @@ pub fn handle(devices: &Arc<Devices>, request: &Request<'_>) -> Result<Answer, R
         Request::DeviceShow { name } => show(devices, name),
         Request::DeviceSet { name, settings } => set(devices, name, settings),
         Request::DeviceDelete { name, dirty_lines } => delete(devices, name, dirty_lines),
+        Request::DeviceTakeover { name } => takeover(devices, name),
         ref other => unreachable!("{} is not an admin request", other.msg_type()),
     }
 }
@@ -120,6 +132,13 @@ fn create_replicas(devices: &Devices, config: &DeviceConfig) -> Result<(), Refus
     }
     let params = crate::device::vssd_format_params(config)
         .map_err(|e| Refusal::new(e.status(), e.to_string()))?;
+    // Each peer keeps it: a takeover there starts from it.
+    let text = toml::to_string_pretty(config).map_err(|e| {
+        Refusal::new(
+            Status::IoError,
+            format!("device {}: config: {e}", config.name),
+        )
+    })?;
     for r in &config.replicas {
         let failed = |what: &str, e: &dyn std::fmt::Display| {
             let why = format!(
@@ -137,7 +156,7 @@ fn create_replicas(devices: &Devices, config: &DeviceConfig) -> Result<(), Refus
                 line_size: params.line_size,
                 lines: params.lines,
                 log_bytes: params.log_bytes,
-                config: "",
+                config: &text,
             })
             .map_err(|e| failed("VSSD_CREATE", &e))?;
         match reply.response().map_err(|e| failed("VSSD_CREATE", &e))? {
@@ -291,4 +310,145 @@ fn delete(devices: &Arc<Devices>, name: &str, named: Option<u64>) -> Result<Answ
     }
     tracing::info!(device = %name, "device deleted");
     Ok(Answer::Deleted)
+}
+
+/// DEVICE_TAKEOVER: this cvad serves device `name` from the replica vSSD it holds
+/// for it, with the configuration its primary sent (the backing store must be
+/// reachable from here). The vSSD is fenced and released by the replica runtime,
+/// moved into the data dir as the device's vSSD, and the device opens on its own
+/// runtime as member `local_member`: its recovery moves every member it reaches to
+/// a new epoch. A takeover that fails serves the replica vSSD again.
+fn takeover(devices: &Arc<Devices>, name: &str) -> Result<Answer, Refusal> {
+    devices
+        .reserve(name, DEVICES_MAX)
+        .map_err(|r| match r.status {
+            Status::InvalidArgument => Refusal::new(
+                r.status,
+                format!("device {name} is served here already: nothing to take over"),
+            ),
+            _ => r,
+        })?;
+    let taken = take_over_reserved(devices, name);
+    if taken.is_err() {
+        devices.unreserve(name);
+    }
+    taken
+}
+
+fn take_over_reserved(devices: &Arc<Devices>, name: &str) -> Result<Answer, Refusal> {
+    let control = devices.replica_control();
+    let held = control.held(name)?;
+    let config = takeover_config(devices, name, &held)?;
+    if let Err(e) = std::fs::metadata(&config.backing) {
+        let why = format!(
+            "device {name}: backing store {}: {e}: a takeover needs it reachable from here",
+            config.backing.display()
+        );
+        return Err(Refusal::new(Status::IoError, why));
+    }
+    control.release(&held.vssd)?;
+    let undo = |why: Refusal| {
+        if let Err(e) = std::fs::rename(&config.vssd, &held.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(device = %name, "moving {} back: {e}", config.vssd.display());
+        }
+        let _ = devices.dir().remove_device(name);
+        if let Err(e) = control.restore(&held.vssd) {
+            tracing::error!(device = %name, "{e}");
+        }
+        why
+    };
+    std::fs::rename(&held.path, &config.vssd).map_err(|e| {
+        undo(Refusal::new(
+            Status::IoError,
+            format!(
+                "device {name}: move {} into place: {e}",
+                held.path.display()
+            ),
+        ))
+    })?;
+    devices
+        .dir()
+        .save_device(&config)
+        .map_err(|e| undo(config_refusal(e)))?;
+    let d = devices.clone();
+    let c = config.clone();
+    match off_runtime("takeover", move || d.start(c)).and_then(|r| r) {
+        Ok(DeviceState::Open(_)) => {}
+        Ok(DeviceState::Failed(why)) => {
+            let (d, n) = (devices.clone(), name.to_string());
+            let _ = off_runtime("takeover", move || d.take_and_close(&n));
+            let refused = Refusal::new(
+                why.status,
+                format!("device {name} not taken over: {}", why.reason),
+            );
+            // Forgotten once the vSSD is back where the replica runtime serves it.
+            let refused = undo(refused);
+            devices.forget(name);
+            return Err(refused);
+        }
+        Err(why) => return Err(undo(why)),
+    }
+    let recovered = devices
+        .on_device(name, |host| host.device.as_ref().map(|d| d.recovered()))?
+        .unwrap_or_default();
+    if let Err(e) = std::fs::remove_file(held.path.with_extension("toml")) {
+        tracing::warn!(device = %name, "the primary's configuration kept beside the replica: {e}");
+    }
+    tracing::info!(device = %name, epoch = recovered.epoch, committed = recovered.committed,
+        aborted = recovered.aborted, repaired = recovered.repaired, "device taken over");
+    Ok(Answer::TakenOver(recovered))
+}
+
+/// The device as this cvad runs it after a takeover: the primary's configuration,
+/// this cvad's replica vSSD (moved into the data dir) as the local member, the
+/// other replicas as they were; the old primary is not among them (its vSSD is
+/// served by no peer), so `min_replicas` is at most the members left.
+fn takeover_config(devices: &Devices, name: &str, held: &Held) -> Result<DeviceConfig, Refusal> {
+    let Some(text) = &held.config else {
+        let why = format!(
+            "replica vSSD {} of device {name} was created without the device's configuration \
+             (by an older primary): create it again, or open the device here by hand",
+            held.vssd
+        );
+        return Err(Refusal::new(Status::InvalidArgument, why));
+    };
+    let primary: DeviceConfig = parse_toml("DEVICE_TAKEOVER", text).map_err(config_refusal)?;
+    let Some(me) = primary.replicas.iter().find(|r| r.vssd == held.vssd) else {
+        let why = format!(
+            "device {name}: its configuration names no replica vSSD {}",
+            held.vssd
+        );
+        return Err(Refusal::new(Status::InvalidArgument, why));
+    };
+    let vssd = devices.dir().root().join(format!("{}.vssd", held.vssd));
+    if vssd.exists() {
+        let why = format!("device {name}: {} exists: not overwritten", vssd.display());
+        return Err(Refusal::new(Status::InvalidArgument, why));
+    }
+    let vssd_bytes = std::fs::metadata(&held.path)
+        .map_err(|e| {
+            Refusal::new(
+                Status::IoError,
+                format!("replica vSSD {}: {e}", held.path.display()),
+            )
+        })?
+        .len();
+    let replicas: Vec<_> = primary
+        .replicas
+        .iter()
+        .filter(|r| r.member != me.member)
+        .cloned()
+        .collect();
+    let config = DeviceConfig {
+        vssd,
+        vssd_bytes,
+        local_member: me.member,
+        min_replicas: primary.min_replicas.min(1 + replicas.len()),
+        replicas,
+        ..primary.clone()
+    };
+    check_device("DEVICE_TAKEOVER", &config).map_err(config_refusal)?;
+    Ok(config)
 }

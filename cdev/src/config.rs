@@ -64,6 +64,10 @@ pub struct DeviceConfig {
     /// Replicas on peers, besides the primary vSSD.
     #[serde(default)]
     pub replicas: Vec<ReplicaConfig>,
+    /// The member id of `vssd` in the device's epochs: 0, the primary's, unless this
+    /// cvad took the device over on the replica vSSD it held (DEVICE_TAKEOVER).
+    #[serde(default, skip_serializing_if = "is_primary")]
+    pub local_member: u64,
     /// Members that must acknowledge a write (the primary included).
     #[serde(default = "default_min_replicas")]
     pub min_replicas: usize,
@@ -81,6 +85,9 @@ pub struct DeviceConfig {
     pub seq_cutoff_bytes: u64,
 }
 
+fn is_primary(member: &u64) -> bool {
+    *member == 0
+}
 fn default_line_size() -> u32 {
     4096
 }
@@ -110,6 +117,7 @@ impl DeviceConfig {
             line_size: default_line_size(),
             mode: CacheMode::default(),
             replicas: Vec::new(),
+            local_member: 0,
             min_replicas: default_min_replicas(),
             replica_loss: ReplicaLoss::default(),
             destage_high_pct: default_destage_high_pct(),

@@ -111,11 +111,14 @@ pub fn check_device(where_: &str, c: &DeviceConfig) -> Result<(), DataDirError> 
         );
         return Err(bad(where_, "min_replicas", why));
     }
-    let mut ids = vec![0u64];
+    let mut ids = vec![c.local_member];
     for (i, r) in c.replicas.iter().enumerate() {
         check_name(where_, &format!("replicas[{i}].vssd"), &r.vssd)?;
         if ids.contains(&r.member) {
-            let why = format!("member id {} is used twice (the primary is 0)", r.member);
+            let why = format!(
+                "member id {} is used twice (the local vSSD is {})",
+                r.member, c.local_member
+            );
             return Err(bad(where_, &format!("replicas[{i}].member"), why));
         }
         ids.push(r.member);

@@ -96,6 +96,18 @@ pub struct OpenOptions {
     pub backing_bytes: u64,
 }
 
+/// What the recovery of the device's last open did (DEVICE_TAKEOVER's answer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The epoch the device serves at.
+    pub epoch: u64,
+    /// In-doubt trans committed, and aborted.
+    pub committed: u64,
+    pub aborted: u64,
+    /// Damaged copies repaired from an intact one.
+    pub repaired: u64,
+}
+
 /// What a client is told at DEVICE_OPEN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -184,6 +196,7 @@ struct Inner {
     config: DeviceConfig,
     mode: Cell<CacheMode>,
     dtm: Dtm,
+    recovered: Recovered,
     vssd: Vssd,
     backing: Rc<BackingStore>,
     line_size: u64,
@@ -243,7 +256,8 @@ impl Drop for InFlight<'_> {
 impl Device {
     /// Opens the device of `config` on the calling runtime: opens (or, with
     /// `options.create`, creates and formats) the primary vSSD and the backing store,
-    /// recovers through the DTM (the local replica, member 0, alone when
+    /// recovers through the DTM (the local replica, member `config.local_member`
+    /// (0, or the member it was when this cvad took the device over), alone when
     /// `config.replicas` is empty; a `RemoteReplica` for each configured peer that
     /// answers), starts the DTM and the destage task.
     ///
@@ -265,7 +279,7 @@ impl Device {
         options: OpenOptions,
         peers: &rpc::ClientConfig,
     ) -> Result<Device, CdevError> {
-        Device::open_as(config, options, peers, PRIMARY, None)
+        Device::open_as(config, options, peers, config.local_member, None)
     }
 
     /// Takes the device over on the cvad that holds its replica vSSD `member`, open
@@ -331,8 +345,8 @@ impl Device {
             None => open_vssd(config, options.create)?,
         };
         let started = start_dtm(config, me, &vssd, &backing, size / line_size, peers);
-        let dtm = match started {
-            Ok(dtm) => dtm,
+        let (dtm, recovered) = match started {
+            Ok(started) => started,
             Err(e) => {
                 if owned {
                     vssd.close();
@@ -348,6 +362,7 @@ impl Device {
             mode: Cell::new(config.mode),
             vssd,
             dtm,
+            recovered,
             backing,
             line_size,
             lines: size / line_size,
@@ -390,6 +405,11 @@ impl Device {
         }
         tracing::info!(device = %name, size, line_size, mode = ?config.mode, epoch = inner.dtm.epoch(), "device open");
         Ok(Device { inner })
+    }
+
+    /// What the recovery of this open did.
+    pub fn recovered(&self) -> Recovered {
+        self.inner.recovered
     }
 
     /// Size, block size, longest I/O, line size, read-only.
@@ -1557,7 +1577,7 @@ fn start_dtm(
     backing: &Rc<BackingStore>,
     device_lines: u64,
     peers: &rpc::ClientConfig,
-) -> Result<Dtm, CdevError> {
+) -> Result<(Dtm, Recovered), CdevError> {
     const OP: &str = "open";
     let dtm_err = |e: dtm::DtmError| CdevError::Dtm {
         op: OP,
@@ -1612,5 +1632,13 @@ fn start_dtm(
         device_lines: Some(device_lines),
         ..DtmConfig::default()
     };
-    Dtm::start(vssd.clone(), recovered.members, recovered.epoch, config).map_err(dtm_err)
+    let summary = Recovered {
+        epoch: recovered.epoch,
+        committed: recovered.committed,
+        aborted: recovered.aborted,
+        repaired: recovered.repaired,
+    };
+    let dtm =
+        Dtm::start(vssd.clone(), recovered.members, recovered.epoch, config).map_err(dtm_err)?;
+    Ok((dtm, summary))
 }

@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 use crate::config::DeviceConfig;
 use crate::datadir::DataDir;
 use crate::device::{Device, DeviceInfo, OpenOptions};
+use crate::replicas::ReplicaControl;
 
 /// Jobs waiting in a device's control inbox, at most.
 pub const JOBS_QUEUE_MAX: usize = 16;
@@ -118,6 +119,7 @@ pub struct Devices {
     session: SessionConfig,
     counters: Arc<Counters>,
     replicas: HandTo,
+    replica_control: ReplicaControl,
     /// How this server reaches peers (their replica vSSDs): its own secret.
     peers: rpc::ClientConfig,
     map: Mutex<BTreeMap<String, Slot>>,
@@ -135,6 +137,7 @@ impl Devices {
         session: SessionConfig,
         counters: Arc<Counters>,
         replicas: HandTo,
+        replica_control: ReplicaControl,
         peers: rpc::ClientConfig,
     ) -> Arc<Devices> {
         Arc::new(Devices {
@@ -142,6 +145,7 @@ impl Devices {
             session,
             counters,
             replicas,
+            replica_control,
             peers,
             map: Mutex::new(BTreeMap::new()),
             started: std::time::Instant::now(),
@@ -169,6 +173,11 @@ impl Devices {
     /// Where VSSD_OPEN sessions go: the runtime serving replica vSSDs.
     pub fn replicas(&self) -> HandTo {
         self.replicas.clone()
+    }
+
+    /// What a takeover asks of the runtime serving replica vSSDs.
+    pub fn replica_control(&self) -> &ReplicaControl {
+        &self.replica_control
     }
 
     /// Starts `config`'s runtime, opens the device there and keeps it (a device that

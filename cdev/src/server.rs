@@ -157,6 +157,7 @@ impl Cvad {
             session,
             Arc::new(Counters::default()),
             replicas.to(),
+            replicas.control(),
             peers,
         );
         // Whatever fails from here on stops what was started (the devices' and

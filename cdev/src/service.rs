@@ -61,7 +61,8 @@ impl CvadService {
             | Request::DeviceList
             | Request::DeviceShow { .. }
             | Request::DeviceSet { .. }
-            | Request::DeviceDelete { .. } => {
+            | Request::DeviceDelete { .. }
+            | Request::DeviceTakeover { .. } => {
                 let c = self.devices.counters();
                 Counters::bump(&c.admin_requests);
                 match crate::admin::handle(&self.devices, request) {
@@ -342,6 +343,7 @@ fn is_common(request: &Request<'_>) -> bool {
             | Request::DeviceShow { .. }
             | Request::DeviceSet { .. }
             | Request::DeviceDelete { .. }
+            | Request::DeviceTakeover { .. }
     )
 }
 

@@ -743,3 +743,108 @@ fn nbd_a_write_on_one_connection_flushed_on_another_survives_kill_9() {
     qemu_io(&nbd_uri(&data, "dev0"), &["read -P 0xa5 1050624 8192"]);
     assert!(c.stop().success());
 }
+
+/// A replicated device's configuration (`name` on `backing`, its replica
+/// `name-r1` on `peer`, both members acknowledging writes).
+fn replicated(dir: &Path, name: &str, peer: SocketAddr) -> String {
+    let backing = dir.join(format!("{name}.backing"));
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    format!(
+        "name = \"{name}\"\nbacking = \"{}\"\nvssd = \"{}\"\nvssd_bytes = 16777216\n\
+         min_replicas = 2\n\n[[replicas]]\npeer = \"{peer}\"\nvssd = \"{name}-r1\"\nmember = 1\n",
+        backing.display(),
+        dir.join(format!("{name}.vssd")).display(),
+    )
+}
+
+fn write(c: &Client, handle: u64, offset: u64, data: &[u8]) -> Response<'static> {
+    let reply = c
+        .call(Request::Write {
+            handle,
+            offset,
+            data,
+        })
+        .expect("WRITE");
+    match reply.response().expect("response") {
+        Response::Write => Response::Write,
+        Response::StaleEpoch { msg_type, .. } => Response::StaleEpoch {
+            msg_type,
+            epoch: 0,
+            reason: "",
+        },
+        other => panic!("WRITE answered {other:?}"),
+    }
+}
+
+/// The cvad holding a device's replica takes it over while the old primary still
+/// runs: what the primary acknowledged reads back there, the old primary's next
+/// write fails STALE_EPOCH, and a restart of the new primary keeps serving the
+/// device. Refusals name what is wrong: no replica here, a device served here
+/// already, a backing store this cvad cannot reach.
+#[test]
+fn a_replica_cvad_takes_a_device_over_and_fences_the_old_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let peer = start(&data_b, &[]);
+    let primary = start(&data_a, &[]);
+    let (dev4, dev5) = (
+        replicated(dir.path(), "dev4", peer.addr),
+        replicated(dir.path(), "dev5", peer.addr),
+    );
+    let addr_b = peer.addr;
+    let (written, epoch) = with_client(primary.addr, move |c| {
+        for config in [&dev4, &dev5] {
+            let reply = c.call(Request::DeviceCreate { config }).unwrap();
+            assert_eq!(reply.response().unwrap(), Response::DeviceCreate);
+        }
+        let (h, _) = open(c, "dev4");
+        let data = pattern(4, 3 * 4096 + 1024);
+        assert_eq!(write(c, h, 4096 - 512, &data), Response::Write);
+        let b = Client::connect(addr_b, &ClientConfig::default()).expect("connect B");
+        let (status, why) = refusal(&b, Request::DeviceTakeover { name: "nodev" });
+        assert_eq!(status, Status::NoDevice, "{why}");
+        assert!(why.contains("no replica vSSD of device nodev"), "{why}");
+        let (status, why) = refusal(&b, Request::DeviceTakeover { name: "dev0" });
+        assert_eq!(status, Status::InvalidArgument, "{why}");
+        assert!(why.contains("served here already"), "{why}");
+        let reply = b
+            .call(Request::DeviceTakeover { name: "dev4" })
+            .expect("DEVICE_TAKEOVER");
+        let epoch = match reply.response().expect("response") {
+            Response::DeviceTakeover { epoch, .. } => epoch,
+            other => panic!("DEVICE_TAKEOVER answered {other:?}"),
+        };
+        // The old primary is fenced; the new one serves what it acknowledged.
+        assert!(matches!(
+            write(c, h, 0, &pattern(5, 4096)),
+            Response::StaleEpoch { .. }
+        ));
+        let (hb, _) = open(&b, "dev4");
+        assert_eq!(read(&b, hb, 4096 - 512, data.len() as u32), data);
+        (data, epoch)
+    });
+    assert!(epoch >= 2, "epoch {epoch}");
+    assert!(!data_b.join("replicas/dev4-r1.vssd").exists());
+    // The backing store of dev5 is gone: the takeover is refused, its replica kept.
+    std::fs::remove_file(dir.path().join("dev5.backing")).unwrap();
+    let (status, why) = with_client(addr_b, |b| {
+        refusal(b, Request::DeviceTakeover { name: "dev5" })
+    });
+    assert_eq!(status, Status::IoError, "{why}");
+    assert!(why.contains("backing store"), "{why}");
+    assert!(data_b.join("replicas/dev5-r1.vssd").exists());
+    let _ = primary.stop_by(Signal::SIGKILL);
+    // Restarted, the new primary serves the device it took over.
+    assert!(peer.stop().success());
+    let peer = start(&data_b, &[]);
+    let back = with_client(peer.addr, move |b| {
+        assert!(list(b).contains(&"dev4".to_string()));
+        let (h, _) = open(b, "dev4");
+        read(b, h, 4096 - 512, written.len() as u32) == written
+    });
+    assert!(back, "dev4 reads back after the new primary's restart");
+    assert!(peer.stop().success());
+}

@@ -31,6 +31,7 @@ fn config(dir: &Path) -> DeviceConfig {
         vssd_bytes: VSSD_BYTES,
         line_size: LINE as u32,
         mode: CacheMode::WriteBack,
+        local_member: 0,
         replicas: Vec::new(),
         min_replicas: 1,
         replica_loss: ReplicaLoss::Degrade,

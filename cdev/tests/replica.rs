@@ -24,6 +24,7 @@ fn config(dir: &Path, peer: std::net::SocketAddr) -> DeviceConfig {
         vssd_bytes: 8 << 20,
         line_size: LINE as u32,
         mode: CacheMode::WriteBack,
+        local_member: 0,
         replicas: vec![ReplicaConfig {
             peer,
             vssd: REPLICA.into(),

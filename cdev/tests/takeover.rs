@@ -30,6 +30,7 @@ fn primary_config(dir: &Path, peer: std::net::SocketAddr, min_replicas: usize) -
         vssd_bytes: 8 << 20,
         line_size: LINE as u32,
         mode: CacheMode::WriteBack,
+        local_member: 0,
         replicas: vec![ReplicaConfig {
             peer,
             vssd: REPLICA.into(),
@@ -48,6 +49,7 @@ fn primary_config(dir: &Path, peer: std::net::SocketAddr, min_replicas: usize) -
 fn takeover_config(dir: &Path, old: std::net::SocketAddr) -> DeviceConfig {
     DeviceConfig {
         vssd: dir.join("replica"),
+        local_member: 1,
         replicas: vec![ReplicaConfig {
             peer: old,
             vssd: PRIMARY.into(),

@@ -162,6 +162,7 @@ fn config(shape: Shape) -> DeviceConfig {
             .unwrap_or(0),
         line_size: LINE as u32,
         mode: CacheMode::WriteBack,
+        local_member: 0,
         replicas: Vec::new(),
         min_replicas: 1,
         replica_loss: ReplicaLoss::Degrade,
