@@ -119,6 +119,11 @@ pub enum DeviceCmd {
         #[arg(long)]
         dirty_lines: Option<u64>,
     },
+    /// Takes a device over on the server (--server) holding its replica vSSD: that
+    /// server serves it from now on (recovery, a new epoch fencing the old primary).
+    Takeover {
+        name: String,
+    },
 }
 
 fn parse_byte(text: &str) -> Result<u8, String> {
@@ -474,6 +479,27 @@ fn device(conn: &Conn, cmd: &DeviceCmd, out: &mut dyn Write) -> Result<(), CliEr
                 |r| matches!(r, Response::DeviceDelete).then_some(()),
             )?;
             writeln!(out, "deleted {name}").map_err(o)
+        }
+        DeviceCmd::Takeover { name } => {
+            let (epoch, committed, aborted, repaired) = conn.call(
+                &op("device takeover", name, String::new()),
+                Request::DeviceTakeover { name },
+                |r| match r {
+                    Response::DeviceTakeover {
+                        epoch,
+                        committed,
+                        aborted,
+                        repaired,
+                    } => Some((epoch, committed, aborted, repaired)),
+                    _ => None,
+                },
+            )?;
+            writeln!(
+                out,
+                "took {name} over: epoch {epoch}; recovery committed {committed}, \
+                 aborted {aborted}, repaired {repaired}"
+            )
+            .map_err(o)
         }
     }
 }

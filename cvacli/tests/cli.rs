@@ -290,3 +290,26 @@ fn the_secret_file_is_read_as_cvad_reads_it() {
     let e = s.fails(&["--secret-file", &file, "ping"]);
     assert!(e.contains("connect to"), "{e}");
 }
+
+#[test]
+fn device_takeover_refusals_name_the_device_and_why() {
+    let s = Server::start();
+    // No replica vSSD of it here.
+    let e = s.fails(&["device", "takeover", "nodev"]);
+    assert!(
+        e.contains("device takeover nodev") && e.contains("NO_DEVICE"),
+        "{e}"
+    );
+    assert!(e.contains("no replica vSSD of device nodev here"), "{e}");
+    // Served here already.
+    let e = s.fails(&["device", "takeover", "dev0"]);
+    assert!(
+        e.contains("INVALID_ARGUMENT") && e.contains("served here already"),
+        "{e}"
+    );
+    // Not a name, and no name at all.
+    let e = s.fails(&["device", "takeover", "a b"]);
+    assert!(e.contains("device takeover a b"), "{e}");
+    let e = s.fails(&["device", "takeover"]);
+    assert!(e.contains("<NAME>"), "{e}");
+}

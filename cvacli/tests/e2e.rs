@@ -405,3 +405,51 @@ fn a_client_without_the_secret_reads_and_writes_nothing() {
     assert!(std::fs::read(&out).unwrap() == vec![7; 4096]);
     cvad.stop();
 }
+
+/// A client process killed (and reaped) if the test fails before it ends.
+struct Client(Child);
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two cvads with a replicated device; kill -9 of the primary under `verify` load;
+/// `device takeover` on the replica's cvad; `verify --check` there finds every
+/// acknowledged write.
+#[test]
+fn kill_9_of_the_primary_under_verify_load_then_takeover_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let peer = start(&data_b, &[]);
+    let primary = start(&data_a, &[]);
+    let config = device_file(dir.path(), "devr", VSSD_SMALL, Some(peer.addr));
+    primary.ok(&["device", "create", &config]);
+    let journal = dir.path().join("journal");
+    let j = p(&journal);
+    let mut writer = Client(
+        primary
+            .cli()
+            .args(["verify", "devr", "--journal", &j, "--runtime", "60s"])
+            .args(["--size", "8m", "--iodepth", "16"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn verify"),
+    );
+    let deadline = Instant::now() + WAIT_MAX;
+    while std::fs::read_to_string(&journal).map_or(0, |t| t.lines().count()) < 200 {
+        assert!(Instant::now() < deadline, "the journal did not grow");
+        assert!(writer.0.try_wait().unwrap().is_none(), "the writer stopped");
+        std::thread::sleep(POLL);
+    }
+    primary.crash();
+    wait(&mut writer.0, "verify after its server died");
+    let took = peer.ok(&["device", "takeover", "devr"]);
+    assert!(took.starts_with("took devr over: epoch "), "{took}");
+    let check = peer.ok(&["verify", "devr", "--check", "--journal", &j]);
+    assert!(check.contains(" 0 lost, 0 stale, 0 foreign"), "{check}");
+    peer.stop();
+}
