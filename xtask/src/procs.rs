@@ -68,7 +68,6 @@ pub fn wait(child: &mut Child, what: &str, max: Duration) -> Result<ExitStatus, 
 pub struct Cvad {
     child: Option<Child>,
     pub addr: SocketAddr,
-    pub data: PathBuf,
 }
 
 impl Cvad {
@@ -119,7 +118,6 @@ impl Cvad {
         Ok(Cvad {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            data: data.to_path_buf(),
         })
     }
 
