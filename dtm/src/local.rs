@@ -8,6 +8,7 @@
 //! primary took the device over), the call fails with
 //! [`ReplicaErrorKind::StaleEpoch`] and does nothing. [`Replica::set_epoch`] through
 //! this opening moves the opening along with the vSSD, from the opening's epoch only
+//! (or the vSSD's, when it lags behind the epoch it was opened at)
 //! ([`Vssd::set_epoch_from`]): of two primaries moving the vSSD from one epoch, one
 //! wins and the other is told `StaleEpoch`, even if both ask for the same members.
 //!
@@ -246,7 +247,13 @@ impl Replica for LocalReplica {
         // is placed, and this opening's calls made while the record becomes durable
         // (a lazy COMMIT) must not find themselves stale.
         self.info.borrow_mut().epoch = epoch.max(from);
-        if let Err(e) = self.vssd.set_epoch_from(from, epoch, members) {
+        // An opening made at a newer epoch than the vSSD's (a recovering primary
+        // opens every member at the newest epoch, and a member whose earlier fences
+        // failed lags) moves it from where it is: no epoch since its own had a write
+        // there (recovery's rule). Another opening that moved it meanwhile left it
+        // past this one's epoch: the fence above, or the refusal below, says so.
+        let vssd_from = self.vssd.epoch().min(from);
+        if let Err(e) = self.vssd.set_epoch_from(vssd_from, epoch, members) {
             self.info.borrow_mut().epoch = from;
             return Err(match self.fence(OP) {
                 Err(stale) => stale, // another opening moved it meanwhile

@@ -517,3 +517,32 @@ fn handles_belong_to_their_session_and_are_bounded() {
         served.close();
     });
 }
+
+/// A member lagging at an older epoch (fences that failed on it), opened by a
+/// recovering primary at the newest epoch: recovery's fence moves it from where it
+/// is; a second opening at that epoch is fenced off once it moved.
+#[test]
+fn a_lagging_member_opened_at_a_newer_epoch_moves_with_the_fence() {
+    let dir = TempDir::new("remote-lagging");
+    let path = formatted(&dir, "served");
+    run_io(move || {
+        let served = open_vssd(&path);
+        served.set_epoch(1, &[0, 1, 2]).unwrap();
+        let vssds = Vssds::new();
+        vssds.insert(VSSD, served.clone());
+        let addr = serve_vssds(&vssds);
+        let first = RemoteReplica::open(addr, VSSD, 3, 2, &config(CALL_TIMEOUT)).unwrap();
+        let second = RemoteReplica::open(addr, VSSD, 3, 2, &config(CALL_TIMEOUT)).unwrap();
+        first.set_epoch(4, &[1, 2]).unwrap();
+        assert_eq!(served.epoch(), 4);
+        assert_eq!(served.members(), vec![1, 2]);
+        let e = second.set_epoch(4, &[0, 2]).unwrap_err();
+        assert!(
+            matches!(e.kind, ReplicaErrorKind::StaleEpoch { replica_epoch: 4 }),
+            "{e}"
+        );
+        assert_eq!(served.members(), vec![1, 2]);
+        drop((first, second));
+        served.close();
+    });
+}
