@@ -848,3 +848,63 @@ fn a_replica_cvad_takes_a_device_over_and_fences_the_old_primary() {
     assert!(back, "dev4 reads back after the new primary's restart");
     assert!(peer.stop().success());
 }
+
+/// A device on A with replicas on B and C, all three acknowledging: with C down, a
+/// takeover on B finds too few members of the newest epoch and is refused, and B
+/// serves its replica vSSD again; with C back, the takeover on B goes through and
+/// reads what A acknowledged.
+#[test]
+fn a_takeover_short_of_quorum_is_refused_and_serves_the_replica_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = |n: &str| dir.path().join(n);
+    let (b, c) = (start(&data("b"), &[]), start(&data("c"), &[]));
+    let primary = start(&data("a"), &[]);
+    let backing = dir.path().join("devq.backing");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let config = format!(
+        "name = \"devq\"\nbacking = \"{}\"\nvssd = \"{}\"\nvssd_bytes = 16777216\n\
+         min_replicas = 3\n\n[[replicas]]\npeer = \"{}\"\nvssd = \"devq-r1\"\nmember = 1\n\n\
+         [[replicas]]\npeer = \"{}\"\nvssd = \"devq-r2\"\nmember = 2\n",
+        backing.display(),
+        dir.path().join("devq.vssd").display(),
+        b.addr,
+        c.addr,
+    );
+    let data_written = pattern(6, 8192);
+    let d = data_written.clone();
+    with_client(primary.addr, move |a| {
+        let reply = a.call(Request::DeviceCreate { config: &config }).unwrap();
+        assert_eq!(reply.response().unwrap(), Response::DeviceCreate);
+        let (h, _) = open(a, "devq");
+        assert_eq!(write(a, h, 8192, &d), Response::Write);
+    });
+    let _ = primary.stop_by(Signal::SIGKILL);
+    let addr_c = c.addr;
+    let _ = c.stop_by(Signal::SIGKILL);
+    let (status, why) = with_client(b.addr, |b| {
+        refusal(b, Request::DeviceTakeover { name: "devq" })
+    });
+    assert_ne!(status, Status::Ok);
+    assert!(why.contains("at least 2 needed"), "{why}");
+    assert!(data("b").join("replicas/devq-r1.vssd").exists());
+    assert!(!data("b").join("devices/devq.toml").exists());
+    let c = start_on(&data("c"), &addr_c.to_string(), &[]);
+    let back = with_client(b.addr, |b| {
+        let reply = b
+            .call(Request::DeviceTakeover { name: "devq" })
+            .expect("DEVICE_TAKEOVER");
+        // The replica is served again: a second takeover goes through.
+        match reply.response().expect("response") {
+            Response::DeviceTakeover { .. } => {}
+            other => panic!("DEVICE_TAKEOVER with C back answered {other:?}"),
+        }
+        let (h, _) = open(b, "devq");
+        read(b, h, 8192, 8192)
+    });
+    assert_eq!(back, data_written);
+    assert!(b.stop().success());
+    assert!(c.stop().success());
+}
