@@ -337,24 +337,25 @@ fn kill_9_under_verify_load_then_restart_and_check() {
     let cvad = start(&data, &[]);
     let journal = dir.path().join("journal");
     let j = p(&journal);
-    let mut writer = cvad
-        .cli()
-        .args(["verify", "dev0", "--journal", &j, "--runtime", "60s"])
-        .args(["--size", "8m", "--iodepth", "16"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn verify");
+    let mut writer = Client(
+        cvad.cli()
+            .args(["verify", "dev0", "--journal", &j, "--runtime", "60s"])
+            .args(["--size", "8m", "--iodepth", "16"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn verify"),
+    );
     // Crashed once the journal holds acknowledged writes beyond its header line.
     let deadline = Instant::now() + WAIT_MAX;
     while std::fs::read_to_string(&journal).map_or(0, |t| t.lines().count()) < 200 {
         assert!(Instant::now() < deadline, "the journal did not grow");
-        assert!(writer.try_wait().unwrap().is_none(), "the writer stopped");
+        assert!(writer.0.try_wait().unwrap().is_none(), "the writer stopped");
         std::thread::sleep(POLL);
     }
     cvad.crash();
     // The writer loses its connection: its exit status says nothing here.
-    wait(&mut writer, "verify after its server died");
+    wait(&mut writer.0, "verify after its server died");
     let cvad = start(&data, &[]);
     let check = cvad.ok(&["verify", "dev0", "--check", "--journal", &j]);
     assert!(check.contains(" 0 lost, 0 stale, 0 foreign"), "{check}");
