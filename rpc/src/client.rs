@@ -220,7 +220,15 @@ impl Client {
             &config.name,
             config.secret.as_deref(),
             config.connect_timeout,
-        )?;
+        )
+        .map_err(|e| match e {
+            // The frame layer does not know whom it read from: name the server.
+            RpcError::ConnectionLost { why, .. } => RpcError::ConnectionLost {
+                peer: addr.to_string(),
+                why,
+            },
+            e => e,
+        })?;
         let crate::hello::Opened {
             version,
             queue_depth,
@@ -254,7 +262,7 @@ impl Client {
             .system(true)
             .spawn(move || {
                 if let Err(e) = w.out.run(&w.stream) {
-                    fail_all(&w, &e.to_string());
+                    fail_all(&w, &why_failed(&e));
                     let _ = w.stream.shutdown(std::net::Shutdown::Both);
                 }
             })
@@ -487,6 +495,15 @@ fn lost(inner: &Inner, why: String) -> RpcError {
     }
 }
 
+/// Why the connection failed on `e`, for [`fail_all`]: a lost connection's own
+/// reason (the calls' error names the peer itself), any other error whole.
+fn why_failed(e: &RpcError) -> String {
+    match e {
+        RpcError::ConnectionLost { why, .. } => why.clone(),
+        e => e.to_string(),
+    }
+}
+
 /// Fails every waiting call with `why` and marks the connection broken.
 fn fail_all(inner: &Inner, why: &str) {
     *inner.broken.borrow_mut() = Some(why.to_string());
@@ -514,7 +531,7 @@ fn read_responses(inner: Rc<Inner>, mut reader: FrameReader, frame_timeout: Dura
         let header = match r {
             Ok(h) => h,
             Err(e) => {
-                fail_all(&inner, &e.to_string());
+                fail_all(&inner, &why_failed(&e));
                 return;
             }
         };

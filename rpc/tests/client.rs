@@ -119,6 +119,24 @@ fn a_response_of_another_type_is_a_protocol_error_that_closes_the_connection() {
     fake.join().unwrap();
 }
 
+/// A server that closes mid-call: the call's error names the server once, with why
+/// (not a second, nameless "connection lost" inside it).
+#[test]
+fn a_server_that_closes_mid_call_is_named_in_the_error() {
+    let (addr, fake) = fake_server(4, |s| {
+        read_frame(s).expect("the PING");
+    });
+    in_runtime(move || {
+        let c = Client::connect(addr, &config(IO_TIMEOUT)).unwrap();
+        let e = c.call(Request::Ping { data: b"hi" }).err().expect("fails");
+        assert_eq!(
+            e.to_string(),
+            format!("rpc connection to {addr} lost: closed by the peer")
+        );
+    });
+    fake.join().unwrap();
+}
+
 /// A READ of 8 bytes answered with 4, a VSSD_READ of 8 answered with 16 (it may be
 /// short: the last line of a write): a protocol error that closes the connection.
 #[test]
