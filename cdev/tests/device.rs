@@ -209,6 +209,50 @@ fn misaligned_past_the_end_and_too_long_are_refused_and_change_nothing() {
     });
 }
 
+/// Reads at once, more of them than the device keeps spare line buffers (64), each
+/// of other lines written with other bytes: every read gets its own bytes, in
+/// every round (a line buffer shared by two reads in flight, or one kept with a
+/// read's bytes, would show here as another line's bytes).
+#[test]
+fn concurrent_hits_each_read_their_own_lines() {
+    const TASKS: u64 = 96;
+    const ROUNDS: u64 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    run_io(move || {
+        let dev = Device::open(&c, CREATE).unwrap();
+        for line in 0..TASKS * ROUNDS {
+            dev.write(line * LINE, &data(line * LINE, LINE, 5)).unwrap();
+        }
+        let hits_before = stat(&dev, "requests.read_hits");
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let dev = dev.clone();
+                taskio::spawn(move || {
+                    for round in 0..ROUNDS {
+                        let line = (t * ROUNDS + round * 7) % (TASKS * ROUNDS);
+                        assert_eq!(
+                            read(&dev, line * LINE, LINE),
+                            data(line * LINE, LINE, 5),
+                            "task {t} round {round}: line {line}"
+                        );
+                    }
+                })
+                .unwrap()
+            })
+            .collect();
+        for t in tasks {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            stat(&dev, "requests.read_hits") - hits_before,
+            TASKS * ROUNDS,
+            "every read a hit"
+        );
+        dev.close().unwrap();
+    });
+}
+
 #[test]
 fn a_miss_is_filled_from_the_backing_store_then_hits() {
     let dir = tempfile::tempdir().unwrap();

@@ -28,6 +28,13 @@ const _: () = assert!(AREA_BYTES < VSSD_BYTES);
 const DEPTHS: [u32; 2] = [1, 32];
 /// fio's durable peer syncs every this many writes.
 const FIO_FDATASYNC: &str = "32";
+/// fio's latency the qd1 reach compares with cvacli's: `lat_ns`, from the I/O's
+/// submission to its completion, as cvacli times a call from its start to its reply.
+/// Not `clat_ns`: libaio's clat starts once io_submit has returned, and on a virtual
+/// disk io_submit (the doorbell write, a VM exit) took about a third of a 4k read's
+/// time (slat mean 19-23 us against clat p50 35-48 us, fio at qd1 on this machine),
+/// a part cvad's own io_submit pays inside cvacli's latency.
+const FIO_P50_KEY: &str = "lat_ns";
 /// The reach the issue asks for.
 const READ_REACH_MIN: f64 = 0.7;
 const WRITE_REACH_MIN: f64 = 0.8;
@@ -248,6 +255,9 @@ fn fio_figures(dir: &Path, figures: &mut Figures) -> Result<(), String> {
                     "--direct=1",
                     "--bs=4k",
                     "--time_based",
+                    // Percentiles of the whole latency too (`lat_ns`), the peer of
+                    // cvacli's: see `FIO_P50_KEY`.
+                    "--lat_percentiles=1",
                 ])
                 .arg(format!("--filename={}", file.display()))
                 .arg(format!("--size={AREA}"))
@@ -269,8 +279,10 @@ fn fio_figures(dir: &Path, figures: &mut Figures) -> Result<(), String> {
                 let job = &j["jobs"][0][side(rw)];
                 figures.add(&name, "ops/s", number(&name, &job["iops"])?);
                 if qd == 1 {
-                    let p50 = number(&name, &job["clat_ns"]["percentile"]["50.000000"])?;
-                    figures.add(&format!("{name}_p50"), "us", p50 / 1000.0);
+                    let pct = |key: &str| number(&name, &job[key]["percentile"]["50.000000"]);
+                    figures.add(&format!("{name}_p50"), "us", pct(FIO_P50_KEY)? / 1000.0);
+                    // Shown beside it, not compared: without the io_submit.
+                    figures.add(&format!("{name}_clat_p50"), "us", pct("clat_ns")? / 1000.0);
                 }
             }
         }
@@ -332,7 +344,7 @@ fn reach(f: &Figures) -> Result<(), String> {
     let p50 = f.median("e2e_randread_4k_qd1_r1_p50")?;
     let limit = (fio_p50 + rtt_us) * P50_SLACK;
     println!(
-        "reach: qd1 randread p50 {p50:.1} us <= (fio's p50 {fio_p50:.1} us + rpc round trip {rtt_us:.1} us) x {P50_SLACK} = {limit:.1} us: {}",
+        "reach: qd1 randread p50 {p50:.1} us <= (fio's p50 {fio_p50:.1} us ({FIO_P50_KEY}) + rpc round trip {rtt_us:.1} us) x {P50_SLACK} = {limit:.1} us: {}",
         verdict(p50 <= limit)
     );
     Ok(())
