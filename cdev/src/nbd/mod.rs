@@ -42,10 +42,12 @@ pub const STRING_LEN_MAX: u32 = 4096;
 pub const EXPORTS_LISTED_MAX: usize = 4096;
 /// How long each read of the handshake may wait.
 pub const HANDSHAKE_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Requests of one connection served at once (its handler tasks).
-pub const HANDLERS_MAX: usize = 16;
+/// Requests of one connection served at once (its handler tasks): the queue depth
+/// clients commonly keep (qemu, fio at 32), so none waits for a handler while the
+/// device could serve it.
+pub const HANDLERS_MAX: usize = 32;
 /// Requests read and waiting for a handler, at most, per connection.
-pub const QUEUE_MAX: usize = 16;
+pub const QUEUE_MAX: usize = 32;
 /// Bytes of an oversized WRITE's payload the server skips to answer EOVERFLOW and
 /// go on; longer, it closes the connection.
 pub const SKIP_LEN_MAX: u64 = 64 << 20;

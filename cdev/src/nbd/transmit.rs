@@ -129,6 +129,7 @@ fn zeroing(flags: u16) -> Zeroing {
 /// What a command gave back to reply with.
 enum Done {
     Ok,
+    /// A READ's reply: [`Conn::read_head_len`] bytes left for its head, then the data.
     Data(Vec<u8>),
     Extents(Vec<Extent>),
     /// FAST_ZERO that cannot be fast: nothing was done.
@@ -229,8 +230,12 @@ impl<D: DeviceAccess> Conn<D> {
             let (offset, len) = (r.offset, u64::from(r.len));
             match r.kind {
                 CMD_READ => {
-                    let mut data = vec![0u8; r.len as usize];
-                    device.read(offset, &mut data).map(|()| Done::Data(data))
+                    // Read in place behind the reply's head: one buffer, one send.
+                    let head = self.read_head_len();
+                    let mut reply = vec![0u8; head + r.len as usize];
+                    device
+                        .read(offset, &mut reply[head..])
+                        .map(|()| Done::Data(reply))
                 }
                 // FUA (CMD_FLAG_FUA) asks nothing more: Device::write returns once the
                 // write is durable, in write-back on the vSSD log (data and PREPARE,
@@ -252,7 +257,7 @@ impl<D: DeviceAccess> Conn<D> {
         });
         match done {
             None => self.send_error(&r, ESHUTDOWN, "the device is closing"),
-            Some(Ok(Done::Data(data))) => self.send_read(&r, &data),
+            Some(Ok(Done::Data(reply))) => self.send_read(&r, reply),
             Some(Ok(Done::Extents(extents))) => self.send_block_status(&r, &extents),
             Some(Ok(Done::NotFast)) => self.send_error(&r, ENOTSUP, "cannot zero this range fast"),
             Some(Ok(Done::Ok)) => self.send_done(&r),
@@ -263,17 +268,29 @@ impl<D: DeviceAccess> Conn<D> {
         }
     }
 
-    /// Writes one whole reply; a failing socket ends the connection (the reader sees
-    /// it too).
+    /// Writes one whole reply, its parts in one write (a send per part would cost a
+    /// system call and a packet each); a failing socket ends the connection (the
+    /// reader sees it too).
     fn send(&self, parts: &[&[u8]]) {
-        let _guard = self.replies.lock();
-        for p in parts {
-            if let Err(e) = self.stream.write_all(p) {
-                tracing::info!("nbd reply: {e}");
-                let _ = self.stream.shutdown(Shutdown::Both);
-                return;
+        let joined;
+        let reply = match parts {
+            [one] => *one,
+            _ => {
+                joined = parts.concat();
+                &joined[..]
             }
+        };
+        let _guard = self.replies.lock();
+        if let Err(e) = self.stream.write_all(reply) {
+            tracing::info!("nbd reply: {e}");
+            let _ = self.stream.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Bytes of a READ reply before its data: the simple reply's header, or the
+    /// OFFSET_DATA chunk's header and offset.
+    fn read_head_len(&self) -> usize {
+        if self.n.structured { 20 + 8 } else { 16 }
     }
 
     fn simple(&self, r: &Request, error: u32) -> [u8; 16] {
@@ -315,18 +332,18 @@ impl<D: DeviceAccess> Conn<D> {
         }
     }
 
-    fn send_read(&self, r: &Request, data: &[u8]) {
+    /// `reply`: [`Conn::read_head_len`] bytes for the head, then the data.
+    fn send_read(&self, r: &Request, mut reply: Vec<u8>) {
+        let head = self.read_head_len();
+        let len = (reply.len() - head) as u32;
         if self.n.structured {
-            let head = self.chunk(
-                r,
-                REPLY_FLAG_DONE,
-                REPLY_TYPE_OFFSET_DATA,
-                8 + data.len() as u32,
-            );
-            self.send(&[&head, &r.offset.to_be_bytes(), data]);
+            let chunk = self.chunk(r, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 8 + len);
+            reply[..20].copy_from_slice(&chunk);
+            reply[20..28].copy_from_slice(&r.offset.to_be_bytes());
         } else {
-            self.send(&[&self.simple(r, 0), data]);
+            reply[..16].copy_from_slice(&self.simple(r, 0));
         }
+        self.send(&[&reply]);
     }
 
     /// base:allocation: one descriptor (length, flags) per extent, a hole being
