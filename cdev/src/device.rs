@@ -523,10 +523,9 @@ impl Device {
         if how == Zeroing::FastOnly && !(punch && aligned) {
             return Ok(false);
         }
-        inner.count(|c| {
-            c.writes += 1;
-            c.blocks_written_client += len / u64::from(BLOCK_SIZE);
-        });
+        // The blocks written as data count in `Inner::write`, the punched ones in
+        // `Inner::zero_lines`.
+        inner.count(|c| c.writes += 1);
         let start = now();
         let result = if punch {
             inner
@@ -1013,6 +1012,7 @@ impl Inner {
             .map_err(|e| self.vssd_error(OP, e))?;
         self.backing.punch(first * ls, n * ls)?;
         self.backing.flush()?;
+        self.count(|c| c.blocks_written_client += n * ls / u64::from(BLOCK_SIZE));
         Ok(())
     }
 

@@ -159,9 +159,14 @@ fn write_zeroes_drops_the_lines_on_every_replica_and_punches_the_backing_store()
         assert_eq!(served.dirty_count(), 4);
         // Lines 2..6 zeroed fast: gone from both replicas, punched in the backing
         // store; the head and tail lines keep their bytes.
+        let written = stat(&dev, "blocks.client_written");
         assert!(
             dev.write_zeroes(2 * LINE, 4 * LINE, Zeroing::FastOnly)
                 .unwrap()
+        );
+        assert_eq!(
+            stat(&dev, "blocks.client_written") - written,
+            4 * LINE / 512
         );
         let dirty: Vec<u64> = served.dirty_lines().iter().map(|&(l, _)| l).collect();
         assert_eq!(dirty, vec![6, 7]);
@@ -193,10 +198,12 @@ fn write_zeroes_drops_the_lines_on_every_replica_and_punches_the_backing_store()
             whole(8 * LINE)
         );
         // A partial line is written (zeroes as data), whole lines punched.
+        let written = stat(&dev, "blocks.client_written");
         assert!(
             dev.write_zeroes(7 * LINE - 512, 512, Zeroing::Punch)
                 .unwrap()
         );
+        assert_eq!(stat(&dev, "blocks.client_written") - written, 1);
         want[7 * LINE as usize - 512..7 * LINE as usize].fill(0);
         dev.close().unwrap();
         let dev = Device::open(&c, OpenOptions::default()).unwrap();
