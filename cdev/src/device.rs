@@ -44,7 +44,7 @@ use vssd::layout::{FormatParams, Geometry, LINE_SIZE_MAX, LINE_SIZE_MIN, LOG_BYT
 use vssd::map::State;
 use vssd::{Options, Vssd, format};
 
-use crate::backing::{BackingStore, open_file};
+use crate::backing::{BackingStore, Next, open_file};
 use crate::config::{CacheMode, DeviceConfig, ReplicaLoss};
 use crate::error::CdevError;
 use crate::gate::Gate;
@@ -54,6 +54,14 @@ use crate::latency::Histogram;
 pub const BLOCK_SIZE: u32 = 512;
 /// Longest READ or WRITE.
 pub const IO_LEN_MAX: u32 = rpc::limits::DATA_LEN_MAX;
+/// Bytes of zeroes per device write when [`Device::write_zeroes`] writes them.
+pub const ZERO_CHUNK_BYTES_MAX: u64 = 256 * 1024;
+/// Extents one [`Device::block_status`] returns at most (a client asks again for the
+/// rest of its range).
+pub const EXTENTS_MAX: usize = 1024;
+/// Lines one [`Device::block_status`] looks at most (its reply then covers a prefix
+/// of the range).
+pub const STATUS_LINES_MAX: u64 = 1 << 16;
 /// Longest backing-store write of one destage run.
 pub const DESTAGE_RUN_BYTES_MAX: u64 = 1 << 20;
 /// Dirty lines listed from the index per destage step.
@@ -82,6 +90,11 @@ const LOG_SHARE: u64 = 8;
 
 const _: () = assert!(BLOCK_SIZE.is_power_of_two() && LINE_SIZE_MIN.is_multiple_of(BLOCK_SIZE));
 const _: () = assert!(IO_LEN_MAX.is_multiple_of(BLOCK_SIZE));
+const _: () = assert!(
+    ZERO_CHUNK_BYTES_MAX.is_multiple_of(BLOCK_SIZE as u64)
+        && ZERO_CHUNK_BYTES_MAX <= IO_LEN_MAX as u64
+);
+const _: () = assert!(EXTENTS_MAX >= 1 && STATUS_LINES_MAX >= 1);
 const _: () = assert!(DESTAGE_RUN_BYTES_MAX >= LINE_SIZE_MAX as u64);
 const _: () = assert!(DESTAGE_RUNS_MAX >= 1);
 const _: () = assert!(DESTAGE_LIST_LINES as u64 >= DESTAGE_RUN_BYTES_MAX / LINE_SIZE_MIN as u64);
@@ -132,6 +145,27 @@ impl DeviceInfo {
             read_only: self.read_only,
         }
     }
+}
+
+/// How [`Device::write_zeroes`] may zero a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Zeroing {
+    /// Zeroes written as data: the range stays allocated (NBD's NO_HOLE).
+    Allocate,
+    /// The whole lines inside the range may be dropped from the cache and punched
+    /// out of the backing store; partial lines are written.
+    Punch,
+    /// Punched, and only when the whole range can be (line-aligned, a backing store
+    /// that punches holes); otherwise nothing is done (NBD's FAST_ZERO).
+    FastOnly,
+}
+
+/// One extent of [`Device::block_status`]: `len` bytes that are data, or a hole
+/// (reads as zeroes, nothing allocated in the cache or the backing store).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    pub hole: bool,
 }
 
 /// How a destage step went.
@@ -499,6 +533,56 @@ impl Device {
         });
         inner.done("discard", start, &result);
         result
+    }
+
+    /// Makes `len` bytes at `offset` (multiples of [`BLOCK_SIZE`], inside the
+    /// device) read as zeroes, durable on every replica and the backing store when it
+    /// returns. Whole lines are zeroed fast unless `how` is [`Zeroing::Allocate`]
+    /// (see [`Inner::zero_lines`]): dropped from the cache on every replica and
+    /// punched out of the backing store (when it punches holes); partial lines are
+    /// written. `Ok(false)`: `how` is [`Zeroing::FastOnly`] and the range cannot be
+    /// zeroed fast; nothing was done.
+    pub fn write_zeroes(&self, offset: u64, len: u64, how: Zeroing) -> Result<bool, CdevError> {
+        const OP: &str = "write_zeroes";
+        let inner = &*self.inner;
+        let _req = inner.enter(OP)?;
+        inner.check_range(OP, offset, len, false)?;
+        let ls = inner.line_size;
+        let (first, end) = (offset.div_ceil(ls), (offset + len) / ls);
+        let punch = how != Zeroing::Allocate && first < end && inner.backing.can_punch();
+        let aligned = offset == first * ls && offset + len == end * ls;
+        if how == Zeroing::FastOnly && !(punch && aligned) {
+            return Ok(false);
+        }
+        // The blocks written as data count in `Inner::write`, the punched ones in
+        // `Inner::zero_lines`.
+        inner.count(|c| c.writes += 1);
+        let start = now();
+        let result = if punch {
+            inner
+                .zero_written(offset, first * ls - offset)
+                .and_then(|()| inner.zero_lines(first, end - first))
+                .and_then(|()| inner.zero_written(end * ls, offset + len - end * ls))
+        } else {
+            inner.zero_written(offset, len)
+        };
+        inner.done("write", start, &result);
+        result.map(|()| true)
+    }
+
+    /// The allocation of `len` bytes at `offset` (multiples of [`BLOCK_SIZE`], inside
+    /// the device), in order from `offset`, in whole lines (cut to the range): a
+    /// line is a hole when the cache holds no version of it (clean or dirty) and the
+    /// backing store has a hole there (`lseek(SEEK_DATA)`), data otherwise. At most
+    /// one extent when `one`, else at most [`EXTENTS_MAX`], and at most
+    /// [`STATUS_LINES_MAX`] lines looked at: the extents may cover a prefix of the
+    /// range only, never more than the range.
+    pub fn block_status(&self, offset: u64, len: u64, one: bool) -> Result<Vec<Extent>, CdevError> {
+        const OP: &str = "block_status";
+        let inner = &*self.inner;
+        let _req = inner.enter(OP)?;
+        inner.check_range(OP, offset, len, false)?;
+        inner.block_status(offset, len, if one { 1 } else { EXTENTS_MAX })
     }
 
     /// The STAT counters: names without spaces, at most 64 bytes, at most
@@ -924,6 +1008,116 @@ impl Inner {
             }
             mode => self.write_backing(first, &buf, mode),
         }
+    }
+
+    /// Zeroes written as data, [`ZERO_CHUNK_BYTES_MAX`] per write (none when `len`
+    /// is 0).
+    fn zero_written(&self, offset: u64, len: u64) -> Result<(), CdevError> {
+        let zeroes = vec![0u8; len.min(ZERO_CHUNK_BYTES_MAX) as usize];
+        let mut done = 0;
+        // Bounded: `done` grows by a chunk every round.
+        while done < len {
+            let n = (len - done).min(ZERO_CHUNK_BYTES_MAX) as usize;
+            self.write(offset + done, &zeroes[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Zeroes lines `first..first + n` fast, in an order that never lets an older
+    /// version come back: under the gate (no write of them meanwhile), their dirty
+    /// versions are destaged first (a crash midway then leaves the bytes they had,
+    /// not the backing store's older ones); then they are dropped from the cache on
+    /// every replica (durable on return; `Dtm::discard` waits for a destage run
+    /// holding them, and no line of them is dirty after it, so no destage can
+    /// write them later); then under the DTM's lock of them (no fill, no destage) a
+    /// fill's copy that slipped in since is dropped, the backing store's range is
+    /// punched and the punch made durable (fdatasync). A read concurrent with the
+    /// zeroing may see the old bytes, as with any write; every read after it sees
+    /// zeroes, and so does recovery after a crash.
+    fn zero_lines(&self, first: u64, n: u64) -> Result<(), CdevError> {
+        const OP: &str = "write_zeroes";
+        let ls = self.line_size;
+        let _gate = self.hold(OP, first, n)?;
+        let end = first + n;
+        let run_max = DESTAGE_RUN_BYTES_MAX / ls;
+        let mut from = first;
+        // Bounded: `from` moves past a run every round; the gate keeps new dirty
+        // versions out of the range.
+        while let Some(&(line, _)) = self.vssd.dirty_range(from, 1).first() {
+            if line >= end {
+                break;
+            }
+            let run = (end - line).min(run_max);
+            self.destage_run(OP, line, run, true)?;
+            from = line + run;
+        }
+        self.dtm
+            .discard(first, n)
+            .map_err(|e| self.dtm_error(OP, e))?;
+        let _lock = self
+            .dtm
+            .lock_lines(first, n)
+            .map_err(|e| self.dtm_error(OP, e))?;
+        self.vssd
+            .invalidate_range(first, n)
+            .map_err(|e| self.vssd_error(OP, e))?;
+        self.backing.punch(first * ls, n * ls)?;
+        self.backing.flush()?;
+        self.count(|c| c.blocks_written_client += n * ls / u64::from(BLOCK_SIZE));
+        Ok(())
+    }
+
+    /// [`Device::block_status`] of a checked range, `extents_max` extents at most.
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+        extents_max: usize,
+    ) -> Result<Vec<Extent>, CdevError> {
+        let ls = self.line_size;
+        let end = offset + len;
+        let end_line = end.div_ceil(ls).min(offset / ls + STATUS_LINES_MAX);
+        let mut out: Vec<Extent> = Vec::new();
+        let mut at = offset;
+        // Bounded: `at` moves to a later line boundary every round, up to `end_line`.
+        while at < end && at / ls < end_line {
+            let line = at / ls;
+            let cached = self.vssd.cached_from(line, end_line);
+            let (hole, upto) = if cached == Some(line) {
+                let mut l = line + 1;
+                // Bounded by `end_line`.
+                while l < end_line && self.vssd.lookup(l).is_some() {
+                    l += 1;
+                }
+                (false, l)
+            } else {
+                let before_cached = cached.unwrap_or(end_line);
+                let start = line * ls;
+                match self.backing.next_data(start)? {
+                    Next::Data(d) if d < start + ls => {
+                        let hole_at = self.backing.next_hole(d)?;
+                        (false, hole_at.div_ceil(ls).clamp(line + 1, end_line))
+                    }
+                    Next::Data(d) => (true, (d / ls).min(before_cached)),
+                    Next::None => (true, before_cached),
+                }
+            };
+            let next = (upto * ls).min(end);
+            assert!(next > at, "block_status made no progress at {at}");
+            let full = out.len() == extents_max;
+            match out.last_mut() {
+                Some(last) if last.hole == hole => last.len += next - at,
+                _ if full => break,
+                _ => out.push(Extent {
+                    len: next - at,
+                    hole,
+                }),
+            }
+            at = next;
+        }
+        assert!(!out.is_empty(), "block_status of an empty range");
+        Ok(out)
     }
 
     /// A write of the whole lines `buf` at `first` in a mode other than write-back:

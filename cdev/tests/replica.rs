@@ -7,7 +7,9 @@ mod support;
 
 use std::path::Path;
 
-use cdev::{CacheMode, Device, DeviceConfig, OpenOptions, ReplicaConfig, ReplicaLoss};
+use cdev::{
+    CacheMode, Device, DeviceConfig, Extent, OpenOptions, ReplicaConfig, ReplicaLoss, Zeroing,
+};
 use common::dev::{data, replica_vssd, stat};
 use dtm::Vssds;
 use support::{TempDir, open_dev, run_io, serve_vssds};
@@ -117,5 +119,100 @@ fn a_lost_peer_replica_moves_the_device_to_a_new_epoch_under_degrade() {
         dev.read(0, &mut buf).unwrap();
         assert!(buf == d);
         dev.close().unwrap();
+    });
+}
+
+#[test]
+fn write_zeroes_drops_the_lines_on_every_replica_and_punches_the_backing_store() {
+    let dir = TempDir::new("cdev-replica-zero");
+    let path = dir.path.clone();
+    run_io(move || {
+        let vssds = Vssds::new();
+        let addr = serve_vssds(&vssds);
+        let c = config(&path, addr);
+        let served = replica_vssd(&path.join("replica"), &c, open_dev);
+        vssds.insert(REPLICA, served.clone());
+        let peers = rpc::ClientConfig {
+            name: "cdev-test".into(),
+            call_timeout: std::time::Duration::from_secs(10),
+            ..rpc::ClientConfig::default()
+        };
+        let create = OpenOptions {
+            create: true,
+            backing_bytes: BACKING_BYTES,
+        };
+        let dev = Device::open_with(&c, create, &peers).unwrap();
+        // Lines 0..8: 0..4 destaged (clean, in the backing store), 4..8 dirty.
+        let d = data(0, 8 * LINE, 3);
+        dev.write(0, &d[..4 * LINE as usize]).unwrap();
+        dev.destage_all().unwrap();
+        dev.write(4 * LINE, &d[4 * LINE as usize..]).unwrap();
+        // The peer's COMMITs are queued: the flush waits for them.
+        dev.flush().unwrap();
+        assert_eq!(served.dirty_count(), 4);
+        let whole = |len| vec![Extent { len, hole: false }];
+        assert_eq!(
+            dev.block_status(0, 8 * LINE, false).unwrap(),
+            whole(8 * LINE)
+        );
+        // Fast only: a range not in whole lines is refused, nothing changed.
+        assert!(!dev.write_zeroes(512, 2 * LINE, Zeroing::FastOnly).unwrap());
+        assert_eq!(served.dirty_count(), 4);
+        // Lines 2..6 zeroed fast: gone from both replicas, punched in the backing
+        // store; the head and tail lines keep their bytes.
+        let written = stat(&dev, "blocks.client_written");
+        assert!(
+            dev.write_zeroes(2 * LINE, 4 * LINE, Zeroing::FastOnly)
+                .unwrap()
+        );
+        assert_eq!(
+            stat(&dev, "blocks.client_written") - written,
+            4 * LINE / 512
+        );
+        let dirty: Vec<u64> = served.dirty_lines().iter().map(|&(l, _)| l).collect();
+        assert_eq!(dirty, vec![6, 7]);
+        assert!((2..6).all(|l| served.lookup(l).is_none() && dev.vssd().lookup(l).is_none()));
+        let holes = [
+            Extent {
+                len: 2 * LINE,
+                hole: false,
+            },
+            Extent {
+                len: 4 * LINE,
+                hole: true,
+            },
+            Extent {
+                len: 2 * LINE,
+                hole: false,
+            },
+        ];
+        assert_eq!(dev.block_status(0, 8 * LINE, false).unwrap(), holes);
+        assert_eq!(dev.block_status(0, 8 * LINE, true).unwrap(), holes[..1]);
+        let mut want = d.clone();
+        want[2 * LINE as usize..6 * LINE as usize].fill(0);
+        let mut buf = vec![0xff; want.len()];
+        dev.read(0, &mut buf).unwrap();
+        assert!(buf == want);
+        // The read cached the zeroed lines (clean): data now, as any cached line.
+        assert_eq!(
+            dev.block_status(0, 8 * LINE, false).unwrap(),
+            whole(8 * LINE)
+        );
+        // A partial line is written (zeroes as data), whole lines punched.
+        let written = stat(&dev, "blocks.client_written");
+        assert!(
+            dev.write_zeroes(7 * LINE - 512, 512, Zeroing::Punch)
+                .unwrap()
+        );
+        assert_eq!(stat(&dev, "blocks.client_written") - written, 1);
+        want[7 * LINE as usize - 512..7 * LINE as usize].fill(0);
+        dev.close().unwrap();
+        let dev = Device::open(&c, OpenOptions::default()).unwrap();
+        dev.destage_all().unwrap();
+        let mut buf = vec![0xff; want.len()];
+        dev.read(0, &mut buf).unwrap();
+        assert!(buf == want, "after a reopen and a destage");
+        dev.close().unwrap();
+        served.close();
     });
 }

@@ -1259,6 +1259,12 @@ impl Vssd {
         }
     }
 
+    /// The first cached line (clean or dirty) in `from..end`, if any, off the map's
+    /// ordered index (a device's allocation map: BLOCK_STATUS).
+    pub fn cached_from(&self, from: u64, end: u64) -> Option<u64> {
+        self.inner.map.borrow().cached_from(from, end)
+    }
+
     /// The current version of `line` without reading it, if cached.
     pub fn lookup(&self, line: u64) -> Option<Entry> {
         self.inner.map.borrow().lookup(line)

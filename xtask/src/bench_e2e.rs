@@ -10,8 +10,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use serde_json::Value;
-
+use crate::figures::{Figures, number, parse, side};
 use crate::procs::{self, Bins, Cvad};
 use crate::workspace_root;
 
@@ -40,84 +39,6 @@ const READ_REACH_MIN: f64 = 0.7;
 const WRITE_REACH_MIN: f64 = 0.8;
 const P50_SLACK: f64 = 1.2;
 
-/// One figure: its samples.
-struct Figure {
-    name: String,
-    unit: &'static str,
-    samples: Vec<f64>,
-}
-
-impl Figure {
-    fn sorted(&self) -> Vec<f64> {
-        let mut s = self.samples.clone();
-        s.sort_by(f64::total_cmp);
-        s
-    }
-
-    fn median(&self) -> f64 {
-        let s = self.sorted();
-        assert!(!s.is_empty(), "figure {} has no samples", self.name);
-        let n = s.len();
-        if n % 2 == 1 {
-            s[n / 2]
-        } else {
-            (s[n / 2 - 1] + s[n / 2]) / 2.0
-        }
-    }
-
-    fn json(&self) -> String {
-        let s = self.sorted();
-        let r = |x: f64| (x * 1000.0).round() / 1000.0;
-        format!(
-            "{{\"bench\":{},\"unit\":{},\"median\":{},\"min\":{},\"max\":{},\"n\":{}}}",
-            Value::from(self.name.as_str()),
-            Value::from(self.unit),
-            Value::from(r(self.median())),
-            Value::from(r(s[0])),
-            Value::from(r(s[s.len() - 1])),
-            s.len()
-        )
-    }
-}
-
-#[derive(Default)]
-struct Figures(Vec<Figure>);
-
-impl Figures {
-    fn add(&mut self, name: &str, unit: &'static str, value: f64) {
-        match self.0.iter_mut().find(|f| f.name == name) {
-            Some(f) => f.samples.push(value),
-            None => self.0.push(Figure {
-                name: name.to_string(),
-                unit,
-                samples: vec![value],
-            }),
-        }
-    }
-
-    fn median(&self, name: &str) -> Result<f64, String> {
-        self.0
-            .iter()
-            .find(|f| f.name == name)
-            .map(Figure::median)
-            .ok_or_else(|| format!("bench e2e: no figure {name}"))
-    }
-}
-
-fn parse(what: &str, text: &str) -> Result<Value, String> {
-    serde_json::from_str(text).map_err(|e| format!("{what}: not JSON ({e}): {text}"))
-}
-
-fn number(what: &str, v: &Value) -> Result<f64, String> {
-    v.as_f64()
-        .ok_or_else(|| format!("{what}: no number at {v}"))
-}
-
-/// `read` or `write`: the side of fio's JSON a run fills.
-fn side(rw: &str) -> &'static str {
-    if rw == "randread" { "read" } else { "write" }
-}
-
 pub fn bench_e2e() -> Result<(), String> {
     let bins = procs::build()?;
     // On the disk (not a tmpfs: fio's --direct=1 needs O_DIRECT).
@@ -137,27 +58,7 @@ pub fn bench_e2e() -> Result<(), String> {
     dtm_figures(&bins, &mut figures)?;
     let _ = std::fs::remove_dir_all(&dir);
 
-    println!(
-        "\n{:<36} {:>7} {:>12} {:>12} {:>12} {:>3}",
-        "bench", "unit", "median", "min", "max", "n"
-    );
-    for f in &figures.0 {
-        let s = f.sorted();
-        println!(
-            "{:<36} {:>7} {:>12.1} {:>12.1} {:>12.1} {:>3}",
-            f.name,
-            f.unit,
-            f.median(),
-            s[0],
-            s[s.len() - 1],
-            s.len()
-        );
-    }
-    println!();
-    for f in &figures.0 {
-        println!("{}", f.json());
-    }
-    println!();
+    figures.print();
     reach(&figures)
 }
 

@@ -6,7 +6,9 @@
 //! - `cargo xtask bench [AREA...]`: release build, then `tdrv bench AREA` for each area
 //!   (default: every area), printing each benchmark's table and JSON lines. Area
 //!   `e2e` (not in the default) is xtask's own: the real cvad and cvacli binaries
-//!   beside fio and the in-process DTM (`bench_e2e.rs`).
+//!   beside fio and the in-process DTM (`bench_e2e.rs`); so is `nbd` (not in the
+//!   default either): cvad's NBD export beside nbdkit and qemu-nbd under fio's nbd
+//!   engine (`bench_nbd.rs`; `--quick`: one 1 s sample per figure).
 //! - `cargo xtask demo`: two cvads (release), a replicated device, 10 s of
 //!   `cvacli verify` load, kill -9 of the primary, its restart, `verify --check`, a
 //!   summary table.
@@ -17,7 +19,9 @@
 //!   the fallback.
 
 mod bench_e2e;
+mod bench_nbd;
 mod demo;
+mod figures;
 mod procs;
 
 use std::path::PathBuf;
@@ -42,7 +46,10 @@ fn main() -> ExitCode {
             println!(
                 "usage: cargo xtask <test [-- CARGO_TEST_ARGS] | tidy | bench [AREA...] | demo | fuzz [--stable] [SECONDS]>"
             );
-            println!("bench areas: {}, e2e", BENCH_AREAS.join(", "));
+            println!(
+                "bench areas: {}, e2e, nbd [--quick]",
+                BENCH_AREAS.join(", ")
+            );
             Ok(())
         }
         other => Err(format!("unknown command {other:?}; try `cargo xtask help`")),
@@ -96,15 +103,21 @@ fn test(extra: &[String]) -> Result<(), String> {
     run("cargo test --workspace", t)
 }
 
-fn bench(areas: &[String]) -> Result<(), String> {
+fn bench(args: &[String]) -> Result<(), String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let areas: Vec<&String> = args.iter().filter(|a| *a != "--quick").collect();
     let areas: Vec<String> = if areas.is_empty() {
         BENCH_AREAS.iter().map(|s| s.to_string()).collect()
     } else {
-        areas.to_vec()
+        areas.into_iter().cloned().collect()
     };
     for area in &areas {
         if area == "e2e" {
             bench_e2e::bench_e2e()?;
+            continue;
+        }
+        if area == "nbd" {
+            bench_nbd::bench_nbd(quick)?;
             continue;
         }
         let mut b = cargo();

@@ -51,6 +51,9 @@ pub const TFLAG_SEND_FAST_ZERO: u16 = 1 << 11;
 /// The one metadata context served, and its id on every connection.
 pub const BASE_ALLOCATION: &str = "base:allocation";
 pub const BASE_ALLOCATION_ID: u32 = 1;
+// base:allocation's flags of an extent.
+pub const STATE_HOLE: u32 = 1 << 0;
+pub const STATE_ZERO: u32 = 1 << 1;
 
 // Transmission.
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;

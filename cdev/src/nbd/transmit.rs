@@ -10,10 +10,8 @@ use taskio::net::TcpStream;
 use taskio::{Builder, Channel, IoError, QLock};
 
 use super::proto::*;
-use super::{
-    DeviceAccess, HANDLERS_MAX, NbdError, Negotiated, QUEUE_MAX, SKIP_LEN_MAX, ZERO_CHUNK_MAX,
-};
-use crate::device::{BLOCK_SIZE, Device};
+use super::{DeviceAccess, HANDLERS_MAX, NbdError, Negotiated, QUEUE_MAX, SKIP_LEN_MAX};
+use crate::device::{BLOCK_SIZE, Extent, Zeroing};
 use crate::error::CdevError;
 
 struct Request {
@@ -105,26 +103,37 @@ fn refusal(n: &Negotiated, r: &Request) -> Option<(u32, &'static str)> {
         CMD_READ | CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES | CMD_BLOCK_STATUS if r.len == 0 => {
             Some((EINVAL, "zero length"))
         }
-        CMD_WRITE_ZEROES if r.flags & CMD_FLAG_FAST_ZERO != 0 => {
-            // Zeroes are written as data: never faster than the client writing them.
-            Some((ENOTSUP, "no fast zeroing"))
+        CMD_WRITE_ZEROES
+            if r.flags & CMD_FLAG_FAST_ZERO != 0 && r.flags & CMD_FLAG_NO_HOLE != 0 =>
+        {
+            // Zeroes that must stay allocated are written as data: never faster than
+            // the client writing them.
+            Some((ENOTSUP, "no fast zeroing without holes"))
         }
         CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM | CMD_WRITE_ZEROES | CMD_BLOCK_STATUS => None,
         _ => Some((EINVAL, "unknown command")),
     }
 }
 
-/// Zeroes are written (NO_HOLE or not): a discard leaves the backing store's bytes
-/// readable, so it cannot stand for zeroes.
-fn write_zeroes(device: &Device, offset: u64, len: u32) -> Result<(), CdevError> {
-    let zeroes = vec![0u8; len.min(ZERO_CHUNK_MAX) as usize];
-    let mut done = 0u64;
-    while done < len as u64 {
-        let n = (len as u64 - done).min(zeroes.len() as u64) as usize;
-        device.write(offset + done, &zeroes[..n])?;
-        done += n as u64;
+/// How WRITE_ZEROES's flags say the device may zero.
+fn zeroing(flags: u16) -> Zeroing {
+    if flags & CMD_FLAG_NO_HOLE != 0 {
+        Zeroing::Allocate
+    } else if flags & CMD_FLAG_FAST_ZERO != 0 {
+        Zeroing::FastOnly
+    } else {
+        Zeroing::Punch
     }
-    Ok(())
+}
+
+/// What a command gave back to reply with.
+enum Done {
+    Ok,
+    /// A READ's reply: [`Conn::read_head_len`] bytes left for its head, then the data.
+    Data(Vec<u8>),
+    Extents(Vec<Extent>),
+    /// FAST_ZERO that cannot be fast: nothing was done.
+    NotFast,
 }
 
 /// The NBD error for a device error.
@@ -218,27 +227,40 @@ impl<D: DeviceAccess> Conn<D> {
         }
         // The device is held for the call only, not while the reply is sent.
         let done = self.device.with_device(|device| {
-            let mut data = Vec::new();
-            let result = match r.kind {
+            let (offset, len) = (r.offset, u64::from(r.len));
+            match r.kind {
                 CMD_READ => {
-                    data = vec![0u8; r.len as usize];
-                    device.read(r.offset, &mut data)
+                    // Read in place behind the reply's head: one buffer, one send.
+                    let head = self.read_head_len();
+                    let mut reply = vec![0u8; head + r.len as usize];
+                    device
+                        .read(offset, &mut reply[head..])
+                        .map(|()| Done::Data(reply))
                 }
-                // A write is durable when Device::write returns: FUA asks no more.
-                CMD_WRITE => device.write(r.offset, &r.data),
-                CMD_FLUSH => device.flush(),
-                CMD_TRIM => device.discard(r.offset, r.len as u64),
-                CMD_WRITE_ZEROES => write_zeroes(device, r.offset, r.len),
-                CMD_BLOCK_STATUS => Ok(()),
+                // FUA (CMD_FLAG_FUA) asks nothing more: Device::write returns once the
+                // write is durable, in write-back on the vSSD log (data and PREPARE,
+                // made durable by writep1) of every replica of the device's epoch (on
+                // the backing store, fdatasynced, while a WriteThrough device is short
+                // of replicas), in the other modes on the backing store, fdatasynced.
+                CMD_WRITE => device.write(offset, &r.data).map(|()| Done::Ok),
+                CMD_FLUSH => device.flush().map(|()| Done::Ok),
+                CMD_TRIM => device.discard(offset, len).map(|()| Done::Ok),
+                // Durable on return too (Device::write_zeroes), FUA or not.
+                CMD_WRITE_ZEROES => device
+                    .write_zeroes(offset, len, zeroing(r.flags))
+                    .map(|zeroed| if zeroed { Done::Ok } else { Done::NotFast }),
+                CMD_BLOCK_STATUS => device
+                    .block_status(offset, len, r.flags & CMD_FLAG_REQ_ONE != 0)
+                    .map(Done::Extents),
                 _ => unreachable!("refusal() lets known commands through only"),
-            };
-            result.map(|()| data)
+            }
         });
         match done {
             None => self.send_error(&r, ESHUTDOWN, "the device is closing"),
-            Some(Ok(data)) if r.kind == CMD_READ => self.send_read(&r, &data),
-            Some(Ok(_)) if r.kind == CMD_BLOCK_STATUS => self.send_block_status(&r),
-            Some(Ok(_)) => self.send_done(&r),
+            Some(Ok(Done::Data(reply))) => self.send_read(&r, reply),
+            Some(Ok(Done::Extents(extents))) => self.send_block_status(&r, &extents),
+            Some(Ok(Done::NotFast)) => self.send_error(&r, ENOTSUP, "cannot zero this range fast"),
+            Some(Ok(Done::Ok)) => self.send_done(&r),
             Some(Err(e)) => {
                 tracing::info!("nbd command {} failed: {e}", r.kind);
                 self.send_error(&r, errno(&e), "device error")
@@ -246,17 +268,29 @@ impl<D: DeviceAccess> Conn<D> {
         }
     }
 
-    /// Writes one whole reply; a failing socket ends the connection (the reader sees
-    /// it too).
+    /// Writes one whole reply, its parts in one write (a send per part would cost a
+    /// system call and a packet each); a failing socket ends the connection (the
+    /// reader sees it too).
     fn send(&self, parts: &[&[u8]]) {
-        let _guard = self.replies.lock();
-        for p in parts {
-            if let Err(e) = self.stream.write_all(p) {
-                tracing::info!("nbd reply: {e}");
-                let _ = self.stream.shutdown(Shutdown::Both);
-                return;
+        let joined;
+        let reply = match parts {
+            [one] => *one,
+            _ => {
+                joined = parts.concat();
+                &joined[..]
             }
+        };
+        let _guard = self.replies.lock();
+        if let Err(e) = self.stream.write_all(reply) {
+            tracing::info!("nbd reply: {e}");
+            let _ = self.stream.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Bytes of a READ reply before its data: the simple reply's header, or the
+    /// OFFSET_DATA chunk's header and offset.
+    fn read_head_len(&self) -> usize {
+        if self.n.structured { 20 + 8 } else { 16 }
     }
 
     fn simple(&self, r: &Request, error: u32) -> [u8; 16] {
@@ -298,27 +332,31 @@ impl<D: DeviceAccess> Conn<D> {
         }
     }
 
-    fn send_read(&self, r: &Request, data: &[u8]) {
+    /// `reply`: [`Conn::read_head_len`] bytes for the head, then the data.
+    fn send_read(&self, r: &Request, mut reply: Vec<u8>) {
+        let head = self.read_head_len();
+        let len = (reply.len() - head) as u32;
         if self.n.structured {
-            let head = self.chunk(
-                r,
-                REPLY_FLAG_DONE,
-                REPLY_TYPE_OFFSET_DATA,
-                8 + data.len() as u32,
-            );
-            self.send(&[&head, &r.offset.to_be_bytes(), data]);
+            let chunk = self.chunk(r, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 8 + len);
+            reply[..20].copy_from_slice(&chunk);
+            reply[20..28].copy_from_slice(&r.offset.to_be_bytes());
         } else {
-            self.send(&[&self.simple(r, 0), data]);
+            reply[..16].copy_from_slice(&self.simple(r, 0));
         }
+        self.send(&[&reply]);
     }
 
-    /// base:allocation: every block is allocated and its content not known to be
-    /// zero (the cache does not track holes): one extent for the whole range, which
-    /// also satisfies REQ_ONE.
-    fn send_block_status(&self, r: &Request) {
-        let mut body = [0u8; 12];
-        body[0..4].copy_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
-        body[4..8].copy_from_slice(&r.len.to_be_bytes());
+    /// base:allocation: one descriptor (length, flags) per extent, a hole being
+    /// HOLE|ZERO (Device::block_status).
+    fn send_block_status(&self, r: &Request, extents: &[Extent]) {
+        let mut body = Vec::with_capacity(4 + 8 * extents.len());
+        body.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+        for e in extents {
+            let len = u32::try_from(e.len).expect("an extent inside a request's u32 length");
+            let flags = if e.hole { STATE_HOLE | STATE_ZERO } else { 0 };
+            body.extend_from_slice(&len.to_be_bytes());
+            body.extend_from_slice(&flags.to_be_bytes());
+        }
         let head = self.chunk(
             r,
             REPLY_FLAG_DONE,
