@@ -45,7 +45,7 @@ use vssd::map::State;
 use vssd::{Options, Vssd, format};
 
 use crate::backing::{BackingStore, open_file};
-use crate::config::{CacheMode, DeviceConfig, ReplicaLoss};
+use crate::config::{CacheMode, DeviceConfig, DeviceSettings, ReplicaLoss};
 use crate::error::CdevError;
 use crate::gate::Gate;
 use crate::latency::Histogram;
@@ -171,6 +171,32 @@ struct Counters {
     mode_changes: u64,
 }
 
+/// The destage watermarks and the sequential cutoff of a running device.
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    high_pct: u8,
+    low_pct: u8,
+    /// Dirty lines at which destage starts, and at or below which it stops.
+    high_lines: u64,
+    low_lines: u64,
+    seq_cutoff_bytes: u64,
+}
+
+impl Tuning {
+    /// The tuning of a cache of `capacity` lines (watermarks checked by
+    /// [`check_watermarks`]).
+    fn new(capacity: u64, high_pct: u8, low_pct: u8, seq_cutoff_bytes: u64) -> Tuning {
+        let pct = |p: u8| capacity * u64::from(p) / 100;
+        Tuning {
+            high_pct,
+            low_pct,
+            high_lines: pct(high_pct).max(1),
+            low_lines: pct(low_pct),
+            seq_cutoff_bytes,
+        }
+    }
+}
+
 /// The sequential-read detector: where the last read ended and how long the stream
 /// of reads, each starting where the previous ended, is.
 #[derive(Clone, Copy, Default)]
@@ -189,9 +215,8 @@ struct Inner {
     line_size: u64,
     /// The device's size in lines (the backing store's).
     lines: u64,
-    /// Dirty lines at which destage starts, and below which it stops.
-    high_lines: u64,
-    low_lines: u64,
+    /// The settings DEVICE_SET changes online besides the mode ([`Device::set`]).
+    tuning: Cell<Tuning>,
     gate: Rc<Gate>,
     state: Cell<DevState>,
     in_flight: Cell<u64>,
@@ -340,8 +365,12 @@ impl Device {
                 return Err(e);
             }
         };
-        let capacity = vssd.geometry().lines();
-        let pct = |p: u8| capacity * u64::from(p) / 100;
+        let tuning = Tuning::new(
+            vssd.geometry().lines(),
+            config.destage_high_pct,
+            config.destage_low_pct,
+            config.seq_cutoff_bytes,
+        );
         let inner = Rc::new(Inner {
             name: name.clone(),
             config: config.clone(),
@@ -351,8 +380,7 @@ impl Device {
             backing,
             line_size,
             lines: size / line_size,
-            high_lines: pct(config.destage_high_pct).max(1),
-            low_lines: pct(config.destage_low_pct),
+            tuning: Cell::new(tuning),
             gate: Rc::new(Gate::default()),
             state: Cell::new(DevState::Open),
             in_flight: Cell::new(0),
@@ -474,6 +502,32 @@ impl Device {
     /// `rpc::limits::STAT_COUNTERS_MAX` of them.
     pub fn stat(&self) -> Vec<(String, u64)> {
         self.inner.stat()
+    }
+
+    /// Applies DEVICE_SET's `settings` to the running device, all of them checked
+    /// before any applies (a refusal names the field and its value and changes
+    /// nothing). New watermarks rule the destage task's next look, which this wakes:
+    /// destage starts at once when the dirty lines reach the new high watermark, and
+    /// stops at once at or below the new low one. The next read uses the new
+    /// sequential cutoff. The mode changes last ([`Device::set_mode`]: leaving
+    /// write-back destages every dirty line first).
+    pub fn set(&self, settings: &DeviceSettings) -> Result<(), CdevError> {
+        const OP: &str = "set";
+        let inner = &*self.inner;
+        let _req = inner.enter(OP)?;
+        let old = inner.tuning.get();
+        let high = settings.destage_high_pct.unwrap_or(old.high_pct);
+        let low = settings.destage_low_pct.unwrap_or(old.low_pct);
+        check_watermarks(&inner.name, OP, high, low)?;
+        let cutoff = settings.seq_cutoff_bytes.unwrap_or(old.seq_cutoff_bytes);
+        let new = Tuning::new(inner.vssd.geometry().lines(), high, low, cutoff);
+        inner.tuning.set(new);
+        inner.kick.wakeup_all();
+        tracing::info!(device = %inner.name, ?old, ?new, "settings changed");
+        match settings.mode {
+            Some(mode) if mode != inner.mode.get() => self.set_mode(mode),
+            _ => Ok(()),
+        }
     }
 
     /// Changes the cache mode; leaving write-back destages every dirty line first
@@ -698,7 +752,8 @@ impl Inner {
             next: offset + len,
             bytes,
         });
-        self.config.seq_cutoff_bytes > 0 && bytes > self.config.seq_cutoff_bytes
+        let cutoff = self.tuning.get().seq_cutoff_bytes;
+        cutoff > 0 && bytes > cutoff
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), CdevError> {
@@ -865,7 +920,7 @@ impl Inner {
                 for line in first..end {
                     since.entry(line).or_insert(at);
                 }
-                if self.vssd.dirty_count() >= self.high_lines {
+                if self.vssd.dirty_count() >= self.tuning.get().high_lines {
                     self.kick.wakeup_all();
                 }
                 Ok(())
@@ -1122,9 +1177,10 @@ impl Inner {
     /// Whether the destage task should run a step now.
     fn destage_due(&self, active: &mut bool) -> bool {
         let dirty = self.vssd.dirty_count();
-        if dirty >= self.high_lines {
+        let tuning = self.tuning.get();
+        if dirty >= tuning.high_lines {
             *active = true;
-        } else if dirty <= self.low_lines {
+        } else if dirty <= tuning.low_lines {
             *active = false;
         }
         let idle = now().saturating_duration_since(self.last_request.get()) >= IDLE_AFTER;
@@ -1205,6 +1261,7 @@ impl Inner {
         let capacity = self.vssd.geometry().lines();
         let counts = v.map;
         let dirty = self.vssd.dirty_count();
+        let tuning = self.tuning.get();
         let mode = match self.mode.get() {
             CacheMode::WriteBack => 0,
             CacheMode::WriteThrough => 1,
@@ -1217,9 +1274,9 @@ impl Inner {
             ("config.block_size", u64::from(BLOCK_SIZE)),
             ("config.cache_lines", capacity),
             ("config.mode", mode),
-            ("config.destage_high_lines", self.high_lines),
-            ("config.destage_low_lines", self.low_lines),
-            ("config.seq_cutoff_bytes", self.config.seq_cutoff_bytes),
+            ("config.destage_high_lines", tuning.high_lines),
+            ("config.destage_low_lines", tuning.low_lines),
+            ("config.seq_cutoff_bytes", tuning.seq_cutoff_bytes),
             ("usage.dirty_lines", dirty),
             ("usage.clean_lines", counts.lines_clean),
             ("usage.free_slots", counts.slots_free),
@@ -1421,12 +1478,7 @@ fn check_config(c: &DeviceConfig, me: u64) -> Result<(), CdevError> {
             c.line_size
         ));
     }
-    if c.destage_low_pct >= c.destage_high_pct || c.destage_high_pct > 100 {
-        return bad(format!(
-            "destage watermarks low {} high {}: low < high <= 100",
-            c.destage_low_pct, c.destage_high_pct
-        ));
-    }
+    check_watermarks(&c.name, "open", c.destage_high_pct, c.destage_low_pct)?;
     let members = 1 + c.replicas.len();
     if c.min_replicas == 0 || c.min_replicas > members {
         return bad(format!(
@@ -1444,6 +1496,22 @@ fn check_config(c: &DeviceConfig, me: u64) -> Result<(), CdevError> {
         }
     }
     Ok(())
+}
+
+/// The destage watermarks must hold 0 <= low < high <= 100 (percentages of the cache).
+fn check_watermarks(device: &str, op: &'static str, high: u8, low: u8) -> Result<(), CdevError> {
+    let why = if high == 0 || high > 100 {
+        format!("destage_high_pct {high}: not in 1..=100")
+    } else if low >= high {
+        format!("destage_low_pct {low}: not below destage_high_pct {high}")
+    } else {
+        return Ok(());
+    };
+    Err(CdevError::Config {
+        op,
+        device: device.to_string(),
+        why,
+    })
 }
 
 /// How `open` formats the device's vSSD of `c.vssd_bytes`: a log of

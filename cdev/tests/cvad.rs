@@ -144,7 +144,12 @@ fn show(client: &Client, name: &str) -> String {
 }
 
 fn server_counter(client: &Client, name: &str) -> u64 {
-    let reply = client.call(Request::Stat { handle: 0 }).expect("STAT");
+    device_counter(client, 0, name)
+}
+
+/// Counter `name` of STAT on `handle` (0: the server's).
+fn device_counter(client: &Client, handle: u64, name: &str) -> u64 {
+    let reply = client.call(Request::Stat { handle }).expect("STAT");
     match reply.response().expect("response") {
         Response::Stat { counters } => {
             counters
@@ -411,6 +416,10 @@ fn admin_create_show_set_delete() {
         );
         assert_eq!(status, Status::InvalidArgument);
         assert!(reason.contains("line_size"), "{reason}");
+        assert!(
+            reason.contains("cannot change on a running device"),
+            "{reason}"
+        );
         let (status, reason) = refusal(
             c,
             Request::DeviceSet {
@@ -430,6 +439,15 @@ fn admin_create_show_set_delete() {
         let text = show(c, "dev0");
         assert!(text.contains("destage_high_pct = 70"), "{text}");
         assert!(text.contains("seq_cutoff_bytes = 0"), "{text}");
+        // Applied to the running device at once, not at its next open.
+        let d = Client::connect(addr, &ClientConfig::default()).expect("connect");
+        let (h, _) = open(&d, "dev0");
+        let lines = device_counter(&d, h, "config.cache_lines");
+        assert_eq!(
+            device_counter(&d, h, "config.destage_high_lines"),
+            lines * 70 / 100
+        );
+        assert_eq!(device_counter(&d, h, "config.seq_cutoff_bytes"), 0);
         // A mode change runs on the open device, then is kept.
         let reply = c
             .call(Request::DeviceSet {

@@ -950,3 +950,71 @@ fn background_destage_with_runs_in_flight_writes_every_run() {
         dev.close().unwrap();
     });
 }
+
+/// DEVICE_SET's settings apply to the running device: bad watermarks are refused
+/// by field and value and change nothing; new watermarks start destage at once
+/// (well before the idle rule would); a new sequential cutoff rules the next read.
+#[test]
+fn settings_apply_online_and_bad_ones_change_nothing() {
+    run_sim(move |_| {
+        let mut c = config(Path::new(SIM_DIR));
+        c.seq_cutoff_bytes = 0;
+        let dev = Device::open(&c, CREATE).unwrap();
+        let lines = stat(&dev, "config.cache_lines");
+        let high = stat(&dev, "config.destage_high_lines");
+        let bad = cdev::DeviceSettings {
+            destage_high_pct: Some(50),
+            destage_low_pct: Some(60),
+            seq_cutoff_bytes: Some(4096),
+            ..Default::default()
+        };
+        let e = dev.set(&bad).unwrap_err();
+        assert_eq!(e.status(), Status::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("destage_low_pct 60"), "{e}");
+        assert_eq!(stat(&dev, "config.destage_high_lines"), high);
+        assert_eq!(stat(&dev, "config.seq_cutoff_bytes"), 0);
+
+        // 40 dirty lines, below the high watermark: destage waits for idle time.
+        for line in 0..40 {
+            dev.write(line * LINE, &data(line * LINE, LINE, 1)).unwrap();
+        }
+        assert_eq!(dev.dirty_lines(), 40);
+        let low = cdev::DeviceSettings {
+            destage_high_pct: Some(1),
+            destage_low_pct: Some(0),
+            ..Default::default()
+        };
+        dev.set(&low).unwrap();
+        assert_eq!(
+            stat(&dev, "config.destage_high_lines"),
+            (lines / 100).max(1)
+        );
+        // Bounded: under IDLE_AFTER of virtual time.
+        for _ in 0..16 {
+            if dev.dirty_lines() == 0 {
+                break;
+            }
+            sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            dev.dirty_lines(),
+            0,
+            "destage did not start at the new watermark"
+        );
+
+        // A sequential stream: cached while the cutoff is 0 (never), bypasses the
+        // cache once a cutoff shorter than it is set.
+        let chunk = 16 * LINE;
+        read(&dev, 64 * LINE, chunk);
+        read(&dev, 64 * LINE + chunk, chunk);
+        assert_eq!(stat(&dev, "requests.read_pass_through"), 0);
+        let cutoff = cdev::DeviceSettings {
+            seq_cutoff_bytes: Some(chunk),
+            ..Default::default()
+        };
+        dev.set(&cutoff).unwrap();
+        read(&dev, 64 * LINE + 2 * chunk, chunk);
+        assert_eq!(stat(&dev, "requests.read_pass_through"), 1);
+        dev.close().unwrap();
+    });
+}
