@@ -298,10 +298,46 @@ fn dev0_writes_read_back_across_a_restart() {
     assert_eq!(routed, 1);
     assert!(cvad.stop().success());
 
+    // Opened read-only after the restart: READ and STAT serve, WRITE, DISCARD and
+    // FLUSH are refused READ_ONLY and change nothing.
     let cvad = start(&data, &[]);
     let back = with_client(cvad.addr, move |c| {
-        let (h, _) = open(c, "dev0");
-        read(c, h, offset, 3 * 4096)
+        let reply = c
+            .call(Request::DeviceOpen {
+                name: "dev0",
+                read_only: true,
+            })
+            .unwrap();
+        let Response::DeviceOpen { handle: h, info } = reply.response().unwrap() else {
+            panic!("DEVICE_OPEN read-only refused");
+        };
+        assert!(info.read_only);
+        let before = read(c, h, offset, 3 * 4096);
+        let junk = pattern(9, 4096);
+        let refused = [
+            Request::Write {
+                handle: h,
+                offset,
+                data: &junk,
+            },
+            Request::Discard {
+                handle: h,
+                offset: offset - 512,
+                length: 4 * 4096,
+            },
+            Request::Flush { handle: h },
+        ];
+        for request in refused {
+            let t = request.msg_type();
+            let (status, reason) = refusal(c, request);
+            assert_eq!(status, Status::ReadOnly, "{t}: {reason}");
+            assert!(reason.contains("read-only"), "{t}: {reason}");
+        }
+        assert_eq!(read(c, h, offset, 3 * 4096), before);
+        for name in ["requests.writes", "requests.discards", "requests.flushes"] {
+            assert_eq!(device_counter(c, h, name), 0, "{name}");
+        }
+        before
     });
     assert_eq!(back, pattern(7, 3 * 4096));
     assert!(cvad.stop_by(Signal::SIGINT).success());
