@@ -365,8 +365,9 @@ impl Device {
                 return Err(e);
             }
         };
+        let cache_lines = vssd.geometry().lines();
         let tuning = Tuning::new(
-            vssd.geometry().lines(),
+            cache_lines,
             config.destage_high_pct,
             config.destage_low_pct,
             config.seq_cutoff_bytes,
@@ -381,7 +382,7 @@ impl Device {
             line_size,
             lines: size / line_size,
             tuning: Cell::new(tuning),
-            gate: Rc::new(Gate::default()),
+            gate: Rc::new(Gate::new(cache_lines)),
             state: Cell::new(DevState::Open),
             in_flight: Cell::new(0),
             drained: Rendez::new(),

@@ -1018,3 +1018,119 @@ fn settings_apply_online_and_bad_ones_change_nothing() {
         dev.close().unwrap();
     });
 }
+
+/// Joins `writers` once they all ended, within a minute of virtual time (well
+/// under a second while destage progresses); a writer still waiting then fails the
+/// test (its wait ended by closing the vSSD: the test never waits for ever).
+fn join_writers(
+    dev: &Device,
+    writers: Vec<taskio::JoinHandle<Result<(), CdevError>>>,
+) -> Vec<Result<(), CdevError>> {
+    // Bounded: 600 rounds.
+    for _ in 0..600 {
+        if writers.iter().all(|w| w.is_finished()) {
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let stuck = writers.iter().filter(|w| !w.is_finished()).count();
+    let dirty = dev.dirty_lines();
+    if stuck > 0 {
+        dev.vssd().close();
+    }
+    let results = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert_eq!(
+        stuck, 0,
+        "writers stuck waiting for room: {dirty} dirty lines of {SMALL_CACHE_LINES}"
+    );
+    results
+}
+
+/// Writers waiting for room in a full cache must never hold every dirty line, or
+/// destage could free nothing and they would wait for ever. Set up under the
+/// simulator: a cache of 16 lines, 15 dirty (below the high watermark of 100%);
+/// then at once 15 writers of two lines, each a dirty line and a new one: the first
+/// takes the last room, the others wait for room holding their dirty lines; two
+/// more writers wait in the gate for the first's lines, and take them (wanting room
+/// too) as it ends, before destage looks. The gate's cap on the lines held by the
+/// writes in flight (below the cache's lines) keeps a dirty line free for destage.
+#[test]
+fn writers_waiting_for_room_never_hold_every_dirty_line() {
+    run_sim(move |_| {
+        let mut c = config(Path::new(SIM_DIR));
+        c.vssd_bytes = small_vssd_bytes();
+        c.destage_high_pct = 100;
+        c.destage_low_pct = 99;
+        let dev = Device::open(&c, CREATE).unwrap();
+        assert_eq!(stat(&dev, "config.cache_lines"), SMALL_CACHE_LINES);
+        let dirty = SMALL_CACHE_LINES - 1;
+        for i in 0..dirty {
+            dev.write(3 * i * LINE, &data(3 * i * LINE, LINE, 1))
+                .unwrap();
+        }
+        assert_eq!(dev.dirty_lines(), dirty);
+        // Writer k (first) takes the last room; the others wait for room; x and y
+        // wait in the gate for k's lines.
+        let k = dirty / 2;
+        let mut firsts: Vec<u64> = vec![3 * k];
+        firsts.extend((0..dirty).filter(|&i| i != k).map(|i| 3 * i));
+        firsts.extend([3 * k + 1, 3 * k - 1]);
+        let writers = firsts
+            .iter()
+            .map(|&first| {
+                let dev = dev.clone();
+                taskio::spawn(move || {
+                    let offset = first * LINE;
+                    dev.write(offset, &data(offset, 2 * LINE, 2))
+                })
+                .unwrap()
+            })
+            .collect();
+        for result in join_writers(&dev, writers) {
+            result.unwrap();
+        }
+        for &first in &firsts {
+            assert_eq!(read(&dev, first * LINE, LINE).0.len() as u64, LINE);
+        }
+        dev.close().unwrap();
+    });
+}
+
+/// Many writers, each a two-line read-modify-write straddling a line boundary, over
+/// a working set four times a tiny cache: together they would hold three times the
+/// cache's lines; the gate lets them hold fewer than the cache's, and every write
+/// ends (none waits for the gate's wait_max).
+#[test]
+fn many_partial_line_writers_on_a_tiny_cache_all_finish() {
+    const WRITERS: u64 = 48;
+    const WRITES: u64 = 12;
+    for seed in 0..4u64 {
+        Sim::new(SimConfig::new(seed))
+            .run(move |h| {
+                let mut c = config(Path::new(SIM_DIR));
+                c.vssd_bytes = small_vssd_bytes();
+                c.destage_high_pct = 100;
+                c.destage_low_pct = 99;
+                let dev = Device::open(&c, CREATE).unwrap();
+                let lines = 4 * SMALL_CACHE_LINES;
+                let writers = (0..WRITERS)
+                    .map(|k| {
+                        let (dev, h) = (dev.clone(), h.clone());
+                        taskio::spawn(move || {
+                            for i in 0..WRITES {
+                                let offset = h.random(lines - 1) * LINE + LINE / 2;
+                                dev.write(offset, &data(offset, LINE, seed << 32 | k << 16 | i))?;
+                            }
+                            Ok(())
+                        })
+                        .unwrap()
+                    })
+                    .collect();
+                for result in join_writers(&dev, writers) {
+                    result.unwrap();
+                }
+                dev.close().unwrap();
+            })
+            .unwrap();
+    }
+}
