@@ -21,6 +21,9 @@ pub mod server;
 pub mod service;
 
 pub use config::{CacheMode, DeviceConfig, DeviceSettings, ReplicaConfig, ReplicaLoss};
-pub use device::{BLOCK_SIZE, Device, DeviceInfo, IO_LEN_MAX, OpenOptions, vssd_format_params};
+pub use device::{
+    BLOCK_SIZE, DESTAGE_RUNS_YIELDING, Device, DeviceInfo, IO_LEN_MAX, OpenOptions,
+    vssd_format_params,
+};
 pub use error::CdevError;
 pub use server::{Cvad, CvadConfig, CvadError, ServerSettings};

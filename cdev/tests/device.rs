@@ -951,6 +951,44 @@ fn background_destage_with_runs_in_flight_writes_every_run() {
     });
 }
 
+/// While a client is served (a read every millisecond), destage yields: one run in
+/// flight at a time (`DESTAGE_RUNS_YIELDING`), and the backlog is still destaged;
+/// once the clients stop, it runs `DESTAGE_RUNS_MAX` (the test above).
+#[test]
+fn destage_yields_to_client_requests() {
+    run_sim(move |h| {
+        let mut c = config(Path::new(SIM_DIR));
+        c.destage_high_pct = 2;
+        c.destage_low_pct = 0;
+        let dev = Device::open(&c, CREATE).unwrap();
+        let mut model = Model::new();
+        for i in 0..64u64 {
+            let offset = i * 16 * LINE;
+            let d = data(offset, 3 * LINE, i + 1);
+            dev.write(offset, &d).unwrap();
+            model.write(offset, &d);
+        }
+        // Bounded: 2 s of virtual time.
+        for _ in 0..2000 {
+            if dev.dirty_lines() == 0 {
+                break;
+            }
+            assert_eq!(read(&dev, 0, LINE).0, model.at(0, LINE));
+            sleep(Duration::from_millis(1));
+        }
+        assert_eq!(dev.dirty_lines(), 0);
+        assert_eq!(
+            stat(&dev, "destage.runs_in_flight_max"),
+            cdev::DESTAGE_RUNS_YIELDING as u64
+        );
+        assert_eq!(
+            sim_backing(h, &c, 0, BACKING_BYTES),
+            model.at(0, BACKING_BYTES)
+        );
+        dev.close().unwrap();
+    });
+}
+
 /// DEVICE_SET's settings apply to the running device: bad watermarks are refused
 /// by field and value and change nothing; new watermarks start destage at once
 /// (well before the idle rule would); a new sequential cutoff rules the next read.

@@ -112,7 +112,23 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
     let measured = rt
         .run(move || measure(&config, &shape, samples))
         .map_err(|e| format!("cdev: {e}"))??;
-    let (idle, destage, mbps) = measured;
+    let Measured {
+        idle,
+        destage,
+        mbps,
+        p50_idle,
+        p50_destage,
+    } = measured;
+    let median = |v: Vec<f64>| {
+        Figure {
+            name: "p50",
+            unit: "us",
+            samples: v,
+            target: None,
+            reference: None,
+        }
+        .median()
+    };
     let ratios: Vec<f64> = idle.iter().zip(&destage).map(|(i, d)| d / i).collect();
     let ratio = Figure {
         name: "cdev_fg_p99_ratio",
@@ -127,8 +143,10 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
         "NOT met"
     };
     let reference = format!(
-        "{:.2}x idle's (reach <= {REACH_RATIO}x: {met}); {FG_READS_PER_S} reads/s of 4 KiB hits, {FG_TASKS} tasks",
-        ratio.median()
+        "{:.2}x idle's (reach <= {REACH_RATIO}x: {met}); p50 {:.0} us, idle {:.0} us; {FG_READS_PER_S} reads/s of 4 KiB hits, {FG_TASKS} tasks",
+        ratio.median(),
+        median(p50_destage),
+        median(p50_idle)
     );
     let figures = vec![
         Figure {
@@ -160,8 +178,15 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
         .collect())
 }
 
-/// The samples: foreground p99 (us) idle and during destage, and destage MB/s.
-type Measured = (Vec<f64>, Vec<f64>, Vec<f64>);
+/// The samples: foreground p99 (us) idle and during destage, destage MB/s, and the
+/// foreground p50s (us) idle and during destage (for the table).
+struct Measured {
+    idle: Vec<f64>,
+    destage: Vec<f64>,
+    mbps: Vec<f64>,
+    p50_idle: Vec<f64>,
+    p50_destage: Vec<f64>,
+}
 
 fn measure(config: &DeviceConfig, shape: &Shape, samples: usize) -> Result<Measured, String> {
     let options = OpenOptions {
@@ -195,11 +220,18 @@ fn samples_of(dev: &Device, shape: &Shape, samples: usize) -> Result<Measured, S
     dev.destage_all().map_err(e)?;
     let hold = settings(100, 99);
     let run = settings(1, 0);
-    let (mut idle, mut destage, mut mbps) = (Vec::new(), Vec::new(), Vec::new());
+    let mut m = Measured {
+        idle: Vec::new(),
+        destage: Vec::new(),
+        mbps: Vec::new(),
+        p50_idle: Vec::new(),
+        p50_destage: Vec::new(),
+    };
     for sample in 0..samples {
         dev.set(&hold).map_err(e)?;
-        let p99 = foreground(dev, shape.phase, sample as u64, || false)?;
-        idle.push(p99);
+        let (p50, p99) = foreground(dev, shape.phase, sample as u64, || false)?;
+        m.idle.push(p99);
+        m.p50_idle.push(p50);
         for (i, first) in (backlog_first..backlog_first + backlog_lines)
             .step_by((BACKLOG_WRITE / LINE) as usize)
             .enumerate()
@@ -210,15 +242,16 @@ fn samples_of(dev: &Device, shape: &Shape, samples: usize) -> Result<Measured, S
         let dirty = dev.dirty_lines();
         let start = now();
         dev.set(&run).map_err(e)?;
-        let p99 = foreground(dev, shape.phase, sample as u64, || dev.dirty_lines() == 0)?;
+        let (p50, p99) = foreground(dev, shape.phase, sample as u64, || dev.dirty_lines() == 0)?;
         let seconds = now().saturating_duration_since(start).as_secs_f64();
         let destaged = dirty - dev.dirty_lines();
-        destage.push(p99);
-        mbps.push((destaged * LINE) as f64 / seconds / 1e6);
+        m.destage.push(p99);
+        m.p50_destage.push(p50);
+        m.mbps.push((destaged * LINE) as f64 / seconds / 1e6);
         // What the phase left is destaged outside the figures.
         dev.destage_all().map_err(e)?;
     }
-    Ok((idle, destage, mbps))
+    Ok(m)
 }
 
 fn settings(high: u8, low: u8) -> DeviceSettings {
@@ -229,14 +262,14 @@ fn settings(high: u8, low: u8) -> DeviceSettings {
     }
 }
 
-/// Reads at [`FG_READS_PER_S`] for `phase` at most, or until `done` says so; the p99
-/// of their latencies (us), each counted from its slot in the schedule.
+/// Reads at [`FG_READS_PER_S`] for `phase` at most, or until `done` says so; the p50
+/// and p99 of their latencies (us), each counted from its slot in the schedule.
 fn foreground(
     dev: &Device,
     phase: Duration,
     sample: u64,
     done: impl Fn() -> bool,
-) -> Result<f64, String> {
+) -> Result<(f64, f64), String> {
     let interval = Duration::from_nanos(1_000_000_000 * FG_TASKS / FG_READS_PER_S);
     let start = now();
     let end = start + phase;
@@ -279,6 +312,10 @@ fn foreground(
     if let Some(why) = failed.borrow_mut().take() {
         return Err(format!("foreground read: {why}"));
     }
-    let p99 = lat.borrow().quantile_us(0.99);
-    p99.ok_or_else(|| "no foreground read in the phase".to_string())
+    let lat = lat.borrow();
+    let none = || "no foreground read in the phase".to_string();
+    Ok((
+        lat.quantile_us(0.5).ok_or_else(none)?,
+        lat.quantile_us(0.99).ok_or_else(none)?,
+    ))
 }
