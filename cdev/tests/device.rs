@@ -1172,3 +1172,60 @@ fn many_partial_line_writers_on_a_tiny_cache_all_finish() {
             .unwrap();
     }
 }
+
+/// Raising the watermarks above the dirty lines stops destage at once: once the run
+/// in flight ends, no line is destaged while clients are served (a read every
+/// millisecond keeps the device from idling); lowering them starts it again.
+#[test]
+fn raised_watermarks_stop_destage_at_once() {
+    run_sim(move |_| {
+        let mut c = config(Path::new(SIM_DIR));
+        c.destage_high_pct = 2;
+        c.destage_low_pct = 0;
+        let dev = Device::open(&c, CREATE).unwrap();
+        for i in 0..64u64 {
+            let offset = i * 16 * LINE;
+            dev.write(offset, &data(offset, 3 * LINE, i + 1)).unwrap();
+        }
+        assert!(stat(&dev, "destage.runs") > 0, "destage started");
+        let hold = cdev::DeviceSettings {
+            destage_high_pct: Some(100),
+            destage_low_pct: Some(99),
+            ..Default::default()
+        };
+        dev.set(&hold).unwrap();
+        // Bounded: the run in flight ends within its I/O.
+        for _ in 0..1000 {
+            if stat(&dev, "destage.runs_in_flight") == 0 {
+                break;
+            }
+            sleep(Duration::from_millis(1));
+        }
+        let dirty = dev.dirty_lines();
+        assert!(dirty > 0, "the backlog outlived the change");
+        for _ in 0..200 {
+            read(&dev, 0, LINE);
+            sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            dev.dirty_lines(),
+            dirty,
+            "destage went on above the low watermark"
+        );
+        let run = cdev::DeviceSettings {
+            destage_high_pct: Some(1),
+            destage_low_pct: Some(0),
+            ..Default::default()
+        };
+        dev.set(&run).unwrap();
+        for _ in 0..2000 {
+            if dev.dirty_lines() == 0 {
+                break;
+            }
+            read(&dev, 0, LINE);
+            sleep(Duration::from_millis(1));
+        }
+        assert_eq!(dev.dirty_lines(), 0);
+        dev.close().unwrap();
+    });
+}
