@@ -73,8 +73,9 @@ pub const DESTAGE_RUNS_MAX: usize = 4;
 /// or one within [`CLIENT_RECENT`]) and the cache is not nearly full of dirty lines:
 /// destage yields to client I/O. `tdrv bench cdev` (DEVELOPERS.md): with
 /// [`DESTAGE_RUNS_MAX`] runs in flight the foreground's p99 was 2.9x idle's (the
-/// reach is 2x), destaging 93 MB/s; with one, 1.3x and 0.4x in two runs (idle's p99
-/// is noisy on the shared machine), destaging 43 MB/s.
+/// reach is 2x), destaging 93 MB/s; with one, 1.3x, 0.4x and 2.8x in three runs,
+/// destaging 35 to 43 MB/s (on a shared, loaded machine: idle's p99 itself varied
+/// from 0.45 to 441 ms between samples, so the p99s mostly measure the machine).
 pub const DESTAGE_RUNS_YIELDING: usize = 1;
 /// A request within this long counts as clients being served.
 const CLIENT_RECENT: Duration = Duration::from_millis(10);
