@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rpc::{Request, Response, Status};
 use serde::Serialize;
 
-use crate::config::{CacheMode, DeviceConfig, DeviceSettings};
+use crate::config::{DeviceConfig, DeviceSettings};
 use crate::datadir::{DEVICES_MAX, DataDirError, check_device, parse_toml};
 use crate::device::Recovered;
 use crate::devices::{
@@ -220,17 +220,28 @@ fn show(devices: &Arc<Devices>, name: &str) -> Result<Answer, Refusal> {
     Ok(Answer::Show(text))
 }
 
-/// DEVICE_SET: the mode is changed on the open device first (the Device has no
-/// setter for the others: the watermarks and the cutoff are kept for its next open).
+/// DEVICE_SET: the settings are checked together (a refusal names the key and
+/// changes nothing), applied to the open device on its runtime ([`Device::set`]:
+/// at once), then kept in the data dir's TOML. A key of the configuration that a
+/// running device cannot change is refused by name.
+///
+/// [`Device::set`]: crate::Device::set
 fn set(devices: &Arc<Devices>, name: &str, text: &str) -> Result<Answer, Refusal> {
+    const WHERE: &str = "DEVICE_SET";
     let (config, state) = devices.get(name)?;
-    let settings: DeviceSettings = parse_toml("DEVICE_SET", text).map_err(config_refusal)?;
+    refuse_fixed_keys(text).map_err(config_refusal)?;
+    let settings: DeviceSettings = parse_toml(WHERE, text).map_err(config_refusal)?;
     let changed = settings.applied_to(&config);
-    check_device("DEVICE_SET", &changed).map_err(config_refusal)?;
-    if let (Some(mode), DeviceState::Open(_)) = (settings.mode, &state)
-        && mode != config.mode
-    {
-        set_mode(devices, name, mode)?;
+    check_device(WHERE, &changed).map_err(config_refusal)?;
+    if let DeviceState::Open(_) = state {
+        devices
+            .on_device(name, move |host| match &host.device {
+                Some(d) => d
+                    .set(&settings)
+                    .map_err(|e| Refusal::new(e.status(), e.to_string())),
+                None => Err(crate::devices::no_device("(failed)")),
+            })
+            .and_then(|r| r)?;
     }
     devices
         .dir()
@@ -240,15 +251,28 @@ fn set(devices: &Arc<Devices>, name: &str, text: &str) -> Result<Answer, Refusal
     Ok(Answer::Set)
 }
 
-fn set_mode(devices: &Arc<Devices>, name: &str, mode: CacheMode) -> Result<(), Refusal> {
-    devices
-        .on_device(name, move |host| match &host.device {
-            Some(d) => d
-                .set_mode(mode)
-                .map_err(|e| Refusal::new(e.status(), e.to_string())),
-            None => Err(crate::devices::no_device("(failed)")),
-        })
-        .and_then(|r| r)
+/// A DEVICE_SET naming a key of the configuration that is not a setting (the line
+/// size, the vSSD's path and size, the backing store...) is refused by that key:
+/// those are fixed when the device is created.
+fn refuse_fixed_keys(text: &str) -> Result<(), DataDirError> {
+    const WHERE: &str = "DEVICE_SET";
+    // A text that is no TOML table is left to `parse_toml`, which says where.
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let configured = toml::Table::try_from(DeviceConfig::new("k", "b".into(), "v".into(), 0))
+        .expect("a DeviceConfig is a TOML table");
+    let fixed = table
+        .keys()
+        .find(|k| configured.contains_key(*k) && !DeviceSettings::KEYS.contains(&k.as_str()));
+    if let Some(key) = fixed {
+        let why = format!(
+            "cannot change on a running device (fixed when it is created); DEVICE_SET changes {}",
+            DeviceSettings::KEYS.join(", ")
+        );
+        return Err(crate::datadir::bad(WHERE, key, why));
+    }
+    Ok(())
 }
 
 fn delete(devices: &Arc<Devices>, name: &str, named: Option<u64>) -> Result<Answer, Refusal> {

@@ -138,6 +138,14 @@ pub struct DeviceSettings {
 }
 
 impl DeviceSettings {
+    /// The keys of a DEVICE_SET's TOML (this struct's fields).
+    pub const KEYS: [&str; 4] = [
+        "mode",
+        "destage_high_pct",
+        "destage_low_pct",
+        "seq_cutoff_bytes",
+    ];
+
     /// `config` with these settings applied.
     pub fn applied_to(&self, config: &DeviceConfig) -> DeviceConfig {
         let mut c = config.clone();
@@ -154,5 +162,26 @@ impl DeviceSettings {
             c.seq_cutoff_bytes = s;
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_keys_are_the_fields() {
+        let all = DeviceSettings {
+            mode: Some(CacheMode::WriteBack),
+            destage_high_pct: Some(1),
+            destage_low_pct: Some(0),
+            seq_cutoff_bytes: Some(0),
+        };
+        let table = toml::Table::try_from(all).unwrap();
+        let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+        let mut want = DeviceSettings::KEYS.to_vec();
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want);
     }
 }

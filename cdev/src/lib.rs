@@ -22,8 +22,8 @@ pub mod service;
 
 pub use config::{CacheMode, DeviceConfig, DeviceSettings, ReplicaConfig, ReplicaLoss};
 pub use device::{
-    BLOCK_SIZE, Device, DeviceInfo, Extent, IO_LEN_MAX, OpenOptions, Recovered, Zeroing,
-    vssd_format_params,
+    BLOCK_SIZE, DESTAGE_RUNS_YIELDING, Device, DeviceInfo, Extent, IO_LEN_MAX, OpenOptions,
+    Recovered, Zeroing, vssd_format_params,
 };
 pub use error::CdevError;
 pub use server::{Cvad, CvadConfig, CvadError, ServerSettings};

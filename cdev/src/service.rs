@@ -198,6 +198,16 @@ impl DeviceService {
             .ok_or_else(|| Refusal::new(Status::NoDevice, format!("no handle {handle} here")))
     }
 
+    /// `handle` is open on this session for writing: READ_ONLY for a read-only one
+    /// (WRITE, DISCARD and FLUSH are refused on it and change nothing).
+    fn writable(&self, handle: u64, t: MsgType) -> Result<(), Refusal> {
+        if self.handle_of(handle)? {
+            let why = format!("handle {handle} was opened read-only: no {t} on it");
+            return Err(Refusal::new(Status::ReadOnly, why));
+        }
+        Ok(())
+    }
+
     /// Serves a device request; READ's data goes in `scratch`.
     fn serve(&self, request: Request<'_>, scratch: &mut Vec<u8>) -> Result<Served, Refusal> {
         let t = request.msg_type();
@@ -246,15 +256,12 @@ impl DeviceService {
                 offset,
                 data,
             } => {
-                if self.handle_of(handle)? {
-                    let why = format!("handle {handle} was opened read-only");
-                    return Err(Refusal::new(Status::ReadOnly, why));
-                }
+                self.writable(handle, t)?;
                 self.device(t)?.0.write(offset, data).map_err(failed)?;
                 Served::Done(Response::Write)
             }
             Request::Flush { handle } => {
-                self.handle_of(handle)?;
+                self.writable(handle, t)?;
                 self.device(t)?.0.flush().map_err(failed)?;
                 Served::Done(Response::Flush)
             }
@@ -263,10 +270,7 @@ impl DeviceService {
                 offset,
                 length,
             } => {
-                if self.handle_of(handle)? {
-                    let why = format!("handle {handle} was opened read-only");
-                    return Err(Refusal::new(Status::ReadOnly, why));
-                }
+                self.writable(handle, t)?;
                 let (device, _busy) = self.device(t)?;
                 device.discard(offset, u64::from(length)).map_err(failed)?;
                 Served::Done(Response::Discard)

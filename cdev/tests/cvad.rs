@@ -144,7 +144,12 @@ fn show(client: &Client, name: &str) -> String {
 }
 
 fn server_counter(client: &Client, name: &str) -> u64 {
-    let reply = client.call(Request::Stat { handle: 0 }).expect("STAT");
+    device_counter(client, 0, name)
+}
+
+/// Counter `name` of STAT on `handle` (0: the server's).
+fn device_counter(client: &Client, handle: u64, name: &str) -> u64 {
+    let reply = client.call(Request::Stat { handle }).expect("STAT");
     match reply.response().expect("response") {
         Response::Stat { counters } => {
             counters
@@ -293,10 +298,46 @@ fn dev0_writes_read_back_across_a_restart() {
     assert_eq!(routed, 1);
     assert!(cvad.stop().success());
 
+    // Opened read-only after the restart: READ and STAT serve, WRITE, DISCARD and
+    // FLUSH are refused READ_ONLY and change nothing.
     let cvad = start(&data, &[]);
     let back = with_client(cvad.addr, move |c| {
-        let (h, _) = open(c, "dev0");
-        read(c, h, offset, 3 * 4096)
+        let reply = c
+            .call(Request::DeviceOpen {
+                name: "dev0",
+                read_only: true,
+            })
+            .unwrap();
+        let Response::DeviceOpen { handle: h, info } = reply.response().unwrap() else {
+            panic!("DEVICE_OPEN read-only refused");
+        };
+        assert!(info.read_only);
+        let before = read(c, h, offset, 3 * 4096);
+        let junk = pattern(9, 4096);
+        let refused = [
+            Request::Write {
+                handle: h,
+                offset,
+                data: &junk,
+            },
+            Request::Discard {
+                handle: h,
+                offset: offset - 512,
+                length: 4 * 4096,
+            },
+            Request::Flush { handle: h },
+        ];
+        for request in refused {
+            let t = request.msg_type();
+            let (status, reason) = refusal(c, request);
+            assert_eq!(status, Status::ReadOnly, "{t}: {reason}");
+            assert!(reason.contains("read-only"), "{t}: {reason}");
+        }
+        assert_eq!(read(c, h, offset, 3 * 4096), before);
+        for name in ["requests.writes", "requests.discards", "requests.flushes"] {
+            assert_eq!(device_counter(c, h, name), 0, "{name}");
+        }
+        before
     });
     assert_eq!(back, pattern(7, 3 * 4096));
     assert!(cvad.stop_by(Signal::SIGINT).success());
@@ -411,6 +452,10 @@ fn admin_create_show_set_delete() {
         );
         assert_eq!(status, Status::InvalidArgument);
         assert!(reason.contains("line_size"), "{reason}");
+        assert!(
+            reason.contains("cannot change on a running device"),
+            "{reason}"
+        );
         let (status, reason) = refusal(
             c,
             Request::DeviceSet {
@@ -430,6 +475,15 @@ fn admin_create_show_set_delete() {
         let text = show(c, "dev0");
         assert!(text.contains("destage_high_pct = 70"), "{text}");
         assert!(text.contains("seq_cutoff_bytes = 0"), "{text}");
+        // Applied to the running device at once, not at its next open.
+        let d = Client::connect(addr, &ClientConfig::default()).expect("connect");
+        let (h, _) = open(&d, "dev0");
+        let lines = device_counter(&d, h, "config.cache_lines");
+        assert_eq!(
+            device_counter(&d, h, "config.destage_high_lines"),
+            lines * 70 / 100
+        );
+        assert_eq!(device_counter(&d, h, "config.seq_cutoff_bytes"), 0);
         // A mode change runs on the open device, then is kept.
         let reply = c
             .call(Request::DeviceSet {

@@ -995,3 +995,282 @@ fn background_destage_with_runs_in_flight_writes_every_run() {
         dev.close().unwrap();
     });
 }
+
+/// While a client is served (a read every millisecond), destage yields: one run in
+/// flight at a time (`DESTAGE_RUNS_YIELDING`), and the backlog is still destaged;
+/// once the clients stop, it runs `DESTAGE_RUNS_MAX` (the test above).
+#[test]
+fn destage_yields_to_client_requests() {
+    run_sim(move |h| {
+        let mut c = config(Path::new(SIM_DIR));
+        c.destage_high_pct = 2;
+        c.destage_low_pct = 0;
+        let dev = Device::open(&c, CREATE).unwrap();
+        let mut model = Model::new();
+        for i in 0..64u64 {
+            let offset = i * 16 * LINE;
+            let d = data(offset, 3 * LINE, i + 1);
+            dev.write(offset, &d).unwrap();
+            model.write(offset, &d);
+        }
+        // Bounded: 2 s of virtual time.
+        for _ in 0..2000 {
+            if dev.dirty_lines() == 0 {
+                break;
+            }
+            assert_eq!(read(&dev, 0, LINE).0, model.at(0, LINE));
+            sleep(Duration::from_millis(1));
+        }
+        assert_eq!(dev.dirty_lines(), 0);
+        assert_eq!(
+            stat(&dev, "destage.runs_in_flight_max"),
+            cdev::DESTAGE_RUNS_YIELDING as u64
+        );
+        assert_eq!(
+            sim_backing(h, &c, 0, BACKING_BYTES),
+            model.at(0, BACKING_BYTES)
+        );
+        dev.close().unwrap();
+    });
+}
+
+/// DEVICE_SET's settings apply to the running device: bad watermarks are refused
+/// by field and value and change nothing; new watermarks start destage at once
+/// (well before the idle rule would); a new sequential cutoff rules the next read.
+#[test]
+fn settings_apply_online_and_bad_ones_change_nothing() {
+    run_sim(move |_| {
+        let mut c = config(Path::new(SIM_DIR));
+        c.seq_cutoff_bytes = 0;
+        let dev = Device::open(&c, CREATE).unwrap();
+        let lines = stat(&dev, "config.cache_lines");
+        let high = stat(&dev, "config.destage_high_lines");
+        let bad = cdev::DeviceSettings {
+            destage_high_pct: Some(50),
+            destage_low_pct: Some(60),
+            seq_cutoff_bytes: Some(4096),
+            ..Default::default()
+        };
+        let e = dev.set(&bad).unwrap_err();
+        assert_eq!(e.status(), Status::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("destage_low_pct 60"), "{e}");
+        assert_eq!(stat(&dev, "config.destage_high_lines"), high);
+        assert_eq!(stat(&dev, "config.seq_cutoff_bytes"), 0);
+
+        // 40 dirty lines, below the high watermark: destage waits for idle time.
+        for line in 0..40 {
+            dev.write(line * LINE, &data(line * LINE, LINE, 1)).unwrap();
+        }
+        assert_eq!(dev.dirty_lines(), 40);
+        let low = cdev::DeviceSettings {
+            destage_high_pct: Some(1),
+            destage_low_pct: Some(0),
+            ..Default::default()
+        };
+        dev.set(&low).unwrap();
+        assert_eq!(
+            stat(&dev, "config.destage_high_lines"),
+            (lines / 100).max(1)
+        );
+        // Bounded: under IDLE_AFTER of virtual time.
+        for _ in 0..16 {
+            if dev.dirty_lines() == 0 {
+                break;
+            }
+            sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            dev.dirty_lines(),
+            0,
+            "destage did not start at the new watermark"
+        );
+
+        // A sequential stream: cached while the cutoff is 0 (never), bypasses the
+        // cache once a cutoff shorter than it is set.
+        let chunk = 16 * LINE;
+        read(&dev, 64 * LINE, chunk);
+        read(&dev, 64 * LINE + chunk, chunk);
+        assert_eq!(stat(&dev, "requests.read_pass_through"), 0);
+        let cutoff = cdev::DeviceSettings {
+            seq_cutoff_bytes: Some(chunk),
+            ..Default::default()
+        };
+        dev.set(&cutoff).unwrap();
+        read(&dev, 64 * LINE + 2 * chunk, chunk);
+        assert_eq!(stat(&dev, "requests.read_pass_through"), 1);
+        dev.close().unwrap();
+    });
+}
+
+/// Joins `writers` once they all ended, within a minute of virtual time (well
+/// under a second while destage progresses); a writer still waiting then fails the
+/// test (its wait ended by closing the vSSD: the test never waits for ever).
+fn join_writers(
+    dev: &Device,
+    writers: Vec<taskio::JoinHandle<Result<(), CdevError>>>,
+) -> Vec<Result<(), CdevError>> {
+    // Bounded: 600 rounds.
+    for _ in 0..600 {
+        if writers.iter().all(|w| w.is_finished()) {
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let stuck = writers.iter().filter(|w| !w.is_finished()).count();
+    let dirty = dev.dirty_lines();
+    if stuck > 0 {
+        dev.vssd().close();
+    }
+    let results = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert_eq!(
+        stuck, 0,
+        "writers stuck waiting for room: {dirty} dirty lines of {SMALL_CACHE_LINES}"
+    );
+    results
+}
+
+/// Writers waiting for room in a full cache must never hold every dirty line, or
+/// destage could free nothing and they would wait for ever. Set up under the
+/// simulator: a cache of 16 lines, 15 dirty (below the high watermark of 100%);
+/// then at once 15 writers of two lines, each a dirty line and a new one: the first
+/// takes the last room, the others wait for room holding their dirty lines; two
+/// more writers wait in the gate for the first's lines, and take them (wanting room
+/// too) as it ends, before destage looks. The gate's cap on the lines held by the
+/// writes in flight (below the cache's lines) keeps a dirty line free for destage.
+#[test]
+fn writers_waiting_for_room_never_hold_every_dirty_line() {
+    run_sim(move |_| {
+        let mut c = config(Path::new(SIM_DIR));
+        c.vssd_bytes = small_vssd_bytes();
+        c.destage_high_pct = 100;
+        c.destage_low_pct = 99;
+        let dev = Device::open(&c, CREATE).unwrap();
+        assert_eq!(stat(&dev, "config.cache_lines"), SMALL_CACHE_LINES);
+        let dirty = SMALL_CACHE_LINES - 1;
+        for i in 0..dirty {
+            dev.write(3 * i * LINE, &data(3 * i * LINE, LINE, 1))
+                .unwrap();
+        }
+        assert_eq!(dev.dirty_lines(), dirty);
+        // Writer k (first) takes the last room; the others wait for room; x and y
+        // wait in the gate for k's lines.
+        let k = dirty / 2;
+        let mut firsts: Vec<u64> = vec![3 * k];
+        firsts.extend((0..dirty).filter(|&i| i != k).map(|i| 3 * i));
+        firsts.extend([3 * k + 1, 3 * k - 1]);
+        let writers = firsts
+            .iter()
+            .map(|&first| {
+                let dev = dev.clone();
+                taskio::spawn(move || {
+                    let offset = first * LINE;
+                    dev.write(offset, &data(offset, 2 * LINE, 2))
+                })
+                .unwrap()
+            })
+            .collect();
+        for result in join_writers(&dev, writers) {
+            result.unwrap();
+        }
+        for &first in &firsts {
+            assert_eq!(read(&dev, first * LINE, LINE).0.len() as u64, LINE);
+        }
+        dev.close().unwrap();
+    });
+}
+
+/// Many writers, each a two-line read-modify-write straddling a line boundary, over
+/// a working set four times a tiny cache: together they would hold three times the
+/// cache's lines; the gate lets them hold fewer than the cache's, and every write
+/// ends (none waits for the gate's wait_max).
+#[test]
+fn many_partial_line_writers_on_a_tiny_cache_all_finish() {
+    const WRITERS: u64 = 48;
+    const WRITES: u64 = 12;
+    for seed in 0..4u64 {
+        Sim::new(SimConfig::new(seed))
+            .run(move |h| {
+                let mut c = config(Path::new(SIM_DIR));
+                c.vssd_bytes = small_vssd_bytes();
+                c.destage_high_pct = 100;
+                c.destage_low_pct = 99;
+                let dev = Device::open(&c, CREATE).unwrap();
+                let lines = 4 * SMALL_CACHE_LINES;
+                let writers = (0..WRITERS)
+                    .map(|k| {
+                        let (dev, h) = (dev.clone(), h.clone());
+                        taskio::spawn(move || {
+                            for i in 0..WRITES {
+                                let offset = h.random(lines - 1) * LINE + LINE / 2;
+                                dev.write(offset, &data(offset, LINE, seed << 32 | k << 16 | i))?;
+                            }
+                            Ok(())
+                        })
+                        .unwrap()
+                    })
+                    .collect();
+                for result in join_writers(&dev, writers) {
+                    result.unwrap();
+                }
+                dev.close().unwrap();
+            })
+            .unwrap();
+    }
+}
+
+/// Raising the watermarks above the dirty lines stops destage at once: once the run
+/// in flight ends, no line is destaged while clients are served (a read every
+/// millisecond keeps the device from idling); lowering them starts it again.
+#[test]
+fn raised_watermarks_stop_destage_at_once() {
+    run_sim(move |_| {
+        let mut c = config(Path::new(SIM_DIR));
+        c.destage_high_pct = 2;
+        c.destage_low_pct = 0;
+        let dev = Device::open(&c, CREATE).unwrap();
+        for i in 0..64u64 {
+            let offset = i * 16 * LINE;
+            dev.write(offset, &data(offset, 3 * LINE, i + 1)).unwrap();
+        }
+        assert!(stat(&dev, "destage.runs") > 0, "destage started");
+        let hold = cdev::DeviceSettings {
+            destage_high_pct: Some(100),
+            destage_low_pct: Some(99),
+            ..Default::default()
+        };
+        dev.set(&hold).unwrap();
+        // Bounded: the run in flight ends within its I/O.
+        for _ in 0..1000 {
+            if stat(&dev, "destage.runs_in_flight") == 0 {
+                break;
+            }
+            sleep(Duration::from_millis(1));
+        }
+        let dirty = dev.dirty_lines();
+        assert!(dirty > 0, "the backlog outlived the change");
+        for _ in 0..200 {
+            read(&dev, 0, LINE);
+            sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            dev.dirty_lines(),
+            dirty,
+            "destage went on above the low watermark"
+        );
+        let run = cdev::DeviceSettings {
+            destage_high_pct: Some(1),
+            destage_low_pct: Some(0),
+            ..Default::default()
+        };
+        dev.set(&run).unwrap();
+        for _ in 0..2000 {
+            if dev.dirty_lines() == 0 {
+                break;
+            }
+            read(&dev, 0, LINE);
+            sleep(Duration::from_millis(1));
+        }
+        assert_eq!(dev.dirty_lines(), 0);
+        dev.close().unwrap();
+    });
+}

@@ -29,6 +29,10 @@ pub struct Cli {
     /// A file holding the server's shared secret.
     #[arg(long, global = true)]
     pub secret_file: Option<PathBuf>,
+    /// Open devices read-only (for read, stat, bench and verify --check: the
+    /// server refuses a write, discard or flush on them).
+    #[arg(long, global = true)]
+    pub read_only: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -160,9 +164,9 @@ pub fn run_cli(cli: Cli) -> Result<(), CliError> {
             cmd,
         }],
     };
-    let server = cli.server;
+    let (server, read_only) = (cli.server, cli.read_only);
     rt.run(move || -> Result<(), CliError> {
-        let conn = Conn::connect(server, secret)?;
+        let conn = Conn::connect(server, secret, read_only)?;
         let out = &mut std::io::stdout().lock();
         match steps.as_slice() {
             [one] if one.at.is_empty() => run(&conn, &one.cmd, out),

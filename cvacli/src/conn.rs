@@ -69,6 +69,8 @@ pub struct Open {
 pub struct Conn {
     pub client: Rc<Client>,
     opened: RefCell<HashMap<String, Open>>,
+    /// Devices are opened read-only (DEVICE_OPEN's READ_ONLY flag).
+    read_only: bool,
 }
 
 /// What a call is, for its errors.
@@ -100,7 +102,13 @@ impl Op<'_> {
 }
 
 impl Conn {
-    pub fn connect(addr: SocketAddr, secret: Option<Vec<u8>>) -> Result<Conn, CliError> {
+    /// Connects to `addr`; the devices this connection opens are opened read-only
+    /// with `read_only` (the server then refuses writes, discards and flushes).
+    pub fn connect(
+        addr: SocketAddr,
+        secret: Option<Vec<u8>>,
+        read_only: bool,
+    ) -> Result<Conn, CliError> {
         let config = ClientConfig {
             name: "cvacli".into(),
             secret,
@@ -113,6 +121,7 @@ impl Conn {
         Ok(Conn {
             client: Rc::new(client),
             opened: RefCell::new(HashMap::new()),
+            read_only,
         })
     }
 
@@ -140,7 +149,7 @@ impl Conn {
             &op,
             Request::DeviceOpen {
                 name: device,
-                read_only: false,
+                read_only: self.read_only,
             },
             |r| match r {
                 Response::DeviceOpen { handle, info } => Some(Open { handle, info }),

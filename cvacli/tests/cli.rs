@@ -109,6 +109,40 @@ fn io_commands_and_stat() {
     assert!(s.ok(&["stat"]).lines().count() > 1);
 }
 
+/// `--read-only` opens devices read-only: reads and STAT serve; a write, flush or
+/// discard is refused READ_ONLY and changes nothing.
+#[test]
+fn read_only_reads_and_is_refused_writes() {
+    let s = Server::start();
+    s.ok(&["write", "dev0", "0", "--pattern", "0x5a", "--len", "8k"]);
+    let out = s.path("r");
+    s.ok(&["--read-only", "read", "dev0", "0", "8k", "-o", &out]);
+    assert_eq!(std::fs::read(&out).unwrap(), vec![0x5a; 8192]);
+    assert!(s.ok(&["stat", "dev0", "--read-only"]).contains("requests"));
+    for args in [
+        &[
+            "--read-only",
+            "write",
+            "dev0",
+            "0",
+            "--pattern",
+            "1",
+            "--len",
+            "4k",
+        ][..],
+        &["--read-only", "flush", "dev0"],
+        &["--read-only", "discard", "dev0", "0", "8k"],
+    ] {
+        let e = s.fails(args);
+        assert!(
+            e.contains("READ_ONLY") && e.contains("read-only"),
+            "{args:?}: {e}"
+        );
+    }
+    s.ok(&["read", "dev0", "0", "8k", "-o", &out]);
+    assert_eq!(std::fs::read(&out).unwrap(), vec![0x5a; 8192]);
+}
+
 #[test]
 fn errors_name_the_operation_the_device_and_the_value() {
     let s = Server::start();

@@ -493,3 +493,35 @@ fn golden_ping_frame() {
     assert_eq!(rpc::payload_crc(b"123456789"), 0xE306_9283);
     assert_eq!(rpc::payload_crc(b""), 0);
 }
+
+/// DEVICE_OPEN's READ_ONLY is bit 0 of the `flags` word at payload offset 0 of the
+/// request and 16 of the reply (PROTOCOL.md), and decodes back.
+#[test]
+fn device_open_read_only_is_bit_0_of_its_flags() {
+    let request = Message {
+        tag: 1,
+        body: Body::Request(Request::DeviceOpen {
+            name: "dev0",
+            read_only: true,
+        }),
+    };
+    let reply = Message {
+        tag: 1,
+        body: Body::Response(Response::DeviceOpen {
+            handle: 7,
+            info: rpc::DeviceInfo {
+                size_bytes: 1 << 30,
+                block_size: 512,
+                io_len_max: 1 << 20,
+                read_only: true,
+            },
+        }),
+    };
+    for (msg, at) in [(request, 0), (reply, 16)] {
+        let mut buf = Vec::new();
+        encode_frame(1, &msg, &mut buf).unwrap();
+        let flags = &buf[HEADER_LEN + at..][..4];
+        assert_eq!(flags, [1, 0, 0, 0], "{:?}", msg.body);
+        assert_eq!(decode_frame(&buf).unwrap().1, msg);
+    }
+}

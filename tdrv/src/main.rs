@@ -26,7 +26,7 @@ struct Cli {
 enum Cmd {
     /// Run the benchmarks of one area; prints a table, then one JSON line per figure.
     Bench {
-        /// Area: taskio, io, rpc, vssd, dtm.
+        /// Area: taskio, io, rpc, vssd, dtm, cdev.
         area: String,
         /// Fewer, shorter samples: checks the benchmarks run, figures are rough.
         #[arg(long)]

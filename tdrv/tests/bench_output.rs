@@ -1,4 +1,4 @@
-//! `tdrv bench taskio|io|rpc|vssd|dtm --quick` runs and prints what DEVELOPERS.md promises: a
+//! `tdrv bench taskio|io|rpc|vssd|dtm|cdev --quick` runs and prints what DEVELOPERS.md promises: a
 //! table, then one JSON object per figure with its keys in order. (Figures are not
 //! checked: speed is for benchmarks, not tests.)
 
@@ -313,4 +313,24 @@ fn dtm_bench_only_selects_figures() {
         ["dtm-2048-r1-0.dat"],
         "only the device of one replica"
     );
+}
+
+/// `bench cdev --quick` in a scratch directory (its device files land under
+/// ./target/tdrv-bench there): the foreground p99 idle and during destage in us,
+/// their ratio, and destage's rate, with the reach printed.
+#[test]
+fn cdev_quick_bench_prints_table_then_json_lines() {
+    let dir = scratch("bench-cdev");
+    let (figures, stdout) = run_bench_in(Some(dir.path()), &["bench", "cdev", "--quick"]);
+    assert_eq!(
+        figures,
+        [
+            ("cdev_fg_p99_idle", "us"),
+            ("cdev_fg_p99_destage", "us"),
+            ("cdev_fg_p99_ratio", "x"),
+            ("cdev_destage_mbps", "MB/s"),
+        ]
+        .map(|(n, u)| (n.to_string(), u.to_string()))
+    );
+    assert!(stdout.contains("x idle's (reach <= 2x: "), "{stdout}");
 }

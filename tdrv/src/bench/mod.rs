@@ -3,6 +3,7 @@
 //! figure for machines (the format of DEVELOPERS.md):
 //! `{"bench":"NAME","unit":"ns/op","median":F,"min":F,"max":F,"n":N}`.
 
+mod cdev;
 mod dtm;
 mod io;
 mod lat;
@@ -102,7 +103,7 @@ impl Plan {
 }
 
 /// The bench areas `run` knows.
-pub const AREAS: &[&str] = &["taskio", "io", "rpc", "vssd", "dtm"];
+pub const AREAS: &[&str] = &["taskio", "io", "rpc", "vssd", "dtm", "cdev"];
 
 pub fn run(
     area: &str,
@@ -124,6 +125,7 @@ pub fn run(
         "rpc" => rpc::run(&plan)?,
         "vssd" => vssd::run(&plan)?,
         "dtm" => dtm::run(&plan)?,
+        "cdev" => cdev::run(&plan)?,
         other => {
             return Err(format!(
                 "unknown bench area {other:?} (known: {})",
