@@ -29,6 +29,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -628,7 +629,22 @@ impl<S: Service> Session<S> {
             }
             Err(e) => return self.refuse(&q.header.raw(), e.status(), &e.to_string()),
         };
-        let response: Response<'_> = self.service.handle(&self.info, &q.header, request, scratch);
+        // A service that panics (a bug) still answers its client, IO_ERROR under the
+        // request's tag, rather than leaving it to its timeout; then the handler
+        // task ends as it would have (its frame and slot are given back on the way).
+        // The runtime ending the task is not a panic: it goes on at once.
+        let handled = catch_unwind(AssertUnwindSafe(|| {
+            self.service.handle(&self.info, &q.header, request, scratch)
+        }));
+        let response: Response<'_> = match handled {
+            Ok(response) => response,
+            Err(payload) if taskio::is_cancellation(&*payload) => resume_unwind(payload),
+            Err(payload) => {
+                let why = "the server failed on this request (a bug; see its log)";
+                let _ = self.refuse(&q.header.raw(), Status::IoError, why);
+                resume_unwind(payload)
+            }
+        };
         self.send(&Message {
             tag: q.header.tag,
             body: Body::Response(response),

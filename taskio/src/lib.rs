@@ -54,8 +54,8 @@ pub use sync::rendez::Rendez;
 pub use sync::rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use sync::select::{Selectable, select};
 pub use task::{
-    Builder, Current, JoinHandle, TaskId, TaskRef, WaitReason, current, local_set, local_take,
-    local_with, now, park, park_until, sleep, sleep_until, spawn, yield_now,
+    Builder, Current, JoinHandle, TaskId, TaskRef, WaitReason, current, is_cancellation, local_set,
+    local_take, local_with, now, park, park_until, sleep, sleep_until, spawn, yield_now,
 };
 pub use timer::{Deadline, Instant};
 

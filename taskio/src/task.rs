@@ -26,6 +26,13 @@ use crate::timer::Instant;
 /// The panic payload the runtime unwinds a task with when it tears it down.
 pub(crate) struct Cancelled;
 
+/// Whether `payload` (caught by `catch_unwind`) is the runtime ending the task (a
+/// teardown or cancellation) rather than a panic: code that catches panics must
+/// resume such an unwind at once, doing nothing that waits.
+pub fn is_cancellation(payload: &(dyn std::any::Any + Send)) -> bool {
+    payload.is::<Cancelled>()
+}
+
 /// A task's number, unique within its runtime for the runtime's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TaskId(pub u64);

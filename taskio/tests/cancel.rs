@@ -378,3 +378,39 @@ fn teardown_lets_a_system_task_finish_the_unwind_of_its_own_panic() {
     assert!(finished, "the destructor was abandoned at a yield");
     assert!(!panicking, "the thread was left panicking after the run");
 }
+
+/// Code that catches panics can tell the runtime's teardown unwind from a panic
+/// (`is_cancellation`), and must resume it: rpc's handlers do.
+#[test]
+fn a_caught_teardown_unwind_is_a_cancellation_and_a_panic_is_not() {
+    let (seen, panicking) = on_own_thread(|| {
+        let seen = Rc::new(Cell::new((false, false)));
+        let s = seen.clone();
+        taskio::Runtime::new()
+            .run(move || {
+                let panicked = std::panic::catch_unwind(|| panic!("a bug (expected by the test)"))
+                    .expect_err("it panicked");
+                let s2 = s.clone();
+                taskio::Builder::new()
+                    .system(true)
+                    .spawn(move || {
+                        let caught = std::panic::catch_unwind(|| Rendez::new().sleep())
+                            .expect_err("torn down");
+                        s2.set((taskio::is_cancellation(&*caught), s2.get().1));
+                        std::panic::resume_unwind(caught);
+                    })
+                    .expect("spawn");
+                s.set((false, taskio::is_cancellation(&*panicked)));
+                // Let it park; then main ends and teardown unwinds it.
+                taskio::yield_now();
+            })
+            .expect("run");
+        (seen.get(), std::thread::panicking())
+    });
+    assert_eq!(
+        seen,
+        (true, false),
+        "(teardown caught as cancellation, panic as cancellation)"
+    );
+    assert!(!panicking, "the thread was left panicking after the run");
+}
