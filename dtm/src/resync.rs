@@ -1,6 +1,10 @@
 //! Resync: a stale replica that returns is brought up to date while writes go on,
 //! then made a member in a new epoch.
 //!
+//! A replica that is not a member but at the DTM's epoch or a newer one is refused:
+//! it is another primary's (two claims of one epoch number, or a takeover this DTM
+//! has not met yet), and its trans would mix with this DTM's.
+//!
 //! 0. Its in-doubt trans (prepared there before it was lost, never resolved: a
 //!    replica cut off keeps its vSSD open) are resolved by what the primary knows:
 //!    committed there, or still the version of one of its lines -> committed;
@@ -23,7 +27,8 @@
 //!    replica too; every write that began before the join had finished phase 1 and
 //!    committed on the primary (the gate), so the walk sees its version.
 //! 3. A new epoch (epoch + 1) with the members and the replica, recorded in the
-//!    replica first, then in every member; the replica becomes a member. If the
+//!    replica first, then in every other member, the primary last
+//!    ([`crate::dtm`]'s `record_epoch`); the replica becomes a member. If the
 //!    replica's answer fails (it may hold the new epoch all the same), the members
 //!    move to epoch + 2 without it before any other write.
 //!
@@ -43,7 +48,7 @@ use vssd::map::State;
 
 use crate::config::{MEMBERS_MAX, RESYNC_BATCH_LINES};
 use crate::copy::{Copied, copy_line};
-use crate::dtm::{Inner, Member, fan_out};
+use crate::dtm::{Inner, Member, record_epoch};
 use crate::error::DtmError;
 use crate::replica::{InDoubtTran, Replica, ReplicaError};
 
@@ -102,6 +107,16 @@ impl Inner {
                 .any(|m| m.id() == member)
             {
                 Some(format!("member id {member} is in use"))
+            } else if replica.info().epoch >= view.epoch {
+                // Not a member, yet at this epoch or a newer one: another primary's
+                // (a claim of the same epoch number, or a fence not met yet); its
+                // trans would mix with this DTM's under one epoch's ids.
+                Some(format!(
+                    "it is at epoch {} with members {:?}, not older than the device's {}",
+                    replica.info().epoch,
+                    replica.info().members,
+                    view.epoch
+                ))
             } else if view.members.len() >= MEMBERS_MAX {
                 Some(format!("the epoch has {MEMBERS_MAX} members already"))
             } else {
@@ -329,23 +344,17 @@ impl Inner {
             let member_ids: Vec<u64> = members.iter().map(Member::id).collect();
             let past = epoch + 1;
             let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
-            let results = fan_out(&targets, move |r| r.set_epoch(past, &member_ids));
+            let failures = record_epoch(&targets, past, &member_ids);
             self.view.borrow_mut().epoch = past;
             self.count(|s| s.epoch_changes += 1);
             drop(gate);
-            let failures: Vec<(u64, ReplicaError)> = members
-                .iter()
-                .zip(results)
-                .filter_map(|(m, r)| r.err().map(|e| (m.id(), e)))
-                .collect();
             if !failures.is_empty() {
                 self.settle(OP, failures)?;
             }
             return Err(failed);
         }
-        let set_ids = ids.clone();
         let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
-        let results = fan_out(&targets, move |r| r.set_epoch(epoch, &set_ids));
+        let failures = record_epoch(&targets, epoch, &ids);
         {
             let mut view = self.view.borrow_mut();
             let i = view
@@ -361,11 +370,6 @@ impl Inner {
         self.count(|s| s.epoch_changes += 1);
         self.progress(|p| p.joined_epoch = Some(epoch));
         drop(gate);
-        let failures: Vec<(u64, ReplicaError)> = members
-            .iter()
-            .zip(results)
-            .filter_map(|(m, r)| r.err().map(|e| (m.id(), e)))
-            .collect();
         if failures.is_empty() {
             return Ok(());
         }
