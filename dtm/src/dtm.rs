@@ -297,7 +297,7 @@ fn replicas(members: &[Member]) -> Vec<Rc<dyn Replica>> {
     members.iter().map(|m| m.replica.clone()).collect()
 }
 
-fn ids(members: &[Member]) -> Vec<u64> {
+pub(crate) fn ids(members: &[Member]) -> Vec<u64> {
     members.iter().map(Member::id).collect()
 }
 

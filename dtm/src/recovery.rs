@@ -274,7 +274,7 @@ fn newest_epoch(
 /// primary's own (itself first): two primaries that raced from the epoch before
 /// with one member set each record their own order, and neither won (each move
 /// from the old epoch succeeds on one replica only), so no write was made at it.
-fn same_members(a: &[u64], b: &[u64]) -> bool {
+pub(crate) fn same_members(a: &[u64], b: &[u64]) -> bool {
     let (mut a, mut b) = (a.to_vec(), b.to_vec());
     a.sort_unstable();
     b.sort_unstable();

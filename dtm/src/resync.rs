@@ -3,7 +3,9 @@
 //!
 //! A replica that is not a member but at the DTM's epoch or a newer one is refused:
 //! it is another primary's (two claims of one epoch number, or a takeover this DTM
-//! has not met yet), and its trans would mix with this DTM's.
+//! has not met yet), and its trans would mix with this DTM's. Except a claim of the
+//! DTM's epoch that lists the primary with other members: it never took effect
+//! (see `another_primarys`).
 //!
 //! 0. Its in-doubt trans (prepared there before it was lost, never resolved: a
 //!    replica cut off keeps its vSSD open) are resolved by what the primary knows:
@@ -48,9 +50,10 @@ use vssd::map::State;
 
 use crate::config::{MEMBERS_MAX, RESYNC_BATCH_LINES};
 use crate::copy::{Copied, copy_line};
-use crate::dtm::{Inner, Member, record_epoch};
+use crate::dtm::{Inner, Member, View, record_epoch};
 use crate::error::DtmError;
-use crate::replica::{InDoubtTran, Replica, ReplicaError};
+use crate::recovery::same_members;
+use crate::replica::{InDoubtTran, Replica, ReplicaError, ReplicaInfo};
 
 /// How far a resync got.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,6 +68,31 @@ pub struct ResyncProgress {
     pub lines_dropped: u64,
     /// The epoch it joined, once it did.
     pub joined_epoch: Option<u64>,
+}
+
+/// Why a replica that is not a member, at `info`'s epoch and members, is another
+/// primary's, if it is: at a newer epoch than the DTM's (a takeover this DTM has not
+/// met yet), or at its epoch with a claim that does not list this DTM's primary (a
+/// split brain: two primaries each degraded to a set of its own). Its trans would
+/// mix with this DTM's under one epoch's ids. A claim of the DTM's epoch that lists
+/// the primary with other members never took effect (the primary records its own
+/// epoch last, `record_epoch`, and records this one with the DTM's members): a
+/// join whose epoch the primary failed to record, after which a recovery that did
+/// not reach the replica gave that epoch number to the DTM's members.
+fn another_primarys(info: &ReplicaInfo, view: &View) -> Option<String> {
+    let primary = view.members.first().map(Member::id);
+    let refuted = info.epoch == view.epoch
+        && primary.is_some_and(|p| info.members.contains(&p))
+        && !same_members(&info.members, &crate::dtm::ids(&view.members));
+    (info.epoch >= view.epoch && !refuted).then(|| {
+        format!(
+            "it is at epoch {} with members {:?}, another primary's (the device is at epoch {} with {:?})",
+            info.epoch,
+            info.members,
+            view.epoch,
+            crate::dtm::ids(&view.members)
+        )
+    })
 }
 
 impl Inner {
@@ -107,16 +135,8 @@ impl Inner {
                 .any(|m| m.id() == member)
             {
                 Some(format!("member id {member} is in use"))
-            } else if replica.info().epoch >= view.epoch {
-                // Not a member, yet at this epoch or a newer one: another primary's
-                // (a claim of the same epoch number, or a fence not met yet); its
-                // trans would mix with this DTM's under one epoch's ids.
-                Some(format!(
-                    "it is at epoch {} with members {:?}, not older than the device's {}",
-                    replica.info().epoch,
-                    replica.info().members,
-                    view.epoch
-                ))
+            } else if let Some(why) = another_primarys(&replica.info(), &view) {
+                Some(why)
             } else if view.members.len() >= MEMBERS_MAX {
                 Some(format!("the epoch has {MEMBERS_MAX} members already"))
             } else {

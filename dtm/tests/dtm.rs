@@ -1482,3 +1482,38 @@ fn a_replica_of_another_primarys_epoch_is_not_resynced() {
         );
     });
 }
+
+/// A replica at the DTM's epoch whose claim lists the primary with other members is
+/// stale, and is resynced: that claim never took effect (a resync's join recorded it
+/// on the replica, the primary failed to record it, and a recovery that did not
+/// reach the replica gave the epoch number to the primary alone). Found by `tdrv sim
+/// dtm` seeds 30163, 30297, 30879 and 31296, which the refusal above first failed.
+#[test]
+fn a_replica_whose_claim_of_the_epoch_the_primary_refutes_is_resynced() {
+    let dir = TempDir::new("resync-refuted");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 2, VSSD_LINES);
+        let primary: Rc<dyn Replica> = reps[0].flaky.clone();
+        let dtm = Dtm::start(
+            reps[0].vssd.clone(),
+            vec![primary],
+            EPOCH,
+            DtmConfig::default(),
+        )
+        .unwrap();
+        let tran = dtm.write(3, &payload(3, 1, 1)).unwrap().tran().unwrap();
+        let other = LocalReplica::new(reps[1].vssd.clone(), 2, "other", 0);
+        other.set_epoch(EPOCH, &[1, 2]).unwrap();
+        let target = Rc::new(Flaky {
+            inner: LocalReplica::new(reps[1].vssd.clone(), 2, "target", EPOCH),
+            mode: Cell::new(Mode::Healthy),
+            only: Cell::new(None),
+        });
+        let p = dtm.resync(target).unwrap();
+        assert_eq!(p.joined_epoch, Some(EPOCH + 1));
+        assert_eq!((dtm.members(), dtm.epoch()), (vec![1, 2], EPOCH + 1));
+        assert_eq!(held(&reps[1], 3).unwrap().0, tran);
+        assert_agree(&[&reps[0], &reps[1]]);
+    });
+}
