@@ -12,6 +12,21 @@ fn a_replicated_device_survives_two_hundred_seeds_of_trouble() {
     sweep_passes("sim", "dtm", 200);
 }
 
+/// The seeds that the large sweeps found failing, each fixed since (a test in dtm
+/// names each bug): a cut-off primary's lone epoch (692, 10967, 12574), a 2-node
+/// takeover from a primary that had degraded to itself (8017, 21775, 22174, 25667),
+/// a damaged line on a resync's target (14311), a refuted claim of the epoch on a
+/// returning replica (30163, 30297, 30879, 31296).
+#[test]
+fn the_seeds_the_sweeps_found_pass() {
+    for seed in [
+        692, 8017, 10967, 12574, 14311, 21775, 22174, 25667, 30163, 30297, 30879, 31296,
+    ] {
+        let (code, out, err) = tdrv(&["sim", "dtm", "--seed", &seed.to_string()]);
+        assert_eq!(code, 0, "seed {seed}: {out}\n{err}");
+    }
+}
+
 /// Over a few seeds every kind of trouble struck and every path ran: takeovers,
 /// resyncs, in-doubt trans committed by recovery, writes that failed; devices of 2
 /// and of 3 nodes; most writes were acknowledged and every line checked.
