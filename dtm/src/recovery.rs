@@ -287,32 +287,60 @@ type InDoubtMap = BTreeMap<u64, Vec<(usize, InDoubtTran)>>;
 fn collect_in_doubt(replicas: &[&dyn Replica]) -> Result<InDoubtMap, DtmError> {
     let mut all: InDoubtMap = BTreeMap::new();
     for (i, r) in replicas.iter().enumerate() {
-        let mut after = 0;
-        // Bounded: each page moves `after` past the ids it lists (increasing).
-        loop {
-            let (page, more) = r.in_doubt(after, IN_DOUBT_PAGE)?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            if page.first().is_some_and(|d| d.tran <= after)
-                || page.windows(2).any(|w| w[0].tran >= w[1].tran)
-            {
-                return Err(DtmError::BadAnswer {
-                    op: "in_doubt",
-                    replica: r.name().to_string(),
-                    why: format!("trans after {after} listed out of order: {page:?}"),
-                });
-            }
-            after = last.tran;
+        in_doubt_pages(*r, IN_DOUBT_PAGE, |page| {
             for d in page {
                 all.entry(d.tran).or_default().push((i, d));
             }
-            if !more {
-                break;
-            }
-        }
+            Ok(())
+        })?;
     }
     Ok(all)
+}
+
+/// Pages through `r`'s in-doubt trans ([`Replica::in_doubt`], `page_max` a call),
+/// each page checked and handed to `each` before the next is asked for. Bounded by
+/// the ids, which must rise, and by a count: a tran in doubt holds at least one of
+/// the replica's `lines` slots, so a replica that lists more is refused
+/// ([`DtmError::BadAnswer`]) rather than paged for ever.
+pub(crate) fn in_doubt_pages(
+    r: &dyn Replica,
+    page_max: usize,
+    mut each: impl FnMut(Vec<InDoubtTran>) -> Result<(), DtmError>,
+) -> Result<(), DtmError> {
+    let bad = |why: String| DtmError::BadAnswer {
+        op: "in_doubt",
+        replica: r.name().to_string(),
+        why,
+    };
+    let slots = r.info().lines;
+    let (mut after, mut listed) = (0, 0u64);
+    // Bounded: each page lists at least one tran (or is the last), and `listed`
+    // stays at most `slots`.
+    loop {
+        let (page, more) = r.in_doubt(after, page_max)?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        if page.first().is_some_and(|d| d.tran <= after)
+            || page.windows(2).any(|w| w[0].tran >= w[1].tran)
+            || page.len() > page_max
+        {
+            return Err(bad(format!(
+                "trans after {after} listed out of order: {page:?}"
+            )));
+        }
+        after = last.tran;
+        listed += page.len() as u64;
+        if listed > slots {
+            return Err(bad(format!(
+                "{listed} trans listed in doubt (up to tran {after}), more than its {slots} slots can hold"
+            )));
+        }
+        each(page)?;
+        if !more {
+            return Ok(());
+        }
+    }
 }
 
 /// Step 3 of the module documentation.
@@ -451,23 +479,13 @@ fn names(replicas: &[&dyn Replica], holders: &[(usize, InDoubtTran)]) -> String 
 /// most [`DIRTY_PAGE`] lines per replica.
 fn reconcile(replicas: &[&dyn Replica], recovery: &mut Recovery) -> Result<(), DtmError> {
     let mut from = 0;
-    // Bounded: each window moves `from` past at least one listed line (listings are
-    // checked to start at `from`), or is the last.
+    let mut counts = vec![DirtyCount::default(); replicas.len()];
+    // Bounded: each window moves `from` past a full page of some replica's lines,
+    // or is the last; a replica that lists more lines than it has slots is refused.
     loop {
         let mut pages = Vec::with_capacity(replicas.len());
         for r in replicas {
-            let page = r.dirty(from, DIRTY_PAGE)?;
-            if page.first().is_some_and(|&(line, _)| line < from)
-                || page.windows(2).any(|w| w[0].0 >= w[1].0)
-                || page.len() > DIRTY_PAGE
-            {
-                return Err(DtmError::BadAnswer {
-                    op: "dirty",
-                    replica: r.name().to_string(),
-                    why: format!("dirty lines from {from} listed out of order: {page:?}"),
-                });
-            }
-            pages.push(page);
+            pages.push(dirty_page(*r, from, DIRTY_PAGE)?);
         }
         // Lines up to the end of the shortest full page are listed by every replica
         // that holds them dirty.
@@ -476,6 +494,10 @@ fn reconcile(replicas: &[&dyn Replica], recovery: &mut Recovery) -> Result<(), D
             .filter(|p| p.len() >= DIRTY_PAGE)
             .filter_map(|p| p.last().map(|&(line, _)| line))
             .min();
+        for ((r, page), count) in replicas.iter().zip(&pages).zip(&mut counts) {
+            let window = page.iter().filter(|&&(l, _)| end.is_none_or(|e| l <= e));
+            count.add(*r, window.count() as u64)?;
+        }
         let mut lines: BTreeMap<u64, Vec<Option<u64>>> = BTreeMap::new();
         for (i, page) in pages.iter().enumerate() {
             for &(line, version) in page.iter().filter(|&&(l, _)| end.is_none_or(|e| l <= e)) {
@@ -491,6 +513,54 @@ fn reconcile(replicas: &[&dyn Replica], recovery: &mut Recovery) -> Result<(), D
             Some(e) if e < u64::MAX => from = e + 1,
             _ => return Ok(()),
         }
+    }
+}
+
+/// One page of `r`'s dirty lines from `from` ([`Replica::dirty`], at most `max`),
+/// checked: in increasing line order from `from`, at most `max`.
+pub(crate) fn dirty_page(
+    r: &dyn Replica,
+    from: u64,
+    max: usize,
+) -> Result<Vec<(u64, u64)>, DtmError> {
+    let page = r.dirty(from, max)?;
+    if page.first().is_some_and(|&(line, _)| line < from)
+        || page.windows(2).any(|w| w[0].0 >= w[1].0)
+        || page.len() > max
+    {
+        return Err(DtmError::BadAnswer {
+            op: "dirty",
+            replica: r.name().to_string(),
+            why: format!("dirty lines from {from} listed out of order: {page:?}"),
+        });
+    }
+    Ok(page)
+}
+
+/// The dirty lines a walk over one replica's listing has passed: no more than the
+/// replica has slots (a dirty line holds one), so a replica that lists more is
+/// refused ([`DtmError::BadAnswer`]) rather than walked for ever.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct DirtyCount {
+    passed: u64,
+}
+
+impl DirtyCount {
+    /// `n` more of `r`'s lines passed.
+    pub(crate) fn add(&mut self, r: &dyn Replica, n: u64) -> Result<(), DtmError> {
+        self.passed += n;
+        let slots = r.info().lines;
+        if self.passed > slots {
+            return Err(DtmError::BadAnswer {
+                op: "dirty",
+                replica: r.name().to_string(),
+                why: format!(
+                    "{} dirty lines listed, more than its {slots} slots can hold",
+                    self.passed
+                ),
+            });
+        }
+        Ok(())
     }
 }
 

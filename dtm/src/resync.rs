@@ -52,7 +52,7 @@ use crate::config::{MEMBERS_MAX, RESYNC_BATCH_LINES};
 use crate::copy::{Copied, copy_line};
 use crate::dtm::{Inner, Member, View, record_epoch};
 use crate::error::DtmError;
-use crate::recovery::same_members;
+use crate::recovery::{DirtyCount, dirty_page, in_doubt_pages, same_members};
 use crate::replica::{InDoubtTran, Replica, ReplicaError, ReplicaInfo};
 
 /// How far a resync got.
@@ -201,12 +201,7 @@ impl Inner {
 
     /// Step 0 of the module documentation.
     fn resolve_in_doubt(&self, y: &Rc<dyn Replica>) -> Result<(), DtmError> {
-        let mut after = 0;
-        // Bounded: `after` rises with each page.
-        loop {
-            let (page, more) = y
-                .in_doubt(after, RESYNC_BATCH_LINES)
-                .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+        in_doubt_pages(y.as_ref(), RESYNC_BATCH_LINES, |page| {
             for d in &page {
                 let committed_here = match self.primary.tran_outcome(d.tran) {
                     TranOutcome::Committed => true,
@@ -224,11 +219,12 @@ impl Inner {
                 };
                 resolved.map_err(|e| self.replica_failed(y.as_ref(), e))?;
             }
-            match page.last() {
-                Some(last) if more => after = last.tran,
-                _ => return Ok(()),
-            }
-        }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            DtmError::Replica(e) => self.replica_failed(y.as_ref(), e),
+            e => e,
+        })
     }
 
     /// The payload of in-doubt tran `d` rebuilt from the primary's lines, if it holds
@@ -266,16 +262,19 @@ impl Inner {
         let primary = self.view.borrow().members[0].replica.clone();
         let primary = primary.as_ref();
         let mut from = 0u64;
-        // Bounded: `from` moves forward each round.
+        let mut theirs_passed = DirtyCount::default();
+        // Bounded: `from` moves forward each round, and the replica's listing is
+        // refused once it passed more lines than the replica has slots.
         while from < self.lines {
             self.check_up("resync")?;
             if !self.is_syncing(y.member()) {
                 return Err(self.resync_error(y.as_ref(), "it failed a write".to_string()));
             }
             let ours = self.primary.dirty_range(from, RESYNC_BATCH_LINES);
-            let theirs = y
-                .dirty(from, RESYNC_BATCH_LINES)
-                .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+            let theirs = dirty_page(y.as_ref(), from, RESYNC_BATCH_LINES).map_err(|e| match e {
+                DtmError::Replica(e) => self.replica_failed(y.as_ref(), e),
+                e => e,
+            })?;
             // Up to where both listings are complete.
             let mut end = self.lines;
             for listing in [&ours, &theirs] {
@@ -284,11 +283,13 @@ impl Inner {
                 }
             }
             assert!(end > from, "a resync batch that does not move");
+            let passed = theirs.iter().filter(|(l, _)| *l < end).count();
+            theirs_passed.add(y.as_ref(), passed as u64)?;
             let mut lines: BTreeMap<u64, (Option<u64>, Option<u64>)> = BTreeMap::new();
             for &(line, v) in ours.iter().filter(|(l, _)| *l < end) {
                 lines.entry(line).or_default().0 = Some(v);
             }
-            for &(line, v) in theirs.iter().filter(|(l, _)| *l >= from && *l < end) {
+            for &(line, v) in theirs.iter().filter(|(l, _)| *l < end) {
                 lines.entry(line).or_default().1 = Some(v);
             }
             for (line, (ours, theirs)) in lines {

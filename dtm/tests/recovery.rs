@@ -7,7 +7,7 @@ mod support;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use dtm::{DtmError, LocalReplica, Replica, recover};
+use dtm::{DtmError, Forward, InDoubtTran, LocalReplica, Replica, ReplicaError, recover};
 use support::{
     LINE, TempDir, damage_slot, formatted, in_doubt_slot, open_vssd, payload, replica, run_io,
 };
@@ -438,4 +438,68 @@ fn a_member_behind_the_newest_epoch_that_lists_it_is_reachable() {
         }
         close(&r);
     });
+}
+
+/// A replica whose listings never end (ids and lines that keep rising, each page
+/// saying more follow): its in-doubt listing, or its dirty listing, is refused once
+/// it listed more than its slots can hold, naming the replica and the count; not
+/// paged for ever.
+struct Endless {
+    inner: Rc<LocalReplica>,
+    /// Which listing never ends.
+    in_doubt: bool,
+}
+
+impl Forward for Endless {
+    fn inner(&self) -> &dyn Replica {
+        &*self.inner
+    }
+    fn in_doubt(&self, after: u64, max: usize) -> Result<(Vec<InDoubtTran>, bool), ReplicaError> {
+        if !self.in_doubt {
+            return self.inner.in_doubt(after, max);
+        }
+        let page = (after + 1..=after + max as u64)
+            .map(|tran| InDoubtTran {
+                tran,
+                line: 0,
+                line_count: 1,
+                payload_len: LINE,
+                damaged: false,
+            })
+            .collect();
+        Ok((page, true))
+    }
+    fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError> {
+        if self.in_doubt {
+            return self.inner.dirty(from, max);
+        }
+        Ok((from..from + max as u64).map(|l| (l, 7)).collect())
+    }
+}
+
+#[test]
+fn a_replica_whose_listings_never_end_is_refused() {
+    let dir = TempDir::new("rec-endless");
+    let paths = device(&dir);
+    for in_doubt in [true, false] {
+        let p = paths.clone();
+        run_io(move || {
+            let locals = open_all(&p, &ALL);
+            let slots = locals[1].info().lines;
+            let mut opened = dyns(&locals);
+            opened[1] = Rc::new(Endless {
+                inner: locals[1].clone(),
+                in_doubt,
+            });
+            let e = recover(&opened, &ALL, 3).expect_err("refused");
+            let op = if in_doubt { "in_doubt" } else { "dirty" };
+            assert!(
+                matches!(&e, DtmError::BadAnswer { op: o, replica, why }
+                    if *o == op && *replica == locals[1].name()
+                        && why.contains(&format!("its {slots} slots"))),
+                "{e}"
+            );
+            close(&locals);
+        });
+    }
 }
