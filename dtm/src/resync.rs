@@ -52,7 +52,7 @@ use crate::config::{MEMBERS_MAX, RESYNC_BATCH_LINES};
 use crate::copy::{Copied, copy_line};
 use crate::dtm::{Inner, Member, View, record_epoch};
 use crate::error::DtmError;
-use crate::recovery::{DirtyCount, dirty_page, in_doubt_pages, same_members};
+use crate::recovery::{dirty_page, in_doubt_pages, same_members};
 use crate::replica::{InDoubtTran, Replica, ReplicaError, ReplicaInfo};
 
 /// How far a resync got.
@@ -262,9 +262,9 @@ impl Inner {
         let primary = self.view.borrow().members[0].replica.clone();
         let primary = primary.as_ref();
         let mut from = 0u64;
-        let mut theirs_passed = DirtyCount::default();
-        // Bounded: `from` moves forward each round, and the replica's listing is
-        // refused once it passed more lines than the replica has slots.
+        // Bounded: `from` moves forward each round, below the device's lines (what
+        // the replica lists beyond them is never walked). No count of the replica's
+        // lines: writes go on, so the walk may pass more lines than it has slots.
         while from < self.lines {
             self.check_up("resync")?;
             if !self.is_syncing(y.member()) {
@@ -283,8 +283,6 @@ impl Inner {
                 }
             }
             assert!(end > from, "a resync batch that does not move");
-            let passed = theirs.iter().filter(|(l, _)| *l < end).count();
-            theirs_passed.add(y.as_ref(), passed as u64)?;
             let mut lines: BTreeMap<u64, (Option<u64>, Option<u64>)> = BTreeMap::new();
             for &(line, v) in ours.iter().filter(|(l, _)| *l < end) {
                 lines.entry(line).or_default().0 = Some(v);
