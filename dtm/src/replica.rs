@@ -146,7 +146,9 @@ pub trait Replica {
 /// timer, a test's hook): it names the replica it wraps, overrides the calls it
 /// changes, and every other call goes to the inner replica unchanged. Every
 /// `Forward` is a [`Replica`] (the blanket impl below), so a wrapper does not copy
-/// the forwarding of each method.
+/// the forwarding of each method. Implement it by its path (`impl dtm::Forward for
+/// X`) without importing it: with both traits in scope, a method called on the
+/// wrapper's own type is ambiguous.
 pub trait Forward {
     /// The replica this one wraps.
     fn inner(&self) -> &dyn Replica;

@@ -7,7 +7,7 @@ mod support;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use dtm::{DtmError, Forward, InDoubtTran, LocalReplica, Replica, ReplicaError, recover};
+use dtm::{DtmError, InDoubtTran, LocalReplica, Replica, ReplicaError, recover};
 use support::{
     LINE, TempDir, damage_slot, formatted, in_doubt_slot, open_vssd, payload, replica, run_io,
 };
@@ -450,7 +450,7 @@ struct Endless {
     in_doubt: bool,
 }
 
-impl Forward for Endless {
+impl dtm::Forward for Endless {
     fn inner(&self) -> &dyn Replica {
         &*self.inner
     }

@@ -9,10 +9,7 @@ mod support;
 use std::cell::Cell;
 use std::rc::Rc;
 
-use dtm::{
-    Dtm, DtmConfig, InDoubtTran, LocalReplica, Replica, ReplicaError, ReplicaErrorKind,
-    ReplicaInfo, recover,
-};
+use dtm::{Dtm, DtmConfig, LocalReplica, Replica, ReplicaError, ReplicaErrorKind, recover};
 use support::{TempDir, damage_slot, formatted, in_doubt_slot, payload, replica, run_io};
 use taskio::AlignedBuf;
 use vssd::TranOutcome;
@@ -70,62 +67,20 @@ struct LostAnswer {
     armed: Cell<bool>,
 }
 
-impl Replica for LostAnswer {
-    fn member(&self) -> u64 {
-        self.inner.member()
-    }
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn info(&self) -> ReplicaInfo {
-        self.inner.info()
-    }
-    fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.inner.writep1(tran, line, data)
-    }
-    fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
-        self.inner.commit(trans)
-    }
-    fn abort(&self, tran: u64) -> Result<(), ReplicaError> {
-        self.inner.abort(tran)
-    }
-    fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<u64>, ReplicaError> {
-        self.inner.read(line, buf)
-    }
-    fn read_prepared(&self, tran: u64) -> Result<AlignedBuf, ReplicaError> {
-        self.inner.read_prepared(tran)
-    }
-    fn repair(&self, tran: u64, payload: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.inner.repair(tran, payload)
-    }
-    fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.inner.copy_in(version, line, data)
-    }
-    fn clean(&self, line: u64, version: u64) -> Result<bool, ReplicaError> {
-        self.inner.clean(line, version)
-    }
-    fn invalidate(&self, first: u64, count: u64) -> Result<u64, ReplicaError> {
-        self.inner.invalidate(first, count)
+impl dtm::Forward for LostAnswer {
+    fn inner(&self) -> &dyn Replica {
+        &self.inner
     }
     fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
         self.inner.set_epoch(epoch, members)?;
         if self.armed.get() {
             return Err(ReplicaError {
                 op: "set_epoch",
-                replica: self.name().to_string(),
+                replica: self.inner.name().to_string(),
                 kind: ReplicaErrorKind::Timeout,
             });
         }
         Ok(())
-    }
-    fn outcome(&self, tran: u64) -> Result<TranOutcome, ReplicaError> {
-        self.inner.outcome(tran)
-    }
-    fn in_doubt(&self, after: u64, max: usize) -> Result<(Vec<InDoubtTran>, bool), ReplicaError> {
-        self.inner.in_doubt(after, max)
-    }
-    fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError> {
-        self.inner.dirty(from, max)
     }
 }
 

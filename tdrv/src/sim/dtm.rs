@@ -49,7 +49,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use dtm::{
-    Dtm, DtmConfig, Forward, LocalReplica, LossPolicy, RemoteReplica, Replica, ReplicaError,
+    Dtm, DtmConfig, LocalReplica, LossPolicy, RemoteReplica, Replica, ReplicaError,
     ReplicaErrorKind, ReplicaService, Vssds, Written, recover,
 };
 use rpc::{ClientConfig, Header, Request, Response, SessionConfig, SessionInfo, serve_listener};
@@ -798,7 +798,7 @@ fn final_check(
 /// acknowledges after its local writep1 alone.
 struct Hasty(Rc<dyn Replica>);
 
-impl Forward for Hasty {
+impl dtm::Forward for Hasty {
     fn inner(&self) -> &dyn Replica {
         &*self.0
     }
@@ -829,7 +829,7 @@ struct Announced {
     generation: u64,
 }
 
-impl Forward for Announced {
+impl dtm::Forward for Announced {
     fn inner(&self) -> &dyn Replica {
         &self.inner
     }
