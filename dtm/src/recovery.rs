@@ -7,8 +7,8 @@
 //!    Two primaries that both moved from the epoch before (one of them fenced) may
 //!    each have recorded it, with their own members; a claim that one of its own
 //!    members records differently never took effect (the fenced primary recorded
-//!    it on its own replica and never wrote at it), and the replicas holding it
-//!    are stale. Claims that still differ: refused ([`DtmError::Mismatch`]). The
+//!    it on the members it reached before the fence, its own replica last, and
+//!    never wrote at it), and the replicas holding it are stale. Claims that still differ: refused ([`DtmError::Mismatch`]). The
 //!    members of that epoch that opened are the *reachable* ones, with those at an
 //!    older epoch that listed them (fences or membership changes that failed on
 //!    them: every member records an epoch before any write at it, so no epoch
@@ -232,7 +232,8 @@ fn newest_epoch(
     // never took effect: every member records an epoch before any write is
     // acknowledged at it, and a replica's record of an epoch never changes. Two
     // primaries that both moved from the epoch before (one fenced, the other not)
-    // leave such a claim on the loser's own replica.
+    // leave such a claim on the members the loser reached before its fence (it
+    // records its own replica last, `crate::dtm::record_epoch`).
     let refuted = |claim: &[u64]| {
         at_newest
             .iter()
