@@ -44,7 +44,10 @@
 //!    - a copy whose payload failed its CRC ([`InDoubtTran::damaged`]) is repaired
 //!      with the payload read from a member that holds it intact
 //!      ([`Replica::read_prepared`], [`Replica::repair`]). Damaged everywhere it is
-//!      prepared, it cannot be committed: it is aborted there, counted
+//!      prepared, the damaged copies are read again (the mark comes from one read
+//!      at the vSSD's open; a transient read fault leaves the disk intact), and the
+//!      first that now reads intact repairs them all. Damaged still, it cannot be
+//!      committed: it is aborted there, counted
 //!      ([`Recovery::damaged_aborted`]) and logged as a warning (a member that
 //!      committed it still holds its lines, which the next step copies).
 //! 4. **Reconciliation.** The dirty lines of the reachable members, walked together
@@ -425,21 +428,30 @@ fn commit_everywhere(
 ) -> Result<(), DtmError> {
     let (damaged, intact): (Vec<_>, Vec<_>) = holders.iter().partition(|(_, d)| d.damaged);
     if !damaged.is_empty() {
-        if intact.is_empty() {
-            tracing::warn!(
-                tran,
-                line = holders[0].1.line,
-                "dtm recovery aborts in-doubt tran {tran}: its payload is damaged on every member that holds it prepared ({})",
-                names(replicas, holders),
-            );
-            for &(i, _) in holders {
-                replicas[i].abort(tran)?;
-            }
-            recovery.damaged_aborted += 1;
-            return Ok(());
-        }
         // Read before any intact copy is committed: only a prepared one is read.
-        let payload = read_intact(replicas, tran, &intact)?;
+        // With no copy intact, the damaged ones are read again: a copy is marked
+        // damaged by one read at the vSSD's open, and a read fault there (a
+        // transient corruption) leaves a payload that is intact on disk.
+        let payload = if intact.is_empty() {
+            match read_intact(replicas, tran, &damaged) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    tracing::warn!(
+                        tran,
+                        line = holders[0].1.line,
+                        "dtm recovery aborts in-doubt tran {tran}: its payload is damaged on every member that holds it prepared ({}): {e}",
+                        names(replicas, holders),
+                    );
+                    for &(i, _) in holders {
+                        replicas[i].abort(tran)?;
+                    }
+                    recovery.damaged_aborted += 1;
+                    return Ok(());
+                }
+            }
+        } else {
+            read_intact(replicas, tran, &intact)?
+        };
         for &&(i, _) in &damaged {
             replicas[i].repair(tran, &payload)?;
             recovery.repaired += 1;
@@ -452,7 +464,8 @@ fn commit_everywhere(
     Ok(())
 }
 
-/// The payload of prepared `tran` from the first of `intact` that reads it intact.
+/// The payload of prepared `tran` from the first of `intact` (or of copies marked
+/// damaged, read again) that reads it intact.
 fn read_intact(
     replicas: &[&dyn Replica],
     tran: u64,

@@ -503,3 +503,38 @@ fn a_replica_whose_listings_never_end_is_refused() {
         });
     }
 }
+
+/// A copy marked damaged because one read of it failed its CRC at the vSSD's open
+/// (a transient fault: the payload is intact on disk) is read again before it is
+/// given up: with no intact copy elsewhere, the re-read repairs and commits it.
+/// Before, such a tran was aborted, and with one replica required an acknowledged
+/// write was lost (`tdrv sim dtm` seeds 11972 and 15845: a corrupt read injected
+/// just before the primary's restart).
+#[test]
+fn a_copy_damaged_by_a_read_fault_at_open_is_read_again_and_committed() {
+    let dir = TempDir::new("rec-reread");
+    let paths = device(&dir);
+    let p = paths.clone();
+    run_io(move || {
+        let r = open_all(&p[..1], &[1]);
+        r[0].writep1(100, 4, &payload(4, 2, 100)).unwrap();
+        close(&r);
+    });
+    let slot = in_doubt_slot(&paths[0], 100);
+    damage_slot(&paths[0], slot);
+    let p = paths.clone();
+    run_io(move || {
+        let r = open_all(&p[..1], &[1]);
+        let listed = r[0].in_doubt(0, 10).unwrap().0;
+        assert!(listed.iter().all(|d| d.damaged), "{listed:?}");
+        // The fault was in the read: the bytes on disk are intact again.
+        damage_slot(&p[0], slot);
+        let rec = recover(&dyns(&r), &ALL, 1).unwrap();
+        assert_eq!((rec.committed, rec.aborted), (1, 0), "{rec:?}");
+        assert_eq!((rec.repaired, rec.damaged_aborted), (1, 0), "{rec:?}");
+        holds(&*r[0], 4, 4, 2, 100);
+        holds(&*r[0], 5, 4, 2, 100);
+        assert_eq!(r[0].outcome(100).unwrap(), TranOutcome::Committed);
+        close(&r);
+    });
+}
