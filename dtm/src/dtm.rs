@@ -263,6 +263,10 @@ pub(crate) fn fan_out<T: 'static>(
 /// vSSD would pass for one of the new epoch (`tdrv sim dtm` seeds 692, 10967, 12574).
 /// Recorded on the others first, the claim is on a member that any quorum of the
 /// takeover reaches, or it is refused there (the fence) and never recorded.
+/// Recovery's fence records so too (its local replica first in `replicas`): a slow
+/// member that applies another decider's epoch of the same number after the fence's
+/// call timed out leaves the local replica at its old epoch, not holding a second
+/// claim that refutes the other (`tdrv sim dtm` seed 12376).
 pub(crate) fn record_epoch(
     replicas: &[Rc<dyn Replica>],
     epoch: u64,

@@ -17,7 +17,8 @@
 //!    acknowledged writes and are left to the core's resync. Fewer than
 //!    `min_replicas` reachable: refused ([`DtmError::TooFewReplicas`]).
 //! 2. **The fence, first.** Every reachable member moves to epoch + 1 with the
-//!    reachable members ([`Replica::set_epoch`]). Any member at a newer epoch
+//!    reachable members ([`Replica::set_epoch`]), the local replica last (after
+//!    every other one recorded it, as the core's epoch changes do). Any member at a newer epoch
 //!    already, or moved there meanwhile, means another primary won
 //!    ([`DtmError::Fenced`]). Moving before looking at the trans is what makes the
 //!    decisions below final: once a member is at the new epoch, the old primary
@@ -76,8 +77,9 @@ use taskio::AlignedBuf;
 use vssd::TranOutcome;
 
 use crate::copy::{Copied, copy_line};
+use crate::dtm::record_epoch;
 use crate::error::DtmError;
-use crate::replica::{InDoubtTran, Replica, ReplicaError};
+use crate::replica::{InDoubtTran, Replica};
 
 /// In-doubt trans asked of a replica per call.
 pub const IN_DOUBT_PAGE: usize = 256;
@@ -193,9 +195,12 @@ pub fn recover(
         damaged_aborted: 0,
         reconciled: 0,
     };
-    let fenced = |e: ReplicaError| DtmError::from_replica(e, recovery.epoch);
-    for r in &reachable {
-        r.set_epoch(recovery.epoch, &ids).map_err(fenced)?;
+    // The local replica (first, when reachable) last: see `record_epoch`.
+    if let Some((_, e)) = record_epoch(&recovery.members, recovery.epoch, &ids)
+        .into_iter()
+        .next()
+    {
+        return Err(DtmError::from_replica(e, recovery.epoch));
     }
     let replicas: Vec<&dyn Replica> = reachable.iter().map(|r| &***r).collect();
     resolve_in_doubt(&replicas, &mut recovery).map_err(|e| fenced_at(e, recovery.epoch))?;

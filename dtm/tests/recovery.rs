@@ -538,3 +538,47 @@ fn a_copy_damaged_by_a_read_fault_at_open_is_read_again_and_committed() {
         close(&r);
     });
 }
+
+/// A replica whose `set_epoch` times out (a slow peer: it may apply it later).
+struct SlowEpoch(Rc<LocalReplica>);
+
+impl dtm::Forward for SlowEpoch {
+    fn inner(&self) -> &dyn Replica {
+        &*self.0
+    }
+    fn set_epoch(&self, _epoch: u64, _members: &[u64]) -> Result<(), ReplicaError> {
+        Err(ReplicaError {
+            op: "set_epoch",
+            replica: self.0.name().to_string(),
+            kind: dtm::ReplicaErrorKind::Timeout,
+        })
+    }
+}
+
+/// Recovery's fence records the new epoch on its own (first) replica last, after
+/// every other member: a fence that fails on a member leaves the local replica at
+/// its epoch. Before, the local replica recorded the new epoch with all members
+/// while the slow member applied a loss's epoch of the same number (with fewer
+/// members) a moment later: two claims of one epoch that each refute the other, and
+/// every later recovery refused the device (`tdrv sim dtm` seed 12376).
+#[test]
+fn a_fence_that_fails_on_a_member_leaves_the_local_replica_at_its_epoch() {
+    let dir = TempDir::new("rec-fence-last");
+    let paths = device(&dir);
+    run_io(move || {
+        let r = open_all(&paths, &ALL);
+        let mut opened = dyns(&r);
+        opened[1] = Rc::new(SlowEpoch(r[1].clone()));
+        let e = recover(&opened, &ALL, 2).expect_err("the fence failed");
+        assert!(
+            matches!(e, DtmError::Replica(_) | DtmError::TooFewReplicas { .. }),
+            "{e}"
+        );
+        assert_eq!(
+            (r[0].vssd().epoch(), r[0].vssd().members()),
+            (1, ALL.to_vec()),
+            "the local replica recorded the fence's epoch"
+        );
+        close(&r);
+    });
+}
