@@ -8,9 +8,9 @@
 //! (see `another_primarys`).
 //!
 //! 0. Its in-doubt trans (prepared there before it was lost, never resolved: a
-//!    replica cut off keeps its vSSD open) are resolved by what the primary knows:
-//!    committed there, or still the version of one of its lines -> committed;
-//!    otherwise aborted. A copy whose payload is damaged there (a crash tore a
+//!    replica cut off keeps its vSSD open) are resolved by what the primary holds:
+//!    still the version of one of its lines there -> committed; otherwise aborted
+//!    (superseded there, or an id another primary handed out for other lines). A copy whose payload is damaged there (a crash tore a
 //!    resync's copy of a line) is repaired with the primary's lines of that
 //!    version when the primary still holds every line of the tran at it; aborting
 //!    it instead would make the walk's copy of those lines a conflict for ever. The
@@ -203,8 +203,12 @@ impl Inner {
     fn resolve_in_doubt(&self, y: &Rc<dyn Replica>) -> Result<(), DtmError> {
         in_doubt_pages(y.as_ref(), RESYNC_BATCH_LINES, |page| {
             for d in &page {
+                // By the lines, not by the outcome of the id alone: an id the
+                // primary committed for other lines is another primary's (a cut-off
+                // one that handed out ids of the epoch number the takeover chose).
+                // A tran whose lines the primary no longer holds at it is superseded
+                // there: aborted here, the walk brings what replaced it.
                 let committed_here = match self.primary.tran_outcome(d.tran) {
-                    TranOutcome::Committed => true,
                     TranOutcome::Prepared | TranOutcome::Aborted => false,
                     _ => (d.line..d.line + u64::from(d.line_count))
                         .any(|l| self.primary.lookup(l).is_some_and(|e| e.version == d.tran)),

@@ -123,3 +123,36 @@ fn a_join_whose_answer_was_lost_leaves_the_members_past_the_replicas_epoch() {
         rb.vssd().close();
     });
 }
+
+/// An in-doubt tran on the replica whose id the primary knows as committed, but for
+/// other lines (two primaries that handed out one id: a cut-off one and the one that
+/// took over, at one epoch number), is not the primary's tran: it is aborted there,
+/// and the walk copies the primary's lines. Before, the resync committed it by its
+/// id, and the replica kept data no member holds (`tdrv sim dtm` seed 4148).
+#[test]
+fn an_in_doubt_tran_is_committed_by_the_lines_the_primary_holds_not_by_its_id() {
+    let dir = TempDir::new("resync-same-id");
+    let (pa, pb) = (formatted(&dir, "a"), formatted(&dir, "b"));
+    run_io(move || {
+        let ra = Rc::new(replica(&pa, 1));
+        let rb = Rc::new(replica(&pb, 2));
+        ra.writep1(5, 8, &payload(8, 1, 5)).unwrap();
+        ra.writep1(9, 18, &payload(18, 1, 9)).unwrap();
+        ra.commit(&[5, 9]).unwrap();
+        // The replica's own tran 9, of line 8, prepared and never resolved.
+        rb.writep1(9, 8, &payload(8, 1, 99)).unwrap();
+        let dtm = Dtm::start(ra.vssd().clone(), vec![ra.clone()], 1, DtmConfig::default()).unwrap();
+        dtm.resync(rb.clone()).unwrap();
+        assert_eq!(dtm.members(), vec![1, 2]);
+        // Tran 9 is the primary's there now (line 18, copied by the walk).
+        let (mut x, mut y) = (AlignedBuf::new(4096), AlignedBuf::new(4096));
+        for line in [8, 18] {
+            let va = ra.read(line, &mut x).unwrap();
+            assert_eq!(rb.read(line, &mut y).unwrap(), va, "line {line}");
+            assert_eq!(&x[..], &y[..], "line {line}");
+        }
+        dtm.close();
+        ra.vssd().close();
+        rb.vssd().close();
+    });
+}
