@@ -18,12 +18,14 @@ fn a_replicated_device_survives_two_hundred_seeds_of_trouble() {
 /// a damaged line on a resync's target (14311), a refuted claim of the epoch on a
 /// returning replica (30163, 30297, 30879, 31296), an in-doubt payload marked
 /// damaged by a read fault (11972, 15845), a recovery's fence recorded on its own
-/// replica first (12376; 16035 and 25094, two claims of one epoch too, pass since).
+/// replica first (12376; 16035 and 25094, two claims of one epoch too, pass since),
+/// a returning replica's in-doubt tran committed by an id another primary used
+/// (4148).
 #[test]
 fn the_seeds_the_sweeps_found_pass() {
     for seed in [
-        692, 8017, 10967, 11972, 12376, 12574, 14311, 15845, 16035, 21775, 22174, 25094, 25667,
-        30163, 30297, 30879, 31296,
+        692, 4148, 8017, 10967, 11972, 12376, 12574, 14311, 15845, 16035, 21775, 22174, 25094,
+        25667, 30163, 30297, 30879, 31296,
     ] {
         let (code, out, err) = tdrv(&["sim", "dtm", "--seed", &seed.to_string()]);
         assert_eq!(code, 0, "seed {seed}: {out}\n{err}");
