@@ -17,6 +17,12 @@
 //! either is allowed); `from`'s committed version wins, and the copy commits it on
 //! `to` ([`crate::Replica::copy_in`] accepts the aborted id).
 //!
+//! A line whose copy on `to` is damaged (its read fails with an I/O error: a failed
+//! CRC, a disk read error) is one `to` lacks: copied over, unless `to`'s dirty
+//! listing holds it at that version or a newer one (the vSSD takes a copy only
+//! above the line's version; the error is returned). A damaged read on `from` is never copied: the error
+//! is returned and `to` is left as it was.
+//!
 //! A tran committed on `to` whose line `to` does not hold (destaged and evicted, or
 //! dropped by a DISCARD that never completed) is copied again: one more destage of
 //! the same data at worst. The caller keeps writes to the line out while it copies
@@ -26,7 +32,7 @@ use taskio::AlignedBuf;
 use vssd::TranOutcome;
 
 use crate::error::DtmError;
-use crate::replica::Replica;
+use crate::replica::{Replica, ReplicaErrorKind};
 
 /// What [`copy_line`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +76,24 @@ pub fn copy_line(
         | TranOutcome::Unknown => {}
     }
     let mut buf = AlignedBuf::new(line_size as usize);
-    if let Some(held) = to.read(line, &mut buf)?
+    let held = match to.read(line, &mut buf) {
+        Ok(held) => held,
+        // Damaged there (a disk fault): it lacks the line, unless its dirty listing
+        // shows the damaged copy at this version or a newer one, which the vSSD
+        // keeps (a copy's tran id must be above the line's version).
+        Err(e) if matches!(e.kind, ReplicaErrorKind::Io(_)) => {
+            let listed = to.dirty(line, 1)?;
+            if listed
+                .first()
+                .is_some_and(|&(l, v)| l == line && v >= version)
+            {
+                return Err(e.into());
+            }
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(held) = held
         && held >= version
     {
         return Ok(Copied::Current { version: held });

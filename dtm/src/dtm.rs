@@ -26,7 +26,8 @@
 //! - a `StaleEpoch` anywhere: the DTM is fenced (another primary took the device
 //!   over); this and every later write fails, none is acknowledged;
 //! - a loss ([`crate::ReplicaErrorKind::is_loss`]): the lost members are dropped and
-//!   the survivors move to epoch + 1 (`set_epoch` on each), then the write is retried
+//!   the survivors move to epoch + 1 (`set_epoch` on each, the primary last:
+//!   `record_epoch`), then the write is retried
 //!   with a new tran on the new set. [`LossPolicy::Degrade`] stops (every write fails)
 //!   once fewer than `min_replicas` would be left; [`LossPolicy::WriteThrough`] writes
 //!   the backing store synchronously while the device has fewer members than it
@@ -251,6 +252,43 @@ pub(crate) fn fan_out<T: 'static>(
     out
 }
 
+/// Records `epoch` with members `ids` on `replicas` (the primary first): on every
+/// other one at once, then on the primary only if all of them recorded it. The
+/// failures, with their member ids (none: recorded everywhere).
+///
+/// The primary last, so its own vSSD never holds an epoch that another member of it
+/// lacks. A primary cut off from its members would otherwise record its next epoch
+/// alone, while the primary taking over fences the members it reaches to the same
+/// epoch number with other members: two claims of one epoch, and the old primary's
+/// vSSD would pass for one of the new epoch (`tdrv sim dtm` seeds 692, 10967, 12574).
+/// Recorded on the others first, the claim is on a member that any quorum of the
+/// takeover reaches, or it is refused there (the fence) and never recorded.
+/// Recovery's fence records so too (its local replica first in `replicas`): a slow
+/// member that applies another decider's epoch of the same number after the fence's
+/// call timed out leaves the local replica at its old epoch, not holding a second
+/// claim that refutes the other (`tdrv sim dtm` seed 12376).
+pub(crate) fn record_epoch(
+    replicas: &[Rc<dyn Replica>],
+    epoch: u64,
+    ids: &[u64],
+) -> Vec<(u64, ReplicaError)> {
+    let Some((primary, others)) = replicas.split_first() else {
+        return Vec::new();
+    };
+    let set_ids = ids.to_vec();
+    let mut failures: Vec<(u64, ReplicaError)> = others
+        .iter()
+        .zip(fan_out(others, move |r| r.set_epoch(epoch, &set_ids)))
+        .filter_map(|(r, result)| result.err().map(|e| (r.member(), e)))
+        .collect();
+    if failures.is_empty()
+        && let Err(e) = primary.set_epoch(epoch, ids)
+    {
+        failures.push((primary.member(), e));
+    }
+    failures
+}
+
 /// `bytes` in a new aligned buffer.
 pub(crate) fn aligned_copy(bytes: &[u8]) -> AlignedBuf {
     let mut b = AlignedBuf::new(bytes.len().next_multiple_of(taskio::ALIGN));
@@ -263,7 +301,7 @@ fn replicas(members: &[Member]) -> Vec<Rc<dyn Replica>> {
     members.iter().map(|m| m.replica.clone()).collect()
 }
 
-fn ids(members: &[Member]) -> Vec<u64> {
+pub(crate) fn ids(members: &[Member]) -> Vec<u64> {
     members.iter().map(Member::id).collect()
 }
 
@@ -317,11 +355,11 @@ impl Dtm {
             });
         }
         let member_ids: Vec<u64> = members.iter().map(|r| r.member()).collect();
-        let set_ids = member_ids.clone();
-        for result in fan_out(&members, move |r| r.set_epoch(epoch, &set_ids)) {
-            if let Err(e) = result {
-                return Err(DtmError::from_replica(e, epoch));
-            }
+        if let Some((_, e)) = record_epoch(&members, epoch, &member_ids)
+            .into_iter()
+            .next()
+        {
+            return Err(DtmError::from_replica(e, epoch));
         }
         let replicas_wanted = members.len();
         let inner = Rc::new(Inner {
@@ -1126,19 +1164,14 @@ impl Inner {
                 s.members_lost += removed.len() as u64;
                 s.epoch_changes += 1;
             });
-            let survivor_ids = ids(&survivors);
-            let results = fan_out(&replicas(&survivors), move |r| {
-                r.set_epoch(epoch, &survivor_ids)
-            });
             lost.clear();
-            for (m, r) in survivors.iter().zip(results) {
-                match r {
-                    Ok(()) => {}
-                    Err(e) if matches!(e.kind, ReplicaErrorKind::StaleEpoch { .. }) => {
+            for (m, e) in record_epoch(&replicas(&survivors), epoch, &ids(&survivors)) {
+                match e {
+                    e if matches!(e.kind, ReplicaErrorKind::StaleEpoch { .. }) => {
                         return Err(self.fence(&e));
                     }
-                    Err(e) if e.kind.is_loss() => lost.push(m.id()),
-                    Err(e) => {
+                    e if e.kind.is_loss() => lost.push(m),
+                    e => {
                         return Err(self.stop(op, format!("epoch {epoch} refused: {e}")));
                     }
                 }

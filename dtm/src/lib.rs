@@ -36,5 +36,5 @@ pub use local::LocalReplica;
 pub use peer::{ReplicaService, Vssds};
 pub use recovery::{Recovery, recover};
 pub use remote::RemoteReplica;
-pub use replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
+pub use replica::{Forward, InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
 pub use resync::ResyncProgress;

@@ -7,8 +7,8 @@
 //!    Two primaries that both moved from the epoch before (one of them fenced) may
 //!    each have recorded it, with their own members; a claim that one of its own
 //!    members records differently never took effect (the fenced primary recorded
-//!    it on its own replica and never wrote at it), and the replicas holding it
-//!    are stale. Claims that still differ: refused ([`DtmError::Mismatch`]). The
+//!    it on the members it reached before the fence, its own replica last, and
+//!    never wrote at it), and the replicas holding it are stale. Claims that still differ: refused ([`DtmError::Mismatch`]). The
 //!    members of that epoch that opened are the *reachable* ones, with those at an
 //!    older epoch that listed them (fences or membership changes that failed on
 //!    them: every member records an epoch before any write at it, so no epoch
@@ -17,7 +17,8 @@
 //!    acknowledged writes and are left to the core's resync. Fewer than
 //!    `min_replicas` reachable: refused ([`DtmError::TooFewReplicas`]).
 //! 2. **The fence, first.** Every reachable member moves to epoch + 1 with the
-//!    reachable members ([`Replica::set_epoch`]). Any member at a newer epoch
+//!    reachable members ([`Replica::set_epoch`]), the local replica last (after
+//!    every other one recorded it, as the core's epoch changes do). Any member at a newer epoch
 //!    already, or moved there meanwhile, means another primary won
 //!    ([`DtmError::Fenced`]). Moving before looking at the trans is what makes the
 //!    decisions below final: once a member is at the new epoch, the old primary
@@ -44,7 +45,10 @@
 //!    - a copy whose payload failed its CRC ([`InDoubtTran::damaged`]) is repaired
 //!      with the payload read from a member that holds it intact
 //!      ([`Replica::read_prepared`], [`Replica::repair`]). Damaged everywhere it is
-//!      prepared, it cannot be committed: it is aborted there, counted
+//!      prepared, the damaged copies are read again (the mark comes from one read
+//!      at the vSSD's open; a transient read fault leaves the disk intact), and the
+//!      first that now reads intact repairs them all. Damaged still, it cannot be
+//!      committed: it is aborted there, counted
 //!      ([`Recovery::damaged_aborted`]) and logged as a warning (a member that
 //!      committed it still holds its lines, which the next step copies).
 //! 4. **Reconciliation.** The dirty lines of the reachable members, walked together
@@ -73,8 +77,9 @@ use taskio::AlignedBuf;
 use vssd::TranOutcome;
 
 use crate::copy::{Copied, copy_line};
+use crate::dtm::record_epoch;
 use crate::error::DtmError;
-use crate::replica::{InDoubtTran, Replica, ReplicaError};
+use crate::replica::{InDoubtTran, Replica};
 
 /// In-doubt trans asked of a replica per call.
 pub const IN_DOUBT_PAGE: usize = 256;
@@ -190,9 +195,12 @@ pub fn recover(
         damaged_aborted: 0,
         reconciled: 0,
     };
-    let fenced = |e: ReplicaError| DtmError::from_replica(e, recovery.epoch);
-    for r in &reachable {
-        r.set_epoch(recovery.epoch, &ids).map_err(fenced)?;
+    // The local replica (first, when reachable) last: see `record_epoch`.
+    if let Some((_, e)) = record_epoch(&recovery.members, recovery.epoch, &ids)
+        .into_iter()
+        .next()
+    {
+        return Err(DtmError::from_replica(e, recovery.epoch));
     }
     let replicas: Vec<&dyn Replica> = reachable.iter().map(|r| &***r).collect();
     resolve_in_doubt(&replicas, &mut recovery).map_err(|e| fenced_at(e, recovery.epoch))?;
@@ -232,7 +240,8 @@ fn newest_epoch(
     // never took effect: every member records an epoch before any write is
     // acknowledged at it, and a replica's record of an epoch never changes. Two
     // primaries that both moved from the epoch before (one fenced, the other not)
-    // leave such a claim on the loser's own replica.
+    // leave such a claim on the members the loser reached before its fence (it
+    // records its own replica last, `crate::dtm::record_epoch`).
     let refuted = |claim: &[u64]| {
         at_newest
             .iter()
@@ -274,7 +283,7 @@ fn newest_epoch(
 /// primary's own (itself first): two primaries that raced from the epoch before
 /// with one member set each record their own order, and neither won (each move
 /// from the old epoch succeeds on one replica only), so no write was made at it.
-fn same_members(a: &[u64], b: &[u64]) -> bool {
+pub(crate) fn same_members(a: &[u64], b: &[u64]) -> bool {
     let (mut a, mut b) = (a.to_vec(), b.to_vec());
     a.sort_unstable();
     b.sort_unstable();
@@ -287,32 +296,60 @@ type InDoubtMap = BTreeMap<u64, Vec<(usize, InDoubtTran)>>;
 fn collect_in_doubt(replicas: &[&dyn Replica]) -> Result<InDoubtMap, DtmError> {
     let mut all: InDoubtMap = BTreeMap::new();
     for (i, r) in replicas.iter().enumerate() {
-        let mut after = 0;
-        // Bounded: each page moves `after` past the ids it lists (increasing).
-        loop {
-            let (page, more) = r.in_doubt(after, IN_DOUBT_PAGE)?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            if page.first().is_some_and(|d| d.tran <= after)
-                || page.windows(2).any(|w| w[0].tran >= w[1].tran)
-            {
-                return Err(DtmError::BadAnswer {
-                    op: "in_doubt",
-                    replica: r.name().to_string(),
-                    why: format!("trans after {after} listed out of order: {page:?}"),
-                });
-            }
-            after = last.tran;
+        in_doubt_pages(*r, IN_DOUBT_PAGE, |page| {
             for d in page {
                 all.entry(d.tran).or_default().push((i, d));
             }
-            if !more {
-                break;
-            }
-        }
+            Ok(())
+        })?;
     }
     Ok(all)
+}
+
+/// Pages through `r`'s in-doubt trans ([`Replica::in_doubt`], `page_max` a call),
+/// each page checked and handed to `each` before the next is asked for. Bounded by
+/// the ids, which must rise, and by a count: a tran in doubt holds at least one of
+/// the replica's `lines` slots, so a replica that lists more is refused
+/// ([`DtmError::BadAnswer`]) rather than paged for ever.
+pub(crate) fn in_doubt_pages(
+    r: &dyn Replica,
+    page_max: usize,
+    mut each: impl FnMut(Vec<InDoubtTran>) -> Result<(), DtmError>,
+) -> Result<(), DtmError> {
+    let bad = |why: String| DtmError::BadAnswer {
+        op: "in_doubt",
+        replica: r.name().to_string(),
+        why,
+    };
+    let slots = r.info().lines;
+    let (mut after, mut listed) = (0, 0u64);
+    // Bounded: each page lists at least one tran (or is the last), and `listed`
+    // stays at most `slots`.
+    loop {
+        let (page, more) = r.in_doubt(after, page_max)?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        if page.first().is_some_and(|d| d.tran <= after)
+            || page.windows(2).any(|w| w[0].tran >= w[1].tran)
+            || page.len() > page_max
+        {
+            return Err(bad(format!(
+                "trans after {after} listed out of order: {page:?}"
+            )));
+        }
+        after = last.tran;
+        listed += page.len() as u64;
+        if listed > slots {
+            return Err(bad(format!(
+                "{listed} trans listed in doubt (up to tran {after}), more than its {slots} slots can hold"
+            )));
+        }
+        each(page)?;
+        if !more {
+            return Ok(());
+        }
+    }
 }
 
 /// Step 3 of the module documentation.
@@ -396,21 +433,30 @@ fn commit_everywhere(
 ) -> Result<(), DtmError> {
     let (damaged, intact): (Vec<_>, Vec<_>) = holders.iter().partition(|(_, d)| d.damaged);
     if !damaged.is_empty() {
-        if intact.is_empty() {
-            tracing::warn!(
-                tran,
-                line = holders[0].1.line,
-                "dtm recovery aborts in-doubt tran {tran}: its payload is damaged on every member that holds it prepared ({})",
-                names(replicas, holders),
-            );
-            for &(i, _) in holders {
-                replicas[i].abort(tran)?;
-            }
-            recovery.damaged_aborted += 1;
-            return Ok(());
-        }
         // Read before any intact copy is committed: only a prepared one is read.
-        let payload = read_intact(replicas, tran, &intact)?;
+        // With no copy intact, the damaged ones are read again: a copy is marked
+        // damaged by one read at the vSSD's open, and a read fault there (a
+        // transient corruption) leaves a payload that is intact on disk.
+        let payload = if intact.is_empty() {
+            match read_intact(replicas, tran, &damaged) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    tracing::warn!(
+                        tran,
+                        line = holders[0].1.line,
+                        "dtm recovery aborts in-doubt tran {tran}: its payload is damaged on every member that holds it prepared ({}): {e}",
+                        names(replicas, holders),
+                    );
+                    for &(i, _) in holders {
+                        replicas[i].abort(tran)?;
+                    }
+                    recovery.damaged_aborted += 1;
+                    return Ok(());
+                }
+            }
+        } else {
+            read_intact(replicas, tran, &intact)?
+        };
         for &&(i, _) in &damaged {
             replicas[i].repair(tran, &payload)?;
             recovery.repaired += 1;
@@ -423,7 +469,8 @@ fn commit_everywhere(
     Ok(())
 }
 
-/// The payload of prepared `tran` from the first of `intact` that reads it intact.
+/// The payload of prepared `tran` from the first of `intact` (or of copies marked
+/// damaged, read again) that reads it intact.
 fn read_intact(
     replicas: &[&dyn Replica],
     tran: u64,
@@ -451,23 +498,13 @@ fn names(replicas: &[&dyn Replica], holders: &[(usize, InDoubtTran)]) -> String 
 /// most [`DIRTY_PAGE`] lines per replica.
 fn reconcile(replicas: &[&dyn Replica], recovery: &mut Recovery) -> Result<(), DtmError> {
     let mut from = 0;
-    // Bounded: each window moves `from` past at least one listed line (listings are
-    // checked to start at `from`), or is the last.
+    let mut counts = vec![DirtyCount::default(); replicas.len()];
+    // Bounded: each window moves `from` past a full page of some replica's lines,
+    // or is the last; a replica that lists more lines than it has slots is refused.
     loop {
         let mut pages = Vec::with_capacity(replicas.len());
         for r in replicas {
-            let page = r.dirty(from, DIRTY_PAGE)?;
-            if page.first().is_some_and(|&(line, _)| line < from)
-                || page.windows(2).any(|w| w[0].0 >= w[1].0)
-                || page.len() > DIRTY_PAGE
-            {
-                return Err(DtmError::BadAnswer {
-                    op: "dirty",
-                    replica: r.name().to_string(),
-                    why: format!("dirty lines from {from} listed out of order: {page:?}"),
-                });
-            }
-            pages.push(page);
+            pages.push(dirty_page(*r, from, DIRTY_PAGE)?);
         }
         // Lines up to the end of the shortest full page are listed by every replica
         // that holds them dirty.
@@ -476,6 +513,10 @@ fn reconcile(replicas: &[&dyn Replica], recovery: &mut Recovery) -> Result<(), D
             .filter(|p| p.len() >= DIRTY_PAGE)
             .filter_map(|p| p.last().map(|&(line, _)| line))
             .min();
+        for ((r, page), count) in replicas.iter().zip(&pages).zip(&mut counts) {
+            let window = page.iter().filter(|&&(l, _)| end.is_none_or(|e| l <= e));
+            count.add(*r, window.count() as u64)?;
+        }
         let mut lines: BTreeMap<u64, Vec<Option<u64>>> = BTreeMap::new();
         for (i, page) in pages.iter().enumerate() {
             for &(line, version) in page.iter().filter(|&&(l, _)| end.is_none_or(|e| l <= e)) {
@@ -491,6 +532,54 @@ fn reconcile(replicas: &[&dyn Replica], recovery: &mut Recovery) -> Result<(), D
             Some(e) if e < u64::MAX => from = e + 1,
             _ => return Ok(()),
         }
+    }
+}
+
+/// One page of `r`'s dirty lines from `from` ([`Replica::dirty`], at most `max`),
+/// checked: in increasing line order from `from`, at most `max`.
+pub(crate) fn dirty_page(
+    r: &dyn Replica,
+    from: u64,
+    max: usize,
+) -> Result<Vec<(u64, u64)>, DtmError> {
+    let page = r.dirty(from, max)?;
+    if page.first().is_some_and(|&(line, _)| line < from)
+        || page.windows(2).any(|w| w[0].0 >= w[1].0)
+        || page.len() > max
+    {
+        return Err(DtmError::BadAnswer {
+            op: "dirty",
+            replica: r.name().to_string(),
+            why: format!("dirty lines from {from} listed out of order: {page:?}"),
+        });
+    }
+    Ok(page)
+}
+
+/// The dirty lines a walk over one replica's listing has passed: no more than the
+/// replica has slots (a dirty line holds one), so a replica that lists more is
+/// refused ([`DtmError::BadAnswer`]) rather than walked for ever.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct DirtyCount {
+    passed: u64,
+}
+
+impl DirtyCount {
+    /// `n` more of `r`'s lines passed.
+    pub(crate) fn add(&mut self, r: &dyn Replica, n: u64) -> Result<(), DtmError> {
+        self.passed += n;
+        let slots = r.info().lines;
+        if self.passed > slots {
+            return Err(DtmError::BadAnswer {
+                op: "dirty",
+                replica: r.name().to_string(),
+                why: format!(
+                    "{} dirty lines listed, more than its {slots} slots can hold",
+                    self.passed
+                ),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -141,3 +141,115 @@ pub trait Replica {
     /// Dirty lines from `from` on, in line order, at most `max`: (line, version).
     fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError>;
 }
+
+/// A replica that wraps another and changes some of its calls (a fault injector, a
+/// timer, a test's hook): it names the replica it wraps, overrides the calls it
+/// changes, and every other call goes to the inner replica unchanged. Every
+/// `Forward` is a [`Replica`] (the blanket impl below), so a wrapper does not copy
+/// the forwarding of each method. Implement it by its path (`impl dtm::Forward for
+/// X`) without importing it: with both traits in scope, a method called on the
+/// wrapper's own type is ambiguous.
+pub trait Forward {
+    /// The replica this one wraps.
+    fn inner(&self) -> &dyn Replica;
+
+    fn member(&self) -> u64 {
+        self.inner().member()
+    }
+    fn name(&self) -> &str {
+        self.inner().name()
+    }
+    fn info(&self) -> ReplicaInfo {
+        self.inner().info()
+    }
+    fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
+        self.inner().writep1(tran, line, data)
+    }
+    fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
+        self.inner().commit(trans)
+    }
+    fn abort(&self, tran: u64) -> Result<(), ReplicaError> {
+        self.inner().abort(tran)
+    }
+    fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<u64>, ReplicaError> {
+        self.inner().read(line, buf)
+    }
+    fn read_prepared(&self, tran: u64) -> Result<AlignedBuf, ReplicaError> {
+        self.inner().read_prepared(tran)
+    }
+    fn repair(&self, tran: u64, payload: &AlignedBuf) -> Result<(), ReplicaError> {
+        self.inner().repair(tran, payload)
+    }
+    fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
+        self.inner().copy_in(version, line, data)
+    }
+    fn clean(&self, line: u64, version: u64) -> Result<bool, ReplicaError> {
+        self.inner().clean(line, version)
+    }
+    fn invalidate(&self, first: u64, count: u64) -> Result<u64, ReplicaError> {
+        self.inner().invalidate(first, count)
+    }
+    fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
+        self.inner().set_epoch(epoch, members)
+    }
+    fn outcome(&self, tran: u64) -> Result<TranOutcome, ReplicaError> {
+        self.inner().outcome(tran)
+    }
+    fn in_doubt(&self, after: u64, max: usize) -> Result<(Vec<InDoubtTran>, bool), ReplicaError> {
+        self.inner().in_doubt(after, max)
+    }
+    fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError> {
+        self.inner().dirty(from, max)
+    }
+}
+
+impl<T: Forward> Replica for T {
+    fn member(&self) -> u64 {
+        Forward::member(self)
+    }
+    fn name(&self) -> &str {
+        Forward::name(self)
+    }
+    fn info(&self) -> ReplicaInfo {
+        Forward::info(self)
+    }
+    fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
+        Forward::writep1(self, tran, line, data)
+    }
+    fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
+        Forward::commit(self, trans)
+    }
+    fn abort(&self, tran: u64) -> Result<(), ReplicaError> {
+        Forward::abort(self, tran)
+    }
+    fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<u64>, ReplicaError> {
+        Forward::read(self, line, buf)
+    }
+    fn read_prepared(&self, tran: u64) -> Result<AlignedBuf, ReplicaError> {
+        Forward::read_prepared(self, tran)
+    }
+    fn repair(&self, tran: u64, payload: &AlignedBuf) -> Result<(), ReplicaError> {
+        Forward::repair(self, tran, payload)
+    }
+    fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
+        Forward::copy_in(self, version, line, data)
+    }
+    fn clean(&self, line: u64, version: u64) -> Result<bool, ReplicaError> {
+        Forward::clean(self, line, version)
+    }
+    fn invalidate(&self, first: u64, count: u64) -> Result<u64, ReplicaError> {
+        Forward::invalidate(self, first, count)
+    }
+    fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
+        Forward::set_epoch(self, epoch, members)
+    }
+    fn outcome(&self, tran: u64) -> Result<TranOutcome, ReplicaError> {
+        Forward::outcome(self, tran)
+    }
+    fn in_doubt(&self, after: u64, max: usize) -> Result<(Vec<InDoubtTran>, bool), ReplicaError> {
+        Forward::in_doubt(self, after, max)
+    }
+    fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError> {
+        Forward::dirty(self, from, max)
+    }
+}

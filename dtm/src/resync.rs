@@ -1,10 +1,16 @@
 //! Resync: a stale replica that returns is brought up to date while writes go on,
 //! then made a member in a new epoch.
 //!
+//! A replica that is not a member but at the DTM's epoch or a newer one is refused:
+//! it is another primary's (two claims of one epoch number, or a takeover this DTM
+//! has not met yet), and its trans would mix with this DTM's. Except a claim of the
+//! DTM's epoch that lists the primary with other members: it never took effect
+//! (see `another_primarys`).
+//!
 //! 0. Its in-doubt trans (prepared there before it was lost, never resolved: a
-//!    replica cut off keeps its vSSD open) are resolved by what the primary knows:
-//!    committed there, or still the version of one of its lines -> committed;
-//!    otherwise aborted. A copy whose payload is damaged there (a crash tore a
+//!    replica cut off keeps its vSSD open) are resolved by what the primary holds:
+//!    still the version of one of its lines there -> committed; otherwise aborted
+//!    (superseded there, or an id another primary handed out for other lines). A copy whose payload is damaged there (a crash tore a
 //!    resync's copy of a line) is repaired with the primary's lines of that
 //!    version when the primary still holds every line of the tran at it; aborting
 //!    it instead would make the walk's copy of those lines a conflict for ever. The
@@ -23,7 +29,8 @@
 //!    replica too; every write that began before the join had finished phase 1 and
 //!    committed on the primary (the gate), so the walk sees its version.
 //! 3. A new epoch (epoch + 1) with the members and the replica, recorded in the
-//!    replica first, then in every member; the replica becomes a member. If the
+//!    replica first, then in every other member, the primary last
+//!    ([`crate::dtm`]'s `record_epoch`); the replica becomes a member. If the
 //!    replica's answer fails (it may hold the new epoch all the same), the members
 //!    move to epoch + 2 without it before any other write.
 //!
@@ -43,9 +50,10 @@ use vssd::map::State;
 
 use crate::config::{MEMBERS_MAX, RESYNC_BATCH_LINES};
 use crate::copy::{Copied, copy_line};
-use crate::dtm::{Inner, Member, fan_out};
+use crate::dtm::{Inner, Member, View, record_epoch};
 use crate::error::DtmError;
-use crate::replica::{InDoubtTran, Replica, ReplicaError};
+use crate::recovery::{dirty_page, in_doubt_pages, same_members};
+use crate::replica::{InDoubtTran, Replica, ReplicaError, ReplicaInfo};
 
 /// How far a resync got.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,6 +68,31 @@ pub struct ResyncProgress {
     pub lines_dropped: u64,
     /// The epoch it joined, once it did.
     pub joined_epoch: Option<u64>,
+}
+
+/// Why a replica that is not a member, at `info`'s epoch and members, is another
+/// primary's, if it is: at a newer epoch than the DTM's (a takeover this DTM has not
+/// met yet), or at its epoch with a claim that does not list this DTM's primary (a
+/// split brain: two primaries each degraded to a set of its own). Its trans would
+/// mix with this DTM's under one epoch's ids. A claim of the DTM's epoch that lists
+/// the primary with other members never took effect (the primary records its own
+/// epoch last, `record_epoch`, and records this one with the DTM's members): a
+/// join whose epoch the primary failed to record, after which a recovery that did
+/// not reach the replica gave that epoch number to the DTM's members.
+fn another_primarys(info: &ReplicaInfo, view: &View) -> Option<String> {
+    let primary = view.members.first().map(Member::id);
+    let refuted = info.epoch == view.epoch
+        && primary.is_some_and(|p| info.members.contains(&p))
+        && !same_members(&info.members, &crate::dtm::ids(&view.members));
+    (info.epoch >= view.epoch && !refuted).then(|| {
+        format!(
+            "it is at epoch {} with members {:?}, another primary's (the device is at epoch {} with {:?})",
+            info.epoch,
+            info.members,
+            view.epoch,
+            crate::dtm::ids(&view.members)
+        )
+    })
 }
 
 impl Inner {
@@ -102,6 +135,8 @@ impl Inner {
                 .any(|m| m.id() == member)
             {
                 Some(format!("member id {member} is in use"))
+            } else if let Some(why) = another_primarys(&replica.info(), &view) {
+                Some(why)
             } else if view.members.len() >= MEMBERS_MAX {
                 Some(format!("the epoch has {MEMBERS_MAX} members already"))
             } else {
@@ -166,15 +201,14 @@ impl Inner {
 
     /// Step 0 of the module documentation.
     fn resolve_in_doubt(&self, y: &Rc<dyn Replica>) -> Result<(), DtmError> {
-        let mut after = 0;
-        // Bounded: `after` rises with each page.
-        loop {
-            let (page, more) = y
-                .in_doubt(after, RESYNC_BATCH_LINES)
-                .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+        in_doubt_pages(y.as_ref(), RESYNC_BATCH_LINES, |page| {
             for d in &page {
+                // By the lines, not by the outcome of the id alone: an id the
+                // primary committed for other lines is another primary's (a cut-off
+                // one that handed out ids of the epoch number the takeover chose).
+                // A tran whose lines the primary no longer holds at it is superseded
+                // there: aborted here, the walk brings what replaced it.
                 let committed_here = match self.primary.tran_outcome(d.tran) {
-                    TranOutcome::Committed => true,
                     TranOutcome::Prepared | TranOutcome::Aborted => false,
                     _ => (d.line..d.line + u64::from(d.line_count))
                         .any(|l| self.primary.lookup(l).is_some_and(|e| e.version == d.tran)),
@@ -189,11 +223,12 @@ impl Inner {
                 };
                 resolved.map_err(|e| self.replica_failed(y.as_ref(), e))?;
             }
-            match page.last() {
-                Some(last) if more => after = last.tran,
-                _ => return Ok(()),
-            }
-        }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            DtmError::Replica(e) => self.replica_failed(y.as_ref(), e),
+            e => e,
+        })
     }
 
     /// The payload of in-doubt tran `d` rebuilt from the primary's lines, if it holds
@@ -231,16 +266,19 @@ impl Inner {
         let primary = self.view.borrow().members[0].replica.clone();
         let primary = primary.as_ref();
         let mut from = 0u64;
-        // Bounded: `from` moves forward each round.
+        // Bounded: `from` moves forward each round, below the device's lines (what
+        // the replica lists beyond them is never walked). No count of the replica's
+        // lines: writes go on, so the walk may pass more lines than it has slots.
         while from < self.lines {
             self.check_up("resync")?;
             if !self.is_syncing(y.member()) {
                 return Err(self.resync_error(y.as_ref(), "it failed a write".to_string()));
             }
             let ours = self.primary.dirty_range(from, RESYNC_BATCH_LINES);
-            let theirs = y
-                .dirty(from, RESYNC_BATCH_LINES)
-                .map_err(|e| self.replica_failed(y.as_ref(), e))?;
+            let theirs = dirty_page(y.as_ref(), from, RESYNC_BATCH_LINES).map_err(|e| match e {
+                DtmError::Replica(e) => self.replica_failed(y.as_ref(), e),
+                e => e,
+            })?;
             // Up to where both listings are complete.
             let mut end = self.lines;
             for listing in [&ours, &theirs] {
@@ -253,7 +291,7 @@ impl Inner {
             for &(line, v) in ours.iter().filter(|(l, _)| *l < end) {
                 lines.entry(line).or_default().0 = Some(v);
             }
-            for &(line, v) in theirs.iter().filter(|(l, _)| *l >= from && *l < end) {
+            for &(line, v) in theirs.iter().filter(|(l, _)| *l < end) {
                 lines.entry(line).or_default().1 = Some(v);
             }
             for (line, (ours, theirs)) in lines {
@@ -329,23 +367,17 @@ impl Inner {
             let member_ids: Vec<u64> = members.iter().map(Member::id).collect();
             let past = epoch + 1;
             let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
-            let results = fan_out(&targets, move |r| r.set_epoch(past, &member_ids));
+            let failures = record_epoch(&targets, past, &member_ids);
             self.view.borrow_mut().epoch = past;
             self.count(|s| s.epoch_changes += 1);
             drop(gate);
-            let failures: Vec<(u64, ReplicaError)> = members
-                .iter()
-                .zip(results)
-                .filter_map(|(m, r)| r.err().map(|e| (m.id(), e)))
-                .collect();
             if !failures.is_empty() {
                 self.settle(OP, failures)?;
             }
             return Err(failed);
         }
-        let set_ids = ids.clone();
         let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
-        let results = fan_out(&targets, move |r| r.set_epoch(epoch, &set_ids));
+        let failures = record_epoch(&targets, epoch, &ids);
         {
             let mut view = self.view.borrow_mut();
             let i = view
@@ -361,11 +393,6 @@ impl Inner {
         self.count(|s| s.epoch_changes += 1);
         self.progress(|p| p.joined_epoch = Some(epoch));
         drop(gate);
-        let failures: Vec<(u64, ReplicaError)> = members
-            .iter()
-            .zip(results)
-            .filter_map(|(m, r)| r.err().map(|e| (m.id(), e)))
-            .collect();
         if failures.is_empty() {
             return Ok(());
         }

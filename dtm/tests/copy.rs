@@ -4,7 +4,7 @@
 mod support;
 
 use dtm::{Copied, Replica, copy_line};
-use support::{LINE, TempDir, formatted, payload, replica, run_io};
+use support::{LINE, TempDir, damage_slot, formatted, payload, replica, run_io};
 use taskio::AlignedBuf;
 use vssd::TranOutcome;
 
@@ -90,6 +90,55 @@ fn a_version_aborted_on_the_target_is_copied_and_committed_there() {
         let mut buf = AlignedBuf::new(LINE as usize);
         assert_eq!(rb.read(1, &mut buf).unwrap(), Some(5));
         assert_eq!(&buf[..], &payload(1, 1, 5)[..]);
+        ra.vssd().close();
+        rb.vssd().close();
+    });
+}
+
+/// A line whose copy on the target is damaged (its payload fails its CRC: a disk
+/// fault) is what the target lacks: the source's version is copied over it. Before,
+/// the target's failed read failed the copy, and the resync of that replica failed
+/// for ever (`tdrv sim dtm` seed 14311). A damaged line on the source is never
+/// copied as good data: the copy fails and the target is left as it was.
+#[test]
+fn a_damaged_line_on_the_target_is_copied_and_one_on_the_source_is_not() {
+    let dir = TempDir::new("copy-damaged");
+    let (a, b) = (formatted(&dir, "a"), formatted(&dir, "b"));
+    run_io(move || {
+        let (ra, rb) = (replica(&a, 1), replica(&b, 2));
+        for r in [&ra, &rb] {
+            r.writep1(5, 3, &payload(3, 1, 5)).unwrap();
+            r.commit(&[5]).unwrap();
+        }
+        ra.writep1(6, 3, &payload(3, 1, 6)).unwrap();
+        ra.writep1(7, 12, &payload(12, 1, 7)).unwrap();
+        ra.commit(&[6, 7]).unwrap();
+        for r in [&ra, &rb] {
+            r.writep1(9, 20, &payload(20, 1, 9)).unwrap();
+            r.commit(&[9]).unwrap();
+        }
+        let (theirs, ours) = (rb.vssd().lookup(3).unwrap(), ra.vssd().lookup(12).unwrap());
+        let same = rb.vssd().lookup(20).unwrap();
+        assert_eq!((theirs.version, ours.version, same.version), (5, 7, 9));
+        ra.vssd().close();
+        rb.vssd().close();
+        damage_slot(&b, theirs.slot);
+        damage_slot(&b, same.slot);
+        damage_slot(&a, ours.slot);
+        let (ra, rb) = (replica(&a, 1), replica(&b, 2));
+        let mut buf = AlignedBuf::new(LINE as usize);
+        assert!(rb.read(3, &mut buf).is_err(), "damaged on the target");
+        assert_eq!(copy_line(&ra, &rb, 3, 6).unwrap(), Copied::Written);
+        assert_eq!(rb.read(3, &mut buf).unwrap(), Some(6));
+        assert_eq!(&buf[..], &payload(3, 1, 6)[..]);
+        // Damaged at the very version asked: the vSSD keeps it (a copy must be
+        // above the line's version), and the copy says so.
+        assert!(copy_line(&ra, &rb, 20, 9).is_err());
+        assert_eq!(rb.dirty(20, 1).unwrap(), vec![(20, 9)]);
+
+        assert!(copy_line(&ra, &rb, 12, 7).is_err(), "damaged on the source");
+        assert_eq!(rb.read(12, &mut buf).unwrap(), None);
+        assert_ne!(rb.outcome(7).unwrap(), TranOutcome::Committed);
         ra.vssd().close();
         rb.vssd().close();
     });

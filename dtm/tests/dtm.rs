@@ -1406,3 +1406,114 @@ fn a_write_waiting_for_the_gate_while_the_dtm_goes_down_fails_and_prepares_nothi
         );
     });
 }
+
+/// A loss whose new epoch a surviving member does not record (unreachable, or at a
+/// newer epoch already) leaves the primary's own vSSD at its old epoch: the primary
+/// records an epoch only after every other member of it did. Found by `tdrv sim dtm`
+/// seeds 692, 10967 and 12574: a primary cut off recorded its next epoch on its own
+/// vSSD alone; the primary that took over fenced the others to the same epoch
+/// number with other members, and later resynced the old primary's vSSD as if it
+/// were of its own epoch (its prepares collided with the new primary's tran ids).
+#[test]
+fn a_primary_records_an_epoch_only_after_its_other_members() {
+    let dir = TempDir::new("epoch-last");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 3, VSSD_LINES);
+        let config = DtmConfig {
+            min_replicas: 2,
+            ..DtmConfig::default()
+        };
+        let dtm = start(&reps, config).unwrap();
+        dtm.write(2, &payload(2, 1, 1)).unwrap();
+        dtm.quiesce().unwrap();
+        reps[2].set(Mode::Unreachable, None);
+        reps[1].set(Mode::Unreachable, Some("set_epoch"));
+        let e = dtm.write(2, &payload(2, 1, 2)).unwrap_err();
+        assert!(matches!(e, DtmError::TooFewReplicas { .. }), "{e}");
+        for r in &reps {
+            assert_eq!(
+                (r.vssd.epoch(), r.vssd.members()),
+                (EPOCH, vec![1, 2, 3]),
+                "{} holds an epoch its members lack",
+                r.flaky.name()
+            );
+        }
+    });
+}
+
+/// A replica at the DTM's epoch (or a newer one) that is not a member is another
+/// primary's (two claims of one epoch: a split brain, or a fence this DTM has not
+/// met yet): resyncing it would mix two primaries' trans. Refused, nothing written.
+#[test]
+fn a_replica_of_another_primarys_epoch_is_not_resynced() {
+    let dir = TempDir::new("resync-other-epoch");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 2, VSSD_LINES);
+        let primary: Rc<dyn Replica> = reps[0].flaky.clone();
+        let dtm = Dtm::start(
+            reps[0].vssd.clone(),
+            vec![primary],
+            EPOCH,
+            DtmConfig::default(),
+        )
+        .unwrap();
+        dtm.write(3, &payload(3, 1, 1)).unwrap();
+        // Replica 2 degraded to itself at the same epoch number, and wrote.
+        let other = LocalReplica::new(reps[1].vssd.clone(), 2, "other", 0);
+        other.set_epoch(EPOCH, &[2]).unwrap();
+        let theirs = reps[1].vssd.next_tran_id().unwrap();
+        reps[1].vssd.writep1(theirs, 5, &payload(5, 1, 2)).unwrap();
+        let target = Rc::new(Flaky {
+            inner: LocalReplica::new(reps[1].vssd.clone(), 2, "target", EPOCH),
+            mode: Cell::new(Mode::Healthy),
+            only: Cell::new(None),
+        });
+        let e = dtm.resync(target).unwrap_err();
+        assert!(matches!(e, DtmError::Unfit { .. }), "{e}");
+        assert!(dtm.resync_progress().is_none());
+        assert_eq!((dtm.members(), dtm.syncing()), (vec![1], vec![]));
+        assert_eq!(held(&reps[1], 3), None, "nothing copied");
+        assert_eq!(reps[1].vssd.tran_outcome(theirs), TranOutcome::Prepared);
+        assert_eq!(
+            (reps[1].vssd.epoch(), reps[1].vssd.members()),
+            (EPOCH, vec![2])
+        );
+    });
+}
+
+/// A replica at the DTM's epoch whose claim lists the primary with other members is
+/// stale, and is resynced: that claim never took effect (a resync's join recorded it
+/// on the replica, the primary failed to record it, and a recovery that did not
+/// reach the replica gave the epoch number to the primary alone). Found by `tdrv sim
+/// dtm` seeds 30163, 30297, 30879 and 31296, which the refusal above first failed.
+#[test]
+fn a_replica_whose_claim_of_the_epoch_the_primary_refutes_is_resynced() {
+    let dir = TempDir::new("resync-refuted");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 2, VSSD_LINES);
+        let primary: Rc<dyn Replica> = reps[0].flaky.clone();
+        let dtm = Dtm::start(
+            reps[0].vssd.clone(),
+            vec![primary],
+            EPOCH,
+            DtmConfig::default(),
+        )
+        .unwrap();
+        let tran = dtm.write(3, &payload(3, 1, 1)).unwrap().tran().unwrap();
+        let other = LocalReplica::new(reps[1].vssd.clone(), 2, "other", 0);
+        other.set_epoch(EPOCH, &[1, 2]).unwrap();
+        let target = Rc::new(Flaky {
+            inner: LocalReplica::new(reps[1].vssd.clone(), 2, "target", EPOCH),
+            mode: Cell::new(Mode::Healthy),
+            only: Cell::new(None),
+        });
+        let p = dtm.resync(target).unwrap();
+        assert_eq!(p.joined_epoch, Some(EPOCH + 1));
+        assert_eq!((dtm.members(), dtm.epoch()), (vec![1, 2], EPOCH + 1));
+        assert_eq!(held(&reps[1], 3).unwrap().0, tran);
+        assert_agree(&[&reps[0], &reps[1]]);
+    });
+}

@@ -7,7 +7,7 @@ mod support;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use dtm::{DtmError, LocalReplica, Replica, recover};
+use dtm::{DtmError, InDoubtTran, LocalReplica, Replica, ReplicaError, recover};
 use support::{
     LINE, TempDir, damage_slot, formatted, in_doubt_slot, open_vssd, payload, replica, run_io,
 };
@@ -436,6 +436,149 @@ fn a_member_behind_the_newest_epoch_that_lists_it_is_reachable() {
         for m in &r {
             assert_eq!(m.info().epoch, 4, "{}", m.name());
         }
+        close(&r);
+    });
+}
+
+/// A replica whose listings never end (ids and lines that keep rising, each page
+/// saying more follow): its in-doubt listing, or its dirty listing, is refused once
+/// it listed more than its slots can hold, naming the replica and the count; not
+/// paged for ever.
+struct Endless {
+    inner: Rc<LocalReplica>,
+    /// Which listing never ends.
+    in_doubt: bool,
+}
+
+impl dtm::Forward for Endless {
+    fn inner(&self) -> &dyn Replica {
+        &*self.inner
+    }
+    fn in_doubt(&self, after: u64, max: usize) -> Result<(Vec<InDoubtTran>, bool), ReplicaError> {
+        if !self.in_doubt {
+            return self.inner.in_doubt(after, max);
+        }
+        let page = (after + 1..=after + max as u64)
+            .map(|tran| InDoubtTran {
+                tran,
+                line: 0,
+                line_count: 1,
+                payload_len: LINE,
+                damaged: false,
+            })
+            .collect();
+        Ok((page, true))
+    }
+    fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError> {
+        if self.in_doubt {
+            return self.inner.dirty(from, max);
+        }
+        Ok((from..from + max as u64).map(|l| (l, 7)).collect())
+    }
+}
+
+#[test]
+fn a_replica_whose_listings_never_end_is_refused() {
+    let dir = TempDir::new("rec-endless");
+    let paths = device(&dir);
+    for in_doubt in [true, false] {
+        let p = paths.clone();
+        run_io(move || {
+            let locals = open_all(&p, &ALL);
+            let slots = locals[1].info().lines;
+            let mut opened = dyns(&locals);
+            opened[1] = Rc::new(Endless {
+                inner: locals[1].clone(),
+                in_doubt,
+            });
+            let e = recover(&opened, &ALL, 3).expect_err("refused");
+            let op = if in_doubt { "in_doubt" } else { "dirty" };
+            assert!(
+                matches!(&e, DtmError::BadAnswer { op: o, replica, why }
+                    if *o == op && *replica == locals[1].name()
+                        && why.contains(&format!("its {slots} slots"))),
+                "{e}"
+            );
+            close(&locals);
+        });
+    }
+}
+
+/// A copy marked damaged because one read of it failed its CRC at the vSSD's open
+/// (a transient fault: the payload is intact on disk) is read again before it is
+/// given up: with no intact copy elsewhere, the re-read repairs and commits it.
+/// Before, such a tran was aborted, and with one replica required an acknowledged
+/// write was lost (`tdrv sim dtm` seeds 11972 and 15845: a corrupt read injected
+/// just before the primary's restart).
+#[test]
+fn a_copy_damaged_by_a_read_fault_at_open_is_read_again_and_committed() {
+    let dir = TempDir::new("rec-reread");
+    let paths = device(&dir);
+    let p = paths.clone();
+    run_io(move || {
+        let r = open_all(&p[..1], &[1]);
+        r[0].writep1(100, 4, &payload(4, 2, 100)).unwrap();
+        close(&r);
+    });
+    let slot = in_doubt_slot(&paths[0], 100);
+    damage_slot(&paths[0], slot);
+    let p = paths.clone();
+    run_io(move || {
+        let r = open_all(&p[..1], &[1]);
+        let listed = r[0].in_doubt(0, 10).unwrap().0;
+        assert!(listed.iter().all(|d| d.damaged), "{listed:?}");
+        // The fault was in the read: the bytes on disk are intact again.
+        damage_slot(&p[0], slot);
+        let rec = recover(&dyns(&r), &ALL, 1).unwrap();
+        assert_eq!((rec.committed, rec.aborted), (1, 0), "{rec:?}");
+        assert_eq!((rec.repaired, rec.damaged_aborted), (1, 0), "{rec:?}");
+        holds(&*r[0], 4, 4, 2, 100);
+        holds(&*r[0], 5, 4, 2, 100);
+        assert_eq!(r[0].outcome(100).unwrap(), TranOutcome::Committed);
+        close(&r);
+    });
+}
+
+/// A replica whose `set_epoch` times out (a slow peer: it may apply it later).
+struct SlowEpoch(Rc<LocalReplica>);
+
+impl dtm::Forward for SlowEpoch {
+    fn inner(&self) -> &dyn Replica {
+        &*self.0
+    }
+    fn set_epoch(&self, _epoch: u64, _members: &[u64]) -> Result<(), ReplicaError> {
+        Err(ReplicaError {
+            op: "set_epoch",
+            replica: self.0.name().to_string(),
+            kind: dtm::ReplicaErrorKind::Timeout,
+        })
+    }
+}
+
+/// Recovery's fence records the new epoch on its own (first) replica last, after
+/// every other member: a fence that fails on a member leaves the local replica at
+/// its epoch. Before, the local replica recorded the new epoch with all members
+/// while the slow member applied a loss's epoch of the same number (with fewer
+/// members) a moment later: two claims of one epoch that each refute the other, and
+/// every later recovery refused the device (`tdrv sim dtm` seed 12376).
+#[test]
+fn a_fence_that_fails_on_a_member_leaves_the_local_replica_at_its_epoch() {
+    let dir = TempDir::new("rec-fence-last");
+    let paths = device(&dir);
+    run_io(move || {
+        let r = open_all(&paths, &ALL);
+        let mut opened = dyns(&r);
+        opened[1] = Rc::new(SlowEpoch(r[1].clone()));
+        let e = recover(&opened, &ALL, 2).expect_err("the fence failed");
+        assert!(
+            matches!(e, DtmError::Replica(_) | DtmError::TooFewReplicas { .. }),
+            "{e}"
+        );
+        assert_eq!(
+            (r[0].vssd().epoch(), r[0].vssd().members()),
+            (1, ALL.to_vec()),
+            "the local replica recorded the fence's epoch"
+        );
         close(&r);
     });
 }

@@ -9,10 +9,7 @@ mod support;
 use std::cell::Cell;
 use std::rc::Rc;
 
-use dtm::{
-    Dtm, DtmConfig, InDoubtTran, LocalReplica, Replica, ReplicaError, ReplicaErrorKind,
-    ReplicaInfo, recover,
-};
+use dtm::{Dtm, DtmConfig, LocalReplica, Replica, ReplicaError, ReplicaErrorKind, recover};
 use support::{TempDir, damage_slot, formatted, in_doubt_slot, payload, replica, run_io};
 use taskio::AlignedBuf;
 use vssd::TranOutcome;
@@ -70,62 +67,20 @@ struct LostAnswer {
     armed: Cell<bool>,
 }
 
-impl Replica for LostAnswer {
-    fn member(&self) -> u64 {
-        self.inner.member()
-    }
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn info(&self) -> ReplicaInfo {
-        self.inner.info()
-    }
-    fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.inner.writep1(tran, line, data)
-    }
-    fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
-        self.inner.commit(trans)
-    }
-    fn abort(&self, tran: u64) -> Result<(), ReplicaError> {
-        self.inner.abort(tran)
-    }
-    fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<u64>, ReplicaError> {
-        self.inner.read(line, buf)
-    }
-    fn read_prepared(&self, tran: u64) -> Result<AlignedBuf, ReplicaError> {
-        self.inner.read_prepared(tran)
-    }
-    fn repair(&self, tran: u64, payload: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.inner.repair(tran, payload)
-    }
-    fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.inner.copy_in(version, line, data)
-    }
-    fn clean(&self, line: u64, version: u64) -> Result<bool, ReplicaError> {
-        self.inner.clean(line, version)
-    }
-    fn invalidate(&self, first: u64, count: u64) -> Result<u64, ReplicaError> {
-        self.inner.invalidate(first, count)
+impl dtm::Forward for LostAnswer {
+    fn inner(&self) -> &dyn Replica {
+        &self.inner
     }
     fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
         self.inner.set_epoch(epoch, members)?;
         if self.armed.get() {
             return Err(ReplicaError {
                 op: "set_epoch",
-                replica: self.name().to_string(),
+                replica: self.inner.name().to_string(),
                 kind: ReplicaErrorKind::Timeout,
             });
         }
         Ok(())
-    }
-    fn outcome(&self, tran: u64) -> Result<TranOutcome, ReplicaError> {
-        self.inner.outcome(tran)
-    }
-    fn in_doubt(&self, after: u64, max: usize) -> Result<(Vec<InDoubtTran>, bool), ReplicaError> {
-        self.inner.in_doubt(after, max)
-    }
-    fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError> {
-        self.inner.dirty(from, max)
     }
 }
 
@@ -164,6 +119,39 @@ fn a_join_whose_answer_was_lost_leaves_the_members_past_the_replicas_epoch() {
         assert_eq!((members, rec.stale.clone()), (vec![1], vec![2]), "{rec:?}");
         let mut buf = AlignedBuf::new(4096);
         assert_eq!(rec.members[0].read(3, &mut buf).unwrap(), Some(tran));
+        ra.vssd().close();
+        rb.vssd().close();
+    });
+}
+
+/// An in-doubt tran on the replica whose id the primary knows as committed, but for
+/// other lines (two primaries that handed out one id: a cut-off one and the one that
+/// took over, at one epoch number), is not the primary's tran: it is aborted there,
+/// and the walk copies the primary's lines. Before, the resync committed it by its
+/// id, and the replica kept data no member holds (`tdrv sim dtm` seed 4148).
+#[test]
+fn an_in_doubt_tran_is_committed_by_the_lines_the_primary_holds_not_by_its_id() {
+    let dir = TempDir::new("resync-same-id");
+    let (pa, pb) = (formatted(&dir, "a"), formatted(&dir, "b"));
+    run_io(move || {
+        let ra = Rc::new(replica(&pa, 1));
+        let rb = Rc::new(replica(&pb, 2));
+        ra.writep1(5, 8, &payload(8, 1, 5)).unwrap();
+        ra.writep1(9, 18, &payload(18, 1, 9)).unwrap();
+        ra.commit(&[5, 9]).unwrap();
+        // The replica's own tran 9, of line 8, prepared and never resolved.
+        rb.writep1(9, 8, &payload(8, 1, 99)).unwrap();
+        let dtm = Dtm::start(ra.vssd().clone(), vec![ra.clone()], 1, DtmConfig::default()).unwrap();
+        dtm.resync(rb.clone()).unwrap();
+        assert_eq!(dtm.members(), vec![1, 2]);
+        // Tran 9 is the primary's there now (line 18, copied by the walk).
+        let (mut x, mut y) = (AlignedBuf::new(4096), AlignedBuf::new(4096));
+        for line in [8, 18] {
+            let va = ra.read(line, &mut x).unwrap();
+            assert_eq!(rb.read(line, &mut y).unwrap(), va, "line {line}");
+            assert_eq!(&x[..], &y[..], "line {line}");
+        }
+        dtm.close();
         ra.vssd().close();
         rb.vssd().close();
     });

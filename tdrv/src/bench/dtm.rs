@@ -31,11 +31,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ::dtm::{
-    Dtm, DtmConfig, InDoubtTran, LocalReplica, RemoteReplica, Replica, ReplicaError, ReplicaInfo,
-    ReplicaService, Vssds,
+    Dtm, DtmConfig, LocalReplica, RemoteReplica, Replica, ReplicaError, ReplicaService, Vssds,
 };
+use ::vssd::Vssd;
 use ::vssd::layout::{FormatParams, random_uuid};
-use ::vssd::{TranOutcome, Vssd};
 use rpc::echo::Echo;
 use rpc::{Client, ClientConfig, Host, Server, ServerConfig, serve_handoff};
 use taskio::rand::Rng;
@@ -209,57 +208,15 @@ impl Timed {
     }
 }
 
-impl Replica for Timed {
-    fn member(&self) -> u64 {
-        self.inner.member()
-    }
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn info(&self) -> ReplicaInfo {
-        self.inner.info()
+impl ::dtm::Forward for Timed {
+    fn inner(&self) -> &dyn Replica {
+        &*self.inner
     }
     fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
         let start = Instant::now();
         let r = self.inner.writep1(tran, line, data);
         self.writep1.borrow_mut().record(start.elapsed());
         r
-    }
-    fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
-        self.inner.commit(trans)
-    }
-    fn abort(&self, tran: u64) -> Result<(), ReplicaError> {
-        self.inner.abort(tran)
-    }
-    fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<u64>, ReplicaError> {
-        self.inner.read(line, buf)
-    }
-    fn read_prepared(&self, tran: u64) -> Result<AlignedBuf, ReplicaError> {
-        self.inner.read_prepared(tran)
-    }
-    fn repair(&self, tran: u64, payload: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.inner.repair(tran, payload)
-    }
-    fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.inner.copy_in(version, line, data)
-    }
-    fn clean(&self, line: u64, version: u64) -> Result<bool, ReplicaError> {
-        self.inner.clean(line, version)
-    }
-    fn invalidate(&self, first: u64, count: u64) -> Result<u64, ReplicaError> {
-        self.inner.invalidate(first, count)
-    }
-    fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
-        self.inner.set_epoch(epoch, members)
-    }
-    fn outcome(&self, tran: u64) -> Result<TranOutcome, ReplicaError> {
-        self.inner.outcome(tran)
-    }
-    fn in_doubt(&self, after: u64, max: usize) -> Result<(Vec<InDoubtTran>, bool), ReplicaError> {
-        self.inner.in_doubt(after, max)
-    }
-    fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError> {
-        self.inner.dirty(from, max)
     }
 }
 

@@ -34,7 +34,9 @@
 //!
 //! Devices of 3 nodes need 2 replicas to acknowledge (any two takeovers share a
 //! member); devices of 2 nodes go on with 1, and are taken over only after their
-//! primary crashed.
+//! primary crashed. A takeover goes to a member of the membership the primary last
+//! told the controller, which it does before recording each epoch on its own vSSD
+//! ([`Announced`]): a primary that degraded to itself is not taken over.
 //!
 //! `--buggy` wraps each remote replica so that its writep1 only starts the call (50
 //! ms later) and returns at once: a write is acknowledged after the local writep1
@@ -47,8 +49,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use dtm::{
-    Dtm, DtmConfig, InDoubtTran, LocalReplica, LossPolicy, RemoteReplica, Replica, ReplicaError,
-    ReplicaErrorKind, ReplicaInfo, ReplicaService, Vssds, Written, recover,
+    Dtm, DtmConfig, LocalReplica, LossPolicy, RemoteReplica, Replica, ReplicaError,
+    ReplicaErrorKind, ReplicaService, Vssds, Written, recover,
 };
 use rpc::{ClientConfig, Header, Request, Response, SessionConfig, SessionInfo, serve_listener};
 use taskio::file::OpenOptions;
@@ -56,7 +58,7 @@ use taskio::rand::Rng;
 use taskio::sim::{DiskFault, NodeId, SimConfig, SimHandle};
 use taskio::{AlignedBuf, Instant, net, now, sleep, spawn};
 use vssd::layout::{FormatParams, LOG_BYTES_MIN};
-use vssd::{Options as VssdOptions, TranOutcome, Vssd};
+use vssd::{Options as VssdOptions, Vssd};
 
 use super::{Options, SeedRun};
 
@@ -173,8 +175,9 @@ struct World {
     /// The node the primary role runs on, and its generation (+1 at each takeover).
     primary: Cell<usize>,
     generation: Cell<u64>,
-    /// The members of the latest epoch, as the current primary saw them at its
-    /// start or at its last acknowledgement (the controller's takeover choice).
+    /// The members of the latest epoch the current primary's own vSSD may hold: it
+    /// tells them before it records them ([`Announced`]); the controller's takeover
+    /// choice.
     members: RefCell<Vec<u64>>,
     fences: RefCell<Vec<Fence>>,
     /// Writes issued: (writer key, sequence) -> (first line, count).
@@ -463,12 +466,16 @@ fn primary_role(w: &Rc<World>, me: usize, vssd: &Vssd) {
         return;
     }
     let generation = w.generation.get();
-    let local: Rc<dyn Replica> = Rc::new(LocalReplica::new(
-        vssd.clone(),
-        member_id(me),
-        format!("node {me}"),
-        vssd.epoch(),
-    ));
+    let local: Rc<dyn Replica> = Rc::new(Announced {
+        inner: LocalReplica::new(
+            vssd.clone(),
+            member_id(me),
+            format!("node {me}"),
+            vssd.epoch(),
+        ),
+        world: w.clone(),
+        generation,
+    });
     let mut opened = vec![local];
     for q in (0..w.nodes).filter(|&q| q != me) {
         if let Ok(r) = open_remote(w, q) {
@@ -517,9 +524,6 @@ fn primary_role(w: &Rc<World>, me: usize, vssd: &Vssd) {
             return w.add(&w.recoveries_failed, 1);
         }
     };
-    if w.generation.get() == generation {
-        *w.members.borrow_mut() = dtm.members();
-    }
     if w.final_phase.get() {
         if let Err(e) = final_check(w, me, &dtm, members) {
             w.fail(format!("final check on node {me}: {e}"));
@@ -677,9 +681,6 @@ fn acknowledged(
         dtm.members()
     ));
     w.add(&w.writes_acked, 1);
-    if w.generation.get() == generation {
-        *w.members.borrow_mut() = dtm.members();
-    }
     let mut acked = w.acked.borrow_mut();
     for line in first..first + count {
         let a = acked.entry(line).or_insert(Ack { tran: 0, key, seq });
@@ -797,15 +798,9 @@ fn final_check(
 /// acknowledges after its local writep1 alone.
 struct Hasty(Rc<dyn Replica>);
 
-impl Replica for Hasty {
-    fn member(&self) -> u64 {
-        self.0.member()
-    }
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn info(&self) -> ReplicaInfo {
-        self.0.info()
+impl dtm::Forward for Hasty {
+    fn inner(&self) -> &dyn Replica {
+        &*self.0
     }
     fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
         let (r, mut copy) = (self.0.clone(), AlignedBuf::new(data.capacity()));
@@ -819,41 +814,30 @@ impl Replica for Hasty {
             Err(_) => self.0.writep1(tran, line, data),
         }
     }
-    fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
-        self.0.commit(trans)
-    }
-    fn abort(&self, tran: u64) -> Result<(), ReplicaError> {
-        self.0.abort(tran)
-    }
-    fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<u64>, ReplicaError> {
-        self.0.read(line, buf)
-    }
-    fn read_prepared(&self, tran: u64) -> Result<AlignedBuf, ReplicaError> {
-        self.0.read_prepared(tran)
-    }
-    fn repair(&self, tran: u64, payload: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.0.repair(tran, payload)
-    }
-    fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.0.copy_in(version, line, data)
-    }
-    fn clean(&self, line: u64, version: u64) -> Result<bool, ReplicaError> {
-        self.0.clean(line, version)
-    }
-    fn invalidate(&self, first: u64, count: u64) -> Result<u64, ReplicaError> {
-        self.0.invalidate(first, count)
+}
+
+/// The primary's own replica, which tells the controller (the cluster manager) the
+/// members of each epoch before it records it, as DRBD's fence-peer handler tells
+/// the cluster manager before a primary goes on without its peer. So the controller
+/// never takes over with a node that the primary's vSSD may have dropped: with 2
+/// nodes and 1 replica required, a primary that degraded to itself and a takeover by
+/// the other node would make two claims of one epoch (a split brain no fence can
+/// stop; recovery refuses it). Only the current generation's primary is heard.
+struct Announced {
+    inner: LocalReplica,
+    world: Rc<World>,
+    generation: u64,
+}
+
+impl dtm::Forward for Announced {
+    fn inner(&self) -> &dyn Replica {
+        &self.inner
     }
     fn set_epoch(&self, epoch: u64, members: &[u64]) -> Result<(), ReplicaError> {
-        self.0.set_epoch(epoch, members)
-    }
-    fn outcome(&self, tran: u64) -> Result<TranOutcome, ReplicaError> {
-        self.0.outcome(tran)
-    }
-    fn in_doubt(&self, after: u64, max: usize) -> Result<(Vec<InDoubtTran>, bool), ReplicaError> {
-        self.0.in_doubt(after, max)
-    }
-    fn dirty(&self, from: u64, max: usize) -> Result<Vec<(u64, u64)>, ReplicaError> {
-        self.0.dirty(from, max)
+        if self.world.generation.get() == self.generation {
+            *self.world.members.borrow_mut() = members.to_vec();
+        }
+        self.inner.set_epoch(epoch, members)
     }
 }
 
