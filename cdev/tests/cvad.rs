@@ -42,6 +42,15 @@ fn start(data: &Path, args: &[&str]) -> Cvad {
 }
 
 fn start_on(data: &Path, listen: &str, args: &[&str]) -> Cvad {
+    // A killed cvad leaves its port files behind: a restart must not be taken for
+    // ready by them.
+    for f in ["cvad.port", "nbd.port"] {
+        match std::fs::remove_file(data.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("remove {}: {e}", data.join(f).display()),
+        }
+    }
     let mut cmd = cvad(data, &["--listen", listen]);
     // Its log, beside the data dir.
     let log = std::fs::File::create(data.with_extension("log")).expect("log file");
@@ -747,10 +756,8 @@ fn nbd_writes_read_back_after_a_restart_and_after_kill_9() {
     );
     // Acknowledged means durable: kill -9 loses nothing.
     let _ = c.stop_by(Signal::SIGKILL);
-    // Its port files outlive it: the restart must not be taken for ready by them.
-    for f in ["cvad.port", "nbd.port"] {
-        std::fs::remove_file(data.join(f)).unwrap();
-    }
+    // Its port files outlive it: start() removes them before the restart.
+    assert!(data.join("cvad.port").exists());
     let c = start(&data, &[]);
     let out = qemu_io(
         &nbd_uri(&data, "dev0"),
@@ -790,9 +797,6 @@ fn nbd_a_write_on_one_connection_flushed_on_another_survives_kill_9() {
     let out = run("python3-libnbd", python, &["-c", &script]);
     assert!(out.contains("flushed"), "{out}");
     let _ = c.stop_by(Signal::SIGKILL);
-    for f in ["cvad.port", "nbd.port"] {
-        std::fs::remove_file(data.join(f)).unwrap();
-    }
     let c = start(&data, &[]);
     qemu_io(&nbd_uri(&data, "dev0"), &["read -P 0xa5 1050624 8192"]);
     assert!(c.stop().success());
