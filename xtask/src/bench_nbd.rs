@@ -156,7 +156,8 @@ fn cvad_figures(
     } else {
         None
     };
-    let cvad = Cvad::start(bins, &dir.join("a"), "127.0.0.1:0")?;
+    let data = dir.join("a");
+    let cvad = Cvad::start(bins, &data, "127.0.0.1:0")?;
     let config = procs::device_file(
         dir,
         DEVICE,
@@ -165,7 +166,7 @@ fn cvad_figures(
         peer.as_ref().map(|p| p.addr),
     )?;
     cvad.ok(bins, &["device", "create", &config])?;
-    let port_file = cvad.data.join("nbd.port");
+    let port_file = data.join("nbd.port");
     let port = std::fs::read_to_string(&port_file)
         .map_err(|e| format!("read {}: {e}", port_file.display()))?;
     let uri = format!("nbd://127.0.0.1:{}/{DEVICE}", port.trim());
