@@ -55,7 +55,7 @@ use crate::config::{CacheMode, DeviceConfig, ReplicaLoss};
 use crate::error::CdevError;
 use crate::gate::Gate;
 use crate::latency::Histogram;
-use crate::ramcache::{RAM_CACHE_BYTES_MAX, RamCache};
+use crate::ramcache::RamCache;
 
 /// Block size of every device: offsets and lengths are multiples of it.
 pub const BLOCK_SIZE: u32 = 512;
@@ -1769,13 +1769,8 @@ fn check_config(c: &DeviceConfig, me: u64) -> Result<(), CdevError> {
             c.line_size
         ));
     }
-    if c.ram_cache_bytes > RAM_CACHE_BYTES_MAX
-        || (c.ram_cache_bytes != 0 && c.ram_cache_bytes < u64::from(c.line_size))
-    {
-        return bad(format!(
-            "ram_cache_bytes {}: 0 (no RAM tier) or one line ({}) ..= {RAM_CACHE_BYTES_MAX}",
-            c.ram_cache_bytes, c.line_size
-        ));
+    if let Some(why) = crate::ramcache::check_bytes(c.ram_cache_bytes, c.line_size) {
+        return bad(format!("ram_cache_bytes {why}"));
     }
     if c.destage_low_pct >= c.destage_high_pct || c.destage_high_pct > 100 {
         return bad(format!(

@@ -216,6 +216,17 @@ impl RamCache {
     }
 }
 
+/// Why `bytes` cannot be the `ram_cache_bytes` of a device of lines of `line_size`
+/// (`None`: it can): 0 (no tier), or one line ..= [`RAM_CACHE_BYTES_MAX`].
+pub fn check_bytes(bytes: u64, line_size: u32) -> Option<String> {
+    if bytes == 0 || (u64::from(line_size)..=RAM_CACHE_BYTES_MAX).contains(&bytes) {
+        return None;
+    }
+    Some(format!(
+        "{bytes} is neither 0 (no RAM tier) nor in one line ({line_size})..={RAM_CACHE_BYTES_MAX}"
+    ))
+}
+
 fn stripe(line: u64) -> usize {
     (line % STAMP_STRIPES as u64) as usize
 }
