@@ -83,6 +83,10 @@ pub struct DeviceConfig {
     /// (0: never).
     #[serde(default = "default_seq_cutoff")]
     pub seq_cutoff_bytes: u64,
+    /// Bytes of the RAM tier in front of the vSSD (recently read or written lines;
+    /// whole lines, rounded down; 0: none): see [`crate::ramcache`].
+    #[serde(default = "default_ram_cache_bytes")]
+    pub ram_cache_bytes: u64,
 }
 
 fn is_primary(member: &u64) -> bool {
@@ -102,6 +106,9 @@ fn default_destage_low_pct() -> u8 {
 }
 fn default_seq_cutoff() -> u64 {
     1 << 20
+}
+fn default_ram_cache_bytes() -> u64 {
+    crate::ramcache::RAM_CACHE_BYTES_DEFAULT
 }
 
 impl DeviceConfig {
@@ -123,6 +130,7 @@ impl DeviceConfig {
             destage_high_pct: default_destage_high_pct(),
             destage_low_pct: default_destage_low_pct(),
             seq_cutoff_bytes: default_seq_cutoff(),
+            ram_cache_bytes: default_ram_cache_bytes(),
         }
     }
 }

@@ -103,6 +103,9 @@ pub fn check_device(where_: &str, c: &DeviceConfig) -> Result<(), DataDirError> 
         return Err(bad(where_, "vssd_bytes", why));
     }
     check_watermarks(where_, c.destage_high_pct, c.destage_low_pct)?;
+    if let Some(why) = crate::ramcache::check_bytes(c.ram_cache_bytes, c.line_size) {
+        return Err(bad(where_, "ram_cache_bytes", why));
+    }
     let members = 1 + c.replicas.len();
     if !(1..=members).contains(&c.min_replicas) {
         let why = format!(
@@ -324,7 +327,7 @@ mod tests {
     #[test]
     fn each_bad_setting_is_refused_by_its_key() {
         check_device("t", &good()).unwrap();
-        let cases: [(&str, Spoil); 9] = [
+        let cases: [(&str, Spoil); 11] = [
             ("name", |c| c.name = "a b".into()),
             ("name", |c| c.name = "../x".into()),
             ("vssd", |c| c.vssd = c.backing.clone()),
@@ -336,6 +339,10 @@ mod tests {
             }),
             ("destage_high_pct", |c| c.destage_high_pct = 101),
             ("min_replicas", |c| c.min_replicas = 2),
+            ("ram_cache_bytes", |c| c.ram_cache_bytes = 512),
+            ("ram_cache_bytes", |c| {
+                c.ram_cache_bytes = crate::ramcache::RAM_CACHE_BYTES_MAX + 1
+            }),
         ];
         for (key, spoil) in cases {
             let mut c = good();

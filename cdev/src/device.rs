@@ -31,6 +31,12 @@
 //!   are in flight at once, each a task on lines no other run holds; while clients
 //!   are served, [`DESTAGE_RUNS_YIELDING`] (destage yields to client I/O), unless
 //!   the cache is nearly full of dirty lines.
+//! - **The RAM tier** ([`crate::ramcache`], `ram_cache_bytes`): a read looks there
+//!   first, after the DTM's checks of a vSSD read (a fenced or closed device serves
+//!   nothing from it); hits and fills of the vSSD and fills from the backing store
+//!   are copied there (not those of a bypassing read), and so are the lines a write
+//!   leaves in write-back and write-through. Every change of lines' bytes runs
+//!   through [`Inner::changing`], which drops their copies before and after it.
 
 use std::cell::{Cell, RefCell};
 use std::path::Path;
@@ -51,6 +57,7 @@ use crate::config::{CacheMode, DeviceConfig, DeviceSettings, ReplicaLoss};
 use crate::error::CdevError;
 use crate::gate::Gate;
 use crate::latency::Histogram;
+use crate::ramcache::RamCache;
 
 /// Block size of every device: offsets and lengths are multiples of it.
 pub const BLOCK_SIZE: u32 = 512;
@@ -233,6 +240,9 @@ struct Counters {
     /// The most destage runs ever in flight at once (a high-water mark).
     destage_runs_in_flight_max: u64,
     mode_changes: u64,
+    /// Reads served from the RAM tier alone, and lines served from it.
+    ram_hits: u64,
+    ram_hit_lines: u64,
 }
 
 /// The destage watermarks and the sequential cutoff of a running device.
@@ -311,6 +321,8 @@ struct Inner {
     /// at queue depth 32 (perf of cvad under `cvacli bench`). At most
     /// [`SPARE_LINE_BUFS_MAX`].
     spare_line_bufs: RefCell<Vec<AlignedBuf>>,
+    /// Copies of recent lines, in front of the vSSD (never borrowed across a yield).
+    ram: RefCell<RamCache>,
 }
 
 /// Line buffers a device keeps for its reads: one per read in flight from two
@@ -476,6 +488,7 @@ impl Device {
             latency: RefCell::new(Default::default()),
             rmw_unlocked: Cell::new(false),
             spare_line_bufs: RefCell::new(Vec::new()),
+            ram: RefCell::new(RamCache::new(config.ram_cache_bytes, config.line_size)),
         });
         inner.note_dirty_at_open();
         let weak = Rc::downgrade(&inner);
@@ -571,12 +584,13 @@ impl Device {
             return Ok(());
         }
         let start = now();
-        let result = inner.hold("discard", first, end - first).and_then(|_gate| {
+        let result = inner.changing(first, end - first, || {
+            let _gate = inner.hold("discard", first, end - first)?;
             inner
                 .dtm
                 .discard(first, end - first)
-                .map(|_| ())
-                .map_err(|e| inner.dtm_error("discard", e))
+                .map_err(|e| inner.dtm_error("discard", e))?;
+            Ok(None)
         });
         inner.done("discard", start, &result);
         result
@@ -916,10 +930,17 @@ impl Inner {
         let bypass = self.sequential(offset, len) || self.mode.get() == CacheMode::PassThrough;
         let (first, end) = self.lines_of(offset, len);
         let mut line_buf = self.take_read_buf();
-        let (mut hits, mut misses) = (0, 0);
+        let (mut hits, mut misses, mut ram_hits) = (0, 0, 0);
         let mut line = first;
         // Bounded: `line` moves forward every round.
         while line < end {
+            if self.read_ram(line, offset, buf)? {
+                hits += 1;
+                ram_hits += 1;
+                line += 1;
+                continue;
+            }
+            let since = self.ram.borrow().stamp();
             if self
                 .dtm
                 .read(line, &mut line_buf)
@@ -927,6 +948,9 @@ impl Inner {
                 .is_some()
             {
                 self.copy_out(line, &line_buf, offset, buf);
+                if !bypass {
+                    self.ram.borrow_mut().fill(line, &line_buf, since);
+                }
                 hits += 1;
                 line += 1;
                 continue;
@@ -943,7 +967,11 @@ impl Inner {
         let blocks = len / u64::from(BLOCK_SIZE);
         self.count(|c| {
             c.read_hit_lines += hits;
-            c.blocks_read_cache += hits * self.line_size / u64::from(BLOCK_SIZE);
+            c.ram_hit_lines += ram_hits;
+            c.blocks_read_cache += (hits - ram_hits) * self.line_size / u64::from(BLOCK_SIZE);
+            if ram_hits == end - first {
+                c.ram_hits += 1;
+            }
             c.read_miss_lines += misses;
             c.blocks_read_client += blocks;
             match (hits, misses) {
@@ -956,6 +984,48 @@ impl Inner {
             }
         });
         Ok(())
+    }
+
+    /// Copies `line`'s RAM copy, when the tier holds one, into the request at
+    /// `offset`: whether it did. Checked first as a vSSD read is (`Dtm::check_read`):
+    /// a fenced device's copies may be older than another primary's writes.
+    fn read_ram(&self, line: u64, offset: u64, buf: &mut [u8]) -> Result<bool, CdevError> {
+        self.dtm
+            .check_read()
+            .map_err(|e| self.dtm_error("read", e))?;
+        let mut ram = self.ram.borrow_mut();
+        let Some(bytes) = ram.get(line) else {
+            return Ok(false);
+        };
+        self.copy_out(line, bytes, offset, buf);
+        Ok(true)
+    }
+
+    /// Runs `change`, which changes the bytes of lines `first..first + n`, with their
+    /// RAM copies dropped before it and again after it whatever it returns (a failed
+    /// change may have changed some); then keeps the lines' bytes `change` returns
+    /// (whole lines from `first`) as their copies, unless another change of them
+    /// began meanwhile. Every path that changes lines' bytes runs through here
+    /// (writes with their read-modify-writes, discards, zeroing), so no copy outlives
+    /// a change (see [`crate::ramcache`]).
+    fn changing(
+        &self,
+        first: u64,
+        n: u64,
+        change: impl FnOnce() -> Result<Option<AlignedBuf>, CdevError>,
+    ) -> Result<(), CdevError> {
+        self.ram.borrow_mut().invalidate(first, n);
+        let since = self.ram.borrow().stamp();
+        let result = change();
+        let mut ram = self.ram.borrow_mut();
+        match &result {
+            Ok(Some(lines)) => {
+                assert_eq!(lines.len() as u64, n * self.line_size, "lines changed");
+                ram.replace(first, lines, self.line_size as usize, since);
+            }
+            Ok(None) | Err(_) => ram.invalidate(first, n),
+        }
+        result.map(|_| ())
     }
 
     /// Lines `first..end`, missed, read from the backing store in one I/O under the
@@ -971,6 +1041,7 @@ impl Inner {
     ) -> Result<(), CdevError> {
         const OP: &str = "read";
         let n = end - first;
+        let since = self.ram.borrow().stamp();
         let _lock = self
             .dtm
             .lock_lines(first, n)
@@ -989,12 +1060,16 @@ impl Inner {
                 .is_some()
             {
                 self.copy_out(line, &line_buf, offset, buf);
+                if fill {
+                    self.ram.borrow_mut().fill(line, &line_buf, since);
+                }
                 continue;
             }
             self.copy_out(line, from_backing, offset, buf);
             if fill {
                 line_buf.copy_from_slice(from_backing);
                 self.fill(line, &line_buf);
+                self.ram.borrow_mut().fill(line, from_backing, since);
             }
         }
         Ok(())
@@ -1033,7 +1108,22 @@ impl Inner {
         Ok(())
     }
 
+    /// A write of `data` at `offset` (see [`Inner::write_lines`]) as a change of its
+    /// lines: the lines it leaves are kept in RAM in the modes that cache writes.
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), CdevError> {
+        let (first, end) = self.lines_of(offset, data.len() as u64);
+        self.changing(first, end - first, || {
+            let lines = self.write_lines(offset, data)?;
+            let cached = matches!(
+                self.mode.get(),
+                CacheMode::WriteBack | CacheMode::WriteThrough
+            );
+            Ok(cached.then_some(lines))
+        })
+    }
+
+    /// Writes `data` at `offset` in the current mode; the whole lines it wrote.
+    fn write_lines(&self, offset: u64, data: &[u8]) -> Result<AlignedBuf, CdevError> {
         const OP: &str = "write";
         let len = data.len() as u64;
         let (first, end) = self.lines_of(offset, len);
@@ -1078,10 +1168,10 @@ impl Inner {
                 if self.vssd.dirty_count() >= self.tuning.get().high_lines {
                     self.kick.wakeup_all();
                 }
-                Ok(())
             }
-            mode => self.write_backing(first, &buf, mode),
+            mode => self.write_backing(first, &buf, mode)?,
         }
+        Ok(buf)
     }
 
     /// Zeroes written as data, [`ZERO_CHUNK_BYTES_MAX`] per write (none when `len`
@@ -1110,6 +1200,11 @@ impl Inner {
     /// zeroing may see the old bytes, as with any write; every read after it sees
     /// zeroes, and so does recovery after a crash.
     fn zero_lines(&self, first: u64, n: u64) -> Result<(), CdevError> {
+        self.changing(first, n, || self.zero_lines_held(first, n).map(|()| None))
+    }
+
+    /// [`Inner::zero_lines`] inside its change.
+    fn zero_lines_held(&self, first: u64, n: u64) -> Result<(), CdevError> {
         const OP: &str = "write_zeroes";
         let ls = self.line_size;
         let _gate = self.hold(OP, first, n)?;
@@ -1541,6 +1636,7 @@ impl Inner {
         let counts = v.map;
         let dirty = self.vssd.dirty_count();
         let tuning = self.tuning.get();
+        let ram = self.ram.borrow();
         let mode = match self.mode.get() {
             CacheMode::WriteBack => 0,
             CacheMode::WriteThrough => 1,
@@ -1556,10 +1652,13 @@ impl Inner {
             ("config.destage_high_lines", tuning.high_lines),
             ("config.destage_low_lines", tuning.low_lines),
             ("config.seq_cutoff_bytes", tuning.seq_cutoff_bytes),
+            ("config.ram_cache_bytes", self.config.ram_cache_bytes),
             ("usage.dirty_lines", dirty),
             ("usage.clean_lines", counts.lines_clean),
             ("usage.free_slots", counts.slots_free),
             ("usage.prepared_lines", counts.prepared),
+            ("usage.ram_bytes", ram.bytes()),
+            ("usage.ram_lines", ram.lines()),
             (
                 "usage.oldest_dirty_age_ms",
                 self.oldest_dirty_age().as_millis() as u64,
@@ -1577,6 +1676,9 @@ impl Inner {
             ("requests.read_hit_lines", c.read_hit_lines),
             ("requests.read_miss_lines", c.read_miss_lines),
             ("requests.fills", c.fills),
+            ("requests.ram_hits", c.ram_hits),
+            ("requests.ram_hit_lines", c.ram_hit_lines),
+            ("ram.evictions", ram.evictions()),
             ("blocks.client_read", c.blocks_read_client),
             ("blocks.client_written", c.blocks_written_client),
             ("blocks.backing_read", c.blocks_read_backing),
@@ -1756,6 +1858,9 @@ fn check_config(c: &DeviceConfig, me: u64) -> Result<(), CdevError> {
             "line_size {}: a power of two in {LINE_SIZE_MIN}..={LINE_SIZE_MAX}",
             c.line_size
         ));
+    }
+    if let Some(why) = crate::ramcache::check_bytes(c.ram_cache_bytes, c.line_size) {
+        return bad(format!("ram_cache_bytes {why}"));
     }
     check_watermarks(&c.name, "open", c.destage_high_pct, c.destage_low_pct)?;
     let members = 1 + c.replicas.len();

@@ -16,6 +16,7 @@ mod gate;
 mod latency;
 pub mod nbd;
 pub mod nbd_server;
+pub mod ramcache;
 pub mod replicas;
 pub mod server;
 pub mod service;

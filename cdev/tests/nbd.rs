@@ -38,6 +38,7 @@ fn config(dir: &Path) -> DeviceConfig {
         destage_high_pct: 90,
         destage_low_pct: 10,
         seq_cutoff_bytes: 0,
+        ram_cache_bytes: cdev::ramcache::RAM_CACHE_BYTES_DEFAULT,
     }
 }
 

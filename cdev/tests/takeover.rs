@@ -41,6 +41,7 @@ fn primary_config(dir: &Path, peer: std::net::SocketAddr, min_replicas: usize) -
         destage_high_pct: 90,
         destage_low_pct: 10,
         seq_cutoff_bytes: 0,
+        ram_cache_bytes: 1 << 20,
     }
 }
 
@@ -111,6 +112,9 @@ fn a_replica_takes_the_device_over_and_fences_the_old_primary() {
         let d3 = data(10 * LINE, 3 * LINE, 3);
         old.write(10 * LINE, &d3).unwrap();
         assert!(old.dirty_lines() >= 5);
+        // Line 0 is in the old primary's RAM tier: fenced, it must not serve it.
+        read(&old, 0, LINE);
+        assert!(stat(&old, "requests.ram_hits") > 0);
         // The old primary's vSSD stays reachable (its cvad serves it).
         let on_old = Vssds::new();
         let old_addr = serve_vssds(&on_old);

@@ -418,13 +418,7 @@ impl Dtm {
     /// (another primary may have newer data) or closed; a DTM stopped short of
     /// replicas still reads (no write was acknowledged anywhere else).
     pub fn read(&self, line: u64, buf: &mut AlignedBuf) -> Result<Option<Hit>, DtmError> {
-        if matches!(
-            *self.inner.down.borrow(),
-            Some(Down::Fenced { .. } | Down::Closed)
-        ) {
-            self.inner.check_up("read")?;
-        }
-        self.check_not_fenced("read")?;
+        self.check_read()?;
         self.inner
             .primary
             .read_into(line, buf)
@@ -433,6 +427,19 @@ impl Dtm {
                 device: self.inner.device.clone(),
                 source: Box::new(source),
             })
+    }
+
+    /// What [`Dtm::read`] checks before it reads: `Err` once fenced (another primary
+    /// may have newer data) or closed. A copy of the device's bytes kept above the
+    /// DTM (the device's RAM tier) is served only after this check, as a read is.
+    pub fn check_read(&self) -> Result<(), DtmError> {
+        if matches!(
+            *self.inner.down.borrow(),
+            Some(Down::Fenced { .. } | Down::Closed)
+        ) {
+            self.inner.check_up("read")?;
+        }
+        self.check_not_fenced("read")
     }
 
     /// Fences the DTM when the primary vSSD moved past the epoch of its opening here:

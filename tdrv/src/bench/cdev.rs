@@ -96,6 +96,8 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
         destage_high_pct: 100,
         destage_low_pct: 99,
         seq_cutoff_bytes: 0,
+        // No RAM tier: the foreground reads the vSSD destage also uses.
+        ram_cache_bytes: 0,
         local_member: 0,
     };
     // Formatted afresh: no dirty line of an earlier run.

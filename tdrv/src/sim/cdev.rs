@@ -11,7 +11,9 @@
 //! now and then (leaving write-back destages everything), and destage runs between
 //! low watermarks and when idle, with a cache smaller than the device (evictions);
 //! one seed in [`TINY_ONE_IN`] has a cache smaller than the lines of the writes in
-//! flight (writers wait for room that only destage and eviction make).
+//! flight (writers wait for room that only destage and eviction make). One seed in
+//! [`RAM_ONE_IN`] has a RAM tier of 1..=[`RAM_LINES_MAX`] lines (evicted all the
+//! time), the others none.
 //!
 //! The controller crashes the node 1..=CRASHES_MAX times at seeded moments (writes
 //! not yet flushed are kept, dropped or torn) and restarts it. After each crash every
@@ -85,6 +87,10 @@ const TINY: Shape = Shape {
 };
 /// One seed in this many runs with the tiny cache.
 const TINY_ONE_IN: u64 = 4;
+/// One seed in this many has a RAM tier, of at most this many lines (fewer than
+/// the clients' lines: evictions).
+const RAM_ONE_IN: u64 = 2;
+const RAM_LINES_MAX: u64 = 6;
 const CLIENTS: u64 = 6;
 const WRITE_BLOCKS_MAX: u64 = 12;
 const READ_BLOCKS_MAX: u64 = 16;
@@ -124,6 +130,8 @@ struct World {
     seed: u64,
     buggy: bool,
     shape: Shape,
+    /// The device's `ram_cache_bytes`.
+    ram_bytes: u64,
     crashes_planned: u64,
     want: RefCell<Vec<Want>>,
     /// Blocks of the writes in flight (and their tags): kept across a crash.
@@ -140,6 +148,7 @@ struct World {
     in_flight_landed: Cell<u64>,
     destage_runs: Cell<u64>,
     evictions: Cell<u64>,
+    ram_hit_lines: Cell<u64>,
 }
 
 impl World {
@@ -152,7 +161,7 @@ impl World {
     }
 }
 
-fn config(shape: Shape) -> DeviceConfig {
+fn config(shape: Shape, ram_bytes: u64) -> DeviceConfig {
     DeviceConfig {
         name: "simcdev".into(),
         backing: PathBuf::from("/dev/backing"),
@@ -169,6 +178,7 @@ fn config(shape: Shape) -> DeviceConfig {
         destage_high_pct: 40,
         destage_low_pct: 10,
         seq_cutoff_bytes: 0,
+        ram_cache_bytes: ram_bytes,
     }
 }
 
@@ -332,6 +342,7 @@ fn finish(w: &World, dev: &Device, tasks: Vec<JoinHandle<()>>) -> Result<(), Str
     let counter = |name: &str| stat.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v);
     w.add(&w.destage_runs, counter("destage.runs"));
     w.add(&w.evictions, counter("vssd.evictions"));
+    w.add(&w.ram_hit_lines, counter("requests.ram_hit_lines"));
     dev.close().map_err(|e| format!("close: {e}"))?;
     *w.final_view.borrow_mut() = Some(view);
     Ok(())
@@ -341,7 +352,7 @@ fn finish(w: &World, dev: &Device, tasks: Vec<JoinHandle<()>>) -> Result<(), Str
 /// clients and the mode task (and at the last boot, [`finish`]).
 fn boot(w: &Rc<World>, h: &SimHandle) {
     let boot = w.boots.get();
-    let dev = match Device::open(&config(w.shape), create(w.shape)) {
+    let dev = match Device::open(&config(w.shape, w.ram_bytes), create(w.shape)) {
         Ok(d) => d,
         Err(e) => return w.fail(format!("boot {boot}: open: {e}")),
     };
@@ -420,7 +431,7 @@ fn control(h: &SimHandle, w: &Rc<World>) -> Option<String> {
     }
     let view = w.final_view.borrow().clone().unwrap_or_default();
     let on_disk = h
-        .disk_view(node, config(w.shape).backing)
+        .disk_view(node, config(w.shape, w.ram_bytes).backing)
         .unwrap_or_default();
     if on_disk.len() < view.len() {
         return Some(format!(
@@ -448,10 +459,16 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
     } else {
         ROOMY
     };
+    let ram_bytes = if setup.below(RAM_ONE_IN) == 0 {
+        (1 + setup.below(RAM_LINES_MAX)) * LINE
+    } else {
+        0
+    };
     let world = Rc::new(World {
         seed,
         buggy: opts.buggy,
         shape,
+        ram_bytes,
         crashes_planned,
         want: RefCell::new(vec![Want::Tag(0); shape.blocks() as usize]),
         next_tag: Cell::new(1),
@@ -467,7 +484,7 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
         trace: sim.trace_hash(),
         failure,
         detail: format!(
-            "seed {}: {} cache lines of {}, {} crashes, {} writes acknowledged, {} reads checked, {} discards, {} mode changes, {} in-flight blocks landed, {} destage runs and {} evictions at the last boot",
+            "seed {}: {} cache lines of {}, {} crashes, {} writes acknowledged, {} reads checked, {} discards, {} mode changes, {} in-flight blocks landed, {} destage runs, {} evictions and {} lines read from RAM (a tier of {} bytes) at the last boot",
             world.seed,
             world.shape.cache_lines,
             world.shape.device_lines,
@@ -479,6 +496,8 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
             c(&world.in_flight_landed),
             c(&world.destage_runs),
             c(&world.evictions),
+            c(&world.ram_hit_lines),
+            world.ram_bytes,
         ),
     }
 }
