@@ -91,7 +91,12 @@ pub const DESTAGE_RUNS_MAX: usize = 4;
 /// reach is 2x), destaging 93 MB/s; with one, 1.3x, 0.4x and 2.8x in three runs,
 /// destaging 35 to 43 MB/s (on a shared, loaded machine: idle's p99 itself varied
 /// from 0.45 to 441 ms between samples, so the p99s mostly measure the machine).
+/// Runs are also shorter then ([`DESTAGE_RUN_BYTES_YIELDING`]).
 pub const DESTAGE_RUNS_YIELDING: usize = 1;
+/// Longest backing-store write of one destage run while destage yields to clients
+/// (see [`DESTAGE_RUNS_YIELDING`]): a shorter write holds the disk from their reads
+/// for less time.
+pub const DESTAGE_RUN_BYTES_YIELDING: u64 = 128 << 10;
 /// A request within this long counts as clients being served.
 const CLIENT_RECENT: Duration = Duration::from_millis(10);
 /// Dirty lines at which destage runs [`DESTAGE_RUNS_MAX`] whatever the clients do
@@ -1474,7 +1479,12 @@ impl Inner {
             listed = self.vssd.dirty_range(0, DESTAGE_LIST_LINES);
         }
         let &(first, _) = listed.first()?;
-        let run_max = DESTAGE_RUN_BYTES_MAX / self.line_size;
+        let run_bytes = if self.yielding() {
+            DESTAGE_RUN_BYTES_YIELDING
+        } else {
+            DESTAGE_RUN_BYTES_MAX
+        };
+        let run_max = (run_bytes / self.line_size).max(1);
         let n = listed
             .iter()
             .enumerate()
@@ -1550,15 +1560,22 @@ impl Inner {
     /// How many destage runs may be in flight now: [`DESTAGE_RUNS_YIELDING`] while
     /// clients are served, unless the cache is nearly full of dirty lines.
     fn destage_runs_allowed(&self) -> usize {
-        let urgent =
-            self.vssd.dirty_count() * 100 >= self.vssd.geometry().lines() * DESTAGE_URGENT_PCT;
-        let served = self.in_flight.get() > 0
-            || now().saturating_duration_since(self.last_request.get()) < CLIENT_RECENT;
-        if served && !urgent {
+        if self.yielding() {
             DESTAGE_RUNS_YIELDING
         } else {
             DESTAGE_RUNS_MAX
         }
+    }
+
+    /// Whether destage yields to clients now: they are served (a request in flight,
+    /// or one within [`CLIENT_RECENT`]) and the cache is not nearly full of dirty
+    /// lines.
+    fn yielding(&self) -> bool {
+        let urgent =
+            self.vssd.dirty_count() * 100 >= self.vssd.geometry().lines() * DESTAGE_URGENT_PCT;
+        let served = self.in_flight.get() > 0
+            || now().saturating_duration_since(self.last_request.get()) < CLIENT_RECENT;
+        served && !urgent
     }
 
     /// The lines recovery found dirty count as dirty since the open.
