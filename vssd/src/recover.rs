@@ -5,7 +5,8 @@
 //! 1. the superblock ([`crate::layout::open_superblock`]; a damaged copy is rewritten);
 //! 2. the newest valid checkpoint ([`crate::checkpoint::read_newest`]);
 //! 3. the log from the checkpoint's seq on, up to the first block [`recover_scan`]
-//!    refuses, replayed into the map ([`Replay`]);
+//!    refuses (one refused for its magic or CRC is read again, [`LOG_REREADS`]
+//!    times: a corrupt read is not the end), replayed into the map ([`Replay`]);
 //! 4. the checks a recovered map must pass (no payload longer than a line);
 //! 5. the scrub past the end of the log ([`scrub_after_recovery`], rule 5 of
 //!    [`crate::record`]), before the log writer starts at that end;
@@ -345,15 +346,19 @@ pub fn recover_scan(
                 source,
             })?;
         for i in 0..count as usize {
-            match decode_block(&buf[i * LOG_BLOCK_SIZE..][..LOG_BLOCK_SIZE], seq, seed) {
+            let block = &buf[i * LOG_BLOCK_SIZE..][..LOG_BLOCK_SIZE];
+            match decode_block(block, seq, seed) {
                 Ok(records) => blocks.push((seq, records)),
-                Err(end) => {
-                    return Ok(Scan {
-                        blocks,
-                        seq_end: seq,
-                        end,
-                    });
-                }
+                Err(end) => match reread_block(file, geometry, &ring, seq, seed, &end)? {
+                    Some(records) => blocks.push((seq, records)),
+                    None => {
+                        return Ok(Scan {
+                            blocks,
+                            seq_end: seq,
+                            end,
+                        });
+                    }
+                },
             }
             seq += 1;
         }
@@ -367,6 +372,41 @@ pub fn recover_scan(
             seq_want: seq,
         },
     })
+}
+
+/// Times [`recover_scan`] reads a block again that failed its magic or CRC before
+/// taking it for the end of the log.
+pub const LOG_REREADS: usize = 2;
+
+/// The records of block `seq` read again, alone, when the first read refused it
+/// for its magic or CRC (`end`): a corrupt read that does not repeat is not the end
+/// of the log (taking it for one would scrub every acknowledged record after it).
+/// `None`: refused again, or refused for another reason (the end).
+fn reread_block(
+    file: &File,
+    geometry: &Geometry,
+    ring: &LogRing,
+    seq: u64,
+    seed: u32,
+    end: &BlockEnd,
+) -> Result<Option<Vec<Record>>, VssdError> {
+    if !matches!(end, BlockEnd::Magic { .. } | BlockEnd::Checksum { .. }) {
+        return Ok(None);
+    }
+    let mut one = AlignedBuf::new(LOG_BLOCK_SIZE);
+    let offset = geometry.log_offset() + ring.offset_bytes(seq);
+    for _ in 0..LOG_REREADS {
+        file.pread_exact(&mut one, offset)
+            .map_err(|source| VssdError::Io {
+                op: "log recovery read",
+                path: file.path().to_path_buf(),
+                source,
+            })?;
+        if let Ok(records) = decode_block(&one, seq, seed) {
+            return Ok(Some(records));
+        }
+    }
+    Ok(None)
 }
 
 /// Durably zeroes the blocks past the end of a recovered log that an interrupted
