@@ -47,19 +47,23 @@ fn every_operation_and_a_crash_with_writes_in_flight_happen() {
 }
 
 /// Over a few seeds, the replica's node takes the device over after the primary's
-/// node crashed, and its clients' writes are acknowledged and checked (the seed
-/// passes: every block and the backing store after `destage_all`).
+/// node crashed (lines dirty), and its clients' writes are acknowledged and checked
+/// (the seed passes: every block and the backing store after `destage_all`).
 #[test]
 fn a_replica_on_another_node_takes_the_device_over_and_goes_on() {
-    let (mut takeovers, mut after) = (0, 0);
+    let (mut takeovers, mut after, mut dirty) = (0, 0, 0);
     for seed in 0..9 {
         let (code, out, _) = tdrv(&["sim", "cdev", "--seed", &seed.to_string()]);
         assert_eq!(code, 0, "{out}");
         takeovers += count(&out, " takeovers");
         after += count(&out, " after a takeover");
+        dirty += count(&out, " lines dirty");
     }
     assert!(takeovers >= 2, "{takeovers} takeovers");
     assert!(after > 0, "no write acknowledged after a takeover");
+    // The takeover found lines the old primary had not destaged: they came from
+    // the replica vSSD, not the backing store.
+    assert!(dirty > 0, "no takeover found a dirty line");
 }
 
 #[test]

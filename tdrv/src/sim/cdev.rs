@@ -33,7 +33,9 @@
 //! the DTM, a new epoch; A's vSSD, down with A, is dropped) and runs the last boot:
 //! the same check of every block (a write in flight at A's crash may have landed
 //! or not), clients, mode changes, and the final checks against the shared backing
-//! store. The report counts takeovers and the writes acknowledged after them.
+//! store. A's last crash comes sooner (within [`TAKEOVER_CRASH_AFTER_MS`]), while
+//! its clients run: lines dirty, writes in flight. The report counts takeovers, the
+//! writes acknowledged after them and the dirty lines they found.
 //!
 //! `--buggy` breaks the device's read-modify-write lock
 //! (`Device::break_rmw_lock`): two writes to one line race, one undoes the other's
@@ -118,8 +120,10 @@ const THINK_US_MAX: u64 = 500;
 const MODE_CHANGES: u64 = 3;
 const MODE_GAP_MS: u64 = 60;
 const CRASHES_MAX: u64 = 3;
-/// How long after a boot the node crashes, at most.
+/// How long after a boot the node crashes, at most; before a takeover, sooner
+/// (while the clients run: lines dirty, writes in flight).
 const CRASH_AFTER_MS: u64 = 150;
+const TAKEOVER_CRASH_AFTER_MS: u64 = 30;
 /// Bound of a boot (open and recovery) and of the final boot's work.
 const BOOT_WITHIN: Duration = Duration::from_secs(30);
 const FINAL_WITHIN: Duration = Duration::from_secs(60);
@@ -180,6 +184,8 @@ struct World {
     takeovers: Cell<u64>,
     /// Writes acknowledged by the device on the replica's node, after the takeover.
     writes_taken_over: Cell<u64>,
+    /// Dirty lines the device held when the replica's node took it over.
+    dirty_at_takeover: Cell<u64>,
     want: RefCell<Vec<Want>>,
     /// Blocks of the writes in flight (and their tags): kept across a crash.
     in_flight: RefCell<HashMap<u64, u64>>,
@@ -462,6 +468,9 @@ fn boot(w: &Rc<World>, h: &SimHandle, open: impl FnOnce() -> Result<Device, Cdev
     if w.buggy {
         dev.break_rmw_lock();
     }
+    if w.take_over.get() {
+        w.add(&w.dirty_at_takeover, dev.dirty_lines());
+    }
     let checked = read_all(w, &dev).and_then(|all| {
         check(
             w,
@@ -597,9 +606,15 @@ fn control(h: &SimHandle, w: &Rc<World>) -> Option<String> {
         if w.failure.borrow().is_some() {
             break;
         }
-        sleep(Duration::from_millis(h.random(CRASH_AFTER_MS)));
+        let takeover = w.takeover && crash + 1 == w.crashes_planned;
+        let after_ms = if takeover {
+            TAKEOVER_CRASH_AFTER_MS
+        } else {
+            CRASH_AFTER_MS
+        };
+        sleep(Duration::from_millis(h.random(after_ms)));
         h.crash(node);
-        if w.takeover && crash + 1 == w.crashes_planned {
+        if takeover {
             w.take_over.set(true);
             w.add(&w.takeovers, 1);
         } else {
@@ -671,7 +686,7 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
         trace: sim.trace_hash(),
         failure,
         detail: format!(
-            "seed {}: {} cache lines of {}, {} crashes, {} takeovers, {} writes acknowledged ({} after a takeover), {} reads checked, {} discards, {} mode changes, {} in-flight blocks landed, {} destage runs, {} evictions and {} lines read from RAM (a tier of {} bytes) at the last boot",
+            "seed {}: {} cache lines of {}, {} crashes, {} takeovers, {} writes acknowledged ({} after a takeover, which found {} lines dirty), {} reads checked, {} discards, {} mode changes, {} in-flight blocks landed, {} destage runs, {} evictions and {} lines read from RAM (a tier of {} bytes) at the last boot",
             world.seed,
             world.shape.cache_lines,
             world.shape.device_lines,
@@ -679,6 +694,7 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
             c(&world.takeovers),
             c(&world.writes),
             c(&world.writes_taken_over),
+            c(&world.dirty_at_takeover),
             c(&world.reads),
             c(&world.discards),
             c(&world.mode_changes),
