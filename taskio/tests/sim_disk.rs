@@ -401,12 +401,15 @@ fn an_injected_fault_strikes_only_the_range_it_is_aimed_at() {
 struct SharedRun {
     view_a: Vec<u8>,
     view_b: Vec<u8>,
+    /// The view after A restarted (writing nothing) and crashed again.
+    view_again: Vec<u8>,
     own_seen_by_b: bool,
 }
 
 /// On a disk shared by nodes A and B (`SimHandle::share`), A writes region 0 and
 /// flushes it, writes region 1 without a flush; B opens the file A created, writes
-/// region 2 without a flush; A crashes.
+/// region 2 without a flush; A crashes; A restarts (and writes nothing) and crashes
+/// again.
 fn crash_of_one_sharer(seed: u64) -> SharedRun {
     let region = |r: u64| r * (SECTORS * SECTOR) as u64;
     let mut sim = Sim::new(SimConfig::new(seed));
@@ -414,8 +417,11 @@ fn crash_of_one_sharer(seed: u64) -> SharedRun {
         h.share("/shared");
         let (a_done, b_done) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
         let own_seen = Rc::new(Cell::new(false));
-        let d2 = a_done.clone();
+        let (d2, booted) = (a_done.clone(), Rc::new(Cell::new(false)));
         let a = h.add_node("a", ip(), move || {
+            if booted.replace(true) {
+                return sleep(Duration::from_secs(60));
+            }
             let f = OpenOptions::new().create(true).open("/shared").unwrap();
             f.pwrite(&block(1, SECTORS), region(0)).unwrap();
             f.fdatasync().unwrap();
@@ -439,9 +445,17 @@ fn crash_of_one_sharer(seed: u64) -> SharedRun {
         });
         wait_for(&b_done);
         h.crash(a);
+        let (view_a, view_b) = (
+            h.disk_view(a, "/shared").unwrap(),
+            h.disk_view(b, "/shared").unwrap(),
+        );
+        h.restart(a);
+        sleep(Duration::from_millis(1));
+        h.crash(a);
         SharedRun {
-            view_a: h.disk_view(a, "/shared").unwrap(),
-            view_b: h.disk_view(b, "/shared").unwrap(),
+            view_a,
+            view_b,
+            view_again: h.disk_view(b, "/shared").unwrap(),
             own_seen_by_b: own_seen.get(),
         }
     })
@@ -450,7 +464,8 @@ fn crash_of_one_sharer(seed: u64) -> SharedRun {
 
 /// A shared disk is one image for every node; a crash of one node keeps, drops or
 /// tears that node's unflushed writes alone: its flushed write and the other node's
-/// unflushed write stay. A path not shared stays each node's own.
+/// unflushed write stay, and what it kept stays through the node's next crash. A
+/// path not shared stays each node's own.
 #[test]
 fn a_crash_of_one_node_decides_only_its_own_writes_on_a_shared_disk() {
     let mut seen = Outcomes::default();
@@ -469,6 +484,10 @@ fn a_crash_of_one_node_decides_only_its_own_writes_on_a_shared_disk() {
             "seed {seed}: B's unflushed write untouched by A's crash"
         );
         seen.add(&kept_sectors(seed, &v[r..2 * r]));
+        assert!(
+            run.view_again == run.view_b,
+            "seed {seed}: the next crash of A changed what the first one kept"
+        );
     }
     assert!(seen.all_seen(), "A's unflushed write: {seen:?}");
 }

@@ -202,8 +202,9 @@ impl Disk {
     /// not lose power with it): its writes still in flight join the cache as the
     /// newest, then each cached write of `node` is kept whole, dropped, or torn to a
     /// random subset of its sectors, as in [`Disk::crash`]; what is kept stays in the
-    /// cache (a later flush by any node makes it durable), and the writes of the
-    /// other nodes are untouched. The length stays as it is.
+    /// cache (a later flush by any node makes it durable) as the storage's own, which
+    /// no later crash decides again, and the writes of the other nodes are untouched.
+    /// The length stays as it is.
     pub(super) fn crash_writer(
         &mut self,
         node: u32,
@@ -231,6 +232,11 @@ impl Disk {
                 Some((Fate::Dropped, _)) => false,
                 Some((Fate::Torn, kept)) => kept.contains(&v.index),
             });
+            // What this crash kept has reached the storage: the node's next crash
+            // does not decide it again.
+            for v in versions.iter_mut().filter(|v| fates.contains_key(&v.write)) {
+                v.writer = SHARED_NODE;
+            }
         }
         self.cache.retain(|_, versions| !versions.is_empty());
     }
