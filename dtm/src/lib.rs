@@ -28,7 +28,7 @@ pub mod remote;
 pub mod replica;
 pub mod resync;
 
-pub use config::{Backing, DtmConfig, LossPolicy};
+pub use config::{Backing, DtmConfig, LossPolicy, TRAN_EPOCH_SHIFT};
 pub use copy::{Copied, copy_line};
 pub use dtm::{Dtm, DtmStats, LineLock, Written};
 pub use error::DtmError;

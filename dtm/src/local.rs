@@ -19,6 +19,14 @@
 //! listing the in-doubt trans (crate::recovery) can be sure no old primary gets a
 //! prepare acknowledged behind its back.
 //!
+//! Such a writep1 still holds its lines until it returns and aborts (its I/O may
+//! be slow), and recovery does not list it (it is not in doubt: it will abort). So
+//! a writep1 of a newer epoch that finds a line prepared by a tran of an older
+//! epoch (tran ids carry their epoch: [`TRAN_EPOCH_SHIFT`]) waits for that tran to
+//! let go, up to [`FENCED_PREPARE_WAIT`], before it is refused: the first writes of
+//! a primary that took the device over are not refused for an old primary's
+//! writep1 that had not returned yet.
+//!
 //! # In-doubt trans
 //!
 //! [`Replica::in_doubt`] lists what the vSSD holds prepared ([`Vssd::in_doubt`]),
@@ -31,7 +39,12 @@ use taskio::AlignedBuf;
 use vssd::map::MapError;
 use vssd::{Payload, Resolution, TranOutcome, Vssd, VssdError};
 
+use crate::config::TRAN_EPOCH_SHIFT;
 use crate::replica::{InDoubtTran, Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo};
+
+/// How long a writep1 waits for a line held by a tran of an older epoch to be
+/// let go (see the module documentation) before it is refused.
+const FENCED_PREPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One replica vSSD on this runtime. See the module documentation.
 pub struct LocalReplica {
@@ -162,7 +175,20 @@ impl Replica for LocalReplica {
     }
 
     fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
-        self.prepare("writep1", tran, || self.vssd.writep1(tran, line, data))
+        self.prepare("writep1", tran, || {
+            let deadline = taskio::now() + FENCED_PREPARE_WAIT;
+            // Bounded: each pass waits for one older tran, until the deadline.
+            loop {
+                match self.vssd.writep1(tran, line, data) {
+                    Err(VssdError::Map {
+                        source: MapError::LinePrepared { tran_other, .. },
+                        ..
+                    }) if tran_other >> TRAN_EPOCH_SHIFT < tran >> TRAN_EPOCH_SHIFT
+                        && self.vssd.wait_unprepared(tran_other, deadline) => {}
+                    r => return r,
+                }
+            }
+        })
     }
 
     fn copy_in(&self, version: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {

@@ -21,7 +21,7 @@
 
 use std::cell::RefCell;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -233,17 +233,36 @@ impl SimHandle {
         self.state.borrow_mut().inject_net(from, to, fault);
     }
 
+    /// Makes `path` one disk that every node sees (storage they share, as a SAN
+    /// LUN or a shared NVMe namespace): a file any node creates there is the one
+    /// the others open, and it survives any node's crash. A crash of a node decides
+    /// only that node's writes there: each one it had not flushed, or had in flight,
+    /// is kept whole, dropped or torn (as on its own disks); what is kept stays in the
+    /// shared disk's volatile cache until a flush by any node. The writes of the
+    /// other nodes are untouched. Locks stay each node's own (as `flock`). Call it
+    /// before any node opens `path`.
+    pub fn share(&self, path: impl AsRef<Path>) {
+        let mut s = self.state.borrow_mut();
+        let path = path.as_ref().to_path_buf();
+        assert!(
+            !s.disks.keys().any(|(_, p)| *p == path),
+            "share({}) after a node opened it",
+            path.display()
+        );
+        s.shared.insert(path);
+    }
+
     /// The durable contents of a node's file (what any crash keeps).
     pub fn disk_durable(&self, node: NodeId, path: impl AsRef<Path>) -> Option<Vec<u8>> {
         let s = self.state.borrow();
-        let d = s.disks.get(&(node, PathBuf::from(path.as_ref())))?;
+        let d = s.disks.get(&s.disk_key(node, path.as_ref()))?;
         Some(d.read_durable())
     }
 
     /// What a read of a node's file would return now (cache over durable).
     pub fn disk_view(&self, node: NodeId, path: impl AsRef<Path>) -> Option<Vec<u8>> {
         let s = self.state.borrow();
-        let d = s.disks.get(&(node, PathBuf::from(path.as_ref())))?;
+        let d = s.disks.get(&s.disk_key(node, path.as_ref()))?;
         Some(d.read(0, d.len() as usize))
     }
 

@@ -1,7 +1,8 @@
 //! The simulator is as unkind as real disks: a write in flight at a crash lands whole,
 //! torn (any subset of its sectors) or not at all; fsync covers only the writes that
 //! completed before it was issued; a task of a crashed node writes nothing while it
-//! unwinds. Each test is deterministic (seeded) and fails on a kinder simulator.
+//! unwinds; on a shared disk a crash decides only the crashed node's writes. Each
+//! test is deterministic (seeded) and fails on a kinder simulator.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -393,4 +394,100 @@ fn an_injected_fault_strikes_only_the_range_it_is_aimed_at() {
         *results.borrow(),
         [(0, true), (4096, false), (8192, true), (4096, true)]
     );
+}
+
+/// What a seed of the shared-disk test left: the view of the shared disk from each
+/// node after the crash of the first, and whether the second saw the first's file.
+struct SharedRun {
+    view_a: Vec<u8>,
+    view_b: Vec<u8>,
+    /// The view after A restarted (writing nothing) and crashed again.
+    view_again: Vec<u8>,
+    own_seen_by_b: bool,
+}
+
+/// On a disk shared by nodes A and B (`SimHandle::share`), A writes region 0 and
+/// flushes it, writes region 1 without a flush; B opens the file A created, writes
+/// region 2 without a flush; A crashes; A restarts (and writes nothing) and crashes
+/// again.
+fn crash_of_one_sharer(seed: u64) -> SharedRun {
+    let region = |r: u64| r * (SECTORS * SECTOR) as u64;
+    let mut sim = Sim::new(SimConfig::new(seed));
+    sim.run(move |h| {
+        h.share("/shared");
+        let (a_done, b_done) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
+        let own_seen = Rc::new(Cell::new(false));
+        let (d2, booted) = (a_done.clone(), Rc::new(Cell::new(false)));
+        let a = h.add_node("a", ip(), move || {
+            if booted.replace(true) {
+                return sleep(Duration::from_secs(60));
+            }
+            let f = OpenOptions::new().create(true).open("/shared").unwrap();
+            f.pwrite(&block(1, SECTORS), region(0)).unwrap();
+            f.fdatasync().unwrap();
+            f.pwrite(&block(7, SECTORS), region(1)).unwrap();
+            OpenOptions::new().create(true).open("/own").unwrap();
+            d2.set(true);
+            sleep(Duration::from_secs(60));
+        });
+        wait_for(&a_done);
+        let (b2, s2) = (b_done.clone(), own_seen.clone());
+        let b = h.add_node("b", "10.0.0.2".parse().unwrap(), move || {
+            // Not created here: A's file, A's bytes.
+            let f = OpenOptions::new().open("/shared").unwrap();
+            let mut buf = block(0, SECTORS);
+            f.pread_exact(&mut buf, region(0)).unwrap();
+            assert!(buf.iter().all(|&x| x == 1), "B reads A's flushed write");
+            f.pwrite(&block(9, SECTORS), region(2)).unwrap();
+            s2.set(OpenOptions::new().open("/own").is_ok());
+            b2.set(true);
+            sleep(Duration::from_secs(60));
+        });
+        wait_for(&b_done);
+        h.crash(a);
+        let (view_a, view_b) = (
+            h.disk_view(a, "/shared").unwrap(),
+            h.disk_view(b, "/shared").unwrap(),
+        );
+        h.restart(a);
+        sleep(Duration::from_millis(1));
+        h.crash(a);
+        SharedRun {
+            view_a,
+            view_b,
+            view_again: h.disk_view(b, "/shared").unwrap(),
+            own_seen_by_b: own_seen.get(),
+        }
+    })
+    .unwrap()
+}
+
+/// A shared disk is one image for every node; a crash of one node keeps, drops or
+/// tears that node's unflushed writes alone: its flushed write and the other node's
+/// unflushed write stay, and what it kept stays through the node's next crash. A
+/// path not shared stays each node's own.
+#[test]
+fn a_crash_of_one_node_decides_only_its_own_writes_on_a_shared_disk() {
+    let mut seen = Outcomes::default();
+    for seed in 0..100 {
+        let run = crash_of_one_sharer(seed);
+        assert!(!run.own_seen_by_b, "seed {seed}: /own is A's alone");
+        assert!(run.view_a == run.view_b, "seed {seed}: one image");
+        let v = &run.view_b;
+        let r = SECTORS * SECTOR;
+        assert!(
+            v[..r].iter().all(|&x| x == 1),
+            "seed {seed}: A's flushed write"
+        );
+        assert!(
+            v[2 * r..3 * r].iter().all(|&x| x == 9),
+            "seed {seed}: B's unflushed write untouched by A's crash"
+        );
+        seen.add(&kept_sectors(seed, &v[r..2 * r]));
+        assert!(
+            run.view_again == run.view_b,
+            "seed {seed}: the next crash of A changed what the first one kept"
+        );
+    }
+    assert!(seen.all_seen(), "A's unflushed write: {seen:?}");
 }

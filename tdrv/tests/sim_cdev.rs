@@ -1,9 +1,10 @@
 //! `tdrv sim cdev`: a cache device on a simulated node (clients writing, reading and
 //! discarding in shared lines, destage, mode changes, crashes and restarts; a
-//! quarter of the seeds with a cache smaller than the writes in flight) keeps
-//! every acknowledged write over 200 seeds and destages exactly the cache's view;
-//! the device with its read-modify-write lock broken is caught; a seed replays
-//! exactly.
+//! quarter of the seeds with a cache smaller than the writes in flight; a third on
+//! two nodes, where the replica's node takes the device over after the primary's
+//! crashed) keeps every acknowledged write over 200 seeds and destages exactly the
+//! cache's view; the device with its read-modify-write lock broken is caught; a
+//! seed replays exactly.
 
 mod common;
 
@@ -43,6 +44,26 @@ fn every_operation_and_a_crash_with_writes_in_flight_happen() {
         }
     }
     assert!(totals.iter().all(|&t| t > 0), "{totals:?}");
+}
+
+/// Over a few seeds, the replica's node takes the device over after the primary's
+/// node crashed (lines dirty), and its clients' writes are acknowledged and checked
+/// (the seed passes: every block and the backing store after `destage_all`).
+#[test]
+fn a_replica_on_another_node_takes_the_device_over_and_goes_on() {
+    let (mut takeovers, mut after, mut dirty) = (0, 0, 0);
+    for seed in 0..9 {
+        let (code, out, _) = tdrv(&["sim", "cdev", "--seed", &seed.to_string()]);
+        assert_eq!(code, 0, "{out}");
+        takeovers += count(&out, " takeovers");
+        after += count(&out, " after a takeover");
+        dirty += count(&out, " lines dirty");
+    }
+    assert!(takeovers >= 2, "{takeovers} takeovers");
+    assert!(after > 0, "no write acknowledged after a takeover");
+    // The takeover found lines the old primary had not destaged: they came from
+    // the replica vSSD, not the backing store.
+    assert!(dirty > 0, "no takeover found a dirty line");
 }
 
 #[test]

@@ -827,6 +827,22 @@ impl Vssd {
         self.inner.outcomes.borrow().outcome_unprepared(tran)
     }
 
+    /// Parks until `tran` is no longer prepared here (its writep1 failed, or it was
+    /// committed or aborted; or it never was), or until `deadline`; returns whether
+    /// it is no longer prepared. (Woken by every COMMIT, ABORT and failed writep1.)
+    pub fn wait_unprepared(&self, tran: u64, deadline: taskio::Instant) -> bool {
+        // Bounded: each pass parks until a wake-up or the deadline.
+        loop {
+            if self.tran_outcome(tran) != TranOutcome::Prepared {
+                return true;
+            }
+            if taskio::now() >= deadline {
+                return false;
+            }
+            self.inner.space.sleep_until(deadline);
+        }
+    }
+
     /// Up to `max` in-doubt trans with ids above `after`, in increasing id order:
     /// prepared here, writep1 returned, neither committed nor aborted. Those recovery
     /// returned at open and those prepared since (a peer's vSSD stays open while the

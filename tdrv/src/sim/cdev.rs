@@ -1,5 +1,6 @@
 //! `tdrv sim cdev`: a cache device (`cdev::Device`, its DTM, vSSD, backing store and
-//! destage task) on one simulated node, against a model of the device's bytes.
+//! destage task) on a simulated node, against a model of the device's bytes; one
+//! seed in [`TAKEOVER_ONE_IN`] on two nodes, ending with a takeover.
 //!
 //! At each boot the node opens the device (recovery), reads every block and checks
 //! it against the model, then client tasks each own a region of blocks (the regions
@@ -22,20 +23,38 @@
 //! and the backing store (as the simulated disk holds it) must equal the device's
 //! bytes read through the cache.
 //!
+//! The takeover seeds run the device as a cvad pair does: the backing store on
+//! storage both nodes share (`SimHandle::share`: a crash decides only the crashed
+//! node's unflushed writes there), the primary's vSSD on node A (member 0) and a
+//! replica vSSD on node B (member 1), which B serves with dtm's `ReplicaService`
+//! over the simulated network; every write is on both (`min_replicas` 2). A boots
+//! and crashes as above, but its last crash is not followed by a restart: B takes
+//! the device over (`Device::takeover` with the vSSD it serves: recovery through
+//! the DTM, a new epoch; A's vSSD, down with A, is dropped) and runs the last boot:
+//! the same check of every block (a write in flight at A's crash may have landed
+//! or not), clients, mode changes, and the final checks against the shared backing
+//! store. A's last crash comes sooner (within [`TAKEOVER_CRASH_AFTER_MS`]), while
+//! its clients run: lines dirty, writes in flight. The report counts takeovers, the
+//! writes acknowledged after them and the dirty lines they found.
+//!
 //! `--buggy` breaks the device's read-modify-write lock
 //! (`Device::break_rmw_lock`): two writes to one line race, one undoes the other's
 //! acknowledged bytes, and the checks find the lost write.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-use cdev::{CacheMode, Device, DeviceConfig, OpenOptions, ReplicaLoss};
+use cdev::{CacheMode, CdevError, Device, DeviceConfig, OpenOptions, ReplicaConfig, ReplicaLoss};
+use dtm::{ReplicaService, Vssds};
+use rpc::{ClientConfig, SessionConfig, serve_listener};
 use taskio::sim::{NodeId, SimHandle};
-use taskio::{JoinHandle, sleep, spawn};
+use taskio::{JoinHandle, net, sleep, spawn};
 use vssd::layout::{Geometry, LOG_BYTES_MIN};
+use vssd::{Options as VssdOptions, Vssd};
 
 use super::{Options, SeedRun};
 
@@ -101,11 +120,32 @@ const THINK_US_MAX: u64 = 500;
 const MODE_CHANGES: u64 = 3;
 const MODE_GAP_MS: u64 = 60;
 const CRASHES_MAX: u64 = 3;
-/// How long after a boot the node crashes, at most.
+/// How long after a boot the node crashes, at most; before a takeover, sooner
+/// (while the clients run: lines dirty, writes in flight).
 const CRASH_AFTER_MS: u64 = 150;
+const TAKEOVER_CRASH_AFTER_MS: u64 = 30;
 /// Bound of a boot (open and recovery) and of the final boot's work.
 const BOOT_WITHIN: Duration = Duration::from_secs(30);
 const FINAL_WITHIN: Duration = Duration::from_secs(60);
+/// One seed in this many runs the device on two nodes and ends with a takeover.
+const TAKEOVER_ONE_IN: u64 = 3;
+/// The nodes' addresses (the primary's and the replica's), the port the replica's
+/// `ReplicaService` listens on, the replica vSSD's name there and the primary's.
+const PRIMARY_IP: [u8; 4] = [10, 0, 2, 1];
+const REPLICA_IP: [u8; 4] = [10, 0, 2, 2];
+const PORT: u16 = 7400;
+const REPLICA_VSSD: &str = "simcdev-r1";
+const PRIMARY_VSSD: &str = "simcdev-p";
+/// Sessions the replica's node serves at once.
+const SESSIONS_MAX: usize = 16;
+/// Bounds of a replica call and of a connect: far beyond a call's time on a disk
+/// with latency spikes (a timeout would drop the replica, or fail the write).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+/// The replica's node looks for the takeover order this often, this many times
+/// at most.
+const TAKEOVER_POLL: Duration = Duration::from_millis(10);
+const TAKEOVER_POLLS_MAX: u64 = 100_000;
 const MODES: [CacheMode; 4] = [
     CacheMode::WriteBack,
     CacheMode::WriteThrough,
@@ -133,6 +173,19 @@ struct World {
     /// The device's `ram_cache_bytes`.
     ram_bytes: u64,
     crashes_planned: u64,
+    /// The device runs on two nodes (the primary's vSSD and a replica's on the
+    /// other node), and the last crash of the primary's node is followed by a
+    /// takeover by the replica's instead of a restart.
+    takeover: bool,
+    /// The replica's node serves its vSSD.
+    replica_up: Cell<bool>,
+    /// The controller's order to the replica's node: take the device over.
+    take_over: Cell<bool>,
+    takeovers: Cell<u64>,
+    /// Writes acknowledged by the device on the replica's node, after the takeover.
+    writes_taken_over: Cell<u64>,
+    /// Dirty lines the device held when the replica's node took it over.
+    dirty_at_takeover: Cell<u64>,
     want: RefCell<Vec<Want>>,
     /// Blocks of the writes in flight (and their tags): kept across a crash.
     in_flight: RefCell<HashMap<u64, u64>>,
@@ -161,7 +214,59 @@ impl World {
     }
 }
 
-fn config(shape: Shape, ram_bytes: u64) -> DeviceConfig {
+/// Where the device runs: alone on one node, as the primary of two nodes, or on
+/// the replica's node after the takeover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Alone,
+    Primary,
+    TakenOver,
+}
+
+fn addr(ip: [u8; 4]) -> SocketAddr {
+    SocketAddr::from((ip, PORT))
+}
+
+/// The device's configuration on its node in `role`: as a cvad runs it.
+fn config(w: &World, role: Role) -> DeviceConfig {
+    let c = base_config(w.shape, w.ram_bytes);
+    match role {
+        Role::Alone => c,
+        // Every write on both members: the replica taking over has them all.
+        Role::Primary => DeviceConfig {
+            replicas: vec![ReplicaConfig {
+                peer: addr(REPLICA_IP),
+                vssd: REPLICA_VSSD.into(),
+                member: 1,
+            }],
+            min_replicas: 2,
+            ..c
+        },
+        // The old primary's vSSD (down with its node) the other member; the device
+        // goes on alone.
+        Role::TakenOver => DeviceConfig {
+            local_member: 1,
+            replicas: vec![ReplicaConfig {
+                peer: addr(PRIMARY_IP),
+                vssd: PRIMARY_VSSD.into(),
+                member: 0,
+            }],
+            min_replicas: 1,
+            ..c
+        },
+    }
+}
+
+fn peers() -> ClientConfig {
+    ClientConfig {
+        name: "cvad-simcdev".into(),
+        call_timeout: CALL_TIMEOUT,
+        connect_timeout: CONNECT_TIMEOUT,
+        ..ClientConfig::default()
+    }
+}
+
+fn base_config(shape: Shape, ram_bytes: u64) -> DeviceConfig {
     DeviceConfig {
         name: "simcdev".into(),
         backing: PathBuf::from("/dev/backing"),
@@ -290,6 +395,9 @@ fn client(w: &World, h: &SimHandle, dev: &Device, k: u64) -> Result<(), String> 
                     w.in_flight.borrow_mut().remove(&b);
                 }
                 w.add(&w.writes, 1);
+                if w.take_over.get() {
+                    w.add(&w.writes_taken_over, 1);
+                }
             }
         }
         sleep(Duration::from_micros(h.random(THINK_US_MAX)));
@@ -348,16 +456,20 @@ fn finish(w: &World, dev: &Device, tasks: Vec<JoinHandle<()>>) -> Result<(), Str
     Ok(())
 }
 
-/// One boot of the node: open (recovery), the check of every block, then the
-/// clients and the mode task (and at the last boot, [`finish`]).
-fn boot(w: &Rc<World>, h: &SimHandle) {
+/// One boot of the device: `open` (recovery, or the takeover's), the check of
+/// every block, then the clients and the mode task (and at the last boot,
+/// [`finish`]).
+fn boot(w: &Rc<World>, h: &SimHandle, open: impl FnOnce() -> Result<Device, CdevError>) {
     let boot = w.boots.get();
-    let dev = match Device::open(&config(w.shape, w.ram_bytes), create(w.shape)) {
+    let dev = match open() {
         Ok(d) => d,
         Err(e) => return w.fail(format!("boot {boot}: open: {e}")),
     };
     if w.buggy {
         dev.break_rmw_lock();
+    }
+    if w.take_over.get() {
+        w.add(&w.dirty_at_takeover, dev.dirty_lines());
     }
     let checked = read_all(w, &dev).and_then(|all| {
         check(
@@ -401,9 +513,88 @@ fn boot(w: &Rc<World>, h: &SimHandle) {
     }
 }
 
+/// The primary's node: the device opened (created at the first boot), alone or
+/// with its replica on the other node.
+fn primary_node(w: &Rc<World>, h: &SimHandle) {
+    if w.takeover {
+        let c = config(w, Role::Primary);
+        boot(w, h, || Device::open_with(&c, create(w.shape), &peers()));
+    } else {
+        let c = config(w, Role::Alone);
+        boot(w, h, || Device::open(&c, create(w.shape)));
+    }
+}
+
+/// The replica's node (as its cvad): its vSSD formatted and served with dtm's
+/// `ReplicaService`; on the controller's order (its primary's node crashed) it
+/// takes the device over with that vSSD and runs the device's last boot.
+fn replica_node(w: &Rc<World>, h: &SimHandle) {
+    let c = config(w, Role::Primary);
+    let vssd = match replica_vssd(w, &c) {
+        Ok(v) => v,
+        Err(e) => return w.fail(format!("the replica's node: {e}")),
+    };
+    let vssds = Vssds::new();
+    vssds.insert(REPLICA_VSSD, vssd.clone());
+    let listener = match net::listen(addr(REPLICA_IP)) {
+        Ok(l) => l,
+        Err(e) => return w.fail(format!("the replica's node: listen: {e}")),
+    };
+    // Serves until the run ends.
+    let served = spawn(move || {
+        let _ = serve_listener(&listener, &SessionConfig::default(), SESSIONS_MAX, || {
+            ReplicaService::new(vssds.clone())
+        });
+    });
+    if let Err(e) = served {
+        return w.fail(format!("the replica's node: cannot spawn its server: {e}"));
+    }
+    w.replica_up.set(true);
+    for _ in 0..TAKEOVER_POLLS_MAX {
+        if w.take_over.get() {
+            let t = config(w, Role::TakenOver);
+            return boot(w, h, || Device::takeover(&t, 1, vssd, &peers()));
+        }
+        if w.failure.borrow().is_some() {
+            return;
+        }
+        sleep(TAKEOVER_POLL);
+    }
+}
+
+/// The replica vSSD of the device, formatted for it (as VSSD_CREATE does), open.
+fn replica_vssd(w: &World, c: &DeviceConfig) -> Result<Vssd, String> {
+    let mut params = cdev::vssd_format_params(c).map_err(|e| format!("format params: {e}"))?;
+    params.uuid[..8].copy_from_slice(&w.seed.to_le_bytes());
+    params.uuid[8..].copy_from_slice(&0x5eed_0001u64.to_le_bytes());
+    let file = taskio::file::OpenOptions::new()
+        .create(true)
+        .size(c.vssd_bytes)
+        .open(&c.vssd)
+        .map_err(|e| format!("open {}: {e}", c.vssd.display()))?;
+    vssd::format(&file, &params).map_err(|e| format!("format: {e}"))?;
+    let (v, _) = Vssd::open(file, Some(&c.name), VssdOptions::default())
+        .map_err(|e| format!("open the vSSD: {e}"))?;
+    Ok(v)
+}
+
 fn control(h: &SimHandle, w: &Rc<World>) -> Option<String> {
+    let backing = base_config(w.shape, w.ram_bytes).backing;
+    if w.takeover {
+        // The backing store is shared storage both nodes reach.
+        h.share(&backing);
+        let (w2, h2) = (w.clone(), h.clone());
+        h.add_node("replica", REPLICA_IP.into(), move || replica_node(&w2, &h2));
+        if !h.run_until(BOOT_WITHIN, || {
+            w.replica_up.get() || w.failure.borrow().is_some()
+        }) {
+            return Some(format!(
+                "the replica's node did not serve within {BOOT_WITHIN:?}"
+            ));
+        }
+    }
     let (w2, h2) = (w.clone(), h.clone());
-    let node: NodeId = h.add_node("cvad", [10, 0, 2, 1].into(), move || boot(&w2, &h2));
+    let node: NodeId = h.add_node("cvad", PRIMARY_IP.into(), move || primary_node(&w2, &h2));
     for crash in 0..w.crashes_planned {
         if !h.run_until(BOOT_WITHIN, || {
             w.boots.get() > crash || w.failure.borrow().is_some()
@@ -415,9 +606,20 @@ fn control(h: &SimHandle, w: &Rc<World>) -> Option<String> {
         if w.failure.borrow().is_some() {
             break;
         }
-        sleep(Duration::from_millis(h.random(CRASH_AFTER_MS)));
+        let takeover = w.takeover && crash + 1 == w.crashes_planned;
+        let after_ms = if takeover {
+            TAKEOVER_CRASH_AFTER_MS
+        } else {
+            CRASH_AFTER_MS
+        };
+        sleep(Duration::from_millis(h.random(after_ms)));
         h.crash(node);
-        h.restart(node);
+        if takeover {
+            w.take_over.set(true);
+            w.add(&w.takeovers, 1);
+        } else {
+            h.restart(node);
+        }
     }
     if !h.run_until(FINAL_WITHIN, || {
         w.final_view.borrow().is_some() || w.failure.borrow().is_some()
@@ -430,9 +632,7 @@ fn control(h: &SimHandle, w: &Rc<World>) -> Option<String> {
         return Some(f);
     }
     let view = w.final_view.borrow().clone().unwrap_or_default();
-    let on_disk = h
-        .disk_view(node, config(w.shape, w.ram_bytes).backing)
-        .unwrap_or_default();
+    let on_disk = h.disk_view(node, &backing).unwrap_or_default();
     if on_disk.len() < view.len() {
         return Some(format!(
             "the backing store holds {} bytes, the device {}",
@@ -464,12 +664,14 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
     } else {
         0
     };
+    let takeover = setup.below(TAKEOVER_ONE_IN) == 0;
     let world = Rc::new(World {
         seed,
         buggy: opts.buggy,
         shape,
         ram_bytes,
         crashes_planned,
+        takeover,
         want: RefCell::new(vec![Want::Tag(0); shape.blocks() as usize]),
         next_tag: Cell::new(1),
         ..World::default()
@@ -484,12 +686,15 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
         trace: sim.trace_hash(),
         failure,
         detail: format!(
-            "seed {}: {} cache lines of {}, {} crashes, {} writes acknowledged, {} reads checked, {} discards, {} mode changes, {} in-flight blocks landed, {} destage runs, {} evictions and {} lines read from RAM (a tier of {} bytes) at the last boot",
+            "seed {}: {} cache lines of {}, {} crashes, {} takeovers, {} writes acknowledged ({} after a takeover, which found {} lines dirty), {} reads checked, {} discards, {} mode changes, {} in-flight blocks landed, {} destage runs, {} evictions and {} lines read from RAM (a tier of {} bytes) at the last boot",
             world.seed,
             world.shape.cache_lines,
             world.shape.device_lines,
             world.crashes_planned,
+            c(&world.takeovers),
             c(&world.writes),
+            c(&world.writes_taken_over),
+            c(&world.dirty_at_takeover),
             c(&world.reads),
             c(&world.discards),
             c(&world.mode_changes),

@@ -8,6 +8,9 @@ use super::*;
 pub(super) struct Version {
     /// The write's id (given at completion, increasing).
     write: u64,
+    /// The node that wrote it (on a shared disk, a crash of that node decides the
+    /// fate of its writes alone).
+    writer: u32,
     /// The sector's index within its write (for tears).
     index: u64,
     data: Box<[u8; SECTOR]>,
@@ -30,6 +33,7 @@ pub(crate) struct Disk {
 /// A write in flight at a crash: its id (given at the crash), offset and bytes.
 pub(super) struct InFlight {
     pub(super) write: u64,
+    pub(super) writer: u32,
     pub(super) offset: u64,
     pub(super) data: Vec<u8>,
 }
@@ -92,9 +96,10 @@ impl Disk {
         self.durable[offset as usize..end].copy_from_slice(data);
     }
 
-    /// A completed write `id` into the cache (or straight to the durable image when
-    /// `durable`, which supersedes every cached version of its sectors).
-    pub(super) fn write(&mut self, id: u64, offset: u64, data: &[u8], durable: bool) {
+    /// A completed write `id` by node `writer` into the cache (or straight to the
+    /// durable image when `durable`, which supersedes every cached version of its
+    /// sectors).
+    pub(super) fn write(&mut self, id: u64, writer: u32, offset: u64, data: &[u8], durable: bool) {
         self.len = self.len.max(offset + data.len() as u64);
         if data.is_empty() {
             return;
@@ -116,6 +121,7 @@ impl Disk {
                 debug_assert!(versions.last().is_none_or(|v| v.write < id));
                 versions.push(Version {
                     write: id,
+                    writer,
                     index: index as u64,
                     data: Box::new(contents),
                 });
@@ -164,45 +170,10 @@ impl Disk {
         let landing: BTreeSet<u64> = in_flight.iter().map(|w| w.write).collect();
         stats.in_flight_writes_at_crash += landing.len() as u64;
         for w in in_flight {
-            self.write(w.write, w.offset, &w.data, false);
+            self.write(w.write, w.writer, w.offset, &w.data, false);
         }
         let cache = std::mem::take(&mut self.cache);
-        // write id -> its fate, and for a tear the indexes of the sectors kept.
-        let mut fates: BTreeMap<u64, (Fate, BTreeSet<u64>)> = BTreeMap::new();
-        let mut sectors_of: BTreeMap<u64, u64> = BTreeMap::new();
-        for versions in cache.values() {
-            for v in versions {
-                let n = sectors_of.entry(v.write).or_default();
-                *n = (*n).max(v.index + 1);
-            }
-        }
-        for (&write, &sectors) in &sectors_of {
-            let fate = match rng.below(4) {
-                0 | 1 => Fate::Whole,
-                2 => Fate::Dropped,
-                _ => Fate::Torn,
-            };
-            let kept: BTreeSet<u64> = match fate {
-                Fate::Torn => (0..sectors).filter(|_| rng.chance(0.5)).collect(),
-                _ => BTreeSet::new(),
-            };
-            // A tear that kept every sector or none is not one.
-            let fate = match fate {
-                Fate::Torn if kept.len() as u64 == sectors => Fate::Whole,
-                Fate::Torn if kept.is_empty() => Fate::Dropped,
-                other => other,
-            };
-            mix(trace, &[0x7ea2, write, fate as u64, kept.len() as u64]);
-            match fate {
-                Fate::Whole => stats.crash_writes_whole += 1,
-                Fate::Dropped => stats.crash_writes_dropped += 1,
-                Fate::Torn => stats.crash_writes_torn += 1,
-            }
-            if landing.contains(&write) && (fate == Fate::Whole || !kept.is_empty()) {
-                stats.in_flight_writes_landed += 1;
-            }
-            fates.insert(write, (fate, kept));
-        }
+        let fates = draw_fates(&cache, |_| true, &landing, rng, trace, stats);
         for (sector, versions) in cache {
             for v in versions {
                 let keep = match &fates[&v.write] {
@@ -223,9 +194,101 @@ impl Disk {
     /// (the kernel finishes a dead process's I/O); nothing is lost.
     pub(super) fn settle(&mut self, in_flight: Vec<InFlight>) {
         for w in in_flight {
-            self.write(w.write, w.offset, &w.data, false);
+            self.write(w.write, w.writer, w.offset, &w.data, false);
         }
     }
+
+    /// A crash of node `node` on a disk that other nodes share (storage that does
+    /// not lose power with it): its writes still in flight join the cache as the
+    /// newest, then each cached write of `node` is kept whole, dropped, or torn to a
+    /// random subset of its sectors, as in [`Disk::crash`]; what is kept stays in the
+    /// cache (a later flush by any node makes it durable) as the storage's own, which
+    /// no later crash decides again, and the writes of the other nodes are untouched.
+    /// The length stays as it is.
+    pub(super) fn crash_writer(
+        &mut self,
+        node: u32,
+        in_flight: Vec<InFlight>,
+        rng: &mut Rng,
+        trace: &mut u64,
+        stats: &mut SimStats,
+    ) {
+        let landing: BTreeSet<u64> = in_flight.iter().map(|w| w.write).collect();
+        stats.in_flight_writes_at_crash += landing.len() as u64;
+        for w in in_flight {
+            self.write(w.write, w.writer, w.offset, &w.data, false);
+        }
+        let fates = draw_fates(
+            &self.cache,
+            |v| v.writer == node,
+            &landing,
+            rng,
+            trace,
+            stats,
+        );
+        for versions in self.cache.values_mut() {
+            versions.retain(|v| match fates.get(&v.write) {
+                None | Some((Fate::Whole, _)) => true,
+                Some((Fate::Dropped, _)) => false,
+                Some((Fate::Torn, kept)) => kept.contains(&v.index),
+            });
+            // What this crash kept has reached the storage: the node's next crash
+            // does not decide it again.
+            for v in versions.iter_mut().filter(|v| fates.contains_key(&v.write)) {
+                v.writer = SHARED_NODE;
+            }
+        }
+        self.cache.retain(|_, versions| !versions.is_empty());
+    }
+}
+
+/// The fate of each write in `cache` that `decided` selects, drawn in write order:
+/// write id -> (fate, for a tear the indexes of the sectors kept). `landing`: the
+/// writes that were in flight (counted when they reach the disk).
+fn draw_fates(
+    cache: &BTreeMap<u64, Vec<Version>>,
+    decided: impl Fn(&Version) -> bool,
+    landing: &BTreeSet<u64>,
+    rng: &mut Rng,
+    trace: &mut u64,
+    stats: &mut SimStats,
+) -> BTreeMap<u64, (Fate, BTreeSet<u64>)> {
+    let mut fates: BTreeMap<u64, (Fate, BTreeSet<u64>)> = BTreeMap::new();
+    let mut sectors_of: BTreeMap<u64, u64> = BTreeMap::new();
+    for versions in cache.values() {
+        for v in versions.iter().filter(|v| decided(v)) {
+            let n = sectors_of.entry(v.write).or_default();
+            *n = (*n).max(v.index + 1);
+        }
+    }
+    for (&write, &sectors) in &sectors_of {
+        let fate = match rng.below(4) {
+            0 | 1 => Fate::Whole,
+            2 => Fate::Dropped,
+            _ => Fate::Torn,
+        };
+        let kept: BTreeSet<u64> = match fate {
+            Fate::Torn => (0..sectors).filter(|_| rng.chance(0.5)).collect(),
+            _ => BTreeSet::new(),
+        };
+        // A tear that kept every sector or none is not one.
+        let fate = match fate {
+            Fate::Torn if kept.len() as u64 == sectors => Fate::Whole,
+            Fate::Torn if kept.is_empty() => Fate::Dropped,
+            other => other,
+        };
+        mix(trace, &[0x7ea2, write, fate as u64, kept.len() as u64]);
+        match fate {
+            Fate::Whole => stats.crash_writes_whole += 1,
+            Fate::Dropped => stats.crash_writes_dropped += 1,
+            Fate::Torn => stats.crash_writes_torn += 1,
+        }
+        if landing.contains(&write) && (fate == Fate::Whole || !kept.is_empty()) {
+            stats.in_flight_writes_landed += 1;
+        }
+        fates.insert(write, (fate, kept));
+    }
+    fates
 }
 
 impl SimState {
@@ -256,7 +319,7 @@ impl SimState {
         barrier: u64,
     ) -> i64 {
         let iocb = op.iocb();
-        let key = (node, path.to_path_buf());
+        let key = self.disk_key(node, path);
         let kind = op.kind();
         match kind {
             FileOpKind::Fsync | FileOpKind::Fdatasync => {
@@ -330,7 +393,7 @@ impl SimState {
                 let Some(disk) = self.disks.get_mut(&key) else {
                     return -(libc::EBADF as i64);
                 };
-                disk.write(id, iocb.aio_offset as u64, &data, durable);
+                disk.write(id, node, iocb.aio_offset as u64, &data, durable);
                 self.stats.bytes_written += data.len() as u64;
                 data.len() as i64
             }

@@ -326,7 +326,7 @@ impl Io for SimDriver {
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
         s.refuse_dead()?;
-        let key = (node, path.to_path_buf());
+        let key = s.disk_key(node, path);
         if !s.disks.contains_key(&key) {
             if flags & libc::O_CREAT == 0 {
                 return Err(err(libc::ENOENT));
@@ -348,7 +348,7 @@ impl Io for SimDriver {
 
     fn lock_exclusive(&mut self, fd: RawFd) -> io::Result<()> {
         let mut s = self.state.borrow_mut();
-        let key = s.file_key(fd)?;
+        let key = s.lock_key(fd)?;
         match s.locks.get(&key) {
             Some(&holder) if holder != fd => Err(err(libc::EWOULDBLOCK)),
             _ => {
@@ -360,7 +360,7 @@ impl Io for SimDriver {
 
     fn unlock(&mut self, fd: RawFd) -> io::Result<()> {
         let mut s = self.state.borrow_mut();
-        let key = s.file_key(fd)?;
+        let key = s.lock_key(fd)?;
         s.unlock(key, fd);
         Ok(())
     }

@@ -21,7 +21,10 @@
 //!   every write still in flight (its buffer is read at the crash) and keeps it
 //!   whole, drops it, or tears it to a random subset of its sectors (not only a
 //!   prefix), applied in write order; the operations in flight then complete with
-//!   EIO. A stop instead lets them complete and keeps the cache.
+//!   EIO. A stop instead lets them complete and keeps the cache. A path declared
+//!   shared (`SimHandle::share`) is one disk every node sees (shared storage): a
+//!   crash there decides only the crashed node's writes, the same way, and leaves
+//!   the cache and the other nodes' writes.
 //! - Network: a connection is two ordered pipes of chunks, each chunk delivered
 //!   after a random latency (never before the chunk ahead of it). A partition either
 //!   resets the connections that cross it and refuses new ones, or is silent: what
@@ -62,6 +65,9 @@ use disk::{Disk, InFlight, segments};
 use events::{Ev, EvKind};
 use net::{Conn, Pipe, Side};
 
+/// The node number under which a shared disk is kept (see `SimHandle::share`): no
+/// node's, so that no node's crash takes it whole.
+pub(crate) const SHARED_NODE: u32 = u32::MAX;
 /// Sector size of simulated disks: the granule of caching and tearing.
 pub const SECTOR: usize = 512;
 /// Bytes a connection's pipe holds in flight before the writer must wait.
@@ -249,7 +255,10 @@ pub(crate) struct SimState {
     waiters: BTreeMap<(RawFd, u8), Vec<TaskRef>>,
     pub(crate) nodes: Vec<Node>,
     pub(crate) disks: BTreeMap<(u32, PathBuf), Disk>,
-    /// Exclusive file locks: (node, path) -> the fd holding it.
+    /// Paths every node sees as one disk (kept under [`SHARED_NODE`]).
+    pub(crate) shared: BTreeSet<PathBuf>,
+    /// Exclusive file locks: (node, path) -> the fd holding it (a node's own, even
+    /// on a shared disk).
     locks: BTreeMap<(u32, PathBuf), RawFd>,
     /// (lower node, higher node) -> how the network between them is cut.
     partitions: BTreeMap<(u32, u32), PartitionKind>,
@@ -298,6 +307,7 @@ impl SimState {
                 program: None,
             }],
             disks: BTreeMap::new(),
+            shared: BTreeSet::new(),
             locks: BTreeMap::new(),
             partitions: BTreeMap::new(),
             injected: BTreeMap::new(),
@@ -351,7 +361,7 @@ impl SimState {
         let keys: Vec<(u32, PathBuf)> = self
             .disks
             .keys()
-            .filter(|(n, _)| *n == node)
+            .filter(|(n, _)| *n == node || *n == SHARED_NODE)
             .cloned()
             .collect();
         let SimState {
@@ -364,7 +374,13 @@ impl SimState {
         for k in keys {
             let writes = in_flight.remove(&k.1).unwrap_or_default();
             if let Some(d) = disks.get_mut(&k) {
-                if lose_cache {
+                if k.0 == SHARED_NODE {
+                    if lose_cache {
+                        d.crash_writer(node, writes, rng, trace, sim_stats);
+                    } else {
+                        d.settle(writes);
+                    }
+                } else if lose_cache {
                     d.crash(writes, rng, trace, sim_stats);
                 } else {
                     d.settle(writes);
@@ -411,6 +427,7 @@ impl SimState {
             mix(&mut self.trace, &[0x1f, write, data.len() as u64]);
             out.entry(path).or_default().push(InFlight {
                 write,
+                writer: node,
                 offset: op.iocb().aio_offset as u64,
                 data,
             });
@@ -433,10 +450,28 @@ impl SimState {
         Err(err(libc::EIO))
     }
 
+    /// The key of the disk that `node` sees at `path`: its own, or the shared one.
+    pub(crate) fn disk_key(&self, node: u32, path: &Path) -> (u32, PathBuf) {
+        if self.shared.contains(path) {
+            (SHARED_NODE, path.to_path_buf())
+        } else {
+            (node, path.to_path_buf())
+        }
+    }
+
+    /// The (node, path) of file descriptor `fd`, the key of its lock: a lock is
+    /// the node's own, as `flock` is, even on a shared disk.
+    fn lock_key(&self, fd: RawFd) -> io::Result<(u32, PathBuf)> {
+        match self.fds.get(&fd) {
+            Some(SimFd::File { node, path, .. }) => Ok((*node, path.clone())),
+            _ => Err(err(libc::EBADF)),
+        }
+    }
+
     /// The disk behind file descriptor `fd`.
     fn file_key(&self, fd: RawFd) -> io::Result<(u32, PathBuf)> {
         match self.fds.get(&fd) {
-            Some(SimFd::File { node, path, .. }) => Ok((*node, path.clone())),
+            Some(SimFd::File { node, path, .. }) => Ok(self.disk_key(*node, path)),
             _ => Err(err(libc::EBADF)),
         }
     }
