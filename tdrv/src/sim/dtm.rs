@@ -38,7 +38,7 @@
 //! told the controller, which it does before recording each epoch on its own vSSD
 //! ([`Announced`]): a primary that degraded to itself is not taken over.
 //!
-//! `--buggy` wraps each remote replica so that its writep1 only starts the call (50
+//! `--buggy` wraps each remote replica so that its writep1 only starts the call (400
 //! ms later) and returns at once: a write is acknowledged after the local writep1
 //! alone.
 
@@ -117,8 +117,9 @@ const DOWN_MS: u64 = 500;
 const PARTITION_MS: u64 = 800;
 /// One-way link latency.
 const LINK_US: (u64, u64) = (50, 500);
-/// `--buggy`: how long a remote writep1 lags behind the acknowledgement.
-const BUGGY_LAG: Duration = Duration::from_millis(50);
+/// `--buggy`: how long a remote writep1 lags behind the acknowledgement (long: a
+/// crash of the primary must come inside the lag to lose a write).
+const BUGGY_LAG: Duration = Duration::from_millis(400);
 /// The seed's streams: setup and the writers' (taskio uses 0 and 1).
 const STREAM_SETUP: u64 = 0xd7;
 const STREAM_WRITERS: u64 = 0x2000;
