@@ -16,8 +16,9 @@
 //!
 //! The closure given to [`Sim::run`] is the controller: it runs as the main task, on
 //! node 0, outside the simulated nodes. When it returns, every node is stopped (its
-//! tasks unwound, its disks kept as they are) and `run` returns its value. Node
-//! programs are `Fn()` so that a restart can run them again on what their disks kept.
+//! tasks unwound, its disks kept as they are, its program dropped) and `run` returns
+//! its value. Node programs are `Fn()` so that a restart can run them again on what
+//! their disks kept.
 
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -73,6 +74,17 @@ impl Sim {
             for n in 1..nodes {
                 handle.stop(n);
             }
+            // The programs go: one that holds a `SimHandle` (its node restarts, its
+            // random choices) would keep the simulation, disks and all, alive in a
+            // cycle after it is dropped.
+            let programs: Vec<_> = handle
+                .state
+                .borrow_mut()
+                .nodes
+                .iter_mut()
+                .filter_map(|n| n.program.take())
+                .collect();
+            drop(programs);
             v
         })
     }

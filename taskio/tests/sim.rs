@@ -466,3 +466,27 @@ fn injected_net_faults_corrupt_or_truncate_the_next_chunk_only() {
     let st = sim.stats();
     assert_eq!((st.net_chunks_corrupted, st.net_chunks_truncated), (1, 1));
 }
+
+/// A node program that holds the simulation's handle (to restart nodes, to draw
+/// random numbers) does not keep the simulation alive once it is dropped: `run`
+/// drops the programs when it ends.
+#[test]
+fn a_program_holding_the_handle_is_dropped_with_the_simulation() {
+    let held = Rc::new(());
+    let weak = Rc::downgrade(&held);
+    let mut sim = Sim::new(SimConfig::new(3));
+    sim.run(move |h| {
+        let h2 = h.clone();
+        h.add_node("a", srv().ip(), move || {
+            let _ = (&held, h2.random(2));
+            sleep(Duration::from_secs(60));
+        });
+        sleep(Duration::from_millis(1));
+    })
+    .unwrap();
+    drop(sim);
+    assert!(
+        weak.upgrade().is_none(),
+        "the program outlived the simulation"
+    );
+}
