@@ -67,8 +67,22 @@ pub fn copy_line(
     }
     match to.outcome(version)? {
         TranOutcome::Prepared => {
-            to.commit(&[version])?;
-            return Ok(Copied::Committed);
+            // The tran prepared there under this id must be this line's: a primary
+            // cut off at the same epoch may have handed the id out for other lines
+            // (sim dtm seed 8981). Such a tran is aborted there and the line copied.
+            let (listed, _) = to.in_doubt(version - 1, 1)?;
+            match listed.first() {
+                Some(t)
+                    if t.tran == version
+                        && !(t.line..t.line + u64::from(t.line_count)).contains(&line) =>
+                {
+                    to.abort(version)?;
+                }
+                _ => {
+                    to.commit(&[version])?;
+                    return Ok(Copied::Committed);
+                }
+            }
         }
         TranOutcome::Committed
         | TranOutcome::Aborted

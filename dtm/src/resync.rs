@@ -207,11 +207,18 @@ impl Inner {
                 // primary committed for other lines is another primary's (a cut-off
                 // one that handed out ids of the epoch number the takeover chose).
                 // A tran whose lines the primary no longer holds at it is superseded
-                // there: aborted here, the walk brings what replaced it.
+                // there: aborted here, the walk brings what replaced it. Every one
+                // of its lines must be held at it or newer, one at it: a line held
+                // older (or not at all) never had this tran here, so the id was
+                // another primary's for overlapping lines (sim dtm seed 4884).
                 let committed_here = match self.primary.tran_outcome(d.tran) {
                     TranOutcome::Prepared | TranOutcome::Aborted => false,
-                    _ => (d.line..d.line + u64::from(d.line_count))
-                        .any(|l| self.primary.lookup(l).is_some_and(|e| e.version == d.tran)),
+                    _ => {
+                        let held = |l: u64| self.primary.lookup(l).map(|e| e.version);
+                        let lines = d.line..d.line + u64::from(d.line_count);
+                        lines.clone().all(|l| held(l).is_some_and(|v| v >= d.tran))
+                            && lines.into_iter().any(|l| held(l) == Some(d.tran))
+                    }
                 };
                 let resolved = match (committed_here, d.damaged) {
                     (true, false) => y.commit(&[d.tran]),

@@ -95,6 +95,34 @@ fn a_version_aborted_on_the_target_is_copied_and_committed_there() {
     });
 }
 
+/// A tran prepared on the target under the copied version's id but for another
+/// line (a primary cut off at the same epoch handed the id out) is aborted there and
+/// the line copied; before, the copy committed it and the target held line 12 at a
+/// version no member had for it (`tdrv sim dtm` seed 8981).
+#[test]
+fn a_prepared_tran_of_the_same_id_for_another_line_is_aborted_and_the_line_copied() {
+    let dir = TempDir::new("copy-same-id");
+    let (a, b) = (formatted(&dir, "a"), formatted(&dir, "b"));
+    run_io(move || {
+        let ra = replica(&a, 1);
+        let rb = replica(&b, 2);
+        ra.writep1(5, 7, &payload(7, 1, 5)).unwrap();
+        ra.commit(&[5]).unwrap();
+        rb.writep1(5, 12, &payload(12, 1, 55)).unwrap();
+        assert_eq!(copy_line(&ra, &rb, 7, 5).unwrap(), Copied::Written);
+        let mut buf = AlignedBuf::new(LINE as usize);
+        assert_eq!(rb.read(7, &mut buf).unwrap(), Some(5));
+        assert_eq!(&buf[..], &payload(7, 1, 5)[..]);
+        assert_eq!(
+            rb.read(12, &mut buf).unwrap(),
+            None,
+            "the other tran's line"
+        );
+        ra.vssd().close();
+        rb.vssd().close();
+    });
+}
+
 /// A line whose copy on the target is damaged (its payload fails its CRC: a disk
 /// fault) is what the target lacks: the source's version is copied over it. Before,
 /// the target's failed read failed the copy, and the resync of that replica failed

@@ -156,3 +156,42 @@ fn an_in_doubt_tran_is_committed_by_the_lines_the_primary_holds_not_by_its_id() 
         rb.vssd().close();
     });
 }
+
+/// A returning replica's in-doubt tran whose id the primary holds on one of its
+/// lines but not on the others (another primary's tran of that id, for overlapping
+/// lines) is aborted, not committed: committing it left the replica holding a line
+/// at a version no member had for it (`tdrv sim dtm` seed 4884).
+#[test]
+fn an_in_doubt_tran_is_committed_only_if_the_primary_holds_every_line_of_it() {
+    let dir = TempDir::new("resync-same-id-overlap");
+    let (pa, pb) = (formatted(&dir, "a"), formatted(&dir, "b"));
+    run_io(move || {
+        let ra = Rc::new(replica(&pa, 1));
+        let rb = Rc::new(replica(&pb, 2));
+        // The primary: line 21 at tran 5, line 23 at tran 9.
+        ra.writep1(5, 21, &payload(21, 1, 5)).unwrap();
+        ra.writep1(9, 23, &payload(23, 1, 9)).unwrap();
+        ra.commit(&[5, 9]).unwrap();
+        // The replica's own tran 9, of lines 21..=23, prepared and never resolved.
+        let mut three = AlignedBuf::new(3 * 4096);
+        three.set_len(3 * 4096);
+        for (i, line) in (21..24).enumerate() {
+            three[i * 4096..(i + 1) * 4096].copy_from_slice(&payload(line, 1, 99));
+        }
+        rb.writep1(9, 21, &three).unwrap();
+        let dtm = Dtm::start(ra.vssd().clone(), vec![ra.clone()], 1, DtmConfig::default()).unwrap();
+        dtm.resync(rb.clone()).unwrap();
+        assert_eq!(dtm.members(), vec![1, 2]);
+        let (mut x, mut y) = (AlignedBuf::new(4096), AlignedBuf::new(4096));
+        for line in 21..24 {
+            let va = ra.read(line, &mut x).unwrap();
+            assert_eq!(rb.read(line, &mut y).unwrap(), va, "line {line}");
+            if va.is_some() {
+                assert_eq!(&x[..], &y[..], "line {line}");
+            }
+        }
+        dtm.close();
+        ra.vssd().close();
+        rb.vssd().close();
+    });
+}

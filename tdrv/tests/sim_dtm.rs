@@ -25,7 +25,7 @@ fn a_replicated_device_survives_two_hundred_seeds_of_trouble() {
 fn the_seeds_the_sweeps_found_pass() {
     for seed in [
         692, 4148, 8017, 10967, 11972, 12376, 12574, 14311, 15845, 16035, 21775, 22174, 25094,
-        25667, 30163, 30297, 30879, 31296,
+        25667, 30163, 30297, 30879, 31296, 4884, 8981, 52513,
     ] {
         let (code, out, err) = tdrv(&["sim", "dtm", "--seed", &seed.to_string()]);
         assert_eq!(code, 0, "seed {seed}: {out}\n{err}");
