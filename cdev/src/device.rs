@@ -44,7 +44,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use dtm::{
-    Dtm, DtmConfig, LocalReplica, LossPolicy, RemoteReplica, Replica, ReplicaError,
+    Dtm, DtmConfig, LineLock, LocalReplica, LossPolicy, RemoteReplica, Replica, ReplicaError,
     ReplicaErrorKind,
 };
 use taskio::{AlignedBuf, Builder, Instant, JoinHandle, Rendez, now, yield_now};
@@ -1226,20 +1226,29 @@ impl Inner {
             self.destage_run(OP, line, run, true)?;
             from = line + run;
         }
-        self.dtm
-            .discard(first, n)
-            .map_err(|e| self.dtm_error(OP, e))?;
-        let _lock = self
-            .dtm
-            .lock_lines(first, n)
-            .map_err(|e| self.dtm_error(OP, e))?;
-        self.vssd
-            .invalidate_range(first, n)
-            .map_err(|e| self.vssd_error(OP, e))?;
+        let _lock = self.drop_cached(OP, first, n)?;
         self.backing.punch(first * ls, n * ls)?;
         self.backing.flush()?;
         self.count(|c| c.blocks_written_client += n * ls / u64::from(BLOCK_SIZE));
         Ok(())
+    }
+
+    /// Drops lines `first..first + n` from the cache on every replica (durable on
+    /// return), then takes the DTM's lock of them and drops a fill's copy that
+    /// slipped in before it (fills are the primary's only): under the returned lock
+    /// no fill and no destage touches them while the caller writes the backing store.
+    fn drop_cached(&self, op: &'static str, first: u64, n: u64) -> Result<LineLock, CdevError> {
+        self.dtm
+            .discard(first, n)
+            .map_err(|e| self.dtm_error(op, e))?;
+        let lock = self
+            .dtm
+            .lock_lines(first, n)
+            .map_err(|e| self.dtm_error(op, e))?;
+        self.vssd
+            .invalidate_range(first, n)
+            .map_err(|e| self.vssd_error(op, e))?;
+        Ok(lock)
     }
 
     /// [`Device::block_status`] of a checked range, `extents_max` extents at most.
@@ -1327,17 +1336,7 @@ impl Inner {
         // The cache's clean copies go first, on every replica, so that no crash
         // leaves a copy older than the backing store (none is dirty, and none
         // becomes so: the gate holds the lines).
-        self.dtm
-            .discard(first, n)
-            .map_err(|e| self.dtm_error(OP, e))?;
-        let _lock = self
-            .dtm
-            .lock_lines(first, n)
-            .map_err(|e| self.dtm_error(OP, e))?;
-        // A fill that slipped in before the lock (fills are the primary's only).
-        self.vssd
-            .invalidate_range(first, n)
-            .map_err(|e| self.vssd_error(OP, e))?;
+        let _lock = self.drop_cached(OP, first, n)?;
         self.backing.write(first * ls, buf)?;
         self.backing.flush()?;
         self.count(|c| c.blocks_written_backing += n * ls / u64::from(BLOCK_SIZE));

@@ -41,10 +41,8 @@ const P50_SLACK: f64 = 1.2;
 
 pub fn bench_e2e() -> Result<(), String> {
     let bins = procs::build()?;
-    // On the disk (not a tmpfs: fio's --direct=1 needs O_DIRECT).
-    let dir = workspace_root().join("target/xtask-bench-e2e");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    // fio's --direct=1 needs O_DIRECT.
+    let dir = procs::fresh_target_dir("xtask-bench-e2e")?;
     let mut figures = Figures::default();
     for replicas in [1, 2] {
         cva_figures(

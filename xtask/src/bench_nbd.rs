@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use crate::figures::{Figures, number, parse, side};
 use crate::procs::{self, Bins, Cvad, WAIT_MAX};
-use crate::workspace_root;
 
 /// Samples per figure and each sample's length (`--quick`: 1 of 1 s).
 const SAMPLES: usize = 3;
@@ -102,10 +101,8 @@ pub fn bench_nbd(quick: bool) -> Result<(), String> {
         }
     };
     let bins = procs::build()?;
-    // On the disk (not a tmpfs: O_DIRECT for the vSSD and qemu-nbd --cache=none).
-    let dir = workspace_root().join("target/xtask-bench-nbd");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    // O_DIRECT for the vSSD and qemu-nbd --cache=none.
+    let dir = procs::fresh_target_dir("xtask-bench-nbd")?;
     let mut figures = Figures::default();
     for replicas in [1, 2] {
         cvad_figures(

@@ -64,6 +64,15 @@ pub fn wait(child: &mut Child, what: &str, max: Duration) -> Result<ExitStatus, 
     }
 }
 
+/// `target/NAME` under the workspace, emptied and created afresh: a bench's files
+/// on the disk (not a tmpfs: O_DIRECT needs a real file system).
+pub fn fresh_target_dir(name: &str) -> Result<PathBuf, String> {
+    let dir = workspace_root().join("target").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
 /// A running cvad.
 pub struct Cvad {
     child: Option<Child>,

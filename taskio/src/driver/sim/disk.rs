@@ -156,6 +156,17 @@ impl Disk {
         excluded.len() as u64
     }
 
+    /// Puts the writes in flight at a crash in the cache (their buffers are read
+    /// now), counted; their ids, which the crash's fates treat as landing.
+    fn land(&mut self, in_flight: Vec<InFlight>, stats: &mut SimStats) -> BTreeSet<u64> {
+        let landing: BTreeSet<u64> = in_flight.iter().map(|w| w.write).collect();
+        stats.in_flight_writes_at_crash += landing.len() as u64;
+        for w in in_flight {
+            self.write(w.write, w.writer, w.offset, &w.data, false);
+        }
+        landing
+    }
+
     /// A power loss. The writes still in flight are added to the cache as the newest
     /// writes (their buffers are read now); then each cached write is kept whole,
     /// dropped, or torn to a random subset of its sectors, and what is kept reaches
@@ -167,11 +178,7 @@ impl Disk {
         trace: &mut u64,
         stats: &mut SimStats,
     ) {
-        let landing: BTreeSet<u64> = in_flight.iter().map(|w| w.write).collect();
-        stats.in_flight_writes_at_crash += landing.len() as u64;
-        for w in in_flight {
-            self.write(w.write, w.writer, w.offset, &w.data, false);
-        }
+        let landing = self.land(in_flight, stats);
         let cache = std::mem::take(&mut self.cache);
         let fates = draw_fates(&cache, |_| true, &landing, rng, trace, stats);
         for (sector, versions) in cache {
@@ -213,11 +220,7 @@ impl Disk {
         trace: &mut u64,
         stats: &mut SimStats,
     ) {
-        let landing: BTreeSet<u64> = in_flight.iter().map(|w| w.write).collect();
-        stats.in_flight_writes_at_crash += landing.len() as u64;
-        for w in in_flight {
-            self.write(w.write, w.writer, w.offset, &w.data, false);
-        }
+        let landing = self.land(in_flight, stats);
         let fates = draw_fates(
             &self.cache,
             |v| v.writer == node,
