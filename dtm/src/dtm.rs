@@ -911,9 +911,7 @@ impl Inner {
                 epoch < 1 << (64 - TRAN_EPOCH_SHIFT),
                 "epoch {epoch} beyond the tran ids' room"
             );
-            let tran = self
-                .tran_id(epoch)
-                .map_err(|e| self.stop(OP, format!("next_tran_id: {e}")))?;
+            let tran = self.tran_id(OP, epoch)?;
             let targets: Vec<Rc<dyn Replica>> = members
                 .iter()
                 .chain(&syncing)
@@ -1001,15 +999,40 @@ impl Inner {
     /// low bits the vSSD's counter going on (the first id of a newer epoch moves the
     /// vSSD's ids up to that epoch's range; the outcome table, direct-mapped by the
     /// low bits, keeps the latest resolutions across the jump).
-    fn tran_id(&self, epoch: u64) -> Result<u64, vssd::VssdError> {
-        let tran = self.primary.next_tran_id()?;
-        if tran >> TRAN_EPOCH_SHIFT >= epoch {
-            return Ok(tran);
+    ///
+    /// An id of a newer epoch than this DTM's fences it: the primary vSSD hands out
+    /// ids above every one it saw prepared, so it saw a writep1 of a newer epoch, the
+    /// write of another primary that took the device over and is resyncing this
+    /// vSSD as its replica (its vSSD is not moved to that epoch before the resync
+    /// ends, so this DTM's own fence does not see it yet). Going on would hand out
+    /// that primary's ids for this DTM's writes: one id for two writes, and a
+    /// resync or recovery that trusts a line's version to name one write (`tdrv sim
+    /// dtm` seed 36372: a fenced primary's unacknowledged write, left prepared by
+    /// its crash, was committed for the acknowledged write of the same id).
+    fn tran_id(&self, op: &'static str, epoch: u64) -> Result<u64, DtmError> {
+        let next = || {
+            self.primary
+                .next_tran_id()
+                .map_err(|e| self.stop(op, format!("next_tran_id: {e}")))
+        };
+        let mut tran = next()?;
+        if tran >> TRAN_EPOCH_SHIFT < epoch {
+            let low = tran & ((1 << TRAN_EPOCH_SHIFT) - 1);
+            self.primary
+                .raise_tran_ids((epoch << TRAN_EPOCH_SHIFT) | low)
+                .map_err(|e| self.stop(op, format!("raise_tran_ids: {e}")))?;
+            tran = next()?;
         }
-        let low = tran & ((1 << TRAN_EPOCH_SHIFT) - 1);
-        self.primary
-            .raise_tran_ids((epoch << TRAN_EPOCH_SHIFT) | low)?;
-        self.primary.next_tran_id()
+        if tran >> TRAN_EPOCH_SHIFT > epoch {
+            return Err(self.fence(&ReplicaError {
+                op,
+                replica: self.primary.path().display().to_string(),
+                kind: ReplicaErrorKind::StaleEpoch {
+                    replica_epoch: tran >> TRAN_EPOCH_SHIFT,
+                },
+            }));
+        }
+        Ok(tran)
     }
 
     fn write_through(&self, first: u64, n: u64, data: &AlignedBuf) -> Result<Written, DtmError> {

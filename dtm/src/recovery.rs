@@ -2,20 +2,26 @@
 //! (issue 12, "Recovery" and "Membership and epochs"). [`recover`] runs it, in this
 //! order:
 //!
-//! 1. **The epoch.** The newest epoch among the replicas that opened, and its
-//!    members (a device never given one, epoch 0, has the configured members).
-//!    Two primaries that both moved from the epoch before (one of them fenced) may
-//!    each have recorded it, with their own members; a claim that one of its own
-//!    members records differently never took effect (the fenced primary recorded
-//!    it on the members it reached before the fence, its own replica last, and
-//!    never wrote at it), and the replicas holding it are stale. Claims that still differ: refused ([`DtmError::Mismatch`]). The
+//! 1. **The epoch.** The newest epoch among the replicas that opened whose claim
+//!    (its members) took effect, and its members (a device never given one, epoch
+//!    0, has the configured members). A claim never took effect when one of its
+//!    members records that epoch differently (two primaries that both moved from
+//!    the epoch before, one of them fenced), or when its first member, which
+//!    records every claim last, is at an older epoch (a decider whose own record
+//!    failed); no write was made at it, and the replicas holding it are stale,
+//!    except a member at the epoch right after the trusted one (no epoch came
+//!    between), or further past it if it holds no write of a later epoch. One that
+//!    does is refused ([`DtmError::Mismatch`]): an epoch between took effect, and
+//!    its writes may be on it only. Claims that still differ: refused too. The
 //!    members of that epoch that opened are the *reachable* ones, with those at an
 //!    older epoch that listed them (fences or membership changes that failed on
 //!    them: every member records an epoch before any write at it, so no epoch
 //!    since theirs had a write). Opened replicas
-//!    of an older epoch, or not members of the newest, are *stale*: they may lack
+//!    of an older epoch, or not members of the trusted one, are *stale*: they may lack
 //!    acknowledged writes and are left to the core's resync. Fewer than
-//!    `min_replicas` reachable: refused ([`DtmError::TooFewReplicas`]).
+//!    `min_replicas` reachable: refused ([`DtmError::TooFewReplicas`]). The new
+//!    epoch is past every one seen (or the refuted claim right after the trusted
+//!    epoch again, when it is exactly this recovery's: a retry).
 //! 2. **The fence, first.** Every reachable member moves to epoch + 1 with the
 //!    reachable members ([`Replica::set_epoch`]), the local replica last (after
 //!    every other one recorded it, as the core's epoch changes do). Any member at a newer epoch
@@ -76,6 +82,7 @@ use std::rc::Rc;
 use taskio::AlignedBuf;
 use vssd::TranOutcome;
 
+use crate::config::TRAN_EPOCH_SHIFT;
 use crate::copy::{Copied, copy_line};
 use crate::dtm::record_epoch;
 use crate::error::DtmError;
@@ -92,7 +99,7 @@ const OP: &str = "recovery";
 
 /// What [`recover`] did.
 pub struct Recovery {
-    /// The epoch the device is at now (the newest found + 1).
+    /// The epoch the device is at now (past every epoch found).
     pub epoch: u64,
     /// Its members, in the order they were given (the local one first if it was
     /// first and is a member).
@@ -149,20 +156,29 @@ pub fn recover(
             r.member()
         );
     }
-    let (epoch, members) = newest_epoch(opened, configured)?;
-    // A member of the newest epoch still at an older one (recoveries or membership
+    let Trusted {
+        epoch,
+        members,
+        seen,
+    } = newest_epoch(opened, configured)?;
+    // A member of the trusted epoch still at an older one (recoveries or membership
     // changes that failed while they recorded their epoch on it) missed no write:
     // every member records an epoch before any write is made at it, and each
     // epoch's members come from the epoch it moved from (a joining replica records
     // the new epoch first), so every epoch since its own lists it and had no write.
     // It counts if its own epoch lists it (epoch 0 records no members: the
-    // configured ones).
+    // configured ones). A member past the trusted epoch (a refuted claim: no write
+    // was made at it) counts too: right after it, no epoch came between, so the last
+    // epoch that took effect on it is the trusted one (it recorded it, had it a
+    // write) or an older one (the rule above); further past, it holds no write of
+    // a later epoch (`newest_epoch` checked), so none had one that it took part in.
     let member = |r: &&Rc<dyn Replica>| {
         let info = r.info();
         let me = r.member();
         members.contains(&me)
             && ((info.epoch == epoch && (epoch == 0 || same_members(&info.members, &members)))
-                || (info.epoch < epoch && (info.epoch == 0 || info.members.contains(&me))))
+                || (info.epoch < epoch && (info.epoch == 0 || info.members.contains(&me)))
+                || info.epoch > epoch)
     };
     let reachable: Vec<&Rc<dyn Replica>> = opened.iter().filter(member).collect();
     let stale: Vec<u64> = opened
@@ -180,8 +196,23 @@ pub fn recover(
             min: min_replicas,
         });
     }
+    // Past every epoch seen, so that every replica can move to it; the refuted
+    // claim of the epoch after the trusted one again, when every replica past the
+    // trusted epoch holds exactly the claim this recovery makes (an earlier try of
+    // it whose own record failed): retries then do not move the members one epoch
+    // further each time.
+    let past: Vec<&Rc<dyn Replica>> = opened.iter().filter(|r| r.info().epoch > epoch).collect();
+    let new_epoch = if !past.is_empty()
+        && past
+            .iter()
+            .all(|r| r.info().epoch == epoch + 1 && r.info().members == ids)
+    {
+        epoch + 1
+    } else {
+        seen + 1
+    };
     let mut recovery = Recovery {
-        epoch: epoch + 1,
+        epoch: new_epoch,
         members: reachable.iter().map(|&r| r.clone()).collect(),
         lost: members
             .iter()
@@ -216,11 +247,23 @@ fn fenced_at(e: DtmError, epoch: u64) -> DtmError {
     }
 }
 
-/// The newest epoch among `opened` and its members (`configured` for epoch 0).
-fn newest_epoch(
-    opened: &[Rc<dyn Replica>],
-    configured: &[u64],
-) -> Result<(u64, Vec<u64>), DtmError> {
+/// The epoch recovery trusts: the newest among `opened` whose claim stands, its
+/// members (`configured` for epoch 0), and the newest epoch any of them is at (the
+/// new epoch goes past it).
+///
+/// A claim (an epoch and its members) never took effect, and is *refuted*, when
+/// - a member of it records that epoch with other members (a replica's record of an
+///   epoch never changes), or
+/// - its first member is at an older epoch: every claim is recorded on its first
+///   member last (`crate::dtm::record_epoch`), after every other member recorded
+///   it and before any write at it. A decider whose fence failed on its own
+///   replica leaves such claims behind, and a recovery retried after that moves
+///   the members it reached one epoch further each time (`tdrv sim dtm` seeds
+///   92431, 7579): trusting that epoch would take a lone replica that missed the
+///   writes acknowledged since for a member.
+///
+/// No write was made at a refuted epoch; the trusted one is the newest that stands.
+fn newest_epoch(opened: &[Rc<dyn Replica>], configured: &[u64]) -> Result<Trusted, DtmError> {
     let Some(newest) = opened.iter().max_by_key(|r| r.info().epoch) else {
         return Err(DtmError::TooFewReplicas {
             op: OP,
@@ -230,41 +273,68 @@ fn newest_epoch(
             min: 1,
         });
     };
-    let epoch = newest.info().epoch;
-    if epoch == 0 {
-        return Ok((0, configured.to_vec()));
-    }
-    let at_newest: Vec<&Rc<dyn Replica>> =
-        opened.iter().filter(|r| r.info().epoch == epoch).collect();
-    // A claim of the epoch (its members) that a member of it records differently
-    // never took effect: every member records an epoch before any write is
-    // acknowledged at it, and a replica's record of an epoch never changes. Two
-    // primaries that both moved from the epoch before (one fenced, the other not)
-    // leave such a claim on the members the loser reached before its fence (it
-    // records its own replica last, `crate::dtm::record_epoch`).
-    let refuted = |claim: &[u64]| {
-        at_newest
-            .iter()
-            .any(|r| claim.contains(&r.member()) && !same_members(&r.info().members, claim))
+    let seen = newest.info().epoch;
+    let refuted = |epoch: u64, claim: &[u64]| refuted_by(opened, epoch, claim);
+    let standing: Vec<&Rc<dyn Replica>> = opened
+        .iter()
+        .filter(|r| {
+            let info = r.info();
+            info.epoch > 0 && !refuted(info.epoch, &info.members)
+        })
+        .collect();
+    let Some(trusted) = standing.iter().max_by_key(|r| r.info().epoch) else {
+        if seen == 0 {
+            return Ok(Trusted {
+                epoch: 0,
+                members: configured.to_vec(),
+                seen,
+            });
+        }
+        // Every claim refuted: none is trusted over another.
+        return mismatch(newest, seen, &newest.info().members, opened);
     };
-    let standing: Vec<&Rc<dyn Replica>> = at_newest
+    let (epoch, members) = (trusted.info().epoch, trusted.info().members);
+    let at_trusted: Vec<&Rc<dyn Replica>> = standing
         .iter()
         .copied()
-        .filter(|r| !refuted(&r.info().members))
+        .filter(|r| r.info().epoch == epoch)
         .collect();
-    let members = match standing.first() {
-        Some(r) => r.info().members,
-        None => newest.info().members,
-    };
-    let other = if standing.is_empty() {
-        at_newest
-            .iter()
-            .find(|r| !same_members(&r.info().members, &members))
-    } else {
-        standing
-            .iter()
-            .find(|r| !same_members(&r.info().members, &members))
-    };
+    // Every replica past the trusted epoch holds a refuted claim. One epoch past
+    // it, no epoch came between: the replica's own last epoch that took effect is
+    // the trusted one or older. Further past, an epoch between may have taken
+    // effect and had writes; had the replica a part in them, it holds them (dirty
+    // or in doubt, their ids of that epoch) unless they were destaged. Refused if
+    // it holds any: trusting the older epoch would lose them.
+    for far in opened.iter().filter(|r| r.info().epoch > epoch + 1) {
+        let newest = newest_write_epoch(far.as_ref())?;
+        if newest > epoch {
+            return Err(DtmError::Mismatch {
+                op: OP,
+                replica: far.name().to_string(),
+                other: trusted.name().to_string(),
+                why: format!(
+                    "epoch {} with members {:?} never took effect, and the replica holds writes of epoch {newest}, after the newest that did ({epoch})",
+                    far.info().epoch,
+                    far.info().members
+                ),
+            });
+        }
+    }
+    mismatch(trusted, epoch, &members, at_trusted.iter().copied()).map(|t| Trusted { seen, ..t })
+}
+
+/// `(epoch, members)` as [`Trusted`], unless a replica of `at` records `epoch` with
+/// other members: two claims of one epoch that still differ ([`DtmError::Mismatch`]).
+fn mismatch<'r>(
+    newest: &Rc<dyn Replica>,
+    epoch: u64,
+    members: &[u64],
+    at: impl IntoIterator<Item = &'r Rc<dyn Replica>>,
+) -> Result<Trusted, DtmError> {
+    let other = at.into_iter().find(|r| {
+        let info = r.info();
+        info.epoch == epoch && !same_members(&info.members, members)
+    });
     if let Some(other) = other {
         return Err(DtmError::Mismatch {
             op: OP,
@@ -276,7 +346,54 @@ fn newest_epoch(
             ),
         });
     }
-    Ok((epoch, members))
+    Ok(Trusted {
+        epoch,
+        members: members.to_vec(),
+        seen: epoch,
+    })
+}
+
+/// Whether a replica of `opened` refutes the claim of `epoch` with `claim`'s
+/// members (see [`newest_epoch`]).
+fn refuted_by(opened: &[Rc<dyn Replica>], epoch: u64, claim: &[u64]) -> bool {
+    opened.iter().any(|r| {
+        let info = r.info();
+        claim.contains(&r.member())
+            && ((info.epoch == epoch && !same_members(&info.members, claim))
+                || (claim.first() == Some(&r.member()) && info.epoch < epoch))
+    })
+}
+
+/// The newest epoch of a write `r` holds: the epoch bits of its newest dirty
+/// version or in-doubt tran (0: none).
+fn newest_write_epoch(r: &dyn Replica) -> Result<u64, DtmError> {
+    let mut newest = 0;
+    in_doubt_pages(r, IN_DOUBT_PAGE, |page| {
+        for d in page {
+            newest = newest.max(d.tran >> TRAN_EPOCH_SHIFT);
+        }
+        Ok(())
+    })?;
+    let (mut from, mut count) = (0, DirtyCount::default());
+    // Bounded: `count` refuses a replica that lists more lines than it has slots.
+    loop {
+        let page = dirty_page(r, from, DIRTY_PAGE)?;
+        count.add(r, page.len() as u64)?;
+        for &(_, version) in &page {
+            newest = newest.max(version >> TRAN_EPOCH_SHIFT);
+        }
+        match page.last() {
+            Some(&(line, _)) if page.len() >= DIRTY_PAGE => from = line + 1,
+            _ => return Ok(newest),
+        }
+    }
+}
+
+/// What [`newest_epoch`] found.
+struct Trusted {
+    epoch: u64,
+    members: Vec<u64>,
+    seen: u64,
 }
 
 /// Whether two records of an epoch name the same members. The order is each

@@ -1,11 +1,12 @@
 //! Resync: a stale replica that returns is brought up to date while writes go on,
 //! then made a member in a new epoch.
 //!
-//! A replica that is not a member but at the DTM's epoch or a newer one is refused:
-//! it is another primary's (two claims of one epoch number, or a takeover this DTM
-//! has not met yet), and its trans would mix with this DTM's. Except a claim of the
-//! DTM's epoch that lists the primary with other members: it never took effect
-//! (see `another_primarys`).
+//! A replica that is not a member but at the DTM's epoch or a newer one is refused
+//! if its claim lists none of the DTM's members: it is another primary's (a
+//! takeover this DTM has not met yet, or a split brain), and its trans would mix
+//! with this DTM's. A claim that lists one never took effect (see
+//! `another_primarys`); one of a newer epoch is first left behind: every member
+//! moves to the epoch after it (`Inner::move_past`).
 //!
 //! 0. Its in-doubt trans (prepared there before it was lost, never resolved: a
 //!    replica cut off keeps its vSSD open) are resolved by what the primary holds:
@@ -71,26 +72,30 @@ pub struct ResyncProgress {
 }
 
 /// Why a replica that is not a member, at `info`'s epoch and members, is another
-/// primary's, if it is: at a newer epoch than the DTM's (a takeover this DTM has not
-/// met yet), or at its epoch with a claim that does not list this DTM's primary (a
-/// split brain: two primaries each degraded to a set of its own). Its trans would
-/// mix with this DTM's under one epoch's ids. A claim of the DTM's epoch that lists
-/// the primary with other members never took effect (the primary records its own
-/// epoch last, `record_epoch`, and records this one with the DTM's members): a
-/// join whose epoch the primary failed to record, after which a recovery that did
-/// not reach the replica gave that epoch number to the DTM's members.
+/// primary's, if it is: at the DTM's epoch or a newer one with a claim that lists
+/// none of the DTM's members (a takeover this DTM has not met yet, or a split
+/// brain: two primaries each degraded to a set of its own). Its trans would mix
+/// with this DTM's under one epoch's ids.
+///
+/// A claim that lists a member of the DTM never took effect, or never will:
+/// - of the DTM's epoch: that member records the epoch with the DTM's members, and
+///   a replica's record of an epoch never changes (a join whose epoch the primary
+///   failed to record, after which a recovery that did not reach the replica gave
+///   that epoch number to the DTM's members);
+/// - of a newer epoch (a decider whose own record failed left it; each retry of its
+///   recovery moves the members it reaches one further: `tdrv sim dtm` seeds 7579,
+///   86875): that member is at the DTM's epoch, and the resync first moves every
+///   member past the claim (`Inner::move_past`), so that it can never take effect;
+///   had it taken effect, that member would be at the newer epoch and the move
+///   finds the DTM fenced.
 fn another_primarys(info: &ReplicaInfo, view: &View) -> Option<String> {
-    let primary = view.members.first().map(Member::id);
-    let refuted = info.epoch == view.epoch
-        && primary.is_some_and(|p| info.members.contains(&p))
-        && !same_members(&info.members, &crate::dtm::ids(&view.members));
+    let ours = crate::dtm::ids(&view.members);
+    let refuted = info.members.iter().any(|m| ours.contains(m))
+        && !(info.epoch == view.epoch && same_members(&info.members, &ours));
     (info.epoch >= view.epoch && !refuted).then(|| {
         format!(
             "it is at epoch {} with members {:?}, another primary's (the device is at epoch {} with {:?})",
-            info.epoch,
-            info.members,
-            view.epoch,
-            crate::dtm::ids(&view.members)
+            info.epoch, info.members, view.epoch, ours
         )
     })
 }
@@ -162,19 +167,22 @@ impl Inner {
             member,
             ..ResyncProgress::default()
         });
-        let joined = self.resolve_in_doubt(&replica).and_then(|()| {
-            let _gate = self.change.write();
-            self.check_up(OP)?;
-            let committer = self.start_committer(OP, &replica)?;
-            let mut view = self.view.borrow_mut();
-            view.syncing.push(Member {
-                replica: replica.clone(),
-                committer: Some(committer),
+        let joined = self
+            .move_past(replica.as_ref())
+            .and_then(|()| self.resolve_in_doubt(&replica))
+            .and_then(|()| {
+                let _gate = self.change.write();
+                self.check_up(OP)?;
+                let committer = self.start_committer(OP, &replica)?;
+                let mut view = self.view.borrow_mut();
+                view.syncing.push(Member {
+                    replica: replica.clone(),
+                    committer: Some(committer),
+                });
+                view.refresh_tran_lines_max(&self.primary);
+                self.progress(|p| p.lines_total = self.primary.dirty_count());
+                Ok(())
             });
-            view.refresh_tran_lines_max(&self.primary);
-            self.progress(|p| p.lines_total = self.primary.dirty_count());
-            Ok(())
-        });
         if let Err(e) = joined {
             self.resync.borrow_mut().take();
             return Err(e);
@@ -348,6 +356,38 @@ impl Inner {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Before a replica at a newer epoch than the DTM's (a refuted claim, see
+    /// `another_primarys`) is touched: every member moves to the epoch after the
+    /// replica's, under the membership gate, as an epoch change of the DTM's own.
+    fn move_past(&self, y: &dyn Replica) -> Result<(), DtmError> {
+        const OP: &str = "resync";
+        let claim = y.info().epoch;
+        if claim <= self.view.borrow().epoch {
+            return Ok(());
+        }
+        let gate = self.change.write();
+        self.check_up(OP)?;
+        let (targets, ids) = {
+            let view = self.view.borrow();
+            let targets: Vec<Rc<dyn Replica>> =
+                view.members.iter().map(|m| m.replica.clone()).collect();
+            (targets, crate::dtm::ids(&view.members))
+        };
+        let epoch = claim + 1;
+        let failures = record_epoch(&targets, epoch, &ids);
+        self.view.borrow_mut().epoch = epoch;
+        self.count(|s| s.epoch_changes += 1);
+        drop(gate);
+        if failures.is_empty() {
+            return Ok(());
+        }
+        self.settle(OP, failures)?;
+        Err(self.resync_error(
+            y,
+            format!("members failed epoch {epoch}, past the replica's claim"),
+        ))
     }
 
     /// Step 3 of the module documentation.

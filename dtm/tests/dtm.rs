@@ -12,7 +12,7 @@ mod support;
 
 use dtm::{
     Backing, Dtm, DtmConfig, DtmError, InDoubtTran, LocalReplica, LossPolicy, RemoteReplica,
-    Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo, Vssds, Written,
+    Replica, ReplicaError, ReplicaErrorKind, ReplicaInfo, TRAN_EPOCH_SHIFT, Vssds, Written,
 };
 use support::{TempDir, open_dev, run_io, serve_vssds};
 use taskio::file::OpenOptions;
@@ -652,6 +652,40 @@ fn a_read_finds_the_primary_vssd_fenced() {
             "{e}"
         );
         let e = dtm.write(4, &payload(4, 1, 3)).unwrap_err();
+        assert!(matches!(e, DtmError::Fenced { .. }), "{e}");
+    });
+}
+
+/// Another primary took the device over and resyncs this primary's vSSD as its
+/// replica: the vSSD's epoch stays until that resync ends, but it saw a writep1 of
+/// the newer epoch. The next write is fenced, not given an id of that epoch (which
+/// the other primary hands out too: `tdrv sim dtm` seed 36372).
+#[test]
+fn a_writep1_of_a_newer_epoch_on_the_primary_vssd_fences_the_dtm() {
+    let dir = TempDir::new("idfence");
+    let path = dir.path.clone();
+    run_io(move || {
+        let reps = open_reps(&path, 2, VSSD_LINES);
+        let dtm = start(&reps, DtmConfig::default()).unwrap();
+        let before = dtm.write(4, &payload(4, 1, 1)).unwrap().tran().unwrap();
+        dtm.quiesce().unwrap();
+        assert_eq!(before >> TRAN_EPOCH_SHIFT, EPOCH);
+        // The other primary's write, at epoch + 1, on this primary's vSSD.
+        let theirs = ((EPOCH + 1) << TRAN_EPOCH_SHIFT) + 7;
+        reps[0]
+            .vssd
+            .writep1(theirs, 9, &payload(9, 1, theirs))
+            .unwrap();
+        let e = dtm.write(5, &payload(5, 1, 2)).unwrap_err();
+        assert!(
+            matches!(e, DtmError::Fenced { replica_epoch, .. } if replica_epoch == EPOCH + 1),
+            "{e}"
+        );
+        for r in &reps {
+            assert_eq!(held(r, 5), None, "nothing prepared for the refused write");
+        }
+        assert_eq!(reps[0].vssd.tran_outcome(theirs), TranOutcome::Prepared);
+        let e = dtm.write(6, &payload(6, 1, 3)).unwrap_err();
         assert!(matches!(e, DtmError::Fenced { .. }), "{e}");
     });
 }

@@ -314,7 +314,8 @@ fn a_primary_whose_replicas_moved_to_a_newer_epoch_is_fenced() {
     });
 }
 
-/// Replicas that disagree on their epoch's members are not one device's; a member
+/// Replicas whose claims of an epoch disagree and stand both are not one device's
+/// (claims that refute each other never took effect: see the tests below); a member
 /// that fails during recovery fails it (the caller reopens what it can and retries).
 #[test]
 fn disagreeing_members_are_refused_and_a_failing_member_fails_the_recovery() {
@@ -323,8 +324,10 @@ fn disagreeing_members_are_refused_and_a_failing_member_fails_the_recovery() {
     let p = paths.clone();
     run_io(move || {
         let r = open_all(&p, &ALL);
-        r[0].vssd().set_epoch(5, &[1, 2]).unwrap();
-        r[1].vssd().set_epoch(5, &[1, 2, 3]).unwrap();
+        // Two primaries each degraded to itself (a split brain): neither claim
+        // lists the other's replica, so neither refutes the other.
+        r[0].vssd().set_epoch(5, &[1]).unwrap();
+        r[1].vssd().set_epoch(5, &[2]).unwrap();
         close(&r);
     });
     let p = paths.clone();
@@ -579,6 +582,122 @@ fn a_fence_that_fails_on_a_member_leaves_the_local_replica_at_its_epoch() {
             (1, ALL.to_vec()),
             "the local replica recorded the fence's epoch"
         );
+        close(&r);
+    });
+}
+
+/// Two replicas, member 1 at `a` and member 2 at `b`, whose vSSDs hold the epochs
+/// `a_epochs` and `b_epochs` (each recorded in turn), closed.
+fn epochs(dir: &TempDir, a_epochs: &[(u64, &[u64])], b_epochs: &[(u64, &[u64])]) -> [PathBuf; 2] {
+    let (pa, pb) = (formatted(dir, "a"), formatted(dir, "b"));
+    let (a_epochs, b_epochs) = (a_epochs.to_vec(), b_epochs.to_vec());
+    let (a, b) = (pa.clone(), pb.clone());
+    let own: Vec<(u64, Vec<u64>)> = a_epochs.iter().map(|(e, m)| (*e, m.to_vec())).collect();
+    let other: Vec<(u64, Vec<u64>)> = b_epochs.iter().map(|(e, m)| (*e, m.to_vec())).collect();
+    run_io(move || {
+        for (path, list) in [(&a, &own), (&b, &other)] {
+            let v = open_vssd(path);
+            for (epoch, members) in list {
+                v.set_epoch(*epoch, members).unwrap();
+            }
+            v.close();
+        }
+    });
+    [pa, pb]
+}
+
+/// Tries of member 1's recovery whose own record failed left member 2 at epochs 1
+/// and 2 with members [1, 2]; member 1 then recovered alone (min_replicas 1) at
+/// epoch 1 and acknowledged a write whose COMMIT a crash lost. The claim of epoch 2
+/// never took effect (its first member, recorded last, never recorded it): member
+/// 1's epoch is trusted, its tran committed. Before, member 1 counted as a member
+/// of epoch 2 that lagged, and the tran, missing on member 2, was aborted: an
+/// acknowledged write lost (`tdrv sim dtm` seed 92431).
+#[test]
+fn a_claim_its_first_member_never_recorded_is_refuted() {
+    let dir = TempDir::new("rec-refuted-first");
+    let [pa, pb] = epochs(&dir, &[(1, &[1])], &[(1, &[1, 2]), (2, &[1, 2])]);
+    let tran = (1 << dtm::TRAN_EPOCH_SHIFT) + 5;
+    let a = pa.clone();
+    run_io(move || {
+        let v = open_vssd(&a);
+        v.writep1(tran, 7, &payload(7, 1, tran)).unwrap();
+        v.close();
+    });
+    run_io(move || {
+        let r = [Rc::new(replica(&pa, 1)), Rc::new(replica(&pb, 2))];
+        let rec = recover(&dyns(&r), &[1, 2], 1).unwrap();
+        let members: Vec<u64> = rec.members.iter().map(|m| m.member()).collect();
+        assert_eq!((members, rec.stale.clone()), (vec![1], vec![2]), "{rec:?}");
+        assert_eq!(
+            (rec.epoch, rec.committed, rec.aborted),
+            (3, 1, 0),
+            "{rec:?}"
+        );
+        let mut buf = AlignedBuf::new(LINE as usize);
+        assert_eq!(r[0].read(7, &mut buf).unwrap(), Some(tran));
+        close(&r);
+    });
+}
+
+/// A recovery whose own record failed left member 2 one epoch past member 1, with
+/// the members it chose. Tried again, it records that epoch again (completing the
+/// claim) rather than the next: retries do not move the members one epoch further
+/// each time (`tdrv sim dtm` seed 7579 went to epoch 16 so), and member 2 counts.
+#[test]
+fn a_retried_recovery_records_its_own_refuted_claim_again() {
+    let dir = TempDir::new("rec-retry");
+    let [pa, pb] = epochs(&dir, &[(2, &[1, 2])], &[(2, &[1, 2]), (3, &[1, 2])]);
+    run_io(move || {
+        let r = [Rc::new(replica(&pa, 1)), Rc::new(replica(&pb, 2))];
+        let rec = recover(&dyns(&r), &[1, 2], 2).unwrap();
+        let members: Vec<u64> = rec.members.iter().map(|m| m.member()).collect();
+        assert_eq!((rec.epoch, members), (3, vec![1, 2]), "{rec:?}");
+        for x in &r {
+            assert_eq!((x.vssd().epoch(), x.vssd().members()), (3, vec![1, 2]));
+        }
+        close(&r);
+    });
+}
+
+/// A replica two epochs past the newest epoch that took effect, at a claim that
+/// never did (a join that failed, then a move past it whose own record failed):
+/// with no write of a later epoch it counts as a member; holding one (the epoch
+/// between took effect, and its writes may be on it only) it is refused, and
+/// nothing moves.
+#[test]
+fn a_refuted_claim_two_epochs_past_the_trusted_one_counts_unless_it_holds_later_writes() {
+    let dir = TempDir::new("rec-far");
+    let [pa, pb] = epochs(&dir, &[(2, &[1, 2])], &[(2, &[1, 2]), (4, &[1, 2])]);
+    let (a, b) = (pa.clone(), pb.clone());
+    run_io(move || {
+        let r = [Rc::new(replica(&a, 1)), Rc::new(replica(&b, 2))];
+        let rec = recover(&dyns(&r), &[1, 2], 2).unwrap();
+        let members: Vec<u64> = rec.members.iter().map(|m| m.member()).collect();
+        assert_eq!((rec.epoch, members), (5, vec![1, 2]), "{rec:?}");
+        close(&r);
+    });
+    let [pa, pb] = epochs(
+        &dir,
+        &[(5, &[1, 2])],
+        &[(5, &[1, 2]), (6, &[2]), (8, &[1, 2])],
+    );
+    let b = pb.clone();
+    run_io(move || {
+        let v = open_vssd(&b);
+        let tran = (6 << dtm::TRAN_EPOCH_SHIFT) + 1;
+        v.writep1(tran, 3, &payload(3, 1, tran)).unwrap();
+        v.commit(tran).unwrap();
+        v.close();
+    });
+    run_io(move || {
+        let r = [Rc::new(replica(&pa, 1)), Rc::new(replica(&pb, 2))];
+        let e = recover(&dyns(&r), &[1, 2], 1).unwrap_err();
+        assert!(
+            matches!(&e, DtmError::Mismatch { why, .. } if why.contains("writes of epoch 6")),
+            "{e}"
+        );
+        assert_eq!((r[0].vssd().epoch(), r[1].vssd().epoch()), (5, 8));
         close(&r);
     });
 }

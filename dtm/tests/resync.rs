@@ -195,3 +195,71 @@ fn an_in_doubt_tran_is_committed_only_if_the_primary_holds_every_line_of_it() {
         rb.vssd().close();
     });
 }
+
+/// The vSSD at `path` moved to `epoch` with `members`, as replica `member` opened
+/// at that epoch.
+fn at_epoch(path: &std::path::Path, member: u64, epoch: u64, members: &[u64]) -> Rc<LocalReplica> {
+    let v = support::open_vssd(path);
+    v.set_epoch(epoch, members).unwrap();
+    Rc::new(LocalReplica::new(
+        v,
+        member,
+        path.display().to_string(),
+        epoch,
+    ))
+}
+
+/// A returning replica at a newer epoch than the DTM's, whose claim lists a member
+/// of the DTM (a decider whose own record failed left it, and each retry moved it
+/// further: `tdrv sim dtm` seeds 7579, 86875, which then never resynced): the
+/// members first move past the claim, so that it can never take effect, then the
+/// replica is resynced. A claim that lists none of the members is another
+/// primary's; one that took effect on a member (that member is at its epoch) fences
+/// the DTM.
+#[test]
+fn a_replica_at_a_newer_claim_of_a_member_is_resynced_past_it() {
+    let dir = TempDir::new("resync-past");
+    let paths: Vec<_> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|n| formatted(&dir, n))
+        .collect();
+    run_io(move || {
+        let (ra, rb) = (
+            Rc::new(replica(&paths[0], 1)),
+            Rc::new(replica(&paths[1], 2)),
+        );
+        let members: Vec<Rc<dyn Replica>> = vec![ra.clone(), rb.clone()];
+        let dtm = Dtm::start(ra.vssd().clone(), members, 1, DtmConfig::default()).unwrap();
+        let tran = dtm.write(0, &payload(0, 1, 0)).unwrap().tran().unwrap();
+        let rc = at_epoch(&paths[2], 3, 5, &[2, 3]);
+        let progress = dtm.resync(rc.clone()).unwrap();
+        assert_eq!(progress.joined_epoch, Some(7), "{progress:?}");
+        assert_eq!((dtm.epoch(), dtm.members()), (7, vec![1, 2, 3]));
+        for r in [&ra, &rb, &rc] {
+            assert_eq!((r.vssd().epoch(), r.vssd().members()), (7, vec![1, 2, 3]));
+        }
+        let mut buf = AlignedBuf::new(4096);
+        assert_eq!(rc.read(0, &mut buf).unwrap(), Some(tran));
+        // Lists none of the members: refused, nothing moved.
+        let rd = at_epoch(&paths[3], 4, 9, &[4, 5]);
+        let e = dtm.resync(rd.clone()).unwrap_err();
+        assert!(e.to_string().contains("another primary's"), "{e}");
+        assert_eq!((dtm.epoch(), rd.vssd().epoch()), (7, 9));
+        // Took effect on member 2: the move past it finds the DTM fenced.
+        let usurper = LocalReplica::new(rb.vssd().clone(), 2, "usurper", 7);
+        usurper.set_epoch(12, &[2, 5]).unwrap();
+        let re = at_epoch(&paths[4], 5, 12, &[2, 5]);
+        let e = dtm.resync(re.clone()).unwrap_err();
+        assert!(matches!(e, dtm::DtmError::Fenced { .. }), "{e}");
+        assert!(dtm.write(1, &payload(1, 1, 0)).is_err());
+        assert_eq!(
+            re.vssd().epoch(),
+            12,
+            "the other primary's replica untouched"
+        );
+        dtm.close();
+        for r in [&ra, &rb, &rc, &rd, &re] {
+            r.vssd().close();
+        }
+    });
+}
