@@ -38,12 +38,11 @@
 //! told the controller, which it does before recording each epoch on its own vSSD
 //! ([`Announced`]): a primary that degraded to itself is not taken over.
 //!
-//! `--buggy` wraps each remote replica so that its writep1 only starts the call (400
-//! ms later) and returns at once: a write is acknowledged after the local writep1
-//! alone.
+//! `--buggy` wraps each remote replica so that its writep1 is never sent and
+//! returns at once: a write is acknowledged after the local writep1 alone.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -117,9 +116,8 @@ const DOWN_MS: u64 = 500;
 const PARTITION_MS: u64 = 800;
 /// One-way link latency.
 const LINK_US: (u64, u64) = (50, 500);
-/// `--buggy`: how long a remote writep1 lags behind the acknowledgement (long: a
-/// crash of the primary must come inside the lag to lose a write).
-const BUGGY_LAG: Duration = Duration::from_millis(400);
+/// `--buggy`: trans a remote replica drops, at most (its set's bound).
+const BUGGY_DROPS_MAX: usize = 100_000;
 /// The seed's streams: setup and the writers' (taskio uses 0 and 1).
 const STREAM_SETUP: u64 = 0xd7;
 const STREAM_WRITERS: u64 = 0x2000;
@@ -400,7 +398,7 @@ fn open_remote(w: &World, node: usize) -> Result<Rc<dyn Replica>, ReplicaError> 
         other => other?,
     };
     Ok(if w.buggy {
-        Rc::new(Hasty(Rc::new(r)))
+        Rc::new(Hasty::new(Rc::new(r)))
     } else {
         Rc::new(r)
     })
@@ -795,25 +793,52 @@ fn final_check(
     Ok(())
 }
 
-/// `--buggy`: a remote replica whose writep1 only starts the call: the primary
-/// acknowledges after its local writep1 alone.
-struct Hasty(Rc<dyn Replica>);
+/// `--buggy`: a remote replica whose writep1 is never sent: the primary
+/// acknowledges after its local writep1 alone, and the replica never holds the
+/// write (its COMMIT and ABORT are dropped too). At most [`BUGGY_DROPS_MAX`] trans
+/// are dropped per replica; the later ones are sent.
+struct Hasty {
+    inner: Rc<dyn Replica>,
+    dropped: RefCell<HashSet<u64>>,
+}
+
+impl Hasty {
+    fn new(inner: Rc<dyn Replica>) -> Hasty {
+        Hasty {
+            inner,
+            dropped: RefCell::new(HashSet::new()),
+        }
+    }
+}
 
 impl dtm::Forward for Hasty {
     fn inner(&self) -> &dyn Replica {
-        &*self.0
+        &*self.inner
     }
     fn writep1(&self, tran: u64, line: u64, data: &AlignedBuf) -> Result<(), ReplicaError> {
-        let (r, mut copy) = (self.0.clone(), AlignedBuf::new(data.capacity()));
-        copy.set_len(data.len());
-        copy.copy_from_slice(data);
-        match spawn(move || {
-            sleep(BUGGY_LAG);
-            let _ = r.writep1(tran, line, &copy);
-        }) {
-            Ok(_) => Ok(()),
-            Err(_) => self.0.writep1(tran, line, data),
+        let mut dropped = self.dropped.borrow_mut();
+        if dropped.len() >= BUGGY_DROPS_MAX {
+            drop(dropped);
+            return self.inner.writep1(tran, line, data);
         }
+        dropped.insert(tran);
+        Ok(())
+    }
+    fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
+        let sent: Vec<u64> = {
+            let mut dropped = self.dropped.borrow_mut();
+            trans.iter().copied().filter(|t| !dropped.remove(t)).collect()
+        };
+        if sent.is_empty() {
+            return Ok(());
+        }
+        self.inner.commit(&sent)
+    }
+    fn abort(&self, tran: u64) -> Result<(), ReplicaError> {
+        if self.dropped.borrow_mut().remove(&tran) {
+            return Ok(());
+        }
+        self.inner.abort(tran)
     }
 }
 
