@@ -1119,6 +1119,39 @@ impl Inner {
         Ok(())
     }
 
+    /// Settles the failures of recording `epoch` (`record_epoch`), the caller still
+    /// holding the write side of the membership gate: a stale epoch fences the
+    /// DTM, a refusal stops it, losses drop the lost members (a new epoch, as
+    /// [`Inner::lose`]). All before any write is let in: the view is at `epoch`
+    /// already, and a member whose record failed, refused or timed out, may or may
+    /// not hold it, so a write at it could be acknowledged by members of which the
+    /// primary never recorded the epoch. That breaks the rule that every member,
+    /// the primary last, records an epoch before any write at it, which recovery
+    /// relies on (`tdrv sim dtm` seed 11191: a resync's join timed out on a member,
+    /// and writes waiting at the gate were acknowledged at the new epoch before the
+    /// loss was settled, the primary's vSSD two epochs behind).
+    pub(crate) fn settle_recorded(
+        &self,
+        op: &'static str,
+        epoch: u64,
+        failures: &[(u64, ReplicaError)],
+    ) -> Result<(), DtmError> {
+        if let Some((_, e)) = failures
+            .iter()
+            .find(|(_, e)| matches!(e.kind, ReplicaErrorKind::StaleEpoch { .. }))
+        {
+            return Err(self.fence(e));
+        }
+        if let Some((m, e)) = failures.iter().find(|(_, e)| !e.kind.is_loss()) {
+            return Err(self.stop(op, format!("epoch {epoch} refused by member {m}: {e}")));
+        }
+        let lost: Vec<u64> = failures.iter().map(|&(m, _)| m).collect();
+        if lost.is_empty() {
+            return Ok(());
+        }
+        self.lose_locked(&lost, op)
+    }
+
     /// Fences the DTM: replica `e.replica` is at a newer epoch.
     fn fence(&self, e: &ReplicaError) -> DtmError {
         let ReplicaErrorKind::StaleEpoch { replica_epoch } = e.kind else {
@@ -1136,6 +1169,11 @@ impl Inner {
     /// under [`LossPolicy::Degrade`], fewer than `min_replicas` would be left.
     pub(crate) fn lose(&self, lost: &[u64], op: &'static str) -> Result<(), DtmError> {
         let _gate = self.change.write();
+        self.lose_locked(lost, op)
+    }
+
+    /// [`Inner::lose`], the caller holding the write side of the membership gate.
+    pub(crate) fn lose_locked(&self, lost: &[u64], op: &'static str) -> Result<(), DtmError> {
         let mut lost = lost.to_vec();
         // Bounded: each round drops at least one member.
         for _ in 0..=MEMBERS_MAX {

@@ -129,6 +129,13 @@ impl Inner {
         let member = replica.member();
         // Checked and reserved with no park between: one resync at a time, never of
         // a member (its in-doubt trans include writes in flight).
+        // Under the membership gate: a change under way has moved the view to an
+        // epoch not recorded yet, and `another_primarys` trusts the members' records
+        // of the view's epoch (`tdrv sim dtm` seed 50656: a claim judged against
+        // such a view passed, and the resync aborted an acknowledged write of the
+        // primary that had taken the device over).
+        let gate = self.change.read();
+        self.check_up(OP)?;
         let why = {
             let view = self.view.borrow();
             if self.resync.borrow().is_some() {
@@ -167,6 +174,7 @@ impl Inner {
             member,
             ..ResyncProgress::default()
         });
+        drop(gate);
         let joined = self
             .move_past(replica.as_ref())
             .and_then(|()| self.resolve_in_doubt(&replica))
@@ -371,6 +379,11 @@ impl Inner {
         self.check_up(OP)?;
         let (targets, ids) = {
             let view = self.view.borrow();
+            // Checked again: a membership change since may have dropped the members
+            // the claim lists, and only a move of one of them leaves it behind.
+            if let Some(why) = another_primarys(&y.info(), &view) {
+                return Err(self.resync_error(y, why));
+            }
             let targets: Vec<Rc<dyn Replica>> =
                 view.members.iter().map(|m| m.replica.clone()).collect();
             (targets, crate::dtm::ids(&view.members))
@@ -379,11 +392,12 @@ impl Inner {
         let failures = record_epoch(&targets, epoch, &ids);
         self.view.borrow_mut().epoch = epoch;
         self.count(|s| s.epoch_changes += 1);
+        let settled = self.settle_recorded(OP, epoch, &failures);
         drop(gate);
+        settled?;
         if failures.is_empty() {
             return Ok(());
         }
-        self.settle(OP, failures)?;
         Err(self.resync_error(
             y,
             format!("members failed epoch {epoch}, past the replica's claim"),
@@ -417,10 +431,9 @@ impl Inner {
             let failures = record_epoch(&targets, past, &member_ids);
             self.view.borrow_mut().epoch = past;
             self.count(|s| s.epoch_changes += 1);
+            let settled = self.settle_recorded(OP, past, &failures);
             drop(gate);
-            if !failures.is_empty() {
-                self.settle(OP, failures)?;
-            }
+            settled?;
             return Err(failed);
         }
         let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
@@ -439,11 +452,11 @@ impl Inner {
         }
         self.count(|s| s.epoch_changes += 1);
         self.progress(|p| p.joined_epoch = Some(epoch));
-        drop(gate);
-        if failures.is_empty() {
-            return Ok(());
+        if !failures.is_empty() {
+            tracing::warn!(device = %self.device, ?failures, "members failed the resync's epoch");
         }
-        tracing::warn!(device = %self.device, ?failures, "members failed the resync's epoch");
-        self.settle(OP, failures)
+        let settled = self.settle_recorded(OP, epoch, &failures);
+        drop(gate);
+        settled
     }
 }
