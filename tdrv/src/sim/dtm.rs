@@ -827,7 +827,11 @@ impl dtm::Forward for Hasty {
     fn commit(&self, trans: &[u64]) -> Result<(), ReplicaError> {
         let sent: Vec<u64> = {
             let mut dropped = self.dropped.borrow_mut();
-            trans.iter().copied().filter(|t| !dropped.remove(t)).collect()
+            trans
+                .iter()
+                .copied()
+                .filter(|t| !dropped.remove(t))
+                .collect()
         };
         if sent.is_empty() {
             return Ok(());
