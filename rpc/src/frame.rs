@@ -159,7 +159,7 @@ const _: () = assert!(WRITE_GATHER_BYTES_MAX >= crate::limits::HEADER_LEN);
 /// Frames go out in the order they were pushed; a partial write is finished by
 /// `write_all` before the next batch.
 #[derive(Default)]
-pub(crate) struct FrameOut {
+pub struct FrameOut {
     /// Encoded frames not yet taken by the writer.
     pending: std::cell::RefCell<Vec<u8>>,
     /// The buffer of the last batch written, kept for its capacity (taken by the
@@ -178,7 +178,7 @@ pub(crate) struct FrameOut {
 }
 
 impl FrameOut {
-    pub(crate) fn new() -> FrameOut {
+    pub fn new() -> FrameOut {
         FrameOut::default()
     }
 
@@ -192,6 +192,19 @@ impl FrameOut {
         version: u16,
         msg: &Message<'_>,
         deadline: &taskio::Deadline,
+    ) -> Result<bool, RpcError> {
+        self.push_with(deadline, |out| {
+            crate::encode_frame(version, msg, out).map(|_| ())
+        })
+    }
+
+    /// [`FrameOut::push`] of whatever `encode` appends to the bytes waiting (another
+    /// protocol's frame on the same gathering output: NBD's replies). `encode` must
+    /// append one whole frame or nothing (its error is returned).
+    pub fn push_with(
+        &self,
+        deadline: &taskio::Deadline,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), RpcError>,
     ) -> Result<bool, RpcError> {
         loop {
             if let Some(why) = self.failed.borrow().as_ref() {
@@ -219,7 +232,7 @@ impl FrameOut {
                 None => self.room.sleep(),
             }
         }
-        crate::encode_frame(version, msg, &mut self.pending.borrow_mut())?;
+        encode(&mut self.pending.borrow_mut())?;
         self.work.wakeup();
         Ok(true)
     }
@@ -227,7 +240,7 @@ impl FrameOut {
     /// The writer task's body: writes the frames pushed, all those waiting as one
     /// batch, until [`FrameOut::close`] (after writing what was pushed before it) or
     /// a write fails (the error; every push fails from then on).
-    pub(crate) fn run(&self, stream: &TcpStream) -> Result<(), RpcError> {
+    pub fn run(&self, stream: &TcpStream) -> Result<(), RpcError> {
         loop {
             while self.pending.borrow().is_empty() {
                 if self.closing.get() {
@@ -253,7 +266,7 @@ impl FrameOut {
     }
 
     /// No more frames: the writer ends once it has written those pushed before.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         self.closing.set(true);
         self.work.wakeup_all();
         self.room.wakeup_all();

@@ -59,7 +59,7 @@ pub use codec::{
     decode_frame, decode_header, decode_payload, encode_frame, header_bytes, truncate_reason,
 };
 pub use error::{Part, RpcError};
-pub use frame::{FrameReader, send_message};
+pub use frame::{FrameOut, FrameReader, WRITE_GATHER_BYTES_MAX, send_message};
 #[doc(hidden)]
 pub use header::forge;
 pub use header::{FLAG_RESPONSE, FLAGS_KNOWN, Header, RawHeader, payload_crc};

@@ -1,13 +1,16 @@
 //! The transmission phase of one connection: a reader (this task) parses requests
 //! and reads WRITE payloads; up to HANDLERS_MAX handler tasks execute them on the
-//! device and send replies, each reply whole under the connection's write lock.
+//! device and push each reply whole to the connection's gathering output (rpc's
+//! `FrameOut`), whose writer task sends every reply pushed since its last send with
+//! one write: the replies of requests read together cost one send, not one each.
 
 use std::rc::Rc;
 
 use std::net::Shutdown;
 
+use rpc::FrameOut;
 use taskio::net::TcpStream;
-use taskio::{Builder, Channel, IoError, QLock};
+use taskio::{Builder, Channel, Deadline, IoError};
 
 use super::proto::*;
 use super::{DeviceAccess, HANDLERS_MAX, NbdError, Negotiated, QUEUE_MAX, SKIP_LEN_MAX};
@@ -26,8 +29,8 @@ struct Request {
 
 struct Conn<D> {
     stream: TcpStream,
-    /// Held while one reply is written, so replies never interleave.
-    replies: QLock<()>,
+    /// Replies, each pushed whole, written by the writer task.
+    out: FrameOut,
     device: D,
     n: Negotiated,
 }
@@ -43,14 +46,29 @@ pub fn serve_transmission<D: DeviceAccess>(
 ) -> Result<(), NbdError> {
     let conn = Rc::new(Conn {
         stream,
-        replies: QLock::new(()),
+        out: FrameOut::new(),
         device,
         n: negotiated,
     });
+    let writer_conn = conn.clone();
+    let writer = Builder::new()
+        .name("nbd-writer")
+        .system(true)
+        .spawn(move || {
+            if let Err(e) = writer_conn.out.run(&writer_conn.stream) {
+                // The reader sees the socket shut down and ends the connection.
+                tracing::info!("nbd reply: {e}");
+                let _ = writer_conn.stream.shutdown(Shutdown::Both);
+            }
+        })
+        .map_err(|e| NbdError::Protocol {
+            op: "transmission",
+            why: format!("no writer task: {e}"),
+        })?;
     let queue = Rc::new(Channel::<Request>::new(QUEUE_MAX));
     let mut handlers = Vec::with_capacity(HANDLERS_MAX);
     for _ in 0..HANDLERS_MAX {
-        let (conn, queue) = (conn.clone(), queue.clone());
+        let (task_conn, queue) = (conn.clone(), queue.clone());
         // System tasks: the connection's task joins them, and a runtime ending under a
         // connection (its device closed) unwinds them with it.
         let spawned = Builder::new()
@@ -58,13 +76,15 @@ pub fn serve_transmission<D: DeviceAccess>(
             .system(true)
             .spawn(move || {
                 while let Ok(r) = queue.recv() {
-                    conn.handle(r);
+                    task_conn.handle(r);
                 }
             });
         match spawned {
             Ok(h) => handlers.push(h),
             Err(_) if !handlers.is_empty() => break,
             Err(e) => {
+                conn.out.close();
+                let _ = writer.join();
                 return Err(NbdError::Protocol {
                     op: "transmission",
                     why: format!("no handler task: {e}"),
@@ -77,6 +97,9 @@ pub fn serve_transmission<D: DeviceAccess>(
     for h in handlers {
         let _ = h.join();
     }
+    // Every reply pushed is written (or the socket failed) before the close.
+    conn.out.close();
+    let _ = writer.join();
     let _ = conn.stream.shutdown(Shutdown::Both);
     result
 }
@@ -268,22 +291,19 @@ impl<D: DeviceAccess> Conn<D> {
         }
     }
 
-    /// Writes one whole reply, its parts in one write (a send per part would cost a
-    /// system call and a packet each); a failing socket ends the connection (the
-    /// reader sees it too).
+    /// Pushes one whole reply to the gathering output (its writer sends it with the
+    /// others waiting); waits for room while the replies waiting fill the output's
+    /// bound. A failed socket ends the connection (the writer shut it down, the
+    /// reader sees it too): the reply is dropped.
     fn send(&self, parts: &[&[u8]]) {
-        let joined;
-        let reply = match parts {
-            [one] => *one,
-            _ => {
-                joined = parts.concat();
-                &joined[..]
+        let pushed = self.out.push_with(&Deadline::after(None), |out| {
+            for p in parts {
+                out.extend_from_slice(p);
             }
-        };
-        let _guard = self.replies.lock();
-        if let Err(e) = self.stream.write_all(reply) {
-            tracing::info!("nbd reply: {e}");
-            let _ = self.stream.shutdown(Shutdown::Both);
+            Ok(())
+        });
+        if let Err(e) = pushed {
+            tracing::debug!("nbd reply dropped: {e}");
         }
     }
 
