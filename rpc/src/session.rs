@@ -97,6 +97,18 @@ pub trait Service {
     ) -> Option<HandTo> {
         None
     }
+
+    /// Whether the response to a request of this type is lazy: one its client does
+    /// not wait on to go on (`dtm`: VSSD_COMMIT, whose COMMITs ride lazily by
+    /// design). A lazy response is held, not written, while an eager (not lazy)
+    /// request of the session is queued or being handled, and goes out with that
+    /// one's response: one write and one wake-up of the client for both, where a
+    /// COMMIT answered at once cost the client a wake-up of its own in the middle
+    /// of its next write (`tdrv bench dtm`). With no eager request in flight it
+    /// goes out at once, so it waits at most as long as a request in flight.
+    fn lazy(&self, _msg_type: MsgType) -> bool {
+        false
+    }
 }
 
 /// Settings of one session.
@@ -179,6 +191,26 @@ struct Queued {
     frame: Frame,
     /// Held until the request is done with, never read.
     _slot: Slot,
+    /// An eager request's count in `Session::eager`, held as `_slot` is (None: a
+    /// lazy one).
+    eager: Option<Eager>,
+}
+
+/// One eager request (see [`Service::lazy`]) queued or being handled, counted in
+/// its session until it is done with, however it ends.
+struct Eager(Rc<Cell<usize>>);
+
+impl Eager {
+    fn take(count: &Rc<Cell<usize>>) -> Eager {
+        count.set(count.get() + 1);
+        Eager(count.clone())
+    }
+}
+
+impl Drop for Eager {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 /// Requests queued or being handled (at `queue_depth` a new one is answered BUSY),
@@ -279,6 +311,9 @@ struct Session<S> {
     scratches: Pool<Vec<u8>>,
     /// Requests queued or being handled; at `queue_depth` a new one is answered BUSY.
     in_flight: Rc<InFlight>,
+    /// Eager requests (not [`Service::lazy`]) queued or being handled: while there
+    /// is one, lazy responses are held for its response to take along.
+    eager: Rc<Cell<usize>>,
     /// Handler tasks that started (as many as requests were ever in flight at once,
     /// up to `queue_depth`); they live until the session ends, unless one panics
     /// (a bug of the service: that task ends alone).
@@ -362,6 +397,7 @@ fn serve_session<S: Service + 'static>(
             drained: taskio::Rendez::new(),
             ledger: config.ledger.clone(),
         }),
+        eager: Rc::new(Cell::new(0)),
         handlers: std::cell::RefCell::new(Vec::new()),
         handlers_live: Cell::new(0),
         out: FrameOut::new(),
@@ -443,12 +479,14 @@ impl<S: Service> Session<S> {
                 continue;
             }
             let slot = self.in_flight.take();
+            let eager = (!self.service.lazy(header.msg_type)).then(|| Eager::take(&self.eager));
             if self
                 .queue
                 .try_send(Queued {
                     header,
                     frame,
                     _slot: slot,
+                    eager,
                 })
                 .is_err()
             {
@@ -606,7 +644,12 @@ impl<S: Service> Session<S> {
             let mut scratch = self.scratches.get();
             let sent = self.answer(&q, &mut scratch);
             drop(scratch);
-            drop(q); // its frame and its slot
+            drop(q); // its frame, its slot and its eager count
+            if self.eager.get() == 0 {
+                // Lazy responses held for an eager one that never came (its handler
+                // panicked): out now. Otherwise that response woke the writer.
+                self.out.wake();
+            }
 
             if sent.is_err() {
                 self.queue.close();
@@ -645,10 +688,21 @@ impl<S: Service> Session<S> {
                 resume_unwind(payload)
             }
         };
-        self.send(&Message {
+        let m = Message {
             tag: q.header.tag,
             body: Body::Response(response),
-        })
+        };
+        if q.eager.is_none() && self.eager.get() > 0 {
+            // Lazy, and an eager request's response will be pushed after it (one
+            // pushed already would have ended that request's count: nothing parks
+            // between a handler's push and the end of its request).
+            let unbounded = taskio::Deadline::after(None);
+            return self
+                .out
+                .push_held(self.info.version, &m, &unbounded)
+                .map(|_| ());
+        }
+        self.send(&m)
     }
 
     /// Pushes one frame to the writer task (waiting for room, bounded by the
