@@ -8,7 +8,9 @@
 //! `queue_depth` task stacks: a burst of new sessions stays cheap) that take
 //! requests off the queue, call the [`Service`] and push the responses to the
 //! session's gathering output (`FrameOut`), and one writer task that writes all the
-//! responses pushed since its last write with one `write_all`. A request beyond the
+//! responses pushed since its last write with one `write_all` (a lazy response,
+//! [`Service::lazy`], waits there for the response of an eager request in flight,
+//! and goes out right after it). A request beyond the
 //! queue depth is answered BUSY at once, so memory stays bounded by
 //! `queue_depth + 1` frames. Every error reply of the
 //! session goes out through one function, `Session::refuse`. A session that ends
