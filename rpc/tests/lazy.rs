@@ -70,9 +70,10 @@ impl Service for Lazy {
 fn start() -> (Server, Arc<Shared>) {
     let shared = Arc::new(Shared::default());
     let s = shared.clone();
-    let server = Server::start(ServerConfig::new("127.0.0.1:0".parse().unwrap()), move || {
-        Lazy(s.clone())
-    })
+    let server = Server::start(
+        ServerConfig::new("127.0.0.1:0".parse().unwrap()),
+        move || Lazy(s.clone()),
+    )
     .unwrap();
     (server, shared)
 }
@@ -88,7 +89,10 @@ fn client_config() -> ClientConfig {
 fn wait_until(what: &str, done: impl Fn() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < WAIT_MAX, "{what}: not within {WAIT_MAX:?}");
+        assert!(
+            start.elapsed() < WAIT_MAX,
+            "{what}: not within {WAIT_MAX:?}"
+        );
         taskio::sleep(Duration::from_millis(1));
     }
 }
@@ -135,8 +139,7 @@ fn a_lazy_response_waits_for_the_eager_one_in_flight_and_follows_it() {
             s.gate_open.store(true, Ordering::Release);
             ping.join().unwrap();
             write.join().unwrap();
-            let order = order.borrow().clone();
-            order
+            order.borrow().clone()
         })
         .unwrap();
     assert_eq!(order, ["ping", "write"], "the held WRITE answered first");
