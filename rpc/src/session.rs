@@ -102,7 +102,7 @@ pub trait Service {
 
     /// Whether the response to a request of this type is lazy: one its client does
     /// not wait on to go on (`dtm`: VSSD_COMMIT, whose COMMITs ride lazily by
-    /// design). A lazy response is held, not written, while an eager (not lazy)
+    /// design, and a destage's VSSD_CLEAN). A lazy response is held, not written, while an eager (not lazy)
     /// request of the session is queued or being handled, and goes out with that
     /// one's response: one write and one wake-up of the client for both, where a
     /// COMMIT answered at once cost the client a wake-up of its own in the middle
@@ -648,8 +648,9 @@ impl<S: Service> Session<S> {
             drop(scratch);
             drop(q); // its frame, its slot and its eager count
             if self.eager.get() == 0 {
-                // Lazy responses held for an eager one that never came (its handler
-                // panicked): out now. Otherwise that response woke the writer.
+                // Belt and braces: every eager request pushes a response (its answer
+                // or a refusal) before its count ends, and that sends the held ones;
+                // should one end without, they go now.
                 self.out.wake();
             }
 
@@ -695,14 +696,17 @@ impl<S: Service> Session<S> {
             body: Body::Response(response),
         };
         if q.eager.is_none() && self.eager.get() > 0 {
-            // Lazy, and an eager request's response will be pushed after it (one
-            // pushed already would have ended that request's count: nothing parks
-            // between a handler's push and the end of its request).
+            // Lazy, and an eager request's response will be pushed after it: one
+            // pushed already would have ended that request's count, as nothing
+            // parks between a handler's push and the end of its request.
             let unbounded = taskio::Deadline::after(None);
-            return self
-                .out
-                .push_held(self.info.version, &m, &unbounded)
-                .map(|_| ());
+            let held = self.out.push_held(self.info.version, &m, &unbounded);
+            if self.eager.get() == 0 {
+                // The push waited for room, and meanwhile the last eager request
+                // pushed its response and ended: none will come to take this one.
+                self.out.wake();
+            }
+            return held.map(|_| ());
         }
         self.send(&m)
     }
