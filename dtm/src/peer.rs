@@ -234,6 +234,14 @@ enum Answer {
 }
 
 impl rpc::Service for ReplicaService {
+    /// The answers no client write waits for: a lazy COMMIT (the write was
+    /// acknowledged already) and a destage's CLEAN (background work). Each then
+    /// rides with the answer of a writep1 in flight instead of waking the primary
+    /// by itself in the middle of that writep1 (`tdrv bench dtm`, qd 1).
+    fn lazy(&self, msg_type: MsgType) -> bool {
+        matches!(msg_type, MsgType::VssdCommit | MsgType::VssdClean)
+    }
+
     fn handle<'s>(
         &self,
         _session: &SessionInfo,

@@ -162,6 +162,9 @@ const _: () = assert!(WRITE_GATHER_BYTES_MAX >= crate::limits::HEADER_LEN);
 pub struct FrameOut {
     /// Encoded frames not yet taken by the writer.
     pending: std::cell::RefCell<Vec<u8>>,
+    /// Encoded frames held for the next push ([`FrameOut::push_held`]): they go
+    /// out after its frame.
+    held: std::cell::RefCell<Vec<u8>>,
     /// The buffer of the last batch written, kept for its capacity (taken by the
     /// writer while it writes).
     spare: std::cell::RefCell<Vec<u8>>,
@@ -193,7 +196,7 @@ impl FrameOut {
         msg: &Message<'_>,
         deadline: &taskio::Deadline,
     ) -> Result<bool, RpcError> {
-        self.push_with(deadline, |out| {
+        self.push_and(deadline, true, |out| {
             crate::encode_frame(version, msg, out).map(|_| ())
         })
     }
@@ -204,6 +207,17 @@ impl FrameOut {
     pub fn push_with(
         &self,
         deadline: &taskio::Deadline,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), RpcError>,
+    ) -> Result<bool, RpcError> {
+        self.push_and(deadline, true, encode)
+    }
+
+    /// [`FrameOut::push_with`], waking the writer (and releasing the held frames
+    /// after this one) or holding the frame.
+    fn push_and(
+        &self,
+        deadline: &taskio::Deadline,
+        wake: bool,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), RpcError>,
     ) -> Result<bool, RpcError> {
         loop {
@@ -220,7 +234,7 @@ impl FrameOut {
                 });
             }
             // Below the bound any frame goes, one larger than it too.
-            if self.pending.borrow().len() < WRITE_GATHER_BYTES_MAX {
+            if self.pending.borrow().len() + self.held.borrow().len() < WRITE_GATHER_BYTES_MAX {
                 break;
             }
             match deadline.at() {
@@ -232,9 +246,50 @@ impl FrameOut {
                 None => self.room.sleep(),
             }
         }
+        if !wake {
+            encode(&mut self.held.borrow_mut())?;
+            return Ok(true);
+        }
         encode(&mut self.pending.borrow_mut())?;
+        self.release_held();
         self.work.wakeup();
         Ok(true)
+    }
+
+    /// As [`FrameOut::push`], but the frame is held: it goes out right after the
+    /// frame of the next push, in its batch, or at [`FrameOut::wake`]. After, not
+    /// before: the client handles the responses of one read in order, and the one
+    /// it waits on first (a writep1's, behind a held COMMIT's) lets it go on to its
+    /// next request sooner. The caller makes sure a push or a wake follows (see
+    /// `Session::answer`: a lazy response is held only while an eager request of
+    /// its session is in flight, whose response will be pushed).
+    pub(crate) fn push_held(
+        &self,
+        version: u16,
+        msg: &Message<'_>,
+        deadline: &taskio::Deadline,
+    ) -> Result<bool, RpcError> {
+        self.push_and(deadline, false, |out| {
+            crate::encode_frame(version, msg, out).map(|_| ())
+        })
+    }
+
+    /// Sends the held frames ([`FrameOut::push_held`]), if any.
+    pub(crate) fn wake(&self) {
+        if self.release_held() {
+            self.work.wakeup();
+        }
+    }
+
+    /// Moves the held frames after the pending ones; whether there were any.
+    fn release_held(&self) -> bool {
+        let mut held = self.held.borrow_mut();
+        if held.is_empty() {
+            return false;
+        }
+        self.pending.borrow_mut().extend_from_slice(&held);
+        held.clear();
+        true
     }
 
     /// The writer task's body: writes the frames pushed, all those waiting as one
@@ -243,8 +298,11 @@ impl FrameOut {
     pub fn run(&self, stream: &TcpStream) -> Result<(), RpcError> {
         loop {
             while self.pending.borrow().is_empty() {
-                if self.closing.get() {
+                if self.closing.get() && !self.release_held() {
                     return Ok(());
+                }
+                if !self.pending.borrow().is_empty() {
+                    break;
                 }
                 self.work.sleep();
             }
@@ -285,6 +343,11 @@ impl FrameOut {
             && p.is_empty()
         {
             p.shrink_to(keep);
+        }
+        if let Ok(mut h) = self.held.try_borrow_mut()
+            && h.is_empty()
+        {
+            h.shrink_to(0);
         }
         if let Ok(mut s) = self.spare.try_borrow_mut() {
             s.clear();

@@ -8,7 +8,9 @@
 //! `queue_depth` task stacks: a burst of new sessions stays cheap) that take
 //! requests off the queue, call the [`Service`] and push the responses to the
 //! session's gathering output (`FrameOut`), and one writer task that writes all the
-//! responses pushed since its last write with one `write_all`. A request beyond the
+//! responses pushed since its last write with one `write_all` (a lazy response,
+//! [`Service::lazy`], waits there for the response of an eager request in flight,
+//! and goes out right after it). A request beyond the
 //! queue depth is answered BUSY at once, so memory stays bounded by
 //! `queue_depth + 1` frames. Every error reply of the
 //! session goes out through one function, `Session::refuse`. A session that ends
@@ -97,6 +99,18 @@ pub trait Service {
     ) -> Option<HandTo> {
         None
     }
+
+    /// Whether the response to a request of this type is lazy: one its client does
+    /// not wait on to go on (`dtm`: VSSD_COMMIT, whose COMMITs ride lazily by
+    /// design, and a destage's VSSD_CLEAN). A lazy response is held, not written, while an eager (not lazy)
+    /// request of the session is queued or being handled, and goes out with that
+    /// one's response: one write and one wake-up of the client for both, where a
+    /// COMMIT answered at once cost the client a wake-up of its own in the middle
+    /// of its next write (`tdrv bench dtm`). With no eager request in flight it
+    /// goes out at once, so it waits at most as long as a request in flight.
+    fn lazy(&self, _msg_type: MsgType) -> bool {
+        false
+    }
 }
 
 /// Settings of one session.
@@ -179,6 +193,26 @@ struct Queued {
     frame: Frame,
     /// Held until the request is done with, never read.
     _slot: Slot,
+    /// An eager request's count in `Session::eager`, held as `_slot` is (None: a
+    /// lazy one).
+    eager: Option<Eager>,
+}
+
+/// One eager request (see [`Service::lazy`]) queued or being handled, counted in
+/// its session until it is done with, however it ends.
+struct Eager(Rc<Cell<usize>>);
+
+impl Eager {
+    fn take(count: &Rc<Cell<usize>>) -> Eager {
+        count.set(count.get() + 1);
+        Eager(count.clone())
+    }
+}
+
+impl Drop for Eager {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 /// Requests queued or being handled (at `queue_depth` a new one is answered BUSY),
@@ -279,6 +313,9 @@ struct Session<S> {
     scratches: Pool<Vec<u8>>,
     /// Requests queued or being handled; at `queue_depth` a new one is answered BUSY.
     in_flight: Rc<InFlight>,
+    /// Eager requests (not [`Service::lazy`]) queued or being handled: while there
+    /// is one, lazy responses are held for its response to take along.
+    eager: Rc<Cell<usize>>,
     /// Handler tasks that started (as many as requests were ever in flight at once,
     /// up to `queue_depth`); they live until the session ends, unless one panics
     /// (a bug of the service: that task ends alone).
@@ -362,6 +399,7 @@ fn serve_session<S: Service + 'static>(
             drained: taskio::Rendez::new(),
             ledger: config.ledger.clone(),
         }),
+        eager: Rc::new(Cell::new(0)),
         handlers: std::cell::RefCell::new(Vec::new()),
         handlers_live: Cell::new(0),
         out: FrameOut::new(),
@@ -443,12 +481,14 @@ impl<S: Service> Session<S> {
                 continue;
             }
             let slot = self.in_flight.take();
+            let eager = (!self.service.lazy(header.msg_type)).then(|| Eager::take(&self.eager));
             if self
                 .queue
                 .try_send(Queued {
                     header,
                     frame,
                     _slot: slot,
+                    eager,
                 })
                 .is_err()
             {
@@ -606,7 +646,13 @@ impl<S: Service> Session<S> {
             let mut scratch = self.scratches.get();
             let sent = self.answer(&q, &mut scratch);
             drop(scratch);
-            drop(q); // its frame and its slot
+            drop(q); // its frame, its slot and its eager count
+            if self.eager.get() == 0 {
+                // Belt and braces: every eager request pushes a response (its answer
+                // or a refusal) before its count ends, and that sends the held ones;
+                // should one end without, they go now.
+                self.out.wake();
+            }
 
             if sent.is_err() {
                 self.queue.close();
@@ -645,10 +691,24 @@ impl<S: Service> Session<S> {
                 resume_unwind(payload)
             }
         };
-        self.send(&Message {
+        let m = Message {
             tag: q.header.tag,
             body: Body::Response(response),
-        })
+        };
+        if q.eager.is_none() && self.eager.get() > 0 {
+            // Lazy, and an eager request's response will be pushed after it: one
+            // pushed already would have ended that request's count, as nothing
+            // parks between a handler's push and the end of its request.
+            let unbounded = taskio::Deadline::after(None);
+            let held = self.out.push_held(self.info.version, &m, &unbounded);
+            if self.eager.get() == 0 {
+                // The push waited for room, and meanwhile the last eager request
+                // pushed its response and ended: none will come to take this one.
+                self.out.wake();
+            }
+            return held.map(|_| ());
+        }
+        self.send(&m)
     }
 
     /// Pushes one frame to the writer task (waiting for room, bounded by the

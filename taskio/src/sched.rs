@@ -751,6 +751,7 @@ impl Core {
     /// abandoned (see the module's notes for what that costs).
     fn teardown(&self) {
         self.tearing_down.set(true);
+        self.driver.borrow_mut().flush();
         self.ready.clear();
         loop {
             let tasks = self.tasks.borrow_mut().drain();

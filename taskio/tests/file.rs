@@ -708,6 +708,14 @@ fn sixty_four_tasks_on_one_fd(direct: bool) {
         "fewer writes in flight at once than tasks"
     );
     assert_eq!(io.aio_submitted, (BLOCKS + TASKS * 4) as u64, "{io:?}");
+    // Gathered: operations the tasks submit in one round go to the kernel in one
+    // io_submit (the 64 first writes in one call, and so on).
+    assert!(
+        io.aio_submit_calls > 0 && io.aio_submit_calls * 4 <= io.aio_submitted,
+        "{} io_submit calls for {} operations: not gathered ({io:?})",
+        io.aio_submit_calls,
+        io.aio_submitted
+    );
     assert_io_settled(&io);
     assert_eq!(io.bytes_written, (BLOCKS * BLOCK_BYTES) as u64, "{io:?}");
     assert_eq!(io.bytes_read, (TASKS * 4 * BLOCK_BYTES) as u64, "{io:?}");

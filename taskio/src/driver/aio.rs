@@ -8,6 +8,15 @@
 //! record's slot in the table; completions are signalled on an eventfd the reactor
 //! watches, and reaped with io_getevents (skipped when the completion ring mapped at
 //! the context address shows nothing new).
+//!
+//! Submission is gathered: [`AioQueue::submit`] queues the operation and
+//! [`AioQueue::flush`] (the reactor calls it whenever the scheduler polls or parks,
+//! that is once no task is ready, or once a round) submits everything queued with one
+//! io_submit. The operations that tasks made ready together start cost one system
+//! call instead of one each, and from three iocbs on the kernel plugs the batch and
+//! kicks the disk once: on a virtio disk every kick is a VM exit (`iowrite16`, 14% of
+//! the CPU of `tdrv bench dtm`'s replicated writes before, perf). A failed submission
+//! completes its operation with the error, which the task sees as it would have.
 
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
@@ -205,8 +214,15 @@ pub(crate) struct AioQueue {
     syncs_in_flight: usize,
     events: Vec<sys::io_event>,
     slot_waiters: VecDeque<TaskRef>,
+    /// Slots of the operations submitted by tasks and not yet given to the kernel,
+    /// in submission order (counted in `in_flight`; at most `depth`).
+    queued: Vec<usize>,
+    /// The iocb pointers of one flush (kept for its capacity).
+    iocbs: Vec<*mut sys::iocb>,
     eventfd: RawFd,
     pub(crate) submitted: u64,
+    /// io_submit calls made.
+    pub(crate) submit_calls: u64,
     pub(crate) completed: u64,
 }
 
@@ -240,8 +256,11 @@ impl AioQueue {
             syncs_in_flight: 0,
             events: vec![sys::io_event::default(); depth.min(256)],
             slot_waiters: VecDeque::new(),
+            queued: Vec::with_capacity(depth),
+            iocbs: Vec::with_capacity(depth),
             eventfd,
             submitted: 0,
+            submit_calls: 0,
             completed: 0,
         })
     }
@@ -267,6 +286,8 @@ impl AioQueue {
         self.slot_waiters.push_back(task);
     }
 
+    /// Queues `op` for the next [`AioQueue::flush`]; from now on it counts as in
+    /// flight. Fails only when every slot is taken.
     pub(crate) fn submit(&mut self, op: Rc<FileOp>) -> io::Result<()> {
         let Some(slot) = self.free.pop() else {
             return Err(io::Error::new(
@@ -281,30 +302,74 @@ impl AioQueue {
             (*iocb).set_data(slot as u64);
             sys::io_set_eventfd(&mut *iocb, self.eventfd);
         }
-        let list = [iocb];
-        // SAFETY: the iocb and every buffer and iovec it points to live in `op` (its
-        // `keep` holds the buffers); `self.ops[slot]` keeps `op` alive and unmoved
-        // (it is behind an `Rc`) until `reap` has seen its completion.
-        let submitted = unsafe { sys::io_submit(self.ctx, &list) };
-        match submitted {
-            Ok(1) => {
-                if is_sync(&op) {
-                    self.syncs_in_flight += 1;
+        if is_sync(&op) {
+            self.syncs_in_flight += 1;
+        }
+        self.ops[slot] = Some(op);
+        self.in_flight += 1;
+        self.queued.push(slot);
+        debug_assert!(self.queued.len() <= self.depth);
+        Ok(())
+    }
+
+    /// Gives the kernel every queued operation, in order, with as few io_submit
+    /// calls as it accepts them in; an operation it refuses is completed with the
+    /// error (its task sees it as the result of its I/O). Returns how many it
+    /// refused.
+    pub(crate) fn flush(&mut self) -> usize {
+        let mut refused = 0;
+        // Bounded: each pass submits at least one queued operation or fails one.
+        while !self.queued.is_empty() {
+            self.iocbs.clear();
+            for &slot in &self.queued {
+                let op = self.ops[slot].as_ref().expect("a queued slot holds its op");
+                self.iocbs.push(op.iocb.get());
+            }
+            // SAFETY: each iocb, and every buffer and iovec it points to, lives in
+            // its op (whose `keep` holds the buffers); `self.ops` keeps each op alive
+            // and unmoved (behind an `Rc`) until `reap` has seen its completion, or
+            // until `fail` takes back one the kernel refused (it never saw it).
+            let submitted = unsafe { sys::io_submit(self.ctx, &self.iocbs) };
+            self.submit_calls += 1;
+            match submitted {
+                Ok(n) if n > 0 => {
+                    self.queued.drain(..n);
+                    self.submitted += n as u64;
                 }
-                self.ops[slot] = Some(op);
-                self.in_flight += 1;
-                self.submitted += 1;
-                Ok(())
+                // The kernel took none without saying why: the first fails, so that
+                // the loop ends.
+                Ok(_) => {
+                    self.fail_first(io::Error::from_raw_os_error(libc::EAGAIN));
+                    refused += 1;
+                }
+                Err(e) => {
+                    self.fail_first(e);
+                    refused += 1;
+                }
             }
-            Ok(n) => {
-                self.free.push(slot);
-                Err(io::Error::other(format!(
-                    "io_submit accepted {n} of 1 iocb"
-                )))
-            }
-            Err(e) => {
-                self.free.push(slot);
-                Err(e)
+        }
+        refused
+    }
+
+    /// Completes the first queued operation with `e`: the kernel refused it.
+    fn fail_first(&mut self, e: io::Error) {
+        let slot = self.queued.remove(0);
+        let op = self.ops[slot].take().expect("a queued slot holds its op");
+        self.free.push(slot);
+        self.in_flight -= 1;
+        if is_sync(&op) {
+            self.syncs_in_flight -= 1;
+        }
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        op.complete(-i64::from(errno));
+        self.wake_slot_waiter();
+    }
+
+    /// Wakes the first task still waiting for a free slot.
+    fn wake_slot_waiter(&mut self) {
+        while let Some(w) = self.slot_waiters.pop_front() {
+            if w.wake() {
+                break;
             }
         }
     }
@@ -346,11 +411,7 @@ impl AioQueue {
                 }
                 self.completed += 1;
                 op.complete(ev.res);
-                while let Some(w) = self.slot_waiters.pop_front() {
-                    if w.wake() {
-                        break;
-                    }
-                }
+                self.wake_slot_waiter();
             }
             total += n;
             if n < self.events.len() {
@@ -363,6 +424,8 @@ impl AioQueue {
 
 impl Drop for AioQueue {
     fn drop(&mut self) {
+        // What tasks submitted is started first, as it would have been at once.
+        self.flush();
         // io_destroy cancels what it can and waits until every request in flight has
         // completed; only then may the buffers in `ops` be freed (by dropping them,
         // after this). Nobody is woken: the runtime is going away.

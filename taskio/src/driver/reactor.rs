@@ -373,6 +373,12 @@ impl Driver for Reactor {
     }
 
     fn park(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        // The file I/O the tasks queued since the last park goes to the kernel now,
+        // together (see `aio`'s module documentation). One it refused has completed
+        // with its error and woken its task: no waiting then.
+        if self.aio.flush() > 0 {
+            return Ok(());
+        }
         // The clock is read only for a deadline, and once unless a spin ran.
         let mut timeout = deadline.map(|d| d.saturating_duration_since(Instant::monotonic()));
         if timeout == Some(Duration::ZERO) {
@@ -423,6 +429,10 @@ impl Driver for Reactor {
 
     fn io(&mut self) -> Option<&mut dyn Io> {
         Some(self)
+    }
+
+    fn flush(&mut self) {
+        self.aio.flush();
     }
 }
 
@@ -813,6 +823,7 @@ impl Io for Reactor {
     fn stats(&self) -> IoStats {
         IoStats {
             aio_submitted: self.aio.submitted,
+            aio_submit_calls: self.aio.submit_calls,
             aio_completed: self.aio.completed,
             aio_in_flight: self.aio.in_flight(),
             fd_waiters: self.fd_waiters,
