@@ -542,10 +542,16 @@ fn primary_role(w: &Rc<World>, me: usize, vssd: &Vssd) {
 
 /// Every line acknowledged so far holds its acknowledged write or a newer one on
 /// the primary after its recovery (a takeover's recovery must find every one).
+///
+/// The acknowledgements as they stand when the check begins: its reads park, and
+/// meanwhile another node may take the device over without this one in its members
+/// (so without fencing its vSSD) and acknowledge newer writes, which this node,
+/// deposed, does not hold (`tdrv sim dtm` seed 13276).
 fn acknowledged_held(w: &World, dtm: &Dtm) -> Result<(), String> {
     let mut buf = AlignedBuf::new(LINE_SIZE as usize);
+    let snapshot = w.acked.borrow().clone();
     for line in 0..LINES_WRITTEN {
-        let Some(acked) = w.acked.borrow().get(&line).copied() else {
+        let Some(&acked) = snapshot.get(&line) else {
             continue;
         };
         match dtm.read(line, &mut buf) {
