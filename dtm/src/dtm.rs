@@ -205,6 +205,13 @@ pub(crate) struct Inner {
     down: RefCell<Option<Down>>,
     pub(crate) stats: Cell<DtmStats>,
     pub(crate) resync: RefCell<Option<ResyncProgress>>,
+    /// Replicas being resynced that failed a write or another call, marked before
+    /// the membership gate is released (their drop, `lose`, comes after it): a
+    /// resync's join, waiting for the gate, must not make one a member in between
+    /// (`tdrv sim dtm` seed 69012: a write acknowledged without the replica, which
+    /// joined anyway and then lacked it; recovery aborted the write). At most one
+    /// entry per member.
+    pub(crate) failed_syncing: RefCell<Vec<u64>>,
     /// Itself, for the committer tasks.
     weak: RefCell<Weak<Inner>>,
 }
@@ -396,6 +403,7 @@ impl Dtm {
             down: RefCell::new(None),
             stats: Cell::new(DtmStats::default()),
             resync: RefCell::new(None),
+            failed_syncing: RefCell::new(Vec::new()),
             weak: RefCell::new(Weak::new()),
         });
         *inner.weak.borrow_mut() = Rc::downgrade(&inner);
@@ -937,6 +945,13 @@ impl Inner {
                     .clone();
                 fan_out(&targets, move |r| r.writep1(tran, first, &buf))
             };
+            self.mark_failed_syncing(
+                syncing
+                    .iter()
+                    .zip(&results[members.len()..])
+                    .filter(|(_, r)| r.is_err())
+                    .map(|(m, _)| m.id()),
+            );
             if results[..members.len()].iter().all(Result::is_ok) {
                 let mut left = 0;
                 let mut syncing_failed = Vec::new();
@@ -1081,6 +1096,13 @@ impl Inner {
             (view.targets(), view.members.len())
         };
         let results = fan_out(&replicas(&targets), f);
+        self.mark_failed_syncing(
+            targets[n_members..]
+                .iter()
+                .zip(&results[n_members..])
+                .filter(|(_, r)| r.is_err())
+                .map(|(m, _)| m.id()),
+        );
         drop(gate);
         let mut primary = None;
         let mut failures = Vec::new();
@@ -1162,6 +1184,16 @@ impl Inner {
             return Ok(());
         }
         self.lose_locked(&lost, op)
+    }
+
+    /// Marks the replicas being resynced `ids` as failed (see `failed_syncing`).
+    fn mark_failed_syncing(&self, ids: impl Iterator<Item = u64>) {
+        let mut failed = self.failed_syncing.borrow_mut();
+        for id in ids {
+            if !failed.contains(&id) {
+                failed.push(id);
+            }
+        }
     }
 
     /// Fences the DTM: replica `e.replica` is at a newer epoch.

@@ -113,8 +113,10 @@ impl Inner {
         self.resync_error(replica, e.to_string())
     }
 
+    /// Whether `member` is being resynced and has failed nothing so far.
     fn is_syncing(&self, member: u64) -> bool {
         self.view.borrow().syncing.iter().any(|m| m.id() == member)
+            && !self.failed_syncing.borrow().contains(&member)
     }
 
     fn progress(&self, f: impl FnOnce(&mut ResyncProgress)) {
@@ -174,6 +176,7 @@ impl Inner {
             member,
             ..ResyncProgress::default()
         });
+        self.failed_syncing.borrow_mut().retain(|&m| m != member);
         drop(gate);
         let joined = self
             .move_past(replica.as_ref())

@@ -26,13 +26,14 @@ fn a_replicated_device_survives_two_hundred_seeds_of_trouble() {
 /// primary handing out the ids of the epoch that fenced it (36372); a resync that
 /// judged a replica against a membership change under way (50656, 57977); writes
 /// let in at an epoch whose record timed out on a member, before the loss was
-/// settled (11191); a check after a recovery that a takeover overtook (13276).
+/// settled (11191); a check after a recovery that a takeover overtook (13276); a
+/// replica that failed a write while resynced, made a member all the same (69012).
 #[test]
 fn the_seeds_the_sweeps_found_pass() {
     for seed in [
         692, 4148, 8017, 10967, 11972, 12376, 12574, 14311, 15845, 16035, 21775, 22174, 25094,
         25667, 30163, 30297, 30879, 31296, 4884, 8981, 52513, 7579, 86875, 36372, 92431, 550,
-        50656, 57977, 11191, 13276,
+        50656, 57977, 11191, 13276, 69012,
     ] {
         let (code, out, err) = tdrv(&["sim", "dtm", "--seed", &seed.to_string()]);
         assert_eq!(code, 0, "seed {seed}: {out}\n{err}");
