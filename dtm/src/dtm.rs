@@ -1186,6 +1186,22 @@ impl Inner {
         self.lose_locked(&lost, op)
     }
 
+    /// Records `epoch` on the members (the primary last) and moves the view to it,
+    /// the caller holding the write side of the membership gate; the record's
+    /// failures are settled ([`Inner::settle_recorded`]). Whether every member
+    /// recorded it.
+    pub(crate) fn move_members(&self, op: &'static str, epoch: u64) -> Result<bool, DtmError> {
+        let (targets, member_ids) = {
+            let view = self.view.borrow();
+            (replicas(&view.members), ids(&view.members))
+        };
+        let failures = record_epoch(&targets, epoch, &member_ids);
+        self.view.borrow_mut().epoch = epoch;
+        self.count(|s| s.epoch_changes += 1);
+        self.settle_recorded(op, epoch, &failures)?;
+        Ok(failures.is_empty())
+    }
+
     /// Marks the replicas being resynced `ids` as failed (see `failed_syncing`).
     fn mark_failed_syncing(&self, ids: impl Iterator<Item = u64>) {
         let mut failed = self.failed_syncing.borrow_mut();
@@ -1232,6 +1248,9 @@ impl Inner {
             for m in &gone_syncing {
                 self.close_committer(m);
             }
+            self.failed_syncing
+                .borrow_mut()
+                .retain(|id| !gone_syncing.iter().any(|m| m.id() == *id));
             if lost.is_empty() {
                 return Ok(()); // dropped already, by a write or a committer that saw it first
             }

@@ -274,31 +274,29 @@ fn newest_epoch(opened: &[Rc<dyn Replica>], configured: &[u64]) -> Result<Truste
         });
     };
     let seen = newest.info().epoch;
-    let refuted = |epoch: u64, claim: &[u64]| refuted_by(opened, epoch, claim);
     let standing: Vec<&Rc<dyn Replica>> = opened
         .iter()
         .filter(|r| {
             let info = r.info();
-            info.epoch > 0 && !refuted(info.epoch, &info.members)
+            info.epoch > 0 && !refuted_by(opened, info.epoch, &info.members)
         })
         .collect();
     let Some(trusted) = standing.iter().max_by_key(|r| r.info().epoch) else {
-        if seen == 0 {
-            return Ok(Trusted {
-                epoch: 0,
-                members: configured.to_vec(),
-                seen,
-            });
-        }
-        // Every claim refuted: none is trusted over another.
-        return mismatch(newest, seen, &newest.info().members, opened);
+        let members = if seen == 0 {
+            configured.to_vec()
+        } else {
+            // Every claim refuted: none is trusted over another.
+            let members = newest.info().members;
+            check_agree(newest, seen, &members, opened)?;
+            members
+        };
+        return Ok(Trusted {
+            epoch: seen,
+            members,
+            seen,
+        });
     };
     let (epoch, members) = (trusted.info().epoch, trusted.info().members);
-    let at_trusted: Vec<&Rc<dyn Replica>> = standing
-        .iter()
-        .copied()
-        .filter(|r| r.info().epoch == epoch)
-        .collect();
     // Every replica past the trusted epoch holds a refuted claim. One epoch past
     // it, no epoch came between: the replica's own last epoch that took effect is
     // the trusted one or older. Further past, an epoch between may have taken
@@ -320,17 +318,22 @@ fn newest_epoch(opened: &[Rc<dyn Replica>], configured: &[u64]) -> Result<Truste
             });
         }
     }
-    mismatch(trusted, epoch, &members, at_trusted.iter().copied()).map(|t| Trusted { seen, ..t })
+    check_agree(trusted, epoch, &members, standing.iter().copied())?;
+    Ok(Trusted {
+        epoch,
+        members,
+        seen,
+    })
 }
 
-/// `(epoch, members)` as [`Trusted`], unless a replica of `at` records `epoch` with
-/// other members: two claims of one epoch that still differ ([`DtmError::Mismatch`]).
-fn mismatch<'r>(
+/// Refused ([`DtmError::Mismatch`]) if a replica of `at` records `epoch` with other
+/// members than `members`: two claims of one epoch that still differ.
+fn check_agree<'r>(
     newest: &Rc<dyn Replica>,
     epoch: u64,
     members: &[u64],
     at: impl IntoIterator<Item = &'r Rc<dyn Replica>>,
-) -> Result<Trusted, DtmError> {
+) -> Result<(), DtmError> {
     let other = at.into_iter().find(|r| {
         let info = r.info();
         info.epoch == epoch && !same_members(&info.members, members)
@@ -346,11 +349,7 @@ fn mismatch<'r>(
             ),
         });
     }
-    Ok(Trusted {
-        epoch,
-        members: members.to_vec(),
-        seen: epoch,
-    })
+    Ok(())
 }
 
 /// Whether a replica of `opened` refutes the claim of `epoch` with `claim`'s

@@ -380,25 +380,16 @@ impl Inner {
         }
         let gate = self.change.write();
         self.check_up(OP)?;
-        let (targets, ids) = {
-            let view = self.view.borrow();
-            // Checked again: a membership change since may have dropped the members
-            // the claim lists, and only a move of one of them leaves it behind.
-            if let Some(why) = another_primarys(&y.info(), &view) {
-                return Err(self.resync_error(y, why));
-            }
-            let targets: Vec<Rc<dyn Replica>> =
-                view.members.iter().map(|m| m.replica.clone()).collect();
-            (targets, crate::dtm::ids(&view.members))
-        };
+        // Checked again: a membership change since may have dropped the members the
+        // claim lists, and only a move of one of them leaves it behind.
+        let refused = another_primarys(&y.info(), &self.view.borrow());
+        if let Some(why) = refused {
+            return Err(self.resync_error(y, why));
+        }
         let epoch = claim + 1;
-        let failures = record_epoch(&targets, epoch, &ids);
-        self.view.borrow_mut().epoch = epoch;
-        self.count(|s| s.epoch_changes += 1);
-        let settled = self.settle_recorded(OP, epoch, &failures);
+        let recorded = self.move_members(OP, epoch);
         drop(gate);
-        settled?;
-        if failures.is_empty() {
+        if recorded? {
             return Ok(());
         }
         Err(self.resync_error(
@@ -428,15 +419,9 @@ impl Inner {
             // the newest epoch, and would take the replica's over the writes
             // acknowledged since.
             let failed = self.replica_failed(y.as_ref(), e);
-            let member_ids: Vec<u64> = members.iter().map(Member::id).collect();
-            let past = epoch + 1;
-            let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();
-            let failures = record_epoch(&targets, past, &member_ids);
-            self.view.borrow_mut().epoch = past;
-            self.count(|s| s.epoch_changes += 1);
-            let settled = self.settle_recorded(OP, past, &failures);
+            let moved = self.move_members(OP, epoch + 1);
             drop(gate);
-            settled?;
+            moved?;
             return Err(failed);
         }
         let targets: Vec<Rc<dyn Replica>> = members.iter().map(|m| m.replica.clone()).collect();

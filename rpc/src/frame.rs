@@ -180,6 +180,14 @@ pub struct FrameOut {
     batches: std::cell::Cell<u64>,
 }
 
+/// `msg` encoded as one frame after the bytes of `out`, for [`FrameOut::push_and`].
+fn encoded<'m>(
+    version: u16,
+    msg: &'m Message<'_>,
+) -> impl FnOnce(&mut Vec<u8>) -> Result<(), RpcError> + 'm {
+    move |out| crate::encode_frame(version, msg, out).map(|_| ())
+}
+
 impl FrameOut {
     pub fn new() -> FrameOut {
         FrameOut::default()
@@ -196,9 +204,7 @@ impl FrameOut {
         msg: &Message<'_>,
         deadline: &taskio::Deadline,
     ) -> Result<bool, RpcError> {
-        self.push_and(deadline, true, |out| {
-            crate::encode_frame(version, msg, out).map(|_| ())
-        })
+        self.push_and(deadline, true, encoded(version, msg))
     }
 
     /// [`FrameOut::push`] of whatever `encode` appends to the bytes waiting (another
@@ -269,9 +275,7 @@ impl FrameOut {
         msg: &Message<'_>,
         deadline: &taskio::Deadline,
     ) -> Result<bool, RpcError> {
-        self.push_and(deadline, false, |out| {
-            crate::encode_frame(version, msg, out).map(|_| ())
-        })
+        self.push_and(deadline, false, encoded(version, msg))
     }
 
     /// Sends the held frames ([`FrameOut::push_held`]), if any.

@@ -152,7 +152,7 @@ fn zeroing(flags: u16) -> Zeroing {
 /// What a command gave back to reply with.
 enum Done {
     Ok,
-    /// A READ's reply: [`Conn::read_head_len`] bytes left for its head, then the data.
+    /// A READ's data.
     Data(Vec<u8>),
     Extents(Vec<Extent>),
     /// FAST_ZERO that cannot be fast: nothing was done.
@@ -253,12 +253,8 @@ impl<D: DeviceAccess> Conn<D> {
             let (offset, len) = (r.offset, u64::from(r.len));
             match r.kind {
                 CMD_READ => {
-                    // Read in place behind the reply's head: one buffer, one send.
-                    let head = self.read_head_len();
-                    let mut reply = vec![0u8; head + r.len as usize];
-                    device
-                        .read(offset, &mut reply[head..])
-                        .map(|()| Done::Data(reply))
+                    let mut data = vec![0u8; r.len as usize];
+                    device.read(offset, &mut data).map(|()| Done::Data(data))
                 }
                 // FUA (CMD_FLAG_FUA) asks nothing more: Device::write returns once the
                 // write is durable, in write-back on the vSSD log (data and PREPARE,
@@ -307,12 +303,6 @@ impl<D: DeviceAccess> Conn<D> {
         }
     }
 
-    /// Bytes of a READ reply before its data: the simple reply's header, or the
-    /// OFFSET_DATA chunk's header and offset.
-    fn read_head_len(&self) -> usize {
-        if self.n.structured { 20 + 8 } else { 16 }
-    }
-
     fn simple(&self, r: &Request, error: u32) -> [u8; 16] {
         let mut h = [0u8; 16];
         h[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
@@ -352,18 +342,20 @@ impl<D: DeviceAccess> Conn<D> {
         }
     }
 
-    /// `reply`: [`Conn::read_head_len`] bytes for the head, then the data.
-    fn send_read(&self, r: &Request, mut reply: Vec<u8>) {
-        let head = self.read_head_len();
-        let len = (reply.len() - head) as u32;
+    /// A READ's reply: its head (the simple reply's, or the OFFSET_DATA chunk's with
+    /// the offset), then `data`, gathered into the output by `send`.
+    fn send_read(&self, r: &Request, data: Vec<u8>) {
         if self.n.structured {
-            let chunk = self.chunk(r, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 8 + len);
-            reply[..20].copy_from_slice(&chunk);
-            reply[20..28].copy_from_slice(&r.offset.to_be_bytes());
+            let chunk = self.chunk(
+                r,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                8 + data.len() as u32,
+            );
+            self.send(&[&chunk, &r.offset.to_be_bytes(), &data]);
         } else {
-            reply[..16].copy_from_slice(&self.simple(r, 0));
+            self.send(&[&self.simple(r, 0), &data]);
         }
-        self.send(&[&reply]);
     }
 
     /// base:allocation: one descriptor (length, flags) per extent, a hole being
