@@ -688,7 +688,10 @@ impl Core {
                     tasks: self.blocked_tasks(),
                 });
             }
-            driver.park(deadline).map_err(RunError::Driver)?;
+            self.stall.parking();
+            let parked = driver.park(deadline);
+            self.stall.unparked();
+            parked.map_err(RunError::Driver)?;
             drop(driver);
             if deadline.is_some() {
                 let now = self.now();

@@ -257,3 +257,18 @@ fn a_reused_runtime_reports_stalls_in_every_run() {
         .collect();
     assert_eq!(got, [(ids[0], "hog-0"), (ids[1], "hog-1")], "{reports:#?}");
 }
+
+#[test]
+fn a_stall_right_after_a_long_idle_park_is_reported() {
+    // Parked for ten thresholds, the watchdog sleeps until the runtime wakes.
+    for driver in [Driver::Io, Driver::Sleep] {
+        let (id, reports) = run_watched(driver, Some(THRESHOLD), || {
+            sleep(THRESHOLD * 10);
+            let hog = Builder::new().name("hog").spawn(|| spin(STALL)).unwrap();
+            let id = hog.id();
+            hog.join().unwrap();
+            id
+        });
+        assert_one_report_of(&reports, id, "hog");
+    }
+}
