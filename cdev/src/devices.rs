@@ -122,6 +122,9 @@ pub struct Devices {
     replica_control: ReplicaControl,
     /// How this server reaches peers (their replica vSSDs): its own secret.
     peers: rpc::ClientConfig,
+    /// How long device runtimes poll their sockets before sleeping (see
+    /// `ServerSettings::busy_poll_us`).
+    busy_poll: std::time::Duration,
     map: Mutex<BTreeMap<String, Slot>>,
     started: std::time::Instant,
 }
@@ -139,6 +142,7 @@ impl Devices {
         replicas: HandTo,
         replica_control: ReplicaControl,
         peers: rpc::ClientConfig,
+        busy_poll: std::time::Duration,
     ) -> Arc<Devices> {
         Arc::new(Devices {
             dir,
@@ -147,6 +151,7 @@ impl Devices {
             replicas,
             replica_control,
             peers,
+            busy_poll,
             map: Mutex::new(BTreeMap::new()),
             started: std::time::Instant::now(),
         })
@@ -212,7 +217,8 @@ impl Devices {
             remote::<NbdHandoff>(NBD_QUEUE_MAX).map_err(|e| io("nbd inbox", &e))?;
         let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
         let (devices, cfg) = (self.clone(), config.clone());
-        let thread_config = RuntimeThreadConfig::new(&runtime_name(&config.name));
+        let mut thread_config = RuntimeThreadConfig::new(&runtime_name(&config.name));
+        thread_config.io.poll_sockets_before_park = self.busy_poll;
         let thread = RuntimeThread::start(thread_config, move || {
             let peers = rpc::ClientConfig {
                 name: format!("cvad-{}", cfg.name),

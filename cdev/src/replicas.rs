@@ -59,8 +59,13 @@ pub struct Held {
 }
 
 impl Replicas {
-    /// Starts the runtime, which opens the replica vSSDs under `root`.
-    pub fn start(root: &Path, session: SessionConfig) -> Result<Replicas, RpcError> {
+    /// Starts the runtime, which opens the replica vSSDs under `root` and polls its
+    /// sockets for up to `busy_poll` before sleeping.
+    pub fn start(
+        root: &Path,
+        session: SessionConfig,
+        busy_poll: std::time::Duration,
+    ) -> Result<Replicas, RpcError> {
         let dir = root.join(REPLICAS_DIR);
         std::fs::create_dir_all(&dir).map_err(|source| RpcError::Setup {
             what: "create the replicas folder",
@@ -71,7 +76,9 @@ impl Replicas {
                 op: "replica control inbox",
                 source,
             })?;
-        let thread = RuntimeThread::start(RuntimeThreadConfig::new("cvad-replicas"), move || {
+        let mut thread_config = RuntimeThreadConfig::new("cvad-replicas");
+        thread_config.io.poll_sockets_before_park = busy_poll;
+        let thread = RuntimeThread::start(thread_config, move || {
             let (vssds, served) = load(&dir);
             let host = Rc::new(Host {
                 vssds,

@@ -39,6 +39,13 @@ pub struct ServerSettings {
     /// The name HELLO replies carry.
     #[serde(default = "default_server_name")]
     pub server_name: String,
+    /// Microseconds a runtime thread (a device's, the replicas', a session's) polls
+    /// its sockets before it sleeps while it waits for a client, yielding the CPU
+    /// between polls; the window adapts below this bound and falls to none while
+    /// idle (taskio's `IoConfig::poll_sockets_before_park`). A request at queue depth
+    /// 1 then finds the thread awake instead of waking a halted CPU. 0: sleep at once.
+    #[serde(default = "default_busy_poll_us")]
+    pub busy_poll_us: u64,
 }
 
 fn default_sessions_max() -> usize {
@@ -50,6 +57,16 @@ fn default_queue_depth() -> u32 {
 fn default_server_name() -> String {
     "cvad".into()
 }
+fn default_busy_poll_us() -> u64 {
+    DEFAULT_BUSY_POLL_US
+}
+
+/// `busy_poll_us` unless the settings say otherwise: longer than a client's turn
+/// around at queue depth 1 (tens of microseconds) and than a 4 KiB write's fdatasync
+/// on a fast flash device.
+pub const DEFAULT_BUSY_POLL_US: u64 = 200;
+/// The largest `busy_poll_us`.
+pub const BUSY_POLL_US_MAX: u64 = 10_000;
 
 /// Sessions one runtime thread serves at once, at most.
 pub const SESSIONS_MAX_LIMIT: usize = 1024;
@@ -61,6 +78,7 @@ impl Default for ServerSettings {
             sessions_max: default_sessions_max(),
             queue_depth: default_queue_depth(),
             server_name: default_server_name(),
+            busy_poll_us: default_busy_poll_us(),
         }
     }
 }
@@ -83,7 +101,16 @@ impl ServerSettings {
             return Err(bad(&where_, "queue_depth", why));
         }
         check_name(&where_, "server_name", &s.server_name)?;
+        if s.busy_poll_us > BUSY_POLL_US_MAX {
+            let why = format!("{} is not in 0..={BUSY_POLL_US_MAX}", s.busy_poll_us);
+            return Err(bad(&where_, "busy_poll_us", why));
+        }
         Ok(s)
+    }
+
+    /// `busy_poll_us` as a duration.
+    pub fn busy_poll(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.busy_poll_us)
     }
 }
 
@@ -138,15 +165,19 @@ impl Cvad {
         server_config.queue_depth = config.settings.queue_depth;
         server_config.server_name = config.settings.server_name.clone();
         server_config.secret = config.secret.clone();
+        let busy_poll = config.settings.busy_poll();
+        server_config.io.poll_sockets_before_park = busy_poll;
         let session = server_config.session();
         session.check().map_err(|source| CvadError::Rpc {
             what: "session settings",
             source,
         })?;
         let replicas =
-            Replicas::start(dir.root(), session.clone()).map_err(|source| CvadError::Rpc {
-                what: "replica runtime",
-                source,
+            Replicas::start(dir.root(), session.clone(), busy_poll).map_err(|source| {
+                CvadError::Rpc {
+                    what: "replica runtime",
+                    source,
+                }
             })?;
         let peers = rpc::ClientConfig {
             secret: config.secret.clone(),
@@ -159,6 +190,7 @@ impl Cvad {
             replicas.to(),
             replicas.control(),
             peers,
+            busy_poll,
         );
         // Whatever fails from here on stops what was started (the devices' and
         // the replicas' runtime threads), or the process would wait for them.

@@ -574,6 +574,13 @@ fn a_bad_server_config_is_refused() {
     let out = refused(&data, &["--listen", "127.0.0.1:0", "--config", &c]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("queue_depht"), "{err}");
+    std::fs::write(&config, "busy_poll_us = 10001\n").unwrap();
+    let out = refused(&data, &["--listen", "127.0.0.1:0", "--config", &c]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("busy_poll_us") && err.contains("10001"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -33,6 +33,11 @@ pub struct Cli {
     /// server refuses a write, discard or flush on them).
     #[arg(long, global = true)]
     pub read_only: bool,
+    /// Microseconds to poll for the server's answers before sleeping, yielding the
+    /// CPU between polls (the window adapts below this bound; 0: sleep at once).
+    /// Like fio's `hipri`: the answer at queue depth 1 finds cvacli awake.
+    #[arg(long, default_value_t = 200, global = true, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub busy_poll_us: u64,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -154,7 +159,11 @@ pub fn run_cli(cli: Cli) -> Result<(), CliError> {
         }
         None => None,
     };
-    let mut rt = taskio::Runtime::with_io(taskio::Config::default(), taskio::IoConfig::default())
+    let io = taskio::IoConfig {
+        poll_sockets_before_park: std::time::Duration::from_micros(cli.busy_poll_us),
+        ..taskio::IoConfig::default()
+    };
+    let mut rt = taskio::Runtime::with_io(taskio::Config::default(), io)
         .map_err(|e| CliError::Runtime(format!("start the I/O runtime: {e}")))?;
     let steps = match cli.cmd {
         Cmd::Script { file } => script_steps(&file)?,

@@ -1393,3 +1393,114 @@ fn bytes_arriving_while_the_reader_waits_elsewhere_are_read() {
         assert_eq!(reader.join().unwrap(), [2; 10]);
     });
 }
+
+// ---------------------------------------------------------------------------------
+// Polling sockets before parking (`IoConfig::poll_sockets_before_park`)
+
+/// Runs `main` on a runtime whose parks poll sockets for up to `poll` first; its
+/// value and the runtime's counters.
+fn run_polling<T: Send + 'static>(
+    poll: Duration,
+    main: impl FnOnce() -> T + Send + 'static,
+) -> (T, taskio::RuntimeStats) {
+    within(HANG_LIMIT, move || {
+        let io = taskio::IoConfig {
+            poll_sockets_before_park: poll,
+            ..taskio::IoConfig::default()
+        };
+        let mut rt = match Runtime::with_io(Config::default(), io) {
+            Ok(rt) => rt,
+            Err(e) => panic!("Runtime::with_io: {e}"),
+        };
+        match rt.run(main) {
+            Ok(v) => (v, rt.stats()),
+            Err(e) => panic!("Runtime::run failed: {e}"),
+        }
+    })
+}
+
+/// A std client thread that sends `rounds` frames one at a time, each after the
+/// echo of the one before, and checks every echo.
+fn ping_pong_client(addr: SocketAddr, rounds: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        for i in 0..rounds {
+            let want = pattern(900 + i, 64);
+            let mut frame = (want.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&want);
+            s.write_all(&frame).unwrap();
+            let mut got = vec![0u8; want.len()];
+            s.read_exact(&mut got).unwrap();
+            assert_same(&got, &want, &format!("echo of round {i}"));
+        }
+    })
+}
+
+#[test]
+fn a_polling_runtime_catches_a_clients_next_request_without_sleeping() {
+    const ROUNDS: u64 = 200;
+    // Far longer than a thread's turn around, even on a loaded machine.
+    let (client, stats) = run_polling(Duration::from_millis(20), || {
+        let l = listen_local();
+        let client = ping_pong_client(l.local_addr(), ROUNDS);
+        let (s, _) = l.accept().unwrap();
+        let mut rounds = 0;
+        while let Some(frame) = recv_frame(&s) {
+            s.write_all(&frame).unwrap();
+            rounds += 1;
+        }
+        assert_eq!(rounds, ROUNDS);
+        client
+    });
+    client.join().unwrap();
+    // Each request but the first arrives while the server polls (a request may
+    // come in two segments, its header and its payload: more catches than rounds).
+    assert!(
+        stats.io.spins_caught >= ROUNDS / 2,
+        "{} of {ROUNDS} requests caught by the poll",
+        stats.io.spins_caught
+    );
+    // The default runtime never polls.
+    let (_, stats) = run_io(|| {
+        let l = listen_local();
+        let client = ping_pong_client(l.local_addr(), 10);
+        let (s, _) = l.accept().unwrap();
+        while let Some(frame) = recv_frame(&s) {
+            s.write_all(&frame).unwrap();
+        }
+        client.join().unwrap();
+    });
+    assert_eq!(stats.io.spins_caught, 0);
+}
+
+#[test]
+fn a_polling_runtime_still_wakes_its_timers_on_time() {
+    // A poll window longer than the test's time limit: unless the poll ends at the
+    // next timer, the first sleep below takes it whole.
+    let window = HANG_LIMIT * 2;
+    let (longest, _) = run_polling(window, move || {
+        let l = listen_local();
+        let addr = l.local_addr();
+        // A connection that stays silent: a task waits on it all along.
+        let silent = std::net::TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let reader = spawn(move || recv_frame(&s)).unwrap();
+        let mut longest = Duration::ZERO;
+        for _ in 0..5 {
+            let started = StdInstant::now();
+            taskio::sleep(Duration::from_millis(10));
+            longest = longest.max(started.elapsed());
+        }
+        drop(silent);
+        assert!(
+            reader.join().unwrap().is_none(),
+            "the silent peer sent a frame"
+        );
+        longest
+    });
+    assert!(
+        longest < PROMPTLY,
+        "a 10 ms sleep took {longest:?} on a runtime polling for up to {window:?}"
+    );
+}

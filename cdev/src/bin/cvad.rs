@@ -36,7 +36,8 @@ struct Args {
     /// bytes; one trailing newline is not part of it).
     #[arg(long)]
     secret_file: Option<PathBuf>,
-    /// Server settings (TOML: listen, sessions_max, queue_depth, server_name).
+    /// Server settings (TOML: listen, sessions_max, queue_depth, server_name,
+    /// busy_poll_us).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to serve NBD on (port 0 picks one: the ready line and nbd.port in

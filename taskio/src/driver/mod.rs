@@ -57,6 +57,9 @@ pub struct IoStats {
     pub bytes_written: u64,
     /// Tasks parked waiting for socket or eventfd readiness now.
     pub fd_waiters: usize,
+    /// Parks whose poll before blocking (`IoConfig::poll_sockets_before_park`)
+    /// caught an event, so that they did not block.
+    pub spins_caught: u64,
 }
 
 /// Non-blocking I/O primitives of a driver. Every call returns at once; a call that

@@ -24,6 +24,13 @@
 //!   queue depth 1, but the spin holds a CPU that another runtime (or the kernel's
 //!   work for this one) may need, and on the 2-vCPU machine it is measured on it
 //!   loses (see DEFAULT_POLL_BEFORE_PARK).
+//! - `IoConfig::poll_sockets_before_park`, when set, polls epoll (sockets, AIO
+//!   completions, timers) before blocking whenever a task waits on a socket, giving
+//!   the CPU away (sched_yield) between polls, for a window that adapts to what it
+//!   catches ([`SpinWindow`]). A server answering one request at a time waits for the
+//!   client's next request, and a halted vCPU takes tens of microseconds to wake: the
+//!   poll catches the request instead. Measured with `cargo xtask bench nbd` and
+//!   `bench e2e` (see DEVELOPERS.md).
 //!
 //! The fd table (the seed's ContextContainer) is a vector indexed by fd, bounded by
 //! `IoConfig::max_fds`.
@@ -60,6 +67,10 @@ pub struct IoConfig {
     pub max_fds: usize,
     /// How long to poll for events before blocking in epoll_wait. Zero: block at once.
     pub poll_before_park: Duration,
+    /// The longest poll of epoll before blocking while a task waits on a socket
+    /// (yielding the CPU between polls; the window adapts below it, see
+    /// [`SpinWindow`]). Zero: block at once.
+    pub poll_sockets_before_park: Duration,
 }
 
 impl Default for IoConfig {
@@ -68,6 +79,7 @@ impl Default for IoConfig {
             aio_depth: 256,
             max_fds: 65536,
             poll_before_park: DEFAULT_POLL_BEFORE_PARK,
+            poll_sockets_before_park: Duration::ZERO,
         }
     }
 }
@@ -80,6 +92,52 @@ impl Default for IoConfig {
 /// measurement gave the poll 1.03-1.19x the reads at twice the CPU: it depends on
 /// idle CPUs, which a runtime cannot count on.
 pub const DEFAULT_POLL_BEFORE_PARK: Duration = Duration::ZERO;
+
+/// The window a [`SpinWindow`] grows back from once it has shrunk below it.
+const SPIN_GROW_START: Duration = Duration::from_micros(10);
+
+/// How long a park polls for socket events before it blocks: at most `max`, adapting
+/// like the kernel's haltpoll governor. A poll that catches an event keeps the
+/// window. One that catches nothing is followed by a blocking wait: if the event
+/// then came within `max` of the poll's start, a longer poll would have caught it
+/// and the window doubles (from [`SPIN_GROW_START`] when it had shrunk below it);
+/// if it came later (an idle spell), the window halves, down to none. So an idle
+/// runtime stops spending CPU on polls after a few wake-ups, and a request-reply
+/// load at any pace under `max` brings the window back within a few round trips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpinWindow {
+    max: Duration,
+    now: Duration,
+}
+
+impl SpinWindow {
+    pub(crate) fn new(max: Duration) -> SpinWindow {
+        SpinWindow { max, now: max }
+    }
+
+    /// How long the next park polls (zero: it blocks at once).
+    pub(crate) fn window(&self) -> Duration {
+        self.now
+    }
+
+    /// Whether polling is configured at all.
+    pub(crate) fn enabled(&self) -> bool {
+        !self.max.is_zero()
+    }
+
+    /// The poll (of the current window) caught nothing, and the event that ended
+    /// the blocking wait after it came `waited` after the poll began.
+    pub(crate) fn missed(&mut self, waited: Duration) {
+        if waited <= self.max {
+            self.now = (self.now * 2).max(SPIN_GROW_START).min(self.max);
+        } else {
+            self.now /= 2;
+            if self.now < SPIN_GROW_START {
+                self.now = Duration::ZERO;
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 struct FdSlot {
@@ -113,6 +171,7 @@ pub struct Reactor {
     fd_waiters: usize,
     events: Vec<libc::epoll_event>,
     poll_before_park: Duration,
+    spin: SpinWindow,
     stats: IoStats,
 }
 
@@ -204,6 +263,7 @@ impl Reactor {
             fd_waiters: 0,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH],
             poll_before_park: config.poll_before_park,
+            spin: SpinWindow::new(config.poll_sockets_before_park),
             stats: IoStats::default(),
         })
     }
@@ -351,6 +411,23 @@ impl Reactor {
         Ok(())
     }
 
+    /// Polls epoll until an event comes (true) or `until` passes (false), giving the
+    /// CPU to any other runnable thread between polls: on a machine of few CPUs the
+    /// thread that would send the event may be waiting for this one.
+    fn socket_poll(&mut self, until: Instant) -> io::Result<bool> {
+        loop {
+            if self.poll(Some(Duration::ZERO))? > 0 {
+                return Ok(true);
+            }
+            if Instant::monotonic() >= until {
+                return Ok(false);
+            }
+            // SAFETY: sched_yield has no preconditions; its result (always 0 on
+            // Linux) says nothing to act on.
+            unsafe { libc::sched_yield() };
+        }
+    }
+
     /// Spins on the AIO ring and epoll until something happens or `until` passes.
     fn busy_poll(&mut self, until: Instant) -> io::Result<usize> {
         loop {
@@ -411,6 +488,22 @@ impl Driver for Reactor {
             }
             timeout = deadline.map(|d| d.saturating_duration_since(Instant::monotonic()));
         }
+        // A task waits on a socket: poll for a while before blocking (module doc).
+        let spin_from = if self.spin.enabled() && self.fd_waiters > 0 {
+            let start = Instant::monotonic();
+            let window = self.spin.window();
+            if !window.is_zero() {
+                let until = deadline.map_or(start + window, |d| d.min(start + window));
+                if self.socket_poll(until)? {
+                    self.stats.spins_caught += 1;
+                    return Ok(());
+                }
+                timeout = deadline.map(|d| d.saturating_duration_since(Instant::monotonic()));
+            }
+            Some(start)
+        } else {
+            None
+        };
         match (deadline, timeout) {
             (Some(d), Some(t)) if t >= FAR_DEADLINE => {
                 self.arm_far(d)?;
@@ -419,6 +512,10 @@ impl Driver for Reactor {
             _ => {
                 self.poll(timeout)?;
             }
+        }
+        if let Some(start) = spin_from {
+            self.spin
+                .missed(Instant::monotonic().saturating_duration_since(start));
         }
         Ok(())
     }
@@ -829,5 +926,55 @@ impl Io for Reactor {
             fd_waiters: self.fd_waiters,
             ..self.stats
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SPIN_GROW_START, SpinWindow};
+    use std::time::Duration;
+
+    const MAX: Duration = Duration::from_micros(200);
+
+    #[test]
+    fn a_spin_window_starts_at_its_bound_and_halves_to_none_while_idle() {
+        let mut w = SpinWindow::new(MAX);
+        assert!(w.enabled());
+        assert_eq!(w.window(), MAX);
+        let idle = Duration::from_millis(5);
+        let mut windows = Vec::new();
+        for _ in 0..6 {
+            w.missed(idle);
+            windows.push(w.window().as_micros());
+        }
+        assert_eq!(windows, [100, 50, 25, 12, 0, 0]);
+    }
+
+    #[test]
+    fn an_event_just_after_the_window_grows_it_back_up_to_the_bound() {
+        let mut w = SpinWindow::new(MAX);
+        for _ in 0..8 {
+            w.missed(Duration::from_secs(1));
+        }
+        assert_eq!(w.window(), Duration::ZERO);
+        // A client answering within 30 us: a few round trips bring the poll back.
+        let mut windows = Vec::new();
+        for _ in 0..6 {
+            w.missed(Duration::from_micros(30));
+            windows.push(w.window().as_micros());
+        }
+        assert_eq!(windows, [10, 20, 40, 80, 160, 200]);
+        assert_eq!(SPIN_GROW_START.as_micros(), 10);
+        // An event at the bound itself still counts as one a longer poll catches.
+        w.missed(MAX);
+        assert_eq!(w.window(), MAX);
+    }
+
+    #[test]
+    fn a_zero_bound_never_polls() {
+        let mut w = SpinWindow::new(Duration::ZERO);
+        assert!(!w.enabled());
+        w.missed(Duration::ZERO);
+        assert_eq!(w.window(), Duration::ZERO);
     }
 }

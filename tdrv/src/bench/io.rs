@@ -10,8 +10,9 @@
 //!   floor (`peer_tcp_floor_64b_xthread`: two plain threads, best of blocking and
 //!   epoll), the floor that matters to a real client, always in another thread;
 //! - the parking choice: the qd1 AIO and 1-connection TCP figures again with
-//!   `IoConfig::poll_before_park` 50 us (spin before blocking while file I/O is in
-//!   flight) instead of the default (zero: block in epoll at once).
+//!   `IoConfig::poll_before_park` and `poll_sockets_before_park` 50 us (poll before
+//!   blocking while file I/O is in flight, or a task waits on a socket) instead of
+//!   the default (zero: block in epoll at once).
 //!
 //! Each sample runs for a fixed time; figures are operations per second, with the
 //! latency percentiles and the CPU time per operation in the table.
@@ -38,8 +39,8 @@ const MSG: usize = 64;
 /// The default file sizes: full and quick runs.
 const FILE_FULL: u64 = 1 << 30;
 const FILE_QUICK: u64 = 64 << 20;
-/// `poll_before_park` of the `_poll50us` variants: the poll the default does without
-/// must show here that it would win.
+/// `poll_before_park` and `poll_sockets_before_park` of the `_poll50us` variants: the
+/// poll the default does without must show here that it would win.
 const POLL_ALTERNATIVE: Duration = Duration::from_micros(50);
 /// Seed of the offsets' generator (each task draws its own stream).
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -255,6 +256,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
         let mut io = IoConfig::default();
         if let Some(p) = poll_before_park {
             io.poll_before_park = p;
+            io.poll_sockets_before_park = p;
         }
         Runtime::with_io(Config::default(), io).map_err(|e| format!("runtime: {e}"))
     };
