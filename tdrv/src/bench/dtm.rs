@@ -19,7 +19,9 @@
 //! 127.0.0.1:0, serving its own vSSD with `dtm::ReplicaService`, reached through a
 //! `RemoteReplica`. The figures of one queue depth are measured interleaved, sample
 //! by sample, so that drift of the machine hits them alike; each sample runs for a
-//! fixed time and ends with `Dtm::quiesce` (outside the time). The table shows
+//! fixed time and ends with `Dtm::quiesce` (outside the time). The primary's runtime
+//! and the peers' poll their sockets before sleeping as cvad's do
+//! ([`cdev::server::DEFAULT_BUSY_POLL_US`]). The table shows
 //! latency percentiles, CPU time per op (the whole process: peers included) and the
 //! issue's reach.
 
@@ -145,6 +147,12 @@ fn format_params(lines: u64, log_bytes: u64) -> Result<FormatParams, String> {
     })
 }
 
+/// How long the primary's runtime and the peers' poll their sockets before sleeping:
+/// cvad's default.
+fn busy_poll() -> Duration {
+    Duration::from_micros(cdev::server::DEFAULT_BUSY_POLL_US)
+}
+
 /// A peer: a thread of rpc's hosting layer serving its own vSSD as a replica.
 struct Peer {
     host: Host,
@@ -159,6 +167,7 @@ impl Peer {
         server.sessions_max = 1;
         server.queue_depth = PEER_QUEUE_DEPTH;
         server.server_name = "tdrv-bench-peer".into();
+        server.io.poll_sockets_before_park = busy_poll();
         let session = server.session();
         let (opened, opened_rx) = mpsc::channel::<Result<(), String>>();
         let shown = path.display().to_string();
@@ -354,6 +363,8 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
         config.sessions_max = 1;
         config.queue_depth = PING_QUEUE_DEPTH;
         config.server_name = "tdrv-bench-ping".into();
+        // Polling like the peers: the round trip the qd 1 reach allows is theirs.
+        config.io.poll_sockets_before_park = busy_poll();
         Some(Server::start(config, || Echo).map_err(|e| format!("rpc server: {e}"))?)
     } else {
         None
@@ -371,8 +382,11 @@ pub fn run(plan: &Plan) -> Result<Vec<Figure>, String> {
         })
         .collect();
 
-    let mut rt = Runtime::with_io(Config::default(), IoConfig::default())
-        .map_err(|e| format!("runtime: {e}"))?;
+    let io = IoConfig {
+        poll_sockets_before_park: busy_poll(),
+        ..IoConfig::default()
+    };
+    let mut rt = Runtime::with_io(Config::default(), io).map_err(|e| format!("runtime: {e}"))?;
     let (runs, direct, dirty_left) = rt
         .run(move || -> Result<(Vec<Run>, bool, Vec<String>), String> {
             let mut direct = true;
