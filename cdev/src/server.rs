@@ -58,15 +58,8 @@ fn default_server_name() -> String {
     "cvad".into()
 }
 fn default_busy_poll_us() -> u64 {
-    DEFAULT_BUSY_POLL_US
+    rpc::BUSY_POLL_US_DEFAULT
 }
-
-/// `busy_poll_us` unless the settings say otherwise: longer than a client's turn
-/// around at queue depth 1 (tens of microseconds) and than a 4 KiB write's fdatasync
-/// on a fast flash device.
-pub const DEFAULT_BUSY_POLL_US: u64 = 200;
-/// The largest `busy_poll_us`.
-pub const BUSY_POLL_US_MAX: u64 = 10_000;
 
 /// Sessions one runtime thread serves at once, at most.
 pub const SESSIONS_MAX_LIMIT: usize = 1024;
@@ -101,8 +94,8 @@ impl ServerSettings {
             return Err(bad(&where_, "queue_depth", why));
         }
         check_name(&where_, "server_name", &s.server_name)?;
-        if s.busy_poll_us > BUSY_POLL_US_MAX {
-            let why = format!("{} is not in 0..={BUSY_POLL_US_MAX}", s.busy_poll_us);
+        if s.busy_poll_us > rpc::BUSY_POLL_US_MAX {
+            let why = format!("{} is not in 0..={}", s.busy_poll_us, rpc::BUSY_POLL_US_MAX);
             return Err(bad(&where_, "busy_poll_us", why));
         }
         Ok(s)

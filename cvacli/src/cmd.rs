@@ -36,7 +36,12 @@ pub struct Cli {
     /// Microseconds to poll for the server's answers before sleeping, yielding the
     /// CPU between polls (the window adapts below this bound; 0: sleep at once).
     /// Like fio's `hipri`: the answer at queue depth 1 finds cvacli awake.
-    #[arg(long, default_value_t = 200, global = true, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(
+        long,
+        default_value_t = rpc::BUSY_POLL_US_DEFAULT,
+        global = true,
+        value_parser = clap::value_parser!(u64).range(0..=rpc::BUSY_POLL_US_MAX)
+    )]
     pub busy_poll_us: u64,
     #[command(subcommand)]
     pub cmd: Cmd,

@@ -173,6 +173,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How long, in microseconds, cvad's runtimes and cvacli's poll their sockets
+/// before sleeping (taskio's `IoConfig::poll_sockets_before_park`) unless told
+/// otherwise: longer than a client's turn around at queue depth 1 (tens of
+/// microseconds) and than a 4 KiB write's fdatasync on a fast flash device.
+pub const BUSY_POLL_US_DEFAULT: u64 = 200;
+/// The longest such poll a setting may ask for.
+pub const BUSY_POLL_US_MAX: u64 = 10_000;
+
 /// Settings of a [`RuntimeThread`].
 #[derive(Debug, Clone)]
 pub struct RuntimeThreadConfig {

@@ -64,8 +64,8 @@ pub use frame::{FrameOut, FrameReader, WRITE_GATHER_BYTES_MAX, send_message};
 pub use header::forge;
 pub use header::{FLAG_RESPONSE, FLAGS_KNOWN, Header, RawHeader, payload_crc};
 pub use host::{
-    HANDOFF_QUEUE_MAX, HandTo, Handoff, Host, HostConfig, RuntimeThread, RuntimeThreadConfig,
-    handoff_inbox, serve_handed,
+    BUSY_POLL_US_DEFAULT, BUSY_POLL_US_MAX, HANDOFF_QUEUE_MAX, HandTo, Handoff, Host, HostConfig,
+    RuntimeThread, RuntimeThreadConfig, handoff_inbox, serve_handed,
 };
 pub use ledger::{Ledger, LedgerCounts};
 pub use limits::HEADER_LEN;

@@ -17,7 +17,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant as StdInstant};
 
-use common::io_rt::{HANG_LIMIT, assert_same, io_ok, io_runtime, pattern, run_io, within};
+use common::io_rt::{
+    HANG_LIMIT, assert_same, io_ok, io_runtime, pattern, run_io, run_io_with, within,
+};
 use taskio::net::{self, TcpListener, TcpStream};
 use taskio::{
     Builder, Channel, Config, DeadlockTask, IoError, Rendez, RunError, Runtime, WaitReason, spawn,
@@ -1403,20 +1405,14 @@ fn run_polling<T: Send + 'static>(
     poll: Duration,
     main: impl FnOnce() -> T + Send + 'static,
 ) -> (T, taskio::RuntimeStats) {
-    within(HANG_LIMIT, move || {
-        let io = taskio::IoConfig {
-            poll_sockets_before_park: poll,
-            ..taskio::IoConfig::default()
-        };
-        let mut rt = match Runtime::with_io(Config::default(), io) {
-            Ok(rt) => rt,
-            Err(e) => panic!("Runtime::with_io: {e}"),
-        };
-        match rt.run(main) {
-            Ok(v) => (v, rt.stats()),
-            Err(e) => panic!("Runtime::run failed: {e}"),
-        }
-    })
+    let io = taskio::IoConfig {
+        poll_sockets_before_park: poll,
+        ..taskio::IoConfig::default()
+    };
+    match run_io_with(io, main) {
+        (Ok(v), stats) => (v, stats),
+        (Err(e), _) => panic!("Runtime::run failed: {e}"),
+    }
 }
 
 /// A std client thread that sends `rounds` frames one at a time, each after the

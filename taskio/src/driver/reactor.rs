@@ -411,25 +411,11 @@ impl Reactor {
         Ok(())
     }
 
-    /// Polls epoll until an event comes (true) or `until` passes (false), giving the
-    /// CPU to any other runnable thread between polls: on a machine of few CPUs the
-    /// thread that would send the event may be waiting for this one.
-    fn socket_poll(&mut self, until: Instant) -> io::Result<bool> {
-        loop {
-            if self.poll(Some(Duration::ZERO))? > 0 {
-                return Ok(true);
-            }
-            if Instant::monotonic() >= until {
-                return Ok(false);
-            }
-            // SAFETY: sched_yield has no preconditions; its result (always 0 on
-            // Linux) says nothing to act on.
-            unsafe { libc::sched_yield() };
-        }
-    }
-
     /// Spins on the AIO ring and epoll until something happens or `until` passes.
-    fn busy_poll(&mut self, until: Instant) -> io::Result<usize> {
+    /// With `give_way`, gives the CPU to any other runnable thread between polls: on
+    /// a machine of few CPUs the thread that would send the event (a socket peer)
+    /// may be waiting for this one.
+    fn busy_poll(&mut self, until: Instant, give_way: bool) -> io::Result<usize> {
         loop {
             let n = if self.fd_waiters > 0 {
                 self.poll(Some(Duration::ZERO))?
@@ -439,7 +425,13 @@ impl Reactor {
             if n > 0 || Instant::monotonic() >= until {
                 return Ok(n);
             }
-            std::hint::spin_loop();
+            if give_way {
+                // SAFETY: sched_yield has no preconditions; its result (always 0
+                // on Linux) says nothing to act on.
+                unsafe { libc::sched_yield() };
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 }
@@ -483,7 +475,7 @@ impl Driver for Reactor {
             if let Some(d) = deadline {
                 until = until.min(d);
             }
-            if self.busy_poll(until)? > 0 {
+            if self.busy_poll(until, false)? > 0 {
                 return Ok(());
             }
             timeout = deadline.map(|d| d.saturating_duration_since(Instant::monotonic()));
@@ -494,7 +486,7 @@ impl Driver for Reactor {
             let window = self.spin.window();
             if !window.is_zero() {
                 let until = deadline.map_or(start + window, |d| d.min(start + window));
-                if self.socket_poll(until)? {
+                if self.busy_poll(until, true)? > 0 {
                     self.stats.spins_caught += 1;
                     return Ok(());
                 }

@@ -56,8 +56,19 @@ pub fn io_runtime(config: Config) -> Runtime {
 pub fn run_io<T: Send + 'static>(
     main: impl FnOnce() -> T + Send + 'static,
 ) -> (Result<T, RunError>, RuntimeStats) {
+    run_io_with(IoConfig::default(), main)
+}
+
+/// [`run_io`] on a runtime whose driver has the settings `io`.
+pub fn run_io_with<T: Send + 'static>(
+    io: IoConfig,
+    main: impl FnOnce() -> T + Send + 'static,
+) -> (Result<T, RunError>, RuntimeStats) {
     within(HANG_LIMIT, move || {
-        let mut rt = io_runtime(Config::default());
+        let mut rt = match Runtime::with_io(Config::default(), io) {
+            Ok(rt) => rt,
+            Err(e) => panic!("Runtime::with_io: {e}"),
+        };
         let outcome = rt.run(main);
         (outcome, rt.stats())
     })

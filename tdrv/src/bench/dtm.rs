@@ -21,7 +21,7 @@
 //! by sample, so that drift of the machine hits them alike; each sample runs for a
 //! fixed time and ends with `Dtm::quiesce` (outside the time). The primary's runtime
 //! and the peers' poll their sockets before sleeping as cvad's do
-//! ([`cdev::server::DEFAULT_BUSY_POLL_US`]). The table shows
+//! ([`rpc::BUSY_POLL_US_DEFAULT`]). The table shows
 //! latency percentiles, CPU time per op (the whole process: peers included) and the
 //! issue's reach.
 
@@ -150,7 +150,7 @@ fn format_params(lines: u64, log_bytes: u64) -> Result<FormatParams, String> {
 /// How long the primary's runtime and the peers' poll their sockets before sleeping:
 /// cvad's default.
 fn busy_poll() -> Duration {
-    Duration::from_micros(cdev::server::DEFAULT_BUSY_POLL_US)
+    Duration::from_micros(rpc::BUSY_POLL_US_DEFAULT)
 }
 
 /// A peer: a thread of rpc's hosting layer serving its own vSSD as a replica.
